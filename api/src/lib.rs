@@ -1,0 +1,51 @@
+//! stackplane's HTTP API: Stripe webhooks and the billing worker, tenant status, metrics and
+//! backups for the customer dashboard and SRE.
+
+use std::net::SocketAddr;
+
+pub mod db;
+pub mod server;
+pub mod telemetry;
+
+/// `stackplane-api` and its subcommands.
+#[derive(clap::Parser, Debug)]
+#[command(name = "stackplane-api", version, about)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, env = "STACKPLANE_LOG_FORMAT", value_enum, default_value_t = telemetry::LogFormat::Text)]
+    pub log_format: telemetry::LogFormat,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum Command {
+    /// Serve the HTTP API (the default).
+    Serve,
+    /// Apply the database migrations and exit.
+    Migrate(DatabaseArgs),
+}
+
+/// Where the database is.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DatabaseArgs {
+    /// Postgres connection URL.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+}
+
+/// Flags of `stackplane-api serve`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "STACKPLANE_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Postgres connection URL.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+}

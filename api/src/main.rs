@@ -1,0 +1,44 @@
+//! `stackplane-api`: the HTTP API and billing worker.
+
+use anyhow::Context;
+use clap::Parser;
+use stackplane_api::{db, server, telemetry, Cli, Command};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    match cli.command {
+        Some(Command::Migrate(args)) => {
+            let pool = db::connect(&args.database_url)
+                .await
+                .context("connecting to DATABASE_URL")?;
+            db::migrate(&pool).await.context("applying migrations")?;
+            tracing::info!(
+                migrations = db::MIGRATOR.iter().count(),
+                "database is up to date"
+            );
+            Ok(())
+        }
+        Some(Command::Serve) | None => {
+            let args = cli.serve;
+            let url = args
+                .database_url
+                .filter(|u| !u.trim().is_empty())
+                .context("DATABASE_URL is not set: the API needs Postgres")?;
+            let pool = db::connect(&url)
+                .await
+                .context("connecting to DATABASE_URL")?;
+            db::migrate(&pool).await.context("applying migrations")?;
+            let listener = tokio::net::TcpListener::bind(args.listen)
+                .await
+                .with_context(|| format!("binding {}", args.listen))?;
+            tracing::info!(listen = %args.listen, "serving stackplane-api");
+            axum::serve(listener, server::router(server::AppState { db: pool }))
+                .with_graceful_shutdown(telemetry::shutdown_signal())
+                .await?;
+            tracing::info!("shut down");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! Labels and annotations every object stackplane creates carries. The controller prunes by
+//! them and the API selects by them, so they are part of the contract.
+
+/// `app.kubernetes.io/managed-by`.
+pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// The value of [`MANAGED_BY`] on everything stackplane creates.
+pub const MANAGED_BY_VALUE: &str = "stackplane";
+/// Name of the Tenant an object belongs to.
+pub const TENANT: &str = "stackplane.io/tenant";
+/// Name of the Platform of that Tenant.
+pub const PLATFORM: &str = "stackplane.io/platform";
+/// Name of the component a workload object belongs to.
+pub const COMPONENT: &str = "stackplane.io/component";
+/// Set on a namespace left behind by a Tenant deleted with `deletionPolicy: Retain`.
+pub const ORPHANED: &str = "stackplane.io/orphaned";
+
+/// The labels of an object belonging to `tenant` of `platform`.
+pub fn tenant_labels(tenant: &str, platform: &str) -> std::collections::BTreeMap<String, String> {
+    [
+        (MANAGED_BY, MANAGED_BY_VALUE),
+        (TENANT, tenant),
+        (PLATFORM, platform),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+/// Label selector of every object of `tenant`.
+pub fn tenant_selector(tenant: &str) -> String {
+    format!("{MANAGED_BY}={MANAGED_BY_VALUE},{TENANT}={tenant}")
+}

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Installs and builds, once, everything the tests and the demo run against:
+#   - Debian packages (Go, etcd, Postgres, openssl, ...)
+#   - kube-apiserver, kube-controller-manager and kubectl v1.20.2, built from Debian's
+#     `kubernetes` source package (no registry ships these binaries)
+#   - moto (AWS API emulator) in a virtualenv
+# A second run finds everything cached and returns in seconds.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=lib.sh
+source "$here/lib.sh"
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+apt_packages=(golang-go etcd-server etcd-client make rsync openssl curl
+  golang-github-modern-go-reflect2-dev golang-github-json-iterator-go-dev
+  postgresql-15 python3-venv procps)
+
+missing=()
+for p in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+
+need_source=0
+[ -x "$K8S_BIN/kube-apiserver" ] && [ -x "$K8S_BIN/kube-controller-manager" ] && [ -x "$K8S_BIN/kubectl" ] || need_source=1
+
+if [ "$need_source" = 1 ] && [ ! -f /etc/apt/sources.list.d/stackplane-src.sources ]; then
+  # deb-src stanzas for the mirror this machine already uses.
+  [ -f /etc/apt/sources.list.d/debian.sources ] || die "no /etc/apt/sources.list.d/debian.sources to derive a deb-src entry from"
+  log "adding deb-src entries derived from debian.sources"
+  sed -e 's/^Types: deb$/Types: deb-src/' /etc/apt/sources.list.d/debian.sources \
+    | $SUDO tee /etc/apt/sources.list.d/stackplane-src.sources >/dev/null
+  missing+=("__update__")
+fi
+
+if [ "${#missing[@]}" -gt 0 ]; then
+  log "installing Debian packages: ${missing[*]}"
+  $SUDO apt-get update -qq
+  pkgs=()
+  for p in "${missing[@]}"; do [ "$p" = "__update__" ] || pkgs+=("$p"); done
+  if [ "${#pkgs[@]}" -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends --no-upgrade "${pkgs[@]}"
+  fi
+fi
+
+if [ "$need_source" = 1 ]; then
+  build="$STACKPLANE_CACHE/build"
+  mkdir -p "$build" "$K8S_BIN"
+  cd "$build"
+  if ! ls kubernetes_*.orig.tar.gz >/dev/null 2>&1; then
+    log "downloading Debian's kubernetes source package"
+    apt-get source --download-only kubernetes >/dev/null
+  fi
+  tarball="$(ls kubernetes_*.orig.tar.gz | head -n1)"
+  src="$build/src"
+  if [ ! -f "$src/Makefile" ]; then
+    rm -rf "$src" && mkdir -p "$src"
+    log "unpacking $tarball"
+    tar -xzf "$tarball" -C "$src" --strip-components=1
+  fi
+  # Go >= 1.18 crashes the vendored reflect2 v1.0.1 (SIGSEGV on the first custom-resource
+  # request). Debian ships fixed copies of reflect2 and json-iterator: use those.
+  for pkg in github.com/modern-go/reflect2 github.com/json-iterator/go; do
+    fixed="/usr/share/gocode/src/$pkg"
+    [ -d "$fixed" ] || die "missing $fixed (package golang-github-*-dev)"
+    find "$src/vendor/$pkg" -maxdepth 1 -name '*.go' ! -name '*_test.go' -delete
+    find "$fixed" -maxdepth 1 -name '*.go' ! -name '*_test.go' -exec cp {} "$src/vendor/$pkg/" \;
+  done
+  cd "$src"
+  for what in kube-apiserver kube-controller-manager kubectl; do
+    if [ ! -x "$K8S_BIN/$what" ]; then
+      log "building $what $K8S_VERSION (minutes, once)"
+      CGO_ENABLED=0 make WHAT="cmd/$what" >"$build/make-$what.log" 2>&1 \
+        || { tail -n 40 "$build/make-$what.log" >&2; die "building $what failed (log: $build/make-$what.log)"; }
+      cp "_output/bin/$what" "$K8S_BIN/$what.tmp" && mv "$K8S_BIN/$what.tmp" "$K8S_BIN/$what"
+    fi
+  done
+  # The build tree is 1.5 GB; the binaries are all we keep.
+  cd "$STACKPLANE_CACHE" && rm -rf "$build/src"
+fi
+
+if [ ! -x "$MOTO_VENV/bin/moto_server" ]; then
+  log "installing moto into $MOTO_VENV"
+  python3 -m venv "$MOTO_VENV"
+  "$MOTO_VENV/bin/pip" install -q --disable-pip-version-check "moto[server]==5.2.*"
+fi
+
+log "ready: $K8S_BIN, $MOTO_VENV"

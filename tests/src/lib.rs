@@ -1,0 +1,137 @@
+//! Support for the integration tests: connections to the real components that
+//! `tests/harness/up.sh` starts (kube-apiserver, Postgres, moto), found through the environment
+//! it exports. A test whose component is missing fails and says how to start it; none skips.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client, ResourceExt};
+use sqlx::postgres::PgPool;
+
+const HOW_TO_RUN: &str =
+    "run the tests with `make test` (tests/run.sh), which starts the real components and exports their addresses";
+
+/// The value of an environment variable the harness exports, or a panic naming it.
+pub fn required_env(name: &str) -> String {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => v,
+        _ => panic!("{name} is not set: {HOW_TO_RUN}"),
+    }
+}
+
+/// The root of the workspace.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// A client of the test cluster's kube-apiserver, from `KUBECONFIG`.
+pub async fn kube_client() -> Client {
+    let path = required_env("KUBECONFIG");
+    assert!(
+        Path::new(&path).is_file(),
+        "KUBECONFIG={path} does not exist: {HOW_TO_RUN}"
+    );
+    let client = Client::try_default()
+        .await
+        .unwrap_or_else(|e| panic!("cannot build a client from KUBECONFIG={path}: {e}"));
+    if let Err(e) = client.apiserver_version().await {
+        panic!("kube-apiserver from KUBECONFIG={path} does not answer: {e}; {HOW_TO_RUN}");
+    }
+    client
+}
+
+/// Installs (server-side apply) every stackplane CRD and waits until each is Established.
+pub async fn install_crds(client: &Client) {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let params = PatchParams::apply("stackplane-tests").force();
+    for crd in stackplane_crds::all_crds() {
+        let name = crd.name_any();
+        api.patch(&name, &params, &Patch::Apply(&crd))
+            .await
+            .unwrap_or_else(|e| panic!("apply CRD {name}: {e}"));
+    }
+    for crd in stackplane_crds::all_crds() {
+        let name = crd.name_any();
+        let established = kube::runtime::wait::await_condition(
+            api.clone(),
+            &name,
+            kube::runtime::conditions::is_crd_established(),
+        );
+        tokio::time::timeout(Duration::from_secs(30), established)
+            .await
+            .unwrap_or_else(|_| panic!("CRD {name} not Established within 30s"))
+            .unwrap_or_else(|e| panic!("watching CRD {name}: {e}"));
+    }
+}
+
+/// A name unique to one test run, so tests sharing a cluster or database never collide.
+pub fn unique(prefix: &str) -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("{prefix}-{}", &id[..10])
+}
+
+/// A new, empty database on the harness's Postgres, for one test. Dropped with the cluster.
+pub async fn fresh_database() -> (PgPool, String) {
+    let url = required_env("DATABASE_URL");
+    let admin = PgPool::connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to DATABASE_URL ({e}): {HOW_TO_RUN}"));
+    let name = unique("test").replace('-', "_");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&admin)
+        .await
+        .unwrap_or_else(|e| panic!("create database {name}: {e}"));
+    admin.close().await;
+    let (base, _) = url.rsplit_once('/').unwrap_or((&url, ""));
+    let db_url = format!("{base}/{name}");
+    let pool = PgPool::connect(&db_url)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {db_url}: {e}"));
+    (pool, db_url)
+}
+
+/// The AWS SDK configuration pointed at moto through `AWS_ENDPOINT_URL`.
+pub async fn aws_config() -> aws_config::SdkConfig {
+    let endpoint = required_env("AWS_ENDPOINT_URL");
+    let https = aws_smithy_http_client::Builder::new()
+        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https();
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(https)
+        .endpoint_url(endpoint)
+        .load()
+        .await
+}
+
+/// Every example Platform under `examples/platforms/`, as (file name, YAML).
+pub fn example_platform_files() -> Vec<(String, String)> {
+    let dir = workspace_root().join("examples/platforms");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|p| {
+            let text =
+                std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()));
+            (
+                p.file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned(),
+                text,
+            )
+        })
+        .collect()
+}
