@@ -33,7 +33,7 @@ pub struct TenantBackupSpec {
     #[schemars(length(min = 1, max = 63), regex(pattern = DNS1123_LABEL))]
     pub tenant: String,
 
-    /// Why the backup was taken.
+    /// Why the backup was taken: `manual` (the default), `scheduled` or `pre-delete`.
     #[serde(default)]
     pub reason: BackupReason,
 

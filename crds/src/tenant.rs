@@ -59,7 +59,8 @@ pub struct TenantSpec {
     #[serde(default)]
     pub paused: bool,
 
-    /// What happens to the namespace and cloud resources when the Tenant is deleted.
+    /// What deleting the Tenant does to its namespace and cloud resources: `Delete` (the
+    /// default) removes them after a final backup; `Retain` leaves them, labelled as orphaned.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
 
@@ -98,7 +99,8 @@ pub struct Subscription {
     /// Stripe subscription id, `sub_...`.
     #[schemars(regex(pattern = "^sub_[A-Za-z0-9]+$"))]
     pub id: String,
-    /// Status of the subscription as Stripe last reported it.
+    /// Status of the subscription as Stripe last reported it (`active`, `trialing`, `past_due`,
+    /// `unpaid`, `paused`, `canceled`, `incomplete`, `incomplete_expired`).
     pub status: SubscriptionStatus,
     /// End of the period already paid for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -198,7 +200,8 @@ impl TenantPhase {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TenantStatus {
-    /// Lifecycle phase.
+    /// Lifecycle phase: Pending, Provisioning, Ready, Degraded, Suspended, Cancelled, Deleting
+    /// or Failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<TenantPhase>,
     /// Latest observations: `Ready`, `Synced`, `CloudReady`, `Paused`, `PaymentOverdue`.

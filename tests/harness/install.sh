@@ -36,11 +36,15 @@ fi
 
 if [ "${#missing[@]}" -gt 0 ]; then
   log "installing Debian packages: ${missing[*]}"
-  $SUDO apt-get update -qq
+  mkdir -p "$STACKPLANE_CACHE"
+  apt_log="$STACKPLANE_CACHE/apt.log"
+  $SUDO apt-get update -qq >"$apt_log" 2>&1 || { tail -n 20 "$apt_log" >&2; die "apt-get update failed (log: $apt_log)"; }
   pkgs=()
   for p in "${missing[@]}"; do [ "$p" = "__update__" ] || pkgs+=("$p"); done
   if [ "${#pkgs[@]}" -gt 0 ]; then
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends --no-upgrade "${pkgs[@]}"
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends --no-upgrade \
+      -o Dpkg::Use-Pty=0 "${pkgs[@]}" >>"$apt_log" 2>&1 \
+      || { tail -n 30 "$apt_log" >&2; die "apt-get install failed (log: $apt_log)"; }
   fi
 fi
 
@@ -50,7 +54,8 @@ if [ "$need_source" = 1 ]; then
   cd "$build"
   if ! ls kubernetes_*.orig.tar.gz >/dev/null 2>&1; then
     log "downloading Debian's kubernetes source package"
-    apt-get source --download-only kubernetes >/dev/null
+    apt-get source --download-only kubernetes >"$build/apt-source.log" 2>&1 \
+      || { tail -n 20 "$build/apt-source.log" >&2; die "apt-get source kubernetes failed"; }
   fi
   tarball="$(ls kubernetes_*.orig.tar.gz | head -n1)"
   src="$build/src"
