@@ -5,19 +5,9 @@
 # DEMO_EXIT=1 stops right after showing (for scripted checks).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-harness="$root/tests/harness"
-
-"$harness/install.sh"
-
-run=""
-cleanup() { [ -n "$run" ] && "$harness/down.sh" "$run"; }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-STACKPLANE_OWNER_PID=$$ run="$("$harness/up.sh")"
-# shellcheck disable=SC1091
-source "$run/env.sh"
+# shellcheck source=harness/lib.sh
+source "$root/tests/harness/lib.sh"
+components_for_this_shell
 
 cd "$root"
 cargo build -q --locked -p stackplane-api
@@ -33,7 +23,7 @@ echo
 if [ -n "${DEMO_EXIT:-}" ]; then exit 0; fi
 cat <<MSG
 The local control plane is running. In another shell:
-  source $run/env.sh
+  source $STACKPLANE_RUN/env.sh
   kubectl get platforms,tenants,tenantbackups
   kubectl explain tenant.spec
 Press Ctrl-C to stop everything.

@@ -15,3 +15,20 @@ die() { printf '[harness] error: %s\n' "$*" >&2; exit 1; }
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
+
+# For a script that needs the components for as long as it runs (make test, make demo):
+# installs what is missing, starts the components, exports their addresses into the calling
+# shell, and stops them by PID when that shell exits, fails or is interrupted.
+components_for_this_shell() {
+  local harness
+  harness="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+  "$harness/install.sh"
+  STACKPLANE_RUN=""
+  # shellcheck disable=SC2064 # expand $harness now, $STACKPLANE_RUN at exit
+  trap "[ -z \"\$STACKPLANE_RUN\" ] || \"$harness/down.sh\" \"\$STACKPLANE_RUN\"" EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+  STACKPLANE_RUN="$(STACKPLANE_OWNER_PID=$$ "$harness/up.sh")"
+  # shellcheck disable=SC1091
+  source "$STACKPLANE_RUN/env.sh"
+}
