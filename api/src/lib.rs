@@ -3,7 +3,12 @@
 
 use std::net::SocketAddr;
 
+pub mod auth;
+pub mod billing;
+pub mod config;
 pub mod db;
+pub mod http_error;
+pub mod metrics;
 pub mod server;
 pub mod telemetry;
 

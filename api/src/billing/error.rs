@@ -1,0 +1,49 @@
+//! Errors of the billing intake and worker.
+
+/// Why an event could not be processed (yet).
+#[derive(Debug, thiserror::Error)]
+pub enum BillingError {
+    #[error("event payload is not a Stripe event: {0}")]
+    MalformedEvent(String),
+    #[error("no Platform lists Stripe price {0}")]
+    UnknownPrice(String),
+    #[error("no Platform {platform} with tier {tier} (from checkout metadata)")]
+    UnknownPlatformTier { platform: String, tier: String },
+    #[error("subscription {0} has no price a Platform lists and no platform/tier metadata")]
+    NoPlatform(String),
+    #[error("Kubernetes: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("cannot encode state: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+impl BillingError {
+    /// A short stable category: a metric label, stored as `stripe_events.error_kind`.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            BillingError::MalformedEvent(_) => "malformed_event",
+            BillingError::UnknownPrice(_) => "unknown_price",
+            BillingError::UnknownPlatformTier { .. } => "unknown_platform_tier",
+            BillingError::NoPlatform(_) => "no_platform",
+            BillingError::Kube(_) => "kubernetes",
+            BillingError::Database(_) => "database",
+            BillingError::Encode(_) => "encode",
+        }
+    }
+
+    /// Whether the error waits on the Platforms: retried as soon as a Platform changes.
+    pub fn waits_on_platforms(&self) -> bool {
+        matches!(
+            self,
+            BillingError::UnknownPrice(_)
+                | BillingError::UnknownPlatformTier { .. }
+                | BillingError::NoPlatform(_)
+        )
+    }
+}
+
+/// The `error_kind`s retried when the Platforms change.
+pub const PLATFORM_ERROR_KINDS: [&str; 3] =
+    ["unknown_price", "unknown_platform_tier", "no_platform"];

@@ -1,0 +1,6 @@
+//! Stripe billing intake: the webhook, the worker that turns events into Tenants, and the
+//! pure mapping between them.
+
+pub mod error;
+pub mod mapping;
+pub mod prices;

@@ -1,0 +1,103 @@
+//! Prometheus metrics of the api, served at `GET /metrics`.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    /// The event type, or `unknown` when the request was rejected before it was read.
+    pub event_type: String,
+    /// `stored`, `duplicate` or the rejection reason.
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProcessedLabels {
+    pub event_type: String,
+    /// `applied`, `skipped` or the error category.
+    pub outcome: String,
+}
+
+/// Every metric of the api.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    pub webhook_events: Family<WebhookLabels, Counter>,
+    pub processed_events: Family<ProcessedLabels, Counter>,
+    pub queue_depth: Gauge,
+    pub processing_lag: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("stackplane");
+        let webhook_events = Family::<WebhookLabels, Counter>::default();
+        registry.register(
+            "webhook_events",
+            "Stripe webhook deliveries by event type and outcome",
+            webhook_events.clone(),
+        );
+        let processed_events = Family::<ProcessedLabels, Counter>::default();
+        registry.register(
+            "billing_events_processed",
+            "Stripe events processed by the billing worker, by type and outcome",
+            processed_events.clone(),
+        );
+        let queue_depth = Gauge::default();
+        registry.register(
+            "billing_queue_depth",
+            "Stripe events pending or failed, waiting for the billing worker",
+            queue_depth.clone(),
+        );
+        let processing_lag = Histogram::new(exponential_buckets(0.005, 2.0, 16));
+        registry.register(
+            "billing_processing_lag_seconds",
+            "Time from receiving a Stripe event to the worker finishing it",
+            processing_lag.clone(),
+        );
+        Self {
+            registry: Arc::new(registry),
+            webhook_events,
+            processed_events,
+            queue_depth,
+            processing_lag,
+        }
+    }
+
+    pub fn webhook(&self, event_type: &str, outcome: &str) {
+        self.webhook_events
+            .get_or_create(&WebhookLabels {
+                event_type: event_type.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn processed(&self, event_type: &str, outcome: &str) {
+        self.processed_events
+            .get_or_create(&ProcessedLabels {
+                event_type: event_type.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The OpenMetrics text of every metric.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
