@@ -30,11 +30,25 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .context("connecting to DATABASE_URL")?;
             db::migrate(&pool).await.context("applying migrations")?;
+            let env = |k: &str| std::env::var(k).ok();
+            let secrets = stackplane_api::config::Secrets::from_values(
+                env("STRIPE_WEBHOOK_SECRETS").as_deref(),
+                env("STRIPE_SECRET_KEY").as_deref(),
+                env("STACKPLANE_ADMIN_TOKEN").as_deref(),
+            )?;
+            let state = server::AppState {
+                db: pool,
+                metrics: stackplane_api::metrics::Metrics::new(),
+                billing: std::sync::Arc::new(server::BillingState {
+                    secrets,
+                    wake: Default::default(),
+                }),
+            };
             let listener = tokio::net::TcpListener::bind(args.listen)
                 .await
                 .with_context(|| format!("binding {}", args.listen))?;
             tracing::info!(listen = %args.listen, "serving stackplane-api");
-            axum::serve(listener, server::router(server::AppState { db: pool }))
+            axum::serve(listener, server::router(state))
                 .with_graceful_shutdown(telemetry::shutdown_signal())
                 .await?;
             tracing::info!("shut down");

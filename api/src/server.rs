@@ -1,12 +1,31 @@
 //! The HTTP server: routes and shared state.
 
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use axum::routing::post;
 use axum::{extract::State, http::StatusCode, routing::get, Router};
 use sqlx::PgPool;
+use tokio::sync::Notify;
+
+use crate::config::Secrets;
+use crate::metrics::Metrics;
+
+/// Billing configuration shared by the handlers.
+pub struct BillingState {
+    pub secrets: Secrets,
+    /// Woken when an event is stored, so an in-process worker picks it up at once.
+    pub wake: Arc<Notify>,
+}
 
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
     pub db: PgPool,
+    pub metrics: Metrics,
+    pub billing: Arc<BillingState>,
 }
 
 /// The routes of the API.
@@ -14,7 +33,28 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route(
+            "/webhooks/stripe",
+            post(crate::billing::webhook::stripe_webhook).layer(DefaultBodyLimit::max(
+                crate::billing::webhook::MAX_BODY_BYTES,
+            )),
+        )
         .with_state(state)
+}
+
+async fn metrics(State(state): State<AppState>) -> axum::response::Response {
+    match state.metrics.encode() {
+        Ok(text) => (
+            [(
+                CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
 }
 
 /// Ready when the database answers.

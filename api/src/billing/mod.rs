@@ -4,3 +4,4 @@
 pub mod error;
 pub mod mapping;
 pub mod prices;
+pub mod webhook;

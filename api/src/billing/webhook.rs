@@ -1,0 +1,233 @@
+//! `POST /webhooks/stripe`: verifies the signature with async-stripe's webhook crate against
+//! every configured secret, stores the event idempotently and answers once it is stored.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+use stripe_webhook::{Webhook, WebhookError};
+
+use crate::http_error::ApiError;
+use crate::server::AppState;
+
+/// Largest accepted webhook body.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// Why a delivery was refused; `code()` is the JSON error code and metric outcome.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("the Stripe-Signature header is missing")]
+    MissingSignature,
+    #[error("the Stripe-Signature header is not `t=<unix>,v1=<hex>`")]
+    InvalidSignatureHeader,
+    #[error(
+        "no v1 signature matches any configured webhook secret (bad signature or unknown secret)"
+    )]
+    SignatureMismatch,
+    #[error("the signature timestamp is outside the 300 s tolerance")]
+    StaleTimestamp,
+    #[error("the body is not a Stripe event: {0}")]
+    MalformedJson(String),
+    #[error("the body exceeds {MAX_BODY_BYTES} bytes")]
+    PayloadTooLarge,
+}
+
+impl Rejection {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Rejection::MissingSignature => "missing_signature",
+            Rejection::InvalidSignatureHeader => "invalid_signature_header",
+            Rejection::SignatureMismatch => "signature_mismatch",
+            Rejection::StaleTimestamp => "stale_timestamp",
+            Rejection::MalformedJson(_) => "malformed_json",
+            Rejection::PayloadTooLarge => "payload_too_large",
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            Rejection::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+/// Checks `header` against every secret at time `now`; Ok when one of them signed `payload`.
+pub fn verify(payload: &str, header: &str, secrets: &[String], now: i64) -> Result<(), Rejection> {
+    let well_formed = header.split(',').any(|p| {
+        p.strip_prefix("t=")
+            .is_some_and(|t| t.trim().parse::<i64>().is_ok())
+    }) && header.split(',').any(|p| p.starts_with("v1="));
+    if !well_formed {
+        return Err(Rejection::InvalidSignatureHeader);
+    }
+    let mut stale = false;
+    for secret in secrets {
+        match Webhook::construct_event_with_timestamp(payload, header, secret, now) {
+            // A parse failure comes only after the signature and timestamp checked out: the
+            // event is Stripe's, and its shape is read by the worker (never dropped here).
+            Ok(_) | Err(WebhookError::BadParse(_)) => return Ok(()),
+            Err(WebhookError::BadTimestamp(_)) => stale = true,
+            Err(WebhookError::BadHeader(_)) => return Err(Rejection::InvalidSignatureHeader),
+            Err(WebhookError::BadSignature | WebhookError::BadKey) => {}
+        }
+    }
+    Err(if stale {
+        Rejection::StaleTimestamp
+    } else {
+        Rejection::SignatureMismatch
+    })
+}
+
+/// The envelope fields stored with an event.
+struct Envelope {
+    id: String,
+    event_type: String,
+    created: i64,
+    livemode: bool,
+    subscription_id: Option<String>,
+    payload: Value,
+}
+
+fn envelope(payload: &str) -> Result<Envelope, Rejection> {
+    let value: Value =
+        serde_json::from_str(payload).map_err(|e| Rejection::MalformedJson(e.to_string()))?;
+    let field = |k: &str| value.get(k).and_then(Value::as_str).map(str::to_owned);
+    let id = field("id").ok_or_else(|| Rejection::MalformedJson("no event id".into()))?;
+    let event_type = field("type").ok_or_else(|| Rejection::MalformedJson("no type".into()))?;
+    let created = value
+        .get("created")
+        .and_then(Value::as_i64)
+        .ok_or_else(|| Rejection::MalformedJson("no created".into()))?;
+    let subscription_id = crate::billing::mapping::parse_event(&value)
+        .ok()
+        .and_then(|e| e.observation.subscription_id().map(str::to_owned));
+    Ok(Envelope {
+        id,
+        event_type,
+        created,
+        livemode: value
+            .get("livemode")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        subscription_id,
+        payload: value,
+    })
+}
+
+fn reject(state: &AppState, r: Rejection) -> Response {
+    state.metrics.webhook("unknown", r.metric_label());
+    tracing::warn!(reason = r.metric_label(), "stripe webhook rejected");
+    ApiError::new(r.status(), r.metric_label(), r.to_string()).into_response()
+}
+
+/// The handler of `POST /webhooks/stripe`.
+pub async fn stripe_webhook(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
+        return reject(&state, Rejection::PayloadTooLarge);
+    }
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
+        return reject(&state, Rejection::PayloadTooLarge);
+    };
+    let Some(signature) = headers.get("stripe-signature") else {
+        return reject(&state, Rejection::MissingSignature);
+    };
+    let Ok(signature) = signature.to_str() else {
+        return reject(&state, Rejection::InvalidSignatureHeader);
+    };
+    let Ok(payload) = std::str::from_utf8(&bytes) else {
+        return reject(&state, Rejection::MalformedJson("not UTF-8".into()));
+    };
+    let now = chrono::Utc::now().timestamp();
+    if let Err(r) = verify(
+        payload,
+        signature,
+        &state.billing.secrets.webhook_secrets,
+        now,
+    ) {
+        return reject(&state, r);
+    }
+    let event = match envelope(payload) {
+        Ok(e) => e,
+        Err(r) => return reject(&state, r),
+    };
+    let stored = sqlx::query(
+        "INSERT INTO stripe_events (id, event_type, created, livemode, subscription_id, payload) \
+         VALUES ($1, $2, to_timestamp($3), $4, $5, $6) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(&event.id)
+    .bind(&event.event_type)
+    .bind(event.created as f64)
+    .bind(event.livemode)
+    .bind(&event.subscription_id)
+    .bind(&event.payload)
+    .execute(&state.db)
+    .await;
+    match stored {
+        Ok(done) => {
+            let duplicate = done.rows_affected() == 0;
+            let outcome = if duplicate { "duplicate" } else { "stored" };
+            state.metrics.webhook(&event.event_type, outcome);
+            tracing::info!(event_id = %event.id, event_type = %event.event_type, outcome, "stripe event received");
+            state.billing.wake.notify_one();
+            (
+                StatusCode::OK,
+                Json(json!({ "received": true, "duplicate": duplicate })),
+            )
+                .into_response()
+        }
+        Err(error) => {
+            state.metrics.webhook(&event.event_type, "store_failed");
+            tracing::error!(event_id = %event.id, %error, "storing stripe event");
+            ApiError::internal("the event could not be stored; Stripe will retry").into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PAYLOAD: &str =
+        r#"{"id":"evt_1","object":"event","type":"charge.succeeded","created":1}"#;
+
+    fn secrets() -> Vec<String> {
+        vec!["whsec_old".into(), "whsec_new".into()]
+    }
+
+    #[test]
+    fn either_secret_verifies_and_others_are_refused() {
+        for s in ["whsec_old", "whsec_new"] {
+            let h = Webhook::generate_test_header(PAYLOAD, s, Some(1000));
+            assert_eq!(verify(PAYLOAD, &h, &secrets(), 1000), Ok(()));
+        }
+        let h = Webhook::generate_test_header(PAYLOAD, "whsec_other", Some(1000));
+        assert_eq!(
+            verify(PAYLOAD, &h, &secrets(), 1000),
+            Err(Rejection::SignatureMismatch)
+        );
+        let h = Webhook::generate_test_header(PAYLOAD, "whsec_new", Some(1000));
+        assert_eq!(
+            verify(PAYLOAD, &h, &secrets(), 1301),
+            Err(Rejection::StaleTimestamp)
+        );
+        assert_eq!(
+            verify(PAYLOAD, "garbage", &secrets(), 1000),
+            Err(Rejection::InvalidSignatureHeader)
+        );
+        assert_eq!(
+            verify(&PAYLOAD.replace("evt_1", "evt_2"), &h, &secrets(), 1000),
+            Err(Rejection::SignatureMismatch)
+        );
+    }
+}

@@ -1,0 +1,176 @@
+//! Stripe webhook intake against the real Postgres the harness starts.
+
+use std::sync::Arc;
+
+use hmac::{Hmac, Mac};
+use serde_json::json;
+use sha2::Sha256;
+use stackplane_api::config::Secrets;
+use stackplane_api::db::MIGRATOR;
+use stackplane_api::metrics::Metrics;
+use stackplane_api::server::{router, AppState, BillingState};
+use stackplane_tests::{fresh_database, unique};
+
+const SECRET_A: &str = "whsec_test_old_secret";
+const SECRET_B: &str = "whsec_test_new_secret";
+
+/// `Stripe-Signature` exactly as Stripe computes it.
+fn sign(payload: &str, secret: &str, t: i64) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("hmac key");
+    mac.update(format!("{t}.{payload}").as_bytes());
+    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+async fn start() -> (String, sqlx::PgPool) {
+    let (pool, _) = fresh_database().await;
+    MIGRATOR.run(&pool).await.expect("migrate");
+    let secrets = Secrets::from_values(
+        Some(&format!("{SECRET_A},{SECRET_B}")),
+        Some("sk_test_123"),
+        Some("admin-token-for-tests"),
+    )
+    .expect("secrets");
+    let state = AppState {
+        db: pool.clone(),
+        metrics: Metrics::new(),
+        billing: Arc::new(BillingState {
+            secrets,
+            wake: Default::default(),
+        }),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, router(state)).await });
+    (format!("http://{addr}"), pool)
+}
+
+fn subscription_event(id: &str, created: i64) -> String {
+    json!({
+        "id": id, "object": "event", "api_version": "2025-03-31.basil", "created": created,
+        "livemode": false, "pending_webhooks": 1, "request": {"id": null, "idempotency_key": null},
+        "type": "customer.subscription.created",
+        "data": {"object": {
+            "id": "sub_1TestSub", "object": "subscription", "customer": "cus_TestCustomer",
+            "status": "active", "metadata": {},
+            "items": {"object": "list", "data": [{"id": "si_1", "object": "subscription_item",
+                "current_period_end": created + 2_592_000,
+                "price": {"id": "price_1LeadsiteIoStarterMonthly", "object": "price"}}]}
+        }}
+    })
+    .to_string()
+}
+
+async fn post(base: &str, body: String, signature: Option<String>) -> (u16, serde_json::Value) {
+    let mut req = reqwest::Client::new()
+        .post(format!("{base}/webhooks/stripe"))
+        .header("content-type", "application/json")
+        .body(body);
+    if let Some(s) = signature {
+        req = req.header("Stripe-Signature", s);
+    }
+    let resp = req.send().await.expect("send");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+async fn stored(pool: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM stripe_events")
+        .fetch_one(pool)
+        .await
+        .expect("count")
+}
+
+#[tokio::test]
+async fn rejected_deliveries_answer_4xx_with_a_reason_and_store_nothing() {
+    let (base, pool) = start().await;
+    let payload = subscription_event(&unique("evt").replace('-', ""), now());
+    let t = now();
+    let cases = [
+        (
+            "missing signature",
+            payload.clone(),
+            None,
+            400,
+            "missing_signature",
+        ),
+        (
+            "bad signature",
+            payload.clone(),
+            Some(format!("t={t},v1={}", "ab".repeat(32))),
+            400,
+            "signature_mismatch",
+        ),
+        (
+            "wrong secret",
+            payload.clone(),
+            Some(sign(&payload, "whsec_someone_else", t)),
+            400,
+            "signature_mismatch",
+        ),
+        (
+            "stale timestamp",
+            payload.clone(),
+            Some(sign(&payload, SECRET_A, t - 301)),
+            400,
+            "stale_timestamp",
+        ),
+        (
+            "malformed JSON",
+            "{not json".to_owned(),
+            Some(sign("{not json", SECRET_A, t)),
+            400,
+            "malformed_json",
+        ),
+    ];
+    for (what, body, sig, status, code) in cases {
+        let (got, error) = post(&base, body, sig).await;
+        assert_eq!(got, status, "{what}: {error}");
+        assert_eq!(error["error"]["code"], code, "{what}: {error}");
+        assert!(error["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
+    }
+    let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(300 * 1024));
+    let (got, error) = post(&base, big.clone(), Some(sign(&big, SECRET_A, t))).await;
+    assert_eq!(got, 413, "oversized: {error}");
+    assert_eq!(stored(&pool).await, 0, "nothing stored on rejection");
+}
+
+#[tokio::test]
+async fn events_signed_with_either_secret_are_stored() {
+    let (base, pool) = start().await;
+    for secret in [SECRET_A, SECRET_B] {
+        let payload = subscription_event(&unique("evt").replace('-', ""), now());
+        let (got, body) = post(&base, payload.clone(), Some(sign(&payload, secret, now()))).await;
+        assert_eq!(got, 200, "{body}");
+    }
+    assert_eq!(stored(&pool).await, 2);
+    let sub: Option<String> =
+        sqlx::query_scalar("SELECT subscription_id FROM stripe_events LIMIT 1")
+            .fetch_one(&pool)
+            .await
+            .expect("read");
+    assert_eq!(sub.as_deref(), Some("sub_1TestSub"));
+}
+
+#[tokio::test]
+async fn the_same_event_delivered_ten_times_concurrently_is_stored_once() {
+    let (base, pool) = start().await;
+    let payload = subscription_event(&unique("evt").replace('-', ""), now());
+    let sig = sign(&payload, SECRET_B, now());
+    let sends = (0..10).map(|_| post(&base, payload.clone(), Some(sig.clone())));
+    let results = futures::future::join_all(sends).await;
+    assert!(results.iter().all(|(s, _)| *s == 200), "{results:?}");
+    let duplicates = results
+        .iter()
+        .filter(|(_, b)| b["duplicate"] == true)
+        .count();
+    assert_eq!(duplicates, 9, "{results:?}");
+    assert_eq!(stored(&pool).await, 1);
+}
