@@ -6,7 +6,14 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::runtime::wait::Condition;
 use kube::{Api, Client, ResourceExt};
 
+pub mod controller;
+pub mod error;
+pub mod leader;
+pub mod metrics;
 pub mod telemetry;
+pub mod tenant;
+
+pub use controller::{run, Config};
 
 /// Flags of `stackplane-controller`, each with an environment fallback.
 #[derive(clap::Parser, Debug, Clone)]
@@ -27,6 +34,79 @@ pub struct Args {
     /// Log format.
     #[arg(long, env = "STACKPLANE_LOG_FORMAT", value_enum, default_value_t = telemetry::LogFormat::Text)]
     pub log_format: telemetry::LogFormat,
+
+    /// Namespace of the ingress controller; its pods may reach every tenant.
+    #[arg(
+        long,
+        env = "STACKPLANE_INGRESS_NAMESPACE",
+        default_value = "ingress-nginx"
+    )]
+    pub ingress_namespace: String,
+
+    /// Reconcile only Tenants matching this label selector (sharding). Default: every Tenant.
+    #[arg(long, env = "STACKPLANE_TENANT_SELECTOR")]
+    pub tenant_selector: Option<String>,
+
+    /// Name of the leader-election Lease.
+    #[arg(
+        long,
+        env = "STACKPLANE_LEASE_NAME",
+        default_value = "stackplane-controller"
+    )]
+    pub lease_name: String,
+
+    /// Namespace of the leader-election Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+
+    /// Seconds the Lease stays valid without renewal: how long a dead leader blocks others.
+    #[arg(long, env = "STACKPLANE_LEASE_DURATION", default_value_t = 15)]
+    pub lease_duration: u64,
+
+    /// Seconds before expiry at which the leader renews the Lease.
+    #[arg(long, env = "STACKPLANE_LEASE_GRACE", default_value_t = 5)]
+    pub lease_grace: u64,
+
+    /// Identity of this replica in the Lease. Default: the pod (host) name and process id.
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+
+    /// Seconds between periodic reconciles of a healthy Tenant.
+    #[arg(long, env = "STACKPLANE_REQUEUE_SECONDS", default_value_t = 300)]
+    pub requeue_seconds: u64,
+}
+
+impl Args {
+    /// The controller's configuration from the flags.
+    pub fn config(&self) -> Config {
+        let identity = self.identity.clone().unwrap_or_else(|| {
+            let host = std::env::var("HOSTNAME")
+                .ok()
+                .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "stackplane-controller".to_owned());
+            format!("{host}-{}", std::process::id())
+        });
+        Config {
+            concurrency: self.concurrency,
+            tenant_selector: self.tenant_selector.clone(),
+            reconcile: tenant::ReconcileConfig {
+                plan: tenant::plan::PlanOptions {
+                    ingress_namespace: self.ingress_namespace.clone(),
+                },
+                requeue: std::time::Duration::from_secs(self.requeue_seconds.max(1)),
+                ..tenant::ReconcileConfig::default()
+            },
+            lease: leader::LeaseConfig {
+                name: self.lease_name.clone(),
+                namespace: self.lease_namespace.clone(),
+                identity,
+                duration_secs: self.lease_duration,
+                grace_secs: self.lease_grace,
+            },
+        }
+    }
 }
 
 /// Errors of the controller's start-up checks.

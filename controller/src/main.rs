@@ -1,15 +1,20 @@
 //! `stackplane-controller`: reconciles Tenants into per-customer stacks.
 
+use std::sync::Arc;
+
 use clap::Parser;
-use stackplane_controller::{telemetry, Args};
+use stackplane_controller::{metrics, telemetry, Args};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     telemetry::init(args.log_format);
+    let config = args.config();
     tracing::info!(
         metrics_listen = %args.metrics_listen,
         concurrency = args.concurrency,
+        identity = %config.lease.identity,
+        lease = %config.lease.name,
         "starting stackplane-controller"
     );
 
@@ -22,7 +27,27 @@ async fn main() -> anyhow::Result<()> {
     // Refuse to run against a cluster without the CRDs rather than failing every watch later.
     stackplane_controller::require_crds(&client).await?;
 
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let wait_stop = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let metrics = Arc::new(metrics::Metrics::new());
+    let (bound, server) = metrics::serve(args.metrics_listen, metrics.clone(), wait_stop()).await?;
+    tracing::info!(metrics_listen = %bound, "serving /metrics and /healthz");
+
+    let controller = tokio::spawn(stackplane_controller::run(
+        client,
+        config,
+        metrics,
+        wait_stop(),
+    ));
     telemetry::shutdown_signal().await;
     tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    controller.await??;
+    server.await?;
     Ok(())
 }

@@ -1,0 +1,60 @@
+//! The errors of a reconcile, each with a stable category used as a metric label and an event
+//! reason.
+
+/// Why a reconcile failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A call to the Kubernetes API failed.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// Applying a desired object failed.
+    #[error("apply {kind} {name}: {source}")]
+    Apply {
+        kind: &'static str,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    /// Deleting an object no longer desired failed.
+    #[error("prune {kind} {name}: {source}")]
+    Prune {
+        kind: &'static str,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    /// Writing the Tenant's status failed.
+    #[error("status: {0}")]
+    Status(#[source] kube::Error),
+    /// Adding or removing the finalizer, or the clean-up behind it, failed.
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    /// An object could not be serialized.
+    #[error("serialize: {0}")]
+    Serialize(#[from] serde_json::Error),
+    /// The tenant's namespace is still being deleted (not a failure: the finalizer waits).
+    #[error("namespace {namespace} is still terminating")]
+    NamespaceTerminating { namespace: String },
+    /// The object has no name (never for objects read from the API server).
+    #[error("object without a name")]
+    NoName,
+}
+
+impl Error {
+    /// A short, stable category: the `error` label of the error metric and the event reason.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Apply { .. } => "apply",
+            Error::Prune { .. } => "prune",
+            Error::Status(_) => "status",
+            Error::Finalizer(_) => "finalizer",
+            Error::Serialize(_) => "serialize",
+            Error::NoName => "no_name",
+            Error::NamespaceTerminating { .. } => "namespace_terminating",
+        }
+    }
+}
+
+/// Result of the reconciler's steps.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

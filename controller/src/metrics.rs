@@ -1,0 +1,213 @@
+//! Prometheus metrics of the controller and the HTTP server that exposes them (`/metrics`,
+//! `/healthz`).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::{text::encode, EncodeLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use stackplane_crds::TenantPhase;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    error: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabels {
+    phase: String,
+}
+
+/// The controller's metrics.
+pub struct Metrics {
+    registry: Registry,
+    reconciles: Counter,
+    reconcile_duration: Histogram,
+    errors: Family<ErrorLabels, Counter>,
+    tenants: Family<PhaseLabels, Gauge>,
+    creation_to_ready: Histogram,
+    leader: Gauge,
+    phases: Mutex<HashMap<String, TenantPhase>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric under the prefix `stackplane_controller`.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("stackplane_controller");
+        let reconciles = Counter::default();
+        registry.register("reconciles", "Tenant reconciles run", reconciles.clone());
+        let reconcile_duration =
+            Histogram::new([0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]);
+        registry.register(
+            "reconcile_duration_seconds",
+            "Duration of one Tenant reconcile",
+            reconcile_duration.clone(),
+        );
+        let errors = Family::<ErrorLabels, Counter>::default();
+        registry.register(
+            "reconcile_errors",
+            "Failed Tenant reconciles by error category",
+            errors.clone(),
+        );
+        let tenants = Family::<PhaseLabels, Gauge>::default();
+        registry.register(
+            "tenants",
+            "Tenants this controller reconciled, by phase",
+            tenants.clone(),
+        );
+        // Crossplane-style buckets: provisioning takes seconds to many minutes.
+        let creation_to_ready = Histogram::new([
+            1.0, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+        ]);
+        registry.register(
+            "tenant_creation_to_ready_seconds",
+            "Time from a Tenant's creation until it first became Ready",
+            creation_to_ready.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader lease",
+            leader.clone(),
+        );
+        for phase in TenantPhase::ALL {
+            tenants
+                .get_or_create(&PhaseLabels {
+                    phase: phase.as_str().to_owned(),
+                })
+                .set(0);
+        }
+        Metrics {
+            registry,
+            reconciles,
+            reconcile_duration,
+            errors,
+            tenants,
+            creation_to_ready,
+            leader,
+            phases: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Records one reconcile and how long it took.
+    pub fn reconciled(&self, took: Duration) {
+        self.reconciles.inc();
+        self.reconcile_duration.observe(took.as_secs_f64());
+    }
+
+    /// Records a failed reconcile.
+    pub fn error(&self, category: &str) {
+        self.errors
+            .get_or_create(&ErrorLabels {
+                error: category.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Records the phase of a tenant (`None`: the tenant is gone).
+    pub fn phase(&self, tenant: &str, phase: Option<TenantPhase>) {
+        let Ok(mut phases) = self.phases.lock() else {
+            return;
+        };
+        match phase {
+            Some(p) => phases.insert(tenant.to_owned(), p),
+            None => phases.remove(tenant),
+        };
+        let mut counts: HashMap<TenantPhase, i64> = HashMap::new();
+        for p in phases.values() {
+            *counts.entry(*p).or_default() += 1;
+        }
+        for p in TenantPhase::ALL {
+            self.tenants
+                .get_or_create(&PhaseLabels {
+                    phase: p.as_str().to_owned(),
+                })
+                .set(counts.get(&p).copied().unwrap_or(0));
+        }
+    }
+
+    /// Records the time from a tenant's creation until it became Ready.
+    pub fn became_ready(&self, since_creation: Duration) {
+        self.creation_to_ready.observe(since_creation.as_secs_f64());
+    }
+
+    /// Records whether this replica leads.
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.set(i64::from(leader));
+    }
+
+    /// The metrics in Prometheus' text format.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+async fn metrics_handler(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    match metrics.encode() {
+        Ok(body) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Err(error) => {
+            tracing::error!(%error, "cannot encode metrics");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Binds `addr` and serves `/metrics` and `/healthz` until `shutdown` resolves. Returns the
+/// bound address (useful with port 0) and the server's task.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let app = axum::Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(healthz))
+        .with_state(metrics);
+    let task = tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(%error, "metrics server failed");
+        }
+    });
+    Ok((local, task))
+}

@@ -1,0 +1,720 @@
+//! The desired objects of one tenant: a pure function of the Tenant, its Platform and tier.
+//! No network, no clock, no randomness: generated credentials are filled in by `apply`, which
+//! keeps existing ones.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EnvFromSource, EnvVar, LimitRange, LimitRangeItem,
+    LimitRangeSpec, Namespace, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, ResourceQuota,
+    ResourceQuotaSpec, ResourceRequirements, SeccompProfile, SecretEnvSource, SecurityContext,
+    Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+    VolumeResourceRequirements,
+};
+use k8s_openapi::api::networking::v1::{
+    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
+    IngressServiceBackend, IngressSpec, IngressTLS, NetworkPolicy, NetworkPolicyIngressRule,
+    NetworkPolicyPeer, NetworkPolicySpec, ServiceBackendPort,
+};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use stackplane_crds::labels::{tenant_labels, COMPONENT, TENANT};
+use stackplane_crds::naming::namespace_name;
+use stackplane_crds::{Component, Platform, Tenant, Tier};
+
+/// Name of the tenant's ServiceAccount (and of its Role and RoleBinding).
+pub const SERVICE_ACCOUNT: &str = "tenant-workload";
+/// Name of the Secret of generated credentials.
+pub const CREDENTIALS_SECRET: &str = "credentials";
+/// Keys of the credentials Secret, each a generated random string.
+pub const CREDENTIAL_KEYS: [&str; 2] = ["admin-password", "session-secret"];
+/// Name of the Ingress.
+pub const INGRESS: &str = "web";
+/// Name of the TLS Secret the Ingress refers to (filled by a certificate manager).
+pub const TLS_SECRET: &str = "web-tls";
+/// Where a component's volume is mounted.
+pub const DATA_MOUNT: &str = "/data";
+/// Pod Security Standard enforced in every tenant namespace.
+pub const POD_SECURITY_LEVEL: &str = "restricted";
+
+/// Settings of the plan that come from the controller's configuration, not from the CRs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanOptions {
+    /// Namespace of the ingress controller, whose pods may reach every tenant.
+    pub ingress_namespace: String,
+}
+
+impl Default for PlanOptions {
+    fn default() -> Self {
+        PlanOptions {
+            ingress_namespace: "ingress-nginx".to_owned(),
+        }
+    }
+}
+
+/// One namespaced object the tenant should have.
+#[allow(clippy::large_enum_variant)] // a few per tenant, built once per reconcile
+#[derive(Debug, Clone, PartialEq)]
+pub enum Desired {
+    ResourceQuota(ResourceQuota),
+    LimitRange(LimitRange),
+    NetworkPolicy(NetworkPolicy),
+    ServiceAccount(ServiceAccount),
+    Role(Role),
+    RoleBinding(RoleBinding),
+    /// The credentials Secret, without data: `apply` fills in existing or generated values.
+    CredentialsSecret {
+        name: String,
+        labels: BTreeMap<String, String>,
+    },
+    PersistentVolumeClaim(PersistentVolumeClaim),
+    Deployment(Deployment),
+    Service(Service),
+    Ingress(Ingress),
+}
+
+impl Desired {
+    /// Kind of the object, as the API names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Desired::ResourceQuota(_) => "ResourceQuota",
+            Desired::LimitRange(_) => "LimitRange",
+            Desired::NetworkPolicy(_) => "NetworkPolicy",
+            Desired::ServiceAccount(_) => "ServiceAccount",
+            Desired::Role(_) => "Role",
+            Desired::RoleBinding(_) => "RoleBinding",
+            Desired::CredentialsSecret { .. } => "Secret",
+            Desired::PersistentVolumeClaim(_) => "PersistentVolumeClaim",
+            Desired::Deployment(_) => "Deployment",
+            Desired::Service(_) => "Service",
+            Desired::Ingress(_) => "Ingress",
+        }
+    }
+
+    /// Name of the object.
+    pub fn name(&self) -> &str {
+        let meta = match self {
+            Desired::ResourceQuota(o) => &o.metadata,
+            Desired::LimitRange(o) => &o.metadata,
+            Desired::NetworkPolicy(o) => &o.metadata,
+            Desired::ServiceAccount(o) => &o.metadata,
+            Desired::Role(o) => &o.metadata,
+            Desired::RoleBinding(o) => &o.metadata,
+            Desired::CredentialsSecret { name, .. } => return name,
+            Desired::PersistentVolumeClaim(o) => &o.metadata,
+            Desired::Deployment(o) => &o.metadata,
+            Desired::Service(o) => &o.metadata,
+            Desired::Ingress(o) => &o.metadata,
+        };
+        meta.name.as_deref().unwrap_or_default()
+    }
+}
+
+/// A component as this tenant runs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedComponent {
+    pub name: String,
+    pub replicas: i32,
+}
+
+/// Everything one tenant should have.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// The tenant's namespace (cluster-scoped, applied first).
+    pub namespace: Namespace,
+    /// The namespaced objects, in the order they are applied.
+    pub objects: Vec<Desired>,
+    /// Each component and its replicas.
+    pub components: Vec<PlannedComponent>,
+    /// `https://<subdomain>.<domain>`.
+    pub endpoint: String,
+}
+
+impl Plan {
+    /// Name of the tenant's namespace.
+    pub fn namespace_name(&self) -> &str {
+        self.namespace.metadata.name.as_deref().unwrap_or_default()
+    }
+
+    /// Whether an object of `kind` named `name` is desired.
+    pub fn wants(&self, kind: &str, name: &str) -> bool {
+        self.objects
+            .iter()
+            .any(|o| o.kind() == kind && o.name() == name)
+    }
+}
+
+/// Replicas of `component` in `tier`: the tier's override, else the component's replicas times
+/// the tier's multiplier; zero when the tenant is suspended.
+pub fn replicas(component: &Component, tier: &Tier, suspended: bool) -> i32 {
+    if suspended {
+        return 0;
+    }
+    let overridden = tier
+        .component_overrides
+        .iter()
+        .find(|o| o.name == component.name)
+        .and_then(|o| o.replicas);
+    overridden.unwrap_or_else(|| {
+        component
+            .replicas
+            .saturating_mul(tier.replicas_multiplier.unwrap_or(1))
+    })
+}
+
+/// Whether the tenant's workloads should run: not suspended and not cancelled.
+pub fn scaled_down(tenant: &Tenant) -> bool {
+    tenant.spec.suspended || tenant.spec.cancelled_at.is_some()
+}
+
+/// The desired objects of `tenant` on `platform` in `tier`.
+pub fn plan(tenant: &Tenant, platform: &Platform, tier: &Tier, options: &PlanOptions) -> Plan {
+    let tenant_name = tenant.metadata.name.clone().unwrap_or_default();
+    let platform_name = platform.metadata.name.clone().unwrap_or_default();
+    let ns = namespace_name(&tenant_name);
+    let labels = tenant_labels(&tenant_name, &platform_name);
+    let meta = |name: &str, extra: &[(&str, &str)]| {
+        let mut l = labels.clone();
+        for (k, v) in extra {
+            l.insert((*k).to_owned(), (*v).to_owned());
+        }
+        ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(ns.clone()),
+            labels: Some(l),
+            ..ObjectMeta::default()
+        }
+    };
+
+    let mut ns_labels = labels.clone();
+    for mode in ["enforce", "audit", "warn"] {
+        ns_labels.insert(
+            format!("pod-security.kubernetes.io/{mode}"),
+            POD_SECURITY_LEVEL.to_owned(),
+        );
+    }
+    let namespace = Namespace {
+        metadata: ObjectMeta {
+            name: Some(ns.clone()),
+            labels: Some(ns_labels),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    };
+
+    let mut objects = vec![
+        Desired::ResourceQuota(resource_quota(meta("tenant-quota", &[]), tier)),
+        Desired::LimitRange(limit_range(meta("tenant-limits", &[]))),
+    ];
+    objects.extend(
+        network_policies(&meta, options)
+            .into_iter()
+            .map(Desired::NetworkPolicy),
+    );
+    objects.push(Desired::ServiceAccount(ServiceAccount {
+        metadata: meta(SERVICE_ACCOUNT, &[]),
+        automount_service_account_token: Some(false),
+        ..ServiceAccount::default()
+    }));
+    objects.push(Desired::Role(Role {
+        metadata: meta(SERVICE_ACCOUNT, &[]),
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec![String::new()]),
+            resources: Some(vec!["configmaps".to_owned()]),
+            verbs: ["get", "list", "watch"].map(String::from).to_vec(),
+            ..PolicyRule::default()
+        }]),
+    }));
+    objects.push(Desired::RoleBinding(RoleBinding {
+        metadata: meta(SERVICE_ACCOUNT, &[]),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".to_owned(),
+            kind: "Role".to_owned(),
+            name: SERVICE_ACCOUNT.to_owned(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".to_owned(),
+            name: SERVICE_ACCOUNT.to_owned(),
+            namespace: Some(ns.clone()),
+            ..Subject::default()
+        }]),
+    }));
+    objects.push(Desired::CredentialsSecret {
+        name: CREDENTIALS_SECRET.to_owned(),
+        labels: labels.clone(),
+    });
+
+    let down = scaled_down(tenant);
+    let mut components = Vec::new();
+    for c in &platform.spec.components {
+        let n = replicas(c, tier, down);
+        components.push(PlannedComponent {
+            name: c.name.clone(),
+            replicas: n,
+        });
+        let cmeta = meta(&c.name, &[(COMPONENT, &c.name)]);
+        if let Some(size) = &c.storage {
+            objects.push(Desired::PersistentVolumeClaim(PersistentVolumeClaim {
+                metadata: cmeta.clone(),
+                spec: Some(PersistentVolumeClaimSpec {
+                    access_modes: Some(vec!["ReadWriteOnce".to_owned()]),
+                    resources: Some(VolumeResourceRequirements {
+                        requests: Some(BTreeMap::from([("storage".to_owned(), size.clone())])),
+                        ..VolumeResourceRequirements::default()
+                    }),
+                    ..PersistentVolumeClaimSpec::default()
+                }),
+                ..PersistentVolumeClaim::default()
+            }));
+        }
+        let selector = BTreeMap::from([
+            (TENANT.to_owned(), tenant_name.clone()),
+            (COMPONENT.to_owned(), c.name.clone()),
+        ]);
+        objects.push(Desired::Deployment(deployment(
+            cmeta.clone(),
+            c,
+            tier,
+            n,
+            selector.clone(),
+        )));
+        objects.push(Desired::Service(Service {
+            metadata: cmeta,
+            spec: Some(ServiceSpec {
+                selector: Some(selector),
+                ports: Some(vec![ServicePort {
+                    name: Some("http".to_owned()),
+                    port: c.port,
+                    target_port: Some(IntOrString::Int(c.port)),
+                    protocol: Some("TCP".to_owned()),
+                    ..ServicePort::default()
+                }]),
+                ..ServiceSpec::default()
+            }),
+            ..Service::default()
+        }));
+    }
+
+    let host = format!("{}.{}", tenant.subdomain(), platform.spec.domain);
+    if let Some(front) = platform.spec.components.first() {
+        objects.push(Desired::Ingress(Ingress {
+            metadata: meta(INGRESS, &[]),
+            spec: Some(IngressSpec {
+                tls: Some(vec![IngressTLS {
+                    hosts: Some(vec![host.clone()]),
+                    secret_name: Some(TLS_SECRET.to_owned()),
+                }]),
+                rules: Some(vec![IngressRule {
+                    host: Some(host.clone()),
+                    http: Some(HTTPIngressRuleValue {
+                        paths: vec![HTTPIngressPath {
+                            path: Some("/".to_owned()),
+                            path_type: "Prefix".to_owned(),
+                            backend: IngressBackend {
+                                service: Some(IngressServiceBackend {
+                                    name: front.name.clone(),
+                                    port: Some(ServiceBackendPort {
+                                        number: Some(front.port),
+                                        ..ServiceBackendPort::default()
+                                    }),
+                                }),
+                                ..IngressBackend::default()
+                            },
+                        }],
+                    }),
+                }]),
+                ..IngressSpec::default()
+            }),
+            ..Ingress::default()
+        }));
+    }
+
+    Plan {
+        namespace,
+        objects,
+        components,
+        endpoint: format!("https://{host}"),
+    }
+}
+
+fn resource_quota(metadata: ObjectMeta, tier: &Tier) -> ResourceQuota {
+    let q = &tier.quota;
+    let hard = BTreeMap::from([
+        ("requests.cpu".to_owned(), q.cpu.clone()),
+        ("limits.cpu".to_owned(), q.cpu.clone()),
+        ("requests.memory".to_owned(), q.memory.clone()),
+        ("limits.memory".to_owned(), q.memory.clone()),
+        ("requests.storage".to_owned(), q.storage.clone()),
+        ("pods".to_owned(), Quantity(q.pods.to_string())),
+    ]);
+    ResourceQuota {
+        metadata,
+        spec: Some(ResourceQuotaSpec {
+            hard: Some(hard),
+            ..ResourceQuotaSpec::default()
+        }),
+        ..ResourceQuota::default()
+    }
+}
+
+fn limit_range(metadata: ObjectMeta) -> LimitRange {
+    let list = |cpu: &str, mem: &str| {
+        BTreeMap::from([
+            ("cpu".to_owned(), Quantity(cpu.to_owned())),
+            ("memory".to_owned(), Quantity(mem.to_owned())),
+        ])
+    };
+    LimitRange {
+        metadata,
+        spec: Some(LimitRangeSpec {
+            limits: vec![LimitRangeItem {
+                type_: "Container".to_owned(),
+                default_request: Some(list("100m", "128Mi")),
+                default: Some(list("500m", "512Mi")),
+                ..LimitRangeItem::default()
+            }],
+        }),
+    }
+}
+
+fn network_policies(
+    meta: &impl Fn(&str, &[(&str, &str)]) -> ObjectMeta,
+    options: &PlanOptions,
+) -> Vec<NetworkPolicy> {
+    let all_pods = || LabelSelector::default();
+    let ingress_policy = |name: &str, from: Option<Vec<NetworkPolicyPeer>>| NetworkPolicy {
+        metadata: meta(name, &[]),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(all_pods()),
+            policy_types: Some(vec!["Ingress".to_owned()]),
+            ingress: from.map(|from| {
+                vec![NetworkPolicyIngressRule {
+                    from: Some(from),
+                    ..NetworkPolicyIngressRule::default()
+                }]
+            }),
+            ..NetworkPolicySpec::default()
+        }),
+    };
+    vec![
+        // No rules: every ingress not allowed by another policy is denied.
+        ingress_policy("default-deny-ingress", None),
+        ingress_policy(
+            "allow-same-namespace",
+            Some(vec![NetworkPolicyPeer {
+                pod_selector: Some(all_pods()),
+                ..NetworkPolicyPeer::default()
+            }]),
+        ),
+        ingress_policy(
+            "allow-ingress-controller",
+            Some(vec![NetworkPolicyPeer {
+                namespace_selector: Some(LabelSelector {
+                    match_labels: Some(BTreeMap::from([(
+                        "kubernetes.io/metadata.name".to_owned(),
+                        options.ingress_namespace.clone(),
+                    )])),
+                    ..LabelSelector::default()
+                }),
+                ..NetworkPolicyPeer::default()
+            }]),
+        ),
+    ]
+}
+
+fn deployment(
+    metadata: ObjectMeta,
+    c: &Component,
+    tier: &Tier,
+    replicas: i32,
+    selector: BTreeMap<String, String>,
+) -> Deployment {
+    let resources = tier
+        .component_overrides
+        .iter()
+        .find(|o| o.name == c.name)
+        .and_then(|o| o.resources.clone())
+        .or_else(|| c.resources.clone());
+    let mut volumes = None;
+    let mut mounts = None;
+    if c.storage.is_some() {
+        volumes = Some(vec![Volume {
+            name: "data".to_owned(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: c.name.clone(),
+                ..PersistentVolumeClaimVolumeSource::default()
+            }),
+            ..Volume::default()
+        }]);
+        mounts = Some(vec![VolumeMount {
+            name: "data".to_owned(),
+            mount_path: DATA_MOUNT.to_owned(),
+            ..VolumeMount::default()
+        }]);
+    }
+    let env: Vec<EnvVar> = c
+        .env
+        .iter()
+        .map(|e| EnvVar {
+            name: e.name.clone(),
+            value: Some(e.value.clone()),
+            ..EnvVar::default()
+        })
+        .collect();
+    let container = Container {
+        name: c.name.clone(),
+        image: Some(c.image.clone()),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".to_owned()),
+            container_port: c.port,
+            protocol: Some("TCP".to_owned()),
+            ..ContainerPort::default()
+        }]),
+        env: (!env.is_empty()).then_some(env),
+        env_from: Some(vec![EnvFromSource {
+            secret_ref: Some(SecretEnvSource {
+                name: CREDENTIALS_SECRET.to_owned(),
+                optional: Some(false),
+            }),
+            ..EnvFromSource::default()
+        }]),
+        resources: resources.map(|r| ResourceRequirements {
+            requests: r.requests,
+            limits: r.limits,
+            ..ResourceRequirements::default()
+        }),
+        volume_mounts: mounts,
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            run_as_non_root: Some(true),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_owned()]),
+                ..Capabilities::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    };
+    let pod_labels = metadata.labels.clone();
+    Deployment {
+        metadata,
+        spec: Some(DeploymentSpec {
+            replicas: Some(replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector),
+                ..LabelSelector::default()
+            },
+            // A volume can be mounted by one pod at a time: replace, do not surge.
+            strategy: c.storage.as_ref().map(|_| DeploymentStrategy {
+                type_: Some("Recreate".to_owned()),
+                ..DeploymentStrategy::default()
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: pod_labels,
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: Some(SERVICE_ACCOUNT.to_owned()),
+                    automount_service_account_token: Some(false),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".to_owned(),
+                            ..SeccompProfile::default()
+                        }),
+                        ..PodSecurityContext::default()
+                    }),
+                    containers: vec![container],
+                    volumes,
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stackplane_crds::labels::{MANAGED_BY, PLATFORM};
+
+    fn example(file: &str) -> Platform {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples/platforms")
+            .join(file);
+        let text = std::fs::read_to_string(path).expect("example platform");
+        serde_saphyr::from_str(&text).expect("a Platform")
+    }
+
+    fn tenant(platform: &str, tier: &str) -> Tenant {
+        let mut t = Tenant::new(
+            "acme",
+            stackplane_crds::TenantSpec {
+                platform: platform.into(),
+                tier: tier.into(),
+                customer: stackplane_crds::Customer::default(),
+                subscription: None,
+                subdomain: None,
+                suspended: false,
+                paused: false,
+                deletion_policy: stackplane_crds::DeletionPolicy::Delete,
+                backup: None,
+                cancelled_at: None,
+            },
+        );
+        t.metadata.generation = Some(1);
+        t
+    }
+
+    fn plan_for(t: &Tenant, p: &Platform) -> Plan {
+        let tier = p.spec.tier(&t.spec.tier).expect("tier");
+        plan(t, p, tier, &PlanOptions::default())
+    }
+
+    fn deployment<'a>(plan: &'a Plan, name: &str) -> &'a Deployment {
+        plan.objects
+            .iter()
+            .find_map(|o| match o {
+                Desired::Deployment(d) if d.metadata.name.as_deref() == Some(name) => Some(d),
+                _ => None,
+            })
+            .expect("deployment")
+    }
+
+    #[test]
+    fn every_object_is_labelled_and_in_the_tenant_namespace() {
+        let p = example("video-site.yaml");
+        let plan = plan_for(&tenant("video-site", "starter"), &p);
+        assert_eq!(plan.namespace_name(), "tenant-acme");
+        assert_eq!(plan.endpoint, "https://acme.videosite.tv");
+        let ns_labels = plan.namespace.metadata.labels.as_ref().expect("labels");
+        assert_eq!(
+            ns_labels["pod-security.kubernetes.io/enforce"],
+            "restricted"
+        );
+        for o in &plan.objects {
+            let (ns, labels) = match o {
+                Desired::CredentialsSecret { labels, .. } => (Some("tenant-acme"), labels.clone()),
+                _ => {
+                    let v = serde_json::to_value(
+                        match o {
+                            Desired::Deployment(d) => serde_json::to_value(d),
+                            Desired::Service(s) => serde_json::to_value(s),
+                            Desired::PersistentVolumeClaim(s) => serde_json::to_value(s),
+                            Desired::Ingress(s) => serde_json::to_value(s),
+                            Desired::ResourceQuota(s) => serde_json::to_value(s),
+                            Desired::LimitRange(s) => serde_json::to_value(s),
+                            Desired::NetworkPolicy(s) => serde_json::to_value(s),
+                            Desired::ServiceAccount(s) => serde_json::to_value(s),
+                            Desired::Role(s) => serde_json::to_value(s),
+                            Desired::RoleBinding(s) => serde_json::to_value(s),
+                            Desired::CredentialsSecret { .. } => unreachable!(),
+                        }
+                        .expect("serialize"),
+                    )
+                    .expect("value");
+                    assert_eq!(v["metadata"]["namespace"], "tenant-acme", "{}", o.name());
+                    let labels: BTreeMap<String, String> =
+                        serde_json::from_value(v["metadata"]["labels"].clone()).expect("labels");
+                    (Some("tenant-acme"), labels)
+                }
+            };
+            assert!(ns.is_some());
+            assert_eq!(labels[MANAGED_BY], "stackplane", "{}", o.name());
+            assert_eq!(labels[TENANT], "acme", "{}", o.name());
+            assert_eq!(labels[PLATFORM], "video-site", "{}", o.name());
+        }
+        // storage only has a volume; three deployments and services; one ingress.
+        let count = |k: &str| plan.objects.iter().filter(|o| o.kind() == k).count();
+        assert_eq!(count("Deployment"), 3);
+        assert_eq!(count("Service"), 3);
+        assert_eq!(count("PersistentVolumeClaim"), 1);
+        assert!(plan.wants("PersistentVolumeClaim", "storage"));
+        assert_eq!(count("Ingress"), 1);
+        assert_eq!(count("NetworkPolicy"), 3);
+    }
+
+    #[test]
+    fn replicas_follow_tier_overrides_multiplier_and_suspension() {
+        let p = example("video-site.yaml");
+        let starter = plan_for(&tenant("video-site", "starter"), &p);
+        assert_eq!(
+            deployment(&starter, "transcoder")
+                .spec
+                .as_ref()
+                .and_then(|s| s.replicas),
+            Some(1)
+        );
+        let studio = plan_for(&tenant("video-site", "studio"), &p);
+        assert_eq!(
+            deployment(&studio, "transcoder")
+                .spec
+                .as_ref()
+                .and_then(|s| s.replicas),
+            Some(6)
+        );
+        let lg = example("leadgen-pro.yaml");
+        let pro = plan_for(&tenant("leadgen-pro", "professional"), &lg);
+        assert_eq!(
+            deployment(&pro, "api")
+                .spec
+                .as_ref()
+                .and_then(|s| s.replicas),
+            Some(2)
+        );
+        let mut suspended = tenant("leadgen-pro", "professional");
+        suspended.spec.suspended = true;
+        let down = plan_for(&suspended, &lg);
+        assert!(down.components.iter().all(|c| c.replicas == 0));
+        assert!(
+            down.wants("Secret", CREDENTIALS_SECRET),
+            "data kept while suspended"
+        );
+    }
+
+    #[test]
+    fn quota_comes_from_the_tier_and_service_account_has_no_token() {
+        let lg = example("leadgen-pro.yaml");
+        let plan = plan_for(&tenant("leadgen-pro", "enterprise"), &lg);
+        let quota = plan
+            .objects
+            .iter()
+            .find_map(|o| match o {
+                Desired::ResourceQuota(q) => Some(q),
+                _ => None,
+            })
+            .expect("quota");
+        let hard = quota
+            .spec
+            .as_ref()
+            .and_then(|s| s.hard.as_ref())
+            .expect("hard");
+        assert_eq!(hard["requests.cpu"], Quantity("8".into()));
+        assert_eq!(hard["pods"], Quantity("40".into()));
+        let sa = plan
+            .objects
+            .iter()
+            .find_map(|o| match o {
+                Desired::ServiceAccount(s) => Some(s),
+                _ => None,
+            })
+            .expect("service account");
+        assert_eq!(sa.automount_service_account_token, Some(false));
+    }
+
+    #[test]
+    fn plan_is_deterministic() {
+        let p = example("clientcontact.yaml");
+        let tier = p.spec.tiers[0].name.clone();
+        let t = tenant("clientcontact", &tier);
+        assert_eq!(plan_for(&t, &p), plan_for(&t, &p));
+    }
+}

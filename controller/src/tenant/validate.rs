@@ -1,0 +1,95 @@
+//! Checks that a Tenant can be provisioned: its Platform exists and is usable, and its tier exists.
+//! Pure: the caller looks the Platform up.
+
+use stackplane_crds::{Platform, Tenant, Tier};
+
+/// Why a Tenant cannot be provisioned as it is; the message goes into the `InvalidSpec` condition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    pub message: String,
+}
+
+/// The Platform and tier of a valid Tenant.
+#[derive(Debug, Clone, Copy)]
+pub struct Valid<'a> {
+    pub platform: &'a Platform,
+    pub tier: &'a Tier,
+}
+
+/// Validates `tenant` against its Platform (`None` when no such Platform exists).
+pub fn validate<'a>(tenant: &Tenant, platform: Option<&'a Platform>) -> Result<Valid<'a>, Invalid> {
+    let Some(platform) = platform else {
+        return Err(Invalid {
+            message: format!("platform {:?} does not exist", tenant.spec.platform),
+        });
+    };
+    let problems = platform.spec.problems();
+    if !problems.is_empty() {
+        return Err(Invalid {
+            message: format!(
+                "platform {:?} is not usable: {}",
+                tenant.spec.platform,
+                problems.join("; ")
+            ),
+        });
+    }
+    let Some(tier) = platform.spec.tier(&tenant.spec.tier) else {
+        let known: Vec<&str> = platform
+            .spec
+            .tiers
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect();
+        return Err(Invalid {
+            message: format!(
+                "tier {:?} does not exist in platform {:?} (tiers: {})",
+                tenant.spec.tier,
+                tenant.spec.platform,
+                known.join(", ")
+            ),
+        });
+    };
+    Ok(Valid { platform, tier })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn platform() -> Platform {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples/platforms/tackle.yaml");
+        serde_saphyr::from_str(&std::fs::read_to_string(path).expect("read")).expect("Platform")
+    }
+
+    fn tenant(tier: &str) -> Tenant {
+        Tenant::new(
+            "t",
+            stackplane_crds::TenantSpec {
+                platform: "tackle".into(),
+                tier: tier.into(),
+                customer: Default::default(),
+                subscription: None,
+                subdomain: None,
+                suspended: false,
+                paused: false,
+                deletion_policy: Default::default(),
+                backup: None,
+                cancelled_at: None,
+            },
+        )
+    }
+
+    #[test]
+    fn missing_platform_tier_or_problems_are_invalid() {
+        let p = platform();
+        let tier = p.spec.tiers[0].name.clone();
+        assert!(validate(&tenant(&tier), Some(&p)).is_ok());
+        assert!(validate(&tenant(&tier), None).is_err());
+        let err = validate(&tenant("nope"), Some(&p)).expect_err("unknown tier");
+        assert!(err.message.contains("\"nope\""), "{}", err.message);
+        let mut bad = p.clone();
+        bad.spec.components.push(bad.spec.components[0].clone());
+        assert!(validate(&tenant(&tier), Some(&bad)).is_err());
+    }
+}
