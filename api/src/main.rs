@@ -44,6 +44,19 @@ async fn main() -> anyhow::Result<()> {
                     wake: Default::default(),
                 }),
             };
+            let kube = kube::Client::try_default()
+                .await
+                .context("building a Kubernetes client (KUBECONFIG or in-cluster)")?;
+            let (prices, driver) =
+                stackplane_api::billing::prices::PlatformCache::start(kube.clone());
+            tokio::spawn(driver);
+            let worker = stackplane_api::billing::worker::Worker {
+                db: state.db.clone(),
+                kube,
+                prices,
+                metrics: state.metrics.clone(),
+            };
+            tokio::spawn(worker.run(state.billing.wake.clone(), telemetry::shutdown_signal()));
             let listener = tokio::net::TcpListener::bind(args.listen)
                 .await
                 .with_context(|| format!("binding {}", args.listen))?;

@@ -5,3 +5,4 @@ pub mod error;
 pub mod mapping;
 pub mod prices;
 pub mod webhook;
+pub mod worker;

@@ -1,0 +1,163 @@
+//! The billing worker against the real Postgres and kube-apiserver the harness starts.
+
+use kube::api::{Patch, PatchParams};
+use kube::Api;
+use serde_json::json;
+use stackplane_api::billing::prices::{PlatformCache, PriceIndex};
+use stackplane_api::billing::worker::Worker;
+use stackplane_api::db::MIGRATOR;
+use stackplane_api::metrics::Metrics;
+use stackplane_crds::{Platform, SubscriptionStatus, Tenant};
+use stackplane_tests::{example_platform_files, fresh_database, install_crds, kube_client, unique};
+
+fn example(name: &str) -> Platform {
+    let (_, yaml) = example_platform_files()
+        .into_iter()
+        .find(|(f, _)| f == &format!("{name}.yaml"))
+        .expect("example platform");
+    serde_saphyr::from_str(&yaml).expect("parse platform")
+}
+
+async fn apply_platform(client: &kube::Client, p: &Platform) {
+    let api: Api<Platform> = Api::all(client.clone());
+    let mut p = p.clone();
+    p.metadata.managed_fields = None;
+    api.patch(
+        &p.metadata.name.clone().expect("name"),
+        &PatchParams::apply("stackplane-tests").force(),
+        &Patch::Apply(&p),
+    )
+    .await
+    .expect("apply platform");
+}
+
+async fn setup() -> (Worker, sqlx::PgPool, kube::Client) {
+    let client = kube_client().await;
+    install_crds(&client).await;
+    let (pool, _) = fresh_database().await;
+    MIGRATOR.run(&pool).await.expect("migrate");
+    let (prices, driver) = PlatformCache::start(client.clone());
+    tokio::spawn(driver);
+    assert!(prices.ready().await);
+    let worker = Worker {
+        db: pool.clone(),
+        kube: client.clone(),
+        prices,
+        metrics: Metrics::new(),
+    };
+    (worker, pool, client)
+}
+
+async fn store(pool: &sqlx::PgPool, event: &serde_json::Value) {
+    sqlx::query("INSERT INTO stripe_events (id, event_type, created, payload) VALUES ($1, $2, to_timestamp($3), $4)")
+        .bind(event["id"].as_str())
+        .bind(event["type"].as_str())
+        .bind(event["created"].as_f64())
+        .bind(event)
+        .execute(pool)
+        .await
+        .expect("store event");
+}
+
+async fn drain(worker: &Worker) {
+    while worker.process_one().await.expect("process").is_some() {}
+}
+
+fn ids() -> (String, String) {
+    let u = unique("x").replace('-', "");
+    (format!("cus_{u}"), format!("sub_{u}"))
+}
+
+#[tokio::test]
+async fn checkout_and_subscription_created_make_the_tenant() {
+    let (worker, pool, client) = setup().await;
+    apply_platform(&client, &example("leadsite-io")).await;
+    let (cus, sub) = ids();
+    let t = chrono::Utc::now().timestamp();
+    store(&pool, &json!({"id": unique("evt_c"), "object": "event", "type": "checkout.session.completed", "created": t + 1,
+        "data": {"object": {"id": "cs_test_1", "object": "checkout.session", "mode": "subscription",
+            "customer": cus, "subscription": sub, "client_reference_id": "user-42", "payment_status": "paid",
+            "customer_details": {"email": "ada@example.com", "name": "Ada"},
+            "metadata": {"platform": "leadsite-io", "tier": "starter"}}}})).await;
+    store(&pool, &json!({"id": unique("evt_s"), "object": "event", "type": "customer.subscription.created", "created": t,
+        "data": {"object": {"id": sub, "object": "subscription", "customer": cus, "status": "active", "metadata": {},
+            "items": {"object": "list", "data": [{"id": "si_1", "current_period_end": t + 2_592_000,
+                "price": {"id": "price_1LeadsiteIoProfessionalMonthly"}}]}}}})).await;
+    drain(&worker).await;
+    let name = stackplane_crds::naming::tenant_name("leadsite-io", &cus);
+    let tenant = Api::<Tenant>::all(client.clone())
+        .get(&name)
+        .await
+        .expect("tenant exists");
+    assert_eq!(tenant.spec.platform, "leadsite-io");
+    assert_eq!(tenant.spec.tier, "professional");
+    assert_eq!(
+        tenant.spec.customer.stripe_customer_id.as_deref(),
+        Some(cus.as_str())
+    );
+    assert_eq!(
+        tenant.spec.customer.email.as_deref(),
+        Some("ada@example.com")
+    );
+    let s = tenant.spec.subscription.expect("subscription");
+    assert_eq!(s.id, sub);
+    assert_eq!(s.status, SubscriptionStatus::Active);
+    assert!(!tenant.spec.suspended);
+    let states: Vec<String> = sqlx::query_scalar("SELECT state FROM stripe_events ORDER BY 1")
+        .fetch_all(&pool)
+        .await
+        .expect("states");
+    assert_eq!(states, ["applied", "applied"]);
+}
+
+#[tokio::test]
+async fn unknown_price_fails_then_succeeds_once_a_platform_lists_it() {
+    let (worker, pool, client) = setup().await;
+    let (cus, sub) = ids();
+    let price = format!("price_{}", unique("p").replace('-', ""));
+    let t = chrono::Utc::now().timestamp();
+    store(&pool, &json!({"id": unique("evt_s"), "object": "event", "type": "customer.subscription.created", "created": t,
+        "data": {"object": {"id": sub, "object": "subscription", "customer": cus, "status": "active",
+            "items": {"object": "list", "data": [{"id": "si_1", "price": {"id": price}}]}}}})).await;
+    drain(&worker).await;
+    let (state, kind, error): (String, Option<String>, Option<String>) =
+        sqlx::query_as("SELECT state, error_kind, last_error FROM stripe_events")
+            .fetch_one(&pool)
+            .await
+            .expect("row");
+    assert_eq!(
+        (state.as_str(), kind.as_deref()),
+        ("failed", Some("unknown_price"))
+    );
+    assert!(error.unwrap_or_default().contains(&price));
+
+    let mut platform = example("tackle");
+    let pname = unique("tackle");
+    platform.metadata.name = Some(pname.clone());
+    platform.spec.tiers[0].stripe_price_ids.push(price.clone());
+    let mut changes = worker.prices.changes();
+    apply_platform(&client, &platform).await;
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while worker.prices.resolve_price(&price).is_none() {
+            changes.changed().await.expect("watch");
+        }
+    })
+    .await
+    .expect("platform seen");
+    assert_eq!(worker.retry_platform_failures().await.expect("retry"), 1);
+    drain(&worker).await;
+    let state: String = sqlx::query_scalar("SELECT state FROM stripe_events")
+        .fetch_one(&pool)
+        .await
+        .expect("row");
+    assert_eq!(state, "applied");
+    let name = stackplane_crds::naming::tenant_name(&pname, &cus);
+    Api::<Tenant>::all(client.clone())
+        .get(&name)
+        .await
+        .expect("tenant exists");
+    Api::<Platform>::all(client)
+        .delete(&pname, &Default::default())
+        .await
+        .expect("cleanup");
+}
