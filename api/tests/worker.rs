@@ -161,3 +161,132 @@ async fn unknown_price_fails_then_succeeds_once_a_platform_lists_it() {
         .await
         .expect("cleanup");
 }
+
+fn lifecycle(cus: &str, sub: &str, t: i64) -> Vec<serde_json::Value> {
+    let ev = |n: i64, ty: &str, status: &str, price: &str| {
+        json!({"id": format!("evt_{sub}_{n}"), "object": "event", "type": ty, "created": t + n * 10,
+            "data": {"object": {"id": sub, "object": "subscription", "customer": cus, "status": status,
+                "ended_at": if ty.ends_with("deleted") { json!(t + n * 10) } else { json!(null) },
+                "current_period_end": t + 2_592_000,
+                "items": {"object": "list", "data": [{"id": "si_1", "price": {"id": price}}]}}}})
+    };
+    vec![
+        ev(
+            0,
+            "customer.subscription.created",
+            "active",
+            "price_1LeadsiteIoStarterMonthly",
+        ),
+        ev(
+            1,
+            "customer.subscription.updated",
+            "active",
+            "price_1LeadsiteIoEnterpriseMonthly",
+        ),
+        ev(
+            2,
+            "customer.subscription.updated",
+            "past_due",
+            "price_1LeadsiteIoEnterpriseMonthly",
+        ),
+        ev(
+            3,
+            "customer.subscription.updated",
+            "active",
+            "price_1LeadsiteIoEnterpriseMonthly",
+        ),
+        ev(
+            4,
+            "customer.subscription.deleted",
+            "canceled",
+            "price_1LeadsiteIoEnterpriseMonthly",
+        ),
+    ]
+}
+
+fn permutations(n: usize) -> Vec<Vec<usize>> {
+    if n == 0 {
+        return vec![vec![]];
+    }
+    let mut out = Vec::new();
+    for p in permutations(n - 1) {
+        for i in 0..=p.len() {
+            let mut q = p.clone();
+            q.insert(i, n - 1);
+            out.push(q);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn every_order_of_a_subscription_lifecycle_gives_the_same_tenant() {
+    let (worker, pool, client) = setup().await;
+    apply_platform(&client, &example("leadsite-io")).await;
+    let tenants = Api::<Tenant>::all(client.clone());
+    let t = chrono::Utc::now().timestamp();
+    let mut first: Option<serde_json::Value> = None;
+    let perms = permutations(5);
+    assert_eq!(perms.len(), 120);
+    for order in perms {
+        let (cus, sub) = ids();
+        let events = lifecycle(&cus, &sub, t);
+        for i in &order {
+            store(&pool, &events[*i]).await;
+            drain(&worker).await;
+        }
+        let name = stackplane_crds::naming::tenant_name("leadsite-io", &cus);
+        let tenant = tenants.get(&name).await.expect("tenant");
+        let mut spec = serde_json::to_value(&tenant.spec).expect("spec");
+        spec["customer"] = json!(null);
+        spec["subscription"]["id"] = json!(null);
+        assert_eq!(tenant.spec.tier, "enterprise", "order {order:?}");
+        assert_eq!(
+            tenant.spec.subscription.as_ref().map(|s| s.status),
+            Some(SubscriptionStatus::Canceled)
+        );
+        assert!(
+            tenant.spec.suspended && tenant.spec.cancelled_at.is_some(),
+            "order {order:?}"
+        );
+        match &first {
+            None => first = Some(spec),
+            Some(f) => assert_eq!(&spec, f, "order {order:?}"),
+        }
+        tenants
+            .delete(&name, &Default::default())
+            .await
+            .expect("delete tenant");
+    }
+}
+
+#[tokio::test]
+async fn concurrent_workers_claim_an_event_once() {
+    let (worker, pool, client) = setup().await;
+    apply_platform(&client, &example("leadsite-io")).await;
+    let (cus, sub) = ids();
+    store(
+        &pool,
+        &lifecycle(&cus, &sub, chrono::Utc::now().timestamp())[0],
+    )
+    .await;
+    let runs = (0..8).map(|_| {
+        let w = worker.clone();
+        async move { w.process_one().await.expect("process") }
+    });
+    let results = futures::future::join_all(runs).await;
+    assert_eq!(
+        results.iter().filter(|r| r.is_some()).count(),
+        1,
+        "{results:?}"
+    );
+    let (state, attempts): (String, i32) =
+        sqlx::query_as("SELECT state, attempts FROM stripe_events")
+            .fetch_one(&pool)
+            .await
+            .expect("row");
+    assert_eq!((state.as_str(), attempts), ("applied", 1));
+    let name = stackplane_crds::naming::tenant_name("leadsite-io", &cus);
+    let tenant = Api::<Tenant>::all(client).get(&name).await.expect("tenant");
+    assert_eq!(tenant.metadata.generation, Some(1));
+}
