@@ -290,3 +290,40 @@ async fn concurrent_workers_claim_an_event_once() {
     let tenant = Api::<Tenant>::all(client).get(&name).await.expect("tenant");
     assert_eq!(tenant.metadata.generation, Some(1));
 }
+
+#[tokio::test]
+async fn a_worker_dying_mid_event_leaves_it_to_be_applied_exactly_once() {
+    let (worker, pool, client) = setup().await;
+    apply_platform(&client, &example("leadsite-io")).await;
+    let (cus, sub) = ids();
+    let event = lifecycle(&cus, &sub, chrono::Utc::now().timestamp())[0].clone();
+    store(&pool, &event).await;
+    // A worker claims the event and dies before committing: its transaction holds the row lock.
+    let mut dying = pool.begin().await.expect("begin");
+    let claimed: Option<String> = sqlx::query_scalar(
+        "SELECT id FROM stripe_events WHERE state = 'pending' FOR UPDATE SKIP LOCKED",
+    )
+    .fetch_optional(&mut *dying)
+    .await
+    .expect("claim");
+    assert!(claimed.is_some());
+    // While it is held, another worker skips it.
+    assert!(worker.process_one().await.expect("process").is_none());
+    drop(dying);
+    // After the crash (rollback), a new worker applies it.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let restarted = Worker {
+        metrics: Metrics::new(),
+        ..worker.clone()
+    };
+    drain(&restarted).await;
+    let (state, attempts): (String, i32) =
+        sqlx::query_as("SELECT state, attempts FROM stripe_events")
+            .fetch_one(&pool)
+            .await
+            .expect("row");
+    assert_eq!((state.as_str(), attempts), ("applied", 1));
+    let name = stackplane_crds::naming::tenant_name("leadsite-io", &cus);
+    let tenant = Api::<Tenant>::all(client).get(&name).await.expect("tenant");
+    assert_eq!(tenant.metadata.generation, Some(1));
+}
