@@ -33,6 +33,18 @@ pub enum Command {
     Serve,
     /// Apply the database migrations and exit.
     Migrate(DatabaseArgs),
+    /// Queue Stripe events again (failed, skipped or pending ones), writing the audit log.
+    Replay(ReplayArgs),
+}
+
+/// Flags of `stackplane-api replay`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Event ids (`evt_...`).
+    #[arg(required = true)]
+    pub event_ids: Vec<String>,
 }
 
 /// Where the database is.

@@ -20,6 +20,23 @@ async fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Some(Command::Replay(args)) => {
+            let pool = db::connect(&args.database.database_url)
+                .await
+                .context("connecting to DATABASE_URL")?;
+            db::migrate(&pool).await.context("applying migrations")?;
+            let mut failed = false;
+            for id in &args.event_ids {
+                let result =
+                    stackplane_api::billing::replay::replay(&pool, id, "admin", "cli").await?;
+                tracing::info!(event_id = %id, result = ?result, "replay");
+                failed |= !matches!(result, stackplane_api::billing::replay::Replay::Queued(_));
+            }
+            if failed {
+                anyhow::bail!("some events were not queued (see above)");
+            }
+            Ok(())
+        }
         Some(Command::Serve) | None => {
             let args = cli.serve;
             let url = args

@@ -40,7 +40,45 @@ pub fn router(state: AppState) -> Router {
                 crate::billing::webhook::MAX_BODY_BYTES,
             )),
         )
+        .route("/api/v1/billing/events/{id}/replay", post(replay_event))
         .with_state(state)
+}
+
+async fn replay_event(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> axum::response::Response {
+    use crate::billing::replay::{replay, Replay};
+    use crate::http_error::ApiError;
+    if let Err(e) = crate::auth::require_admin(&headers, &state.billing.secrets.admin_token) {
+        return e.into_response();
+    }
+    match replay(&state.db, &id, "admin", "http").await {
+        Ok(Replay::Queued(previous)) => {
+            state.billing.wake.notify_one();
+            (
+                StatusCode::ACCEPTED,
+                axum::Json(
+                    serde_json::json!({ "id": id, "state": "pending", "previousState": previous }),
+                ),
+            )
+                .into_response()
+        }
+        Ok(Replay::AlreadyApplied) => ApiError::new(
+            StatusCode::CONFLICT,
+            "already_applied",
+            "the event is already applied",
+        )
+        .into_response(),
+        Ok(Replay::NotFound) => {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such event").into_response()
+        }
+        Err(error) => {
+            tracing::error!(event_id = %id, %error, "replay");
+            ApiError::internal("database error").into_response()
+        }
+    }
 }
 
 async fn metrics(State(state): State<AppState>) -> axum::response::Response {

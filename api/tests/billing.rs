@@ -174,3 +174,61 @@ async fn the_same_event_delivered_ten_times_concurrently_is_stored_once() {
     assert_eq!(duplicates, 9, "{results:?}");
     assert_eq!(stored(&pool).await, 1);
 }
+
+#[tokio::test]
+async fn replay_requires_the_admin_token_requeues_and_writes_the_audit_log() {
+    let (base, pool) = start().await;
+    let id = unique("evt").replace('-', "");
+    let payload = subscription_event(&id, now());
+    let (got, _) = post(
+        &base,
+        payload.clone(),
+        Some(sign(&payload, SECRET_A, now())),
+    )
+    .await;
+    assert_eq!(got, 200);
+    sqlx::query("UPDATE stripe_events SET state = 'failed', last_error = 'x', next_attempt_at = now() + interval '1 hour'")
+        .execute(&pool)
+        .await
+        .expect("fail it");
+    let http = reqwest::Client::new();
+    let url = format!("{base}/api/v1/billing/events/{id}/replay");
+    assert_eq!(
+        http.post(&url)
+            .send()
+            .await
+            .expect("send")
+            .status()
+            .as_u16(),
+        401
+    );
+    let resp = http
+        .post(&url)
+        .bearer_auth("admin-token-for-tests")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status().as_u16(), 202);
+    let (state, due): (String, bool) =
+        sqlx::query_as("SELECT state, next_attempt_at <= now() FROM stripe_events")
+            .fetch_one(&pool)
+            .await
+            .expect("row");
+    assert_eq!((state.as_str(), due), ("pending", true));
+    let audit: (String, String, String) =
+        sqlx::query_as("SELECT action, target, outcome FROM audit_log")
+            .fetch_one(&pool)
+            .await
+            .expect("audit row");
+    assert_eq!(
+        audit,
+        ("billing.replay".into(), id.clone(), "success".into())
+    );
+    let missing = http
+        .post(format!("{base}/api/v1/billing/events/evt_nope/replay"))
+        .bearer_auth("admin-token-for-tests")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(missing.status().as_u16(), 404);
+}

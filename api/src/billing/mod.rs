@@ -4,5 +4,6 @@
 pub mod error;
 pub mod mapping;
 pub mod prices;
+pub mod replay;
 pub mod webhook;
 pub mod worker;
