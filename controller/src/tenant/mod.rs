@@ -206,7 +206,7 @@ async fn apply_tenant(tenant: &Tenant, ctx: &Context) -> Result<Action> {
                 &[
                     Want::new(READY, false, INVALID_SPEC, invalid.message.clone()),
                     Want::new(SYNCED, false, INVALID_SPEC, invalid.message.clone()),
-                    Want::new(PAUSED, false, "NotPaused", ""),
+                    Want::new(PAUSED, false, "NotPaused", "spec.paused is false"),
                 ],
                 generation,
                 now,
@@ -296,7 +296,7 @@ async fn apply_tenant(tenant: &Tenant, ctx: &Context) -> Result<Action> {
             &[
                 status::ready_condition(phase, &components),
                 Want::new(SYNCED, true, "Applied", "every object is applied"),
-                Want::new(PAUSED, false, "NotPaused", ""),
+                Want::new(PAUSED, false, "NotPaused", "spec.paused is false"),
             ],
             generation,
             now,

@@ -66,7 +66,12 @@ pub fn conditions(
             type_: w.type_.to_owned(),
             status: status.to_owned(),
             reason: w.reason.clone(),
-            message: w.message.clone(),
+            // The API server rejects an empty message (it is serialized as null).
+            message: if w.message.is_empty() {
+                w.reason.clone()
+            } else {
+                w.message.clone()
+            },
             last_transition_time: last,
             observed_generation: generation,
         });

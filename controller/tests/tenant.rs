@@ -1,0 +1,275 @@
+//! The Tenant controller against the real kube-apiserver, run in-process and restricted to the
+//! test's own Tenants by a label selector and a Lease of its own.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, ResourceQuota, Secret, ServiceAccount};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use stackplane_controller::leader::LeaseConfig;
+use stackplane_controller::metrics::Metrics;
+use stackplane_controller::tenant::ReconcileConfig;
+use stackplane_crds::{Platform, Tenant, TenantPhase, TenantSpec};
+use stackplane_tests::{example_platform_files, install_crds, kube_client, unique};
+
+const SHARD: &str = "stackplane.io/test-shard";
+
+struct Env {
+    client: Client,
+    shard: String,
+    platform: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+async fn start(example: &str) -> Env {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("stackplane_controller=debug")
+        .try_init();
+    let client = kube_client().await;
+    install_crds(&client).await;
+    let shard = unique("shard");
+    let (_, text) = example_platform_files()
+        .into_iter()
+        .find(|(f, _)| f == example)
+        .expect("example");
+    let mut platform: Platform = serde_saphyr::from_str(&text).expect("platform");
+    let pname = unique("plat");
+    platform.metadata.name = Some(pname.clone());
+    Api::<Platform>::all(client.clone())
+        .create(&PostParams::default(), &platform)
+        .await
+        .expect("create platform");
+    let config = stackplane_controller::Config {
+        concurrency: 4,
+        tenant_selector: Some(format!("{SHARD}={shard}")),
+        reconcile: ReconcileConfig::default(),
+        lease: LeaseConfig {
+            name: shard.clone(),
+            namespace: "default".into(),
+            identity: unique("test"),
+            duration_secs: 6,
+            grace_secs: 2,
+        },
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(stackplane_controller::run(
+        client.clone(),
+        config,
+        Arc::new(Metrics::new()),
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    Env {
+        client,
+        shard,
+        platform: pname,
+        stop: Some(tx),
+    }
+}
+
+async fn create_tenant(env: &Env, tier: &str) -> String {
+    let name = unique("tn");
+    let mut t = Tenant::new(
+        &name,
+        TenantSpec {
+            platform: env.platform.clone(),
+            tier: tier.into(),
+            customer: Default::default(),
+            subscription: None,
+            subdomain: None,
+            suspended: false,
+            paused: false,
+            deletion_policy: Default::default(),
+            backup: None,
+            cancelled_at: None,
+        },
+    );
+    t.metadata.labels = Some([(SHARD.to_owned(), env.shard.clone())].into());
+    Api::<Tenant>::all(env.client.clone())
+        .create(&PostParams::default(), &t)
+        .await
+        .expect("create tenant");
+    name
+}
+
+async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn tenant(client: &Client, name: &str) -> Tenant {
+    Api::<Tenant>::all(client.clone())
+        .get(name)
+        .await
+        .expect("get tenant")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_gets_its_stack_and_becomes_ready() {
+    let env = start("leadgen-pro.yaml").await;
+    let name = create_tenant(&env, "professional").await;
+    let ns = format!("tenant-{name}");
+    let c = env.client.clone();
+
+    let deployments: Api<Deployment> = Api::namespaced(c.clone(), &ns);
+    let list = eventually("two deployments", || {
+        let d = deployments.clone();
+        async move {
+            let l = d.list(&ListParams::default()).await.ok()?;
+            (l.items.len() == 2).then_some(l.items)
+        }
+    })
+    .await;
+    for d in &list {
+        assert_eq!(
+            d.spec.as_ref().and_then(|s| s.replicas),
+            Some(2),
+            "professional multiplier"
+        );
+        assert_eq!(d.labels()["stackplane.io/tenant"], name);
+    }
+    let nsobj = Api::<Namespace>::all(c.clone())
+        .get(&ns)
+        .await
+        .expect("namespace");
+    assert_eq!(
+        nsobj.labels()["pod-security.kubernetes.io/enforce"],
+        "restricted"
+    );
+    let sa = Api::<ServiceAccount>::namespaced(c.clone(), &ns)
+        .get("tenant-workload")
+        .await
+        .expect("sa");
+    assert_eq!(sa.automount_service_account_token, Some(false));
+    let secret = eventually("credentials", || {
+        let s = Api::<Secret>::namespaced(c.clone(), &ns);
+        async move { s.get("credentials").await.ok() }
+    })
+    .await;
+    let quota = eventually("quota", || {
+        let q = Api::<ResourceQuota>::namespaced(c.clone(), &ns);
+        async move { q.get("tenant-quota").await.ok() }
+    })
+    .await;
+    assert_eq!(
+        quota.spec.and_then(|s| s.hard).expect("hard")["pods"].0,
+        "20"
+    );
+
+    let t = eventually("Provisioning", || {
+        let c = c.clone();
+        let name = name.clone();
+        async move {
+            let t = tenant(&c, &name).await;
+            (t.status.as_ref()?.phase == Some(TenantPhase::Provisioning)).then_some(t)
+        }
+    })
+    .await;
+    assert_eq!(
+        t.status.as_ref().and_then(|s| s.endpoint.clone()),
+        Some(format!("https://{name}.leadgen.pro"))
+    );
+
+    // Make the Deployments available, as a node would.
+    for d in &list {
+        let status = json!({"status": {"replicas": 2, "readyReplicas": 2, "availableReplicas": 2, "updatedReplicas": 2}});
+        deployments
+            .patch_status(
+                &d.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&status),
+            )
+            .await
+            .expect("patch deployment status");
+    }
+    let t = eventually("Ready", || {
+        let c = c.clone();
+        let name = name.clone();
+        async move {
+            let t = tenant(&c, &name).await;
+            (t.status.as_ref()?.phase == Some(TenantPhase::Ready)).then_some(t)
+        }
+    })
+    .await;
+    let st = t.status.expect("status");
+    assert!(st.ready_since.is_some());
+    assert_eq!(st.observed_generation, t.metadata.generation);
+
+    // A quota edited by hand is restored; the credentials stay the same across reconciles.
+    let hand = json!({"pods": "1"});
+    Api::<ResourceQuota>::namespaced(c.clone(), &ns)
+        .patch(
+            "tenant-quota",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"hard": hand}})),
+        )
+        .await
+        .expect("edit quota");
+    eventually("quota restored", || {
+        let q = Api::<ResourceQuota>::namespaced(c.clone(), &ns);
+        async move {
+            let q = q.get("tenant-quota").await.ok()?;
+            (q.spec?.hard?["pods"].0 == "20").then_some(())
+        }
+    })
+    .await;
+    let again = Api::<Secret>::namespaced(c.clone(), &ns)
+        .get("credentials")
+        .await
+        .expect("secret");
+    assert_eq!(secret.data, again.data, "credentials never change");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_tier_is_invalid_spec_and_nothing_is_created() {
+    let env = start("tackle.yaml").await;
+    let name = create_tenant(&env, "no-such-tier").await;
+    let c = env.client.clone();
+    let t = eventually("InvalidSpec", || {
+        let c = c.clone();
+        let name = name.clone();
+        async move {
+            let t = tenant(&c, &name).await;
+            let ready = t
+                .status
+                .as_ref()?
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "Ready")?
+                .clone();
+            (ready.reason == "InvalidSpec").then_some(t)
+        }
+    })
+    .await;
+    assert_eq!(t.status.and_then(|s| s.phase), Some(TenantPhase::Failed));
+    let ns = Api::<Namespace>::all(c.clone())
+        .get_opt(&format!("tenant-{name}"))
+        .await
+        .expect("get");
+    assert!(ns.is_none(), "nothing created for an invalid tenant");
+}
