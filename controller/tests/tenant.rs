@@ -273,3 +273,122 @@ async fn unknown_tier_is_invalid_spec_and_nothing_is_created() {
         .expect("get");
     assert!(ns.is_none(), "nothing created for an invalid tenant");
 }
+
+async fn replicas(c: &Client, ns: &str) -> Vec<i32> {
+    Api::<Deployment>::namespaced(c.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .map(|l| {
+            l.items
+                .iter()
+                .filter_map(|d| d.spec.as_ref()?.replicas)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspend_resume_and_delete_with_each_policy() {
+    let env = start("leadgen-pro.yaml").await;
+    let c = env.client.clone();
+    let tenants: Api<Tenant> = Api::all(c.clone());
+    let keep = create_tenant(&env, "starter").await;
+    let gone = create_tenant(&env, "starter").await;
+    let ns_keep = format!("tenant-{keep}");
+    let ns_gone = format!("tenant-{gone}");
+    eventually("deployments", || {
+        let c = c.clone();
+        let ns = ns_keep.clone();
+        async move { (replicas(&c, &ns).await == vec![1, 1]).then_some(()) }
+    })
+    .await;
+
+    let suspend = |on: bool| json!({"spec": {"suspended": on}});
+    tenants
+        .patch(
+            &keep,
+            &PatchParams::default(),
+            &Patch::Merge(&suspend(true)),
+        )
+        .await
+        .expect("suspend");
+    eventually("scaled to zero and Suspended", || {
+        let c = c.clone();
+        let ns = ns_keep.clone();
+        let keep = keep.clone();
+        async move {
+            let t = tenant(&c, &keep).await;
+            (replicas(&c, &ns).await == vec![0, 0]
+                && t.status?.phase == Some(TenantPhase::Suspended))
+            .then_some(())
+        }
+    })
+    .await;
+    assert!(Api::<Secret>::namespaced(c.clone(), &ns_keep)
+        .get_opt("credentials")
+        .await
+        .expect("get")
+        .is_some());
+    tenants
+        .patch(
+            &keep,
+            &PatchParams::default(),
+            &Patch::Merge(&suspend(false)),
+        )
+        .await
+        .expect("resume");
+    eventually("scaled back", || {
+        let c = c.clone();
+        let ns = ns_keep.clone();
+        async move { (replicas(&c, &ns).await == vec![1, 1]).then_some(()) }
+    })
+    .await;
+
+    // Retain: the namespace stays, labelled as orphaned; Delete: the namespace goes.
+    tenants
+        .patch(
+            &keep,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"deletionPolicy": "Retain"}})),
+        )
+        .await
+        .expect("retain");
+    eventually("gone to be ready", || {
+        let c = c.clone();
+        let ns = ns_gone.clone();
+        async move { (replicas(&c, &ns).await.len() == 2).then_some(()) }
+    })
+    .await;
+    tenants
+        .delete(&keep, &Default::default())
+        .await
+        .expect("delete keep");
+    tenants
+        .delete(&gone, &Default::default())
+        .await
+        .expect("delete gone");
+    eventually("retained namespace labelled orphan", || {
+        let c = c.clone();
+        let ns = ns_keep.clone();
+        let keep = keep.clone();
+        async move {
+            let n = Api::<Namespace>::all(c.clone()).get(&ns).await.ok()?;
+            let tenant_gone = Api::<Tenant>::all(c).get_opt(&keep).await.ok()?.is_none();
+            (n.labels().get("stackplane.io/orphaned").map(String::as_str) == Some("true")
+                && tenant_gone)
+                .then_some(())
+        }
+    })
+    .await;
+    eventually("deleted namespace and tenant gone", || {
+        let c = c.clone();
+        let ns = ns_gone.clone();
+        let gone = gone.clone();
+        async move {
+            let n = Api::<Namespace>::all(c.clone()).get_opt(&ns).await.ok()?;
+            let t = Api::<Tenant>::all(c).get_opt(&gone).await.ok()?;
+            (n.is_none() && t.is_none()).then_some(())
+        }
+    })
+    .await;
+}
