@@ -392,3 +392,71 @@ async fn suspend_resume_and_delete_with_each_policy() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_child_restored_tier_change_followed_removed_component_pruned() {
+    let env = start("leadgen-pro.yaml").await;
+    let c = env.client.clone();
+    let name = create_tenant(&env, "starter").await;
+    let ns = format!("tenant-{name}");
+    let deployments: Api<Deployment> = Api::namespaced(c.clone(), &ns);
+    eventually("deployments", || {
+        let c = c.clone();
+        let ns = ns.clone();
+        async move { (replicas(&c, &ns).await == vec![1, 1]).then_some(()) }
+    })
+    .await;
+
+    deployments
+        .delete("worker", &Default::default())
+        .await
+        .expect("delete worker");
+    eventually("worker restored", || {
+        let d = deployments.clone();
+        async move {
+            let w = d.get_opt("worker").await.ok()??;
+            w.metadata.deletion_timestamp.is_none().then_some(())
+        }
+    })
+    .await;
+
+    Api::<Tenant>::all(c.clone())
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"tier": "enterprise"}})),
+        )
+        .await
+        .expect("change tier");
+    eventually("enterprise quota and replicas", || {
+        let c = c.clone();
+        let ns = ns.clone();
+        async move {
+            let q = Api::<ResourceQuota>::namespaced(c.clone(), &ns)
+                .get("tenant-quota")
+                .await
+                .ok()?;
+            (q.spec?.hard?["pods"].0 == "40" && replicas(&c, &ns).await == vec![4, 4]).then_some(())
+        }
+    })
+    .await;
+
+    // Remove the worker from the Platform: its Deployment and Service are pruned.
+    let platforms: Api<Platform> = Api::all(c.clone());
+    let mut p = platforms.get(&env.platform).await.expect("platform");
+    p.spec.components.retain(|x| x.name != "worker");
+    platforms
+        .replace(&env.platform, &PostParams::default(), &p)
+        .await
+        .expect("replace platform");
+    eventually("worker pruned", || {
+        let d = deployments.clone();
+        let s = Api::<k8s_openapi::api::core::v1::Service>::namespaced(c.clone(), &ns);
+        async move {
+            let dep = d.get_opt("worker").await.ok()?;
+            let svc = s.get_opt("worker").await.ok()?;
+            (dep.is_none() && svc.is_none()).then_some(())
+        }
+    })
+    .await;
+}
