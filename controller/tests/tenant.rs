@@ -460,3 +460,60 @@ async fn deleted_child_restored_tier_change_followed_removed_component_pruned() 
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_tenant_is_left_alone_and_says_so() {
+    let env = start("leadgen-pro.yaml").await;
+    let c = env.client.clone();
+    let name = create_tenant(&env, "starter").await;
+    let ns = format!("tenant-{name}");
+    eventually("deployments", || {
+        let c = c.clone();
+        let ns = ns.clone();
+        async move { (replicas(&c, &ns).await == vec![1, 1]).then_some(()) }
+    })
+    .await;
+    let tenants: Api<Tenant> = Api::all(c.clone());
+    let t = tenants
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"paused": true, "tier": "enterprise"}})),
+        )
+        .await
+        .expect("pause and change tier");
+    let generation = t.metadata.generation;
+    eventually("Paused condition for the new generation", || {
+        let c = c.clone();
+        let name = name.clone();
+        async move {
+            let t = tenant(&c, &name).await;
+            let p = t
+                .status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "Paused")?;
+            (p.status == "True" && p.observed_generation == generation).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(
+        replicas(&c, &ns).await,
+        vec![1, 1],
+        "nothing changed while paused"
+    );
+    tenants
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"paused": false}})),
+        )
+        .await
+        .expect("unpause");
+    eventually("enterprise replicas after unpausing", || {
+        let c = c.clone();
+        let ns = ns.clone();
+        async move { (replicas(&c, &ns).await == vec![4, 4]).then_some(()) }
+    })
+    .await;
+}
