@@ -77,21 +77,7 @@ async fn wait(what: &str, secs: u64, mut f: impl AsyncFnMut() -> bool) {
 
 async fn create_tenant(c: &Client, platform: &str, shard: &str) -> String {
     let name = unique("tn");
-    let mut t = Tenant::new(
-        &name,
-        TenantSpec {
-            platform: platform.into(),
-            tier: "starter".into(),
-            customer: Default::default(),
-            subscription: None,
-            subdomain: None,
-            suspended: false,
-            paused: false,
-            deletion_policy: Default::default(),
-            backup: None,
-            cancelled_at: None,
-        },
-    );
+    let mut t = Tenant::new(&name, TenantSpec::new(platform, "starter"));
     t.metadata.labels = Some([(SHARD.to_owned(), shard.to_owned())].into());
     Api::<Tenant>::all(c.clone())
         .create(&PostParams::default(), &t)

@@ -81,21 +81,7 @@ async fn start(example: &str) -> Env {
 
 async fn create_tenant(env: &Env, tier: &str) -> String {
     let name = unique("tn");
-    let mut t = Tenant::new(
-        &name,
-        TenantSpec {
-            platform: env.platform.clone(),
-            tier: tier.into(),
-            customer: Default::default(),
-            subscription: None,
-            subdomain: None,
-            suspended: false,
-            paused: false,
-            deletion_policy: Default::default(),
-            backup: None,
-            cancelled_at: None,
-        },
-    );
+    let mut t = Tenant::new(&name, TenantSpec::new(env.platform.clone(), tier));
     t.metadata.labels = Some([(SHARD.to_owned(), env.shard.clone())].into());
     Api::<Tenant>::all(env.client.clone())
         .create(&PostParams::default(), &t)

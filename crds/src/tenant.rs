@@ -259,6 +259,25 @@ pub struct ComponentStatus {
     pub replicas: i32,
 }
 
+impl TenantSpec {
+    /// The spec of a tenant on `tier` of `platform` with every optional field left out: running,
+    /// not paused, `deletionPolicy: Delete`, no customer details, no subscription.
+    pub fn new(platform: impl Into<String>, tier: impl Into<String>) -> Self {
+        TenantSpec {
+            platform: platform.into(),
+            tier: tier.into(),
+            customer: Customer::default(),
+            subscription: None,
+            subdomain: None,
+            suspended: false,
+            paused: false,
+            deletion_policy: DeletionPolicy::default(),
+            backup: None,
+            cancelled_at: None,
+        }
+    }
+}
+
 impl Tenant {
     /// The host label of the tenant: `spec.subdomain`, or the tenant's name.
     pub fn subdomain(&self) -> &str {

@@ -109,20 +109,13 @@ fn tenant(name: &str) -> Tenant {
     Tenant::new(
         name,
         TenantSpec {
-            platform: "leadsite-io".into(),
-            tier: "starter".into(),
             customer: Customer {
                 stripe_customer_id: Some("cus_RoundTrip123".into()),
                 email: Some("owner@example.com".into()),
                 name: Some("Round Trip Ltd".into()),
             },
-            subscription: None,
-            subdomain: None,
-            suspended: false,
-            paused: false,
             deletion_policy: DeletionPolicy::Retain,
-            backup: None,
-            cancelled_at: None,
+            ..TenantSpec::new("leadsite-io", "starter")
         },
     )
 }

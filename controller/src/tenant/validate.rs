@@ -63,21 +63,7 @@ mod tests {
     }
 
     fn tenant(tier: &str) -> Tenant {
-        Tenant::new(
-            "t",
-            stackplane_crds::TenantSpec {
-                platform: "tackle".into(),
-                tier: tier.into(),
-                customer: Default::default(),
-                subscription: None,
-                subdomain: None,
-                suspended: false,
-                paused: false,
-                deletion_policy: Default::default(),
-                backup: None,
-                cancelled_at: None,
-            },
-        )
+        Tenant::new("t", stackplane_crds::TenantSpec::new("tackle", tier))
     }
 
     #[test]
