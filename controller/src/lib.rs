@@ -6,6 +6,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::runtime::wait::Condition;
 use kube::{Api, Client, ResourceExt};
 
+pub mod aws;
 pub mod controller;
 pub mod error;
 pub mod leader;
