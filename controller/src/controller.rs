@@ -11,14 +11,14 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::runtime::controller::{self, Controller};
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use stackplane_crds::labels::{MANAGED_BY, MANAGED_BY_VALUE, TENANT};
-use stackplane_crds::{Platform, Tenant};
+use stackplane_crds::{Platform, Tenant, TenantBackup};
 use tokio::sync::{oneshot, watch};
 
+use crate::events::EventRecorder;
 use crate::leader::{self, LeaderError, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::tenant::{self, Context, ReconcileConfig};
@@ -111,12 +111,10 @@ async fn run_controller(
     if let Some(selector) = &config.tenant_selector {
         wc = wc.labels(selector);
     }
-    let recorder = Recorder::new(
+    let recorder = EventRecorder::new(
         client.clone(),
-        Reporter {
-            controller: CONTROLLER_NAME.to_owned(),
-            instance: Some(config.lease.identity.clone()),
-        },
+        CONTROLLER_NAME,
+        config.lease.identity.clone(),
     );
     let ctx = Arc::new(Context::new(
         client.clone(),
@@ -186,7 +184,13 @@ async fn run_controller(
         .watches(Api::<Service>::all(c.clone()), children.clone(), |o| {
             tenant_of(&o)
         })
-        .watches(Api::<Ingress>::all(c.clone()), children, |o| tenant_of(&o))
+        .watches(Api::<Ingress>::all(c.clone()), children.clone(), |o| {
+            tenant_of(&o)
+        })
+        // A finished final backup lets a cancelled or deleting tenant go on at once.
+        .watches(Api::<TenantBackup>::all(c.clone()), children, |b| {
+            Some(ObjectRef::new(&b.spec.tenant))
+        })
         .graceful_shutdown_on(stop)
         .run(tenant::reconcile, tenant::error_policy, ctx)
         .for_each(|result| async move {

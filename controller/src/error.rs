@@ -35,6 +35,17 @@ pub enum Error {
     /// The tenant's namespace is still being deleted (not a failure: the finalizer waits).
     #[error("namespace {namespace} is still terminating")]
     NamespaceTerminating { namespace: String },
+    /// The final `pre-delete` backup of a tenant is not finished yet (not a failure: the
+    /// finalizer waits for it, up to the final-backup timeout).
+    #[error("final backup {backup} is not finished yet")]
+    FinalBackupPending {
+        backup: String,
+        retry_in: std::time::Duration,
+    },
+    /// A TenantBackup with the final backup's name exists but is not that tenant's
+    /// `pre-delete` backup.
+    #[error("TenantBackup {backup} exists but is not this tenant's pre-delete backup")]
+    FinalBackupConflict { backup: String },
     /// The object has no name (never for objects read from the API server).
     #[error("object without a name")]
     NoName,
@@ -52,6 +63,8 @@ impl Error {
             Error::Serialize(_) => "serialize",
             Error::NoName => "no_name",
             Error::NamespaceTerminating { .. } => "namespace_terminating",
+            Error::FinalBackupPending { .. } => "final_backup_pending",
+            Error::FinalBackupConflict { .. } => "final_backup_conflict",
         }
     }
 }

@@ -9,6 +9,7 @@ use kube::{Api, Client, ResourceExt};
 pub mod aws;
 pub mod controller;
 pub mod error;
+pub mod events;
 pub mod leader;
 pub mod metrics;
 pub mod telemetry;
@@ -75,6 +76,11 @@ pub struct Args {
     /// Seconds between periodic reconciles of a healthy Tenant.
     #[arg(long, env = "STACKPLANE_REQUEUE_SECONDS", default_value_t = 300)]
     pub requeue_seconds: u64,
+
+    /// Seconds to wait for a tenant's final `pre-delete` backup to finish before its data is
+    /// deleted anyway (the outcome is recorded on the backup and in an Event).
+    #[arg(long, env = "STACKPLANE_FINAL_BACKUP_TIMEOUT", default_value_t = 1800)]
+    pub final_backup_timeout: u64,
 }
 
 impl Args {
@@ -97,6 +103,7 @@ impl Args {
                     ingress_namespace: self.ingress_namespace.clone(),
                 },
                 requeue: std::time::Duration::from_secs(self.requeue_seconds.max(1)),
+                final_backup_timeout: std::time::Duration::from_secs(self.final_backup_timeout),
                 ..tenant::ReconcileConfig::default()
             },
             lease: leader::LeaseConfig {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Starts the real components the tests and the demo run against, on free loopback ports:
-# etcd, kube-apiserver, kube-controller-manager (garbage collector and namespace controllers),
+# etcd, kube-apiserver, kube-controller-manager (garbage collector, namespace and PVC protection),
 # a throwaway Postgres cluster and moto. Prints the run directory, which holds:
 #   env.sh      exports KUBECONFIG, DATABASE_URL, AWS_ENDPOINT_URL, AWS_* for the tests
 #   pids        one "name pid" line per process started, for down.sh
@@ -119,9 +119,11 @@ kubeconfig_for "$kcm_token" "$run/kcm.kubeconfig"
 wait_for kube-apiserver 90 curl -fsS --cacert "$pki/ca.crt" -H "Authorization: Bearer $admin_token" \
   "https://127.0.0.1:$api_port/readyz"
 
-# --- kube-controller-manager: garbage collection and namespace deletion only ------------------
+# --- kube-controller-manager: garbage collection, namespace deletion, PVC protection -----------
+# pvc-protection releases the kubernetes.io/pvc-protection finalizer that the apiserver's admission
+# puts on every PVC; without it a deleted PVC, and so a namespace holding one, never goes away.
 setsid "$K8S_BIN/kube-controller-manager" --kubeconfig "$run/kcm.kubeconfig" \
-  --controllers garbagecollector,namespace --leader-elect=false \
+  --controllers garbagecollector,namespace,pvc-protection --leader-elect=false \
   --port 0 --secure-port 0 >"$run/logs/kube-controller-manager.log" 2>&1 </dev/null &
 record kube-controller-manager $!
 

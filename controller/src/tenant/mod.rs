@@ -2,6 +2,7 @@
 //! finalizer that implements the deletion policy.
 
 pub mod apply;
+pub mod final_backup;
 pub mod plan;
 pub mod prune;
 pub mod status;
@@ -17,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType};
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
@@ -26,7 +27,9 @@ use stackplane_crds::naming::namespace_name;
 use stackplane_crds::{DeletionPolicy, Platform, Tenant, TenantPhase, TenantStatus};
 
 use crate::error::{Error, Result};
+use crate::events::EventRecorder;
 use crate::metrics::Metrics;
+use final_backup::Gate;
 use plan::PlanOptions;
 use status::{Want, INVALID_SPEC, PAUSED, READY, SYNCED};
 
@@ -41,6 +44,11 @@ pub struct ReconcileConfig {
     pub requeue: Duration,
     /// How often a deleting tenant checks whether its namespace is gone.
     pub deletion_poll: Duration,
+    /// Longest wait for the final `pre-delete` backup before a tenant's data is deleted anyway.
+    pub final_backup_timeout: Duration,
+    /// How often an unfinished final backup is looked at (a TenantBackup watch usually
+    /// triggers the reconcile sooner).
+    pub final_backup_poll: Duration,
 }
 
 impl Default for ReconcileConfig {
@@ -49,6 +57,8 @@ impl Default for ReconcileConfig {
             plan: PlanOptions::default(),
             requeue: Duration::from_secs(300),
             deletion_poll: Duration::from_secs(2),
+            final_backup_timeout: Duration::from_secs(1800),
+            final_backup_poll: Duration::from_secs(15),
         }
     }
 }
@@ -58,7 +68,7 @@ pub struct Context {
     pub client: Client,
     pub config: ReconcileConfig,
     pub metrics: Arc<Metrics>,
-    pub recorder: Recorder,
+    pub recorder: EventRecorder,
     /// Consecutive failures per tenant, for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -68,7 +78,7 @@ impl Context {
         client: Client,
         config: ReconcileConfig,
         metrics: Arc<Metrics>,
-        recorder: Recorder,
+        recorder: EventRecorder,
     ) -> Self {
         Context {
             client,
@@ -140,7 +150,7 @@ pub async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action>
             ctx.succeeded(&name);
             tracing::debug!(tenant = %name, took_ms = started.elapsed().as_millis() as u64, "reconciled");
         }
-        Err(Error::NamespaceTerminating { .. }) => {}
+        Err(Error::NamespaceTerminating { .. } | Error::FinalBackupPending { .. }) => {}
         Err(error) => {
             ctx.metrics.error(error.metric_label());
             tracing::warn!(tenant = %name, error = %error, category = error.metric_label(), "reconcile failed");
@@ -151,8 +161,10 @@ pub async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action>
 
 /// What the controller does after a failed reconcile.
 pub fn error_policy(tenant: Arc<Tenant>, error: &Error, ctx: Arc<Context>) -> Action {
-    if let Error::NamespaceTerminating { .. } = error {
-        return Action::requeue(ctx.config.deletion_poll);
+    match error {
+        Error::NamespaceTerminating { .. } => return Action::requeue(ctx.config.deletion_poll),
+        Error::FinalBackupPending { retry_in, .. } => return Action::requeue(*retry_in),
+        _ => {}
     }
     let n = ctx.failed(&tenant.name_any());
     Action::requeue(backoff(n))
@@ -207,6 +219,7 @@ async fn apply_tenant(tenant: &Tenant, ctx: &Context) -> Result<Action> {
                     Want::new(READY, false, INVALID_SPEC, invalid.message.clone()),
                     Want::new(SYNCED, false, INVALID_SPEC, invalid.message.clone()),
                     Want::new(PAUSED, false, "NotPaused", "spec.paused is false"),
+                    status::payment_overdue_condition(tenant),
                 ],
                 generation,
                 now,
@@ -236,21 +249,27 @@ async fn apply_tenant(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         );
         let deadline = cancelled.0.checked_add(retention).unwrap_or(cancelled.0);
         if now >= deadline {
-            // TODO(backups issue): take the final `pre-delete` TenantBackup before deleting.
-            tracing::info!(tenant = %name, "retention period over: deleting the tenant");
-            ctx.event(
-                tenant,
-                EventType::Normal,
-                "RetentionExpired",
-                "cancelled and retention period over: deleting".into(),
-            )
-            .await;
-            let api: Api<Tenant> = Api::all(ctx.client.clone());
-            api.delete(&name, &DeleteParams::default()).await?;
-            return Ok(Action::await_change());
+            // The final `pre-delete` backup first; while it runs the tenant stays Cancelled.
+            match final_backup_gate(tenant, ctx).await? {
+                Gate::Waiting { retry_in, .. } => requeue = requeue.min(retry_in),
+                Gate::Passed { .. } => {
+                    tracing::info!(tenant = %name, "retention period over: deleting the tenant");
+                    ctx.event(
+                        tenant,
+                        EventType::Normal,
+                        "RetentionExpired",
+                        "cancelled and retention period over: deleting".into(),
+                    )
+                    .await;
+                    let api: Api<Tenant> = Api::all(ctx.client.clone());
+                    api.delete(&name, &DeleteParams::default()).await?;
+                    return Ok(Action::await_change());
+                }
+            }
+        } else {
+            let left = deadline.duration_since(now).unsigned_abs();
+            requeue = requeue.min(left + Duration::from_secs(1));
         }
-        let left = deadline.duration_since(now).unsigned_abs();
-        requeue = requeue.min(left + Duration::from_secs(1));
     }
 
     // plan (pure)
@@ -297,6 +316,7 @@ async fn apply_tenant(tenant: &Tenant, ctx: &Context) -> Result<Action> {
                 status::ready_condition(phase, &components),
                 Want::new(SYNCED, true, "Applied", "every object is applied"),
                 Want::new(PAUSED, false, "NotPaused", "spec.paused is false"),
+                status::payment_overdue_condition(tenant),
             ],
             generation,
             now,
@@ -314,6 +334,7 @@ async fn apply_tenant(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     if st != previous {
         status::write(&ctx.client, tenant, &st).await?;
     }
+    payment_overdue_event(tenant, &previous, &st, ctx).await;
     if previous.phase != Some(phase) {
         tracing::info!(tenant = %name, phase = phase.as_str(), "phase changed");
         ctx.event(
@@ -362,8 +383,22 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
     match tenant.spec.deletion_policy {
         DeletionPolicy::Delete => {
-            // TODO(backups issue): final `pre-delete` backup; cloud resources (later issue).
-            match namespaces.get_opt(&ns).await? {
+            let existing = namespaces.get_opt(&ns).await?;
+            // The final backup, unless there is no data left to back up.
+            let has_data = existing
+                .as_ref()
+                .is_some_and(|n| n.metadata.deletion_timestamp.is_none())
+                || previous.instance.is_some();
+            if has_data {
+                if let Gate::Waiting {
+                    backup, retry_in, ..
+                } = final_backup_gate(tenant, ctx).await?
+                {
+                    return Err(Error::FinalBackupPending { backup, retry_in });
+                }
+            }
+            // TODO(cloud issue): delete the tenant's cloud resources (EC2 instance, DNS record).
+            match existing {
                 None => {}
                 Some(existing) => {
                     if existing.metadata.deletion_timestamp.is_none() {
@@ -387,6 +422,96 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     ctx.metrics.phase(&name, None);
     tracing::info!(tenant = %name, "tenant cleaned up");
     Ok(Action::await_change())
+}
+
+/// Requests the tenant's final backup and says whether the wait for it is over, with an Event
+/// when it is requested and when the wait ends.
+pub async fn final_backup_gate(tenant: &Tenant, ctx: &Context) -> Result<Gate> {
+    let gate = final_backup::ensure(
+        &ctx.client,
+        tenant,
+        ctx.config.final_backup_timeout,
+        ctx.config.final_backup_poll,
+    )
+    .await?;
+    let name = tenant.name_any();
+    match &gate {
+        Gate::Waiting {
+            backup,
+            requested: true,
+            ..
+        } => {
+            ctx.event(
+                tenant,
+                EventType::Normal,
+                "FinalBackupRequested",
+                format!("final backup {backup} requested; the tenant is deleted once it finishes"),
+            )
+            .await;
+        }
+        Gate::Waiting { backup, phase, .. } => {
+            tracing::debug!(tenant = %name, backup = %backup, phase = ?phase, "waiting for the final backup");
+        }
+        Gate::Passed {
+            backup,
+            outcome,
+            first,
+        } => {
+            // Both the retention path and the finalizer pass this gate; say so once.
+            if *first {
+                let type_ = match outcome {
+                    final_backup::Outcome::Finished(stackplane_crds::BackupPhase::Completed) => {
+                        EventType::Normal
+                    }
+                    _ => EventType::Warning,
+                };
+                tracing::info!(tenant = %name, backup = %backup, outcome = outcome.as_str(), "final backup done");
+                ctx.event(
+                    tenant,
+                    type_,
+                    "FinalBackupDone",
+                    format!("final backup {backup}: {}", outcome.as_str()),
+                )
+                .await;
+            }
+        }
+    }
+    Ok(gate)
+}
+
+/// A Warning Event when a payment becomes overdue and a Normal one when it is settled.
+async fn payment_overdue_event(
+    tenant: &Tenant,
+    previous: &TenantStatus,
+    now: &TenantStatus,
+    ctx: &Context,
+) {
+    let overdue = |s: &TenantStatus| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == status::PAYMENT_OVERDUE && c.status == "True")
+    };
+    match (overdue(previous), overdue(now)) {
+        (false, true) => {
+            ctx.event(
+                tenant,
+                EventType::Warning,
+                status::PAYMENT_OVERDUE,
+                "the subscription is past due; the stack keeps running".into(),
+            )
+            .await;
+        }
+        (true, false) => {
+            ctx.event(
+                tenant,
+                EventType::Normal,
+                "PaymentSettled",
+                "no payment is overdue any more".into(),
+            )
+            .await;
+        }
+        _ => {}
+    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
-use stackplane_crds::{ComponentStatus, Tenant, TenantPhase, TenantStatus};
+use stackplane_crds::{ComponentStatus, SubscriptionStatus, Tenant, TenantPhase, TenantStatus};
 
 use super::plan::PlannedComponent;
 use crate::error::{Error, Result};
@@ -15,7 +15,12 @@ use crate::error::{Error, Result};
 pub const READY: &str = "Ready";
 pub const SYNCED: &str = "Synced";
 pub const PAUSED: &str = "Paused";
+pub const PAYMENT_OVERDUE: &str = "PaymentOverdue";
 pub const INVALID_SPEC: &str = "InvalidSpec";
+
+/// Annotation the billing worker sets on a Tenant while its subscription is `past_due`
+/// (`PAYMENT_OVERDUE_ANNOTATION` of the api's billing mapping).
+pub const PAYMENT_OVERDUE_ANNOTATION: &str = "stackplane.io/payment-overdue";
 
 /// A condition as the controller wants it; `lastTransitionTime` is filled in by [`conditions`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,6 +170,35 @@ pub fn ready_condition(phase: TenantPhase, components: &[ComponentStatus]) -> Wa
     }
 }
 
+/// The `PaymentOverdue` condition: True while billing says the subscription is `past_due`
+/// (its annotation, or the subscription status it wrote). The stack keeps running either way.
+pub fn payment_overdue_condition(tenant: &Tenant) -> Want {
+    let annotated = tenant
+        .annotations()
+        .get(PAYMENT_OVERDUE_ANNOTATION)
+        .is_some_and(|v| v == "true");
+    let past_due = tenant
+        .spec
+        .subscription
+        .as_ref()
+        .is_some_and(|s| s.status == SubscriptionStatus::PastDue);
+    if annotated || past_due {
+        Want::new(
+            PAYMENT_OVERDUE,
+            true,
+            "SubscriptionPastDue",
+            "the subscription is past due: the stack keeps running until Stripe gives up",
+        )
+    } else {
+        Want::new(
+            PAYMENT_OVERDUE,
+            false,
+            "PaymentCurrent",
+            "no payment is overdue",
+        )
+    }
+}
+
 /// Writes `status` with a merge patch on the status subresource. Fields this controller owns
 /// and that are now empty are cleared explicitly (a merge patch keeps what it does not name);
 /// fields of later steps (`instance`, `dnsRecord`) are left as they are.
@@ -203,5 +237,57 @@ mod tests {
         let flipped = conditions(&same, &[Want::new(READY, true, "C", "")], Some(2), t1);
         assert_eq!(flipped[0].last_transition_time, Time(t1));
         assert_eq!(flipped[0].status, "True");
+    }
+
+    fn with_subscription(status: Option<SubscriptionStatus>, annotation: Option<&str>) -> Tenant {
+        let mut spec = stackplane_crds::TenantSpec::new("crm", "starter");
+        spec.subscription = status.map(|status| stackplane_crds::Subscription {
+            id: "sub_1".into(),
+            status,
+            current_period_end: None,
+        });
+        let mut t = Tenant::new("acme", spec);
+        if let Some(v) = annotation {
+            t.metadata.annotations =
+                Some([(PAYMENT_OVERDUE_ANNOTATION.to_owned(), v.to_owned())].into());
+        }
+        t
+    }
+
+    #[test]
+    fn payment_overdue_follows_what_billing_wrote() {
+        use SubscriptionStatus as S;
+        let cases = [
+            (Some(S::PastDue), Some("true"), true),
+            (Some(S::PastDue), None, true),
+            (Some(S::Active), Some("true"), true),
+            (Some(S::Active), None, false),
+            (Some(S::Trialing), Some("false"), false),
+            (Some(S::Unpaid), None, false),
+            (None, None, false),
+        ];
+        for (status, annotation, overdue) in cases {
+            let want = payment_overdue_condition(&with_subscription(status, annotation));
+            assert_eq!(want.type_, PAYMENT_OVERDUE);
+            assert_eq!(want.status, overdue, "{status:?} {annotation:?}");
+            let reason = if overdue {
+                "SubscriptionPastDue"
+            } else {
+                "PaymentCurrent"
+            };
+            assert_eq!(want.reason, reason);
+        }
+    }
+
+    #[test]
+    fn an_overdue_tenant_keeps_running() {
+        let t = with_subscription(Some(SubscriptionStatus::PastDue), Some("true"));
+        let components = [ComponentStatus {
+            name: "api".into(),
+            ready_replicas: 1,
+            replicas: 1,
+        }];
+        assert_eq!(phase(&t, &components, None), TenantPhase::Ready);
+        assert!(!super::super::plan::scaled_down(&t));
     }
 }
