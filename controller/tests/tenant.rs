@@ -5,14 +5,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, ResourceQuota, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    Event as CoreEvent, Namespace, PersistentVolumeClaim, ResourceQuota, Secret, ServiceAccount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use stackplane_controller::leader::LeaseConfig;
 use stackplane_controller::metrics::Metrics;
 use stackplane_controller::tenant::ReconcileConfig;
-use stackplane_crds::{Platform, Tenant, TenantPhase, TenantSpec};
+use stackplane_crds::{
+    BackupReason, Platform, Subscription, SubscriptionStatus, Tenant, TenantBackup, TenantPhase,
+    TenantSpec,
+};
 use stackplane_tests::{example_platform_files, install_crds, kube_client, unique};
 
 const SHARD: &str = "stackplane.io/test-shard";
@@ -32,7 +39,19 @@ impl Drop for Env {
     }
 }
 
+/// The reconciler's settings in these tests: the final backup is looked at every second.
+fn test_config() -> ReconcileConfig {
+    ReconcileConfig {
+        final_backup_poll: Duration::from_secs(1),
+        ..ReconcileConfig::default()
+    }
+}
+
 async fn start(example: &str) -> Env {
+    start_with(example, test_config()).await
+}
+
+async fn start_with(example: &str, reconcile: ReconcileConfig) -> Env {
     let _ = tracing_subscriber::fmt()
         .with_env_filter("stackplane_controller=debug")
         .try_init();
@@ -53,7 +72,7 @@ async fn start(example: &str) -> Env {
     let config = stackplane_controller::Config {
         concurrency: 4,
         tenant_selector: Some(format!("{SHARD}={shard}")),
-        reconcile: ReconcileConfig::default(),
+        reconcile,
         lease: LeaseConfig {
             name: shard.clone(),
             namespace: "default".into(),
@@ -80,9 +99,14 @@ async fn start(example: &str) -> Env {
 }
 
 async fn create_tenant(env: &Env, tier: &str) -> String {
+    create_tenant_with(env, tier, |_| {}).await
+}
+
+async fn create_tenant_with(env: &Env, tier: &str, edit: impl FnOnce(&mut Tenant)) -> String {
     let name = unique("tn");
     let mut t = Tenant::new(&name, TenantSpec::new(env.platform.clone(), tier));
     t.metadata.labels = Some([(SHARD.to_owned(), env.shard.clone())].into());
+    edit(&mut t);
     Api::<Tenant>::all(env.client.clone())
         .create(&PostParams::default(), &t)
         .await
@@ -106,6 +130,58 @@ where
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// The Events about a Tenant, found the way `kubectl describe` finds them (every namespace).
+async fn tenant_events(c: &Client, name: &str) -> Vec<CoreEvent> {
+    Api::<CoreEvent>::all(c.clone())
+        .list(&ListParams::default().fields(&format!(
+            "involvedObject.kind=Tenant,involvedObject.name={name}"
+        )))
+        .await
+        .expect("list events")
+        .items
+}
+
+fn condition(t: &Tenant, type_: &str) -> Option<Condition> {
+    t.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .cloned()
+}
+
+/// The final backup the controller requested for `tenant`, once it exists.
+async fn final_backup(c: &Client, tenant: &str) -> TenantBackup {
+    let api = Api::<TenantBackup>::all(c.clone());
+    let name = format!("{tenant}-pre-delete");
+    eventually("the final backup", || {
+        let api = api.clone();
+        let name = name.clone();
+        async move { api.get_opt(&name).await.ok()? }
+    })
+    .await
+}
+
+/// Plays the backup reconciler: puts the backup in `phase`.
+async fn finish_backup(c: &Client, backup: &str, phase: &str) {
+    Api::<TenantBackup>::all(c.clone())
+        .patch_status(
+            backup,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"status": {"phase": phase}})),
+        )
+        .await
+        .expect("patch backup status");
+}
+
+async fn tenant_gone(c: &Client, name: &str) -> bool {
+    Api::<Tenant>::all(c.clone())
+        .get_opt(name)
+        .await
+        .expect("get tenant")
+        .is_none()
 }
 
 async fn tenant(client: &Client, name: &str) -> Tenant {
@@ -202,9 +278,36 @@ async fn tenant_gets_its_stack_and_becomes_ready() {
         }
     })
     .await;
-    let st = t.status.expect("status");
+    let st = t.status.clone().expect("status");
     assert!(st.ready_since.is_some());
     assert_eq!(st.observed_generation, t.metadata.generation);
+    let overdue = condition(&t, "PaymentOverdue").expect("PaymentOverdue condition");
+    assert_eq!(
+        (overdue.status.as_str(), overdue.reason.as_str()),
+        ("False", "PaymentCurrent")
+    );
+
+    // The phase transitions were stored as Events the API server accepted.
+    let events = eventually("Provisioning and Ready events", || {
+        let c = c.clone();
+        let name = name.clone();
+        async move {
+            let events = tenant_events(&c, &name).await;
+            let has = |r: &str| events.iter().any(|e| e.reason.as_deref() == Some(r));
+            (has("Provisioning") && has("Ready")).then_some(events)
+        }
+    })
+    .await;
+    for e in &events {
+        assert_eq!(e.metadata.namespace.as_deref(), Some("kube-system"));
+        assert_eq!(e.involved_object.namespace, None);
+        assert_eq!(e.involved_object.uid, t.metadata.uid);
+        assert_eq!(
+            e.reporting_component.as_deref(),
+            Some("stackplane-controller")
+        );
+        assert_eq!(e.type_.as_deref(), Some("Normal"));
+    }
 
     // A quota edited by hand is restored; the credentials stay the same across reconciles.
     let hand = json!({"pods": "1"});
@@ -366,6 +469,10 @@ async fn suspend_resume_and_delete_with_each_policy() {
         }
     })
     .await;
+    // Delete: the final backup is requested first; play the backup reconciler and finish it.
+    let backup = final_backup(&c, &gone).await;
+    assert_eq!(backup.spec.reason, BackupReason::PreDelete);
+    finish_backup(&c, &backup.name_any(), "Completed").await;
     eventually("deleted namespace and tenant gone", || {
         let c = c.clone();
         let ns = ns_gone.clone();
@@ -377,6 +484,12 @@ async fn suspend_resume_and_delete_with_each_policy() {
         }
     })
     .await;
+    // Retain keeps the data: no final backup.
+    assert!(Api::<TenantBackup>::all(c.clone())
+        .get_opt(&format!("{keep}-pre-delete"))
+        .await
+        .expect("get backup")
+        .is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -500,6 +613,275 @@ async fn paused_tenant_is_left_alone_and_says_so() {
         let c = c.clone();
         let ns = ns.clone();
         async move { (replicas(&c, &ns).await == vec![4, 4]).then_some(()) }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_due_tenant_runs_with_payment_overdue_until_paid() {
+    let env = start("leadgen-pro.yaml").await;
+    let c = env.client.clone();
+    // What the billing worker writes for a `past_due` subscription.
+    let name = create_tenant_with(&env, "starter", |t| {
+        t.spec.subscription = Some(Subscription {
+            id: "sub_overdue1".into(),
+            status: SubscriptionStatus::PastDue,
+            current_period_end: None,
+        });
+        t.metadata.annotations = Some(
+            [(
+                "stackplane.io/payment-overdue".to_owned(),
+                "true".to_owned(),
+            )]
+            .into(),
+        );
+    })
+    .await;
+    let ns = format!("tenant-{name}");
+    let overdue = eventually("PaymentOverdue=True", || {
+        let c = c.clone();
+        let name = name.clone();
+        async move {
+            let t = tenant(&c, &name).await;
+            condition(&t, "PaymentOverdue").filter(|p| p.status == "True")
+        }
+    })
+    .await;
+    assert_eq!(overdue.reason, "SubscriptionPastDue");
+    eventually("the stack keeps running", || {
+        let c = c.clone();
+        let ns = ns.clone();
+        async move { (replicas(&c, &ns).await == vec![1, 1]).then_some(()) }
+    })
+    .await;
+    let t = tenant(&c, &name).await;
+    assert!(!t.spec.suspended);
+    assert_eq!(
+        t.status.and_then(|s| s.phase),
+        Some(TenantPhase::Provisioning)
+    );
+    eventually("a PaymentOverdue warning event", || {
+        let c = c.clone();
+        let name = name.clone();
+        async move {
+            tenant_events(&c, &name)
+                .await
+                .iter()
+                .any(|e| {
+                    e.reason.as_deref() == Some("PaymentOverdue")
+                        && e.type_.as_deref() == Some("Warning")
+                })
+                .then_some(())
+        }
+    })
+    .await;
+
+    // Paid: billing sets the status back and its server-side apply drops the annotation.
+    Api::<Tenant>::all(c.clone())
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({
+                "metadata": {"annotations": {"stackplane.io/payment-overdue": null}},
+                "spec": {"subscription": {"status": "active"}}
+            })),
+        )
+        .await
+        .expect("mark paid");
+    let settled = eventually("PaymentOverdue=False", || {
+        let c = c.clone();
+        let name = name.clone();
+        async move {
+            let t = tenant(&c, &name).await;
+            condition(&t, "PaymentOverdue").filter(|p| p.status == "False")
+        }
+    })
+    .await;
+    assert_eq!(settled.reason, "PaymentCurrent");
+    assert!(settled.last_transition_time.0 >= overdue.last_transition_time.0);
+}
+
+/// A Platform of the test with no retention: a cancelled tenant is due for deletion at once.
+async fn without_retention(env: &Env) {
+    Api::<Platform>::all(env.client.clone())
+        .patch(
+            &env.platform,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"cancellationRetentionDays": 0}})),
+        )
+        .await
+        .expect("retention 0");
+}
+
+async fn create_cancelled_tenant(env: &Env) -> String {
+    create_tenant_with(env, "starter", |t| {
+        t.spec.suspended = true;
+        t.spec.cancelled_at = Some(Time(Timestamp::now()));
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_tenant_is_deleted_after_retention_once_its_final_backup_finished() {
+    let env = start("leadgen-pro.yaml").await;
+    let c = env.client.clone();
+    without_retention(&env).await;
+    let name = create_cancelled_tenant(&env).await;
+    let ns = format!("tenant-{name}");
+
+    let backup = final_backup(&c, &name).await;
+    assert_eq!(backup.spec.tenant, name);
+    assert_eq!(backup.spec.reason, BackupReason::PreDelete);
+    assert_eq!(
+        backup.labels()["app.kubernetes.io/managed-by"],
+        "stackplane"
+    );
+    assert_eq!(backup.labels()["stackplane.io/tenant"], name);
+    assert_eq!(backup.labels()["stackplane.io/platform"], env.platform);
+    assert!(
+        backup.metadata.owner_references.is_none(),
+        "outlives the tenant"
+    );
+
+    // While the backup runs the tenant stays, Cancelled, with its workloads scaled to zero.
+    let t = eventually("Cancelled", || {
+        let c = c.clone();
+        let name = name.clone();
+        async move {
+            let t = tenant(&c, &name).await;
+            (t.status.as_ref()?.phase == Some(TenantPhase::Cancelled)).then_some(t)
+        }
+    })
+    .await;
+    assert!(t.metadata.deletion_timestamp.is_none());
+    assert_eq!(replicas(&c, &ns).await, vec![0, 0]);
+    finish_backup(&c, &backup.name_any(), "InProgress").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let t = tenant(&c, &name).await;
+    assert!(
+        t.metadata.deletion_timestamp.is_none(),
+        "not deleted while the final backup is in progress"
+    );
+
+    finish_backup(&c, &backup.name_any(), "Completed").await;
+    eventually("tenant and namespace gone", || {
+        let c = c.clone();
+        let name = name.clone();
+        let ns = ns.clone();
+        async move {
+            let n = Api::<Namespace>::all(c.clone()).get_opt(&ns).await.ok()?;
+            (tenant_gone(&c, &name).await && n.is_none()).then_some(())
+        }
+    })
+    .await;
+    let kept = Api::<TenantBackup>::all(c.clone())
+        .get(&backup.name_any())
+        .await
+        .expect("the final backup outlives the tenant");
+    assert_eq!(
+        kept.annotations()["stackplane.io/final-backup-outcome"],
+        "Completed"
+    );
+    let events = tenant_events(&c, &name).await;
+    let reasons: Vec<_> = events.iter().filter_map(|e| e.reason.as_deref()).collect();
+    for want in [
+        "FinalBackupRequested",
+        "FinalBackupDone",
+        "RetentionExpired",
+    ] {
+        assert_eq!(
+            reasons.iter().filter(|r| **r == want).count(),
+            1,
+            "one {want} event in {reasons:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_tenant_is_deleted_after_the_final_backup_timeout() {
+    const TIMEOUT: Duration = Duration::from_secs(5);
+    let env = start_with(
+        "leadgen-pro.yaml",
+        ReconcileConfig {
+            final_backup_timeout: TIMEOUT,
+            ..test_config()
+        },
+    )
+    .await;
+    let c = env.client.clone();
+    without_retention(&env).await;
+    let name = create_cancelled_tenant(&env).await;
+    let backup = final_backup(&c, &name).await;
+    let requested = backup
+        .metadata
+        .creation_timestamp
+        .clone()
+        .expect("creationTimestamp")
+        .0;
+    assert!(
+        !tenant_gone(&c, &name).await,
+        "the tenant waits for its backup"
+    );
+    // Nobody finishes the backup: the tenant goes once the timeout passed.
+    eventually("tenant gone", || {
+        let c = c.clone();
+        let name = name.clone();
+        async move { tenant_gone(&c, &name).await.then_some(()) }
+    })
+    .await;
+    let waited = Timestamp::now().duration_since(requested).unsigned_abs();
+    // creationTimestamp has whole seconds.
+    assert!(
+        waited + Duration::from_secs(1) >= TIMEOUT,
+        "deleted after {waited:?}, before the {TIMEOUT:?} timeout"
+    );
+    let kept = Api::<TenantBackup>::all(c.clone())
+        .get(&backup.name_any())
+        .await
+        .expect("backup");
+    assert_eq!(kept.status.as_ref().and_then(|s| s.phase), None);
+    assert_eq!(
+        kept.annotations()["stackplane.io/final-backup-outcome"],
+        "TimedOut"
+    );
+    let warned = tenant_events(&c, &name).await.into_iter().any(|e| {
+        e.reason.as_deref() == Some("FinalBackupDone") && e.type_.as_deref() == Some("Warning")
+    });
+    assert!(warned, "a timed-out final backup is a Warning event");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_tenant_with_storage_removes_its_namespace_and_volume_claims() {
+    let env = start("video-site.yaml").await;
+    let c = env.client.clone();
+    let name = create_tenant(&env, "starter").await;
+    let ns = format!("tenant-{name}");
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(c.clone(), &ns);
+    let claim = eventually("the storage volume claim", || {
+        let claims = claims.clone();
+        async move { claims.get_opt("storage").await.ok()? }
+    })
+    .await;
+    // Admission protects every claim; only the pvc-protection controller releases it.
+    assert!(claim
+        .finalizers()
+        .iter()
+        .any(|f| f == "kubernetes.io/pvc-protection"));
+
+    Api::<Tenant>::all(c.clone())
+        .delete(&name, &Default::default())
+        .await
+        .expect("delete tenant");
+    let backup = final_backup(&c, &name).await;
+    finish_backup(&c, &backup.name_any(), "Completed").await;
+    eventually("namespace, claim and tenant gone", || {
+        let c = c.clone();
+        let name = name.clone();
+        let ns = ns.clone();
+        async move {
+            let n = Api::<Namespace>::all(c.clone()).get_opt(&ns).await.ok()?;
+            (n.is_none() && tenant_gone(&c, &name).await).then_some(())
+        }
     })
     .await;
 }
