@@ -1,0 +1,472 @@
+//! Benchmark: many Tenants created at once, reconciled by the real `stackplane-controller`
+//! binary (a child process) against the harness's kube-apiserver.
+//!
+//! Measures the time until every Tenant is `Synced`, the time until every Tenant is `Ready`
+//! (this process plays the nodes: it marks each Deployment's replicas available, as a kubelet
+//! would), reconciles per second, and the controller's peak RSS (`VmHWM`); then, in the same
+//! run and against the same API server, the raw rate at which it accepts the same objects
+//! created directly (POST) and server-side applied directly, with the controller's client
+//! concurrency.
+//!
+//! Run against a fresh harness (it leaves its objects behind):
+//!   run=$(STACKPLANE_OWNER_PID=$$ tests/harness/up.sh) && source "$run/env.sh"
+//!   cargo bench -p stackplane-controller --bench thousand_tenants
+//! `STACKPLANE_BENCH_TENANTS` (default 1000) sets the number of Tenants,
+//! `STACKPLANE_BENCH_CONCURRENCY` (default 16, the controller's default) the concurrency, and
+//! `STACKPLANE_CONTROLLER_BIN` another controller binary (e.g. a release build).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::core::NamespaceResourceScope;
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::json;
+use stackplane_controller::tenant::apply;
+use stackplane_controller::tenant::plan::{self, Desired, Plan, PlanOptions};
+use stackplane_crds::{Platform, Tenant, TenantSpec};
+use stackplane_tests::{example_platform_files, install_crds, kube_client, required_env, unique};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Mutex;
+
+const BENCH_LABEL: &str = "stackplane.io/bench";
+const TIER: &str = "starter";
+
+fn env_number(name: &str, default: usize) -> usize {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v} is not a number")),
+        Err(_) => default,
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    // `cargo test --benches` runs this binary without `--bench`: do nothing then.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("thousand_tenants: run with `cargo bench`");
+        return;
+    }
+    let tenants = env_number("STACKPLANE_BENCH_TENANTS", 1000);
+    let concurrency = env_number("STACKPLANE_BENCH_CONCURRENCY", 16);
+    let kubeconfig = required_env("KUBECONFIG");
+    let client = kube_client().await;
+    install_crds(&client).await;
+    let run = unique("bench");
+
+    let platform = create_platform(&client, &format!("{run}-plat")).await;
+    let tier = platform
+        .spec
+        .tiers
+        .iter()
+        .find(|t| t.name == TIER)
+        .expect("starter tier")
+        .clone();
+    let sample = plan::plan(
+        &Tenant::new("sample", TenantSpec::new(platform.name_any(), TIER)),
+        &platform,
+        &tier,
+        &PlanOptions::default(),
+    );
+    let objects_per_tenant = 1 + sample.objects.len();
+    println!(
+        "thousand_tenants: {tenants} tenants of {} ({TIER}: {objects_per_tenant} objects each, {} deployments), concurrency {concurrency}",
+        platform.name_any(),
+        sample.components.len()
+    );
+
+    // --- the controller ----------------------------------------------------------------------
+    let bin = std::env::var("STACKPLANE_CONTROLLER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_BIN_EXE_stackplane-controller")));
+    let metrics_port = free_port();
+    let log = std::env::temp_dir().join(format!("{run}-controller.log"));
+    let mut child = tokio::process::Command::new(&bin)
+        .env("KUBECONFIG", &kubeconfig)
+        .env("RUST_LOG", "warn")
+        .args([
+            "--metrics-listen",
+            &format!("127.0.0.1:{metrics_port}"),
+            "--concurrency",
+            &concurrency.to_string(),
+            "--tenant-selector",
+            &format!("{BENCH_LABEL}={run}"),
+            "--lease-name",
+            &run,
+        ])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("controller log"))
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
+    let pid = child.id().expect("controller pid");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(metrics_port, "stackplane_controller_leader").await != Some(1.0) {
+        assert!(
+            Instant::now() < deadline,
+            "controller did not lead within 60s (log: {})",
+            log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let reconciles_before = metric(metrics_port, "stackplane_controller_reconciles_total")
+        .await
+        .unwrap_or(0.0);
+
+    // --- the nodes: make every Deployment of the bench's platform available ---------------------
+    let nodes = tokio::spawn(play_nodes(client.clone(), platform.name_any(), concurrency));
+
+    // --- create the Tenants at once and watch them --------------------------------------------
+    let progress = Arc::new(Mutex::new(Progress::default()));
+    let watch = tokio::spawn(watch_tenants(
+        client.clone(),
+        format!("{BENCH_LABEL}={run}"),
+        tenants,
+        progress.clone(),
+    ));
+    let started = Instant::now();
+    let api: Api<Tenant> = Api::all(client.clone());
+    futures::stream::iter(0..tenants)
+        .map(|i| {
+            let api = api.clone();
+            let mut t = Tenant::new(
+                &format!("{run}-{i:05}"),
+                TenantSpec::new(platform.name_any(), TIER),
+            );
+            t.metadata.labels = Some(BTreeMap::from([(BENCH_LABEL.to_owned(), run.clone())]));
+            async move {
+                api.create(&PostParams::default(), &t)
+                    .await
+                    .expect("create tenant")
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect::<Vec<_>>()
+        .await;
+    let created = started.elapsed();
+
+    let timeout = Duration::from_secs(env_number("STACKPLANE_BENCH_TIMEOUT_SECONDS", 1800) as u64);
+    let (synced, ready) = loop {
+        {
+            let p = progress.lock().await;
+            if p.ready.len() >= tenants {
+                break (
+                    p.all_synced_at.expect("synced before ready") - started,
+                    p.all_ready_at.expect("ready") - started,
+                );
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "after {:?}: {} of {tenants} Synced, {} Ready (log: {})",
+                started.elapsed(),
+                p.synced.len(),
+                p.ready.len(),
+                log.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let reconciles = metric(metrics_port, "stackplane_controller_reconciles_total")
+        .await
+        .unwrap_or(0.0)
+        - reconciles_before;
+    let errors = metric_sum(metrics_port, "stackplane_controller_reconcile_errors_total").await;
+    let vm_hwm = proc_status_kib(pid, "VmHWM:");
+    let vm_rss = proc_status_kib(pid, "VmRSS:");
+    watch.abort();
+    nodes.abort();
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+
+    // --- the same objects, directly --------------------------------------------------------------
+    let plans: Vec<Plan> = (0..tenants)
+        .map(|i| {
+            let t = Tenant::new(
+                &format!("{run}-raw-{i:05}"),
+                TenantSpec::new(platform.name_any(), TIER),
+            );
+            plan::plan(&t, &platform, &tier, &PlanOptions::default())
+        })
+        .collect();
+    let raw_started = Instant::now();
+    futures::stream::iter(plans.iter())
+        .map(|p| create_plan(&client, p))
+        .buffer_unordered(concurrency)
+        .try_collect::<Vec<_>>()
+        .await
+        .expect("create objects directly");
+    let raw_create = raw_started.elapsed();
+    let plans: Vec<Plan> = (0..tenants)
+        .map(|i| {
+            let t = Tenant::new(
+                &format!("{run}-ssa-{i:05}"),
+                TenantSpec::new(platform.name_any(), TIER),
+            );
+            plan::plan(&t, &platform, &tier, &PlanOptions::default())
+        })
+        .collect();
+    let ssa_started = Instant::now();
+    futures::stream::iter(plans.iter())
+        .map(|p| apply::apply(&client, p))
+        .buffer_unordered(concurrency)
+        .try_collect::<Vec<_>>()
+        .await
+        .expect("apply objects directly");
+    let raw_apply = ssa_started.elapsed();
+
+    let objects = (tenants * objects_per_tenant) as f64;
+    let rate = |d: Duration| objects / d.as_secs_f64();
+    println!(
+        "tenants created (client side):        {:>9.2} s",
+        created.as_secs_f64()
+    );
+    println!(
+        "all Synced:                            {:>9.2} s  ({:.1} objects/s)",
+        synced.as_secs_f64(),
+        rate(synced)
+    );
+    println!(
+        "all Ready:                             {:>9.2} s",
+        ready.as_secs_f64()
+    );
+    println!("reconciles:                            {reconciles:>9.0}  ({:.1}/s until all Ready; {errors:.0} failed)", reconciles / ready.as_secs_f64());
+    println!(
+        "controller peak RSS (VmHWM):           {:>9.1} MiB  (RSS at the end {:.1} MiB)",
+        vm_hwm / 1024.0,
+        vm_rss / 1024.0
+    );
+    println!(
+        "direct POST of the same {objects:.0} objects: {:>9.2} s  ({:.1} objects/s)",
+        raw_create.as_secs_f64(),
+        rate(raw_create)
+    );
+    println!(
+        "direct server-side apply of them:      {:>9.2} s  ({:.1} objects/s)",
+        raw_apply.as_secs_f64(),
+        rate(raw_apply)
+    );
+    println!(
+        "controller all-Synced rate / direct POST rate:  {:.2}",
+        rate(synced) / rate(raw_create)
+    );
+    println!(
+        "controller all-Synced rate / direct apply rate: {:.2}",
+        rate(synced) / rate(raw_apply)
+    );
+}
+
+async fn create_platform(client: &Client, name: &str) -> Platform {
+    let (_, text) = example_platform_files()
+        .into_iter()
+        .find(|(f, _)| f == "leadgen-pro.yaml")
+        .expect("leadgen-pro example");
+    let mut platform: Platform = serde_saphyr::from_str(&text).expect("platform");
+    platform.metadata.name = Some(name.to_owned());
+    Api::<Platform>::all(client.clone())
+        .create(&PostParams::default(), &platform)
+        .await
+        .expect("create platform")
+}
+
+#[derive(Default)]
+struct Progress {
+    synced: HashSet<String>,
+    ready: HashSet<String>,
+    all_synced_at: Option<Instant>,
+    all_ready_at: Option<Instant>,
+}
+
+/// Records when each Tenant is first seen Synced and Ready, and when the last one is.
+async fn watch_tenants(
+    client: Client,
+    selector: String,
+    expected: usize,
+    progress: Arc<Mutex<Progress>>,
+) {
+    let stream = watcher(
+        Api::<Tenant>::all(client),
+        watcher::Config::default().labels(&selector),
+    )
+    .default_backoff()
+    .applied_objects();
+    futures::pin_mut!(stream);
+    while let Some(t) = stream.next().await {
+        let Ok(t) = t else { continue };
+        let now = Instant::now();
+        let has = |type_: &str| {
+            t.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == type_ && c.status == "True")
+            })
+        };
+        let mut p = progress.lock().await;
+        if has("Synced") {
+            p.synced.insert(t.name_any());
+            if p.synced.len() >= expected && p.all_synced_at.is_none() {
+                p.all_synced_at = Some(now);
+            }
+        }
+        if has("Ready") {
+            p.ready.insert(t.name_any());
+            if p.ready.len() >= expected && p.all_ready_at.is_none() {
+                p.all_ready_at = Some(now);
+            }
+        }
+    }
+}
+
+/// Plays the kubelets: every Deployment of `platform` whose replicas are not all available is
+/// marked available.
+async fn play_nodes(client: Client, platform: String, concurrency: usize) {
+    let api: Api<Deployment> = Api::all(client);
+    let done: Arc<Mutex<HashMap<(String, String), i32>>> = Arc::default();
+    watcher(
+        api.clone(),
+        watcher::Config::default().labels(&format!("stackplane.io/platform={platform}")),
+    )
+    .default_backoff()
+    .applied_objects()
+    .filter_map(|d| async move { d.ok() })
+    .for_each_concurrent(concurrency, |d| {
+        let api = api.clone();
+        let done = done.clone();
+        async move {
+            let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+            let have = d
+                .status
+                .as_ref()
+                .and_then(|s| s.available_replicas)
+                .unwrap_or(0);
+            let key = (d.namespace().unwrap_or_default(), d.name_any());
+            if have == want || done.lock().await.get(&key) == Some(&want) {
+                return;
+            }
+            let status = json!({"status": {
+                "observedGeneration": d.metadata.generation,
+                "replicas": want, "readyReplicas": want,
+                "availableReplicas": want, "updatedReplicas": want
+            }});
+            let ns_api: Api<Deployment> = Api::namespaced(api.into_client(), &key.0);
+            if ns_api
+                .patch_status(&key.1, &PatchParams::default(), &Patch::Merge(&status))
+                .await
+                .is_ok()
+            {
+                done.lock().await.insert(key, want);
+            }
+        }
+    })
+    .await;
+}
+
+/// POSTs every object of `plan`: the namespace, then its objects in order.
+async fn create_plan(client: &Client, plan: &Plan) -> Result<(), kube::Error> {
+    let pp = PostParams::default();
+    Api::<Namespace>::all(client.clone())
+        .create(&pp, &plan.namespace)
+        .await?;
+    let ns = plan.namespace_name();
+    for object in &plan.objects {
+        match object {
+            Desired::ResourceQuota(o) => post(client, ns, o).await?,
+            Desired::LimitRange(o) => post(client, ns, o).await?,
+            Desired::NetworkPolicy(o) => post(client, ns, o).await?,
+            Desired::ServiceAccount(o) => post(client, ns, o).await?,
+            Desired::Role(o) => post(client, ns, o).await?,
+            Desired::RoleBinding(o) => post(client, ns, o).await?,
+            Desired::CredentialsSecret { name, labels } => {
+                let secret = Secret {
+                    metadata: ObjectMeta {
+                        name: Some(name.clone()),
+                        labels: Some(labels.clone()),
+                        ..ObjectMeta::default()
+                    },
+                    type_: Some("Opaque".into()),
+                    data: Some(apply::credentials(None)),
+                    ..Secret::default()
+                };
+                post(client, ns, &secret).await?
+            }
+            Desired::PersistentVolumeClaim(o) => post(client, ns, o).await?,
+            Desired::Deployment(o) => post(client, ns, o).await?,
+            Desired::Service(o) => post(client, ns, o).await?,
+            Desired::Ingress(o) => post(client, ns, o).await?,
+        }
+    }
+    Ok(())
+}
+
+async fn post<K>(client: &Client, ns: &str, object: &K) -> Result<(), kube::Error>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Serialize
+        + DeserializeOwned
+        + Clone
+        + std::fmt::Debug,
+{
+    Api::<K>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), object)
+        .await?;
+    Ok(())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+async fn scrape(port: u16) -> Option<String> {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.ok()?;
+    Some(body)
+}
+
+/// The value of the unlabelled sample `name` on the controller's /metrics.
+async fn metric(port: u16, name: &str) -> Option<f64> {
+    let body = scrape(port).await?;
+    body.lines().find_map(|l| {
+        let (n, v) = l.split_once(' ')?;
+        (n == name).then(|| v.trim().parse().ok())?
+    })
+}
+
+/// The sum of every sample of `name`, whatever its labels.
+async fn metric_sum(port: u16, name: &str) -> f64 {
+    let Some(body) = scrape(port).await else {
+        return 0.0;
+    };
+    body.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' ')?.1.trim().parse::<f64>().ok())
+        .fold(0.0, |a, b| a + b)
+}
+
+/// A `kB` field of /proc/<pid>/status, in KiB.
+fn proc_status_kib(pid: u32, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{field} missing from /proc/{pid}/status"))
+}
