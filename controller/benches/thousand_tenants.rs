@@ -105,8 +105,8 @@ async fn main() {
             "--lease-name",
             &run,
         ])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("controller log"))
+        .stdout(std::fs::File::create(&log).expect("controller log"))
+        .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
         .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));

@@ -83,6 +83,7 @@ TOKENS
 # --- kube-apiserver -------------------------------------------------------------------------
 api_port="$(free_port)"
 wait_for etcd 30 curl -fsS "http://127.0.0.1:$etcd_port/health"
+# A /16 service range: every tenant component has a Service, and the benchmark makes thousands.
 setsid "$K8S_BIN/kube-apiserver" \
   --etcd-servers "http://127.0.0.1:$etcd_port" \
   --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" --insecure-port 0 \
@@ -91,7 +92,7 @@ setsid "$K8S_BIN/kube-apiserver" \
   --authorization-mode RBAC \
   --service-account-issuer https://kubernetes.default.svc \
   --service-account-key-file "$pki/sa.key" --service-account-signing-key-file "$pki/sa.key" \
-  --service-cluster-ip-range 10.0.0.0/24 --cert-dir "$pki" \
+  --service-cluster-ip-range 10.0.0.0/16 --cert-dir "$pki" \
   --endpoint-reconciler-type none >"$run/logs/kube-apiserver.log" 2>&1 </dev/null &
 record kube-apiserver $!
 
