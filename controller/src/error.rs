@@ -35,6 +35,9 @@ pub enum Error {
     /// The tenant's namespace is still being deleted (not a failure: the finalizer waits).
     #[error("namespace {namespace} is still terminating")]
     NamespaceTerminating { namespace: String },
+    /// A cloud (EC2, Route53) call failed.
+    #[error("cloud: {0}")]
+    Cloud(#[from] crate::cloud::CloudError),
     /// The object has no name (never for objects read from the API server).
     #[error("object without a name")]
     NoName,
@@ -51,6 +54,7 @@ impl Error {
             Error::Finalizer(_) => "finalizer",
             Error::Serialize(_) => "serialize",
             Error::NoName => "no_name",
+            Error::Cloud(e) => e.metric_label(),
             Error::NamespaceTerminating { .. } => "namespace_terminating",
         }
     }

@@ -1,4 +1,4 @@
-//! The Tenant reconciler: `validate → plan → apply → prune → (cloud) → status`, behind a
+//! The Tenant reconciler: `validate → plan → apply → prune → cloud → status`, behind a
 //! finalizer that implements the deletion policy.
 
 pub mod apply;
@@ -41,6 +41,8 @@ pub struct ReconcileConfig {
     pub requeue: Duration,
     /// How often a deleting tenant checks whether its namespace is gone.
     pub deletion_poll: Duration,
+    /// EC2 instances and DNS records (`crate::cloud`). `None`: the cloud step is skipped.
+    pub cloud: Option<crate::cloud::CloudSettings>,
 }
 
 impl Default for ReconcileConfig {
@@ -49,6 +51,7 @@ impl Default for ReconcileConfig {
             plan: PlanOptions::default(),
             requeue: Duration::from_secs(300),
             deletion_poll: Duration::from_secs(2),
+            cloud: None,
         }
     }
 }
@@ -278,8 +281,19 @@ async fn apply_tenant(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         return Err(error);
     }
 
-    // cloud: EC2 instance and Route53 record of dedicated tiers belong to a later issue; they
-    // plug in here, after the cluster objects exist and before the status is computed.
+    // cloud: the dedicated instance and the DNS record, after the cluster objects exist.
+    let cloud = match &ctx.config.cloud {
+        Some(settings) => {
+            Some(crate::cloud::sync(settings, tenant, valid.platform, valid.tier).await)
+        }
+        None => None,
+    };
+    if let Some(c) = &cloud {
+        for note in &c.notes {
+            ctx.event(tenant, note.event_type(), note.reason, note.message.clone())
+                .await;
+        }
+    }
 
     // status
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), plan.namespace_name());
@@ -288,19 +302,30 @@ async fn apply_tenant(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         .await?
         .items;
     let components = status::component_status(&plan.components, &observed);
-    let phase = status::phase(tenant, &components, Some(&previous));
+    let mut phase = status::phase(tenant, &components, Some(&previous));
+    let mut wants = vec![
+        status::ready_condition(phase, &components),
+        Want::new(SYNCED, true, "Applied", "every object is applied"),
+        Want::new(PAUSED, false, "NotPaused", "spec.paused is false"),
+    ];
+    if let Some(c) = &cloud {
+        let was_ready =
+            previous.ready_since.is_some() || previous.phase == Some(TenantPhase::Degraded);
+        let adjusted = crate::cloud::phase(phase, &c.state, was_ready);
+        if adjusted != phase && status::all_ready(&components) {
+            wants[0] = Want::new(READY, false, "CloudNotReady", c.message.clone());
+        }
+        phase = adjusted;
+        wants.push(Want::new(
+            crate::cloud::CLOUD_READY,
+            c.ready,
+            c.reason,
+            c.message.clone(),
+        ));
+    }
     let mut st = TenantStatus {
         phase: Some(phase),
-        conditions: status::conditions(
-            &previous.conditions,
-            &[
-                status::ready_condition(phase, &components),
-                Want::new(SYNCED, true, "Applied", "every object is applied"),
-                Want::new(PAUSED, false, "NotPaused", "spec.paused is false"),
-            ],
-            generation,
-            now,
-        ),
+        conditions: status::conditions(&previous.conditions, &wants, generation, now),
         namespace: Some(plan.namespace_name().to_owned()),
         endpoint: Some(plan.endpoint.clone()),
         components,
@@ -308,6 +333,10 @@ async fn apply_tenant(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         ready_since: None,
         ..previous.clone()
     };
+    if let Some(c) = &cloud {
+        st.instance = c.instance.clone();
+        st.dns_record = c.dns_record.clone();
+    }
     if phase == TenantPhase::Ready {
         st.ready_since = previous.ready_since.clone().or(Some(Time(now)));
     }
@@ -336,6 +365,23 @@ async fn apply_tenant(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         }
     }
     ctx.metrics.phase(&name, Some(phase));
+    match cloud.map(|c| c.state) {
+        // Retried with the controller's backoff; the condition already says what failed.
+        Some(crate::cloud::CloudState::Failed(e))
+            if e.retry() == crate::cloud::Retry::Retryable =>
+        {
+            return Err(Error::Cloud(e))
+        }
+        // Terminal: counted, and looked at again only after the long requeue or a spec change,
+        // never in a hot loop.
+        Some(crate::cloud::CloudState::Failed(e)) => ctx.metrics.error(e.metric_label()),
+        Some(crate::cloud::CloudState::Progressing) => {
+            if let Some(s) = &ctx.config.cloud {
+                requeue = requeue.min(s.progress_requeue);
+            }
+        }
+        _ => {}
+    }
     Ok(Action::requeue(requeue))
 }
 
@@ -362,7 +408,23 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
     match tenant.spec.deletion_policy {
         DeletionPolicy::Delete => {
-            // TODO(backups issue): final `pre-delete` backup; cloud resources (later issue).
+            // TODO(final backup gate): `tenant::final_backup` is called here, before anything
+            // is deleted; the cloud resources below go only once it lets the deletion proceed.
+            if let Some(settings) = &ctx.config.cloud {
+                let platform = Api::<Platform>::all(ctx.client.clone())
+                    .get_opt(&tenant.spec.platform)
+                    .await?;
+                let done = crate::cloud::delete(settings, tenant, platform.as_ref()).await?;
+                if !done.is_empty() {
+                    ctx.event(
+                        tenant,
+                        EventType::Normal,
+                        "CloudResourcesDeleted",
+                        done.join("; "),
+                    )
+                    .await;
+                }
+            }
             match namespaces.get_opt(&ns).await? {
                 None => {}
                 Some(existing) => {
@@ -375,6 +437,16 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action> {
             }
         }
         DeletionPolicy::Retain => {
+            if let Some(kept) = crate::cloud::retained(tenant) {
+                ctx.event(
+                    tenant,
+                    EventType::Normal,
+                    "CloudResourcesRetained",
+                    format!("deletionPolicy Retain: {kept} left in place"),
+                )
+                .await;
+                tracing::info!(tenant = %name, retained = %kept, "cloud resources retained");
+            }
             if namespaces.get_opt(&ns).await?.is_some() {
                 let patch = json!({ "metadata": { "labels": { ORPHANED: "true" } } });
                 namespaces
