@@ -39,6 +39,10 @@ pub struct CloudSettings {
     pub ingress_address: Option<IngressAddress>,
     /// How soon a tenant whose instance is changing state is reconciled again.
     pub progress_requeue: Duration,
+    /// How soon a tenant whose cloud resources failed terminally is tried again (a change to
+    /// the Tenant or its Platform retries at once): long, so a bad image id is not retried in
+    /// a loop.
+    pub terminal_requeue: Duration,
 }
 
 impl CloudSettings {
@@ -47,6 +51,7 @@ impl CloudSettings {
             provider,
             ingress_address,
             progress_requeue: Duration::from_secs(3),
+            terminal_requeue: Duration::from_secs(600),
         }
     }
 }

@@ -374,7 +374,12 @@ async fn apply_tenant(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         }
         // Terminal: counted, and looked at again only after the long requeue or a spec change,
         // never in a hot loop.
-        Some(crate::cloud::CloudState::Failed(e)) => ctx.metrics.error(e.metric_label()),
+        Some(crate::cloud::CloudState::Failed(e)) => {
+            ctx.metrics.error(e.metric_label());
+            if let Some(s) = &ctx.config.cloud {
+                requeue = s.terminal_requeue;
+            }
+        }
         Some(crate::cloud::CloudState::Progressing) => {
             if let Some(s) = &ctx.config.cloud {
                 requeue = requeue.min(s.progress_requeue);
