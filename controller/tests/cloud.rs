@@ -227,6 +227,11 @@ async fn setup(opts: Options) -> Env {
         }
     }
     platform.spec.tiers.push(shared);
+    // No volumes: the test cluster runs no pvc-protection controller, so a namespace holding a
+    // PersistentVolumeClaim never finishes terminating, and deletion is what these tests check.
+    for c in &mut platform.spec.components {
+        c.storage = None;
+    }
     Api::<Platform>::all(client.clone())
         .create(&PostParams::default(), &platform)
         .await

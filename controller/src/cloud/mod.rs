@@ -13,8 +13,10 @@ pub mod error;
 pub mod instance;
 pub mod provider;
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use kube::runtime::events::EventType;
 use stackplane_crds::{InstanceStatus, Platform, Tenant, TenantPhase, Tier};
@@ -43,6 +45,17 @@ pub struct CloudSettings {
     /// the Tenant or its Platform retries at once): long, so a bad image id is not retried in
     /// a loop.
     pub terminal_requeue: Duration,
+    /// The last terminal failure per tenant, with a fingerprint of the inputs that produced it:
+    /// reconciles triggered by anything else (status writes, child objects) reuse it instead of
+    /// repeating a request that cannot succeed.
+    terminal: Arc<Mutex<HashMap<String, Remembered>>>,
+}
+
+#[derive(Debug, Clone)]
+struct Remembered {
+    fingerprint: u64,
+    at: Instant,
+    outcome: CloudOutcome,
 }
 
 impl CloudSettings {
@@ -52,8 +65,64 @@ impl CloudSettings {
             ingress_address,
             progress_requeue: Duration::from_secs(3),
             terminal_requeue: Duration::from_secs(600),
+            terminal: Arc::new(Mutex::new(HashMap::new())),
         }
     }
+
+    /// The remembered terminal outcome of `tenant`, if its inputs have not changed since and it
+    /// is younger than `terminal_requeue`.
+    fn remembered(&self, tenant: &str, fingerprint: u64) -> Option<CloudOutcome> {
+        let mut map = self.terminal.lock().ok()?;
+        match map.get(tenant) {
+            Some(r) if r.fingerprint == fingerprint && r.at.elapsed() < self.terminal_requeue => {
+                Some(r.outcome.clone())
+            }
+            Some(_) => {
+                map.remove(tenant);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn remember(&self, tenant: &str, fingerprint: u64, outcome: &CloudOutcome) {
+        let Ok(mut map) = self.terminal.lock() else {
+            return;
+        };
+        match &outcome.state {
+            CloudState::Failed(e) if e.retry() == Retry::Terminal => {
+                map.insert(
+                    tenant.to_owned(),
+                    Remembered {
+                        fingerprint,
+                        at: Instant::now(),
+                        outcome: CloudOutcome {
+                            notes: Vec::new(),
+                            ..outcome.clone()
+                        },
+                    },
+                );
+            }
+            _ => {
+                map.remove(tenant);
+            }
+        }
+    }
+}
+
+/// What the cloud step's result depends on: a change to any of it retries a terminal failure
+/// at once.
+fn fingerprint(settings: &CloudSettings, tenant: &Tenant, platform: &Platform, tier: &Tier) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    tenant.metadata.uid.hash(&mut h);
+    tenant.metadata.generation.hash(&mut h);
+    platform.metadata.generation.hash(&mut h);
+    platform.spec.domain.hash(&mut h);
+    platform.spec.hosted_zone_id.hash(&mut h);
+    tenant.subdomain().hash(&mut h);
+    format!("{:?}", tier.dedicated_instance).hash(&mut h);
+    format!("{:?}", settings.ingress_address).hash(&mut h);
+    h.finish()
 }
 
 /// How the cloud resources of a tenant stand after the step.
@@ -132,6 +201,22 @@ enum InstanceResult {
 
 /// Runs the cloud step for a valid tenant on `tier` of `platform`.
 pub async fn sync(
+    settings: &CloudSettings,
+    tenant: &Tenant,
+    platform: &Platform,
+    tier: &Tier,
+) -> CloudOutcome {
+    let name = tenant.metadata.name.clone().unwrap_or_default();
+    let fp = fingerprint(settings, tenant, platform, tier);
+    if let Some(outcome) = settings.remembered(&name, fp) {
+        return outcome;
+    }
+    let outcome = sync_uncached(settings, tenant, platform, tier).await;
+    settings.remember(&name, fp, &outcome);
+    outcome
+}
+
+async fn sync_uncached(
     settings: &CloudSettings,
     tenant: &Tenant,
     platform: &Platform,
