@@ -484,11 +484,11 @@ async fn dedicated_tenant_gets_one_tagged_instance_and_its_record() {
     let env = &env;
     env.spawn_controller(None).await;
     let name = &env.create_tenant("starter", |_| {}).await;
-    let t = env.cloud_ready(&name).await;
+    let t = env.cloud_ready(name).await;
     let st = t.status.expect("status");
     let recorded = st.instance.expect("status.instance");
 
-    let found = env.instances(&name).await;
+    let found = env.instances(name).await;
     assert_eq!(found.len(), 1, "exactly one instance: {found:?}");
     let i = &found[0];
     assert_eq!(i.instance_id(), Some(recorded.id.as_str()));
@@ -507,7 +507,7 @@ async fn dedicated_tenant_gets_one_tagged_instance_and_its_record() {
         Some(format!("{name}.{}", env.domain).as_str())
     );
     assert_eq!(
-        env.record(&name).await,
+        env.record(name).await,
         Some(("A".to_owned(), vec![ip.to_owned()]))
     );
 
@@ -522,7 +522,7 @@ async fn dedicated_tenant_gets_one_tagged_instance_and_its_record() {
     );
     assert_eq!(count(&env.calls.change_records), changes, "no DNS rewrites");
     assert_eq!(count(&env.calls.run_instance), 1, "one launch");
-    assert_eq!(env.instances(&name).await.len(), 1);
+    assert_eq!(env.instances(name).await.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -531,18 +531,18 @@ async fn drift_is_corrected_terminated_instance_replaced_edited_record_restored(
     let env = &env;
     env.spawn_controller(None).await;
     let name = &env.create_tenant("starter", |_| {}).await;
-    let t = env.cloud_ready(&name).await;
+    let t = env.cloud_ready(name).await;
     let first = &t.status.and_then(|s| s.instance).expect("instance");
     let ip = &first.public_ip.clone().expect("public ip");
 
     // A record edited by hand is put back.
-    env.set_record(&name, "192.0.2.99").await;
+    env.set_record(name, "192.0.2.99").await;
     assert_eq!(
-        env.record(&name).await.map(|r| r.1),
+        env.record(name).await.map(|r| r.1),
         Some(vec!["192.0.2.99".to_owned()])
     );
     eventually("record restored", 30, move || async move {
-        (env.record(&name).await == Some(("A".to_owned(), vec![ip.clone()]))).then_some(())
+        (env.record(name).await == Some(("A".to_owned(), vec![ip.clone()]))).then_some(())
     })
     .await;
 
@@ -554,19 +554,19 @@ async fn drift_is_corrected_terminated_instance_replaced_edited_record_restored(
         .await
         .expect("terminate from outside");
     let replaced = eventually("replacement instance", 60, move || async move {
-        let t = env.tenant(&name).await?;
+        let t = env.tenant(name).await?;
         let i = t.status.clone()?.instance?;
         let ready = cloud_condition(&t).is_some_and(|c| c.status == "True");
         (ready && i.id != first.id).then_some(i)
     })
     .await;
-    let found = env.instances(&name).await;
+    let found = env.instances(name).await;
     assert_eq!(found.len(), 1, "exactly one live instance: {found:?}");
     assert_eq!(found[0].instance_id(), Some(replaced.id.as_str()));
     assert_eq!(type_of(&found[0]), "t3.micro");
     let new_ip = &replaced.public_ip.clone().expect("new public ip");
     eventually("record follows the new instance", 30, move || async move {
-        (env.record(&name).await == Some(("A".to_owned(), vec![new_ip.clone()]))).then_some(())
+        (env.record(name).await == Some(("A".to_owned(), vec![new_ip.clone()]))).then_some(())
     })
     .await;
     assert_eq!(count(&env.calls.run_instance), 2);
@@ -587,7 +587,7 @@ async fn five_controller_crashes_during_provisioning_leave_one_instance() {
         .await
         .expect("the first controller launched an instance");
     env.kill_controller(first);
-    let t = env.tenant(&name).await.expect("tenant");
+    let t = env.tenant(name).await.expect("tenant");
     assert!(
         t.status.and_then(|s| s.instance).is_none(),
         "crashed before the instance reached the status"
@@ -600,14 +600,14 @@ async fn five_controller_crashes_during_provisioning_leave_one_instance() {
         tokio::time::sleep(Duration::from_millis(ms)).await;
         env.kill_controller(c);
         assert!(
-            env.instances(&name).await.len() <= 1,
+            env.instances(name).await.len() <= 1,
             "after crash {}",
             n + 2
         );
     }
     env.spawn_controller(None).await;
-    let t = env.cloud_ready(&name).await;
-    let found = env.instances(&name).await;
+    let t = env.cloud_ready(name).await;
+    let found = env.instances(name).await;
     assert_eq!(found.len(), 1, "exactly one instance: {found:?}");
     assert_eq!(
         found[0].instance_id().map(str::to_owned),
@@ -622,20 +622,20 @@ async fn tier_upgrade_resizes_the_same_instance() {
     let env = &env;
     env.spawn_controller(None).await;
     let name = &env.create_tenant("starter", |_| {}).await;
-    let t = env.cloud_ready(&name).await;
+    let t = env.cloud_ready(name).await;
     let before = t.status.and_then(|s| s.instance).expect("instance");
     assert_eq!(before.instance_type, "t3.micro");
 
-    env.patch_spec(&name, json!({"tier": "business"})).await;
+    env.patch_spec(name, json!({"tier": "business"})).await;
     let after = eventually("resized and running", 60, move || async move {
-        let t = env.tenant(&name).await?;
+        let t = env.tenant(name).await?;
         let i = t.status.clone()?.instance?;
         let ready = cloud_condition(&t).is_some_and(|c| c.status == "True");
         (ready && i.instance_type == "t3.small" && i.state == "running").then_some(i)
     })
     .await;
     assert_eq!(after.id, before.id, "same instance");
-    let found = env.instances(&name).await;
+    let found = env.instances(name).await;
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].instance_id(), Some(before.id.as_str()));
     assert_eq!(type_of(&found[0]), "t3.small");
@@ -647,7 +647,7 @@ async fn tier_upgrade_resizes_the_same_instance() {
         "record follows the resized instance",
         30,
         move || async move {
-            (env.record(&name).await == Some(("A".to_owned(), vec![ip.clone()]))).then_some(())
+            (env.record(name).await == Some(("A".to_owned(), vec![ip.clone()]))).then_some(())
         },
     )
     .await;
@@ -665,7 +665,7 @@ async fn changed_subdomain_moves_the_record() {
     let name = &env
         .create_tenant("shared", move |s| s.subdomain = Some(f))
         .await;
-    let t = env.cloud_ready(&name).await;
+    let t = env.cloud_ready(name).await;
     assert!(t.status.as_ref().and_then(|s| s.instance.clone()).is_none());
     assert_eq!(
         t.status.and_then(|s| s.dns_record),
@@ -677,10 +677,10 @@ async fn changed_subdomain_moves_the_record() {
         Some(("CNAME".to_owned(), vec!["lb-1.elb.example.net.".to_owned()]))
     );
 
-    env.patch_spec(&name, json!({"subdomain": second})).await;
+    env.patch_spec(name, json!({"subdomain": second})).await;
     let want = &format!("{second}.{}", env.domain);
     eventually("record moved", 30, move || async move {
-        let t = env.tenant(&name).await?;
+        let t = env.tenant(name).await?;
         (t.status?.dns_record.as_deref() == Some(want.as_str())).then_some(())
     })
     .await;
@@ -699,7 +699,7 @@ async fn shared_tenant_without_ingress_address_gets_no_record_and_says_so() {
     let env = &env;
     env.spawn_controller(None).await;
     let name = &env.create_tenant("shared", |_| {}).await;
-    let t = env.cloud_ready(&name).await;
+    let t = env.cloud_ready(name).await;
     let c = cloud_condition(&t).expect("condition");
     assert!(
         c.message.contains("no ingress address"),
@@ -708,7 +708,7 @@ async fn shared_tenant_without_ingress_address_gets_no_record_and_says_so() {
     );
     assert!(t.status.and_then(|s| s.dns_record).is_none());
     assert!(env.records().await.is_empty());
-    assert!(env.instances(&name).await.is_empty());
+    assert!(env.instances(name).await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -728,21 +728,21 @@ async fn twenty_create_delete_cycles_leave_nothing_behind() {
                     // Deleted once the instance exists.
                     _ => {
                         eventually("instance recorded", 60, move || async move {
-                            env.tenant(&name).await?.status?.instance.map(|_| ())
+                            env.tenant(name).await?.status?.instance.map(|_| ())
                         })
                         .await;
                     }
                 }
                 tenants
-                    .delete(&name, &DeleteParams::default())
+                    .delete(name, &DeleteParams::default())
                     .await
                     .expect("delete tenant");
                 eventually(&format!("{name} deleted"), 120, move || async move {
-                    env.tenant(&name).await.is_none().then_some(())
+                    env.tenant(name).await.is_none().then_some(())
                 })
                 .await;
                 assert!(
-                    env.instances(&name).await.is_empty(),
+                    env.instances(name).await.is_empty(),
                     "{name}: no instance left"
                 );
             }
@@ -771,20 +771,20 @@ async fn retain_leaves_instance_and_record_and_says_so() {
     let name = &env
         .create_tenant("starter", |s| s.deletion_policy = DeletionPolicy::Retain)
         .await;
-    let t = env.cloud_ready(&name).await;
+    let t = env.cloud_ready(name).await;
     let instance = t.status.and_then(|s| s.instance).expect("instance");
     Api::<Tenant>::all(env.client.clone())
-        .delete(&name, &DeleteParams::default())
+        .delete(name, &DeleteParams::default())
         .await
         .expect("delete");
     eventually("tenant gone", 60, move || async move {
-        env.tenant(&name).await.is_none().then_some(())
+        env.tenant(name).await.is_none().then_some(())
     })
     .await;
-    let found = env.instances(&name).await;
+    let found = env.instances(name).await;
     assert_eq!(found.len(), 1, "instance retained");
     assert_eq!(found[0].instance_id(), Some(instance.id.as_str()));
-    assert!(env.record(&name).await.is_some(), "record retained");
+    assert!(env.record(name).await.is_some(), "record retained");
     let events = Api::<Event>::all(env.client.clone())
         .list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
         .await
@@ -822,7 +822,7 @@ async fn invalid_image_is_a_terminal_condition_without_a_retry_loop() {
         "CloudReady False with the AWS code",
         60,
         move || async move {
-            let t = env.tenant(&name).await?;
+            let t = env.tenant(name).await?;
             let c = cloud_condition(&t)?;
             (c.status == "False" && c.message.contains("InvalidAMIID")).then_some(t)
         },
@@ -844,5 +844,5 @@ async fn invalid_image_is_a_terminal_condition_without_a_retry_loop() {
     );
     assert!(before <= 3, "few attempts before settling: {before}");
     assert_eq!(count(&env.calls.run_instance), 0, "nothing launched");
-    assert!(env.instances(&name).await.is_empty());
+    assert!(env.instances(name).await.is_empty());
 }

@@ -234,7 +234,7 @@ mod tests {
         );
         let a = a_record("acme.example.com", "203.0.113.7");
         assert_eq!(
-            changes_for(&a, &[cname.clone()]),
+            changes_for(&a, std::slice::from_ref(&cname)),
             vec![RecordChange::Delete(cname), RecordChange::Upsert(a)]
         );
     }

@@ -353,12 +353,7 @@ async fn sync_instance(
                 p.tag_instance(&id, &stale).await?;
             }
             out.instance = Some(instance_status(&i));
-            match &i.public_ip {
-                Some(ip) => InstanceResult::Running(Some(ip.clone())),
-                None => InstanceResult::Progressing(format!(
-                    "instance {id} is running without a public IP yet"
-                )),
-            }
+            InstanceResult::Running(i.public_ip.clone())
         }
         InstanceAction::Wait { id } => {
             let i = observed(&id);
@@ -452,7 +447,20 @@ async fn sync_record(
 
     let wanted: Option<Record> = match instance {
         InstanceResult::Running(Some(ip)) => Some(dns::a_record(&name, ip)),
-        InstanceResult::Running(None) | InstanceResult::Progressing(_) => {
+        // EC2 assigns a public address at launch or never: waiting would not help.
+        InstanceResult::Running(None) => {
+            let id = out
+                .instance
+                .as_ref()
+                .map(|i| i.id.as_str())
+                .unwrap_or_default();
+            return Err(CloudError::Config(format!(
+                "instance {id} is running without a public IP, so {} cannot point at it \
+                 (launch in a subnet that assigns public addresses)",
+                display_name(&name)
+            )));
+        }
+        InstanceResult::Progressing(_) => {
             // The address is not known yet: whatever record exists stays until it is.
             return Ok(format!(
                 "record {} waits for the instance's address",
