@@ -43,6 +43,8 @@ struct Calls {
     describe_image: AtomicUsize,
     run_instance: AtomicUsize,
     change_records: AtomicUsize,
+    /// ChangeResourceRecordSets calls still to fail with throttling (injected before AWS).
+    throttle_changes: AtomicUsize,
 }
 
 fn count(c: &AtomicUsize) -> usize {
@@ -128,6 +130,19 @@ impl CloudProvider for Observed {
         changes: &'a [RecordChange],
     ) -> BoxFuture<'a, Result<(), CloudError>> {
         self.calls.change_records.fetch_add(1, Ordering::SeqCst);
+        let throttled = self
+            .calls
+            .throttle_changes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if throttled {
+            return futures::future::ready(Err(CloudError::Retryable {
+                operation: "ChangeResourceRecordSets",
+                code: "Throttling".into(),
+                message: "Rate exceeded (injected by the test)".into(),
+            }))
+            .boxed();
+        }
         self.inner.change_records(zone, changes)
     }
 }
@@ -845,4 +860,43 @@ async fn invalid_image_is_a_terminal_condition_without_a_retry_loop() {
     assert!(before <= 3, "few attempts before settling: {before}");
     assert_eq!(count(&env.calls.run_instance), 0, "nothing launched");
     assert!(env.instances(name).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttled_dns_change_is_retried_and_provisioning_resumes() {
+    let env = setup(Options::default()).await;
+    let env = &env;
+    // The instance is launched, then the record's first three writes are throttled: the
+    // reconciles in between must find the instance, not launch another.
+    env.calls.throttle_changes.store(3, Ordering::SeqCst);
+    env.spawn_controller(None).await;
+    let name = &env.create_tenant("starter", |_| {}).await;
+    let retrying = eventually("CloudRetrying condition", 60, move || async move {
+        let t = env.tenant(name).await?;
+        let c = cloud_condition(&t)?;
+        (c.reason == "CloudRetrying").then_some(c)
+    })
+    .await;
+    assert_eq!(retrying.status, "False");
+    assert!(
+        retrying.message.contains("Throttling"),
+        "{}",
+        retrying.message
+    );
+    let t = env.cloud_ready(name).await;
+    assert_eq!(
+        count(&env.calls.throttle_changes),
+        0,
+        "every injected failure was hit"
+    );
+    assert!(count(&env.calls.change_records) >= 4);
+    let found = env.instances(name).await;
+    assert_eq!(found.len(), 1, "one instance: {found:?}");
+    assert_eq!(count(&env.calls.run_instance), 1, "launched once");
+    let ip = t
+        .status
+        .and_then(|s| s.instance)
+        .and_then(|i| i.public_ip)
+        .expect("ip");
+    assert_eq!(env.record(name).await, Some(("A".to_owned(), vec![ip])));
 }
