@@ -46,6 +46,9 @@ pub enum Error {
     /// `pre-delete` backup.
     #[error("TenantBackup {backup} exists but is not this tenant's pre-delete backup")]
     FinalBackupConflict { backup: String },
+    /// A cloud (EC2, Route53) call failed.
+    #[error("cloud: {0}")]
+    Cloud(#[from] crate::cloud::CloudError),
     /// The object has no name (never for objects read from the API server).
     #[error("object without a name")]
     NoName,
@@ -62,6 +65,7 @@ impl Error {
             Error::Finalizer(_) => "finalizer",
             Error::Serialize(_) => "serialize",
             Error::NoName => "no_name",
+            Error::Cloud(e) => e.metric_label(),
             Error::NamespaceTerminating { .. } => "namespace_terminating",
             Error::FinalBackupPending { .. } => "final_backup_pending",
             Error::FinalBackupConflict { .. } => "final_backup_conflict",

@@ -7,6 +7,7 @@ use kube::runtime::wait::Condition;
 use kube::{Api, Client, ResourceExt};
 
 pub mod aws;
+pub mod cloud;
 pub mod controller;
 pub mod error;
 pub mod events;
@@ -73,6 +74,17 @@ pub struct Args {
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
 
+    /// Cloud provider of dedicated instances and DNS records: `aws` (EC2 and Route53 through
+    /// the SDK's standard chain: AWS_REGION, AWS_ENDPOINT_URL, credentials) or `none`.
+    #[arg(long, env = "STACKPLANE_CLOUD_PROVIDER", value_enum, default_value_t = CloudProviderKind::Aws)]
+    pub cloud_provider: CloudProviderKind,
+
+    /// Address the DNS records of tenants without a dedicated instance point at: an IPv4
+    /// address (A record) or a host name such as a load balancer's (CNAME). Unset: such
+    /// tenants get no record.
+    #[arg(long, env = "STACKPLANE_INGRESS_ADDRESS")]
+    pub ingress_address: Option<cloud::IngressAddress>,
+
     /// Seconds between periodic reconciles of a healthy Tenant.
     #[arg(long, env = "STACKPLANE_REQUEUE_SECONDS", default_value_t = 300)]
     pub requeue_seconds: u64,
@@ -115,6 +127,15 @@ impl Args {
             },
         }
     }
+}
+
+/// Which cloud provider the controller uses.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloudProviderKind {
+    /// AWS: EC2 instances and Route53 records.
+    Aws,
+    /// No cloud resources: no instances, no DNS records, no `CloudReady` condition.
+    None,
 }
 
 /// Errors of the controller's start-up checks.

@@ -9,7 +9,14 @@ use stackplane_controller::{metrics, telemetry, Args};
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     telemetry::init(args.log_format);
-    let config = args.config();
+    let mut config = args.config();
+    if args.cloud_provider == stackplane_controller::CloudProviderKind::Aws {
+        let provider = stackplane_controller::cloud::aws::AwsProvider::from_env().await;
+        config.reconcile.cloud = Some(stackplane_controller::cloud::CloudSettings::new(
+            Arc::new(provider),
+            args.ingress_address.clone(),
+        ));
+    }
     tracing::info!(
         metrics_listen = %args.metrics_listen,
         concurrency = args.concurrency,

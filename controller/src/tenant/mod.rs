@@ -1,4 +1,4 @@
-//! The Tenant reconciler: `validate → plan → apply → prune → (cloud) → status`, behind a
+//! The Tenant reconciler: `validate → plan → apply → prune → cloud → status`, behind a
 //! finalizer that implements the deletion policy.
 
 pub mod apply;
@@ -49,6 +49,8 @@ pub struct ReconcileConfig {
     /// How often an unfinished final backup is looked at (a TenantBackup watch usually
     /// triggers the reconcile sooner).
     pub final_backup_poll: Duration,
+    /// EC2 instances and DNS records (`crate::cloud`). `None`: the cloud step is skipped.
+    pub cloud: Option<crate::cloud::CloudSettings>,
 }
 
 impl Default for ReconcileConfig {
@@ -59,6 +61,7 @@ impl Default for ReconcileConfig {
             deletion_poll: Duration::from_secs(2),
             final_backup_timeout: Duration::from_secs(1800),
             final_backup_poll: Duration::from_secs(15),
+            cloud: None,
         }
     }
 }
@@ -297,8 +300,19 @@ async fn apply_tenant(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         return Err(error);
     }
 
-    // cloud: EC2 instance and Route53 record of dedicated tiers belong to a later issue; they
-    // plug in here, after the cluster objects exist and before the status is computed.
+    // cloud: the dedicated instance and the DNS record, after the cluster objects exist.
+    let cloud = match &ctx.config.cloud {
+        Some(settings) => {
+            Some(crate::cloud::sync(settings, tenant, valid.platform, valid.tier).await)
+        }
+        None => None,
+    };
+    if let Some(c) = &cloud {
+        for note in &c.notes {
+            ctx.event(tenant, note.event_type(), note.reason, note.message.clone())
+                .await;
+        }
+    }
 
     // status
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), plan.namespace_name());
@@ -307,20 +321,31 @@ async fn apply_tenant(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         .await?
         .items;
     let components = status::component_status(&plan.components, &observed);
-    let phase = status::phase(tenant, &components, Some(&previous));
+    let mut phase = status::phase(tenant, &components, Some(&previous));
+    let mut wants = vec![
+        status::ready_condition(phase, &components),
+        Want::new(SYNCED, true, "Applied", "every object is applied"),
+        Want::new(PAUSED, false, "NotPaused", "spec.paused is false"),
+        status::payment_overdue_condition(tenant),
+    ];
+    if let Some(c) = &cloud {
+        let was_ready =
+            previous.ready_since.is_some() || previous.phase == Some(TenantPhase::Degraded);
+        let adjusted = crate::cloud::phase(phase, &c.state, was_ready);
+        if adjusted != phase && status::all_ready(&components) {
+            wants[0] = Want::new(READY, false, "CloudNotReady", c.message.clone());
+        }
+        phase = adjusted;
+        wants.push(Want::new(
+            crate::cloud::CLOUD_READY,
+            c.ready,
+            c.reason,
+            c.message.clone(),
+        ));
+    }
     let mut st = TenantStatus {
         phase: Some(phase),
-        conditions: status::conditions(
-            &previous.conditions,
-            &[
-                status::ready_condition(phase, &components),
-                Want::new(SYNCED, true, "Applied", "every object is applied"),
-                Want::new(PAUSED, false, "NotPaused", "spec.paused is false"),
-                status::payment_overdue_condition(tenant),
-            ],
-            generation,
-            now,
-        ),
+        conditions: status::conditions(&previous.conditions, &wants, generation, now),
         namespace: Some(plan.namespace_name().to_owned()),
         endpoint: Some(plan.endpoint.clone()),
         components,
@@ -328,6 +353,10 @@ async fn apply_tenant(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         ready_since: None,
         ..previous.clone()
     };
+    if let Some(c) = &cloud {
+        st.instance = c.instance.clone();
+        st.dns_record = c.dns_record.clone();
+    }
     if phase == TenantPhase::Ready {
         st.ready_since = previous.ready_since.clone().or(Some(Time(now)));
     }
@@ -357,6 +386,28 @@ async fn apply_tenant(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         }
     }
     ctx.metrics.phase(&name, Some(phase));
+    match cloud.map(|c| c.state) {
+        // Retried with the controller's backoff; the condition already says what failed.
+        Some(crate::cloud::CloudState::Failed(e))
+            if e.retry() == crate::cloud::Retry::Retryable =>
+        {
+            return Err(Error::Cloud(e))
+        }
+        // Terminal: counted, and looked at again only after the long requeue or a spec change,
+        // never in a hot loop.
+        Some(crate::cloud::CloudState::Failed(e)) => {
+            ctx.metrics.error(e.metric_label());
+            if let Some(s) = &ctx.config.cloud {
+                requeue = s.terminal_requeue;
+            }
+        }
+        Some(crate::cloud::CloudState::Progressing) => {
+            if let Some(s) = &ctx.config.cloud {
+                requeue = requeue.min(s.progress_requeue);
+            }
+        }
+        _ => {}
+    }
     Ok(Action::requeue(requeue))
 }
 
@@ -397,7 +448,22 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action> {
                     return Err(Error::FinalBackupPending { backup, retry_in });
                 }
             }
-            // TODO(cloud issue): delete the tenant's cloud resources (EC2 instance, DNS record).
+            // Cloud resources go only once the final backup lets the deletion proceed.
+            if let Some(settings) = &ctx.config.cloud {
+                let platform = Api::<Platform>::all(ctx.client.clone())
+                    .get_opt(&tenant.spec.platform)
+                    .await?;
+                let done = crate::cloud::delete(settings, tenant, platform.as_ref()).await?;
+                if !done.is_empty() {
+                    ctx.event(
+                        tenant,
+                        EventType::Normal,
+                        "CloudResourcesDeleted",
+                        done.join("; "),
+                    )
+                    .await;
+                }
+            }
             match existing {
                 None => {}
                 Some(existing) => {
@@ -410,6 +476,16 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action> {
             }
         }
         DeletionPolicy::Retain => {
+            if let Some(kept) = crate::cloud::retained(tenant) {
+                ctx.event(
+                    tenant,
+                    EventType::Normal,
+                    "CloudResourcesRetained",
+                    format!("deletionPolicy Retain: {kept} left in place"),
+                )
+                .await;
+                tracing::info!(tenant = %name, retained = %kept, "cloud resources retained");
+            }
             if namespaces.get_opt(&ns).await?.is_some() {
                 let patch = json!({ "metadata": { "labels": { ORPHANED: "true" } } });
                 namespaces

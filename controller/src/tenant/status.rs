@@ -200,13 +200,19 @@ pub fn payment_overdue_condition(tenant: &Tenant) -> Want {
 }
 
 /// Writes `status` with a merge patch on the status subresource. Fields this controller owns
-/// and that are now empty are cleared explicitly (a merge patch keeps what it does not name);
-/// fields of later steps (`instance`, `dnsRecord`) are left as they are.
+/// and that are now empty are cleared explicitly (a merge patch keeps what it does not name),
+/// `instance` and `dnsRecord` included: `status` carries them over unless the cloud step changed them.
 pub async fn write(client: &Client, tenant: &Tenant, status: &TenantStatus) -> Result<()> {
     let api: Api<Tenant> = Api::all(client.clone());
     let mut body = serde_json::to_value(status)?;
     if let Some(map) = body.as_object_mut() {
-        for key in ["readySince", "endpoint", "namespace"] {
+        for key in [
+            "readySince",
+            "endpoint",
+            "namespace",
+            "instance",
+            "dnsRecord",
+        ] {
             map.entry(key).or_insert(serde_json::Value::Null);
         }
         map.entry("components").or_insert(json!([]));

@@ -1,0 +1,385 @@
+//! [`CloudProvider`] on AWS: EC2 for instances, Route53 for records. The SDK configuration
+//! (region, endpoint, credentials) comes from [`crate::aws::sdk_config`].
+
+use std::collections::BTreeMap;
+
+use aws_sdk_ec2::types::{
+    AttributeValue, BlockDeviceMapping, EbsBlockDevice, Filter, InstanceType, ResourceType, Tag,
+    TagSpecification, VolumeType,
+};
+use aws_sdk_route53::types::{
+    Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet, RrType,
+};
+use futures::future::BoxFuture;
+use futures::FutureExt;
+
+use super::error::CloudError;
+use super::instance::{ACTIVE_STATES, TAG_MANAGED_BY, TAG_MANAGED_BY_VALUE, TAG_TENANT};
+use super::provider::{
+    CloudProvider, ImageInfo, LaunchSpec, ObservedInstance, Record, RecordChange, RecordType,
+};
+
+/// EC2 and Route53 clients from one SDK configuration.
+#[derive(Debug, Clone)]
+pub struct AwsProvider {
+    ec2: aws_sdk_ec2::Client,
+    route53: aws_sdk_route53::Client,
+}
+
+impl AwsProvider {
+    pub fn new(config: &aws_config::SdkConfig) -> Self {
+        AwsProvider {
+            ec2: aws_sdk_ec2::Client::new(config),
+            route53: aws_sdk_route53::Client::new(config),
+        }
+    }
+
+    /// A provider configured from the environment (the SDK's standard chain).
+    pub async fn from_env() -> Self {
+        Self::new(&crate::aws::sdk_config().await)
+    }
+}
+
+fn observed(i: &aws_sdk_ec2::types::Instance) -> Option<ObservedInstance> {
+    Some(ObservedInstance {
+        id: i.instance_id()?.to_owned(),
+        instance_type: i
+            .instance_type()
+            .map(|t| t.as_str().to_owned())
+            .unwrap_or_default(),
+        state: i
+            .state()
+            .and_then(|s| s.name())
+            .map(|n| n.as_str().to_owned())
+            .unwrap_or_else(|| "pending".to_owned()),
+        public_ip: i.public_ip_address().map(str::to_owned),
+        launch_time: i.launch_time().map(|t| t.to_string()),
+        tags: i
+            .tags()
+            .iter()
+            .filter_map(|t| {
+                Some((
+                    t.key()?.to_owned(),
+                    t.value().unwrap_or_default().to_owned(),
+                ))
+            })
+            .collect(),
+    })
+}
+
+fn ec2_tags(tags: &BTreeMap<String, String>) -> Vec<Tag> {
+    tags.iter()
+        .map(|(k, v)| Tag::builder().key(k).value(v).build())
+        .collect()
+}
+
+fn rr_type(t: RecordType) -> RrType {
+    match t {
+        RecordType::A => RrType::A,
+        RecordType::Cname => RrType::Cname,
+    }
+}
+
+fn record_set(r: &Record) -> Result<ResourceRecordSet, CloudError> {
+    let config = |e: aws_sdk_route53::error::BuildError| CloudError::Config(e.to_string());
+    let mut b = ResourceRecordSet::builder()
+        .name(&r.name)
+        .r#type(rr_type(r.record_type))
+        .ttl(r.ttl);
+    for v in &r.values {
+        b = b.resource_records(ResourceRecord::builder().value(v).build().map_err(config)?);
+    }
+    b.build().map_err(config)
+}
+
+impl CloudProvider for AwsProvider {
+    fn find_instances<'a>(
+        &'a self,
+        tenant: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<ObservedInstance>, CloudError>> {
+        async move {
+            const OP: &str = "DescribeInstances";
+            let mut pages = self
+                .ec2
+                .describe_instances()
+                .filters(
+                    Filter::builder()
+                        .name(format!("tag:{TAG_TENANT}"))
+                        .values(tenant)
+                        .build(),
+                )
+                .filters(
+                    Filter::builder()
+                        .name(format!("tag:{TAG_MANAGED_BY}"))
+                        .values(TAG_MANAGED_BY_VALUE)
+                        .build(),
+                )
+                .filters(
+                    Filter::builder()
+                        .name("instance-state-name")
+                        .set_values(Some(
+                            ACTIVE_STATES.iter().map(|s| (*s).to_owned()).collect(),
+                        ))
+                        .build(),
+                )
+                .into_paginator()
+                .send();
+            let mut out = Vec::new();
+            while let Some(page) = pages.next().await {
+                let page = page.map_err(|e| CloudError::from_sdk(OP, &e))?;
+                for r in page.reservations() {
+                    out.extend(r.instances().iter().filter_map(observed));
+                }
+            }
+            // Filters are applied by the server; moto and AWS agree, but a state filter that
+            // a server ignored must not let a terminated instance count as the tenant's.
+            out.retain(|i| ACTIVE_STATES.contains(&i.state.as_str()));
+            Ok(out)
+        }
+        .boxed()
+    }
+
+    fn describe_image<'a>(
+        &'a self,
+        image_id: &'a str,
+    ) -> BoxFuture<'a, Result<ImageInfo, CloudError>> {
+        async move {
+            const OP: &str = "DescribeImages";
+            let out = self
+                .ec2
+                .describe_images()
+                .image_ids(image_id)
+                .send()
+                .await
+                .map_err(|e| CloudError::from_sdk(OP, &e))?;
+            let image = out
+                .images()
+                .iter()
+                .find(|i| i.image_id() == Some(image_id))
+                .ok_or_else(|| CloudError::Terminal {
+                    operation: OP,
+                    code: "InvalidAMIID.NotFound".to_owned(),
+                    message: format!("The image id '[{image_id}]' does not exist"),
+                })?;
+            Ok(ImageInfo {
+                id: image_id.to_owned(),
+                root_device_name: image.root_device_name().map(str::to_owned),
+            })
+        }
+        .boxed()
+    }
+
+    fn run_instance<'a>(
+        &'a self,
+        spec: &'a LaunchSpec,
+    ) -> BoxFuture<'a, Result<ObservedInstance, CloudError>> {
+        async move {
+            const OP: &str = "RunInstances";
+            let mut req = self
+                .ec2
+                .run_instances()
+                .image_id(&spec.image_id)
+                .instance_type(InstanceType::from(spec.instance_type.as_str()))
+                .min_count(1)
+                .max_count(1)
+                .client_token(&spec.client_token)
+                .tag_specifications(
+                    TagSpecification::builder()
+                        .resource_type(ResourceType::Instance)
+                        .set_tags(Some(ec2_tags(&spec.tags)))
+                        .build(),
+                )
+                .tag_specifications(
+                    TagSpecification::builder()
+                        .resource_type(ResourceType::Volume)
+                        .set_tags(Some(ec2_tags(&spec.tags)))
+                        .build(),
+                );
+            if let Some(device) = &spec.root_device_name {
+                req = req.block_device_mappings(
+                    BlockDeviceMapping::builder()
+                        .device_name(device)
+                        .ebs(
+                            EbsBlockDevice::builder()
+                                .volume_size(spec.volume_size_gib)
+                                .volume_type(VolumeType::Gp3)
+                                .delete_on_termination(true)
+                                .build(),
+                        )
+                        .build(),
+                );
+            }
+            let out = req.send().await.map_err(|e| CloudError::from_sdk(OP, &e))?;
+            out.instances()
+                .iter()
+                .find_map(observed)
+                .ok_or(CloudError::Incomplete {
+                    operation: OP,
+                    what: "instance id",
+                })
+        }
+        .boxed()
+    }
+
+    fn stop_instance<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), CloudError>> {
+        async move {
+            self.ec2
+                .stop_instances()
+                .instance_ids(id)
+                .send()
+                .await
+                .map_err(|e| CloudError::from_sdk("StopInstances", &e))?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn start_instance<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), CloudError>> {
+        async move {
+            self.ec2
+                .start_instances()
+                .instance_ids(id)
+                .send()
+                .await
+                .map_err(|e| CloudError::from_sdk("StartInstances", &e))?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn modify_instance_type<'a>(
+        &'a self,
+        id: &'a str,
+        instance_type: &'a str,
+    ) -> BoxFuture<'a, Result<(), CloudError>> {
+        async move {
+            self.ec2
+                .modify_instance_attribute()
+                .instance_id(id)
+                .instance_type(AttributeValue::builder().value(instance_type).build())
+                .send()
+                .await
+                .map_err(|e| CloudError::from_sdk("ModifyInstanceAttribute", &e))?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn terminate_instances<'a>(
+        &'a self,
+        ids: &'a [String],
+    ) -> BoxFuture<'a, Result<(), CloudError>> {
+        async move {
+            if ids.is_empty() {
+                return Ok(());
+            }
+            self.ec2
+                .terminate_instances()
+                .set_instance_ids(Some(ids.to_vec()))
+                .send()
+                .await
+                .map_err(|e| CloudError::from_sdk("TerminateInstances", &e))?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn tag_instance<'a>(
+        &'a self,
+        id: &'a str,
+        tags: &'a BTreeMap<String, String>,
+    ) -> BoxFuture<'a, Result<(), CloudError>> {
+        async move {
+            self.ec2
+                .create_tags()
+                .resources(id)
+                .set_tags(Some(ec2_tags(tags)))
+                .send()
+                .await
+                .map_err(|e| CloudError::from_sdk("CreateTags", &e))?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn find_records<'a>(
+        &'a self,
+        zone: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<Record>, CloudError>> {
+        async move {
+            const OP: &str = "ListResourceRecordSets";
+            // Record sets are sorted by name, then type: starting at `name`, the few sets of
+            // that name come first.
+            let out = self
+                .route53
+                .list_resource_record_sets()
+                .hosted_zone_id(zone)
+                .start_record_name(name)
+                .max_items(10)
+                .send()
+                .await
+                .map_err(|e| CloudError::from_sdk(OP, &e))?;
+            let wanted = super::dns::normalize_name(name);
+            Ok(out
+                .resource_record_sets()
+                .iter()
+                .filter(|s| super::dns::normalize_name(s.name()) == wanted)
+                .filter_map(|s| {
+                    let record_type = match s.r#type() {
+                        RrType::A => RecordType::A,
+                        RrType::Cname => RecordType::Cname,
+                        _ => return None,
+                    };
+                    Some(Record {
+                        name: s.name().to_owned(),
+                        record_type,
+                        ttl: s.ttl().unwrap_or_default(),
+                        values: s
+                            .resource_records()
+                            .iter()
+                            .map(|r| r.value().to_owned())
+                            .collect(),
+                    })
+                })
+                .collect())
+        }
+        .boxed()
+    }
+
+    fn change_records<'a>(
+        &'a self,
+        zone: &'a str,
+        changes: &'a [RecordChange],
+    ) -> BoxFuture<'a, Result<(), CloudError>> {
+        async move {
+            if changes.is_empty() {
+                return Ok(());
+            }
+            let config = |e: aws_sdk_route53::error::BuildError| CloudError::Config(e.to_string());
+            let mut batch = ChangeBatch::builder().comment("stackplane-controller");
+            for c in changes {
+                let (action, record) = match c {
+                    RecordChange::Upsert(r) => (ChangeAction::Upsert, r),
+                    RecordChange::Delete(r) => (ChangeAction::Delete, r),
+                };
+                batch = batch.changes(
+                    Change::builder()
+                        .action(action)
+                        .resource_record_set(record_set(record)?)
+                        .build()
+                        .map_err(config)?,
+                );
+            }
+            self.route53
+                .change_resource_record_sets()
+                .hosted_zone_id(zone)
+                .change_batch(batch.build().map_err(config)?)
+                .send()
+                .await
+                .map_err(|e| CloudError::from_sdk("ChangeResourceRecordSets", &e))?;
+            Ok(())
+        }
+        .boxed()
+    }
+}

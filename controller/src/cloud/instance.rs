@@ -1,0 +1,259 @@
+//! The tenant's dedicated instance: its tags, its idempotency token, and the pure decision of
+//! what to do next from what EC2 reports. Resizing is a small state machine spread over
+//! reconciles (running → stop → stopped → modify → start → running), driven only by the
+//! observed state, so a restarted controller resumes wherever the instance is.
+
+use std::collections::BTreeMap;
+
+use sha2::{Digest, Sha256};
+use stackplane_crds::{DedicatedInstance, Tenant};
+
+use super::provider::ObservedInstance;
+
+pub const TAG_TENANT: &str = "stackplane.io/tenant";
+pub const TAG_PLATFORM: &str = "stackplane.io/platform";
+pub const TAG_MANAGED_BY: &str = "ManagedBy";
+pub const TAG_MANAGED_BY_VALUE: &str = "stackplane";
+pub const TAG_CUSTOMER: &str = "Customer";
+pub const TAG_PLAN: &str = "Plan";
+pub const TAG_NAME: &str = "Name";
+
+/// Instance states that still count as the tenant's instance. `shutting-down` and
+/// `terminated` do not: such an instance is gone and gets replaced.
+pub const ACTIVE_STATES: [&str; 4] = ["pending", "running", "stopping", "stopped"];
+
+/// The tags of a tenant's instance (and its volumes).
+pub fn tags(tenant: &Tenant) -> BTreeMap<String, String> {
+    let name = tenant.metadata.name.clone().unwrap_or_default();
+    let customer = tenant
+        .spec
+        .customer
+        .stripe_customer_id
+        .clone()
+        .or_else(|| tenant.spec.customer.name.clone())
+        .unwrap_or_default();
+    BTreeMap::from([
+        (TAG_TENANT.to_owned(), name.clone()),
+        (TAG_PLATFORM.to_owned(), tenant.spec.platform.clone()),
+        (TAG_MANAGED_BY.to_owned(), TAG_MANAGED_BY_VALUE.to_owned()),
+        (TAG_CUSTOMER.to_owned(), customer),
+        (TAG_PLAN.to_owned(), tenant.spec.tier.clone()),
+        (TAG_NAME.to_owned(), format!("stackplane-{name}")),
+    ])
+}
+
+/// The RunInstances idempotency token (at most 64 ASCII characters).
+///
+/// Derived from the tenant's uid and the launch parameters, so a retried or restarted reconcile
+/// repeats the same token and AWS returns the same instance. `replaces` is the id of the
+/// tenant's previous instance (from `status.instance`) when that one is gone: once an instance
+/// was terminated from outside, the token changes, and AWS launches a replacement instead of
+/// returning the terminated one.
+pub fn client_token(uid: &str, desired: &DedicatedInstance, replaces: Option<&str>) -> String {
+    let mut h = Sha256::new();
+    for part in [
+        uid,
+        &desired.instance_type,
+        &desired.image_id,
+        &desired.volume_size_gib.to_string(),
+        replaces.unwrap_or(""),
+    ] {
+        h.update(part.as_bytes());
+        h.update([0u8]);
+    }
+    let digest = hex::encode(h.finalize());
+    format!("stackplane-{}", &digest[..48])
+}
+
+/// The next step for the tenant's instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InstanceAction {
+    /// No instance: launch one.
+    Create,
+    /// The instance is as wanted and running.
+    Ready { id: String },
+    /// The instance is between states; look again later.
+    Wait { id: String },
+    /// Resize, step 1: the running instance has the wrong type.
+    Stop { id: String },
+    /// Resize, step 2: the stopped instance has the wrong type.
+    ModifyType { id: String, instance_type: String },
+    /// Resize, step 3 (or stopped from outside): start it.
+    Start { id: String },
+}
+
+/// What to do with the tenant's instances: the one to keep and act on, and the duplicates (or,
+/// for a tier without a dedicated instance, every instance) to terminate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstancePlan {
+    pub action: Option<InstanceAction>,
+    pub terminate: Vec<String>,
+}
+
+/// Decides from the observed (non-terminated) instances of the tenant. Pure.
+pub fn decide(desired: Option<&DedicatedInstance>, found: &[ObservedInstance]) -> InstancePlan {
+    let mut active: Vec<&ObservedInstance> = found
+        .iter()
+        .filter(|i| ACTIVE_STATES.contains(&i.state.as_str()))
+        .collect();
+    let Some(desired) = desired else {
+        return InstancePlan {
+            action: None,
+            terminate: active.iter().map(|i| i.id.clone()).collect(),
+        };
+    };
+    // Keep the oldest; a duplicate (from a race with real AWS's eventual consistency) goes.
+    active.sort_by(|a, b| {
+        a.launch_time
+            .cmp(&b.launch_time)
+            .then_with(|| a.id.cmp(&b.id))
+    });
+    let Some((keep, rest)) = active.split_first() else {
+        return InstancePlan {
+            action: Some(InstanceAction::Create),
+            terminate: Vec::new(),
+        };
+    };
+    let id = keep.id.clone();
+    let right_type = keep.instance_type == desired.instance_type;
+    let action = match (keep.state.as_str(), right_type) {
+        ("running", true) => InstanceAction::Ready { id },
+        ("running", false) => InstanceAction::Stop { id },
+        ("stopped", false) => InstanceAction::ModifyType {
+            id,
+            instance_type: desired.instance_type.clone(),
+        },
+        ("stopped", true) => InstanceAction::Start { id },
+        _ => InstanceAction::Wait { id },
+    };
+    InstancePlan {
+        action: Some(action),
+        terminate: rest.iter().map(|i| i.id.clone()).collect(),
+    }
+}
+
+/// The tags of `instance` that differ from `wanted` (e.g. `Plan` after a tier change).
+pub fn stale_tags(
+    instance: &ObservedInstance,
+    wanted: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    wanted
+        .iter()
+        .filter(|(k, v)| instance.tags.get(*k) != Some(*v))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desired(t: &str) -> DedicatedInstance {
+        DedicatedInstance {
+            instance_type: t.into(),
+            image_id: "ami-0123".into(),
+            volume_size_gib: 20,
+        }
+    }
+
+    fn inst(id: &str, t: &str, state: &str, launched: &str) -> ObservedInstance {
+        ObservedInstance {
+            id: id.into(),
+            instance_type: t.into(),
+            state: state.into(),
+            public_ip: None,
+            launch_time: Some(launched.into()),
+            tags: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn nothing_found_creates() {
+        let p = decide(Some(&desired("t3.micro")), &[]);
+        assert_eq!(p.action, Some(InstanceAction::Create));
+        assert!(p.terminate.is_empty());
+        let gone = [inst("i-1", "t3.micro", "terminated", "1")];
+        assert_eq!(
+            decide(Some(&desired("t3.micro")), &gone).action,
+            Some(InstanceAction::Create)
+        );
+    }
+
+    #[test]
+    fn resize_walks_stop_modify_start() {
+        let d = desired("t3.small");
+        let step = |state: &str, t: &str| decide(Some(&d), &[inst("i-1", t, state, "1")]).action;
+        assert_eq!(
+            step("running", "t3.micro"),
+            Some(InstanceAction::Stop { id: "i-1".into() })
+        );
+        assert_eq!(
+            step("stopping", "t3.micro"),
+            Some(InstanceAction::Wait { id: "i-1".into() })
+        );
+        assert_eq!(
+            step("stopped", "t3.micro"),
+            Some(InstanceAction::ModifyType {
+                id: "i-1".into(),
+                instance_type: "t3.small".into()
+            })
+        );
+        assert_eq!(
+            step("stopped", "t3.small"),
+            Some(InstanceAction::Start { id: "i-1".into() })
+        );
+        assert_eq!(
+            step("pending", "t3.small"),
+            Some(InstanceAction::Wait { id: "i-1".into() })
+        );
+        assert_eq!(
+            step("running", "t3.small"),
+            Some(InstanceAction::Ready { id: "i-1".into() })
+        );
+    }
+
+    #[test]
+    fn duplicates_keep_the_oldest() {
+        let found = [
+            inst("i-b", "t3.micro", "running", "2026-01-02T00:00:00Z"),
+            inst("i-a", "t3.micro", "pending", "2026-01-01T00:00:00Z"),
+            inst("i-c", "t3.micro", "terminated", "2025-01-01T00:00:00Z"),
+        ];
+        let p = decide(Some(&desired("t3.micro")), &found);
+        assert_eq!(p.action, Some(InstanceAction::Wait { id: "i-a".into() }));
+        assert_eq!(p.terminate, vec!["i-b".to_owned()]);
+    }
+
+    #[test]
+    fn shared_tier_terminates_every_instance() {
+        let found = [
+            inst("i-a", "t3.micro", "running", "1"),
+            inst("i-b", "t3.micro", "stopped", "2"),
+        ];
+        let p = decide(None, &found);
+        assert_eq!(p.action, None);
+        assert_eq!(p.terminate, vec!["i-a".to_owned(), "i-b".to_owned()]);
+    }
+
+    #[test]
+    fn token_is_stable_and_changes_after_a_replacement() {
+        let d = desired("t3.micro");
+        let a = client_token("uid-1", &d, None);
+        assert_eq!(a, client_token("uid-1", &d, None));
+        assert!(a.len() <= 64 && a.is_ascii());
+        assert_ne!(a, client_token("uid-2", &d, None));
+        assert_ne!(a, client_token("uid-1", &d, Some("i-gone")));
+        assert_ne!(a, client_token("uid-1", &desired("t3.small"), None));
+    }
+
+    #[test]
+    fn stale_tags_after_tier_change() {
+        let mut i = inst("i-1", "t3.micro", "running", "1");
+        i.tags = BTreeMap::from([("Plan".into(), "starter".into()), ("A".into(), "1".into())]);
+        let wanted = BTreeMap::from([("Plan".into(), "business".into()), ("A".into(), "1".into())]);
+        assert_eq!(
+            stale_tags(&i, &wanted),
+            BTreeMap::from([("Plan".into(), "business".into())])
+        );
+    }
+}

@@ -1,0 +1,902 @@
+//! The cloud step (EC2 instances, Route53 records) against the real kube-apiserver and moto.
+//! Each test has its own Platform, hosted zone, label shard and controller, so tests run in
+//! parallel against one cluster and one moto. The controller runs in-process with the real AWS
+//! provider wrapped in one that counts calls (and can pause after a launch, to crash the
+//! controller at the worst moment).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_ec2::types::{Filter, Instance};
+use aws_sdk_route53::types::{
+    Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet, RrType,
+};
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use k8s_openapi::api::core::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::Client;
+use serde_json::json;
+use stackplane_controller::cloud::aws::AwsProvider;
+use stackplane_controller::cloud::provider::{
+    CloudProvider, ImageInfo, LaunchSpec, ObservedInstance, Record, RecordChange,
+};
+use stackplane_controller::cloud::{CloudError, CloudSettings, IngressAddress};
+use stackplane_controller::leader::LeaseConfig;
+use stackplane_controller::metrics::Metrics;
+use stackplane_controller::tenant::ReconcileConfig;
+use stackplane_crds::{DeletionPolicy, Platform, Tenant, TenantPhase, TenantSpec};
+use stackplane_tests::{aws_config, example_platform_files, install_crds, kube_client, unique};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+const SHARD: &str = "stackplane.io/test-shard";
+const CUSTOMER: &str = "cus_CloudTest42";
+
+/// Calls the controller made, by operation.
+#[derive(Debug, Default)]
+struct Calls {
+    find_instances: AtomicUsize,
+    describe_image: AtomicUsize,
+    run_instance: AtomicUsize,
+    change_records: AtomicUsize,
+    /// ChangeResourceRecordSets calls still to fail with throttling (injected before AWS).
+    throttle_changes: AtomicUsize,
+}
+
+fn count(c: &AtomicUsize) -> usize {
+    c.load(Ordering::SeqCst)
+}
+
+/// The real AWS provider, counting calls; optionally it signals each successful launch and then
+/// holds the reconcile for a while before returning (so the test can kill the controller
+/// between RunInstances and the status write).
+#[derive(Debug)]
+struct Observed {
+    inner: AwsProvider,
+    calls: Arc<Calls>,
+    after_launch: Option<(Arc<Notify>, Duration)>,
+}
+
+impl CloudProvider for Observed {
+    fn find_instances<'a>(
+        &'a self,
+        tenant: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<ObservedInstance>, CloudError>> {
+        self.calls.find_instances.fetch_add(1, Ordering::SeqCst);
+        self.inner.find_instances(tenant)
+    }
+    fn describe_image<'a>(
+        &'a self,
+        image_id: &'a str,
+    ) -> BoxFuture<'a, Result<ImageInfo, CloudError>> {
+        self.calls.describe_image.fetch_add(1, Ordering::SeqCst);
+        self.inner.describe_image(image_id)
+    }
+    fn run_instance<'a>(
+        &'a self,
+        spec: &'a LaunchSpec,
+    ) -> BoxFuture<'a, Result<ObservedInstance, CloudError>> {
+        async move {
+            self.calls.run_instance.fetch_add(1, Ordering::SeqCst);
+            let r = self.inner.run_instance(spec).await;
+            if let (Ok(_), Some((notify, hold))) = (&r, &self.after_launch) {
+                notify.notify_one();
+                tokio::time::sleep(*hold).await;
+            }
+            r
+        }
+        .boxed()
+    }
+    fn stop_instance<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), CloudError>> {
+        self.inner.stop_instance(id)
+    }
+    fn start_instance<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), CloudError>> {
+        self.inner.start_instance(id)
+    }
+    fn modify_instance_type<'a>(
+        &'a self,
+        id: &'a str,
+        instance_type: &'a str,
+    ) -> BoxFuture<'a, Result<(), CloudError>> {
+        self.inner.modify_instance_type(id, instance_type)
+    }
+    fn terminate_instances<'a>(
+        &'a self,
+        ids: &'a [String],
+    ) -> BoxFuture<'a, Result<(), CloudError>> {
+        self.inner.terminate_instances(ids)
+    }
+    fn tag_instance<'a>(
+        &'a self,
+        id: &'a str,
+        tags: &'a BTreeMap<String, String>,
+    ) -> BoxFuture<'a, Result<(), CloudError>> {
+        self.inner.tag_instance(id, tags)
+    }
+    fn find_records<'a>(
+        &'a self,
+        zone: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<Record>, CloudError>> {
+        self.inner.find_records(zone, name)
+    }
+    fn change_records<'a>(
+        &'a self,
+        zone: &'a str,
+        changes: &'a [RecordChange],
+    ) -> BoxFuture<'a, Result<(), CloudError>> {
+        self.calls.change_records.fetch_add(1, Ordering::SeqCst);
+        let throttled = self
+            .calls
+            .throttle_changes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if throttled {
+            return futures::future::ready(Err(CloudError::Retryable {
+                operation: "ChangeResourceRecordSets",
+                code: "Throttling".into(),
+                message: "Rate exceeded (injected by the test)".into(),
+            }))
+            .boxed();
+        }
+        self.inner.change_records(zone, changes)
+    }
+}
+
+struct Env {
+    client: Client,
+    shard: String,
+    platform: String,
+    domain: String,
+    /// Bare id, as moto created it.
+    zone: String,
+    ec2: aws_sdk_ec2::Client,
+    route53: aws_sdk_route53::Client,
+    calls: Arc<Calls>,
+    ingress: Option<IngressAddress>,
+    controllers: std::sync::Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Ok(c) = self.controllers.lock() {
+            for h in c.iter() {
+                h.abort();
+            }
+        }
+    }
+}
+
+struct Options {
+    image: Option<&'static str>,
+    ingress: Option<&'static str>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            image: None,
+            ingress: Some("lb-1.elb.example.net"),
+        }
+    }
+}
+
+/// A Platform (stackpro-business's stack and dedicated tiers, plus a `shared` tier without an
+/// instance) in a new hosted zone of its own, without a controller yet.
+async fn setup(opts: Options) -> Env {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("stackplane_controller=info")
+        .try_init();
+    let client = kube_client().await;
+    install_crds(&client).await;
+    let aws = aws_config().await;
+    let ec2 = aws_sdk_ec2::Client::new(&aws);
+    let route53 = aws_sdk_route53::Client::new(&aws);
+    let pname = unique("plat");
+    let domain = format!("{pname}.stackplane.test");
+    let zone = route53
+        .create_hosted_zone()
+        .name(&domain)
+        .caller_reference(unique("ref"))
+        .send()
+        .await
+        .expect("CreateHostedZone in moto")
+        .hosted_zone()
+        .expect("zone")
+        .id()
+        .to_owned();
+    let bare_zone = zone.trim_start_matches("/hostedzone/").to_owned();
+    let image = match opts.image {
+        Some(i) => i.to_owned(),
+        None => ec2
+            .describe_images()
+            .owners("amazon")
+            .send()
+            .await
+            .expect("DescribeImages")
+            .images()
+            .iter()
+            .find_map(|i| i.image_id().map(str::to_owned))
+            .expect("moto ships AMIs"),
+    };
+    let (_, text) = example_platform_files()
+        .into_iter()
+        .find(|(f, _)| f == "stackpro-business.yaml")
+        .expect("example");
+    let mut platform: Platform = serde_saphyr::from_str(&text).expect("platform");
+    platform.metadata.name = Some(pname.clone());
+    platform.spec.domain = domain.clone();
+    // With the prefix Route53 returns: the controller normalises it.
+    platform.spec.hosted_zone_id = Some(zone.clone());
+    let mut shared = platform.spec.tiers[0].clone();
+    shared.name = "shared".into();
+    shared.stripe_price_ids.clear();
+    shared.dedicated_instance = None;
+    for tier in &mut platform.spec.tiers {
+        if let Some(d) = tier.dedicated_instance.as_mut() {
+            d.image_id = image.clone();
+        }
+    }
+    platform.spec.tiers.push(shared);
+    // No volumes: the test cluster runs no pvc-protection controller, so a namespace holding a
+    // PersistentVolumeClaim never finishes terminating, and deletion is what these tests check.
+    for c in &mut platform.spec.components {
+        c.storage = None;
+    }
+    Api::<Platform>::all(client.clone())
+        .create(&PostParams::default(), &platform)
+        .await
+        .expect("create platform");
+    Env {
+        client,
+        shard: unique("shard"),
+        platform: pname,
+        domain,
+        zone: bare_zone,
+        ec2,
+        route53,
+        calls: Arc::new(Calls::default()),
+        ingress: opts.ingress.map(|i| i.parse().expect("ingress address")),
+        controllers: std::sync::Mutex::new(Vec::new()),
+    }
+}
+
+impl Env {
+    /// Starts a controller for this test's shard, with a Lease of its own (a crashed
+    /// controller's Lease never blocks the next one).
+    async fn spawn_controller(&self, after_launch: Option<(Arc<Notify>, Duration)>) -> usize {
+        let provider = Observed {
+            inner: AwsProvider::from_env().await,
+            calls: self.calls.clone(),
+            after_launch,
+        };
+        let mut cloud = CloudSettings::new(Arc::new(provider), self.ingress.clone());
+        cloud.progress_requeue = Duration::from_millis(300);
+        let config = stackplane_controller::Config {
+            concurrency: 8,
+            tenant_selector: Some(format!("{SHARD}={}", self.shard)),
+            reconcile: ReconcileConfig {
+                // Short, so drift made behind the controller's back is found quickly.
+                requeue: Duration::from_secs(1),
+                cloud: Some(cloud),
+                ..ReconcileConfig::default()
+            },
+            lease: LeaseConfig {
+                name: unique("lease"),
+                namespace: "default".into(),
+                identity: unique("test"),
+                duration_secs: 6,
+                grace_secs: 2,
+            },
+        };
+        let client = self.client.clone();
+        let handle = tokio::spawn(async move {
+            let _ = stackplane_controller::run(
+                client,
+                config,
+                Arc::new(Metrics::new()),
+                futures::future::pending(),
+            )
+            .await;
+        });
+        let mut c = self.controllers.lock().expect("controllers");
+        c.push(handle);
+        c.len() - 1
+    }
+
+    /// Kills a controller as a crash would: its reconciles stop at their next await.
+    fn kill_controller(&self, index: usize) {
+        if let Some(h) = self.controllers.lock().expect("controllers").get(index) {
+            h.abort();
+        }
+    }
+
+    async fn create_tenant(&self, tier: &str, edit: impl FnOnce(&mut TenantSpec)) -> String {
+        let name = unique("tn");
+        let mut spec = TenantSpec::new(self.platform.clone(), tier);
+        spec.customer.stripe_customer_id = Some(CUSTOMER.into());
+        edit(&mut spec);
+        let mut t = Tenant::new(&name, spec);
+        t.metadata.labels = Some([(SHARD.to_owned(), self.shard.clone())].into());
+        Api::<Tenant>::all(self.client.clone())
+            .create(&PostParams::default(), &t)
+            .await
+            .expect("create tenant");
+        name
+    }
+
+    async fn tenant(&self, name: &str) -> Option<Tenant> {
+        Api::<Tenant>::all(self.client.clone())
+            .get_opt(name)
+            .await
+            .expect("get tenant")
+    }
+
+    async fn patch_spec(&self, name: &str, spec: serde_json::Value) {
+        Api::<Tenant>::all(self.client.clone())
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({ "spec": spec })),
+            )
+            .await
+            .expect("patch tenant");
+    }
+
+    /// Instances of the tenant that are not terminated, as EC2 reports them.
+    async fn instances(&self, tenant: &str) -> Vec<Instance> {
+        self.instances_tagged("stackplane.io/tenant", tenant).await
+    }
+
+    async fn instances_tagged(&self, key: &str, value: &str) -> Vec<Instance> {
+        let out = self
+            .ec2
+            .describe_instances()
+            .filters(
+                Filter::builder()
+                    .name(format!("tag:{key}"))
+                    .values(value)
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("DescribeInstances");
+        out.reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .filter(|i| {
+                let state = i
+                    .state()
+                    .and_then(|s| s.name())
+                    .map(|n| n.as_str().to_owned())
+                    .unwrap_or_default();
+                state != "terminated" && state != "shutting-down"
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Every A and CNAME record set of the zone: (name, type, values).
+    async fn records(&self) -> Vec<(String, String, Vec<String>)> {
+        let out = self
+            .route53
+            .list_resource_record_sets()
+            .hosted_zone_id(&self.zone)
+            .send()
+            .await
+            .expect("ListResourceRecordSets");
+        out.resource_record_sets()
+            .iter()
+            .filter(|s| matches!(s.r#type(), RrType::A | RrType::Cname))
+            .map(|s| {
+                (
+                    s.name().to_owned(),
+                    s.r#type().as_str().to_owned(),
+                    s.resource_records()
+                        .iter()
+                        .map(|r| r.value().to_owned())
+                        .collect(),
+                )
+            })
+            .collect()
+    }
+
+    async fn record(&self, host: &str) -> Option<(String, Vec<String>)> {
+        let fqdn = format!("{host}.{}.", self.domain);
+        self.records()
+            .await
+            .into_iter()
+            .find(|(n, _, _)| n.eq_ignore_ascii_case(&fqdn))
+            .map(|(_, t, v)| (t, v))
+    }
+
+    async fn set_record(&self, host: &str, ip: &str) {
+        let set = ResourceRecordSet::builder()
+            .name(format!("{host}.{}", self.domain))
+            .r#type(RrType::A)
+            .ttl(60)
+            .resource_records(ResourceRecord::builder().value(ip).build().expect("rr"))
+            .build()
+            .expect("set");
+        self.route53
+            .change_resource_record_sets()
+            .hosted_zone_id(&self.zone)
+            .change_batch(
+                ChangeBatch::builder()
+                    .changes(
+                        Change::builder()
+                            .action(ChangeAction::Upsert)
+                            .resource_record_set(set)
+                            .build()
+                            .expect("change"),
+                    )
+                    .build()
+                    .expect("batch"),
+            )
+            .send()
+            .await
+            .expect("edit record");
+    }
+
+    /// Waits until the tenant's `CloudReady` is True and returns the tenant.
+    async fn cloud_ready(&self, name: &str) -> Tenant {
+        eventually(&format!("{name} CloudReady"), 90, move || async move {
+            let t = self.tenant(name).await?;
+            let ok = cloud_condition(&t).is_some_and(|c| c.status == "True");
+            ok.then_some(t)
+        })
+        .await
+    }
+}
+
+fn cloud_condition(t: &Tenant) -> Option<Condition> {
+    t.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "CloudReady")
+        .cloned()
+}
+
+async fn eventually<T, F, Fut>(what: &str, secs: u64, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn tag<'a>(i: &'a Instance, key: &str) -> Option<&'a str> {
+    i.tags()
+        .iter()
+        .find(|t| t.key() == Some(key))
+        .and_then(|t| t.value())
+}
+
+fn type_of(i: &Instance) -> String {
+    i.instance_type()
+        .map(|t| t.as_str().to_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedicated_tenant_gets_one_tagged_instance_and_its_record() {
+    let env = setup(Options::default()).await;
+    let env = &env;
+    env.spawn_controller(None).await;
+    let name = &env.create_tenant("starter", |_| {}).await;
+    let t = env.cloud_ready(name).await;
+    let st = t.status.expect("status");
+    let recorded = st.instance.expect("status.instance");
+
+    let found = env.instances(name).await;
+    assert_eq!(found.len(), 1, "exactly one instance: {found:?}");
+    let i = &found[0];
+    assert_eq!(i.instance_id(), Some(recorded.id.as_str()));
+    assert_eq!(type_of(i), "t3.micro");
+    assert_eq!(recorded.instance_type, "t3.micro");
+    assert_eq!(recorded.state, "running");
+    assert_eq!(tag(i, "stackplane.io/tenant"), Some(name.as_str()));
+    assert_eq!(tag(i, "ManagedBy"), Some("stackplane"));
+    assert_eq!(tag(i, "Customer"), Some(CUSTOMER));
+    assert_eq!(tag(i, "Plan"), Some("starter"));
+    let ip = i.public_ip_address().expect("moto assigns a public IP");
+    assert_eq!(recorded.public_ip.as_deref(), Some(ip));
+
+    assert_eq!(
+        st.dns_record.as_deref(),
+        Some(format!("{name}.{}", env.domain).as_str())
+    );
+    assert_eq!(
+        env.record(name).await,
+        Some(("A".to_owned(), vec![ip.to_owned()]))
+    );
+
+    // Nothing is rewritten in a loop: reconciles keep running (1 s requeue), AWS calls that
+    // change something do not.
+    let changes = count(&env.calls.change_records);
+    let lookups = count(&env.calls.find_instances);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        count(&env.calls.find_instances) >= lookups + 2,
+        "the tenant was reconciled again"
+    );
+    assert_eq!(count(&env.calls.change_records), changes, "no DNS rewrites");
+    assert_eq!(count(&env.calls.run_instance), 1, "one launch");
+    assert_eq!(env.instances(name).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_is_corrected_terminated_instance_replaced_edited_record_restored() {
+    let env = setup(Options::default()).await;
+    let env = &env;
+    env.spawn_controller(None).await;
+    let name = &env.create_tenant("starter", |_| {}).await;
+    let t = env.cloud_ready(name).await;
+    let first = &t.status.and_then(|s| s.instance).expect("instance");
+    let ip = &first.public_ip.clone().expect("public ip");
+
+    // A record edited by hand is put back.
+    env.set_record(name, "192.0.2.99").await;
+    assert_eq!(
+        env.record(name).await.map(|r| r.1),
+        Some(vec!["192.0.2.99".to_owned()])
+    );
+    eventually("record restored", 30, move || async move {
+        (env.record(name).await == Some(("A".to_owned(), vec![ip.clone()]))).then_some(())
+    })
+    .await;
+
+    // An instance terminated from outside is replaced by exactly one new instance.
+    env.ec2
+        .terminate_instances()
+        .instance_ids(&first.id)
+        .send()
+        .await
+        .expect("terminate from outside");
+    let replaced = eventually("replacement instance", 60, move || async move {
+        let t = env.tenant(name).await?;
+        let i = t.status.clone()?.instance?;
+        let ready = cloud_condition(&t).is_some_and(|c| c.status == "True");
+        (ready && i.id != first.id).then_some(i)
+    })
+    .await;
+    let found = env.instances(name).await;
+    assert_eq!(found.len(), 1, "exactly one live instance: {found:?}");
+    assert_eq!(found[0].instance_id(), Some(replaced.id.as_str()));
+    assert_eq!(type_of(&found[0]), "t3.micro");
+    let new_ip = &replaced.public_ip.clone().expect("new public ip");
+    eventually("record follows the new instance", 30, move || async move {
+        (env.record(name).await == Some(("A".to_owned(), vec![new_ip.clone()]))).then_some(())
+    })
+    .await;
+    assert_eq!(count(&env.calls.run_instance), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_controller_crashes_during_provisioning_leave_one_instance() {
+    let env = setup(Options::default()).await;
+    let env = &env;
+    let launched = Arc::new(Notify::new());
+    // The first controller dies right after RunInstances returned, before it could record the
+    // instance anywhere but in EC2.
+    let first = env
+        .spawn_controller(Some((launched.clone(), Duration::from_secs(2))))
+        .await;
+    let name = &env.create_tenant("starter", |_| {}).await;
+    tokio::time::timeout(Duration::from_secs(60), launched.notified())
+        .await
+        .expect("the first controller launched an instance");
+    env.kill_controller(first);
+    let t = env.tenant(name).await.expect("tenant");
+    assert!(
+        t.status.and_then(|s| s.instance).is_none(),
+        "crashed before the instance reached the status"
+    );
+    // Four more crashes at different points of the next controllers' reconciles.
+    for (n, ms) in [150u64, 400, 700, 1000].into_iter().enumerate() {
+        let c = env
+            .spawn_controller(Some((launched.clone(), Duration::from_secs(2))))
+            .await;
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        env.kill_controller(c);
+        assert!(
+            env.instances(name).await.len() <= 1,
+            "after crash {}",
+            n + 2
+        );
+    }
+    env.spawn_controller(None).await;
+    let t = env.cloud_ready(name).await;
+    let found = env.instances(name).await;
+    assert_eq!(found.len(), 1, "exactly one instance: {found:?}");
+    assert_eq!(
+        found[0].instance_id().map(str::to_owned),
+        t.status.and_then(|s| s.instance).map(|i| i.id)
+    );
+    assert_eq!(count(&env.calls.run_instance), 1, "launched once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tier_upgrade_resizes_the_same_instance() {
+    let env = setup(Options::default()).await;
+    let env = &env;
+    env.spawn_controller(None).await;
+    let name = &env.create_tenant("starter", |_| {}).await;
+    let t = env.cloud_ready(name).await;
+    let before = t.status.and_then(|s| s.instance).expect("instance");
+    assert_eq!(before.instance_type, "t3.micro");
+
+    env.patch_spec(name, json!({"tier": "business"})).await;
+    let after = eventually("resized and running", 60, move || async move {
+        let t = env.tenant(name).await?;
+        let i = t.status.clone()?.instance?;
+        let ready = cloud_condition(&t).is_some_and(|c| c.status == "True");
+        (ready && i.instance_type == "t3.small" && i.state == "running").then_some(i)
+    })
+    .await;
+    assert_eq!(after.id, before.id, "same instance");
+    let found = env.instances(name).await;
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].instance_id(), Some(before.id.as_str()));
+    assert_eq!(type_of(&found[0]), "t3.small");
+    assert_eq!(tag(&found[0], "Plan"), Some("business"));
+    // A stopped and started instance may get a new address: the record follows.
+    let ip = &found[0].public_ip_address().expect("ip").to_owned();
+    assert_eq!(after.public_ip.as_deref(), Some(ip.as_str()));
+    eventually(
+        "record follows the resized instance",
+        30,
+        move || async move {
+            (env.record(name).await == Some(("A".to_owned(), vec![ip.clone()]))).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(count(&env.calls.run_instance), 1, "never relaunched");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_subdomain_moves_the_record() {
+    let env = setup(Options::default()).await;
+    let env = &env;
+    env.spawn_controller(None).await;
+    let first = unique("first");
+    let second = unique("second");
+    let f = first.clone();
+    let name = &env
+        .create_tenant("shared", move |s| s.subdomain = Some(f))
+        .await;
+    let t = env.cloud_ready(name).await;
+    assert!(t.status.as_ref().and_then(|s| s.instance.clone()).is_none());
+    assert_eq!(
+        t.status.and_then(|s| s.dns_record),
+        Some(format!("{first}.{}", env.domain))
+    );
+    // Shared tier, ingress given as a host name: a CNAME to it.
+    assert_eq!(
+        env.record(&first).await,
+        Some(("CNAME".to_owned(), vec!["lb-1.elb.example.net.".to_owned()]))
+    );
+
+    env.patch_spec(name, json!({"subdomain": second})).await;
+    let want = &format!("{second}.{}", env.domain);
+    eventually("record moved", 30, move || async move {
+        let t = env.tenant(name).await?;
+        (t.status?.dns_record.as_deref() == Some(want.as_str())).then_some(())
+    })
+    .await;
+    assert!(env.record(&second).await.is_some(), "new record present");
+    assert_eq!(env.record(&first).await, None, "old record gone");
+    assert_eq!(env.records().await.len(), 1, "nothing else in the zone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_tenant_without_ingress_address_gets_no_record_and_says_so() {
+    let env = setup(Options {
+        ingress: None,
+        ..Options::default()
+    })
+    .await;
+    let env = &env;
+    env.spawn_controller(None).await;
+    let name = &env.create_tenant("shared", |_| {}).await;
+    let t = env.cloud_ready(name).await;
+    let c = cloud_condition(&t).expect("condition");
+    assert!(
+        c.message.contains("no ingress address"),
+        "condition says why: {}",
+        c.message
+    );
+    assert!(t.status.and_then(|s| s.dns_record).is_none());
+    assert!(env.records().await.is_empty());
+    assert!(env.instances(name).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_create_delete_cycles_leave_nothing_behind() {
+    let env = setup(Options::default()).await;
+    env.spawn_controller(None).await;
+    let env = &env;
+    let tenants: Api<Tenant> = Api::all(env.client.clone());
+    let lanes = (0..4).map(|lane| {
+        let tenants = tenants.clone();
+        async move {
+            for cycle in 0..5 {
+                let name = &env.create_tenant("starter", |_| {}).await;
+                match (lane + cycle) % 3 {
+                    // Deleted while provisioning is under way.
+                    0 => tokio::time::sleep(Duration::from_millis(100 * cycle as u64)).await,
+                    // Deleted once the instance exists.
+                    _ => {
+                        eventually("instance recorded", 60, move || async move {
+                            env.tenant(name).await?.status?.instance.map(|_| ())
+                        })
+                        .await;
+                    }
+                }
+                tenants
+                    .delete(name, &DeleteParams::default())
+                    .await
+                    .expect("delete tenant");
+                eventually(&format!("{name} deleted"), 120, move || async move {
+                    env.tenant(name).await.is_none().then_some(())
+                })
+                .await;
+                assert!(
+                    env.instances(name).await.is_empty(),
+                    "{name}: no instance left"
+                );
+            }
+        }
+    });
+    futures::future::join_all(lanes).await;
+
+    let left = env
+        .instances_tagged("stackplane.io/platform", &env.platform)
+        .await;
+    assert!(left.is_empty(), "instances left: {left:?}");
+    let records = env.records().await;
+    assert!(records.is_empty(), "records left: {records:?}");
+    assert!(
+        count(&env.calls.run_instance) >= 10,
+        "instances were really launched and deleted: {}",
+        count(&env.calls.run_instance)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retain_leaves_instance_and_record_and_says_so() {
+    let env = setup(Options::default()).await;
+    let env = &env;
+    env.spawn_controller(None).await;
+    let name = &env
+        .create_tenant("starter", |s| s.deletion_policy = DeletionPolicy::Retain)
+        .await;
+    let t = env.cloud_ready(name).await;
+    let instance = t.status.and_then(|s| s.instance).expect("instance");
+    Api::<Tenant>::all(env.client.clone())
+        .delete(name, &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually("tenant gone", 60, move || async move {
+        env.tenant(name).await.is_none().then_some(())
+    })
+    .await;
+    let found = env.instances(name).await;
+    assert_eq!(found.len(), 1, "instance retained");
+    assert_eq!(found[0].instance_id(), Some(instance.id.as_str()));
+    assert!(env.record(name).await.is_some(), "record retained");
+    let events = Api::<Event>::all(env.client.clone())
+        .list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
+        .await
+        .expect("events");
+    let retained = events
+        .items
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("CloudResourcesRetained"))
+        .expect("an Event says what was retained");
+    assert!(retained
+        .message
+        .as_deref()
+        .is_some_and(|m| m.contains(&instance.id)));
+
+    // Leave moto clean for the other tests.
+    env.ec2
+        .terminate_instances()
+        .instance_ids(&instance.id)
+        .send()
+        .await
+        .expect("terminate");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_image_is_a_terminal_condition_without_a_retry_loop() {
+    let env = setup(Options {
+        image: Some("ami-0badc0ffee0000000"),
+        ..Options::default()
+    })
+    .await;
+    let env = &env;
+    env.spawn_controller(None).await;
+    let name = &env.create_tenant("starter", |_| {}).await;
+    let t = eventually(
+        "CloudReady False with the AWS code",
+        60,
+        move || async move {
+            let t = env.tenant(name).await?;
+            let c = cloud_condition(&t)?;
+            (c.status == "False" && c.message.contains("InvalidAMIID")).then_some(t)
+        },
+    )
+    .await;
+    let c = cloud_condition(&t).expect("condition");
+    assert_eq!(c.reason, "CloudError");
+    assert!(c.message.contains("ami-0badc0ffee0000000"), "{}", c.message);
+    assert_eq!(t.status.and_then(|s| s.phase), Some(TenantPhase::Failed));
+
+    // The periodic requeue is 1 s in these tests; a terminal error waits much longer.
+    let attempts = || count(&env.calls.describe_image) + count(&env.calls.run_instance);
+    let before = attempts();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = attempts();
+    assert!(
+        after - before <= 1,
+        "no hot retry loop: {before} launch attempts, then {after} five seconds later"
+    );
+    assert!(before <= 3, "few attempts before settling: {before}");
+    assert_eq!(count(&env.calls.run_instance), 0, "nothing launched");
+    assert!(env.instances(name).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttled_dns_change_is_retried_and_provisioning_resumes() {
+    let env = setup(Options::default()).await;
+    let env = &env;
+    // The instance is launched, then the record's first three writes are throttled: the
+    // reconciles in between must find the instance, not launch another.
+    env.calls.throttle_changes.store(3, Ordering::SeqCst);
+    env.spawn_controller(None).await;
+    let name = &env.create_tenant("starter", |_| {}).await;
+    let retrying = eventually("CloudRetrying condition", 60, move || async move {
+        let t = env.tenant(name).await?;
+        let c = cloud_condition(&t)?;
+        (c.reason == "CloudRetrying").then_some(c)
+    })
+    .await;
+    assert_eq!(retrying.status, "False");
+    assert!(
+        retrying.message.contains("Throttling"),
+        "{}",
+        retrying.message
+    );
+    let t = env.cloud_ready(name).await;
+    assert_eq!(
+        count(&env.calls.throttle_changes),
+        0,
+        "every injected failure was hit"
+    );
+    assert!(count(&env.calls.change_records) >= 4);
+    let found = env.instances(name).await;
+    assert_eq!(found.len(), 1, "one instance: {found:?}");
+    assert_eq!(count(&env.calls.run_instance), 1, "launched once");
+    let ip = t
+        .status
+        .and_then(|s| s.instance)
+        .and_then(|i| i.public_ip)
+        .expect("ip");
+    assert_eq!(env.record(name).await, Some(("A".to_owned(), vec![ip])));
+}
