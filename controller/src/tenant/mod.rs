@@ -41,6 +41,8 @@ pub struct ReconcileConfig {
     pub requeue: Duration,
     /// How often a deleting tenant checks whether its namespace is gone.
     pub deletion_poll: Duration,
+    /// The backup reconciler and scheduler, run alongside (`tenant_selector` applies to them).
+    pub backup: crate::backup::BackupConfig,
 }
 
 impl Default for ReconcileConfig {
@@ -49,6 +51,7 @@ impl Default for ReconcileConfig {
             plan: PlanOptions::default(),
             requeue: Duration::from_secs(300),
             deletion_poll: Duration::from_secs(2),
+            backup: crate::backup::BackupConfig::default(),
         }
     }
 }
