@@ -126,10 +126,26 @@ impl<E: Ec2> Context<E> {
             action: "Backup".to_owned(),
             secondary: None,
         };
-        if let Err(error) = self.recorder.publish(&event, &backup.object_ref(&())).await {
+        if let Err(error) = self
+            .recorder
+            .publish(&event, &event_reference(backup))
+            .await
+        {
             tracing::warn!(backup = %backup.name_any(), %error, "cannot publish event");
         }
     }
+}
+
+/// The reference Events about a cluster-scoped object carry: the API server (1.20) files them
+/// in `default` and refuses them unless the reference names that namespace too.
+pub fn event_reference<K: Resource<DynamicType = ()>>(
+    object: &K,
+) -> k8s_openapi::api::core::v1::ObjectReference {
+    let mut reference = object.object_ref(&());
+    reference
+        .namespace
+        .get_or_insert_with(|| "default".to_owned());
+    reference
 }
 
 /// Runs the TenantBackup controller and the backup scheduler until `stop` resolves.
@@ -227,8 +243,15 @@ fn object_labels(tenant: &Tenant, backup: &str) -> BTreeMap<String, String> {
     labels
 }
 
-async fn apply<E: Ec2>(backup: &TenantBackup, ctx: &Context<E>) -> Result<Action> {
-    let name = backup.name_any();
+async fn apply<E: Ec2>(cached: &TenantBackup, ctx: &Context<E>) -> Result<Action> {
+    let name = cached.name_any();
+    // The parts recorded in the status decide what is made next, so they are read fresh: a
+    // reconcile triggered by a Job event may run before the cache has seen the last status write.
+    let api: Api<TenantBackup> = Api::all(ctx.client.clone());
+    let Some(backup) = api.get_opt(&name).await? else {
+        return Ok(Action::await_change());
+    };
+    let backup = &backup;
     let now = Timestamp::now();
     let previous = backup.status.clone().unwrap_or_default();
 

@@ -12,7 +12,7 @@ use croner::Cron;
 use k8s_openapi::jiff::{tz::TimeZone, Timestamp};
 use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder};
-use kube::{Client, Resource, ResourceExt};
+use kube::{Client, ResourceExt};
 use stackplane_crds::labels::{MANAGED_BY, MANAGED_BY_VALUE, TENANT};
 use stackplane_crds::{BackupReason, Tenant, TenantBackup, TenantBackupSpec};
 
@@ -143,7 +143,9 @@ pub async fn run(
                             action: "ScheduleBackup".to_owned(),
                             secondary: None,
                         };
-                        if let Err(error) = recorder.publish(&event, &tenant.object_ref(&())).await
+                        if let Err(error) = recorder
+                            .publish(&event, &super::event_reference(&tenant))
+                            .await
                         {
                             tracing::warn!(tenant = %name, %error, "cannot publish event");
                         }
