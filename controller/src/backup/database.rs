@@ -151,7 +151,7 @@ pub async fn dump(
     }
     match jobs.create(&PostParams::default(), &desired).await {
         Ok(created) => {
-            tracing::info!(backup = %backup.spec.tenant, namespace, job = %name, "dump job created");
+            tracing::info!(tenant = %backup.spec.tenant, namespace, job = %name, "dump job created");
             Ok(parts::database_part(&created))
         }
         Err(kube::Error::Api(s)) if s.code == 409 => {

@@ -14,6 +14,7 @@
 //! Restores own nothing they made: the restored volumes and claims are the customer's data.
 
 pub mod database;
+pub mod ebs;
 pub mod ec2;
 pub mod error;
 pub mod parts;
@@ -387,38 +388,12 @@ async fn backup_parts<E: Ec2>(
     let mut out = Vec::new();
 
     // ebs-snapshot: one per volume of the dedicated instance.
-    let volumes: Vec<String> = if first {
-        match tenant.status.as_ref().and_then(|s| s.instance.as_ref()) {
-            Some(instance) if !instance.id.is_empty() => {
-                ctx.ec2.attached_volumes(&instance.id).await?
-            }
-            _ => Vec::new(),
-        }
-    } else {
-        of_kind(BackupPartKind::EbsSnapshot)
-            .filter_map(|p| p.source.clone())
-            .collect()
-    };
-    for volume in volumes {
-        if let Some(done) = of_kind(BackupPartKind::EbsSnapshot)
-            .find(|p| p.source.as_deref() == Some(volume.as_str()) && parts::is_finished(p))
-        {
-            out.push(done.clone());
-            continue;
-        }
-        let snapshot = match ctx.ec2.find_snapshot(&name, &volume).await? {
-            Some(s) => s,
-            None => {
-                let s = ctx
-                    .ec2
-                    .create_snapshot(&tenant_name, &name, &volume)
-                    .await?;
-                tracing::info!(backup = %name, tenant = %tenant_name, volume = %volume, snapshot = %s.id, "EBS snapshot started");
-                s
-            }
-        };
-        out.push(parts::ebs_snapshot_part(&volume, &snapshot));
-    }
+    let instance = tenant
+        .status
+        .as_ref()
+        .and_then(|s| s.instance.as_ref())
+        .map(|i| i.id.as_str());
+    out.extend(ebs::snapshot_volumes(&ctx.ec2, &tenant_name, &name, instance, previous).await?);
 
     // volume-snapshot: one per claim of the namespace, or an Unsupported record per claim.
     let claims: Vec<String> = if first {

@@ -4,7 +4,7 @@
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use stackplane_crds::{BackupPart, BackupPartKind, BackupPartState, BackupPhase};
+use stackplane_crds::{BackupPart, BackupPartKind, BackupPartState};
 
 /// What was observed of an EBS snapshot (or of a volume restored from one).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,12 +206,6 @@ pub fn failure_summary(parts: &[BackupPart]) -> Option<String> {
     (!lines.is_empty()).then(|| lines.join("; "))
 }
 
-/// The phase of a backup whose parts are `parts`, where `parts_known` says whether every part
-/// has been listed (a backup that made no part at all cannot be `Completed`).
-pub fn phase(parts: &[BackupPart]) -> BackupPhase {
-    BackupPhase::from_parts(parts)
-}
-
 /// When a backup finished at `completed` expires, given the tenant's `retentionDays`; `None`
 /// (kept until deleted by hand) when the tenant sets no retention.
 pub fn expires_at(completed: Timestamp, retention_days: Option<i32>) -> Option<Timestamp> {
@@ -230,6 +224,7 @@ pub fn is_expired(expires: Option<Timestamp>, now: Timestamp) -> bool {
 mod tests {
     use super::*;
     use k8s_openapi::api::batch::v1::{JobCondition, JobStatus};
+    use stackplane_crds::BackupPhase;
 
     fn ec2(id: &str, state: &str) -> Ec2Object {
         Ec2Object {
@@ -335,7 +330,10 @@ mod tests {
             ebs_snapshot_part("vol-1", &ec2("snap-1", "completed")),
             volume_snapshot_unsupported("data", "snapshot.storage.k8s.io"),
         ];
-        assert_eq!(phase(&parts), BackupPhase::PartiallyFailed);
+        assert_eq!(
+            BackupPhase::from_parts(&parts),
+            BackupPhase::PartiallyFailed
+        );
         let summary = failure_summary(&parts).expect("summary");
         assert!(
             summary.contains("volume-snapshot data Unsupported"),

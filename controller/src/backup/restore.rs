@@ -86,47 +86,23 @@ pub async fn progress<E: Ec2>(
     };
     let mut out = Vec::new();
 
-    if !ebs.is_empty() {
-        let instance = tenant
-            .status
-            .as_ref()
-            .and_then(|s| s.instance.as_ref())
-            .map(|i| i.id.clone())
-            .filter(|id| !id.is_empty());
-        let zone = match &instance {
-            Some(id) => ctx.ec2.instance_zone(id).await?,
-            None => None,
-        };
-        for (snapshot, _) in &ebs {
-            if let Some(done) = finished(BackupPartKind::EbsSnapshot, snapshot) {
-                out.push(done);
-                continue;
-            }
-            let Some(zone) = &zone else {
-                out.push(parts::failed_part(
-                    BackupPartKind::EbsSnapshot,
-                    Some(snapshot),
-                    match &instance {
-                        Some(id) => format!("EC2 does not know the tenant's instance {id}: no availability zone to restore into"),
-                        None => "the tenant has no instance (status.instance.id): no availability zone to restore into".to_owned(),
-                    },
-                ));
-                continue;
-            };
-            let volume = match ctx.ec2.find_restored_volume(&name, snapshot).await? {
-                Some(v) => v,
-                None => {
-                    let v = ctx
-                        .ec2
-                        .create_volume(&tenant_name, &name, snapshot, zone)
-                        .await?;
-                    tracing::info!(restore = %name, tenant = %tenant_name, snapshot = %snapshot, volume = %v.id, "volume restored from EBS snapshot");
-                    v
-                }
-            };
-            out.push(parts::ebs_restore_part(snapshot, &volume));
-        }
-    }
+    let instance = tenant
+        .status
+        .as_ref()
+        .and_then(|s| s.instance.as_ref())
+        .map(|i| i.id.as_str());
+    let snapshots: Vec<String> = ebs.iter().map(|(id, _)| id.clone()).collect();
+    out.extend(
+        super::ebs::restore_volumes(
+            &ctx.ec2,
+            &tenant_name,
+            &name,
+            instance,
+            &snapshots,
+            previous,
+        )
+        .await?,
+    );
 
     if !claims.is_empty() {
         let namespace = namespace_name(&tenant_name);
