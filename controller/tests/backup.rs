@@ -86,6 +86,47 @@ async fn start(configure: impl FnOnce(&mut BackupConfig)) -> Env {
     }
 }
 
+/// The whole controller (`stackplane_controller::run`: leader election, the Tenant controller,
+/// and the backup controller and scheduler while it leads), restricted to a shard.
+async fn start_leader() -> Env {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("stackplane_controller=debug")
+        .try_init();
+    let client = kube_client().await;
+    install_crds(&client).await;
+    let ec2 = aws_sdk_ec2::Client::new(&aws_config().await);
+    let shard = unique("shard");
+    let mut reconcile = stackplane_controller::tenant::ReconcileConfig::default();
+    reconcile.backup.poll = Duration::from_millis(500);
+    let config = stackplane_controller::Config {
+        concurrency: 2,
+        tenant_selector: Some(format!("{SHARD}={shard}")),
+        reconcile,
+        lease: stackplane_controller::leader::LeaseConfig {
+            name: shard.clone(),
+            namespace: "default".into(),
+            identity: unique("test"),
+            duration_secs: 6,
+            grace_secs: 2,
+        },
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(stackplane_controller::run(
+        client.clone(),
+        config,
+        Arc::new(Metrics::new()),
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    Env {
+        client,
+        ec2,
+        shard,
+        stop: Some(tx),
+    }
+}
+
 fn shard_labels(env: &Env) -> std::collections::BTreeMap<String, String> {
     [(SHARD.to_owned(), env.shard.clone())].into()
 }
@@ -760,4 +801,21 @@ async fn schedule_creates_one_backup_per_occurrence_and_bad_cron_is_reported() {
         .expect("list");
     assert!(none.items.is_empty());
     drop(second);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_runs_the_backup_controller() {
+    let env = start_leader().await;
+    let tenant = create_tenant(&env, None).await;
+    let name = create_backup(&env, &tenant, None).await;
+    finish_dump_job(&env, &tenant, &name, "Complete", "Completed").await;
+    let b = wait_phase(&env, &name, BackupPhase::Completed).await;
+    assert!(b.finalizers().iter().any(|f| f == backup::FINALIZER));
+    let parts = b.status.expect("status").parts;
+    assert_eq!(
+        parts.len(),
+        1,
+        "a shared tenant without claims: the dump only: {parts:?}"
+    );
+    assert_eq!(parts[0].kind, BackupPartKind::Database);
 }

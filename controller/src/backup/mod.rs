@@ -35,6 +35,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
@@ -175,8 +176,14 @@ pub async fn run<E: Ec2>(
     let jobs = watcher::Config::default().labels(&format!("{MANAGED_BY}={MANAGED_BY_VALUE}"));
     let controller = Controller::new(Api::<TenantBackup>::all(client.clone()), wc)
         .with_config(controller::Config::default().concurrency(concurrency))
-        // A dump Job's completion is seen at once rather than at the next poll.
-        .owns(Api::<Job>::all(client), jobs)
+        // A dump Job's completion is seen at once rather than at the next poll. (Not `owns`: it
+        // would look the cluster-scoped owner up in the Job's namespace.)
+        .watches(Api::<Job>::all(client), jobs, |job| {
+            job.owner_references()
+                .iter()
+                .find(|o| o.kind == "TenantBackup" && o.controller == Some(true))
+                .map(|o| ObjectRef::<TenantBackup>::new(&o.name))
+        })
         .graceful_shutdown_on(stop)
         .run(reconcile::<E>, error_policy::<E>, ctx)
         .for_each(|result| async move {
@@ -395,9 +402,15 @@ async fn backup_parts<E: Ec2>(
         .map(|i| i.id.as_str());
     out.extend(ebs::snapshot_volumes(&ctx.ec2, &tenant_name, &name, instance, previous).await?);
 
-    // volume-snapshot: one per claim of the namespace, or an Unsupported record per claim.
+    // volume-snapshot: one per claim of the namespace, or an Unsupported record per claim. The
+    // dump claim is left out: it holds earlier dumps (this backup's is the database part), and
+    // the first reconcile may make it, which must not change the set a retry plans.
     let claims: Vec<String> = if first {
-        volume::claims(&ctx.client, &namespace).await?
+        volume::claims(&ctx.client, &namespace)
+            .await?
+            .into_iter()
+            .filter(|c| *c != ctx.config.dump.claim)
+            .collect()
     } else {
         of_kind(BackupPartKind::VolumeSnapshot)
             .filter_map(|p| p.source.clone())
