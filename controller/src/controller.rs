@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
     LimitRange, Namespace, PersistentVolumeClaim, ResourceQuota, Secret, Service, ServiceAccount,
@@ -116,6 +116,17 @@ async fn run_controller(
         CONTROLLER_NAME,
         config.lease.identity.clone(),
     );
+    let stop = stop.shared();
+    let mut backup_config = config.reconcile.backup.clone();
+    backup_config.selector = config.tenant_selector.clone();
+    let backups = crate::backup::run(
+        client.clone(),
+        backup_config,
+        crate::backup::ec2::AwsEc2::from_env().await,
+        metrics.clone(),
+        recorder.clone(),
+        stop.clone(),
+    );
     let ctx = Arc::new(Context::new(
         client.clone(),
         config.reconcile.clone(),
@@ -127,7 +138,7 @@ async fn run_controller(
     let tenants = controller.store();
     let children = watcher::Config::default().labels(&format!("{MANAGED_BY}={MANAGED_BY_VALUE}"));
     let c = &client;
-    controller
+    let tenants_controller = controller
         // A changed Platform rolls out to every tenant of that platform.
         .watches(
             Api::<Platform>::all(c.clone()),
@@ -197,6 +208,7 @@ async fn run_controller(
             if let Err(error) = result {
                 tracing::debug!(%error, "controller event");
             }
-        })
-        .await;
+        });
+    // Backups are reconciled by the same leader, for as long as it leads.
+    futures::join!(tenants_controller, backups);
 }

@@ -7,6 +7,7 @@ use kube::runtime::wait::Condition;
 use kube::{Api, Client, ResourceExt};
 
 pub mod aws;
+pub mod backup;
 pub mod cloud;
 pub mod controller;
 pub mod error;
@@ -93,6 +94,22 @@ pub struct Args {
     /// deleted anyway (the outcome is recorded on the backup and in an Event).
     #[arg(long, env = "STACKPLANE_FINAL_BACKUP_TIMEOUT", default_value_t = 1800)]
     pub final_backup_timeout: u64,
+    /// Image of the Job that dumps a tenant's database for a backup.
+    #[arg(long, env = "STACKPLANE_BACKUP_DUMP_IMAGE", default_value_t = backup::database::DumpConfig::default().image)]
+    pub backup_dump_image: String,
+
+    /// Shell command of the dump Job; it sees STACKPLANE_TENANT, STACKPLANE_BACKUP, DUMP_DIR and
+    /// the keys of the tenant's --backup-dump-secret.
+    #[arg(long, env = "STACKPLANE_BACKUP_DUMP_COMMAND", default_value_t = backup::database::DumpConfig::default().command)]
+    pub backup_dump_command: String,
+
+    /// Secret in the tenant's namespace whose keys (e.g. DATABASE_URL) the dump Job sees.
+    #[arg(long, env = "STACKPLANE_BACKUP_DUMP_SECRET", default_value_t = backup::database::DumpConfig::default().secret)]
+    pub backup_dump_secret: String,
+
+    /// VolumeSnapshotClass of backups' volume snapshots. Default: the cluster's default class.
+    #[arg(long, env = "STACKPLANE_VOLUME_SNAPSHOT_CLASS")]
+    pub volume_snapshot_class: Option<String>,
 }
 
 impl Args {
@@ -116,6 +133,17 @@ impl Args {
                 },
                 requeue: std::time::Duration::from_secs(self.requeue_seconds.max(1)),
                 final_backup_timeout: std::time::Duration::from_secs(self.final_backup_timeout),
+                backup: backup::BackupConfig {
+                    concurrency: self.concurrency,
+                    dump: backup::database::DumpConfig {
+                        image: self.backup_dump_image.clone(),
+                        command: self.backup_dump_command.clone(),
+                        secret: self.backup_dump_secret.clone(),
+                        ..Default::default()
+                    },
+                    volume_snapshot_class: self.volume_snapshot_class.clone(),
+                    ..Default::default()
+                },
                 ..tenant::ReconcileConfig::default()
             },
             lease: leader::LeaseConfig {

@@ -283,6 +283,9 @@ impl Env {
                 // Short, so drift made behind the controller's back is found quickly.
                 requeue: Duration::from_secs(1),
                 cloud: Some(cloud),
+                // These tests are about cloud resources: deletion does not wait for the final
+                // backup (its dump Job would never run here; the tenant tests cover that wait).
+                final_backup_timeout: Duration::ZERO,
                 ..ReconcileConfig::default()
             },
             lease: LeaseConfig {

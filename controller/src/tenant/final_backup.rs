@@ -118,7 +118,16 @@ pub fn desired(tenant: &Tenant) -> TenantBackup {
     TenantBackup {
         metadata: ObjectMeta {
             name: Some(backup_name(&name)),
-            labels: Some(tenant_labels(&name, &tenant.spec.platform)),
+            // The tenant's own labels too: a controller sharded by `--tenant-selector` selects
+            // backups by the same labels, so the shard that owns the tenant carries it out.
+            labels: Some(
+                tenant
+                    .labels()
+                    .clone()
+                    .into_iter()
+                    .chain(tenant_labels(&name, &tenant.spec.platform))
+                    .collect(),
+            ),
             ..ObjectMeta::default()
         },
         spec: TenantBackupSpec {

@@ -51,6 +51,8 @@ pub struct ReconcileConfig {
     pub final_backup_poll: Duration,
     /// EC2 instances and DNS records (`crate::cloud`). `None`: the cloud step is skipped.
     pub cloud: Option<crate::cloud::CloudSettings>,
+    /// The backup reconciler and scheduler, run alongside (`tenant_selector` applies to them).
+    pub backup: crate::backup::BackupConfig,
 }
 
 impl Default for ReconcileConfig {
@@ -62,6 +64,7 @@ impl Default for ReconcileConfig {
             final_backup_timeout: Duration::from_secs(1800),
             final_backup_poll: Duration::from_secs(15),
             cloud: None,
+            backup: crate::backup::BackupConfig::default(),
         }
     }
 }
@@ -256,6 +259,13 @@ async fn apply_tenant(tenant: &Tenant, ctx: &Context) -> Result<Action> {
             match final_backup_gate(tenant, ctx).await? {
                 Gate::Waiting { retry_in, .. } => requeue = requeue.min(retry_in),
                 Gate::Passed { .. } => {
+                    let api: Api<Tenant> = Api::all(ctx.client.clone());
+                    // The cached copy can predate this controller's own delete (reconciles of
+                    // one tenant never overlap, but the cache may lag): ask the API server.
+                    let fresh = api.get_opt(&name).await?;
+                    if fresh.is_none_or(|t| t.metadata.deletion_timestamp.is_some()) {
+                        return Ok(Action::await_change());
+                    }
                     tracing::info!(tenant = %name, "retention period over: deleting the tenant");
                     ctx.event(
                         tenant,
@@ -264,7 +274,6 @@ async fn apply_tenant(tenant: &Tenant, ctx: &Context) -> Result<Action> {
                         "cancelled and retention period over: deleting".into(),
                     )
                     .await;
-                    let api: Api<Tenant> = Api::all(ctx.client.clone());
                     api.delete(&name, &DeleteParams::default()).await?;
                     return Ok(Action::await_change());
                 }

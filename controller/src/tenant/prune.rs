@@ -55,7 +55,14 @@ where
         let Some(name) = item.metadata.name else {
             continue;
         };
-        if item.metadata.deletion_timestamp.is_some() || plan.wants(&kind, &name) {
+        // What a backup or restore made (dump claim, restored claims) is not the plan's to prune.
+        let made_by_backup = item
+            .metadata
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.contains_key(crate::backup::BACKUP_LABEL));
+        if item.metadata.deletion_timestamp.is_some() || made_by_backup || plan.wants(&kind, &name)
+        {
             continue;
         }
         match api.delete(&name, &DeleteParams::background()).await {

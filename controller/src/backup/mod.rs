@@ -1,0 +1,557 @@
+//! The TenantBackup reconciler. A backup is carried out in parts (EBS snapshots of a dedicated
+//! instance's volumes, CSI VolumeSnapshots of the namespace's claims, a database dump Job), each
+//! started and then observed across reconciles: a reconcile never waits, it requeues. A
+//! TenantBackup with `spec.restore` restores volumes from an earlier backup's snapshots instead,
+//! reporting progress the same way.
+//!
+//! Volume snapshots on a cluster without the snapshot API are recorded as `Unsupported` parts.
+//! With `BackupPhase::from_parts` an unsupported part next to completed ones makes the backup
+//! `PartiallyFailed` (the claims' data is not in it, so it must not read `Completed`), and never
+//! `Failed` by itself unless nothing else completed.
+//!
+//! A finished backup is deleted once `status.expiresAt` (its completion plus the tenant's
+//! `retentionDays`) has passed; its finalizer deletes its EBS snapshots and VolumeSnapshots.
+//! Restores own nothing they made: the restored volumes and claims are the customer's data.
+
+pub mod database;
+pub mod ebs;
+pub mod ec2;
+pub mod error;
+pub mod parts;
+pub mod restore;
+pub mod schedule;
+pub mod volume;
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::events::{Event, EventType};
+
+use crate::events::EventRecorder;
+use kube::runtime::finalizer::{finalizer, Event as Finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use stackplane_crds::labels::{MANAGED_BY, MANAGED_BY_VALUE};
+use stackplane_crds::naming::namespace_name;
+use stackplane_crds::{
+    BackupPart, BackupPartKind, BackupPhase, Tenant, TenantBackup, TenantBackupStatus,
+};
+
+use crate::metrics::Metrics;
+use database::DumpConfig;
+use ec2::Ec2;
+use error::{Error, Result};
+use schedule::ScheduleConfig;
+
+/// Finalizer on every TenantBackup: removes its snapshots when it is deleted.
+pub const FINALIZER: &str = "stackplane.io/backup-cleanup";
+/// Label on every object a backup or restore made in a tenant's namespace: its name. The Tenant
+/// reconciler's prune leaves objects with this label alone.
+pub const BACKUP_LABEL: &str = "stackplane.io/backup";
+/// Type of the condition that explains the phase.
+pub const READY: &str = "Ready";
+
+/// Settings of the backup reconciler and scheduler.
+#[derive(Debug, Clone)]
+pub struct BackupConfig {
+    /// Most TenantBackups reconciled at once.
+    pub concurrency: u16,
+    /// Only TenantBackups and Tenants matching this label selector (sharding; tests).
+    pub selector: Option<String>,
+    /// The database dump Job.
+    pub dump: DumpConfig,
+    /// API group of CSI snapshots.
+    pub volume_snapshot_group: String,
+    /// `volumeSnapshotClassName` of the VolumeSnapshots; `None`: the cluster's default class.
+    pub volume_snapshot_class: Option<String>,
+    /// How often a backup in progress looks at its parts again.
+    pub poll: Duration,
+    /// The scheduler of `spec.backup.schedule`.
+    pub schedule: ScheduleConfig,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        BackupConfig {
+            concurrency: 4,
+            selector: None,
+            dump: DumpConfig::default(),
+            volume_snapshot_group: "snapshot.storage.k8s.io".to_owned(),
+            volume_snapshot_class: None,
+            poll: Duration::from_secs(5),
+            schedule: ScheduleConfig::default(),
+        }
+    }
+}
+
+/// What every backup reconcile shares.
+pub struct Context<E> {
+    pub client: Client,
+    pub config: BackupConfig,
+    pub ec2: E,
+    pub metrics: Arc<Metrics>,
+    pub recorder: EventRecorder,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl<E: Ec2> Context<E> {
+    pub fn new(
+        client: Client,
+        config: BackupConfig,
+        ec2: E,
+        metrics: Arc<Metrics>,
+        recorder: EventRecorder,
+    ) -> Self {
+        Context {
+            client,
+            config,
+            ec2,
+            metrics,
+            recorder,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn event(&self, backup: &TenantBackup, type_: EventType, reason: &str, note: String) {
+        let event = Event {
+            type_,
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: "Backup".to_owned(),
+            secondary: None,
+        };
+        if let Err(error) = self.recorder.publish(&event, &backup.object_ref(&())).await {
+            tracing::warn!(backup = %backup.name_any(), %error, "cannot publish event");
+        }
+    }
+}
+
+/// Runs the TenantBackup controller and the backup scheduler until `stop` resolves.
+pub async fn run<E: Ec2>(
+    client: Client,
+    config: BackupConfig,
+    ec2: E,
+    metrics: Arc<Metrics>,
+    recorder: EventRecorder,
+    stop: impl Future<Output = ()> + Send + 'static,
+) {
+    let stop = stop.shared();
+    let mut wc = watcher::Config::default();
+    if let Some(selector) = &config.selector {
+        wc = wc.labels(selector);
+    }
+    let scheduler = schedule::run(
+        client.clone(),
+        config.schedule.clone(),
+        config.selector.clone(),
+        recorder.clone(),
+        stop.clone(),
+    );
+    let concurrency = config.concurrency;
+    let ctx = Arc::new(Context::new(client.clone(), config, ec2, metrics, recorder));
+    let jobs = watcher::Config::default().labels(&format!("{MANAGED_BY}={MANAGED_BY_VALUE}"));
+    let controller = Controller::new(Api::<TenantBackup>::all(client.clone()), wc)
+        .with_config(controller::Config::default().concurrency(concurrency))
+        // A dump Job's completion is seen at once rather than at the next poll. (Not `owns`: it
+        // would look the cluster-scoped owner up in the Job's namespace.)
+        .watches(Api::<Job>::all(client), jobs, |job| {
+            job.owner_references()
+                .iter()
+                .find(|o| o.kind == "TenantBackup" && o.controller == Some(true))
+                .map(|o| ObjectRef::<TenantBackup>::new(&o.name))
+        })
+        .graceful_shutdown_on(stop)
+        .run(reconcile::<E>, error_policy::<E>, ctx)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "backup controller event");
+            }
+        });
+    futures::join!(controller, scheduler);
+}
+
+/// Reconciles one TenantBackup.
+pub async fn reconcile<E: Ec2>(backup: Arc<TenantBackup>, ctx: Arc<Context<E>>) -> Result<Action> {
+    let started = Instant::now();
+    let name = backup.name_any();
+    let api: Api<TenantBackup> = Api::all(ctx.client.clone());
+    let result = finalizer(&api, FINALIZER, backup, |event| async {
+        match event {
+            Finalizer::Apply(b) => apply(&b, &ctx).await,
+            Finalizer::Cleanup(b) => cleanup(&b, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e)
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer(Box::new(other)),
+    });
+    match &result {
+        Ok(_) => {
+            if let Ok(mut f) = ctx.failures.lock() {
+                f.remove(&name);
+            }
+            tracing::debug!(backup = %name, took_ms = started.elapsed().as_millis() as u64, "backup reconciled");
+        }
+        Err(error) => {
+            ctx.metrics.error(error.metric_label());
+            tracing::warn!(backup = %name, %error, category = error.metric_label(), "backup reconcile failed");
+        }
+    }
+    result
+}
+
+/// What the controller does after a failed reconcile: retry with exponential backoff.
+pub fn error_policy<E: Ec2>(
+    backup: Arc<TenantBackup>,
+    _error: &Error,
+    ctx: Arc<Context<E>>,
+) -> Action {
+    let n = match ctx.failures.lock() {
+        Ok(mut f) => {
+            let n = f.entry(backup.name_any()).or_default();
+            *n = n.saturating_add(1);
+            *n
+        }
+        Err(_) => 1,
+    };
+    Action::requeue(crate::tenant::backoff(n))
+}
+
+/// Labels of what a backup makes in a tenant's namespace.
+fn object_labels(tenant: &Tenant, backup: &str) -> BTreeMap<String, String> {
+    let mut labels =
+        stackplane_crds::labels::tenant_labels(&tenant.name_any(), &tenant.spec.platform);
+    labels.insert(BACKUP_LABEL.to_owned(), backup.to_owned());
+    labels
+}
+
+async fn apply<E: Ec2>(cached: &TenantBackup, ctx: &Context<E>) -> Result<Action> {
+    let name = cached.name_any();
+    // The parts recorded in the status decide what is made next, so they are read fresh: a
+    // reconcile triggered by a Job event may run before the cache has seen the last status write.
+    let api: Api<TenantBackup> = Api::all(ctx.client.clone());
+    let Some(backup) = api.get_opt(&name).await? else {
+        return Ok(Action::await_change());
+    };
+    let backup = &backup;
+    let now = Timestamp::now();
+    let previous = backup.status.clone().unwrap_or_default();
+
+    if previous.phase.is_some_and(BackupPhase::is_finished) {
+        let expires = previous.expires_at.as_ref().map(|t| t.0);
+        if parts::is_expired(expires, now) {
+            tracing::info!(backup = %name, tenant = %backup.spec.tenant, "backup expired: deleting");
+            ctx.event(
+                backup,
+                EventType::Normal,
+                "Expired",
+                "retention period over: deleting".into(),
+            )
+            .await;
+            let api: Api<TenantBackup> = Api::all(ctx.client.clone());
+            match api.delete(&name, &DeleteParams::background()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+            return Ok(Action::await_change());
+        }
+        return Ok(match expires {
+            Some(e) => Action::requeue(
+                e.duration_since(now)
+                    .unsigned_abs()
+                    .min(Duration::from_secs(3600))
+                    + Duration::from_secs(1),
+            ),
+            None => Action::await_change(),
+        });
+    }
+
+    let tenants: Api<Tenant> = Api::all(ctx.client.clone());
+    let Some(tenant) = tenants.get_opt(&backup.spec.tenant).await? else {
+        return fail(
+            ctx,
+            backup,
+            &previous,
+            None,
+            "TenantNotFound",
+            format!("tenant {} does not exist", backup.spec.tenant),
+        )
+        .await;
+    };
+
+    let progress = match &backup.spec.restore {
+        Some(source) => restore::progress(ctx, backup, &tenant, source, &previous.parts).await?,
+        None => Ok(backup_parts(ctx, backup, &tenant, &previous.parts).await?),
+    };
+    let parts = match progress {
+        Ok(parts) => parts,
+        Err(refusal) => {
+            return fail(
+                ctx,
+                backup,
+                &previous,
+                Some(&tenant),
+                refusal.reason,
+                refusal.message,
+            )
+            .await
+        }
+    };
+    let phase = BackupPhase::from_parts(&parts);
+    let mut status = TenantBackupStatus {
+        phase: Some(phase),
+        parts,
+        started_at: previous.started_at.clone().or(Some(Time(now))),
+        observed_generation: backup.metadata.generation,
+        ..previous.clone()
+    };
+    if phase.is_finished() {
+        status.completed_at = Some(Time(now));
+        status.expires_at = parts::expires_at(now, retention_days(&tenant)).map(Time);
+    }
+    let (reason, message) = match parts::failure_summary(&status.parts) {
+        Some(summary) => (phase_str(phase), summary),
+        None => (
+            phase_str(phase),
+            format!("{} part(s), phase {}", status.parts.len(), phase_str(phase)),
+        ),
+    };
+    status.conditions = vec![condition(
+        &previous.conditions,
+        phase == BackupPhase::Completed,
+        reason,
+        message.clone(),
+        now,
+        backup.metadata.generation,
+    )];
+    if status != previous {
+        write_status(&ctx.client, &name, &status).await?;
+    }
+    if previous.phase != Some(phase) {
+        tracing::info!(backup = %name, tenant = %backup.spec.tenant, phase = phase_str(phase), "backup phase changed");
+        let type_ = if matches!(phase, BackupPhase::PartiallyFailed | BackupPhase::Failed) {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        ctx.event(backup, type_, phase_str(phase), message).await;
+    }
+    Ok(if phase.is_finished() {
+        match status.expires_at {
+            Some(e) => Action::requeue(
+                e.0.duration_since(now)
+                    .unsigned_abs()
+                    .min(Duration::from_secs(3600)),
+            ),
+            None => Action::await_change(),
+        }
+    } else {
+        Action::requeue(ctx.config.poll)
+    })
+}
+
+/// The parts of a backup after one more step each. The set of parts is fixed the first time
+/// (the volumes attached and the claims present then); later reconciles only advance them, and a
+/// finished part is not looked at again.
+async fn backup_parts<E: Ec2>(
+    ctx: &Context<E>,
+    backup: &TenantBackup,
+    tenant: &Tenant,
+    previous: &[BackupPart],
+) -> Result<Vec<BackupPart>> {
+    let name = backup.name_any();
+    let tenant_name = tenant.name_any();
+    let namespace = namespace_name(&tenant_name);
+    let labels = object_labels(tenant, &name);
+    let first = previous.is_empty();
+    let of_kind = |kind: BackupPartKind| previous.iter().filter(move |p| p.kind == kind);
+    let mut out = Vec::new();
+
+    // ebs-snapshot: one per volume of the dedicated instance.
+    let instance = tenant
+        .status
+        .as_ref()
+        .and_then(|s| s.instance.as_ref())
+        .map(|i| i.id.as_str());
+    out.extend(ebs::snapshot_volumes(&ctx.ec2, &tenant_name, &name, instance, previous).await?);
+
+    // volume-snapshot: one per claim of the namespace, or an Unsupported record per claim. The
+    // dump claim is left out: it holds earlier dumps (this backup's is the database part), and
+    // the first reconcile may make it, which must not change the set a retry plans.
+    let claims: Vec<String> = if first {
+        volume::claims(&ctx.client, &namespace)
+            .await?
+            .into_iter()
+            .filter(|c| *c != ctx.config.dump.claim)
+            .collect()
+    } else {
+        of_kind(BackupPartKind::VolumeSnapshot)
+            .filter_map(|p| p.source.clone())
+            .collect()
+    };
+    if !claims.is_empty() {
+        let group = &ctx.config.volume_snapshot_group;
+        let resource = volume::discover(&ctx.client, group).await?;
+        for claim in claims {
+            if let Some(done) = of_kind(BackupPartKind::VolumeSnapshot)
+                .find(|p| p.source.as_deref() == Some(claim.as_str()) && parts::is_finished(p))
+            {
+                out.push(done.clone());
+                continue;
+            }
+            let part = match &resource {
+                None => parts::volume_snapshot_unsupported(&claim, group),
+                Some(ar) => {
+                    volume::snapshot(
+                        &ctx.client,
+                        ar,
+                        &namespace,
+                        &name,
+                        &claim,
+                        ctx.config.volume_snapshot_class.as_deref(),
+                        &labels,
+                    )
+                    .await?
+                }
+            };
+            out.push(part);
+        }
+    }
+
+    // database: the dump Job.
+    match of_kind(BackupPartKind::Database).find(|p| parts::is_finished(p)) {
+        Some(done) => out.push(done.clone()),
+        None => out.push(
+            database::dump(&ctx.client, backup, &namespace, &labels, &ctx.config.dump).await?,
+        ),
+    }
+    Ok(out)
+}
+
+/// Why a backup or restore cannot be carried out at all.
+pub struct Refusal {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+async fn fail<E: Ec2>(
+    ctx: &Context<E>,
+    backup: &TenantBackup,
+    previous: &TenantBackupStatus,
+    tenant: Option<&Tenant>,
+    reason: &'static str,
+    message: String,
+) -> Result<Action> {
+    let now = Timestamp::now();
+    let status = TenantBackupStatus {
+        phase: Some(BackupPhase::Failed),
+        started_at: previous.started_at.clone().or(Some(Time(now))),
+        completed_at: Some(Time(now)),
+        expires_at: tenant
+            .and_then(|t| parts::expires_at(now, retention_days(t)))
+            .map(Time),
+        conditions: vec![condition(
+            &previous.conditions,
+            false,
+            reason,
+            message.clone(),
+            now,
+            backup.metadata.generation,
+        )],
+        observed_generation: backup.metadata.generation,
+        ..previous.clone()
+    };
+    write_status(&ctx.client, &backup.name_any(), &status).await?;
+    tracing::warn!(backup = %backup.name_any(), tenant = %backup.spec.tenant, reason, %message, "backup failed");
+    ctx.event(backup, EventType::Warning, reason, message).await;
+    Ok(Action::await_change())
+}
+
+/// Deletes what a backup made before its finalizer is removed: its EBS snapshots and its
+/// VolumeSnapshots. A restore deletes nothing: what it made is the restored data.
+async fn cleanup<E: Ec2>(backup: &TenantBackup, ctx: &Context<E>) -> Result<Action> {
+    let name = backup.name_any();
+    if backup.spec.restore.is_some() {
+        return Ok(Action::await_change());
+    }
+    let snapshots = ctx.ec2.snapshots_of(&name).await?;
+    for id in &snapshots {
+        ctx.ec2.delete_snapshot(id).await?;
+        tracing::info!(backup = %name, snapshot = %id, "EBS snapshot deleted");
+    }
+    let namespace = namespace_name(&backup.spec.tenant);
+    let mut volume_snapshots = 0;
+    if let Some(resource) = volume::discover(&ctx.client, &ctx.config.volume_snapshot_group).await?
+    {
+        volume_snapshots = volume::delete_snapshots(
+            &ctx.client,
+            &resource,
+            &namespace,
+            &format!("{BACKUP_LABEL}={name}"),
+        )
+        .await?;
+    }
+    tracing::info!(backup = %name, ebs_snapshots = snapshots.len(), volume_snapshots, "backup cleaned up");
+    Ok(Action::await_change())
+}
+
+fn retention_days(tenant: &Tenant) -> Option<i32> {
+    tenant.spec.backup.as_ref().and_then(|b| b.retention_days)
+}
+
+fn phase_str(phase: BackupPhase) -> &'static str {
+    match phase {
+        BackupPhase::Pending => "Pending",
+        BackupPhase::InProgress => "InProgress",
+        BackupPhase::Completed => "Completed",
+        BackupPhase::PartiallyFailed => "PartiallyFailed",
+        BackupPhase::Failed => "Failed",
+    }
+}
+
+/// The `Ready` condition, keeping its transition time while its status stays the same.
+fn condition(
+    previous: &[Condition],
+    ready: bool,
+    reason: &str,
+    message: String,
+    now: Timestamp,
+    generation: Option<i64>,
+) -> Condition {
+    let status = if ready { "True" } else { "False" };
+    let since = previous
+        .iter()
+        .find(|c| c.type_ == READY && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or(Time(now));
+    Condition {
+        type_: READY.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        last_transition_time: since,
+        observed_generation: generation,
+    }
+}
+
+async fn write_status(client: &Client, name: &str, status: &TenantBackupStatus) -> Result<()> {
+    let api: Api<TenantBackup> = Api::all(client.clone());
+    let patch = json!({ "status": status });
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(Error::Status)?;
+    Ok(())
+}
