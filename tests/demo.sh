@@ -26,8 +26,11 @@ fail() { printf 'demo: FAILED: %s\n' "$*" >&2; failures+=("$*"); }
 
 cd "$root"
 say "building stackplane-api, stackplane-controller and the demo helper (cargo)"
-cargo build -q --locked -p stackplane-api -p stackplane-controller -p stackplane-tests \
-  --bin stackplane-api --bin stackplane-controller --bin stackplane-demo
+# One package per build, as the tests build them, so both reuse the same compiled dependencies.
+cargo build -q --locked -p stackplane-api --bin stackplane-api
+cargo build -q --locked -p stackplane-controller --bin stackplane-controller
+# The demo helper is built with the test targets (their dependencies are already compiled).
+cargo test -q --locked -p stackplane-tests --no-run
 target="$(cargo metadata --format-version 1 --no-deps \
   | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug"
 demo="$target/stackplane-demo"
@@ -37,7 +40,8 @@ kubectl apply -f crds/ >/dev/null
 kubectl wait --for condition=established --timeout=60s crd --all >/dev/null
 kubectl apply --server-side --field-manager=stackplane-demo -f examples/platforms/ >/dev/null
 # moto chooses hosted zone ids itself: create the zone, then point the Platform at it.
-zone="$("$demo" zone --domain stackpro.business)"
+moto_py=("$MOTO_VENV/bin/python" "$root/tests/harness/moto_demo.py")
+zone="$("${moto_py[@]}" zone stackpro.business)"
 kubectl patch platform stackpro-business --type merge --field-manager=stackplane-demo \
   -p "{\"spec\":{\"hostedZoneId\":\"$zone\"}}" >/dev/null
 echo "hosted zone stackpro.business. in moto: $zone (set as stackpro-business's hostedZoneId)"
@@ -117,7 +121,9 @@ echo
 kubectl get deployments,services,pvc -n "tenant-$tenant" 2>/dev/null || true
 
 say "the tenant's EC2 instance and DNS record in moto"
-if ! "$demo" cloud --tenant "$tenant"; then
+if ! "${moto_py[@]}" show "$zone" \
+  "$(kubectl get tenant "$tenant" -o jsonpath='{.status.instance.id}')" \
+  "$(kubectl get tenant "$tenant" -o jsonpath='{.status.dnsRecord}')"; then
   fail "the tenant's instance or DNS record is missing in moto"
 fi
 
