@@ -152,7 +152,17 @@ pub fn stripe_signature(payload: &str, secret: &str, t: i64) -> String {
 /// The path of a binary of this workspace (`stackplane-controller`, `stackplane-api`), built
 /// first with the cargo that builds the tests, so a test never runs a stale binary.
 pub fn workspace_binary(package: &str, bin: &str) -> PathBuf {
-    let status = std::process::Command::new(env!("CARGO"))
+    let mut cargo = std::process::Command::new(env!("CARGO"));
+    // Run as a developer's `cargo build` runs: without the variables cargo sets for this test
+    // process (package name, manifest dir, ...), so the build reuses what `make demo` built.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        let keep = matches!(key.as_ref(), "CARGO_HOME" | "CARGO_TARGET_DIR");
+        if !keep && (key.starts_with("CARGO_") || key == "OUT_DIR") {
+            cargo.env_remove(key.as_ref());
+        }
+    }
+    let status = cargo
         .args(["build", "--quiet", "--locked", "-p", package, "--bin", bin])
         .current_dir(workspace_root())
         .status()
