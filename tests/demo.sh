@@ -1,31 +1,150 @@
 #!/usr/bin/env bash
-# The local demo (`make demo`): starts a local control plane (etcd, kube-apiserver,
-# kube-controller-manager), Postgres and moto; installs the CRDs and the example Platforms;
-# shows them; then keeps everything running until Ctrl-C, which stops everything it started.
-# DEMO_EXIT=1 stops right after showing (for scripted checks).
+# The local demo (`make demo`): a paying customer's tenant, end to end, on this machine.
+#   1. installs (once) and starts a local control plane (etcd, kube-apiserver,
+#      kube-controller-manager), Postgres and moto (AWS);
+#   2. installs the CRDs and the example Platforms, and a Route53 hosted zone in moto for
+#      stackpro-business;
+#   3. builds and runs stackplane-api and stackplane-controller;
+#   4. sends Stripe-signed checkout.session.completed and customer.subscription.created for a
+#      sample customer of stackpro-business's dedicated "business" tier;
+#   5. waits until the tenant is Ready, reporting its workloads available as kubelets would
+#      (the local control plane has no nodes);
+#   6. shows the tenant's status from the API, `kubectl get tenants`, and the tenant's EC2
+#      instance and DNS record in moto.
+# Then it keeps everything running until Ctrl-C, which stops every process it started.
+# DEMO_EXIT=1 exits right after showing (CI); the exit status is 1 if any step failed.
+# DEMO_READY_TIMEOUT (seconds, default 180) bounds the wait for Ready.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=harness/lib.sh
 source "$root/tests/harness/lib.sh"
 components_for_this_shell
 
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+failures=()
+fail() { printf 'demo: FAILED: %s\n' "$*" >&2; failures+=("$*"); }
+
 cd "$root"
-cargo build -q --locked -p stackplane-api
+say "building stackplane-api, stackplane-controller and the demo helper (cargo)"
+# One package per build, as the tests build them, so both reuse the same compiled dependencies.
+cargo build -q --locked -p stackplane-api --bin stackplane-api
+cargo build -q --locked -p stackplane-controller --bin stackplane-controller
+# The demo helper is built with the test targets (their dependencies are already compiled).
+cargo test -q --locked -p stackplane-tests --no-run
+target="$(cargo metadata --format-version 1 --no-deps \
+  | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug"
+demo="$target/stackplane-demo"
+
+say "installing the CRDs and the example Platforms"
 kubectl apply -f crds/ >/dev/null
 kubectl wait --for condition=established --timeout=60s crd --all >/dev/null
 kubectl apply --server-side --field-manager=stackplane-demo -f examples/platforms/ >/dev/null
-cargo run -q --locked -p stackplane-api -- migrate
+# moto chooses hosted zone ids itself: create the zone, then point the Platform at it.
+moto_py=("$MOTO_VENV/bin/python" "$root/tests/harness/moto_demo.py")
+zone="$("${moto_py[@]}" zone stackpro.business)"
+kubectl patch platform stackpro-business --type merge --field-manager=stackplane-demo \
+  -p "{\"spec\":{\"hostedZoneId\":\"$zone\"}}" >/dev/null
+echo "hosted zone stackpro.business. in moto: $zone (set as stackpro-business's hostedZoneId)"
+kubectl get platforms
+
+# Secrets for this run only; nothing is a default.
+webhook_secret="whsec_$(openssl rand -hex 24)"
+admin_token="$(openssl rand -hex 24)"
+api_port="$(free_port)"
+metrics_port="$(free_port)"
+api="http://127.0.0.1:$api_port"
+
+say "starting stackplane-api on $api and stackplane-controller (metrics :$metrics_port)"
+STACKPLANE_LISTEN="127.0.0.1:$api_port" STRIPE_WEBHOOK_SECRETS="$webhook_secret" \
+  STRIPE_SECRET_KEY="sk_test_demo_$(openssl rand -hex 12)" STACKPLANE_ADMIN_TOKEN="$admin_token" \
+  RUST_LOG="${RUST_LOG:-info}" \
+  "$target/stackplane-api" >"$STACKPLANE_RUN/logs/stackplane-api.log" 2>&1 </dev/null &
+# down.sh stops what the pids file lists, newest first: these two before the components.
+echo "stackplane-api $!" >>"$STACKPLANE_RUN/pids"
+POD_NAMESPACE=default POD_NAME=demo-controller RUST_LOG="${RUST_LOG:-info}" \
+  "$target/stackplane-controller" --metrics-listen "127.0.0.1:$metrics_port" \
+  >"$STACKPLANE_RUN/logs/stackplane-controller.log" 2>&1 </dev/null &
+echo "stackplane-controller $!" >>"$STACKPLANE_RUN/pids"
+
+wait_http() { # what, url, seconds, log
+  local deadline=$((SECONDS + $3))
+  until curl -fsS "$2" >/dev/null 2>&1; do
+    if [ $SECONDS -ge "$deadline" ]; then
+      tail -n 20 "$4" >&2
+      die "$1 did not answer $2 within $3s (log: $4)"
+    fi
+    sleep 0.5
+  done
+}
+wait_http stackplane-api "$api/readyz" 60 "$STACKPLANE_RUN/logs/stackplane-api.log"
+wait_http stackplane-controller "http://127.0.0.1:$metrics_port/healthz" 60 \
+  "$STACKPLANE_RUN/logs/stackplane-controller.log"
+echo "both are up (logs: $STACKPLANE_RUN/logs/stackplane-{api,controller}.log)"
+
+say "a customer pays: Stripe-signed webhooks for stackpro-business, tier business"
+tenant="$("$demo" subscribe --api "$api" --secret "$webhook_secret" \
+  --platform stackpro-business --tier business --price price_1StackproBusinessMonthly \
+  --customer cus_DemoBakery01 --email owner@demo-bakery.example --name "Demo Bakery")"
+echo "tenant: $tenant"
+
+say "waiting until $tenant is Ready (workloads reported available as kubelets would)"
+if ! "$demo" ready --tenant "$tenant" --timeout-secs "${DEMO_READY_TIMEOUT:-180}"; then
+  fail "the tenant did not become Ready (controller log: $STACKPLANE_RUN/logs/stackplane-controller.log)"
+fi
+
+say "the tenant's status from the API"
+token="$admin_token"
+token_json="$(curl -sS -X POST -H "Authorization: Bearer $admin_token" \
+  -w '\n%{http_code}' "$api/api/v1/tenants/$tenant/tokens" || true)"
+if [ "$(tail -n1 <<<"$token_json")" -lt 300 ] 2>/dev/null; then
+  token="$(head -n -1 <<<"$token_json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')"
+  echo "(with a tenant-scoped token issued by POST /api/v1/tenants/$tenant/tokens)"
+else
+  echo "(POST /api/v1/tenants/$tenant/tokens answered $(tail -n1 <<<"$token_json"): reading with the admin token)"
+fi
+status_out="$(curl -sS -H "Authorization: Bearer $token" -w '\n%{http_code}' "$api/api/v1/tenants/$tenant" || true)"
+code="$(tail -n1 <<<"$status_out")"
+body="$(head -n -1 <<<"$status_out")"
+echo "GET /api/v1/tenants/$tenant -> $code"
+if [ "$code" = 200 ]; then
+  python3 -m json.tool <<<"$body"
+else
+  [ -n "$body" ] && echo "$body"
+  fail "the API did not serve the tenant's status (GET /api/v1/tenants/{name} answered $code)"
+fi
+
+say "kubectl get tenants"
+kubectl get tenants -o wide
+echo
+kubectl get tenant "$tenant" -o jsonpath='{range .status.conditions[*]}{.type}={.status} {.reason}: {.message}{"\n"}{end}'
+echo
+kubectl get deployments,services,pvc -n "tenant-$tenant" 2>/dev/null || true
+
+say "the tenant's EC2 instance and DNS record in moto"
+if ! "${moto_py[@]}" show "$zone" \
+  "$(kubectl get tenant "$tenant" -o jsonpath='{.status.instance.id}')" \
+  "$(kubectl get tenant "$tenant" -o jsonpath='{.status.dnsRecord}')"; then
+  fail "the tenant's instance or DNS record is missing in moto"
+fi
 
 echo
-echo "== kubectl get platforms"
-kubectl get platforms
-echo
-if [ -n "${DEMO_EXIT:-}" ]; then exit 0; fi
+if [ "${#failures[@]}" -gt 0 ]; then
+  printf '\033[1mdemo: %d step(s) failed:\033[0m\n' "${#failures[@]}"
+  printf '  - %s\n' "${failures[@]}"
+else
+  printf '\033[1mdemo: a paying customer'"'"'s tenant is Ready, with its instance and DNS record.\033[0m\n'
+fi
+if [ -n "${DEMO_EXIT:-}" ]; then
+  [ "${#failures[@]}" -eq 0 ]
+  exit
+fi
 cat <<MSG
-The local control plane is running. In another shell:
+
+Everything is still running. In another shell:
   source $STACKPLANE_RUN/env.sh
   kubectl get platforms,tenants,tenantbackups
-  kubectl explain tenant.spec
-Press Ctrl-C to stop everything.
+  curl -s -H 'Authorization: Bearer $admin_token' $api/api/v1/tenants/$tenant
+  curl -s http://127.0.0.1:$metrics_port/metrics | grep stackplane_controller_tenants
+Runbooks: docs/runbooks/. Press Ctrl-C to stop everything.
 MSG
 while true; do sleep 3600 & wait $!; done

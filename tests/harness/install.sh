@@ -4,6 +4,7 @@
 #   - kube-apiserver, kube-controller-manager and kubectl v1.20.2, built from Debian's
 #     `kubernetes` source package (no registry ships these binaries)
 #   - moto (AWS API emulator) in a virtualenv
+#   - helm-python-sdk (real Helm, for the chart checks) in a virtualenv
 # A second run finds everything cached and returns in seconds.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -91,4 +92,11 @@ if [ ! -x "$MOTO_VENV/bin/moto_server" ]; then
   "$MOTO_VENV/bin/pip" install -q --disable-pip-version-check "moto[server]==5.2.*"
 fi
 
-log "ready: $K8S_BIN, $MOTO_VENV"
+if [ ! -x "$HELM_VENV/bin/python" ] || ! "$HELM_VENV/bin/python" -c 'import helm_python' 2>/dev/null; then
+  # Real Helm (Helm 4's Go SDK as a native library) for the chart checks; no helm binary exists here.
+  log "installing helm-python-sdk into $HELM_VENV"
+  python3 -m venv "$HELM_VENV"
+  "$HELM_VENV/bin/pip" install -q --disable-pip-version-check "helm-python-sdk==0.2.*"
+fi
+
+log "ready: $K8S_BIN, $MOTO_VENV, $HELM_VENV"

@@ -6,6 +6,7 @@ STACKPLANE_CACHE="${STACKPLANE_CACHE:-$HOME/.cache/stackplane}"
 K8S_VERSION="1.20.2"
 K8S_BIN="$STACKPLANE_CACHE/kubernetes-$K8S_VERSION/bin"
 MOTO_VENV="$STACKPLANE_CACHE/moto-venv"
+HELM_VENV="$STACKPLANE_CACHE/helm-venv"
 PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
 
 log() { printf '[harness] %s\n' "$*" >&2; }
