@@ -97,6 +97,13 @@ async fn replay_event(
 }
 
 async fn metrics(State(state): State<AppState>) -> axum::response::Response {
+    // A slow or unreachable database must not hang the scrape: the last values are served.
+    let refresh = state.metrics.refresh_queue(&state.db);
+    match tokio::time::timeout(std::time::Duration::from_secs(2), refresh).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "metrics: reading the billing queue"),
+        Err(_) => tracing::warn!("metrics: reading the billing queue timed out"),
+    }
     match state.metrics.encode() {
         Ok(text) => (
             [(
