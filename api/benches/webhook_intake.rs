@@ -89,7 +89,12 @@ impl Figures {
             self.per_second(),
             self.percentile(0.50).as_secs_f64() * 1000.0,
             self.percentile(0.99).as_secs_f64() * 1000.0,
-            self.latencies.last().copied().unwrap_or_default().as_secs_f64() * 1000.0,
+            self.latencies
+                .last()
+                .copied()
+                .unwrap_or_default()
+                .as_secs_f64()
+                * 1000.0,
         );
     }
 }
@@ -126,7 +131,10 @@ async fn intake(db: sqlx::PgPool, run: &str, per_sender: usize) -> Figures {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
-    let url = format!("http://{}/webhooks/stripe", listener.local_addr().expect("addr"));
+    let url = format!(
+        "http://{}/webhooks/stripe",
+        listener.local_addr().expect("addr")
+    );
     let app = router_with(state, options).into_make_service_with_connect_info::<SocketAddr>();
     tokio::spawn(async move { axum::serve(listener, app).await });
 
@@ -182,7 +190,10 @@ async fn intake(db: sqlx::PgPool, run: &str, per_sender: usize) -> Figures {
         .await
         .expect("count");
     // The warm-up event is sent twice (once as a duplicate), so every event is stored once.
-    assert_eq!(stored as usize, figures.count, "every event stored exactly once");
+    assert_eq!(
+        stored as usize, figures.count,
+        "every event stored exactly once"
+    );
     figures
 }
 

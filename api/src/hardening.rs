@@ -52,10 +52,18 @@ pub struct HardeningArgs {
     #[arg(long, env = "STACKPLANE_RATE_LIMIT_BURST", default_value = "200")]
     pub rate_limit_burst: NonZeroU32,
     /// Sustained Stripe webhook deliveries per second from one address.
-    #[arg(long, env = "STACKPLANE_WEBHOOK_RATE_LIMIT_PER_SECOND", default_value = "500")]
+    #[arg(
+        long,
+        env = "STACKPLANE_WEBHOOK_RATE_LIMIT_PER_SECOND",
+        default_value = "500"
+    )]
     pub webhook_rate_limit_per_second: NonZeroU32,
     /// Stripe webhook deliveries one address may make in a burst.
-    #[arg(long, env = "STACKPLANE_WEBHOOK_RATE_LIMIT_BURST", default_value = "2000")]
+    #[arg(
+        long,
+        env = "STACKPLANE_WEBHOOK_RATE_LIMIT_BURST",
+        default_value = "2000"
+    )]
     pub webhook_rate_limit_burst: NonZeroU32,
     /// Largest JSON request body accepted by the API endpoints (the webhook has its own limit).
     #[arg(long, env = "STACKPLANE_MAX_JSON_BODY_BYTES", default_value_t = 64 * 1024)]
@@ -97,7 +105,8 @@ pub struct RateLimits {
 
 impl RateLimits {
     pub fn new(args: &HardeningArgs) -> Self {
-        let quota = |rate: NonZeroU32, burst: NonZeroU32| Quota::per_second(rate).allow_burst(burst);
+        let quota =
+            |rate: NonZeroU32, burst: NonZeroU32| Quota::per_second(rate).allow_burst(burst);
         Self {
             api: RateLimiter::keyed(quota(args.rate_limit_per_second, args.rate_limit_burst)),
             webhook: RateLimiter::keyed(quota(
@@ -147,14 +156,14 @@ fn client_key(request: &Request, class: Class) -> String {
 }
 
 fn hex_prefix(digest: &[u8]) -> String {
-    digest
-        .iter()
-        .take(16)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
 
-async fn rate_limit(State(limits): State<Arc<RateLimits>>, request: Request, next: Next) -> Response {
+async fn rate_limit(
+    State(limits): State<Arc<RateLimits>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let path = request.uri().path();
     if UNLIMITED.contains(&path) {
         return next.run(request).await;
@@ -213,11 +222,11 @@ pub fn apply(router: Router, args: &HardeningArgs) -> Router {
         .layer(static_header(REFERRER_POLICY, "no-referrer"))
         .layer(static_header(CACHE_CONTROL, "no-store"));
     if args.hsts_max_age > 0 {
-        let value = HeaderValue::from_str(&format!(
-            "max-age={}; includeSubDomains",
-            args.hsts_max_age
-        ))
-        .unwrap_or_else(|_| HeaderValue::from_static("max-age=63072000; includeSubDomains"));
+        let value =
+            HeaderValue::from_str(&format!("max-age={}; includeSubDomains", args.hsts_max_age))
+                .unwrap_or_else(|_| {
+                    HeaderValue::from_static("max-age=63072000; includeSubDomains")
+                });
         router = router.layer(SetResponseHeaderLayer::if_not_present(
             STRICT_TRANSPORT_SECURITY,
             value,
@@ -256,7 +265,10 @@ mod tests {
         let key = "ip:127.0.0.1".to_owned();
         assert!(limits.check(Class::Api, &key).is_ok());
         assert!(limits.check(Class::Api, &key).is_err());
-        assert!(limits.check(Class::Webhook, &key).is_ok(), "api use leaves the webhook's budget");
+        assert!(
+            limits.check(Class::Webhook, &key).is_ok(),
+            "api use leaves the webhook's budget"
+        );
         assert!(limits.check(Class::Api, &"ip:10.0.0.1".to_owned()).is_ok());
     }
 }

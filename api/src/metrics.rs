@@ -114,7 +114,8 @@ impl Metrics {
         .fetch_one(db)
         .await?;
         self.queue_depth.set(depth);
-        self.queue_oldest_seconds.set(oldest.unwrap_or(0.0).max(0.0));
+        self.queue_oldest_seconds
+            .set(oldest.unwrap_or(0.0).max(0.0));
         Ok(())
     }
 

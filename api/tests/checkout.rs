@@ -237,12 +237,7 @@ async fn setup() -> Env {
     .expect("the cache sees the Platform");
 
     let log: Log = Arc::default();
-    let stripe = serve(
-        Router::new()
-            .fallback(stand_in)
-            .with_state(log.clone()),
-    )
-    .await;
+    let stripe = serve(Router::new().fallback(stand_in).with_state(log.clone())).await;
     let args = CheckoutArgs {
         checkout_success_url: Some(SUCCESS.into()),
         checkout_cancel_url: Some(CANCEL.into()),
@@ -315,7 +310,10 @@ async fn checkout_creates_a_subscription_session_linked_to_the_user_and_tier() {
         ("customer_email", "ada@example.com"),
         ("line_items[0][price]", env.prices[0].as_str()),
         ("line_items[0][quantity]", "1"),
-        ("subscription_data[metadata][platform]", env.platform.as_str()),
+        (
+            "subscription_data[metadata][platform]",
+            env.platform.as_str(),
+        ),
         ("subscription_data[metadata][tier]", "starter"),
         ("metadata[platform]", env.platform.as_str()),
         ("metadata[tier]", "starter"),
@@ -341,16 +339,19 @@ async fn checkout_creates_a_subscription_session_linked_to_the_user_and_tier() {
         Some(env.prices[1].as_str())
     );
 
-    let audit: Vec<(String, String, String)> = sqlx::query_as(
-        "SELECT action, target, outcome FROM audit_log ORDER BY id",
-    )
-    .fetch_all(&env.db)
-    .await
-    .expect("audit");
+    let audit: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT action, target, outcome FROM audit_log ORDER BY id")
+            .fetch_all(&env.db)
+            .await
+            .expect("audit");
     assert_eq!(
         audit,
         vec![
-            ("billing.checkout".into(), "dash-user-42".into(), "success".into());
+            (
+                "billing.checkout".into(),
+                "dash-user-42".into(),
+                "success".into()
+            );
             2
         ]
     );
@@ -369,7 +370,13 @@ async fn bad_checkouts_are_refused_before_anything_reaches_stripe() {
     };
     let cases = [
         ("no token", None, good.clone(), 401, "unauthorized"),
-        ("wrong token", Some("nope"), good.clone(), 401, "unauthorized"),
+        (
+            "wrong token",
+            Some("nope"),
+            good.clone(),
+            401,
+            "unauthorized",
+        ),
         (
             "unknown tier",
             Some(ADMIN),
@@ -418,7 +425,9 @@ async fn bad_checkouts_are_refused_before_anything_reaches_stripe() {
         assert_eq!(got, status, "{what}: {error}");
         assert_eq!(error["error"]["code"], code, "{what}: {error}");
         assert!(
-            error["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
+            error["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
             "{what}: {error}"
         );
     }
@@ -474,11 +483,18 @@ async fn portal_sessions_are_for_the_tenants_stripe_customer() {
         .expect("create tenant");
 
     let (status, body) = env
-        .post("/api/v1/billing/portal", Some(ADMIN), json!({"tenant": name}))
+        .post(
+            "/api/v1/billing/portal",
+            Some(ADMIN),
+            json!({"tenant": name}),
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     let url = body["url"].as_str().expect("url");
-    assert!(url.starts_with("https://billing.stripe.com/p/session/test_bps_"), "{url}");
+    assert!(
+        url.starts_with("https://billing.stripe.com/p/session/test_bps_"),
+        "{url}"
+    );
     let recorded = env.recorded();
     assert_eq!(recorded.len(), 1, "{recorded:?}");
     assert_eq!(recorded[0].path, "/v1/billing_portal/sessions");
@@ -490,11 +506,23 @@ async fn portal_sessions_are_for_the_tenants_stripe_customer() {
     );
 
     let (status, body) = env
-        .post("/api/v1/billing/portal", Some(ADMIN), json!({"tenant": "no-such-tenant"}))
+        .post(
+            "/api/v1/billing/portal",
+            Some(ADMIN),
+            json!({"tenant": "no-such-tenant"}),
+        )
         .await;
-    assert_eq!((status, &body["error"]["code"]), (404, &json!("not_found")), "{body}");
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (404, &json!("not_found")),
+        "{body}"
+    );
     let (status, body) = env
-        .post("/api/v1/billing/portal", Some(ADMIN), json!({"tenant": bare}))
+        .post(
+            "/api/v1/billing/portal",
+            Some(ADMIN),
+            json!({"tenant": bare}),
+        )
         .await;
     assert_eq!(
         (status, &body["error"]["code"]),
@@ -505,7 +533,11 @@ async fn portal_sessions_are_for_the_tenants_stripe_customer() {
         .post("/api/v1/billing/portal", None, json!({"tenant": name}))
         .await;
     assert_eq!(status, 401);
-    assert_eq!(env.recorded().len(), 1, "only the good request reached Stripe");
+    assert_eq!(
+        env.recorded().len(),
+        1,
+        "only the good request reached Stripe"
+    );
 
     for t in [&name, &bare] {
         tenants

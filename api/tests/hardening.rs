@@ -98,7 +98,11 @@ async fn the_rate_limit_trips_with_retry_after_and_recovers_after_the_period() {
     let url = format!("{base}/api/v1/billing/events/evt_none/replay");
     for i in 0..3 {
         let resp = http.post(&url).send().await.expect("send");
-        assert_eq!(resp.status().as_u16(), 401, "request {i} is within the burst");
+        assert_eq!(
+            resp.status().as_u16(),
+            401,
+            "request {i} is within the burst"
+        );
     }
     let limited = http.post(&url).send().await.expect("send");
     assert_eq!(limited.status().as_u16(), 429);
@@ -111,12 +115,17 @@ async fn the_rate_limit_trips_with_retry_after_and_recovers_after_the_period() {
     assert!((1..=2).contains(&retry_after), "{retry_after}");
     assert!(limited.headers().contains_key("x-request-id"));
     assert_eq!(
-        limited.headers().get("x-content-type-options").map(|v| v.as_bytes()),
+        limited
+            .headers()
+            .get("x-content-type-options")
+            .map(|v| v.as_bytes()),
         Some(&b"nosniff"[..])
     );
     let body: serde_json::Value = limited.json().await.expect("json");
     assert_eq!(body["error"]["code"], "rate_limited", "{body}");
-    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    assert!(body["error"]["message"]
+        .as_str()
+        .is_some_and(|m| !m.is_empty()));
 
     // Other clients and routes are not starved: another bearer token has its own bucket, the
     // Stripe webhook its own limit, and probes none.
@@ -133,9 +142,17 @@ async fn the_rate_limit_trips_with_retry_after_and_recovers_after_the_period() {
         .send()
         .await
         .expect("send");
-    assert_eq!(webhook.status().as_u16(), 400, "the webhook is judged, not throttled");
+    assert_eq!(
+        webhook.status().as_u16(),
+        400,
+        "the webhook is judged, not throttled"
+    );
     for _ in 0..5 {
-        let probe = http.get(format!("{base}/healthz")).send().await.expect("send");
+        let probe = http
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .expect("send");
         assert_eq!(probe.status().as_u16(), 200);
     }
 
@@ -177,7 +194,11 @@ async fn responses_carry_security_headers_and_a_request_id_that_is_logged() {
     let logs = logs();
     let base = serve(HardeningArgs::default()).await;
     let http = reqwest::Client::new();
-    for path in ["/healthz", "/metrics", "/api/v1/billing/events/evt_none/replay"] {
+    for path in [
+        "/healthz",
+        "/metrics",
+        "/api/v1/billing/events/evt_none/replay",
+    ] {
         let resp = if path.starts_with("/api") {
             http.post(format!("{base}{path}")).send().await
         } else {
@@ -186,9 +207,17 @@ async fn responses_carry_security_headers_and_a_request_id_that_is_logged() {
         .expect("send");
         let h = resp.headers();
         let get = |name: &str| h.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
-        assert_eq!(get("x-content-type-options").as_deref(), Some("nosniff"), "{path}");
+        assert_eq!(
+            get("x-content-type-options").as_deref(),
+            Some("nosniff"),
+            "{path}"
+        );
         assert_eq!(get("x-frame-options").as_deref(), Some("DENY"), "{path}");
-        assert_eq!(get("referrer-policy").as_deref(), Some("no-referrer"), "{path}");
+        assert_eq!(
+            get("referrer-policy").as_deref(),
+            Some("no-referrer"),
+            "{path}"
+        );
         assert_eq!(get("cache-control").as_deref(), Some("no-store"), "{path}");
         assert!(
             get("strict-transport-security").is_some_and(|v| v.starts_with("max-age=")),

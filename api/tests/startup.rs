@@ -66,7 +66,10 @@ fn a_missing_empty_or_placeholder_secret_stops_the_binary_before_the_database() 
                 code.is_some_and(|c| c != 0),
                 "{var} {what}: exit {code:?}, stderr: {stderr}"
             );
-            assert!(stderr.contains(var), "{var} {what}: stderr names it: {stderr}");
+            assert!(
+                stderr.contains(var),
+                "{var} {what}: stderr names it: {stderr}"
+            );
             assert!(
                 !stderr.contains("DATABASE_URL"),
                 "{var} {what}: refused before any database connection: {stderr}"

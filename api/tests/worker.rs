@@ -383,7 +383,11 @@ async fn the_running_worker_applies_an_unpriced_event_once_a_platform_lists_the_
         .await
         .expect("push back");
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-    assert_eq!(row(pool.clone()).await.0, "failed", "still waiting for a Platform");
+    assert_eq!(
+        row(pool.clone()).await.0,
+        "failed",
+        "still waiting for a Platform"
+    );
 
     let mut platform = example("tackle");
     let pname = unique("tackle");

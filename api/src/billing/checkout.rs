@@ -256,8 +256,7 @@ pub fn validate_fields(req: &CheckoutRequest) -> Result<(), CheckoutError> {
         return field("platform and tier are required");
     }
     let email = req.email.trim();
-    if email.len() > 512 || !email.contains('@') || email.starts_with('@') || email.ends_with('@')
-    {
+    if email.len() > 512 || !email.contains('@') || email.starts_with('@') || email.ends_with('@') {
         return field("email is not an email address");
     }
     if req.user_ref.trim().is_empty() || req.user_ref.len() > MAX_USER_REF {
@@ -489,7 +488,10 @@ mod tests {
 
     #[test]
     fn the_first_price_is_the_default_and_a_requested_one_must_be_the_tiers() {
-        assert_eq!(choose_price("p", "t", &prices(), None).unwrap(), "price_monthly");
+        assert_eq!(
+            choose_price("p", "t", &prices(), None).unwrap(),
+            "price_monthly"
+        );
         assert_eq!(
             choose_price("p", "t", &prices(), Some("price_yearly")).unwrap(),
             "price_yearly"

@@ -68,10 +68,7 @@ impl PlatformCache {
             .state()
             .into_iter()
             .find(|p| kube::ResourceExt::name_any(p.as_ref()) == platform)?;
-        platform
-            .spec
-            .tier(tier)
-            .map(|t| t.stripe_price_ids.clone())
+        platform.spec.tier(tier).map(|t| t.stripe_price_ids.clone())
     }
 
     /// Whether a Platform named `platform` exists.
