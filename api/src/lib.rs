@@ -7,6 +7,7 @@ pub mod auth;
 pub mod billing;
 pub mod config;
 pub mod db;
+pub mod hardening;
 pub mod http_error;
 pub mod metrics;
 pub mod server;
@@ -65,4 +66,10 @@ pub struct ServeArgs {
     /// Postgres connection URL.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+
+    #[command(flatten)]
+    pub checkout: billing::checkout::CheckoutArgs,
+
+    #[command(flatten)]
+    pub hardening: hardening::HardeningArgs,
 }

@@ -39,6 +39,14 @@ async fn main() -> anyhow::Result<()> {
         }
         Some(Command::Serve) | None => {
             let args = cli.serve;
+            // Secrets first: a misconfigured deployment fails at once, naming the variable,
+            // rather than after (or instead of) a database connection attempt.
+            let env = |k: &str| std::env::var(k).ok();
+            let secrets = stackplane_api::config::Secrets::from_values(
+                env("STRIPE_WEBHOOK_SECRETS").as_deref(),
+                env("STRIPE_SECRET_KEY").as_deref(),
+                env("STACKPLANE_ADMIN_TOKEN").as_deref(),
+            )?;
             let url = args
                 .database_url
                 .filter(|u| !u.trim().is_empty())
@@ -47,12 +55,6 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .context("connecting to DATABASE_URL")?;
             db::migrate(&pool).await.context("applying migrations")?;
-            let env = |k: &str| std::env::var(k).ok();
-            let secrets = stackplane_api::config::Secrets::from_values(
-                env("STRIPE_WEBHOOK_SECRETS").as_deref(),
-                env("STRIPE_SECRET_KEY").as_deref(),
-                env("STACKPLANE_ADMIN_TOKEN").as_deref(),
-            )?;
             let state = server::AppState {
                 db: pool,
                 metrics: stackplane_api::metrics::Metrics::new(),
@@ -67,6 +69,13 @@ async fn main() -> anyhow::Result<()> {
             let (prices, driver) =
                 stackplane_api::billing::prices::PlatformCache::start(kube.clone());
             tokio::spawn(driver);
+            let checkout = stackplane_api::billing::checkout::Checkout::new(
+                &args.checkout,
+                &state.billing.secrets.stripe_secret_key,
+                prices.clone(),
+                kube.clone(),
+            )
+            .context("building the Stripe client")?;
             let worker = stackplane_api::billing::worker::Worker {
                 db: state.db.clone(),
                 kube,
@@ -78,7 +87,14 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("binding {}", args.listen))?;
             tracing::info!(listen = %args.listen, "serving stackplane-api");
-            axum::serve(listener, server::router(state))
+            let options = server::RouterOptions {
+                hardening: args.hardening,
+                checkout: Some(std::sync::Arc::new(checkout)),
+            };
+            // Peer addresses feed the per-client rate limits.
+            let app = server::router_with(state, options)
+                .into_make_service_with_connect_info::<std::net::SocketAddr>();
+            axum::serve(listener, app)
                 .with_graceful_shutdown(telemetry::shutdown_signal())
                 .await?;
             tracing::info!("shut down");

@@ -1,5 +1,6 @@
 //! Prometheus metrics of the api, served at `GET /metrics`.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -31,6 +32,8 @@ pub struct Metrics {
     pub webhook_events: Family<WebhookLabels, Counter>,
     pub processed_events: Family<ProcessedLabels, Counter>,
     pub queue_depth: Gauge,
+    /// Age of the oldest event still waiting: the lag an operator sees when the worker is stuck.
+    pub queue_oldest_seconds: Gauge<f64, AtomicU64>,
     pub processing_lag: Histogram,
 }
 
@@ -61,6 +64,12 @@ impl Metrics {
             "Stripe events pending or failed, waiting for the billing worker",
             queue_depth.clone(),
         );
+        let queue_oldest_seconds = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "billing_queue_oldest_seconds",
+            "Age of the oldest Stripe event pending or failed (0 when the queue is empty)",
+            queue_oldest_seconds.clone(),
+        );
         let processing_lag = Histogram::new(exponential_buckets(0.005, 2.0, 16));
         registry.register(
             "billing_processing_lag_seconds",
@@ -72,6 +81,7 @@ impl Metrics {
             webhook_events,
             processed_events,
             queue_depth,
+            queue_oldest_seconds,
             processing_lag,
         }
     }
@@ -92,6 +102,21 @@ impl Metrics {
                 outcome: outcome.to_owned(),
             })
             .inc();
+    }
+
+    /// Reads the billing queue's depth and oldest entry from the database, so every replica's
+    /// scrape shows the shared queue whether or not its worker has run lately.
+    pub async fn refresh_queue(&self, db: &sqlx::PgPool) -> Result<(), sqlx::Error> {
+        let (depth, oldest): (i64, Option<f64>) = sqlx::query_as(
+            "SELECT count(*), EXTRACT(EPOCH FROM now() - min(received_at))::float8 \
+             FROM stripe_events WHERE state IN ('pending', 'failed')",
+        )
+        .fetch_one(db)
+        .await?;
+        self.queue_depth.set(depth);
+        self.queue_oldest_seconds
+            .set(oldest.unwrap_or(0.0).max(0.0));
+        Ok(())
     }
 
     /// The OpenMetrics text of every metric.

@@ -28,9 +28,22 @@ pub struct AppState {
     pub billing: Arc<BillingState>,
 }
 
-/// The routes of the API.
+/// What the router is built with besides the shared state.
+#[derive(Default)]
+pub struct RouterOptions {
+    pub hardening: crate::hardening::HardeningArgs,
+    /// Stripe Checkout and Customer Portal; without it those endpoints answer 503.
+    pub checkout: Option<Arc<crate::billing::checkout::Checkout>>,
+}
+
+/// The routes of the API with default options.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    router_with(state, RouterOptions::default())
+}
+
+/// The routes of the API, wrapped in the hardening middleware.
+pub fn router_with(state: AppState, options: RouterOptions) -> Router {
+    let routes = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -41,7 +54,9 @@ pub fn router(state: AppState) -> Router {
             )),
         )
         .route("/api/v1/billing/events/{id}/replay", post(replay_event))
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(crate::billing::checkout::routes(state, options.checkout));
+    crate::hardening::apply(routes, &options.hardening)
 }
 
 async fn replay_event(
@@ -82,6 +97,13 @@ async fn replay_event(
 }
 
 async fn metrics(State(state): State<AppState>) -> axum::response::Response {
+    // A slow or unreachable database must not hang the scrape: the last values are served.
+    let refresh = state.metrics.refresh_queue(&state.db);
+    match tokio::time::timeout(std::time::Duration::from_secs(2), refresh).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "metrics: reading the billing queue"),
+        Err(_) => tracing::warn!("metrics: reading the billing queue timed out"),
+    }
     match state.metrics.encode() {
         Ok(text) => (
             [(

@@ -327,3 +327,93 @@ async fn a_worker_dying_mid_event_leaves_it_to_be_applied_exactly_once() {
     let tenant = Api::<Tenant>::all(client).get(&name).await.expect("tenant");
     assert_eq!(tenant.metadata.generation, Some(1));
 }
+
+/// With `Worker::run` running (nothing calls its retry trigger directly), an event with an
+/// unknown price fails and is recorded; a Platform that lists the price, applied later, makes
+/// the worker apply the event by itself, even when the event's backoff is far in the future.
+#[tokio::test]
+async fn the_running_worker_applies_an_unpriced_event_once_a_platform_lists_the_price() {
+    let (worker, pool, client) = setup().await;
+    let (cus, sub) = ids();
+    let price = format!("price_{}", unique("p").replace('-', ""));
+    let event_id = unique("evt_loop");
+    let t = chrono::Utc::now().timestamp();
+    let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(worker.clone().run(wake.clone(), async {
+        let _ = stopped.await;
+    }));
+    store(&pool, &json!({"id": event_id, "object": "event", "type": "customer.subscription.created", "created": t,
+        "data": {"object": {"id": sub, "object": "subscription", "customer": cus, "status": "active",
+            "items": {"object": "list", "data": [{"id": "si_1", "price": {"id": price}}]}}}})).await;
+    wake.notify_one();
+
+    let row = |pool: sqlx::PgPool| async move {
+        sqlx::query_as::<_, (String, Option<String>, Option<String>, i32)>(
+            "SELECT state, error_kind, last_error, attempts FROM stripe_events",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("row")
+    };
+    let wait_for = |want: &'static str| {
+        let pool = pool.clone();
+        async move {
+            tokio::time::timeout(std::time::Duration::from_secs(30), async {
+                loop {
+                    let r = row(pool.clone()).await;
+                    if r.0 == want {
+                        return r;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("the event never became {want}"))
+        }
+    };
+    let (_, kind, error, attempts) = wait_for("failed").await;
+    assert_eq!(kind.as_deref(), Some("unknown_price"));
+    assert!(error.unwrap_or_default().contains(&price));
+    assert!(attempts >= 1);
+    // As after many failures: the next attempt is an hour away. Only the Platform change can
+    // bring it forward.
+    sqlx::query("UPDATE stripe_events SET next_attempt_at = now() + interval '1 hour'")
+        .execute(&pool)
+        .await
+        .expect("push back");
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(
+        row(pool.clone()).await.0,
+        "failed",
+        "still waiting for a Platform"
+    );
+
+    let mut platform = example("tackle");
+    let pname = unique("tackle");
+    platform.metadata.name = Some(pname.clone());
+    platform.spec.tiers[0].stripe_price_ids = vec![price.clone()];
+    for tier in platform.spec.tiers.iter_mut().skip(1) {
+        tier.stripe_price_ids = vec![format!("{price}{}", tier.name)];
+    }
+    apply_platform(&client, &platform).await;
+    let (_, kind, error, _) = wait_for("applied").await;
+    assert_eq!((kind, error), (None, None));
+    let name = stackplane_crds::naming::tenant_name(&pname, &cus);
+    let tenant = Api::<Tenant>::all(client.clone())
+        .get(&name)
+        .await
+        .expect("tenant exists");
+    assert_eq!(tenant.spec.tier, platform.spec.tiers[0].name);
+
+    let _ = stop.send(());
+    running.await.expect("worker stops");
+    Api::<Tenant>::all(client.clone())
+        .delete(&name, &Default::default())
+        .await
+        .expect("cleanup tenant");
+    Api::<Platform>::all(client)
+        .delete(&pname, &Default::default())
+        .await
+        .expect("cleanup platform");
+}

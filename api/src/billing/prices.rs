@@ -61,6 +61,24 @@ impl PlatformCache {
         self.store.wait_until_ready().await.is_ok()
     }
 
+    /// The Stripe prices that buy `tier` of `platform`: `None` when either is unknown.
+    pub fn tier_prices(&self, platform: &str, tier: &str) -> Option<Vec<String>> {
+        let platform = self
+            .store
+            .state()
+            .into_iter()
+            .find(|p| kube::ResourceExt::name_any(p.as_ref()) == platform)?;
+        platform.spec.tier(tier).map(|t| t.stripe_price_ids.clone())
+    }
+
+    /// Whether a Platform named `platform` exists.
+    pub fn has_platform(&self, platform: &str) -> bool {
+        self.store
+            .state()
+            .iter()
+            .any(|p| kube::ResourceExt::name_any(p.as_ref()) == platform)
+    }
+
     /// A receiver that changes whenever a Platform does.
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.changes.clone()

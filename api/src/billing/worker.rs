@@ -223,13 +223,8 @@ impl Worker {
                     }
                 }
             }
-            if let Ok(depth) = sqlx::query_scalar::<_, i64>(
-                "SELECT count(*) FROM stripe_events WHERE state IN ('pending', 'failed')",
-            )
-            .fetch_one(&self.db)
-            .await
-            {
-                self.metrics.queue_depth.set(depth);
+            if let Err(error) = self.metrics.refresh_queue(&self.db).await {
+                tracing::warn!(%error, "reading the billing queue depth");
             }
             tokio::select! {
                 () = &mut shutdown => return,

@@ -1,0 +1,548 @@
+//! `POST /api/v1/billing/checkout` and `POST /api/v1/billing/portal`: Stripe Checkout Sessions
+//! (subscription mode) for the dashboard, and Customer Portal sessions for a tenant's customer.
+//!
+//! A checkout is validated against the Platforms before anything is sent to Stripe: an unknown
+//! platform, tier or price is the caller's error and costs no Stripe call. The session carries
+//! `client_reference_id` (the dashboard's user) and `{platform, tier}` metadata on the session and
+//! on the subscription it creates, which is how the billing worker links the resulting events
+//! back to a Platform tier.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use kube::Api;
+use serde::Deserialize;
+use serde_json::json;
+use stackplane_crds::Tenant;
+use stripe_billing::billing_portal_session::CreateBillingPortalSession;
+use stripe_checkout::checkout_session::{
+    CreateCheckoutSession, CreateCheckoutSessionLineItems, CreateCheckoutSessionSubscriptionData,
+};
+use stripe_checkout::CheckoutSessionMode;
+
+use super::prices::PlatformCache;
+use crate::http_error::ApiError;
+use crate::server::AppState;
+
+/// Stripe's limit on `client_reference_id`.
+const MAX_USER_REF: usize = 200;
+/// How long a request waits for the first list of Platforms after start-up.
+const CACHE_READY_WAIT: Duration = Duration::from_secs(5);
+/// Per-attempt timeout of calls to Stripe.
+const STRIPE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Flags of the checkout and portal endpoints.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct CheckoutArgs {
+    /// Where Stripe sends the customer after a successful checkout. Stripe replaces
+    /// `{CHECKOUT_SESSION_ID}` in it. Without it, checkout answers 503.
+    #[arg(long, env = "STACKPLANE_CHECKOUT_SUCCESS_URL")]
+    pub checkout_success_url: Option<String>,
+    /// Where Stripe sends the customer who abandons a checkout. Without it, checkout answers 503.
+    #[arg(long, env = "STACKPLANE_CHECKOUT_CANCEL_URL")]
+    pub checkout_cancel_url: Option<String>,
+    /// Where the Customer Portal sends the customer back. Without it, portal answers 503.
+    #[arg(long, env = "STACKPLANE_PORTAL_RETURN_URL")]
+    pub portal_return_url: Option<String>,
+    /// Base URL of Stripe's API (default `https://api.stripe.com/`); tests point it at a local
+    /// stand-in.
+    #[arg(long, env = "STRIPE_API_BASE")]
+    pub stripe_api_base: Option<String>,
+}
+
+/// Why a checkout or portal request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckoutError {
+    #[error("invalid request body: {0}")]
+    InvalidBody(String),
+    #[error("{0}")]
+    InvalidField(String),
+    #[error("no Platform {0}")]
+    UnknownPlatform(String),
+    #[error("Platform {platform} has no tier {tier}")]
+    UnknownTier { platform: String, tier: String },
+    #[error("price {price} does not buy tier {tier} of Platform {platform}")]
+    UnknownPrice {
+        platform: String,
+        tier: String,
+        price: String,
+    },
+    #[error("tier {tier} of Platform {platform} lists no Stripe price")]
+    TierWithoutPrice { platform: String, tier: String },
+    #[error("no Tenant {0}")]
+    UnknownTenant(String),
+    #[error("Tenant {0} has no Stripe customer (spec.customer.stripeCustomerId)")]
+    NoStripeCustomer(String),
+    #[error("{0} is not configured")]
+    NotConfigured(&'static str),
+    #[error("the Platform cache is not ready yet")]
+    CacheNotReady,
+    #[error("Stripe: {0}")]
+    Stripe(String),
+    #[error("Kubernetes: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+impl CheckoutError {
+    /// A short stable category: the JSON error code and a log field.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            CheckoutError::InvalidBody(_) => "invalid_body",
+            CheckoutError::InvalidField(_) => "invalid_field",
+            CheckoutError::UnknownPlatform(_) => "unknown_platform",
+            CheckoutError::UnknownTier { .. } => "unknown_tier",
+            CheckoutError::UnknownPrice { .. } => "unknown_price",
+            CheckoutError::TierWithoutPrice { .. } => "tier_without_price",
+            CheckoutError::UnknownTenant(_) => "not_found",
+            CheckoutError::NoStripeCustomer(_) => "no_stripe_customer",
+            CheckoutError::NotConfigured(_) => "not_configured",
+            CheckoutError::CacheNotReady => "not_ready",
+            CheckoutError::Stripe(_) => "stripe_error",
+            CheckoutError::Kube(_) => "kubernetes",
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            CheckoutError::InvalidBody(_) | CheckoutError::InvalidField(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            CheckoutError::UnknownPlatform(_)
+            | CheckoutError::UnknownTier { .. }
+            | CheckoutError::UnknownPrice { .. }
+            | CheckoutError::TierWithoutPrice { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            CheckoutError::UnknownTenant(_) => StatusCode::NOT_FOUND,
+            CheckoutError::NoStripeCustomer(_) => StatusCode::CONFLICT,
+            CheckoutError::NotConfigured(_) | CheckoutError::CacheNotReady => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            CheckoutError::Stripe(_) | CheckoutError::Kube(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+}
+
+impl IntoResponse for CheckoutError {
+    fn into_response(self) -> Response {
+        ApiError::new(self.status(), self.metric_label(), self.to_string()).into_response()
+    }
+}
+
+impl From<stripe::StripeError> for CheckoutError {
+    fn from(error: stripe::StripeError) -> Self {
+        CheckoutError::Stripe(match error {
+            stripe::StripeError::Stripe(api, status) => format!(
+                "{} (HTTP {status})",
+                api.message
+                    .as_deref()
+                    .unwrap_or("Stripe refused the request without a message")
+            ),
+            other => other.to_string(),
+        })
+    }
+}
+
+/// What the checkout and portal endpoints need besides the shared state.
+pub struct Checkout {
+    stripe: stripe::Client,
+    prices: PlatformCache,
+    kube: kube::Client,
+    success_url: Option<String>,
+    cancel_url: Option<String>,
+    portal_return_url: Option<String>,
+}
+
+impl Checkout {
+    /// A Stripe client with `secret_key` (pointed at `args.stripe_api_base` when given) and the
+    /// caches the endpoints read.
+    pub fn new(
+        args: &CheckoutArgs,
+        secret_key: &str,
+        prices: PlatformCache,
+        kube: kube::Client,
+    ) -> Result<Self, stripe::StripeError> {
+        let mut builder = stripe::ClientBuilder::new(secret_key).timeout(STRIPE_TIMEOUT);
+        if let Some(base) = args.stripe_api_base.as_deref().filter(|b| !b.is_empty()) {
+            // The client appends `v1/...` to the base as it is.
+            let base = if base.ends_with('/') {
+                base.to_owned()
+            } else {
+                format!("{base}/")
+            };
+            builder = builder.url(base);
+        }
+        let non_empty = |v: &Option<String>| v.clone().filter(|s| !s.trim().is_empty());
+        Ok(Self {
+            stripe: builder.build()?,
+            prices,
+            kube,
+            success_url: non_empty(&args.checkout_success_url),
+            cancel_url: non_empty(&args.checkout_cancel_url),
+            portal_return_url: non_empty(&args.portal_return_url),
+        })
+    }
+}
+
+/// State of the billing session routes.
+#[derive(Clone)]
+struct SessionState {
+    app: AppState,
+    checkout: Option<Arc<Checkout>>,
+}
+
+/// The checkout and portal routes; without `checkout` they answer 503.
+pub fn routes(app: AppState, checkout: Option<Arc<Checkout>>) -> Router {
+    Router::new()
+        .route("/api/v1/billing/checkout", post(create_checkout))
+        .route("/api/v1/billing/portal", post(create_portal))
+        .with_state(SessionState { app, checkout })
+}
+
+/// Body of `POST /api/v1/billing/checkout`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CheckoutRequest {
+    pub platform: String,
+    pub tier: String,
+    pub email: String,
+    /// The dashboard's reference of its user: the session's `client_reference_id`.
+    pub user_ref: String,
+    /// One of the tier's `stripePriceIds` (e.g. a yearly price); default: the tier's first.
+    #[serde(default)]
+    pub price: Option<String>,
+}
+
+/// Body of `POST /api/v1/billing/portal`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortalRequest {
+    pub tenant: String,
+}
+
+/// The price a checkout sells, checked against the Platform's tier.
+pub fn choose_price(
+    platform: &str,
+    tier: &str,
+    tier_prices: &[String],
+    requested: Option<&str>,
+) -> Result<String, CheckoutError> {
+    match requested {
+        Some(price) if tier_prices.iter().any(|p| p == price) => Ok(price.to_owned()),
+        Some(price) => Err(CheckoutError::UnknownPrice {
+            platform: platform.to_owned(),
+            tier: tier.to_owned(),
+            price: price.to_owned(),
+        }),
+        None => tier_prices
+            .first()
+            .cloned()
+            .ok_or_else(|| CheckoutError::TierWithoutPrice {
+                platform: platform.to_owned(),
+                tier: tier.to_owned(),
+            }),
+    }
+}
+
+/// Field checks that need no cluster: what Stripe would refuse anyway.
+pub fn validate_fields(req: &CheckoutRequest) -> Result<(), CheckoutError> {
+    let field = |m: &str| Err(CheckoutError::InvalidField(m.to_owned()));
+    if req.platform.trim().is_empty() || req.tier.trim().is_empty() {
+        return field("platform and tier are required");
+    }
+    let email = req.email.trim();
+    if email.len() > 512 || !email.contains('@') || email.starts_with('@') || email.ends_with('@') {
+        return field("email is not an email address");
+    }
+    if req.user_ref.trim().is_empty() || req.user_ref.len() > MAX_USER_REF {
+        return field("userRef is required and at most 200 characters");
+    }
+    Ok(())
+}
+
+async fn audit(
+    app: &AppState,
+    headers: &HeaderMap,
+    action: &str,
+    target: &str,
+    outcome: &str,
+    details: serde_json::Value,
+) {
+    let request_id = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if let Err(error) = sqlx::query(
+        "INSERT INTO audit_log (actor, action, target, outcome, request_id, details) \
+         VALUES ('admin', $1, $2, $3, $4, $5)",
+    )
+    .bind(action)
+    .bind(target)
+    .bind(outcome)
+    .bind(request_id)
+    .bind(details)
+    .execute(&app.db)
+    .await
+    {
+        tracing::error!(action, target, %error, "writing the audit log");
+    }
+}
+
+fn configured(state: &SessionState) -> Result<&Checkout, CheckoutError> {
+    state
+        .checkout
+        .as_deref()
+        .ok_or(CheckoutError::NotConfigured("Stripe checkout"))
+}
+
+async fn create_checkout(
+    State(state): State<SessionState>,
+    headers: HeaderMap,
+    body: Result<Json<CheckoutRequest>, JsonRejection>,
+) -> Response {
+    if let Err(e) = crate::auth::require_admin(&headers, &state.app.billing.secrets.admin_token) {
+        return e.into_response();
+    }
+    let req = match body {
+        Ok(Json(req)) => req,
+        Err(rejection) => return json_rejection(rejection),
+    };
+    match checkout_session(&state, &req).await {
+        Ok((id, url)) => {
+            tracing::info!(platform = %req.platform, tier = %req.tier, session = %id, "checkout session created");
+            audit(
+                &state.app,
+                &headers,
+                "billing.checkout",
+                &req.user_ref,
+                "success",
+                json!({ "platform": req.platform, "tier": req.tier, "session": id }),
+            )
+            .await;
+            (StatusCode::CREATED, Json(json!({ "id": id, "url": url }))).into_response()
+        }
+        Err(error) => {
+            tracing::warn!(platform = %req.platform, tier = %req.tier, error_kind = error.metric_label(), %error, "checkout refused");
+            audit(
+                &state.app,
+                &headers,
+                "billing.checkout",
+                &req.user_ref,
+                "failed",
+                json!({ "platform": req.platform, "tier": req.tier, "error": error.metric_label() }),
+            )
+            .await;
+            error.into_response()
+        }
+    }
+}
+
+async fn checkout_session(
+    state: &SessionState,
+    req: &CheckoutRequest,
+) -> Result<(String, String), CheckoutError> {
+    let checkout = configured(state)?;
+    validate_fields(req)?;
+    let (Some(success_url), Some(cancel_url)) = (&checkout.success_url, &checkout.cancel_url)
+    else {
+        return Err(CheckoutError::NotConfigured(
+            "--checkout-success-url / --checkout-cancel-url",
+        ));
+    };
+    if tokio::time::timeout(CACHE_READY_WAIT, checkout.prices.ready())
+        .await
+        .ok()
+        != Some(true)
+    {
+        return Err(CheckoutError::CacheNotReady);
+    }
+    let Some(tier_prices) = checkout.prices.tier_prices(&req.platform, &req.tier) else {
+        return Err(if checkout.prices.has_platform(&req.platform) {
+            CheckoutError::UnknownTier {
+                platform: req.platform.clone(),
+                tier: req.tier.clone(),
+            }
+        } else {
+            CheckoutError::UnknownPlatform(req.platform.clone())
+        });
+    };
+    let price = choose_price(&req.platform, &req.tier, &tier_prices, req.price.as_deref())?;
+    let metadata = HashMap::from([
+        ("platform".to_owned(), req.platform.clone()),
+        ("tier".to_owned(), req.tier.clone()),
+    ]);
+    let mut item = CreateCheckoutSessionLineItems::new();
+    item.price = Some(price);
+    item.quantity = Some(1);
+    let mut subscription = CreateCheckoutSessionSubscriptionData::new();
+    subscription.metadata = Some(metadata.clone());
+    let session = CreateCheckoutSession::new()
+        .mode(CheckoutSessionMode::Subscription)
+        .client_reference_id(req.user_ref.trim())
+        .customer_email(req.email.trim())
+        .line_items(vec![item])
+        .subscription_data(subscription)
+        .metadata(metadata)
+        .success_url(success_url.as_str())
+        .cancel_url(cancel_url.as_str())
+        .send(&checkout.stripe)
+        .await?;
+    let url = session
+        .url
+        .ok_or_else(|| CheckoutError::Stripe("the Checkout Session has no url".into()))?;
+    Ok((session.id.to_string(), url))
+}
+
+async fn create_portal(
+    State(state): State<SessionState>,
+    headers: HeaderMap,
+    body: Result<Json<PortalRequest>, JsonRejection>,
+) -> Response {
+    if let Err(e) = crate::auth::require_admin(&headers, &state.app.billing.secrets.admin_token) {
+        return e.into_response();
+    }
+    let req = match body {
+        Ok(Json(req)) => req,
+        Err(rejection) => return json_rejection(rejection),
+    };
+    match portal_session(&state, &req.tenant).await {
+        Ok(url) => {
+            tracing::info!(tenant = %req.tenant, "portal session created");
+            audit(
+                &state.app,
+                &headers,
+                "billing.portal",
+                &req.tenant,
+                "success",
+                json!({}),
+            )
+            .await;
+            Json(json!({ "url": url })).into_response()
+        }
+        Err(error) => {
+            tracing::warn!(tenant = %req.tenant, error_kind = error.metric_label(), %error, "portal refused");
+            audit(
+                &state.app,
+                &headers,
+                "billing.portal",
+                &req.tenant,
+                "failed",
+                json!({ "error": error.metric_label() }),
+            )
+            .await;
+            error.into_response()
+        }
+    }
+}
+
+async fn portal_session(state: &SessionState, tenant: &str) -> Result<String, CheckoutError> {
+    let checkout = configured(state)?;
+    let Some(return_url) = &checkout.portal_return_url else {
+        return Err(CheckoutError::NotConfigured("--portal-return-url"));
+    };
+    if tenant.trim().is_empty() {
+        return Err(CheckoutError::InvalidField("tenant is required".into()));
+    }
+    let api: Api<Tenant> = Api::all(checkout.kube.clone());
+    let found = api
+        .get_opt(tenant)
+        .await?
+        .ok_or_else(|| CheckoutError::UnknownTenant(tenant.to_owned()))?;
+    let customer = found
+        .spec
+        .customer
+        .stripe_customer_id
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| CheckoutError::NoStripeCustomer(tenant.to_owned()))?;
+    let session = CreateBillingPortalSession::new()
+        .customer(customer)
+        .return_url(return_url.as_str())
+        .send(&checkout.stripe)
+        .await?;
+    Ok(session.url)
+}
+
+/// A malformed or oversized JSON body, in the API's error shape.
+fn json_rejection(rejection: JsonRejection) -> Response {
+    let status = rejection.status();
+    let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        "payload_too_large"
+    } else {
+        "invalid_body"
+    };
+    ApiError::new(status, code, rejection.body_text()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prices() -> Vec<String> {
+        vec!["price_monthly".into(), "price_yearly".into()]
+    }
+
+    #[test]
+    fn the_first_price_is_the_default_and_a_requested_one_must_be_the_tiers() {
+        assert_eq!(
+            choose_price("p", "t", &prices(), None).unwrap(),
+            "price_monthly"
+        );
+        assert_eq!(
+            choose_price("p", "t", &prices(), Some("price_yearly")).unwrap(),
+            "price_yearly"
+        );
+        let err = choose_price("p", "t", &prices(), Some("price_other")).unwrap_err();
+        assert_eq!(err.metric_label(), "unknown_price");
+        assert!(err.to_string().contains("price_other"));
+        let err = choose_price("p", "t", &[], None).unwrap_err();
+        assert_eq!(err.metric_label(), "tier_without_price");
+    }
+
+    #[test]
+    fn fields_are_checked_before_anything_is_sent() {
+        let ok = CheckoutRequest {
+            platform: "tackle".into(),
+            tier: "starter".into(),
+            email: "ada@example.com".into(),
+            user_ref: "user-42".into(),
+            price: None,
+        };
+        assert!(validate_fields(&ok).is_ok());
+        for bad in [
+            CheckoutRequest {
+                email: "not-an-email".into(),
+                ..clone(&ok)
+            },
+            CheckoutRequest {
+                user_ref: " ".into(),
+                ..clone(&ok)
+            },
+            CheckoutRequest {
+                user_ref: "x".repeat(201),
+                ..clone(&ok)
+            },
+            CheckoutRequest {
+                tier: "".into(),
+                ..clone(&ok)
+            },
+        ] {
+            let err = validate_fields(&bad).unwrap_err();
+            assert_eq!(err.metric_label(), "invalid_field", "{bad:?}");
+        }
+    }
+
+    fn clone(r: &CheckoutRequest) -> CheckoutRequest {
+        CheckoutRequest {
+            platform: r.platform.clone(),
+            tier: r.tier.clone(),
+            email: r.email.clone(),
+            user_ref: r.user_ref.clone(),
+            price: r.price.clone(),
+        }
+    }
+}

@@ -1,0 +1,549 @@
+//! Checkout and Customer Portal sessions, against a local stand-in of Stripe's API (there is no
+//! Stripe emulator here), the real kube-apiserver (Platforms, Tenants) and the real Postgres.
+//! The stand-in records every request as Stripe would receive it and answers with Stripe's
+//! documented `checkout.session` / `billing_portal.session` objects.
+
+// The documented checkout.session object is one large json! literal.
+#![recursion_limit = "256"]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::IntoResponse;
+use axum::{Form, Json, Router};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::Api;
+use serde_json::{json, Value};
+use stackplane_api::billing::checkout::{Checkout, CheckoutArgs};
+use stackplane_api::billing::prices::PlatformCache;
+use stackplane_api::config::Secrets;
+use stackplane_api::metrics::Metrics;
+use stackplane_api::server::{router_with, AppState, BillingState, RouterOptions};
+use stackplane_crds::{Platform, Tenant, TenantSpec};
+use stackplane_tests::{example_platform_files, fresh_database, install_crds, kube_client, unique};
+
+const ADMIN: &str = "admin-token-for-checkout-tests";
+const STRIPE_KEY: &str = "sk_test_51CheckoutStandIn";
+const SUCCESS: &str = "https://dashboard.example.com/billing/success?session={CHECKOUT_SESSION_ID}";
+const CANCEL: &str = "https://dashboard.example.com/billing/cancelled";
+const RETURN: &str = "https://dashboard.example.com/account";
+/// A price the stand-in refuses the way Stripe refuses an archived price.
+const REFUSED_PRICE_SUFFIX: &str = "Archived";
+
+/// One request as the stand-in received it.
+#[derive(Debug, Clone)]
+struct Recorded {
+    method: Method,
+    path: String,
+    params: Vec<(String, String)>,
+    authorization: Option<String>,
+}
+
+impl Recorded {
+    fn param(&self, key: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+type Log = Arc<Mutex<Vec<Recorded>>>;
+
+fn param(params: &[(String, String)], key: &str) -> Value {
+    params
+        .iter()
+        .find(|(k, _)| k == key)
+        .map_or(Value::Null, |(_, v)| json!(v))
+}
+
+/// Stripe's `checkout.session` object as the API documents it, with the request's values.
+fn checkout_session(params: &[(String, String)]) -> Value {
+    let id = format!("cs_test_{}", unique("a").replace('-', ""));
+    let now = chrono::Utc::now().timestamp();
+    json!({
+        "id": id, "object": "checkout.session", "after_expiration": null,
+        "allow_promotion_codes": null, "amount_subtotal": 2900, "amount_total": 2900,
+        "automatic_tax": {"enabled": false, "liability": null, "provider": null, "status": null},
+        "billing_address_collection": null, "cancel_url": param(params, "cancel_url"),
+        "client_reference_id": param(params, "client_reference_id"), "client_secret": null,
+        "consent": null, "consent_collection": null, "created": now, "currency": "usd",
+        "currency_conversion": null, "custom_fields": [],
+        "custom_text": {"after_submit": null, "shipping_address": null, "submit": null,
+            "terms_of_service_acceptance": null},
+        "customer": null, "customer_creation": "always", "customer_details": null,
+        "customer_email": param(params, "customer_email"), "expires_at": now + 86_400,
+        "invoice": null, "invoice_creation": null, "livemode": false, "locale": null,
+        "metadata": {"platform": param(params, "metadata[platform]"),
+            "tier": param(params, "metadata[tier]")},
+        "mode": "subscription", "payment_intent": null, "payment_link": null,
+        "payment_method_collection": "always", "payment_method_configuration_details": null,
+        "payment_method_options": {}, "payment_method_types": ["card"],
+        "payment_status": "unpaid", "phone_number_collection": {"enabled": false},
+        "recovered_from": null, "saved_payment_method_options": null, "setup_intent": null,
+        "shipping_address_collection": null, "shipping_cost": null, "shipping_options": [],
+        "status": "open", "submit_type": null, "subscription": null,
+        "success_url": param(params, "success_url"), "total_details":
+            {"amount_discount": 0, "amount_shipping": 0, "amount_tax": 0},
+        "ui_mode": "hosted", "url": format!("https://checkout.stripe.com/c/pay/{id}")
+    })
+}
+
+/// Stripe's `billing_portal.session` object as the API documents it.
+fn portal_session(params: &[(String, String)]) -> Value {
+    let id = format!("bps_{}", unique("b").replace('-', ""));
+    json!({
+        "id": id, "object": "billing_portal.session", "configuration": "bpc_1StandInConfig",
+        "created": chrono::Utc::now().timestamp(), "customer": param(params, "customer"),
+        "flow": null, "livemode": false, "locale": null, "on_behalf_of": null,
+        "return_url": param(params, "return_url"),
+        "url": format!("https://billing.stripe.com/p/session/test_{id}")
+    })
+}
+
+async fn stand_in(
+    State(log): State<Log>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Form(params): Form<Vec<(String, String)>>,
+) -> axum::response::Response {
+    let authorization = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    log.lock().expect("log").push(Recorded {
+        method,
+        path: uri.path().to_owned(),
+        params: params.clone(),
+        authorization,
+    });
+    let refused = params
+        .iter()
+        .any(|(k, v)| k == "line_items[0][price]" && v.ends_with(REFUSED_PRICE_SUFFIX));
+    match uri.path() {
+        "/v1/checkout/sessions" if refused => {
+            let price = param(&params, "line_items[0][price]");
+            (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": {
+                    "code": "resource_missing", "doc_url": "https://stripe.com/docs/error-codes/resource-missing",
+                    "message": format!("No such price: '{}'", price.as_str().unwrap_or_default()),
+                    "param": "line_items[0][price]", "type": "invalid_request_error"}})),
+            )
+                .into_response()
+        }
+        "/v1/checkout/sessions" => Json(checkout_session(&params)).into_response(),
+        "/v1/billing_portal/sessions" => Json(portal_session(&params)).into_response(),
+        _ => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": {"message": "Unrecognized request URL", "type": "invalid_request_error"}})),
+        )
+            .into_response(),
+    }
+}
+
+async fn serve(app: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+    });
+    addr
+}
+
+struct Env {
+    base: String,
+    log: Log,
+    db: sqlx::PgPool,
+    kube: kube::Client,
+    platform: String,
+    /// The tier `starter`'s prices: monthly, yearly, and one Stripe refuses.
+    prices: Vec<String>,
+}
+
+impl Env {
+    fn recorded(&self) -> Vec<Recorded> {
+        self.log.lock().expect("log").clone()
+    }
+
+    async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+        let mut req = reqwest::Client::new()
+            .post(format!("{}{path}", self.base))
+            .json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.expect("send");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+}
+
+/// A Platform of our own (a copy of `tackle` with prices unique to this test) in the real
+/// cluster, the api pointed at a fresh stand-in.
+async fn setup() -> Env {
+    let kube = kube_client().await;
+    install_crds(&kube).await;
+    let (_, yaml) = example_platform_files()
+        .into_iter()
+        .find(|(f, _)| f == "tackle.yaml")
+        .expect("tackle example");
+    let mut platform: Platform = serde_saphyr::from_str(&yaml).expect("parse platform");
+    let name = unique("tackle");
+    let tag = unique("p").replace('-', "");
+    let prices = vec![
+        format!("price_{tag}StarterMonthly"),
+        format!("price_{tag}StarterYearly"),
+        format!("price_{tag}Starter{REFUSED_PRICE_SUFFIX}"),
+    ];
+    platform.metadata.name = Some(name.clone());
+    for tier in &mut platform.spec.tiers {
+        tier.stripe_price_ids = if tier.name == "starter" {
+            prices.clone()
+        } else {
+            vec![format!("price_{tag}{}", tier.name)]
+        };
+    }
+    Api::<Platform>::all(kube.clone())
+        .patch(
+            &name,
+            &PatchParams::apply("stackplane-tests").force(),
+            &Patch::Apply(&platform),
+        )
+        .await
+        .expect("apply platform");
+
+    let (db, _) = fresh_database().await;
+    stackplane_api::db::migrate(&db).await.expect("migrate");
+    let (cache, driver) = PlatformCache::start(kube.clone());
+    tokio::spawn(driver);
+    assert!(cache.ready().await);
+    let mut changes = cache.changes();
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while cache.tier_prices(&name, "starter").is_none() {
+            changes.changed().await.expect("platform watch");
+        }
+    })
+    .await
+    .expect("the cache sees the Platform");
+
+    let log: Log = Arc::default();
+    let stripe = serve(Router::new().fallback(stand_in).with_state(log.clone())).await;
+    let args = CheckoutArgs {
+        checkout_success_url: Some(SUCCESS.into()),
+        checkout_cancel_url: Some(CANCEL.into()),
+        portal_return_url: Some(RETURN.into()),
+        stripe_api_base: Some(format!("http://{stripe}")),
+    };
+    let checkout = Checkout::new(&args, STRIPE_KEY, cache, kube.clone()).expect("stripe client");
+    let state = AppState {
+        db: db.clone(),
+        metrics: Metrics::new(),
+        billing: Arc::new(BillingState {
+            secrets: Secrets::from_values(Some("whsec_checkout"), Some(STRIPE_KEY), Some(ADMIN))
+                .expect("secrets"),
+            wake: Default::default(),
+        }),
+    };
+    let options = RouterOptions {
+        checkout: Some(Arc::new(checkout)),
+        ..RouterOptions::default()
+    };
+    let api = serve(router_with(state, options)).await;
+    Env {
+        base: format!("http://{api}"),
+        log,
+        db,
+        kube,
+        platform: name,
+        prices,
+    }
+}
+
+async fn cleanup(env: &Env) {
+    Api::<Platform>::all(env.kube.clone())
+        .delete(&env.platform, &Default::default())
+        .await
+        .expect("delete platform");
+}
+
+#[tokio::test]
+async fn checkout_creates_a_subscription_session_linked_to_the_user_and_tier() {
+    let env = setup().await;
+    let (status, body) = env
+        .post(
+            "/api/v1/billing/checkout",
+            Some(ADMIN),
+            json!({"platform": env.platform, "tier": "starter", "email": "ada@example.com",
+                "userRef": "dash-user-42"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["id"].as_str().expect("id");
+    assert!(id.starts_with("cs_test_"), "{body}");
+    assert_eq!(
+        body["url"].as_str(),
+        Some(format!("https://checkout.stripe.com/c/pay/{id}").as_str())
+    );
+
+    let recorded = env.recorded();
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    let r = &recorded[0];
+    assert_eq!(r.method, Method::POST);
+    assert_eq!(r.path, "/v1/checkout/sessions");
+    assert_eq!(
+        r.authorization.as_deref(),
+        Some(format!("Bearer {STRIPE_KEY}").as_str())
+    );
+    let expected = [
+        ("mode", "subscription"),
+        ("client_reference_id", "dash-user-42"),
+        ("customer_email", "ada@example.com"),
+        ("line_items[0][price]", env.prices[0].as_str()),
+        ("line_items[0][quantity]", "1"),
+        (
+            "subscription_data[metadata][platform]",
+            env.platform.as_str(),
+        ),
+        ("subscription_data[metadata][tier]", "starter"),
+        ("metadata[platform]", env.platform.as_str()),
+        ("metadata[tier]", "starter"),
+        ("success_url", SUCCESS),
+        ("cancel_url", CANCEL),
+    ];
+    for (key, value) in expected {
+        assert_eq!(r.param(key), Some(value), "{key} in {:?}", r.params);
+    }
+
+    // A price of the tier other than its first one can be chosen.
+    let (status, body) = env
+        .post(
+            "/api/v1/billing/checkout",
+            Some(ADMIN),
+            json!({"platform": env.platform, "tier": "starter", "email": "ada@example.com",
+                "userRef": "dash-user-42", "price": env.prices[1]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        env.recorded()[1].param("line_items[0][price]"),
+        Some(env.prices[1].as_str())
+    );
+
+    let audit: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT action, target, outcome FROM audit_log ORDER BY id")
+            .fetch_all(&env.db)
+            .await
+            .expect("audit");
+    assert_eq!(
+        audit,
+        vec![
+            (
+                "billing.checkout".into(),
+                "dash-user-42".into(),
+                "success".into()
+            );
+            2
+        ]
+    );
+    cleanup(&env).await;
+}
+
+#[tokio::test]
+async fn bad_checkouts_are_refused_before_anything_reaches_stripe() {
+    let env = setup().await;
+    let good = json!({"platform": env.platform, "tier": "starter", "email": "ada@example.com",
+        "userRef": "dash-user-7"});
+    let with = |k: &str, v: Value| {
+        let mut b = good.clone();
+        b[k] = v;
+        b
+    };
+    let cases = [
+        ("no token", None, good.clone(), 401, "unauthorized"),
+        (
+            "wrong token",
+            Some("nope"),
+            good.clone(),
+            401,
+            "unauthorized",
+        ),
+        (
+            "unknown tier",
+            Some(ADMIN),
+            with("tier", json!("platinum")),
+            422,
+            "unknown_tier",
+        ),
+        (
+            "unknown platform",
+            Some(ADMIN),
+            with("platform", json!("no-such-platform")),
+            422,
+            "unknown_platform",
+        ),
+        (
+            "price of another tier",
+            Some(ADMIN),
+            with("price", json!("price_1TackleProfessionalMonthly")),
+            422,
+            "unknown_price",
+        ),
+        (
+            "bad email",
+            Some(ADMIN),
+            with("email", json!("not-an-address")),
+            400,
+            "invalid_field",
+        ),
+        (
+            "missing userRef",
+            Some(ADMIN),
+            json!({"platform": env.platform, "tier": "starter", "email": "a@example.com"}),
+            422,
+            "invalid_body",
+        ),
+        (
+            "oversized body",
+            Some(ADMIN),
+            with("userRef", json!("x".repeat(100 * 1024))),
+            413,
+            "payload_too_large",
+        ),
+    ];
+    for (what, token, body, status, code) in cases {
+        let (got, error) = env.post("/api/v1/billing/checkout", token, body).await;
+        assert_eq!(got, status, "{what}: {error}");
+        assert_eq!(error["error"]["code"], code, "{what}: {error}");
+        assert!(
+            error["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{what}: {error}"
+        );
+    }
+    assert!(
+        env.recorded().is_empty(),
+        "nothing reaches Stripe: {:?}",
+        env.recorded()
+    );
+    cleanup(&env).await;
+}
+
+#[tokio::test]
+async fn a_stripe_error_answers_502_with_stripes_message() {
+    let env = setup().await;
+    let (status, body) = env
+        .post(
+            "/api/v1/billing/checkout",
+            Some(ADMIN),
+            json!({"platform": env.platform, "tier": "starter", "email": "ada@example.com",
+                "userRef": "dash-user-9", "price": env.prices[2]}),
+        )
+        .await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["error"]["code"], "stripe_error");
+    let message = body["error"]["message"].as_str().expect("message");
+    assert!(
+        message.contains(&format!("No such price: '{}'", env.prices[2])),
+        "{message}"
+    );
+    assert_eq!(env.recorded().len(), 1);
+    cleanup(&env).await;
+}
+
+#[tokio::test]
+async fn portal_sessions_are_for_the_tenants_stripe_customer() {
+    let env = setup().await;
+    let tenants: Api<Tenant> = Api::all(env.kube.clone());
+    let customer = format!("cus_{}", unique("c").replace('-', ""));
+    let name = unique("portal");
+    let mut spec = TenantSpec::new(&env.platform, "starter");
+    spec.customer.stripe_customer_id = Some(customer.clone());
+    tenants
+        .create(&PostParams::default(), &Tenant::new(&name, spec))
+        .await
+        .expect("create tenant");
+    let bare = unique("portal-bare");
+    tenants
+        .create(
+            &PostParams::default(),
+            &Tenant::new(&bare, TenantSpec::new(&env.platform, "starter")),
+        )
+        .await
+        .expect("create tenant");
+
+    let (status, body) = env
+        .post(
+            "/api/v1/billing/portal",
+            Some(ADMIN),
+            json!({"tenant": name}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let url = body["url"].as_str().expect("url");
+    assert!(
+        url.starts_with("https://billing.stripe.com/p/session/test_bps_"),
+        "{url}"
+    );
+    let recorded = env.recorded();
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    assert_eq!(recorded[0].path, "/v1/billing_portal/sessions");
+    assert_eq!(recorded[0].param("customer"), Some(customer.as_str()));
+    assert_eq!(recorded[0].param("return_url"), Some(RETURN));
+    assert_eq!(
+        recorded[0].authorization.as_deref(),
+        Some(format!("Bearer {STRIPE_KEY}").as_str())
+    );
+
+    let (status, body) = env
+        .post(
+            "/api/v1/billing/portal",
+            Some(ADMIN),
+            json!({"tenant": "no-such-tenant"}),
+        )
+        .await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (404, &json!("not_found")),
+        "{body}"
+    );
+    let (status, body) = env
+        .post(
+            "/api/v1/billing/portal",
+            Some(ADMIN),
+            json!({"tenant": bare}),
+        )
+        .await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (409, &json!("no_stripe_customer")),
+        "{body}"
+    );
+    let (status, _) = env
+        .post("/api/v1/billing/portal", None, json!({"tenant": name}))
+        .await;
+    assert_eq!(status, 401);
+    assert_eq!(
+        env.recorded().len(),
+        1,
+        "only the good request reached Stripe"
+    );
+
+    for t in [&name, &bare] {
+        tenants
+            .delete(t, &Default::default())
+            .await
+            .expect("delete tenant");
+    }
+    cleanup(&env).await;
+}
