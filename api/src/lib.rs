@@ -3,14 +3,20 @@
 
 use std::net::SocketAddr;
 
+pub mod audit;
 pub mod auth;
 pub mod billing;
+pub mod caller;
 pub mod config;
 pub mod db;
+pub mod extract;
+pub mod history;
 pub mod http_error;
 pub mod metrics;
+pub mod openapi;
 pub mod server;
 pub mod telemetry;
+pub mod tenants;
 
 /// `stackplane-api` and its subcommands.
 #[derive(clap::Parser, Debug)]
@@ -65,4 +71,7 @@ pub struct ServeArgs {
     /// Postgres connection URL.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+
+    #[command(flatten)]
+    pub metrics_source: tenants::MetricsSourceArgs,
 }

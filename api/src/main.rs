@@ -64,6 +64,18 @@ async fn main() -> anyhow::Result<()> {
             let kube = kube::Client::try_default()
                 .await
                 .context("building a Kubernetes client (KUBECONFIG or in-cluster)")?;
+            let (tenant_api, tenant_watches) = stackplane_api::tenants::TenantApi::start(
+                state.db.clone(),
+                kube.clone(),
+                &state.billing.secrets.admin_token,
+                args.metrics_source.clone(),
+            );
+            tokio::spawn(tenant_watches);
+            // Serve tenant status only from a filled cache: before the first list every tenant
+            // would look missing.
+            tokio::time::timeout(std::time::Duration::from_secs(120), tenant_api.ready())
+                .await
+                .context("the Tenant and TenantBackup caches did not fill within 120s")?;
             let (prices, driver) =
                 stackplane_api::billing::prices::PlatformCache::start(kube.clone());
             tokio::spawn(driver);
@@ -78,7 +90,8 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("binding {}", args.listen))?;
             tracing::info!(listen = %args.listen, "serving stackplane-api");
-            axum::serve(listener, server::router(state))
+            let app = server::router(state).merge(stackplane_api::tenants::router(tenant_api));
+            axum::serve(listener, app)
                 .with_graceful_shutdown(telemetry::shutdown_signal())
                 .await?;
             tracing::info!("shut down");

@@ -28,11 +28,11 @@ pub struct AppState {
     pub billing: Arc<BillingState>,
 }
 
-/// The routes of the API.
+/// The routes of the billing API. `/readyz` (database and Kubernetes) and the tenant API are in
+/// [`crate::tenants::router`], merged with these in `main`.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route(
             "/webhooks/stripe",
@@ -92,16 +92,5 @@ async fn metrics(State(state): State<AppState>) -> axum::response::Response {
         )
             .into_response(),
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-    }
-}
-
-/// Ready when the database answers.
-async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
-    match sqlx::query("SELECT 1").execute(&state.db).await {
-        Ok(_) => (StatusCode::OK, "ok"),
-        Err(error) => {
-            tracing::warn!(%error, "readiness: database unreachable");
-            (StatusCode::SERVICE_UNAVAILABLE, "database unreachable")
-        }
     }
 }
