@@ -40,7 +40,13 @@ struct Report {
     max: Duration,
 }
 
-async fn load(base: &str, names: &[String], tokens: &[String], connections: usize, seconds: u64) -> Report {
+async fn load(
+    base: &str,
+    names: &[String],
+    tokens: &[String],
+    connections: usize,
+    seconds: u64,
+) -> Report {
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for c in 0..connections {
@@ -170,7 +176,9 @@ fn main() {
     });
     let names: Vec<String> = (0..tenants).map(|i| format!("{platform}-{i:04}")).collect();
     assert!(
-        names.iter().all(|n| api.tenants.get(&ObjectRef::new(n)).is_some()),
+        names
+            .iter()
+            .all(|n| api.tenants.get(&ObjectRef::new(n)).is_some()),
         "every tenant is cached"
     );
 
