@@ -104,11 +104,20 @@ pub fn tenant_name(name: &str) -> Result<&str, ApiError> {
     }
 }
 
-/// Whether `name` is a DNS-1123 subdomain (the names of TenantBackups).
+/// Whether `name` is a DNS-1123 subdomain (the names of TenantBackups), as Kubernetes checks
+/// it: at most 253 characters, dot-separated parts of lowercase letters, digits and '-' that
+/// start and end with a letter or digit (no length limit per part).
 pub fn is_dns_subdomain(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 253
-        && name.split('.').all(stackplane_crds::naming::is_dns_label)
+        && name.split('.').all(|part| {
+            let b = part.as_bytes();
+            !b.is_empty()
+                && b.iter()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+                && b[0] != b'-'
+                && b[b.len() - 1] != b'-'
+        })
 }
 
 #[cfg(test)]
@@ -122,6 +131,8 @@ mod tests {
         assert!(!is_dns_subdomain("a..b"));
         assert!(!is_dns_subdomain(""));
         assert!(!is_dns_subdomain(&"a".repeat(254)));
+        assert!(is_dns_subdomain(&"a".repeat(100)));
+        assert!(!is_dns_subdomain("a-.b"));
     }
 
     #[test]
