@@ -156,7 +156,7 @@ fn main() {
                         "endpoint": format!("https://{name}.example.com"),
                         "components": [{"name": "api", "readyReplicas": 2, "replicas": 2}],
                         "conditions": [{"type": "Ready", "status": "True", "reason": "Available",
-                            "message": "", "lastTransitionTime": "2026-11-21T00:00:00Z"}]}});
+                            "message": "all components available", "lastTransitionTime": "2026-11-21T00:00:00Z"}]}});
                     tenant_api
                         .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
                         .await
