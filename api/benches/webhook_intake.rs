@@ -127,6 +127,7 @@ async fn intake(db: sqlx::PgPool, run: &str, per_sender: usize) -> Figures {
             ..HardeningArgs::default()
         },
         checkout: None,
+        tenants: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -3,15 +3,21 @@
 
 use std::net::SocketAddr;
 
+pub mod audit;
 pub mod auth;
 pub mod billing;
+pub mod caller;
 pub mod config;
 pub mod db;
 pub mod hardening;
+pub mod extract;
+pub mod history;
 pub mod http_error;
 pub mod metrics;
+pub mod openapi;
 pub mod server;
 pub mod telemetry;
+pub mod tenants;
 
 /// `stackplane-api` and its subcommands.
 #[derive(clap::Parser, Debug)]
@@ -72,4 +78,7 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub hardening: hardening::HardeningArgs,
+
+    #[command(flatten)]
+    pub metrics_source: tenants::MetricsSourceArgs,
 }

@@ -66,6 +66,18 @@ async fn main() -> anyhow::Result<()> {
             let kube = kube::Client::try_default()
                 .await
                 .context("building a Kubernetes client (KUBECONFIG or in-cluster)")?;
+            let (tenant_api, tenant_watches) = stackplane_api::tenants::TenantApi::start(
+                state.db.clone(),
+                kube.clone(),
+                &state.billing.secrets.admin_token,
+                args.metrics_source.clone(),
+            );
+            tokio::spawn(tenant_watches);
+            // Serve tenant status only from a filled cache: before the first list every tenant
+            // would look missing.
+            tokio::time::timeout(std::time::Duration::from_secs(120), tenant_api.ready())
+                .await
+                .context("the Tenant and TenantBackup caches did not fill within 120s")?;
             let (prices, driver) =
                 stackplane_api::billing::prices::PlatformCache::start(kube.clone());
             tokio::spawn(driver);
@@ -90,6 +102,7 @@ async fn main() -> anyhow::Result<()> {
             let options = server::RouterOptions {
                 hardening: args.hardening,
                 checkout: Some(std::sync::Arc::new(checkout)),
+                tenants: Some(stackplane_api::tenants::router(tenant_api)),
             };
             // Peer addresses feed the per-client rate limits.
             let app = server::router_with(state, options)

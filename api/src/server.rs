@@ -34,9 +34,12 @@ pub struct RouterOptions {
     pub hardening: crate::hardening::HardeningArgs,
     /// Stripe Checkout and Customer Portal; without it those endpoints answer 503.
     pub checkout: Option<Arc<crate::billing::checkout::Checkout>>,
+    /// The tenant API with `/readyz` and `/openapi.json` ([`crate::tenants::router`]), behind
+    /// the same hardening middleware as the billing routes.
+    pub tenants: Option<Router>,
 }
 
-/// The routes of the API with default options.
+/// The billing routes with default options (no tenant API).
 pub fn router(state: AppState) -> Router {
     router_with(state, RouterOptions::default())
 }
@@ -45,7 +48,6 @@ pub fn router(state: AppState) -> Router {
 pub fn router_with(state: AppState, options: RouterOptions) -> Router {
     let routes = Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route(
             "/webhooks/stripe",
@@ -56,6 +58,10 @@ pub fn router_with(state: AppState, options: RouterOptions) -> Router {
         .route("/api/v1/billing/events/{id}/replay", post(replay_event))
         .with_state(state.clone())
         .merge(crate::billing::checkout::routes(state, options.checkout));
+    let routes = match options.tenants {
+        Some(tenants) => routes.merge(tenants),
+        None => routes,
+    };
     crate::hardening::apply(routes, &options.hardening)
 }
 
@@ -114,16 +120,5 @@ async fn metrics(State(state): State<AppState>) -> axum::response::Response {
         )
             .into_response(),
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-    }
-}
-
-/// Ready when the database answers.
-async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
-    match sqlx::query("SELECT 1").execute(&state.db).await {
-        Ok(_) => (StatusCode::OK, "ok"),
-        Err(error) => {
-            tracing::warn!(%error, "readiness: database unreachable");
-            (StatusCode::SERVICE_UNAVAILABLE, "database unreachable")
-        }
     }
 }

@@ -34,6 +34,7 @@ async fn serve(args: HardeningArgs) -> String {
         RouterOptions {
             hardening: args,
             checkout: None,
+            tenants: None,
         },
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -1,0 +1,971 @@
+//! The tenant API against the real kube-apiserver and Postgres the harness starts. Tenants are
+//! created directly in the API server and their status written with `patch_status`, as the
+//! controller would.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, Client};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use stackplane_api::db::MIGRATOR;
+use stackplane_api::tenants::{router, MetricsSourceArgs, TenantApi};
+use stackplane_crds::{Tenant, TenantBackup, TenantPhase, TenantSpec};
+use stackplane_tests::{fresh_database, install_crds, kube_client, unique};
+
+const ADMIN: &str = "admin-token-for-tenant-api-tests";
+
+struct Env {
+    base: String,
+    http: reqwest::Client,
+    db: PgPool,
+    kube: Client,
+    api: TenantApi,
+}
+
+async fn start_with(source: MetricsSourceArgs) -> Env {
+    let kube = kube_client().await;
+    install_crds(&kube).await;
+    let (db, _) = fresh_database().await;
+    MIGRATOR.run(&db).await.expect("migrate");
+    let (api, driver) = TenantApi::start(db.clone(), kube.clone(), ADMIN, source);
+    tokio::spawn(driver);
+    assert!(api.ready().await, "caches fill");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let app = router(api.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Env {
+        base: format!("http://{addr}"),
+        http: reqwest::Client::new(),
+        db,
+        kube,
+        api,
+    }
+}
+
+async fn start() -> Env {
+    start_with(MetricsSourceArgs::default()).await
+}
+
+impl Env {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<(&str, &str)>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some((content_type, body)) = body {
+            req = req
+                .header("content-type", content_type)
+                .body(body.to_owned());
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status();
+        let text = resp.text().await.expect("body");
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+        };
+        (status, value)
+    }
+
+    async fn get(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
+        self.call(reqwest::Method::GET, path, token, None).await
+    }
+
+    async fn post(&self, path: &str, token: Option<&str>, body: &str) -> (StatusCode, Value) {
+        self.call(
+            reqwest::Method::POST,
+            path,
+            token,
+            Some(("application/json", body)),
+        )
+        .await
+    }
+
+    /// Creates a Tenant and writes its status as the controller would; waits until the cache
+    /// shows it.
+    async fn tenant(&self, name: &str, platform: &str, tier: &str, phase: Option<TenantPhase>) {
+        let api: Api<Tenant> = Api::all(self.kube.clone());
+        api.create(
+            &PostParams::default(),
+            &Tenant::new(name, TenantSpec::new(platform, tier)),
+        )
+        .await
+        .expect("create tenant");
+        if let Some(phase) = phase {
+            self.set_phase(name, phase).await;
+        } else {
+            self.wait_cached(name, None).await;
+        }
+    }
+
+    async fn set_phase(&self, name: &str, phase: TenantPhase) {
+        let api: Api<Tenant> = Api::all(self.kube.clone());
+        let ready = if phase == TenantPhase::Ready {
+            "True"
+        } else {
+            "False"
+        };
+        let status = json!({"status": {
+            "phase": phase.as_str(),
+            "namespace": format!("tenant-{name}"),
+            "endpoint": format!("https://{name}.example.com"),
+            "dnsRecord": format!("{name}.example.com"),
+            "components": [{"name": "api", "readyReplicas": 2, "replicas": 2}],
+            "instance": {"id": "i-0abc", "type": "t3.small", "state": "running", "publicIp": "203.0.113.7"},
+            "conditions": [{"type": "Ready", "status": ready, "reason": phase.as_str(),
+                "message": "as scripted", "lastTransitionTime": "2026-11-21T00:00:00Z"}],
+        }});
+        api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .expect("patch status");
+        self.wait_cached(name, Some(phase)).await;
+    }
+
+    async fn wait_cached(&self, name: &str, phase: Option<TenantPhase>) {
+        for _ in 0..200 {
+            if let Some(t) = self.api.tenants.get(&ObjectRef::new(name)) {
+                if phase.is_none() || t.status.as_ref().and_then(|s| s.phase) == phase {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("tenant {name} not in the cache with phase {phase:?} within 10s");
+    }
+
+    /// Issues a token for `tenant` through the API; returns (token, id).
+    async fn token(&self, tenant: &str) -> (String, String) {
+        let (status, body) = self
+            .post(
+                &format!("/api/v1/tenants/{tenant}/tokens"),
+                Some(ADMIN),
+                r#"{"description": "dashboard"}"#,
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        (
+            body["token"].as_str().expect("token").to_owned(),
+            body["id"].as_str().expect("id").to_owned(),
+        )
+    }
+
+    async fn audit(&self) -> Vec<(String, String, String, String)> {
+        sqlx::query_as("SELECT actor, action, target, outcome FROM audit_log ORDER BY id")
+            .fetch_all(&self.db)
+            .await
+            .expect("audit rows")
+    }
+}
+
+fn assert_error(status: StatusCode, body: &Value, want: StatusCode, code: &str) {
+    assert_eq!(status, want, "{body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn tenant_token_reads_only_its_own_tenant_until_revoked() {
+    let env = start().await;
+    let platform = unique("plat");
+    let (a, b) = (unique("tn-a"), unique("tn-b"));
+    env.tenant(&a, &platform, "starter", Some(TenantPhase::Ready))
+        .await;
+    env.tenant(&b, &platform, "starter", Some(TenantPhase::Ready))
+        .await;
+    let (token, id) = env.token(&a).await;
+
+    // Stored as its SHA-256 only.
+    let (hash, prefix): (Vec<u8>, String) =
+        sqlx::query_as("SELECT token_hash, prefix FROM api_tokens WHERE id = $1::uuid")
+            .bind(&id)
+            .fetch_one(&env.db)
+            .await
+            .expect("token row");
+    assert_eq!(hash, Sha256::digest(token.as_bytes()).to_vec());
+    assert!(token.starts_with(&prefix) && prefix.len() < token.len());
+
+    // Own status, metrics and backups.
+    let (status, body) = env.get(&format!("/api/v1/tenants/{a}"), Some(&token)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["name"], a.as_str());
+    assert_eq!(body["phase"], "Ready");
+    assert_eq!(body["platform"], platform.as_str());
+    assert_eq!(body["tier"], "starter");
+    assert_eq!(body["subdomain"], a.as_str());
+    assert_eq!(body["endpoint"], format!("https://{a}.example.com"));
+    assert_eq!(body["dnsRecord"], format!("{a}.example.com"));
+    assert_eq!(body["instance"]["id"], "i-0abc");
+    assert_eq!(body["instance"]["type"], "t3.small");
+    assert_eq!(body["components"][0]["readyReplicas"], 2);
+    assert_eq!(body["conditions"][0]["type"], "Ready");
+    assert_eq!(body["conditions"][0]["status"], "True");
+    let (status, body) = env
+        .get(
+            &format!("/api/v1/tenants/{a}/metrics?window=1h"),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["bandwidth"]["available"], false);
+    assert!(body["bandwidth"]["reason"]
+        .as_str()
+        .is_some_and(|r| r.contains("STACKPLANE_PROMETHEUS_URL")));
+    assert!(
+        body["bandwidth"].get("bytes").is_none(),
+        "never invented: {body}"
+    );
+    assert_eq!(body["storage"]["available"], true);
+    let (status, body) = env
+        .get(&format!("/api/v1/tenants/{a}/backups"), Some(&token))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!([]));
+
+    // Another tenant answers exactly as a missing one: 404.
+    let (_, missing) = env
+        .get("/api/v1/tenants/no-such-tenant", Some(&token))
+        .await;
+    for path in [
+        format!("/api/v1/tenants/{b}"),
+        format!("/api/v1/tenants/{b}/metrics"),
+        format!("/api/v1/tenants/{b}/backups"),
+    ] {
+        let (status, body) = env.get(&path, Some(&token)).await;
+        assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+        assert_eq!(
+            body["error"]["message"]
+                .as_str()
+                .map(|m| m.replace(&b, "X")),
+            missing["error"]["message"]
+                .as_str()
+                .map(|m| m.replace("no-such-tenant", "X"))
+        );
+    }
+    let (status, body) = env
+        .post(&format!("/api/v1/tenants/{b}/backups"), Some(&token), "{}")
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    // Admin-only endpoints.
+    let (status, body) = env.get("/api/v1/tenants", Some(&token)).await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
+    let (status, body) = env
+        .post(&format!("/api/v1/tenants/{a}/tokens"), Some(&token), "{}")
+        .await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
+
+    // No token, an unknown one, then the revoked one: 401.
+    let (status, body) = env.get(&format!("/api/v1/tenants/{a}"), None).await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
+    let (status, body) = env
+        .get(&format!("/api/v1/tenants/{a}"), Some("spt_0000"))
+        .await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
+    let (status, _) = env
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/tenants/{a}/tokens/{id}"),
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) = env.get(&format!("/api/v1/tenants/{a}"), Some(&token)).await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
+    // The admin still sees both.
+    for t in [&a, &b] {
+        let (status, _) = env.get(&format!("/api/v1/tenants/{t}"), Some(ADMIN)).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    // Revoking a token of another tenant's name finds nothing.
+    let (status, body) = env
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/tenants/{b}/tokens/{id}"),
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+
+    let audit = env.audit().await;
+    let row = |action: &str, outcome: &str, actor: &str| {
+        audit
+            .iter()
+            .any(|(ac, an, _, o)| an == action && o == outcome && ac == actor)
+    };
+    assert!(row("token.issue", "success", "admin"), "{audit:?}");
+    assert!(row("token.revoke", "success", "admin"), "{audit:?}");
+    assert!(row("token.revoke", "denied", "admin"), "{audit:?}");
+    assert!(
+        row("backup.create", "denied", &format!("token:{id}")),
+        "{audit:?}"
+    );
+    assert!(
+        row("token.issue", "denied", &format!("token:{id}")),
+        "{audit:?}"
+    );
+    assert!(
+        audit
+            .iter()
+            .all(|(_, _, target, _)| target.starts_with("/api/v1/tenants/")),
+        "{audit:?}"
+    );
+}
+
+#[tokio::test]
+async fn admin_lists_filters_pages_and_summarizes() {
+    let env = start().await;
+    let p1 = unique("plat");
+    let p2 = unique("plat");
+    let phases = [
+        TenantPhase::Ready,
+        TenantPhase::Ready,
+        TenantPhase::Degraded,
+        TenantPhase::Provisioning,
+        TenantPhase::Ready,
+    ];
+    let mut names = Vec::new();
+    for (i, phase) in phases.iter().enumerate() {
+        let name = format!("{p1}-t{i}");
+        let tier = if i % 2 == 0 { "starter" } else { "pro" };
+        env.tenant(&name, &p1, tier, Some(*phase)).await;
+        names.push(name);
+    }
+    env.tenant(&format!("{p1}-unobserved"), &p1, "starter", None)
+        .await;
+    names.push(format!("{p1}-unobserved"));
+    names.sort();
+    env.tenant(&format!("{p2}-x"), &p2, "starter", Some(TenantPhase::Ready))
+        .await;
+
+    let list = |q: String| {
+        let env = &env;
+        async move {
+            let (status, body) = env.get(&format!("/api/v1/tenants?{q}"), Some(ADMIN)).await;
+            assert_eq!(status, StatusCode::OK, "{q}: {body}");
+            body
+        }
+    };
+    let names_of = |body: &Value| -> Vec<String> {
+        body["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|t| t["name"].as_str().expect("name").to_owned())
+            .collect()
+    };
+    let all = list(format!("platform={p1}")).await;
+    assert_eq!(names_of(&all), names);
+    assert_eq!(all["total"], 6);
+    assert!(all["continue"].is_null());
+    let ready = list(format!("platform={p1}&phase=Ready")).await;
+    assert_eq!(
+        names_of(&ready),
+        [format!("{p1}-t0"), format!("{p1}-t1"), format!("{p1}-t4")]
+    );
+    let pro = list(format!("platform={p1}&tier=pro")).await;
+    assert_eq!(names_of(&pro), [format!("{p1}-t1"), format!("{p1}-t3")]);
+
+    // Pages of 4 cover everything once, in order; a tenant created between pages does not
+    // shift the next page.
+    let first = list(format!("platform={p1}&limit=4")).await;
+    assert_eq!(names_of(&first), names[..4]);
+    let cont = first["continue"].as_str().expect("continue").to_owned();
+    env.tenant(&format!("{p1}-a-late"), &p1, "starter", None)
+        .await;
+    let second = list(format!("platform={p1}&limit=4&continue={cont}")).await;
+    assert_eq!(names_of(&second), names[4..]);
+    assert!(second["continue"].is_null());
+
+    for (q, code) in [
+        ("phase=Sleeping", "invalid_query"),
+        ("limit=0", "invalid_query"),
+        ("limit=many", "invalid_query"),
+        ("colour=blue", "invalid_query"),
+        ("continue=Not_A_Name", "invalid_query"),
+    ] {
+        let (status, body) = env.get(&format!("/api/v1/tenants?{q}"), Some(ADMIN)).await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, code);
+    }
+
+    let (status, summary) = env
+        .get(&format!("/api/v1/platforms/{p1}/summary"), Some(ADMIN))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{summary}");
+    assert_eq!(summary["total"], 7);
+    assert_eq!(summary["byPhase"]["Ready"], 3);
+    assert_eq!(summary["byPhase"]["Degraded"], 1);
+    assert_eq!(summary["byPhase"]["Provisioning"], 1);
+    assert_eq!(summary["byPhase"]["Unknown"], 2);
+    assert_eq!(summary["byPhase"]["Failed"], 0);
+    assert_eq!(summary["byTier"]["starter"], 5);
+    assert_eq!(summary["byTier"]["pro"], 2);
+    let (status, body) = env
+        .get(
+            "/api/v1/platforms/no-such-platform-here/summary",
+            Some(ADMIN),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    let (status, body) = env
+        .get(&format!("/api/v1/platforms/{p1}/summary"), None)
+        .await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_and_nothing_is_written() {
+    let env = start().await;
+    let name = unique("tn");
+    env.tenant(&name, &unique("plat"), "starter", Some(TenantPhase::Ready))
+        .await;
+    let backups = format!("/api/v1/tenants/{name}/backups");
+    let tokens = format!("/api/v1/tenants/{name}/tokens");
+    let cases: Vec<(String, &str, &str, StatusCode, &str)> = vec![
+        (
+            backups.clone(),
+            "application/json",
+            "{not json",
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+        ),
+        (
+            backups.clone(),
+            "application/json",
+            r#"{"reason": "scheduled"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+        (
+            backups.clone(),
+            "text/plain",
+            "please back up",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            format!("{backups}/x/restore"),
+            "application/json",
+            r#"{"force": true}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+        (
+            "/api/v1/tenants/Bad_Name/backups".into(),
+            "application/json",
+            "{}",
+            StatusCode::BAD_REQUEST,
+            "invalid_name",
+        ),
+        (
+            format!("{backups}/Not..A..Name/restore"),
+            "application/json",
+            "{}",
+            StatusCode::BAD_REQUEST,
+            "invalid_name",
+        ),
+        (
+            tokens.clone(),
+            "application/json",
+            r#"{"scope": "admin"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+        (
+            tokens.clone(),
+            "application/json",
+            r#"{"description": 42}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+        (
+            tokens.clone(),
+            "application/json",
+            r#"{"expiresAt": "2001-01-01T00:00:00Z"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+        (
+            tokens.clone(),
+            "application/json",
+            r#"{"description": "#,
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+        ),
+        (
+            "/api/v1/tenants/-x-/tokens".into(),
+            "application/json",
+            "{}",
+            StatusCode::BAD_REQUEST,
+            "invalid_name",
+        ),
+    ];
+    for (path, content_type, body, want, code) in &cases {
+        let (status, answer) = env
+            .call(
+                reqwest::Method::POST,
+                path,
+                Some(ADMIN),
+                Some((content_type, body)),
+            )
+            .await;
+        assert!(status.is_client_error(), "{path} {body}: {status}");
+        assert_error(status, &answer, *want, code);
+    }
+    let (status, body) = env.get("/api/v1/tenants/UPPER", Some(ADMIN)).await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_name");
+
+    // Nothing written: no TenantBackup, no token, and no audit row claiming success.
+    let crs = Api::<TenantBackup>::all(env.kube.clone())
+        .list(&ListParams::default().labels(&stackplane_crds::labels::tenant_selector(&name)))
+        .await
+        .expect("list backups");
+    assert!(crs.items.is_empty(), "{:?}", crs.items);
+    let (records, tokens_n): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM backup_records WHERE tenant = $1), (SELECT count(*) FROM api_tokens)",
+    )
+    .bind(&name)
+    .fetch_one(&env.db)
+    .await
+    .expect("counts");
+    assert_eq!((records, tokens_n), (0, 0));
+    let audit = env.audit().await;
+    assert_eq!(
+        audit.len(),
+        cases.len(),
+        "one row per refused call: {audit:?}"
+    );
+    assert!(
+        audit
+            .iter()
+            .all(|(actor, _, _, outcome)| outcome == "failed" && actor == "admin"),
+        "{audit:?}"
+    );
+}
+
+#[tokio::test]
+async fn uptime_after_scripted_phase_transitions() {
+    let env = start().await;
+    let name = unique("tn");
+    env.tenant(
+        &name,
+        &unique("plat"),
+        "starter",
+        Some(TenantPhase::Provisioning),
+    )
+    .await;
+    // Scripted history with controlled timestamps: Provisioning from -10m, Ready at +5m,
+    // Degraded at +35m, Ready at +45m (minutes from `base`).
+    let base = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+    let at = |minutes: i64| base + chrono::Duration::minutes(minutes);
+    for (minutes, phase) in [
+        (-10, "Provisioning"),
+        (5, "Ready"),
+        (35, "Degraded"),
+        (45, "Ready"),
+    ] {
+        sqlx::query("INSERT INTO tenant_status_history (tenant, platform, phase, observed_at) VALUES ($1, 'p', $2, $3)")
+            .bind(&name)
+            .bind(phase)
+            .bind(at(minutes))
+            .execute(&env.db)
+            .await
+            .expect("history row");
+    }
+    let metrics = |window: &str, end: DateTime<Utc>| {
+        let path = format!(
+            "/api/v1/tenants/{name}/metrics?window={window}&end={}",
+            end.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+        let env = &env;
+        async move {
+            let (status, body) = env.get(&path, Some(ADMIN)).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            body["uptime"].clone()
+        }
+    };
+    // [0, 60m]: Ready 5→35 and 45→60 = 45 of 60 minutes.
+    let u = metrics("1h", at(60)).await;
+    assert_eq!(u["fraction"], 0.75, "{u}");
+    assert_eq!(u["readySeconds"], 2700.0);
+    assert_eq!(u["observedSeconds"], 3600.0);
+    // [-60m, 60m]: the 50 minutes before the first record are not observed: 45 of 70.
+    let u = metrics("2h", at(60)).await;
+    assert_eq!(u["observedSeconds"], 4200.0, "{u}");
+    assert_eq!(u["fraction"], 2700.0 / 4200.0);
+    // [-2h, -1h]: no history at all.
+    let u = metrics("1h", at(-60)).await;
+    assert!(u["fraction"].is_null(), "{u}");
+    // Windows are validated.
+    let (status, body) = env
+        .get(
+            &format!("/api/v1/tenants/{name}/metrics?window=1fortnight"),
+            Some(ADMIN),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_query");
+}
+
+#[tokio::test]
+async fn phase_transitions_are_recorded_once() {
+    let env = start().await;
+    let name = unique("tn");
+    env.tenant(
+        &name,
+        &unique("plat"),
+        "starter",
+        Some(TenantPhase::Provisioning),
+    )
+    .await;
+    env.set_phase(&name, TenantPhase::Ready).await;
+    env.set_phase(&name, TenantPhase::Degraded).await;
+    let mut rows: Vec<(String, Option<String>)> = Vec::new();
+    for _ in 0..100 {
+        rows = sqlx::query_as(
+            "SELECT phase, previous_phase FROM tenant_status_history WHERE tenant = $1 ORDER BY observed_at, id",
+        )
+        .bind(&name)
+        .fetch_all(&env.db)
+        .await
+        .expect("history");
+        if rows.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        rows,
+        [
+            ("Provisioning".to_owned(), None),
+            ("Ready".to_owned(), Some("Provisioning".to_owned())),
+            ("Degraded".to_owned(), Some("Ready".to_owned())),
+        ]
+    );
+    // A second writer (another replica) seeing the same phases concurrently writes nothing new.
+    let writes = (0..8)
+        .map(|_| stackplane_api::history::record_phase(&env.db, &name, "p", "Degraded", None));
+    let written = futures::future::join_all(writes).await;
+    assert!(
+        written.iter().all(|w| matches!(w, Ok(false))),
+        "{written:?}"
+    );
+    // Concurrent writers of a new phase: exactly one row.
+    let writes = (0..8)
+        .map(|_| stackplane_api::history::record_phase(&env.db, &name, "p", "Suspended", None));
+    let written = futures::future::join_all(writes).await;
+    assert_eq!(
+        written.iter().filter(|w| matches!(w, Ok(true))).count(),
+        1,
+        "{written:?}"
+    );
+}
+
+#[tokio::test]
+async fn backups_are_requested_recorded_and_restored() {
+    let env = start().await;
+    let platform = unique("plat");
+    let name = unique("tn");
+    env.tenant(&name, &platform, "starter", Some(TenantPhase::Ready))
+        .await;
+    let (token, token_id) = env.token(&name).await;
+    let backups_path = format!("/api/v1/tenants/{name}/backups");
+
+    let (status, created) = env.post(&backups_path, Some(&token), "").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{created}");
+    let backup = created["name"].as_str().expect("name").to_owned();
+    assert_eq!(created["phase"], "Pending");
+    let crs: Api<TenantBackup> = Api::all(env.kube.clone());
+    let cr = crs.get(&backup).await.expect("the TenantBackup exists");
+    assert_eq!(cr.spec.tenant, name);
+    assert_eq!(cr.spec.reason, stackplane_crds::BackupReason::Manual);
+    assert_eq!(cr.spec.restore, None);
+    let labels = cr.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(
+        labels
+            .get("app.kubernetes.io/managed-by")
+            .map(String::as_str),
+        Some("stackplane")
+    );
+    assert_eq!(labels.get("stackplane.io/tenant"), Some(&name));
+    assert_eq!(labels.get("stackplane.io/platform"), Some(&platform));
+    let (phase, reason): (String, String) =
+        sqlx::query_as("SELECT phase, reason FROM backup_records WHERE name = $1")
+            .bind(&backup)
+            .fetch_one(&env.db)
+            .await
+            .expect("recorded");
+    assert_eq!((phase.as_str(), reason.as_str()), ("Pending", "manual"));
+
+    // A restore from an unfinished backup is refused; from an unknown one, 404.
+    let (status, body) = env
+        .post(
+            &format!("{backups_path}/{backup}/restore"),
+            Some(&token),
+            "{}",
+        )
+        .await;
+    assert_error(status, &body, StatusCode::CONFLICT, "not_restorable");
+    let (status, body) = env
+        .post(&format!("{backups_path}/nope/restore"), Some(&token), "{}")
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+
+    // The backup reconciler completes it.
+    let status = json!({"status": {
+        "phase": "Completed",
+        "parts": [{"kind": "ebs-snapshot", "id": "snap-0123", "source": "vol-1", "state": "Completed"},
+                  {"kind": "database", "id": "dump-job", "state": "Completed"}],
+        "startedAt": "2026-11-21T01:00:00Z",
+        "completedAt": "2026-11-21T01:02:00Z",
+        "expiresAt": "2026-12-21T01:02:00Z",
+    }});
+    crs.patch_status(&backup, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .expect("patch backup status");
+    let mut record: (String, Value, Option<DateTime<Utc>>) = Default::default();
+    for _ in 0..100 {
+        record =
+            sqlx::query_as("SELECT phase, parts, completed_at FROM backup_records WHERE name = $1")
+                .bind(&backup)
+                .fetch_one(&env.db)
+                .await
+                .expect("record");
+        if record.0 == "Completed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(record.0, "Completed", "the watch records the status");
+    assert_eq!(record.1[0]["id"], "snap-0123");
+    assert_eq!(
+        record.2,
+        Some(Utc.with_ymd_and_hms(2026, 11, 21, 1, 2, 0).unwrap())
+    );
+
+    let (status, restore) = env
+        .post(
+            &format!("{backups_path}/{backup}/restore"),
+            Some(&token),
+            "{}",
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{restore}");
+    let restore_name = restore["name"].as_str().expect("name").to_owned();
+    assert_eq!(restore["restoreFrom"], backup.as_str());
+    let restore_cr = crs.get(&restore_name).await.expect("restore CR");
+    assert_eq!(restore_cr.spec.restore.as_deref(), Some(backup.as_str()));
+    crs.patch_status(
+        &restore_name,
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"status": {"phase": "InProgress",
+            "parts": [{"kind": "ebs-snapshot", "id": "vol-restored", "source": "snap-0123", "state": "InProgress"}]}})),
+    )
+    .await
+    .expect("patch restore status");
+
+    // The list shows both, the restore's progress from the live object.
+    let mut list = Value::Null;
+    for _ in 0..100 {
+        let (status, body) = env.get(&backups_path, Some(&token)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        list = body;
+        let restore = list
+            .as_array()
+            .and_then(|l| l.iter().find(|b| b["name"] == restore_name.as_str()));
+        if restore.is_some_and(|r| r["phase"] == "InProgress") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let items = list.as_array().expect("array");
+    assert_eq!(items.len(), 2, "{list}");
+    let find = |n: &str| {
+        items
+            .iter()
+            .find(|b| b["name"] == n)
+            .cloned()
+            .expect("listed")
+    };
+    assert_eq!(find(&restore_name)["phase"], "InProgress");
+    assert_eq!(find(&restore_name)["restoreFrom"], backup.as_str());
+    assert_eq!(find(&backup)["phase"], "Completed");
+    assert_eq!(find(&backup)["parts"][0]["kind"], "ebs-snapshot");
+
+    // The record outlives the object.
+    crs.delete(&backup, &DeleteParams::default())
+        .await
+        .expect("delete CR");
+    let mut gone = false;
+    for _ in 0..100 {
+        if env.api.backups.get(&ObjectRef::new(&backup)).is_none() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gone, "the cache drops the deleted TenantBackup");
+    let (_, body) = env.get(&backups_path, Some(&token)).await;
+    let old = body
+        .as_array()
+        .and_then(|l| l.iter().find(|b| b["name"] == backup.as_str()).cloned())
+        .expect("still listed from Postgres");
+    assert_eq!(old["live"], false);
+    assert_eq!(old["phase"], "Completed");
+
+    let audit = env.audit().await;
+    let actor = format!("token:{token_id}");
+    let success: Vec<_> = audit
+        .iter()
+        .filter(|(a, _, _, o)| a == &actor && o == "success")
+        .map(|(_, action, target, _)| (action.as_str(), target.as_str()))
+        .collect();
+    assert_eq!(
+        success,
+        [
+            ("backup.create", backups_path.as_str()),
+            (
+                "backup.restore",
+                format!("{backups_path}/{backup}/restore").as_str()
+            ),
+        ],
+        "{audit:?}"
+    );
+    let details: Value = sqlx::query_scalar(
+        "SELECT details FROM audit_log WHERE action = 'backup.create' AND outcome = 'success'",
+    )
+    .fetch_one(&env.db)
+    .await
+    .expect("details");
+    assert_eq!(details["backup"], backup.as_str());
+    assert_eq!(details["status"], 202);
+}
+
+/// A Prometheus HTTP API answering one instant vector, remembering the queries it was asked.
+async fn fake_prometheus(value: &'static str) -> (String, Arc<Mutex<Vec<String>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    let app = axum::Router::new().route(
+        "/api/v1/query",
+        axum::routing::get(
+            move |axum::extract::Query(q): axum::extract::Query<
+                std::collections::HashMap<String, String>,
+            >| {
+                let seen = seen2.clone();
+                async move {
+                    seen.lock()
+                        .expect("lock")
+                        .push(q.get("query").cloned().unwrap_or_default());
+                    axum::Json(json!({"status": "success", "data": {"resultType": "vector",
+                        "result": [{"metric": {}, "value": [1_700_000_000.0, value]}]}}))
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}"), seen)
+}
+
+#[tokio::test]
+async fn metrics_report_storage_and_configured_bandwidth() {
+    let (prometheus, seen) = fake_prometheus("123456789").await;
+    let env = start_with(MetricsSourceArgs {
+        prometheus_url: Some(prometheus),
+        bandwidth_query: "sum(increase(net_bytes{namespace=\"{namespace}\"}[{window}]))".into(),
+    })
+    .await;
+    let name = unique("tn");
+    env.tenant(&name, &unique("plat"), "starter", Some(TenantPhase::Ready))
+        .await;
+    let namespace = format!("tenant-{name}");
+    Api::<Namespace>::all(env.kube.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": namespace}})).expect("ns"),
+        )
+        .await
+        .expect("namespace");
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(env.kube.clone(), &namespace);
+    for (claim, size) in [("data", "1Gi"), ("uploads", "500M")] {
+        pvcs.create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": claim}, "spec": {
+                "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}}}))
+            .expect("pvc"),
+        )
+        .await
+        .expect("create pvc");
+    }
+    pvcs.patch_status(
+        "data",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"status": {"phase": "Bound", "capacity": {"storage": "2Gi"}}})),
+    )
+    .await
+    .expect("bind pvc");
+
+    let (status, body) = env
+        .get(
+            &format!("/api/v1/tenants/{name}/metrics?window=24h"),
+            Some(ADMIN),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let gib = 1024.0 * 1024.0 * 1024.0;
+    assert_eq!(body["storage"]["available"], true);
+    assert_eq!(body["storage"]["requestedBytes"], gib + 500e6);
+    assert_eq!(body["storage"]["capacityBytes"], 2.0 * gib);
+    assert_eq!(body["storage"]["volumes"].as_array().map(Vec::len), Some(2));
+    assert_eq!(body["bandwidth"]["available"], true, "{body}");
+    assert_eq!(body["bandwidth"]["bytes"], 123456789.0);
+    assert_eq!(
+        seen.lock().expect("lock").as_slice(),
+        [format!(
+            "sum(increase(net_bytes{{namespace=\"{namespace}\"}}[86400s]))"
+        )]
+    );
+    // The tenant's own uptime comes from what the watch recorded: Ready since it was seen.
+    assert!(body["uptime"]["observedSeconds"].as_f64().is_some());
+}
+
+#[tokio::test]
+async fn readyz_checks_database_and_kubernetes_and_openapi_is_served() {
+    let env = start().await;
+    let (status, body) = env.get("/readyz", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({"database": "ok", "kubernetes": "ok"}));
+    let (status, doc) = env.get("/openapi.json", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
+    assert!(doc["paths"]["/api/v1/tenants/{name}/backups"]["post"].is_object());
+    env.db.close().await;
+    let (status, body) = env.get("/readyz", None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["kubernetes"], "ok");
+    assert_ne!(body["database"], "ok");
+}
