@@ -539,6 +539,43 @@ async fn portal_sessions_are_for_the_tenants_stripe_customer() {
         "only the good request reached Stripe"
     );
 
+    // A tenant's own token opens its portal; for another tenant it answers 404.
+    let token = format!("spt_{}", unique("tok").replace('-', ""));
+    sqlx::query(
+        "INSERT INTO api_tokens (token_hash, prefix, scope, tenant, created_by)
+         VALUES ($1, 'spt_', 'tenant', $2, 'test')",
+    )
+    .bind(&stackplane_api::caller::token_digest(&token)[..])
+    .bind(&name)
+    .execute(&env.db)
+    .await
+    .expect("insert token");
+    let (status, body) = env
+        .post(
+            "/api/v1/billing/portal",
+            Some(token.as_str()),
+            json!({"tenant": name}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = env
+        .post(
+            "/api/v1/billing/portal",
+            Some(token.as_str()),
+            json!({"tenant": bare}),
+        )
+        .await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (404, &json!("not_found")),
+        "{body}"
+    );
+    assert_eq!(
+        env.recorded().len(),
+        2,
+        "the other tenant's request never reached Stripe"
+    );
+
     for t in [&name, &bare] {
         tenants
             .delete(t, &Default::default())

@@ -666,10 +666,7 @@ async fn the_api_applies_a_paying_customers_tenant_with_only_the_charts_permissi
 }
 
 /// `GET /api/v1/tenants/{name}` served by an api with only the chart's permissions.
-/// LEAD: enable after merging the dashboard API branch (the endpoint is not on branch `ship`):
-/// remove the `#[ignore]`.
 #[tokio::test]
-#[ignore = "needs GET /api/v1/tenants/{name} from the dashboard API branch; enable after merge"]
 async fn the_api_serves_a_tenants_status_with_only_the_charts_permissions() {
     let admin = kube_client().await;
     install_crds(&admin).await;

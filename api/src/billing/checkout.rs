@@ -403,13 +403,22 @@ async fn create_portal(
     headers: HeaderMap,
     body: Result<Json<PortalRequest>, JsonRejection>,
 ) -> Response {
-    if let Err(e) = crate::auth::require_admin(&headers, &state.app.billing.secrets.admin_token) {
-        return e.into_response();
-    }
+    // The admin, or a token of that tenant (another tenant's name answers 404).
+    let authenticator = crate::caller::Authenticator::new(
+        &state.app.billing.secrets.admin_token,
+        state.app.db.clone(),
+    );
+    let caller = match authenticator.authenticate(&headers).await {
+        Ok(caller) => caller,
+        Err(e) => return e.into_response(),
+    };
     let req = match body {
         Ok(Json(req)) => req,
         Err(rejection) => return json_rejection(rejection),
     };
+    if let Err(e) = caller.may_read(&req.tenant) {
+        return e.into_response();
+    }
     match portal_session(&state, &req.tenant).await {
         Ok(url) => {
             tracing::info!(tenant = %req.tenant, "portal session created");
