@@ -45,6 +45,13 @@ zone="$("${moto_py[@]}" zone stackpro.business)"
 kubectl patch platform stackpro-business --type merge --field-manager=stackplane-demo \
   -p "{\"spec\":{\"hostedZoneId\":\"$zone\"}}" >/dev/null
 echo "hosted zone stackpro.business. in moto: $zone (set as stackpro-business's hostedZoneId)"
+# The example's AMI id stands for your account's image; moto only knows its own images.
+ami="$("${moto_py[@]}" image)"
+kubectl patch platform stackpro-business --type json --field-manager=stackplane-demo -p "[
+  {\"op\":\"replace\",\"path\":\"/spec/tiers/0/dedicatedInstance/imageId\",\"value\":\"$ami\"},
+  {\"op\":\"replace\",\"path\":\"/spec/tiers/1/dedicatedInstance/imageId\",\"value\":\"$ami\"},
+  {\"op\":\"replace\",\"path\":\"/spec/tiers/2/dedicatedInstance/imageId\",\"value\":\"$ami\"}]" >/dev/null
+echo "AMI in moto: $ami (set as every stackpro-business tier's imageId)"
 kubectl get platforms
 
 # Secrets for this run only; nothing is a default.

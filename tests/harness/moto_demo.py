@@ -31,6 +31,15 @@ def zone(domain: str) -> int:
     return 0
 
 
+def image() -> int:
+    """An AMI id moto knows (real AWS AMI ids are per account and region; moto ships its own)."""
+    images = client("ec2").describe_images()["Images"]
+    if not images:
+        sys.exit("moto_demo.py: moto lists no images")
+    print(sorted(i["ImageId"] for i in images)[0])
+    return 0
+
+
 def show(zone_id: str, instance_id: str, record: str) -> int:
     missing = []
     if instance_id:
@@ -67,6 +76,8 @@ def show(zone_id: str, instance_id: str, record: str) -> int:
 def main() -> int:
     if len(sys.argv) == 3 and sys.argv[1] == "zone":
         return zone(sys.argv[2])
+    if len(sys.argv) == 2 and sys.argv[1] == "image":
+        return image()
     if len(sys.argv) == 5 and sys.argv[1] == "show":
         return show(*sys.argv[2:])
     sys.exit(__doc__)
