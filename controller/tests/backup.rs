@@ -23,7 +23,7 @@ use stackplane_crds::{
     BackupPartKind, BackupPartState, BackupPhase, BackupPolicy, BackupReason, Tenant, TenantBackup,
     TenantBackupSpec, TenantSpec,
 };
-use stackplane_tests::{aws_config, install_crds, kube_client, unique};
+use stackplane_tests::{aws_config, eventually, install_crds, kube_client, unique};
 
 const SHARD: &str = "stackplane.io/test-shard";
 
@@ -203,24 +203,6 @@ async fn create_backup(env: &Env, tenant: &str, restore: Option<&str>) -> String
         .await
         .expect("create backup");
     name
-}
-
-async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 }
 
 async fn get_backup(client: &Client, name: &str) -> Option<TenantBackup> {

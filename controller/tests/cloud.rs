@@ -29,7 +29,10 @@ use stackplane_controller::leader::LeaseConfig;
 use stackplane_controller::metrics::Metrics;
 use stackplane_controller::tenant::ReconcileConfig;
 use stackplane_crds::{DeletionPolicy, Platform, Tenant, TenantPhase, TenantSpec};
-use stackplane_tests::{aws_config, example_platform_files, install_crds, kube_client, unique};
+use stackplane_tests::{
+    aws_config, eventually_within as eventually, example_platform_files, install_crds, kube_client,
+    unique,
+};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
@@ -463,24 +466,6 @@ fn cloud_condition(t: &Tenant) -> Option<Condition> {
         .iter()
         .find(|c| c.type_ == "CloudReady")
         .cloned()
-}
-
-async fn eventually<T, F, Fut>(what: &str, secs: u64, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 fn tag<'a>(i: &'a Instance, key: &str) -> Option<&'a str> {

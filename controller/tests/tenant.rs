@@ -21,7 +21,7 @@ use stackplane_crds::{
     BackupReason, Platform, Subscription, SubscriptionStatus, Tenant, TenantBackup, TenantPhase,
     TenantSpec,
 };
-use stackplane_tests::{example_platform_files, install_crds, kube_client, unique};
+use stackplane_tests::{eventually, example_platform_files, install_crds, kube_client, unique};
 
 const SHARD: &str = "stackplane.io/test-shard";
 
@@ -121,24 +121,6 @@ async fn create_tenant_with(env: &Env, tier: &str, edit: impl FnOnce(&mut Tenant
         .await
         .expect("create tenant");
     name
-}
-
-async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 }
 
 /// The Events about a Tenant, found the way `kubectl describe` finds them (every namespace).
