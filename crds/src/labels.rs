@@ -13,6 +13,11 @@ pub const PLATFORM: &str = "stackplane.io/platform";
 pub const COMPONENT: &str = "stackplane.io/component";
 /// Set on a namespace left behind by a Tenant deleted with `deletionPolicy: Retain`.
 pub const ORPHANED: &str = "stackplane.io/orphaned";
+/// Label (and EC2 tag) naming the TenantBackup an object or snapshot belongs to.
+pub const BACKUP: &str = "stackplane.io/backup";
+/// Annotation billing sets on a Tenant whose subscription is `past_due`; the controller turns
+/// it into the `PaymentOverdue` condition.
+pub const PAYMENT_OVERDUE: &str = "stackplane.io/payment-overdue";
 
 /// The labels of an object belonging to `tenant` of `platform`.
 pub fn tenant_labels(tenant: &str, platform: &str) -> std::collections::BTreeMap<String, String> {

@@ -10,9 +10,8 @@ use stackplane_crds::SubscriptionStatus;
 
 use super::error::BillingError;
 
-/// Annotation set on a Tenant while its subscription is `past_due`; the controller can show it
-/// as condition `PaymentOverdue` (the api does not write status).
-pub const PAYMENT_OVERDUE_ANNOTATION: &str = "stackplane.io/payment-overdue";
+/// The billing worker's `past_due` annotation (defined once, in `stackplane_crds::labels`).
+pub const PAYMENT_OVERDUE_ANNOTATION: &str = stackplane_crds::labels::PAYMENT_OVERDUE;
 
 /// The event types the worker acts on; every other type is stored and acknowledged.
 pub const HANDLED_EVENT_TYPES: [&str; 6] = [

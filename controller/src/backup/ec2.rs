@@ -10,7 +10,7 @@ use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
 use super::parts::Ec2Object;
 
 /// Tag naming the backup a snapshot belongs to.
-pub const TAG_BACKUP: &str = "stackplane.io/backup";
+pub const TAG_BACKUP: &str = stackplane_crds::labels::BACKUP;
 /// Tag naming the tenant a snapshot or volume belongs to.
 pub const TAG_TENANT: &str = "stackplane.io/tenant";
 /// Tag naming the restore a volume was made by.

@@ -57,7 +57,7 @@ use schedule::ScheduleConfig;
 pub const FINALIZER: &str = "stackplane.io/backup-cleanup";
 /// Label on every object a backup or restore made in a tenant's namespace: its name. The Tenant
 /// reconciler's prune leaves objects with this label alone.
-pub const BACKUP_LABEL: &str = "stackplane.io/backup";
+pub const BACKUP_LABEL: &str = stackplane_crds::labels::BACKUP;
 /// Type of the condition that explains the phase.
 pub const READY: &str = "Ready";
 

@@ -18,9 +18,8 @@ pub const PAUSED: &str = "Paused";
 pub const PAYMENT_OVERDUE: &str = "PaymentOverdue";
 pub const INVALID_SPEC: &str = "InvalidSpec";
 
-/// Annotation the billing worker sets on a Tenant while its subscription is `past_due`
-/// (`PAYMENT_OVERDUE_ANNOTATION` of the api's billing mapping).
-pub const PAYMENT_OVERDUE_ANNOTATION: &str = "stackplane.io/payment-overdue";
+/// The billing worker's `past_due` annotation (defined once, in `stackplane_crds::labels`).
+pub const PAYMENT_OVERDUE_ANNOTATION: &str = stackplane_crds::labels::PAYMENT_OVERDUE;
 
 /// A condition as the controller wants it; `lastTransitionTime` is filled in by [`conditions`].
 #[derive(Debug, Clone, PartialEq, Eq)]
