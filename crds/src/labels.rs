@@ -13,7 +13,11 @@ pub const PLATFORM: &str = "stackplane.io/platform";
 pub const COMPONENT: &str = "stackplane.io/component";
 /// Set on a namespace left behind by a Tenant deleted with `deletionPolicy: Retain`.
 pub const ORPHANED: &str = "stackplane.io/orphaned";
-/// Label (and EC2 tag) naming the TenantBackup an object or snapshot belongs to.
+/// Set (`true`) on a volume claim the Platform no longer names: the controller keeps it rather
+/// than pruning customer data; it goes only with the tenant's namespace.
+pub const RETAINED: &str = "stackplane.io/retained";
+/// Label (and EC2 tag) naming the TenantBackup an object or snapshot belongs to. Its value is
+/// [`crate::naming::label_value`] of the backup's name (names may be longer than a label).
 pub const BACKUP: &str = "stackplane.io/backup";
 /// Annotation billing sets on a Tenant whose subscription is `past_due`; the controller turns
 /// it into the `PaymentOverdue` condition.
@@ -34,4 +38,9 @@ pub fn tenant_labels(tenant: &str, platform: &str) -> std::collections::BTreeMap
 /// Label selector of every object of `tenant`.
 pub fn tenant_selector(tenant: &str) -> String {
     format!("{MANAGED_BY}={MANAGED_BY_VALUE},{TENANT}={tenant}")
+}
+
+/// Label selector of every object made for the TenantBackup `backup`.
+pub fn backup_selector(backup: &str) -> String {
+    format!("{BACKUP}={}", crate::naming::label_value(backup))
 }

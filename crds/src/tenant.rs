@@ -229,6 +229,12 @@ pub struct TenantStatus {
     /// Since when the tenant has been Ready without interruption.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_since: Option<Time>,
+    /// Volume claims of the tenant's namespace that the Platform no longer names (a component
+    /// or its `storage` removed). They are kept, labelled `stackplane.io/retained=true`, and
+    /// deleted only with the namespace when the tenant is deleted under `deletionPolicy:
+    /// Delete`, after its final backup.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retained_volumes: Vec<String>,
 }
 
 /// The dedicated EC2 instance of a tenant.
