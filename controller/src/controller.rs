@@ -4,24 +4,23 @@ use std::future::Future;
 use std::sync::Arc;
 
 use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{
-    LimitRange, Namespace, PersistentVolumeClaim, ResourceQuota, Secret, Service, ServiceAccount,
-};
-use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use kube::{Api, Client, Resource, ResourceExt};
-use stackplane_crds::labels::{MANAGED_BY, MANAGED_BY_VALUE, TENANT};
+use kube::{Api, Client, ResourceExt};
+use stackplane_crds::labels::{MANAGED_BY, MANAGED_BY_VALUE};
 use stackplane_crds::{Platform, Tenant, TenantBackup};
 use tokio::sync::{oneshot, watch};
 
 use crate::events::EventRecorder;
 use crate::leader::{self, LeaderError, LeaseConfig};
 use crate::metrics::Metrics;
+use crate::tenant::children::CHILD_KINDS;
 use crate::tenant::{self, Context, ReconcileConfig};
+
+/// The Tenant that an object of a tenant belongs to (defined with the registry of child kinds).
+pub use crate::tenant::children::tenant_of;
 
 /// Name the controller reports in Events.
 pub const CONTROLLER_NAME: &str = "stackplane-controller";
@@ -37,13 +36,10 @@ pub struct Config {
     pub lease: LeaseConfig,
 }
 
-/// The Tenant that an object of a tenant belongs to, from its `stackplane.io/tenant` label.
-pub fn tenant_of<K: Resource>(object: &K) -> Option<ObjectRef<Tenant>> {
-    object.labels().get(TENANT).map(|t| ObjectRef::new(t))
-}
-
 /// Competes for the Lease and reconciles Tenants while it holds it, until `shutdown`
-/// resolves; then releases the Lease.
+/// resolves; then releases the Lease. Returns an error (after logging it and marking the
+/// process unhealthy) when the election or the controller stream stops on its own: the
+/// process must then exit rather than stay up, healthy-looking and idle.
 pub async fn run(
     client: Client,
     config: Config,
@@ -55,14 +51,17 @@ pub async fn run(
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    let election = leader::elect(client.clone(), &config.lease).await?;
+    let election = leader::elect(client.clone(), &config.lease, metrics.health().clone()).await?;
     let mut is_leader = election.is_leader;
+    let mut outcome = Ok(());
     loop {
         let mut stop = stop_rx.clone();
         tokio::select! {
             _ = stop.wait_for(|s| *s) => break,
             r = is_leader.wait_for(|l| *l) => if r.is_err() {
                 tracing::error!("leader election ended unexpectedly");
+                metrics.health().stopped("leader election", "its task ended");
+                outcome = Err(LeaderError::ElectionStopped);
                 break;
             },
         }
@@ -87,18 +86,26 @@ pub async fn run(
         if *stop_rx.borrow() {
             break;
         }
+        if *is_leader.borrow() {
+            // Neither shutdown nor a lost Lease ended it: the stream itself stopped.
+            tracing::error!(identity = %config.lease.identity, "the controller stream stopped while leading");
+            metrics
+                .health()
+                .stopped("controller stream", "it ended while leading");
+            outcome = Err(LeaderError::ControllerStopped);
+            break;
+        }
         tracing::warn!(identity = %config.lease.identity, "lost leadership; stopped reconciling");
     }
-    // Closing the channel makes the lease manager release the Lease.
+    // Closing the channel ends the campaign, which releases the Lease.
     drop(is_leader);
-    match tokio::time::timeout(std::time::Duration::from_secs(5), election.task).await {
-        Ok(Ok(Ok(_))) => tracing::info!("lease released"),
-        Ok(Ok(Err(error))) => tracing::warn!(%error, "releasing the lease failed"),
+    match tokio::time::timeout(std::time::Duration::from_secs(15), election.task).await {
+        Ok(Ok(())) => {}
         Ok(Err(error)) => tracing::warn!(%error, "lease task failed"),
-        Err(_) => tracing::warn!("lease not released within 5s"),
+        Err(_) => tracing::warn!("leader election did not end within 15s"),
     }
     stopper.abort();
-    Ok(())
+    outcome
 }
 
 async fn run_controller(
@@ -116,7 +123,12 @@ async fn run_controller(
         CONTROLLER_NAME,
         config.lease.identity.clone(),
     );
-    let stop = stop.shared();
+    // The backup side stops with the Tenant controller, also when its stream ends on its own
+    // (so `run` sees the end instead of waiting on the backups forever).
+    let (ended_tx, ended_rx) = oneshot::channel::<()>();
+    let stop = futures::future::select(Box::pin(stop), Box::pin(ended_rx.map(|_| ())))
+        .map(|_| ())
+        .shared();
     let mut backup_config = config.reconcile.backup.clone();
     backup_config.selector = config.tenant_selector.clone();
     let backups = crate::backup::run(
@@ -138,8 +150,8 @@ async fn run_controller(
     let tenants = controller.store();
     let children = watcher::Config::default().labels(&format!("{MANAGED_BY}={MANAGED_BY_VALUE}"));
     let c = &client;
-    let tenants_controller = controller
-        // A changed Platform rolls out to every tenant of that platform.
+    // A changed Platform rolls out to every tenant of that platform.
+    let mut controller = controller
         .watches(
             Api::<Platform>::all(c.clone()),
             watcher::Config::default(),
@@ -153,51 +165,15 @@ async fn run_controller(
                     .collect::<Vec<_>>()
             },
         )
-        // Drift: every child is watched by label and mapped back to its Tenant.
+        // Drift: the namespace and every registered child kind is watched by label and mapped
+        // back to its Tenant.
         .watches(Api::<Namespace>::all(c.clone()), children.clone(), |o| {
-            tenant_of(&o)
-        })
-        .watches(
-            Api::<ResourceQuota>::all(c.clone()),
-            children.clone(),
-            |o| tenant_of(&o),
-        )
-        .watches(Api::<LimitRange>::all(c.clone()), children.clone(), |o| {
-            tenant_of(&o)
-        })
-        .watches(
-            Api::<NetworkPolicy>::all(c.clone()),
-            children.clone(),
-            |o| tenant_of(&o),
-        )
-        .watches(
-            Api::<ServiceAccount>::all(c.clone()),
-            children.clone(),
-            |o| tenant_of(&o),
-        )
-        .watches(Api::<Role>::all(c.clone()), children.clone(), |o| {
-            tenant_of(&o)
-        })
-        .watches(Api::<RoleBinding>::all(c.clone()), children.clone(), |o| {
-            tenant_of(&o)
-        })
-        .watches(Api::<Secret>::all(c.clone()), children.clone(), |o| {
-            tenant_of(&o)
-        })
-        .watches(
-            Api::<PersistentVolumeClaim>::all(c.clone()),
-            children.clone(),
-            |o| tenant_of(&o),
-        )
-        .watches(Api::<Deployment>::all(c.clone()), children.clone(), |o| {
-            tenant_of(&o)
-        })
-        .watches(Api::<Service>::all(c.clone()), children.clone(), |o| {
-            tenant_of(&o)
-        })
-        .watches(Api::<Ingress>::all(c.clone()), children.clone(), |o| {
-            tenant_of(&o)
-        })
+            tenant::children::tenant_of(&o)
+        });
+    for kind in CHILD_KINDS {
+        controller = (kind.watch)(controller, c.clone(), children.clone());
+    }
+    let tenants_controller = controller
         // A finished final backup lets a cancelled or deleting tenant go on at once.
         .watches(Api::<TenantBackup>::all(c.clone()), children, |b| {
             Some(ObjectRef::new(&b.spec.tenant))
@@ -205,9 +181,15 @@ async fn run_controller(
         .graceful_shutdown_on(stop)
         .run(tenant::reconcile, tenant::error_policy, ctx)
         .for_each(|result| async move {
-            if let Err(error) = result {
-                tracing::debug!(%error, "controller event");
+            match result {
+                Ok(_) => {}
+                // Reconcile failures are logged by the reconciler itself.
+                Err(controller::Error::ReconcilerFailed(..)) => {}
+                Err(error) => tracing::warn!(%error, "controller stream error"),
             }
+        })
+        .map(move |()| {
+            let _ = ended_tx.send(());
         });
     // Backups are reconciled by the same leader, for as long as it leads.
     futures::join!(tenants_controller, backups);

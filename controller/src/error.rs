@@ -26,6 +26,10 @@ pub enum Error {
     /// Writing the Tenant's status failed.
     #[error("status: {0}")]
     Status(#[source] kube::Error),
+    /// The Tenant changed since it was read (its resourceVersion moved on): the status computed
+    /// from it was not written, so a stale reconcile never overwrites a newer one.
+    #[error("status not written, the tenant changed since it was read: {0}")]
+    StatusConflict(#[source] kube::Error),
     /// Adding or removing the finalizer, or the clean-up behind it, failed.
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
@@ -49,6 +53,10 @@ pub enum Error {
     /// A cloud (EC2, Route53) call failed.
     #[error("cloud: {0}")]
     Cloud(#[from] crate::cloud::CloudError),
+    /// The plan made an object of a kind the registry of child kinds does not list (a bug:
+    /// `tenant::children`'s tests guard against it).
+    #[error("{kind} is not a registered child kind")]
+    UnregisteredKind { kind: &'static str },
     /// The object has no name (never for objects read from the API server).
     #[error("object without a name")]
     NoName,
@@ -62,9 +70,11 @@ impl Error {
             Error::Apply { .. } => "apply",
             Error::Prune { .. } => "prune",
             Error::Status(_) => "status",
+            Error::StatusConflict(_) => "status_conflict",
             Error::Finalizer(_) => "finalizer",
             Error::Serialize(_) => "serialize",
             Error::NoName => "no_name",
+            Error::UnregisteredKind { .. } => "unregistered_kind",
             Error::Cloud(e) => e.metric_label(),
             Error::NamespaceTerminating { .. } => "namespace_terminating",
             Error::FinalBackupPending { .. } => "final_backup_pending",

@@ -7,11 +7,14 @@ use kube::runtime::wait::Condition;
 use kube::{Api, Client, ResourceExt};
 
 pub mod aws;
+pub mod backoff;
 pub mod backup;
 pub mod cloud;
 pub mod controller;
 pub mod error;
 pub mod events;
+pub mod health;
+pub mod k8s;
 pub mod leader;
 pub mod metrics;
 pub mod telemetry;

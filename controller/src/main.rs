@@ -45,16 +45,40 @@ async fn main() -> anyhow::Result<()> {
     let (bound, server) = metrics::serve(args.metrics_listen, metrics.clone(), wait_stop()).await?;
     tracing::info!(metrics_listen = %bound, "serving /metrics and /healthz");
 
-    let controller = tokio::spawn(stackplane_controller::run(
+    let mut controller = tokio::spawn(stackplane_controller::run(
         client,
         config,
         metrics,
         wait_stop(),
     ));
-    telemetry::shutdown_signal().await;
-    tracing::info!("shutting down");
-    let _ = stop_tx.send(true);
-    controller.await??;
+    // Either a signal asks for a shutdown, or the controller stops on its own: then the
+    // process exits non-zero (after the reason is logged), so its supervisor restarts it.
+    let ended_early = tokio::select! {
+        _ = telemetry::shutdown_signal() => None,
+        ended = &mut controller => Some(ended),
+    };
+    let result = match ended_early {
+        None => {
+            tracing::info!("shutting down");
+            let _ = stop_tx.send(true);
+            controller.await
+        }
+        Some(ended) => {
+            let _ = stop_tx.send(true);
+            ended
+        }
+    };
+    let outcome = match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => {
+            tracing::error!(%error, category = error.metric_label(), "the controller stopped; exiting");
+            Err(anyhow::Error::new(error))
+        }
+        Err(error) => {
+            tracing::error!(%error, "the controller task failed; exiting");
+            Err(anyhow::Error::new(error))
+        }
+    };
     server.await?;
-    Ok(())
+    outcome
 }

@@ -1,5 +1,5 @@
 //! Prometheus metrics of the controller and the HTTP server that exposes them (`/metrics`,
-//! `/healthz`).
+//! `/healthz`, which answers from `crate::health`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -38,6 +38,7 @@ pub struct Metrics {
     creation_to_ready: Histogram,
     leader: Gauge,
     phases: Mutex<HashMap<String, TenantPhase>>,
+    health: Arc<crate::health::Health>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -108,6 +109,7 @@ impl Metrics {
             creation_to_ready,
             leader,
             phases: Mutex::new(HashMap::new()),
+            health: Arc::new(crate::health::Health::default()),
         }
     }
 
@@ -158,6 +160,11 @@ impl Metrics {
         self.leader.set(i64::from(leader));
     }
 
+    /// What `/healthz` answers (kept here because the metrics server serves both).
+    pub fn health(&self) -> &Arc<crate::health::Health> {
+        &self.health
+    }
+
     /// The metrics in Prometheus' text format.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
         let mut out = String::new();
@@ -184,8 +191,12 @@ async fn metrics_handler(State(metrics): State<Arc<Metrics>>) -> impl IntoRespon
     }
 }
 
-async fn healthz() -> &'static str {
-    "ok"
+/// 200 `ok` while the loops that must run do; 503 with the reason otherwise.
+async fn healthz(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    match metrics.health().check() {
+        Ok(()) => (StatusCode::OK, "ok".to_owned()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
+    }
 }
 
 /// Binds `addr` and serves `/metrics` and `/healthz` until `shutdown` resolves. Returns the

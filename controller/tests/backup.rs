@@ -19,6 +19,8 @@ use stackplane_controller::backup::schedule::ScheduleConfig;
 use stackplane_controller::backup::{self, BackupConfig};
 use stackplane_controller::events::EventRecorder;
 use stackplane_controller::metrics::Metrics;
+use stackplane_crds::labels::backup_selector;
+use stackplane_crds::naming::{label_value, namespace_name};
 use stackplane_crds::{
     BackupPartKind, BackupPartState, BackupPhase, BackupPolicy, BackupReason, Tenant, TenantBackup,
     TenantBackupSpec, TenantSpec,
@@ -127,7 +129,11 @@ fn shard_labels(env: &Env) -> std::collections::BTreeMap<String, String> {
 
 /// A Tenant (no Tenant controller runs: nothing else touches it) and its namespace.
 async fn create_tenant(env: &Env, policy: Option<BackupPolicy>) -> String {
-    let name = unique("tn");
+    create_tenant_named(env, &unique("tn"), policy).await
+}
+
+async fn create_tenant_named(env: &Env, name: &str, policy: Option<BackupPolicy>) -> String {
+    let name = name.to_owned();
     let mut spec = TenantSpec::new("crm", "enterprise");
     spec.backup = policy;
     let mut t = Tenant::new(&name, spec);
@@ -137,7 +143,7 @@ async fn create_tenant(env: &Env, policy: Option<BackupPolicy>) -> String {
         .await
         .expect("create tenant");
     let ns: Namespace = serde_json::from_value(json!({
-        "metadata": { "name": format!("tenant-{name}") }
+        "metadata": { "name": namespace_name(&name) }
     }))
     .expect("namespace");
     Api::<Namespace>::all(env.client.clone())
@@ -229,13 +235,13 @@ async fn wait_phase(env: &Env, name: &str, phase: BackupPhase) -> TenantBackup {
 
 /// Sets the dump Job's outcome as the node running it would.
 async fn finish_dump_job(env: &Env, tenant: &str, backup: &str, outcome: &str, reason: &str) {
-    let ns = format!("tenant-{tenant}");
+    let ns = namespace_name(tenant);
     let jobs: Api<Job> = Api::namespaced(env.client.clone(), &ns);
     let job = eventually("the dump job", || {
         let jobs = jobs.clone();
         async move {
             let l = jobs
-                .list(&ListParams::default().labels(&format!("stackplane.io/backup={backup}")))
+                .list(&ListParams::default().labels(&backup_selector(backup)))
                 .await
                 .ok()?;
             l.items.into_iter().next()
@@ -797,4 +803,99 @@ async fn the_leader_runs_the_backup_controller() {
         "a shared tenant without claims: the dump only: {parts:?}"
     );
     assert_eq!(parts[0].kind, BackupPartKind::Database);
+}
+
+/// Issue 12, item 3: no derived label value or object name exceeds Kubernetes' limits. A
+/// tenant with a 63-character name (the longest there is) gets a manual, a scheduled and a
+/// pre-delete backup, each completed: their names are up to 79 characters, their label values
+/// and Job names are cut with a stable hash suffix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_scheduled_and_final_backups_of_a_63_character_tenant_complete() {
+    let env = start_leader().await;
+    let mut name = format!("{}-", unique("tn"));
+    while name.len() < 63 {
+        name.push('x');
+    }
+    assert_eq!(name.len(), 63);
+    create_tenant_named(
+        &env,
+        &name,
+        Some(BackupPolicy {
+            schedule: Some("*/3 * * * * *".into()),
+            retention_days: Some(1),
+        }),
+    )
+    .await;
+    let ns = namespace_name(&name);
+    let jobs: Api<Job> = Api::namespaced(env.client.clone(), &ns);
+    let check_job = |backup: String| {
+        let jobs = jobs.clone();
+        async move {
+            let l = jobs
+                .list(&ListParams::default().labels(&backup_selector(&backup)))
+                .await
+                .expect("list jobs");
+            let job = l.items.into_iter().next().expect("the dump job");
+            let job_name = job.name_any();
+            assert!(
+                job_name.len() <= 63 && job_name.ends_with("-dump"),
+                "{job_name}"
+            );
+            assert_eq!(job.labels()["stackplane.io/backup"], label_value(&backup));
+            assert_eq!(job.labels()["stackplane.io/tenant"], backup.split_at(63).0);
+        }
+    };
+
+    // manual
+    let manual = create_backup(&env, &name, None).await;
+    finish_dump_job(&env, &name, &manual, "Complete", "Completed").await;
+    wait_phase(&env, &manual, BackupPhase::Completed).await;
+
+    // scheduled: named <tenant>-<time>, 79 characters
+    let backups: Api<TenantBackup> = Api::all(env.client.clone());
+    let selector = format!("stackplane.io/tenant={name}");
+    let scheduled = eventually("a scheduled backup", || async {
+        let l = backups
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .ok()?;
+        l.items
+            .into_iter()
+            .find(|b| b.spec.reason == BackupReason::Scheduled)
+    })
+    .await
+    .name_any();
+    assert_eq!(scheduled.len(), 79, "{scheduled}");
+    finish_dump_job(&env, &name, &scheduled, "Complete", "Completed").await;
+    wait_phase(&env, &scheduled, BackupPhase::Completed).await;
+    check_job(scheduled).await;
+
+    // pre-delete: the Tenant controller requests it when the tenant is deleted
+    Api::<Tenant>::all(env.client.clone())
+        .delete(&name, &Default::default())
+        .await
+        .expect("delete tenant");
+    let final_name = format!("{name}-pre-delete");
+    eventually("the final backup", || async {
+        get_backup(&env.client, &final_name).await
+    })
+    .await;
+    finish_dump_job(&env, &name, &final_name, "Complete", "Completed").await;
+    let done = wait_phase(&env, &final_name, BackupPhase::Completed).await;
+    assert_eq!(done.spec.reason, BackupReason::PreDelete);
+    eventually(
+        "tenant and namespace gone after the final backup",
+        || async {
+            let t = Api::<Tenant>::all(env.client.clone())
+                .get_opt(&name)
+                .await
+                .ok()?;
+            let n = Api::<Namespace>::all(env.client.clone())
+                .get_opt(&ns)
+                .await
+                .ok()?;
+            (t.is_none() && n.is_none()).then_some(())
+        },
+    )
+    .await;
 }

@@ -163,7 +163,10 @@ async fn finish_backup(c: &Client, tenant: &str, backup: &str) {
         let jobs = jobs.clone();
         async move {
             let l = jobs
-                .list(&ListParams::default().labels(&format!("stackplane.io/backup={backup}")))
+                .list(
+                    &ListParams::default()
+                        .labels(&stackplane_crds::labels::backup_selector(backup)),
+                )
                 .await
                 .ok()?;
             l.items.into_iter().next()
@@ -894,4 +897,237 @@ async fn deleting_a_tenant_with_storage_removes_its_namespace_and_volume_claims(
         }
     })
     .await;
+}
+
+/// Item 2 of issue 12: a claim the Platform stops naming is never pruned. It is labelled
+/// retained, listed in the status, announced by an Event, survives reconciles, and goes only
+/// with the namespace when the tenant is deleted under `Delete`, after the final backup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_the_platform_stops_naming_is_retained_until_the_tenant_is_deleted() {
+    let env = start("video-site.yaml").await;
+    let c = env.client.clone();
+    let name = create_tenant(&env, "starter").await;
+    let ns = format!("tenant-{name}");
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(c.clone(), &ns);
+    let deployments: Api<Deployment> = Api::namespaced(c.clone(), &ns);
+    eventually("the storage volume claim", || {
+        let claims = claims.clone();
+        async move { claims.get_opt("storage").await.ok()? }
+    })
+    .await;
+
+    // The Platform drops the storage component altogether.
+    let platforms: Api<Platform> = Api::all(c.clone());
+    let mut p = platforms.get(&env.platform).await.expect("platform");
+    p.spec.components.retain(|x| x.name != "storage");
+    platforms
+        .replace(&env.platform, &PostParams::default(), &p)
+        .await
+        .expect("replace platform");
+    // Its Deployment is pruned (the controller did act on the change) ...
+    eventually("the storage Deployment pruned", || {
+        let d = deployments.clone();
+        async move { d.get_opt("storage").await.ok()?.is_none().then_some(()) }
+    })
+    .await;
+    // ... its claim is kept, labelled and listed.
+    eventually("storage listed in status.retainedVolumes", || {
+        let c = c.clone();
+        let name = name.clone();
+        async move {
+            let t = tenant(&c, &name).await;
+            let listed = t.status.as_ref()?.retained_volumes == vec!["storage".to_owned()];
+            listed.then_some(())
+        }
+    })
+    .await;
+    let claim = claims.get("storage").await.expect("the claim still exists");
+    assert!(
+        claim.metadata.deletion_timestamp.is_none(),
+        "not being deleted"
+    );
+    assert_eq!(
+        claim
+            .labels()
+            .get("stackplane.io/retained")
+            .map(String::as_str),
+        Some("true")
+    );
+    let event = eventually("a VolumeRetained event", || {
+        let c = c.clone();
+        let name = name.clone();
+        async move {
+            tenant_events(&c, &name)
+                .await
+                .into_iter()
+                .find(|e| e.reason.as_deref() == Some("VolumeRetained"))
+        }
+    })
+    .await;
+    assert!(event.message.unwrap_or_default().contains("storage"));
+
+    // Further reconciles (a spec change) leave it alone.
+    Api::<Tenant>::all(c.clone())
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"tier": "creator"}})),
+        )
+        .await
+        .expect("change tier");
+    eventually("the tier change observed", || {
+        let c = c.clone();
+        let name = name.clone();
+        async move {
+            let t = tenant(&c, &name).await;
+            let st = t.status?;
+            (st.observed_generation == t.metadata.generation).then_some(())
+        }
+    })
+    .await;
+    let claim = claims
+        .get("storage")
+        .await
+        .expect("still there after a reconcile");
+    assert!(claim.metadata.deletion_timestamp.is_none());
+
+    // Deleting the tenant: the claim stays while the final backup runs ...
+    Api::<Tenant>::all(c.clone())
+        .delete(&name, &Default::default())
+        .await
+        .expect("delete tenant");
+    let backup = final_backup(&c, &name).await;
+    let claim = claims
+        .get("storage")
+        .await
+        .expect("kept until the final backup is done");
+    assert!(claim.metadata.deletion_timestamp.is_none());
+    // ... and goes with the namespace once it finished.
+    finish_backup(&c, &backup.spec.tenant, &backup.name_any()).await;
+    eventually("namespace, retained claim and tenant gone", || {
+        let c = c.clone();
+        let name = name.clone();
+        let ns = ns.clone();
+        async move {
+            let n = Api::<Namespace>::all(c.clone()).get_opt(&ns).await.ok()?;
+            (n.is_none() && tenant_gone(&c, &name).await).then_some(())
+        }
+    })
+    .await;
+    let done = Api::<TenantBackup>::all(c.clone())
+        .get(&backup.name_any())
+        .await
+        .expect("the final backup outlives the tenant");
+    assert!(done
+        .status
+        .and_then(|s| s.phase)
+        .is_some_and(|p| p.is_finished()));
+}
+
+/// Item 5 of issue 12: the status is written by server-side apply with the controller's field
+/// manager, so conditions another writer (billing) applied survive the controller's writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditions_of_another_field_manager_survive_a_reconcile() {
+    let env = start("leadgen-pro.yaml").await;
+    let c = env.client.clone();
+    let name = create_tenant(&env, "starter").await;
+    eventually("Synced", || {
+        let c = c.clone();
+        let name = name.clone();
+        async move {
+            let t = tenant(&c, &name).await;
+            condition(&t, "Synced").filter(|c| c.status == "True")
+        }
+    })
+    .await;
+    // The billing worker's write: SSA of its own conditions with its own field manager.
+    let now = Timestamp::now().to_string();
+    let billing = json!({
+        "apiVersion": "stackplane.io/v1alpha1",
+        "kind": "Tenant",
+        "metadata": { "name": name },
+        "status": { "conditions": [
+            { "type": "BillingSynced", "status": "True", "reason": "InSync",
+              "message": "written by billing", "lastTransitionTime": now },
+            { "type": "TrialEnding", "status": "False", "reason": "NoTrial",
+              "message": "written by billing", "lastTransitionTime": now },
+        ]},
+    });
+    Api::<Tenant>::all(c.clone())
+        .patch_status(
+            &name,
+            &PatchParams::apply("stackplane-billing").force(),
+            &Patch::Apply(&billing),
+        )
+        .await
+        .expect("billing's status apply");
+    // A change that makes the controller rewrite its own conditions and phase.
+    Api::<Tenant>::all(c.clone())
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"suspended": true}})),
+        )
+        .await
+        .expect("suspend");
+    let t = eventually("Suspended written by the controller", || {
+        let c = c.clone();
+        let name = name.clone();
+        async move {
+            let t = tenant(&c, &name).await;
+            let ready = condition(&t, "Ready")?;
+            (t.status.as_ref()?.phase == Some(TenantPhase::Suspended)
+                && ready.reason == "Suspended")
+                .then_some(t)
+        }
+    })
+    .await;
+    for type_ in ["BillingSynced", "TrialEnding"] {
+        let kept =
+            condition(&t, type_).unwrap_or_else(|| panic!("{type_} was removed: {:?}", t.status));
+        assert_eq!(kept.message, "written by billing");
+    }
+    // Each writer owns its own conditions.
+    let managers: Vec<String> = t
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| m.operation.as_deref() == Some("Apply"))
+        .filter_map(|m| m.manager.clone())
+        .collect();
+    assert!(
+        managers.iter().any(|m| m == "stackplane-controller"),
+        "{managers:?}"
+    );
+    assert!(
+        managers.iter().any(|m| m == "stackplane-billing"),
+        "{managers:?}"
+    );
+
+    // A writer holding an older copy (a leader handing over) is refused, not merged in.
+    let stale = t.clone();
+    Api::<Tenant>::all(c.clone())
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"annotations": {"test/bump": "1"}}})),
+        )
+        .await
+        .expect("bump the resourceVersion");
+    let mut old_status = stale.status.clone().expect("status");
+    old_status.phase = Some(TenantPhase::Ready);
+    let err = stackplane_controller::tenant::status::write(&c, &stale, &old_status)
+        .await
+        .expect_err("a write from a stale copy must be refused");
+    assert!(
+        matches!(err, stackplane_controller::error::Error::StatusConflict(_)),
+        "{err}"
+    );
+    let now = tenant(&c, &name).await;
+    assert_eq!(
+        now.status.and_then(|s| s.phase),
+        Some(TenantPhase::Suspended),
+        "the stale phase was not written"
+    );
 }

@@ -1,19 +1,30 @@
 //! The database part: a Job in the tenant's namespace that dumps the tenant's database into the
 //! namespace's dump claim. The Job belongs to its TenantBackup (owner reference), so deleting
-//! the backup removes the Job; the dumps stay on the claim.
+//! the backup removes the Job.
+//!
+//! Dumps are pruned with their backups, so the claim never fills: each backup's dump goes into
+//! a directory of its own on the claim (`/dumps/<backup>`), and every dump Job first removes
+//! the directories of backups that no longer exist (the Job is given the list of those that
+//! do). The controller cannot delete files itself (they live on the claim, reachable only from
+//! a pod), and a separate prune Job per deleted backup would need a finalizer waiting on a pod;
+//! sweeping at the next dump needs neither and also repairs what an earlier failed Job left.
+//! A directory younger than [`SWEEP_MIN_AGE_MINUTES`] is never removed: it may be the dump of a
+//! backup created after this Job's list was made.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::ResourceExt;
 use kube::{Client, Resource};
 use serde_json::json;
-use stackplane_crds::naming::dns_label;
+use stackplane_crds::naming::{label_value, suffixed_name};
 use stackplane_crds::{BackupPart, BackupPartKind, TenantBackup};
 
 use super::error::Result;
 use super::parts;
+use crate::k8s::timed;
 
 /// Field manager of what the backup reconciler applies.
 const FIELD_MANAGER: &str = "stackplane-controller";
@@ -50,22 +61,55 @@ impl Default for DumpConfig {
     }
 }
 
-/// Name of the dump Job of `backup`.
+/// Name of the dump Job of `backup` (at most 63 characters, ending in `-dump`).
 pub fn job_name(backup: &str) -> String {
-    dns_label(&format!("{backup}-dump"))
+    suffixed_name(backup, "dump")
 }
 
 /// Where the dump claim is mounted in the Job.
-const DUMP_DIR: &str = "/dumps";
+const DUMPS_ROOT: &str = "/dumps";
 
-/// The dump Job of `backup` (pure: no network).
+/// Directory on the dump claim that holds the dump of `backup` (relative to the claim's root).
+pub fn dump_dir(backup: &str) -> String {
+    label_value(backup)
+}
+
+/// Minutes a dump directory must have existed before a sweep may remove it.
+pub const SWEEP_MIN_AGE_MINUTES: u32 = 60;
+
+/// The shell script every dump Job runs before the configured command: removes the dump
+/// directories of backups not in `$STACKPLANE_KEEP_DUMPS` (space-separated directory names)
+/// and older than [`SWEEP_MIN_AGE_MINUTES`], then makes `$DUMP_DIR`.
+pub fn sweep_script() -> String {
+    format!(
+        r#"for d in "$DUMPS_ROOT"/*/; do
+  [ -d "$d" ] || continue
+  n=$(basename "$d")
+  case " $STACKPLANE_KEEP_DUMPS " in *" $n "*) continue ;; esac
+  if [ -n "$(find "$d" -maxdepth 0 -mmin +{SWEEP_MIN_AGE_MINUTES})" ]; then
+    echo "pruning the dump of deleted backup $n"
+    rm -rf "$d"
+  fi
+done
+mkdir -p "$DUMP_DIR""#
+    )
+}
+
+/// The dump Job of `backup` (pure: no network). `keep`: the tenant's backups whose dumps stay
+/// on the claim (this one included or not: it is kept either way).
 pub fn job(
     backup: &TenantBackup,
     namespace: &str,
     labels: &BTreeMap<String, String>,
     config: &DumpConfig,
+    keep: &[String],
 ) -> Result<Job> {
     let name = backup.metadata.name.clone().unwrap_or_default();
+    let mut kept: Vec<String> = keep.iter().map(|b| dump_dir(b)).collect();
+    kept.push(dump_dir(&name));
+    kept.sort();
+    kept.dedup();
+    let script = format!("set -e\n{}\n{}", sweep_script(), config.command);
     let owner = backup.controller_owner_ref(&());
     let body = json!({
         "apiVersion": "batch/v1",
@@ -95,14 +139,16 @@ pub fn job(
                     "containers": [{
                         "name": "dump",
                         "image": config.image,
-                        "command": ["/bin/sh", "-c", config.command],
+                        "command": ["/bin/sh", "-c", script],
                         "env": [
                             { "name": "STACKPLANE_TENANT", "value": backup.spec.tenant },
                             { "name": "STACKPLANE_BACKUP", "value": name },
-                            { "name": "DUMP_DIR", "value": DUMP_DIR },
+                            { "name": "DUMPS_ROOT", "value": DUMPS_ROOT },
+                            { "name": "DUMP_DIR", "value": format!("{DUMPS_ROOT}/{}", dump_dir(&name)) },
+                            { "name": "STACKPLANE_KEEP_DUMPS", "value": kept.join(" ") },
                         ],
                         "envFrom": [{ "secretRef": { "name": config.secret, "optional": true } }],
-                        "volumeMounts": [{ "name": "dumps", "mountPath": DUMP_DIR }],
+                        "volumeMounts": [{ "name": "dumps", "mountPath": DUMPS_ROOT }],
                         "securityContext": {
                             "allowPrivilegeEscalation": false,
                             "capabilities": { "drop": ["ALL"] },
@@ -125,13 +171,14 @@ pub async fn dump(
     config: &DumpConfig,
 ) -> Result<BackupPart> {
     let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
-    let desired = job(backup, namespace, labels, config)?;
-    let name = desired.metadata.name.clone().unwrap_or_default();
-    if let Some(existing) = jobs.get_opt(&name).await? {
+    let name = job_name(&backup.name_any());
+    if let Some(existing) = timed(jobs.get_opt(&name)).await? {
         return Ok(parts::database_part(&existing));
     }
+    let keep = live_backups(client, &backup.spec.tenant).await?;
+    let desired = job(backup, namespace, labels, config, &keep)?;
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
-    if claims.get_opt(&config.claim).await?.is_none() {
+    if timed(claims.get_opt(&config.claim)).await?.is_none() {
         let claim = json!({
             "apiVersion": "v1",
             "kind": "PersistentVolumeClaim",
@@ -142,23 +189,33 @@ pub async fn dump(
             },
         });
         let params = PatchParams::apply(FIELD_MANAGER);
-        if let Err(e) = claims
-            .patch(&config.claim, &params, &Patch::Apply(&claim))
-            .await
-        {
+        if let Err(e) = timed(claims.patch(&config.claim, &params, &Patch::Apply(&claim))).await {
             return refused(e, format!("dump claim {}", config.claim));
         }
     }
-    match jobs.create(&PostParams::default(), &desired).await {
+    match timed(jobs.create(&PostParams::default(), &desired)).await {
         Ok(created) => {
             tracing::info!(tenant = %backup.spec.tenant, namespace, job = %name, "dump job created");
             Ok(parts::database_part(&created))
         }
         Err(kube::Error::Api(s)) if s.code == 409 => {
-            Ok(parts::database_part(&jobs.get(&name).await?))
+            Ok(parts::database_part(&timed(jobs.get(&name)).await?))
         }
         Err(e) => refused(e, format!("dump Job {name}")),
     }
+}
+
+/// Names of the tenant's backups that exist and are not being deleted (restores make no dump,
+/// but keeping their names is harmless).
+async fn live_backups(client: &Client, tenant: &str) -> Result<Vec<String>> {
+    let api: Api<TenantBackup> = Api::all(client.clone());
+    let list = timed(api.list(&kube::api::ListParams::default())).await?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|b| b.spec.tenant == tenant && b.metadata.deletion_timestamp.is_none())
+        .map(|b| b.name_any())
+        .collect())
 }
 
 /// A refusal the API server will repeat (missing namespace, quota, invalid) fails the part;
@@ -196,7 +253,14 @@ mod tests {
             command: "echo dump".into(),
             ..DumpConfig::default()
         };
-        let job = job(&backup, "tenant-acme", &labels, &config).expect("job");
+        let job = job(
+            &backup,
+            "tenant-acme",
+            &labels,
+            &config,
+            &["acme-old".into()],
+        )
+        .expect("job");
         assert_eq!(
             job.metadata.name.as_deref(),
             Some("acme-20260101-030000-dump")
@@ -208,7 +272,79 @@ mod tests {
         let pod = job.spec.expect("spec").template.spec.expect("pod");
         let c = &pod.containers[0];
         assert_eq!(c.image.as_deref(), Some("example/dump:1"));
-        assert_eq!(c.command.as_ref().expect("cmd")[2], "echo dump");
+        let script = &c.command.as_ref().expect("cmd")[2];
+        assert!(script.ends_with("\necho dump"), "{script}");
+        let env = |k: &str| {
+            c.env
+                .iter()
+                .flatten()
+                .find(|e| e.name == k)
+                .and_then(|e| e.value.clone())
+                .unwrap_or_default()
+        };
+        assert_eq!(env("DUMP_DIR"), "/dumps/acme-20260101-030000");
+        assert_eq!(
+            env("STACKPLANE_KEEP_DUMPS"),
+            "acme-20260101-030000 acme-old"
+        );
         assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+    }
+
+    #[test]
+    fn long_backup_names_give_fitting_job_names_and_dirs() {
+        let backup = format!("{}-pre-delete", "t".repeat(63));
+        let job = job_name(&backup);
+        assert!(stackplane_crds::naming::is_dns_label(&job), "{job}");
+        assert!(job.ends_with("-dump"), "{job}");
+        let dir = dump_dir(&backup);
+        assert!(stackplane_crds::naming::is_label_value(&dir), "{dir}");
+    }
+
+    /// Runs the sweep with the real /bin/sh on a directory standing in for the claim.
+    #[test]
+    fn the_sweep_removes_only_old_dumps_of_deleted_backups() {
+        let root = std::env::temp_dir().join(format!("dump-sweep-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        for d in ["kept-old", "gone-old", "gone-new"] {
+            std::fs::create_dir_all(root.join(d)).expect("mkdir");
+            std::fs::write(root.join(d).join("x.dump"), b"x").expect("write");
+        }
+        for d in ["kept-old", "gone-old"] {
+            let status = std::process::Command::new("touch")
+                .args(["-d", "3 hours ago"])
+                .arg(root.join(d))
+                .status()
+                .expect("touch");
+            assert!(status.success());
+        }
+        let out = std::process::Command::new("/bin/sh")
+            .args(["-c", &format!("set -e\n{}", sweep_script())])
+            .env("DUMPS_ROOT", &root)
+            .env("DUMP_DIR", root.join("this-backup"))
+            .env("STACKPLANE_KEEP_DUMPS", "kept-old this-backup")
+            .output()
+            .expect("sh");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            root.join("kept-old/x.dump").exists(),
+            "a live backup's dump is kept"
+        );
+        assert!(
+            !root.join("gone-old").exists(),
+            "an old dump of a deleted backup goes"
+        );
+        assert!(
+            root.join("gone-new/x.dump").exists(),
+            "a young directory is never swept"
+        );
+        assert!(
+            root.join("this-backup").is_dir(),
+            "the backup's own directory is made"
+        );
+        let _ = std::fs::remove_dir_all(&root);
     }
 }

@@ -12,6 +12,9 @@ pub enum Error {
     /// Writing the TenantBackup's status failed.
     #[error("status: {0}")]
     Status(#[source] kube::Error),
+    /// The TenantBackup changed since it was read: the status computed from it was not written.
+    #[error("status not written, the backup changed since it was read: {0}")]
+    StatusConflict(#[source] kube::Error),
     /// Adding or removing the finalizer, or the clean-up behind it, failed.
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
@@ -29,6 +32,7 @@ impl Error {
         match self {
             Error::Kube(_) => "backup_kube",
             Error::Status(_) => "backup_status",
+            Error::StatusConflict(_) => "backup_status_conflict",
             Error::Finalizer(_) => "backup_finalizer",
             Error::Ec2(_) => "backup_ec2",
             Error::Serialize(_) => "backup_serialize",

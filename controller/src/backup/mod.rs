@@ -22,9 +22,9 @@ pub mod restore;
 pub mod schedule;
 pub mod volume;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
@@ -41,12 +41,15 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
+use stackplane_crds::labels::backup_selector;
 use stackplane_crds::labels::{MANAGED_BY, MANAGED_BY_VALUE};
-use stackplane_crds::naming::namespace_name;
+use stackplane_crds::naming::{label_value, namespace_name};
 use stackplane_crds::{
     BackupPart, BackupPartKind, BackupPhase, Tenant, TenantBackup, TenantBackupStatus,
 };
 
+use crate::backoff::Failures;
+use crate::k8s::timed;
 use crate::metrics::Metrics;
 use database::DumpConfig;
 use ec2::Ec2;
@@ -101,7 +104,7 @@ pub struct Context<E> {
     pub ec2: E,
     pub metrics: Arc<Metrics>,
     pub recorder: EventRecorder,
-    failures: Mutex<HashMap<String, u32>>,
+    failures: Failures,
 }
 
 impl<E: Ec2> Context<E> {
@@ -118,7 +121,7 @@ impl<E: Ec2> Context<E> {
             ec2,
             metrics,
             recorder,
-            failures: Mutex::new(HashMap::new()),
+            failures: Failures::default(),
         }
     }
 
@@ -199,10 +202,12 @@ pub async fn reconcile<E: Ec2>(backup: Arc<TenantBackup>, ctx: Arc<Context<E>>) 
     });
     match &result {
         Ok(_) => {
-            if let Ok(mut f) = ctx.failures.lock() {
-                f.remove(&name);
-            }
+            ctx.failures.succeeded(&name);
             tracing::debug!(backup = %name, took_ms = started.elapsed().as_millis() as u64, "backup reconciled");
+        }
+        Err(error @ Error::StatusConflict(_)) => {
+            ctx.metrics.error(error.metric_label());
+            tracing::debug!(backup = %name, "status not written: the backup changed since it was read");
         }
         Err(error) => {
             ctx.metrics.error(error.metric_label());
@@ -215,25 +220,22 @@ pub async fn reconcile<E: Ec2>(backup: Arc<TenantBackup>, ctx: Arc<Context<E>>) 
 /// What the controller does after a failed reconcile: retry with exponential backoff.
 pub fn error_policy<E: Ec2>(
     backup: Arc<TenantBackup>,
-    _error: &Error,
+    error: &Error,
     ctx: Arc<Context<E>>,
 ) -> Action {
-    let n = match ctx.failures.lock() {
-        Ok(mut f) => {
-            let n = f.entry(backup.name_any()).or_default();
-            *n = n.saturating_add(1);
-            *n
-        }
-        Err(_) => 1,
-    };
-    Action::requeue(crate::tenant::backoff(n))
+    if let Error::StatusConflict(_) = error {
+        return Action::requeue(Duration::from_millis(200));
+    }
+    Action::requeue(ctx.failures.next_delay(&backup.name_any()))
 }
 
 /// Labels of what a backup makes in a tenant's namespace.
 fn object_labels(tenant: &Tenant, backup: &str) -> BTreeMap<String, String> {
     let mut labels =
         stackplane_crds::labels::tenant_labels(&tenant.name_any(), &tenant.spec.platform);
-    labels.insert(BACKUP_LABEL.to_owned(), backup.to_owned());
+    // A backup's name can be longer than a label value (a scheduled backup of a tenant with a
+    // 63-character name is 79): the label holds its fitted form.
+    labels.insert(BACKUP_LABEL.to_owned(), label_value(backup));
     labels
 }
 
@@ -242,7 +244,7 @@ async fn apply<E: Ec2>(cached: &TenantBackup, ctx: &Context<E>) -> Result<Action
     // The parts recorded in the status decide what is made next, so they are read fresh: a
     // reconcile triggered by a Job event may run before the cache has seen the last status write.
     let api: Api<TenantBackup> = Api::all(ctx.client.clone());
-    let Some(backup) = api.get_opt(&name).await? else {
+    let Some(backup) = timed(api.get_opt(&name)).await? else {
         return Ok(Action::await_change());
     };
     let backup = &backup;
@@ -261,7 +263,7 @@ async fn apply<E: Ec2>(cached: &TenantBackup, ctx: &Context<E>) -> Result<Action
             )
             .await;
             let api: Api<TenantBackup> = Api::all(ctx.client.clone());
-            match api.delete(&name, &DeleteParams::background()).await {
+            match timed(api.delete(&name, &DeleteParams::background())).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(e) => return Err(e.into()),
@@ -280,7 +282,7 @@ async fn apply<E: Ec2>(cached: &TenantBackup, ctx: &Context<E>) -> Result<Action
     }
 
     let tenants: Api<Tenant> = Api::all(ctx.client.clone());
-    let Some(tenant) = tenants.get_opt(&backup.spec.tenant).await? else {
+    let Some(tenant) = timed(tenants.get_opt(&backup.spec.tenant)).await? else {
         return fail(
             ctx,
             backup,
@@ -338,7 +340,7 @@ async fn apply<E: Ec2>(cached: &TenantBackup, ctx: &Context<E>) -> Result<Action
         backup.metadata.generation,
     )];
     if status != previous {
-        write_status(&ctx.client, &name, &status).await?;
+        write_status(&ctx.client, backup, &status).await?;
     }
     if previous.phase != Some(phase) {
         tracing::info!(backup = %name, tenant = %backup.spec.tenant, phase = phase_str(phase), "backup phase changed");
@@ -474,7 +476,7 @@ async fn fail<E: Ec2>(
         observed_generation: backup.metadata.generation,
         ..previous.clone()
     };
-    write_status(&ctx.client, &backup.name_any(), &status).await?;
+    write_status(&ctx.client, backup, &status).await?;
     tracing::warn!(backup = %backup.name_any(), tenant = %backup.spec.tenant, reason, %message, "backup failed");
     ctx.event(backup, EventType::Warning, reason, message).await;
     Ok(Action::await_change())
@@ -496,13 +498,9 @@ async fn cleanup<E: Ec2>(backup: &TenantBackup, ctx: &Context<E>) -> Result<Acti
     let mut volume_snapshots = 0;
     if let Some(resource) = volume::discover(&ctx.client, &ctx.config.volume_snapshot_group).await?
     {
-        volume_snapshots = volume::delete_snapshots(
-            &ctx.client,
-            &resource,
-            &namespace,
-            &format!("{BACKUP_LABEL}={name}"),
-        )
-        .await?;
+        volume_snapshots =
+            volume::delete_snapshots(&ctx.client, &resource, &namespace, &backup_selector(&name))
+                .await?;
     }
     tracing::info!(backup = %name, ebs_snapshots = snapshots.len(), volume_snapshots, "backup cleaned up");
     Ok(Action::await_change())
@@ -547,11 +545,39 @@ fn condition(
     }
 }
 
-async fn write_status(client: &Client, name: &str, status: &TenantBackupStatus) -> Result<()> {
+/// The server-side apply body of a TenantBackup's status (pure): the controller's fields, its
+/// `Ready` condition only, and the resourceVersion it was computed from as a precondition.
+pub fn status_body(
+    backup: &TenantBackup,
+    status: &TenantBackupStatus,
+) -> Result<serde_json::Value> {
+    let mut own = status.clone();
+    own.conditions.retain(|c| c.type_ == READY);
+    let mut metadata = json!({ "name": backup.name_any() });
+    if let Some(rv) = &backup.metadata.resource_version {
+        metadata["resourceVersion"] = json!(rv);
+    }
+    Ok(json!({
+        "apiVersion": <TenantBackup as Resource>::api_version(&()),
+        "kind": <TenantBackup as Resource>::kind(&()),
+        "metadata": metadata,
+        "status": serde_json::to_value(&own)?,
+    }))
+}
+
+/// Writes the status by server-side apply with the controller's field manager, on the
+/// condition that the backup is still at the resourceVersion it was read at.
+async fn write_status(
+    client: &Client,
+    backup: &TenantBackup,
+    status: &TenantBackupStatus,
+) -> Result<()> {
     let api: Api<TenantBackup> = Api::all(client.clone());
-    let patch = json!({ "status": status });
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .map_err(Error::Status)?;
-    Ok(())
+    let body = status_body(backup, status)?;
+    let params = PatchParams::apply(crate::k8s::FIELD_MANAGER).force();
+    match timed(api.patch_status(&backup.name_any(), &params, &Patch::Apply(&body))).await {
+        Ok(_) => Ok(()),
+        Err(e) if crate::k8s::is_conflict(&e) => Err(Error::StatusConflict(e)),
+        Err(e) => Err(Error::Status(e)),
+    }
 }

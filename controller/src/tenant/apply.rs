@@ -3,23 +3,21 @@
 //! generated once.
 
 use std::collections::BTreeMap;
-use std::fmt::Debug;
 
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::ByteString;
 use kube::api::{Patch, PatchParams};
-use kube::core::NamespaceResourceScope;
-use kube::{Api, Client, Resource};
+use kube::{Api, Client};
 use rand::distributions::{Alphanumeric, DistString};
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 
+use super::children::child_kind;
 use super::plan::{Desired, Plan, CREDENTIAL_KEYS};
 use crate::error::{Error, Result};
+use crate::k8s::timed;
 
-/// Field manager of everything the controller writes.
-pub const FIELD_MANAGER: &str = "stackplane-controller";
+/// Field manager of everything the controller writes (defined once, in `crate::k8s`).
+pub const FIELD_MANAGER: &str = crate::k8s::FIELD_MANAGER;
 
 /// Length of a generated credential.
 const CREDENTIAL_LEN: usize = 32;
@@ -28,12 +26,12 @@ fn params() -> PatchParams {
     PatchParams::apply(FIELD_MANAGER).force()
 }
 
-/// Applies the namespace, then every namespaced object of `plan`.
+/// Applies the namespace, then every namespaced object of `plan` through the registry of
+/// child kinds (`super::children`).
 pub async fn apply(client: &Client, plan: &Plan) -> Result<()> {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let ns = plan.namespace_name();
-    namespaces
-        .patch(ns, &params(), &Patch::Apply(&plan.namespace))
+    timed(namespaces.patch(ns, &params(), &Patch::Apply(&plan.namespace)))
         .await
         .map_err(|source| Error::Apply {
             kind: "Namespace",
@@ -41,42 +39,42 @@ pub async fn apply(client: &Client, plan: &Plan) -> Result<()> {
             source,
         })?;
     for object in &plan.objects {
-        match object {
-            Desired::ResourceQuota(o) => ssa(client, ns, o).await,
-            Desired::LimitRange(o) => ssa(client, ns, o).await,
-            Desired::NetworkPolicy(o) => ssa(client, ns, o).await,
-            Desired::ServiceAccount(o) => ssa(client, ns, o).await,
-            Desired::Role(o) => ssa(client, ns, o).await,
-            Desired::RoleBinding(o) => ssa(client, ns, o).await,
+        let name = object.name();
+        let applied = match object {
             Desired::CredentialsSecret { name, labels } => {
                 apply_credentials(client, ns, name, labels).await
             }
-            Desired::PersistentVolumeClaim(o) => ssa(client, ns, o).await,
-            Desired::Deployment(o) => ssa(client, ns, o).await,
-            Desired::Service(o) => ssa(client, ns, o).await,
-            Desired::Ingress(o) => ssa(client, ns, o).await,
-        }
-        .map_err(|source| Error::Apply {
+            planned => {
+                let kind = child_kind(planned.kind()).ok_or(Error::UnregisteredKind {
+                    kind: planned.kind(),
+                })?;
+                (kind.apply)(client, ns, name, &desired_json(planned)?).await
+            }
+        };
+        applied.map_err(|source| Error::Apply {
             kind: object.kind(),
-            name: object.name().to_owned(),
+            name: name.to_owned(),
             source,
         })?;
     }
     Ok(())
 }
 
-async fn ssa<K>(client: &Client, ns: &str, object: &K) -> Result<(), kube::Error>
-where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-        + Serialize
-        + DeserializeOwned
-        + Clone
-        + Debug,
-{
-    let api: Api<K> = Api::namespaced(client.clone(), ns);
-    let name = object.meta().name.clone().unwrap_or_default();
-    api.patch(&name, &params(), &Patch::Apply(object)).await?;
-    Ok(())
+/// A planned object as the JSON that is applied.
+fn desired_json(object: &Desired) -> Result<serde_json::Value> {
+    Ok(match object {
+        Desired::ResourceQuota(o) => serde_json::to_value(o)?,
+        Desired::LimitRange(o) => serde_json::to_value(o)?,
+        Desired::NetworkPolicy(o) => serde_json::to_value(o)?,
+        Desired::ServiceAccount(o) => serde_json::to_value(o)?,
+        Desired::Role(o) => serde_json::to_value(o)?,
+        Desired::RoleBinding(o) => serde_json::to_value(o)?,
+        Desired::PersistentVolumeClaim(o) => serde_json::to_value(o)?,
+        Desired::Deployment(o) => serde_json::to_value(o)?,
+        Desired::Service(o) => serde_json::to_value(o)?,
+        Desired::Ingress(o) => serde_json::to_value(o)?,
+        Desired::CredentialsSecret { .. } => serde_json::Value::Null,
+    })
 }
 
 /// Applies the credentials Secret, keeping every value it already has.
@@ -87,7 +85,7 @@ async fn apply_credentials(
     labels: &BTreeMap<String, String>,
 ) -> Result<(), kube::Error> {
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let existing = api.get_opt(name).await?;
+    let existing = timed(api.get_opt(name)).await?;
     let data = credentials(existing.as_ref().and_then(|s| s.data.as_ref()));
     let secret = Secret {
         metadata: ObjectMeta {
@@ -100,7 +98,7 @@ async fn apply_credentials(
         data: Some(data),
         ..Secret::default()
     };
-    api.patch(name, &params(), &Patch::Apply(&secret)).await?;
+    timed(api.patch(name, &params(), &Patch::Apply(&secret))).await?;
     Ok(())
 }
 

@@ -1,15 +1,21 @@
-//! The Tenant reconciler: `validate → plan → apply → prune → cloud → status`, behind a
-//! finalizer that implements the deletion policy.
+//! The Tenant reconciler, behind a finalizer that implements the deletion policy. One
+//! reconcile is the pipeline of [`apply_tenant`], one function per step:
+//!
+//! `paused? → validate → retention → plan → apply + prune → cloud → status`
+//!
+//! Only apply, prune, cloud and status touch the network; `plan` is pure. Every Kubernetes call
+//! is time-limited (`crate::k8s::timed`) and the status is written by server-side apply with a
+//! resourceVersion precondition (`status::write`).
 
 pub mod apply;
+pub mod children;
 pub mod final_backup;
 pub mod plan;
 pub mod prune;
 pub mod status;
 pub mod validate;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -26,12 +32,16 @@ use stackplane_crds::labels::{tenant_selector, ORPHANED};
 use stackplane_crds::naming::namespace_name;
 use stackplane_crds::{DeletionPolicy, Platform, Tenant, TenantPhase, TenantStatus};
 
+use crate::backoff::Failures;
 use crate::error::{Error, Result};
 use crate::events::EventRecorder;
+use crate::k8s::timed;
 use crate::metrics::Metrics;
 use final_backup::Gate;
-use plan::PlanOptions;
+use plan::{Plan, PlanOptions};
+use prune::Pruned;
 use status::{Want, INVALID_SPEC, PAUSED, READY, SYNCED};
+use validate::Valid;
 
 /// Finalizer the controller puts on every Tenant.
 pub const FINALIZER: &str = "stackplane.io/tenant-cleanup";
@@ -76,7 +86,7 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub recorder: EventRecorder,
     /// Consecutive failures per tenant, for exponential backoff.
-    failures: Mutex<HashMap<String, u32>>,
+    failures: Failures,
 }
 
 impl Context {
@@ -91,22 +101,7 @@ impl Context {
             config,
             metrics,
             recorder,
-            failures: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn failed(&self, tenant: &str) -> u32 {
-        let Ok(mut f) = self.failures.lock() else {
-            return 1;
-        };
-        let n = f.entry(tenant.to_owned()).or_default();
-        *n = n.saturating_add(1);
-        *n
-    }
-
-    fn succeeded(&self, tenant: &str) {
-        if let Ok(mut f) = self.failures.lock() {
-            f.remove(tenant);
+            failures: Failures::default(),
         }
     }
 
@@ -122,15 +117,6 @@ impl Context {
             tracing::warn!(tenant = %tenant.name_any(), %error, "cannot publish event");
         }
     }
-}
-
-/// Exponential backoff with jitter: 1 s doubling per consecutive failure, at most 5 min, then
-/// ±20 % at random.
-pub fn backoff(failures: u32) -> Duration {
-    let base = 1u64 << failures.saturating_sub(1).min(9);
-    let secs = (base as f64).min(300.0);
-    let jitter = 0.8 + rand::random::<f64>() * 0.4;
-    Duration::from_secs_f64(secs * jitter)
 }
 
 /// Reconciles one Tenant.
@@ -153,10 +139,16 @@ pub async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action>
     ctx.metrics.reconciled(started.elapsed());
     match &result {
         Ok(_) => {
-            ctx.succeeded(&name);
+            ctx.failures.succeeded(&name);
             tracing::debug!(tenant = %name, took_ms = started.elapsed().as_millis() as u64, "reconciled");
         }
         Err(Error::NamespaceTerminating { .. } | Error::FinalBackupPending { .. }) => {}
+        Err(error @ Error::StatusConflict(_)) => {
+            // Not a failure: the tenant changed (or another writer wrote) since it was read;
+            // the next reconcile works from the newer object.
+            ctx.metrics.error(error.metric_label());
+            tracing::debug!(tenant = %name, "status not written: the tenant changed since it was read");
+        }
         Err(error) => {
             ctx.metrics.error(error.metric_label());
             tracing::warn!(tenant = %name, error = %error, category = error.metric_label(), "reconcile failed");
@@ -170,174 +162,272 @@ pub fn error_policy(tenant: Arc<Tenant>, error: &Error, ctx: Arc<Context>) -> Ac
     match error {
         Error::NamespaceTerminating { .. } => return Action::requeue(ctx.config.deletion_poll),
         Error::FinalBackupPending { retry_in, .. } => return Action::requeue(*retry_in),
+        Error::StatusConflict(_) => return Action::requeue(Duration::from_millis(200)),
         _ => {}
     }
-    let n = ctx.failed(&tenant.name_any());
-    Action::requeue(backoff(n))
+    Action::requeue(ctx.failures.next_delay(&tenant.name_any()))
 }
 
-async fn apply_tenant(tenant: &Tenant, ctx: &Context) -> Result<Action> {
-    let name = tenant.name_any();
-    let previous = tenant.status.clone().unwrap_or_default();
-    let now = Timestamp::now();
-    let generation = tenant.metadata.generation;
+/// One pass of the pipeline over one tenant: what every step reads.
+struct Pass<'a> {
+    tenant: &'a Tenant,
+    name: String,
+    /// The status as read: each step starts from it and [`Pass::write`] compares with it.
+    previous: TenantStatus,
+    now: Timestamp,
+    generation: Option<i64>,
+}
 
+impl<'a> Pass<'a> {
+    fn new(tenant: &'a Tenant) -> Self {
+        Pass {
+            tenant,
+            name: tenant.name_any(),
+            previous: tenant.status.clone().unwrap_or_default(),
+            now: Timestamp::now(),
+            generation: tenant.metadata.generation,
+        }
+    }
+
+    /// The previous conditions with `wants` set.
+    fn conditions(
+        &self,
+        wants: &[Want],
+    ) -> Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+        status::conditions(&self.previous.conditions, wants, self.generation, self.now)
+    }
+
+    /// Writes `st` unless it is what was read; says whether it wrote.
+    async fn write(&self, ctx: &Context, st: &TenantStatus) -> Result<bool> {
+        if *st == self.previous {
+            return Ok(false);
+        }
+        status::write(&ctx.client, self.tenant, st).await?;
+        Ok(true)
+    }
+}
+
+/// The pipeline of a tenant that is not being deleted.
+async fn apply_tenant(tenant: &Tenant, ctx: &Context) -> Result<Action> {
+    let pass = Pass::new(tenant);
     if tenant.spec.paused {
-        let mut st = previous.clone();
-        st.conditions = status::conditions(
-            &previous.conditions,
-            &[Want::new(
-                PAUSED,
-                true,
-                "PausedBySpec",
-                "spec.paused is true: nothing is changed",
-            )],
-            generation,
-            now,
-        );
-        if st != previous {
-            status::write(&ctx.client, tenant, &st).await?;
+        return paused_step(&pass, ctx).await;
+    }
+    let platform =
+        timed(Api::<Platform>::all(ctx.client.clone()).get_opt(&tenant.spec.platform)).await?;
+    let Some(valid) = validate_step(&pass, ctx, platform.as_ref()).await? else {
+        // A Platform change re-triggers this tenant through the Platform watch.
+        return Ok(Action::requeue(ctx.config.requeue));
+    };
+    let requeue = match retention_step(&pass, ctx, &valid).await? {
+        Retention::Deleted => return Ok(Action::await_change()),
+        Retention::Kept { requeue } => requeue,
+    };
+    let plan = plan::plan(tenant, valid.platform, valid.tier, &ctx.config.plan);
+    let pruned = sync_step(&pass, ctx, &plan).await?;
+    let cloud = cloud_step(&pass, ctx, &valid).await;
+    status_step(&pass, ctx, &plan, &pruned, cloud.as_ref()).await?;
+    next_reconcile(ctx, requeue, cloud)
+}
+
+/// `spec.paused`: nothing is changed; only the `Paused` condition is set.
+async fn paused_step(pass: &Pass<'_>, ctx: &Context) -> Result<Action> {
+    let st = TenantStatus {
+        conditions: pass.conditions(&[Want::new(
+            PAUSED,
+            true,
+            "PausedBySpec",
+            "spec.paused is true: nothing is changed",
+        )]),
+        ..pass.previous.clone()
+    };
+    if pass.write(ctx, &st).await? {
+        ctx.event(
+            pass.tenant,
+            EventType::Normal,
+            "Paused",
+            "reconciliation paused".into(),
+        )
+        .await;
+        tracing::info!(tenant = %pass.name, "paused");
+    }
+    Ok(Action::requeue(ctx.config.requeue))
+}
+
+/// validate: the Platform and tier, or `Failed` with `InvalidSpec` (and `None`).
+async fn validate_step<'p>(
+    pass: &Pass<'_>,
+    ctx: &Context,
+    platform: Option<&'p Platform>,
+) -> Result<Option<Valid<'p>>> {
+    let invalid = match validate::validate(pass.tenant, platform) {
+        Ok(v) => return Ok(Some(v)),
+        Err(invalid) => invalid,
+    };
+    let st = TenantStatus {
+        phase: Some(TenantPhase::Failed),
+        observed_generation: pass.generation,
+        ready_since: None,
+        conditions: pass.conditions(&[
+            Want::new(READY, false, INVALID_SPEC, invalid.message.clone()),
+            Want::new(SYNCED, false, INVALID_SPEC, invalid.message.clone()),
+            Want::new(PAUSED, false, "NotPaused", "spec.paused is false"),
+            status::payment_overdue_condition(pass.tenant),
+        ]),
+        ..pass.previous.clone()
+    };
+    if pass.write(ctx, &st).await? {
+        ctx.event(
+            pass.tenant,
+            EventType::Warning,
+            INVALID_SPEC,
+            invalid.message.clone(),
+        )
+        .await;
+        tracing::warn!(tenant = %pass.name, reason = %invalid.message, "invalid spec");
+    }
+    ctx.metrics.phase(&pass.name, Some(TenantPhase::Failed));
+    Ok(None)
+}
+
+/// What the retention step decided.
+enum Retention {
+    /// The tenant was deleted (the finalizer applies the deletion policy next).
+    Deleted,
+    /// The tenant stays; look at it again within `requeue`.
+    Kept { requeue: Duration },
+}
+
+/// retention: a tenant cancelled and past its platform's retention period is deleted, after
+/// its final `pre-delete` backup (while that runs the tenant stays `Cancelled`).
+async fn retention_step(pass: &Pass<'_>, ctx: &Context, valid: &Valid<'_>) -> Result<Retention> {
+    let requeue = ctx.config.requeue;
+    let Some(cancelled) = &pass.tenant.spec.cancelled_at else {
+        return Ok(Retention::Kept { requeue });
+    };
+    let retention =
+        SignedDuration::from_hours(24 * i64::from(valid.platform.spec.cancellation_retention_days));
+    let deadline = cancelled.0.checked_add(retention).unwrap_or(cancelled.0);
+    if pass.now < deadline {
+        let left = deadline.duration_since(pass.now).unsigned_abs();
+        return Ok(Retention::Kept {
+            requeue: requeue.min(left + Duration::from_secs(1)),
+        });
+    }
+    match final_backup_gate(pass.tenant, ctx).await? {
+        Gate::Waiting { retry_in, .. } => Ok(Retention::Kept {
+            requeue: requeue.min(retry_in),
+        }),
+        Gate::Passed { .. } => {
+            let api: Api<Tenant> = Api::all(ctx.client.clone());
+            // The cached copy can predate this controller's own delete (reconciles of one
+            // tenant never overlap, but the cache may lag): ask the API server.
+            let fresh = timed(api.get_opt(&pass.name)).await?;
+            if fresh.is_none_or(|t| t.metadata.deletion_timestamp.is_some()) {
+                return Ok(Retention::Deleted);
+            }
+            tracing::info!(tenant = %pass.name, "retention period over: deleting the tenant");
             ctx.event(
-                tenant,
+                pass.tenant,
                 EventType::Normal,
-                "Paused",
-                "reconciliation paused".into(),
+                "RetentionExpired",
+                "cancelled and retention period over: deleting".into(),
             )
             .await;
-            tracing::info!(tenant = %name, "paused");
-        }
-        return Ok(Action::requeue(ctx.config.requeue));
-    }
-
-    // validate
-    let platforms: Api<Platform> = Api::all(ctx.client.clone());
-    let platform = platforms.get_opt(&tenant.spec.platform).await?;
-    let valid = match validate::validate(tenant, platform.as_ref()) {
-        Ok(v) => v,
-        Err(invalid) => {
-            let mut st = previous.clone();
-            st.phase = Some(TenantPhase::Failed);
-            st.observed_generation = generation;
-            st.ready_since = None;
-            st.conditions = status::conditions(
-                &previous.conditions,
-                &[
-                    Want::new(READY, false, INVALID_SPEC, invalid.message.clone()),
-                    Want::new(SYNCED, false, INVALID_SPEC, invalid.message.clone()),
-                    Want::new(PAUSED, false, "NotPaused", "spec.paused is false"),
-                    status::payment_overdue_condition(tenant),
-                ],
-                generation,
-                now,
-            );
-            if st != previous {
-                status::write(&ctx.client, tenant, &st).await?;
-                ctx.event(
-                    tenant,
-                    EventType::Warning,
-                    INVALID_SPEC,
-                    invalid.message.clone(),
-                )
-                .await;
-                tracing::warn!(tenant = %name, reason = %invalid.message, "invalid spec");
-            }
-            ctx.metrics.phase(&name, Some(TenantPhase::Failed));
-            // A Platform change re-triggers this tenant through the Platform watch.
-            return Ok(Action::requeue(ctx.config.requeue));
-        }
-    };
-
-    // cancelled and past retention: delete the Tenant (the finalizer then applies the policy).
-    let mut requeue = ctx.config.requeue;
-    if let Some(cancelled) = &tenant.spec.cancelled_at {
-        let retention = SignedDuration::from_hours(
-            24 * i64::from(valid.platform.spec.cancellation_retention_days),
-        );
-        let deadline = cancelled.0.checked_add(retention).unwrap_or(cancelled.0);
-        if now >= deadline {
-            // The final `pre-delete` backup first; while it runs the tenant stays Cancelled.
-            match final_backup_gate(tenant, ctx).await? {
-                Gate::Waiting { retry_in, .. } => requeue = requeue.min(retry_in),
-                Gate::Passed { .. } => {
-                    let api: Api<Tenant> = Api::all(ctx.client.clone());
-                    // The cached copy can predate this controller's own delete (reconciles of
-                    // one tenant never overlap, but the cache may lag): ask the API server.
-                    let fresh = api.get_opt(&name).await?;
-                    if fresh.is_none_or(|t| t.metadata.deletion_timestamp.is_some()) {
-                        return Ok(Action::await_change());
-                    }
-                    tracing::info!(tenant = %name, "retention period over: deleting the tenant");
-                    ctx.event(
-                        tenant,
-                        EventType::Normal,
-                        "RetentionExpired",
-                        "cancelled and retention period over: deleting".into(),
-                    )
-                    .await;
-                    api.delete(&name, &DeleteParams::default()).await?;
-                    return Ok(Action::await_change());
-                }
-            }
-        } else {
-            let left = deadline.duration_since(now).unsigned_abs();
-            requeue = requeue.min(left + Duration::from_secs(1));
+            timed(api.delete(&pass.name, &DeleteParams::default())).await?;
+            Ok(Retention::Deleted)
         }
     }
+}
 
-    // plan (pure)
-    let plan = plan::plan(tenant, valid.platform, valid.tier, &ctx.config.plan);
-
-    // apply + prune
+/// apply + prune: the plan's objects applied, the rest pruned (claims retained, not deleted).
+/// On failure `Synced=False` says why.
+async fn sync_step(pass: &Pass<'_>, ctx: &Context, plan: &Plan) -> Result<Pruned> {
     let synced = async {
-        apply::apply(&ctx.client, &plan).await?;
-        prune::prune(&ctx.client, &name, &plan).await
+        apply::apply(&ctx.client, plan).await?;
+        children::prune(&ctx.client, &pass.name, plan).await
     }
     .await;
-    if let Err(error) = synced {
-        let mut st = previous.clone();
-        st.conditions = status::conditions(
-            &previous.conditions,
-            &[Want::new(SYNCED, false, "ApplyFailed", error.to_string())],
-            generation,
-            now,
-        );
-        if st != previous {
-            status::write(&ctx.client, tenant, &st).await?;
-            ctx.event(tenant, EventType::Warning, "ApplyFailed", error.to_string())
+    let error = match synced {
+        Ok(pruned) => {
+            for claim in &pruned.newly_retained {
+                tracing::info!(tenant = %pass.name, claim = %claim, "volume claim no longer planned: retained");
+                ctx.event(
+                    pass.tenant,
+                    EventType::Normal,
+                    "VolumeRetained",
+                    format!(
+                        "claim {claim} is no longer named by the Platform: kept (label {}=true); \
+                         it is deleted only with the tenant's namespace, after the final backup",
+                        stackplane_crds::labels::RETAINED
+                    ),
+                )
                 .await;
+            }
+            return Ok(pruned);
         }
-        return Err(error);
-    }
-
-    // cloud: the dedicated instance and the DNS record, after the cluster objects exist.
-    let cloud = match &ctx.config.cloud {
-        Some(settings) => {
-            Some(crate::cloud::sync(settings, tenant, valid.platform, valid.tier).await)
-        }
-        None => None,
+        Err(error) => error,
     };
-    if let Some(c) = &cloud {
-        for note in &c.notes {
-            ctx.event(tenant, note.event_type(), note.reason, note.message.clone())
-                .await;
-        }
+    let st = TenantStatus {
+        conditions: pass.conditions(&[Want::new(SYNCED, false, "ApplyFailed", error.to_string())]),
+        ..pass.previous.clone()
+    };
+    if pass.write(ctx, &st).await? {
+        ctx.event(
+            pass.tenant,
+            EventType::Warning,
+            "ApplyFailed",
+            error.to_string(),
+        )
+        .await;
     }
+    Err(error)
+}
 
-    // status
+/// cloud: the dedicated instance and the DNS record, after the cluster objects exist. `None`
+/// without a cloud provider.
+async fn cloud_step(
+    pass: &Pass<'_>,
+    ctx: &Context,
+    valid: &Valid<'_>,
+) -> Option<crate::cloud::CloudOutcome> {
+    let settings = ctx.config.cloud.as_ref()?;
+    let outcome = crate::cloud::sync(settings, pass.tenant, valid.platform, valid.tier).await;
+    for note in &outcome.notes {
+        ctx.event(
+            pass.tenant,
+            note.event_type(),
+            note.reason,
+            note.message.clone(),
+        )
+        .await;
+    }
+    Some(outcome)
+}
+
+/// status: phase, conditions and what was observed, written when it changed; Events on a
+/// phase change.
+async fn status_step(
+    pass: &Pass<'_>,
+    ctx: &Context,
+    plan: &Plan,
+    pruned: &Pruned,
+    cloud: Option<&crate::cloud::CloudOutcome>,
+) -> Result<()> {
+    let (tenant, name, previous) = (pass.tenant, &pass.name, &pass.previous);
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), plan.namespace_name());
-    let observed = deployments
-        .list(&ListParams::default().labels(&tenant_selector(&name)))
+    let observed = timed(deployments.list(&ListParams::default().labels(&tenant_selector(name))))
         .await?
         .items;
     let components = status::component_status(&plan.components, &observed);
-    let mut phase = status::phase(tenant, &components, Some(&previous));
+    let mut phase = status::phase(tenant, &components, Some(previous));
     let mut wants = vec![
         status::ready_condition(phase, &components),
         Want::new(SYNCED, true, "Applied", "every object is applied"),
         Want::new(PAUSED, false, "NotPaused", "spec.paused is false"),
         status::payment_overdue_condition(tenant),
     ];
-    if let Some(c) = &cloud {
+    if let Some(c) = cloud {
         let was_ready =
             previous.ready_since.is_some() || previous.phase == Some(TenantPhase::Degraded);
         let adjusted = crate::cloud::phase(phase, &c.state, was_ready);
@@ -354,25 +444,24 @@ async fn apply_tenant(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     }
     let mut st = TenantStatus {
         phase: Some(phase),
-        conditions: status::conditions(&previous.conditions, &wants, generation, now),
+        conditions: pass.conditions(&wants),
         namespace: Some(plan.namespace_name().to_owned()),
         endpoint: Some(plan.endpoint.clone()),
         components,
-        observed_generation: generation,
+        observed_generation: pass.generation,
         ready_since: None,
+        retained_volumes: pruned.retained.clone(),
         ..previous.clone()
     };
-    if let Some(c) = &cloud {
+    if let Some(c) = cloud {
         st.instance = c.instance.clone();
         st.dns_record = c.dns_record.clone();
     }
     if phase == TenantPhase::Ready {
-        st.ready_since = previous.ready_since.clone().or(Some(Time(now)));
+        st.ready_since = previous.ready_since.clone().or(Some(Time(pass.now)));
     }
-    if st != previous {
-        status::write(&ctx.client, tenant, &st).await?;
-    }
-    payment_overdue_event(tenant, &previous, &st, ctx).await;
+    pass.write(ctx, &st).await?;
+    payment_overdue_event(tenant, previous, &st, ctx).await;
     if previous.phase != Some(phase) {
         tracing::info!(tenant = %name, phase = phase.as_str(), "phase changed");
         ctx.event(
@@ -389,12 +478,21 @@ async fn apply_tenant(tenant: &Tenant, ctx: &Context) -> Result<Action> {
             );
         if first_ready {
             if let Some(created) = tenant.metadata.creation_timestamp.as_ref() {
-                let took = now.duration_since(created.0).unsigned_abs();
+                let took = pass.now.duration_since(created.0).unsigned_abs();
                 ctx.metrics.became_ready(took);
             }
         }
     }
-    ctx.metrics.phase(&name, Some(phase));
+    ctx.metrics.phase(name, Some(phase));
+    Ok(())
+}
+
+/// When to look at a synced tenant again, from the cloud step's outcome.
+fn next_reconcile(
+    ctx: &Context,
+    mut requeue: Duration,
+    cloud: Option<crate::cloud::CloudOutcome>,
+) -> Result<Action> {
     match cloud.map(|c| c.state) {
         // Retried with the controller's backoff; the condition already says what failed.
         Some(crate::cloud::CloudState::Failed(e))
@@ -443,7 +541,7 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
     match tenant.spec.deletion_policy {
         DeletionPolicy::Delete => {
-            let existing = namespaces.get_opt(&ns).await?;
+            let existing = timed(namespaces.get_opt(&ns)).await?;
             // The final backup, unless there is no data left to back up.
             let has_data = existing
                 .as_ref()
@@ -459,9 +557,9 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action> {
             }
             // Cloud resources go only once the final backup lets the deletion proceed.
             if let Some(settings) = &ctx.config.cloud {
-                let platform = Api::<Platform>::all(ctx.client.clone())
-                    .get_opt(&tenant.spec.platform)
-                    .await?;
+                let platform =
+                    timed(Api::<Platform>::all(ctx.client.clone()).get_opt(&tenant.spec.platform))
+                        .await?;
                 let done = crate::cloud::delete(settings, tenant, platform.as_ref()).await?;
                 if !done.is_empty() {
                     ctx.event(
@@ -477,7 +575,7 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action> {
                 None => {}
                 Some(existing) => {
                     if existing.metadata.deletion_timestamp.is_none() {
-                        namespaces.delete(&ns, &DeleteParams::background()).await?;
+                        timed(namespaces.delete(&ns, &DeleteParams::background())).await?;
                         tracing::info!(tenant = %name, namespace = %ns, "deleting namespace");
                     }
                     return Err(Error::NamespaceTerminating { namespace: ns });
@@ -495,11 +593,13 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action> {
                 .await;
                 tracing::info!(tenant = %name, retained = %kept, "cloud resources retained");
             }
-            if namespaces.get_opt(&ns).await?.is_some() {
+            if timed(namespaces.get_opt(&ns)).await?.is_some() {
                 let patch = json!({ "metadata": { "labels": { ORPHANED: "true" } } });
-                namespaces
-                    .patch(&ns, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await?;
+                let params = PatchParams {
+                    field_manager: Some(crate::k8s::FIELD_MANAGER.to_owned()),
+                    ..PatchParams::default()
+                };
+                timed(namespaces.patch(&ns, &params, &Patch::Merge(&patch))).await?;
                 tracing::info!(tenant = %name, namespace = %ns, "namespace retained as orphan");
             }
         }
@@ -596,18 +696,5 @@ async fn payment_overdue_event(
             .await;
         }
         _ => {}
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        assert!(backoff(1) <= Duration::from_secs_f64(1.2));
-        assert!(backoff(4) >= Duration::from_secs_f64(6.4));
-        assert!(backoff(100) <= Duration::from_secs(360));
-        assert!(backoff(100) >= Duration::from_secs(240));
     }
 }

@@ -1,8 +1,8 @@
 //! The Tenant's status: computed from what was planned and what the Deployments report, and
-//! written with a merge patch on the status subresource.
+//! written by server-side apply of the status subresource (see [`write`]).
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ManagedFieldsEntry, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
@@ -198,33 +198,111 @@ pub fn payment_overdue_condition(tenant: &Tenant) -> Want {
     }
 }
 
-/// Writes `status` with a merge patch on the status subresource. Fields this controller owns
-/// and that are now empty are cleared explicitly (a merge patch keeps what it does not name),
-/// `instance` and `dnsRecord` included: `status` carries them over unless the cloud step changed them.
+/// Condition types the controller writes. Every other type on a Tenant's status belongs to
+/// another writer (`BillingSynced`, `BillingConflict`, `TrialEnding` are the billing worker's)
+/// and is never part of the controller's apply, so the controller can neither remove nor
+/// overwrite it.
+pub const OWN_CONDITIONS: [&str; 5] = [
+    READY,
+    SYNCED,
+    PAUSED,
+    PAYMENT_OVERDUE,
+    crate::cloud::CLOUD_READY,
+];
+
+/// The server-side apply body of `status` for `tenant` (pure): only the fields and condition
+/// types the controller owns, and the resourceVersion the status was computed from as a
+/// precondition. A field the controller set before and leaves out now is removed by the API
+/// server (it owned it); fields of other field managers are untouched.
+pub fn apply_body(tenant: &Tenant, status: &TenantStatus) -> Result<serde_json::Value> {
+    let mut own = status.clone();
+    own.conditions
+        .retain(|c| OWN_CONDITIONS.contains(&c.type_.as_str()));
+    let mut metadata = json!({ "name": tenant.name_any() });
+    if let Some(rv) = &tenant.metadata.resource_version {
+        metadata["resourceVersion"] = json!(rv);
+    }
+    Ok(json!({
+        "apiVersion": <Tenant as kube::Resource>::api_version(&()),
+        "kind": <Tenant as kube::Resource>::kind(&()),
+        "metadata": metadata,
+        "status": serde_json::to_value(&own)?,
+    }))
+}
+
+/// Writes `status` by server-side apply on the status subresource with the controller's field
+/// manager, on the condition that the Tenant is still at the resourceVersion it was read at: a
+/// replica working from an older copy (a leader handing over, a lagging cache) gets
+/// [`Error::StatusConflict`] instead of overwriting newer data.
 pub async fn write(client: &Client, tenant: &Tenant, status: &TenantStatus) -> Result<()> {
     let api: Api<Tenant> = Api::all(client.clone());
-    let mut body = serde_json::to_value(status)?;
-    if let Some(map) = body.as_object_mut() {
-        for key in [
-            "readySince",
-            "endpoint",
-            "namespace",
-            "instance",
-            "dnsRecord",
-        ] {
-            map.entry(key).or_insert(serde_json::Value::Null);
+    let stripped;
+    let tenant = match legacy_status_owners(tenant) {
+        None => tenant,
+        Some(kept) => {
+            stripped = strip_legacy_owners(&api, tenant, kept).await?;
+            &stripped
         }
-        map.entry("components").or_insert(json!([]));
+    };
+    let body = apply_body(tenant, status)?;
+    let params = PatchParams::apply(crate::k8s::FIELD_MANAGER).force();
+    match crate::k8s::timed(api.patch_status(&tenant.name_any(), &params, &Patch::Apply(&body)))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if crate::k8s::is_conflict(&e) => Err(Error::StatusConflict(e)),
+        Err(e) => Err(Error::Status(e)),
     }
-    let patch = json!({ "status": body });
-    api.patch_status(
-        &tenant.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await
-    .map_err(Error::Status)?;
-    Ok(())
+}
+
+/// The billing worker's field manager: its entries are never touched here.
+const BILLING_FIELD_MANAGER: &str = "stackplane-billing";
+
+/// Before status was applied, this controller wrote it with merge patches (an `Update` entry
+/// of the client's default field manager owns those fields). Fields co-owned that way would
+/// outlive the controller's apply (`readySince`, `instance`, `dnsRecord` left stale), so the
+/// first write after an upgrade drops such entries. Returns the entries to keep, or `None`
+/// when there is no such entry (every later write).
+pub fn legacy_status_owners(tenant: &Tenant) -> Option<Vec<ManagedFieldsEntry>> {
+    let entries = tenant.metadata.managed_fields.as_ref()?;
+    let legacy = |m: &ManagedFieldsEntry| {
+        m.operation.as_deref() == Some("Update")
+            && m.manager.as_deref() != Some(BILLING_FIELD_MANAGER)
+            && m.fields_v1
+                .as_ref()
+                .is_some_and(|f| f.0.get("f:status").is_some())
+    };
+    if !entries.iter().any(legacy) {
+        return None;
+    }
+    Some(entries.iter().filter(|m| !legacy(m)).cloned().collect())
+}
+
+/// Replaces the Tenant's managedFields with `kept`, on the condition that it is still at the
+/// resourceVersion read; returns the Tenant as it is afterwards.
+async fn strip_legacy_owners(
+    api: &Api<Tenant>,
+    tenant: &Tenant,
+    kept: Vec<ManagedFieldsEntry>,
+) -> Result<Tenant> {
+    // A merge patch naming the resourceVersion is refused (409) unless the Tenant is still at it;
+    // a list in a merge patch replaces the whole list.
+    let patch = json!({ "metadata": {
+        "resourceVersion": tenant.metadata.resource_version,
+        "managedFields": kept,
+    }});
+    let params = PatchParams {
+        field_manager: Some(crate::k8s::FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
+    };
+    match crate::k8s::timed(api.patch(&tenant.name_any(), &params, &Patch::Merge(&patch))).await {
+        Ok(t) => {
+            tracing::info!(tenant = %tenant.name_any(), "status ownership moved to server-side apply");
+            Ok(t)
+        }
+        Err(e) if crate::k8s::is_conflict(&e) => Err(Error::StatusConflict(e)),
+        Err(e) => Err(Error::Status(e)),
+    }
 }
 
 #[cfg(test)]
@@ -282,6 +360,79 @@ mod tests {
             };
             assert_eq!(want.reason, reason);
         }
+    }
+
+    #[test]
+    fn the_apply_body_holds_only_own_conditions_and_the_read_resource_version() {
+        let mut t = with_subscription(None, None);
+        t.metadata.resource_version = Some("42".into());
+        let now = Timestamp::from_second(1_000).unwrap_or(Timestamp::UNIX_EPOCH);
+        let billing = Condition {
+            type_: "BillingSynced".into(),
+            status: "True".into(),
+            reason: "Synced".into(),
+            message: "m".into(),
+            last_transition_time: Time(now),
+            observed_generation: None,
+        };
+        let st = TenantStatus {
+            conditions: conditions(
+                &[billing],
+                &[Want::new(READY, true, "A", "m")],
+                Some(1),
+                now,
+            ),
+            ..TenantStatus::default()
+        };
+        assert_eq!(st.conditions.len(), 2, "computed status keeps what it read");
+        let body = apply_body(&t, &st).expect("body");
+        assert_eq!(body["metadata"]["resourceVersion"], "42");
+        assert_eq!(body["kind"], "Tenant");
+        let types: Vec<&str> = body["status"]["conditions"]
+            .as_array()
+            .expect("conditions")
+            .iter()
+            .filter_map(|c| c["type"].as_str())
+            .collect();
+        assert_eq!(types, vec![READY]);
+    }
+
+    #[test]
+    fn merge_patch_owners_of_the_status_are_dropped_once() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::FieldsV1;
+        let entry =
+            |manager: &str, operation: &str, fields: serde_json::Value| ManagedFieldsEntry {
+                manager: Some(manager.into()),
+                operation: Some(operation.into()),
+                fields_v1: Some(FieldsV1(fields)),
+                ..ManagedFieldsEntry::default()
+            };
+        let mut t = with_subscription(None, None);
+        t.metadata.managed_fields = Some(vec![
+            entry(
+                "kube-rs",
+                "Update",
+                json!({"f:status": {"f:readySince": {}}}),
+            ),
+            entry(
+                "kube-rs",
+                "Update",
+                json!({"f:metadata": {"f:finalizers": {}}}),
+            ),
+            entry("stackplane-billing", "Update", json!({"f:status": {}})),
+            entry("stackplane-billing", "Apply", json!({"f:status": {}})),
+            entry("stackplane-controller", "Apply", json!({"f:status": {}})),
+        ]);
+        let kept = legacy_status_owners(&t).expect("one legacy owner");
+        assert_eq!(kept.len(), 4);
+        assert!(kept
+            .iter()
+            .all(|m| !(m.manager.as_deref() == Some("kube-rs")
+                && m.fields_v1
+                    .as_ref()
+                    .is_some_and(|f| f.0.get("f:status").is_some()))));
+        t.metadata.managed_fields = Some(kept);
+        assert!(legacy_status_owners(&t).is_none(), "nothing left to drop");
     }
 
     #[test]

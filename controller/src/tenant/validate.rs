@@ -18,6 +18,17 @@ pub struct Valid<'a> {
 
 /// Validates `tenant` against its Platform (`None` when no such Platform exists).
 pub fn validate<'a>(tenant: &Tenant, platform: Option<&'a Platform>) -> Result<Valid<'a>, Invalid> {
+    // The name is the value of the `stackplane.io/tenant` label on every object of the tenant,
+    // and a label value has at most 63 characters (names made from Stripe are cut to fit).
+    let name = tenant.metadata.name.as_deref().unwrap_or_default();
+    if !stackplane_crds::naming::is_dns_label(name) {
+        return Err(Invalid {
+            message: format!(
+                "tenant name {name:?} must be a DNS-1123 label of at most {} characters",
+                stackplane_crds::naming::MAX_NAME_LEN
+            ),
+        });
+    }
     let Some(platform) = platform else {
         return Err(Invalid {
             message: format!("platform {:?} does not exist", tenant.spec.platform),
@@ -77,5 +88,17 @@ mod tests {
         let mut bad = p.clone();
         bad.spec.components.push(bad.spec.components[0].clone());
         assert!(validate(&tenant(&tier), Some(&bad)).is_err());
+    }
+
+    #[test]
+    fn names_longer_than_a_label_value_are_invalid() {
+        let p = platform();
+        let tier = p.spec.tiers[0].name.clone();
+        let mut t = tenant(&tier);
+        t.metadata.name = Some("t".repeat(63));
+        assert!(validate(&t, Some(&p)).is_ok());
+        t.metadata.name = Some("t".repeat(64));
+        let err = validate(&t, Some(&p)).expect_err("too long");
+        assert!(err.message.contains("63"), "{}", err.message);
     }
 }

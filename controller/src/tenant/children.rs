@@ -1,0 +1,153 @@
+//! The registry of the kinds of object a tenant's namespace holds: the one list that apply,
+//! prune and the controller's watches all read. A kind added here is applied, pruned (or, for
+//! claims, retained) and watched for drift; a kind missing here is none of these, and the unit
+//! tests below fail when the plan makes an object of a kind that is not registered.
+
+use futures::future::BoxFuture;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{
+    LimitRange, PersistentVolumeClaim, ResourceQuota, Secret, Service, ServiceAccount,
+};
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{watcher, Controller};
+use kube::{Api, Client, Resource, ResourceExt};
+use stackplane_crds::labels::{tenant_selector, TENANT};
+use stackplane_crds::Tenant;
+
+use super::plan::Plan;
+use super::prune::{self, Pruned};
+use crate::error::Result;
+use crate::k8s::{timed, Child, FIELD_MANAGER};
+
+/// What becomes of an object of a kind once the plan no longer wants it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unwanted {
+    /// Deleted (it holds no customer data, and the plan can make it again).
+    Delete,
+    /// Kept and labelled retained (customer data: volume claims).
+    Retain,
+}
+
+/// Server-side apply of one planned object (as JSON) into namespace `ns`.
+pub type ApplyFn = for<'a> fn(
+    &'a Client,
+    &'a str,
+    &'a str,
+    &'a serde_json::Value,
+) -> BoxFuture<'a, kube::Result<()>>;
+/// Prune (or retain) what the plan does not want, among the tenant's objects of one kind.
+pub type PruneFn =
+    for<'a> fn(&'a Client, &'a str, &'a str, &'a Plan) -> BoxFuture<'a, Result<Pruned>>;
+/// Adds a watch of one kind (by the given label selector) to the Tenant controller.
+pub type WatchFn = fn(Controller<Tenant>, Client, watcher::Config) -> Controller<Tenant>;
+
+/// One kind of the registry.
+pub struct ChildKind {
+    /// The kind, as the API names it (what `Desired::kind` says).
+    pub kind: &'static str,
+    pub unwanted: Unwanted,
+    pub apply: ApplyFn,
+    pub prune: PruneFn,
+    pub watch: WatchFn,
+}
+
+impl ChildKind {
+    const fn of<K: Child>(unwanted: Unwanted) -> ChildKind {
+        ChildKind {
+            kind: K::KIND,
+            unwanted,
+            apply: apply_kind::<K>,
+            prune: match unwanted {
+                Unwanted::Delete => prune::delete_unwanted::<K> as PruneFn,
+                Unwanted::Retain => prune::retain_unwanted::<K> as PruneFn,
+            },
+            watch: watch_kind::<K>,
+        }
+    }
+}
+
+/// Every kind of object in a tenant's namespace, in the order they are applied (what others
+/// refer to first: quota before workloads, the ServiceAccount before its RoleBinding).
+pub static CHILD_KINDS: &[ChildKind] = &[
+    ChildKind::of::<ResourceQuota>(Unwanted::Delete),
+    ChildKind::of::<LimitRange>(Unwanted::Delete),
+    ChildKind::of::<NetworkPolicy>(Unwanted::Delete),
+    ChildKind::of::<ServiceAccount>(Unwanted::Delete),
+    ChildKind::of::<Role>(Unwanted::Delete),
+    ChildKind::of::<RoleBinding>(Unwanted::Delete),
+    ChildKind::of::<Secret>(Unwanted::Delete),
+    ChildKind::of::<PersistentVolumeClaim>(Unwanted::Retain),
+    ChildKind::of::<Deployment>(Unwanted::Delete),
+    ChildKind::of::<Service>(Unwanted::Delete),
+    ChildKind::of::<Ingress>(Unwanted::Delete),
+];
+
+/// The registry entry of `kind`.
+pub fn child_kind(kind: &str) -> Option<&'static ChildKind> {
+    CHILD_KINDS.iter().find(|k| k.kind == kind)
+}
+
+/// Prunes every registered kind of the tenant's namespace: deletes what the plan no longer
+/// wants, retains claims (see `super::prune`).
+pub async fn prune(client: &Client, tenant: &str, plan: &Plan) -> Result<Pruned> {
+    let ns = plan.namespace_name();
+    let selector = tenant_selector(tenant);
+    let mut pruned = Pruned::default();
+    for kind in CHILD_KINDS {
+        pruned.add((kind.prune)(client, ns, &selector, plan).await?);
+    }
+    pruned.retained.sort();
+    Ok(pruned)
+}
+
+/// The Tenant that an object of a tenant belongs to, from its `stackplane.io/tenant` label.
+pub fn tenant_of<K: Resource>(object: &K) -> Option<ObjectRef<Tenant>> {
+    object.labels().get(TENANT).map(|t| ObjectRef::new(t))
+}
+
+fn apply_kind<'a, K: Child>(
+    client: &'a Client,
+    ns: &'a str,
+    name: &'a str,
+    object: &'a serde_json::Value,
+) -> BoxFuture<'a, kube::Result<()>> {
+    Box::pin(async move {
+        let api: Api<K> = Api::namespaced(client.clone(), ns);
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        timed(api.patch(name, &params, &Patch::Apply(object))).await?;
+        Ok(())
+    })
+}
+
+fn watch_kind<K: Child>(
+    controller: Controller<Tenant>,
+    client: Client,
+    config: watcher::Config,
+) -> Controller<Tenant> {
+    controller.watches(Api::<K>::all(client), config, |o| tenant_of(&o))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_is_registered_once() {
+        let mut kinds: Vec<&str> = CHILD_KINDS.iter().map(|k| k.kind).collect();
+        kinds.sort_unstable();
+        let n = kinds.len();
+        kinds.dedup();
+        assert_eq!(kinds.len(), n, "a kind registered twice");
+    }
+
+    #[test]
+    fn only_claims_are_retained() {
+        for k in CHILD_KINDS {
+            let retained = k.unwanted == Unwanted::Retain;
+            assert_eq!(retained, k.kind == "PersistentVolumeClaim", "{}", k.kind);
+        }
+    }
+}
