@@ -119,10 +119,21 @@ async fn run_controller(
     let stop = stop.shared();
     let mut backup_config = config.reconcile.backup.clone();
     backup_config.selector = config.tenant_selector.clone();
+    // One cloud provider for the cloud step, backups and the garbage collector; none with
+    // `--cloud-provider none`.
+    let provider = config.reconcile.cloud.as_ref().map(|c| c.provider.clone());
     let backups = crate::backup::run(
         client.clone(),
         backup_config,
-        crate::backup::ec2::AwsEc2::from_env().await,
+        provider,
+        metrics.clone(),
+        recorder.clone(),
+        stop.clone(),
+    );
+    let cloud_gc = crate::cloud::gc::for_leader(
+        client.clone(),
+        config.reconcile.cloud.as_ref(),
+        &config.lease,
         metrics.clone(),
         recorder.clone(),
         stop.clone(),
@@ -209,6 +220,6 @@ async fn run_controller(
                 tracing::debug!(%error, "controller event");
             }
         });
-    // Backups are reconciled by the same leader, for as long as it leads.
-    futures::join!(tenants_controller, backups);
+    // Backups are reconciled, and orphans collected, by the same leader, for as long as it leads.
+    futures::join!(tenants_controller, backups, cloud_gc);
 }

@@ -311,9 +311,9 @@ async fn apply_tenant(tenant: &Tenant, ctx: &Context) -> Result<Action> {
 
     // cloud: the dedicated instance and the DNS record, after the cluster objects exist.
     let cloud = match &ctx.config.cloud {
-        Some(settings) => {
-            Some(crate::cloud::sync(settings, tenant, valid.platform, valid.tier).await)
-        }
+        Some(settings) => Some(
+            crate::cloud::sync(settings, &ctx.client, tenant, valid.platform, valid.tier).await,
+        ),
         None => None,
     };
     if let Some(c) = &cloud {
@@ -485,6 +485,13 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action> {
             }
         }
         DeletionPolicy::Retain => {
+            // Marked retained first, so the cloud garbage collector never takes them for orphans.
+            if let Some(settings) = &ctx.config.cloud {
+                let platform = Api::<Platform>::all(ctx.client.clone())
+                    .get_opt(&tenant.spec.platform)
+                    .await?;
+                crate::cloud::retain(settings, tenant, platform.as_ref()).await?;
+            }
             if let Some(kept) = crate::cloud::retained(tenant) {
                 ctx.event(
                     tenant,
