@@ -131,10 +131,21 @@ async fn run_controller(
         .shared();
     let mut backup_config = config.reconcile.backup.clone();
     backup_config.selector = config.tenant_selector.clone();
+    // One cloud provider for the cloud step, backups and the garbage collector; none with
+    // `--cloud-provider none`.
+    let provider = config.reconcile.cloud.as_ref().map(|c| c.provider.clone());
     let backups = crate::backup::run(
         client.clone(),
         backup_config,
-        crate::backup::ec2::AwsEc2::from_env().await,
+        provider,
+        metrics.clone(),
+        recorder.clone(),
+        stop.clone(),
+    );
+    let cloud_gc = crate::cloud::gc::for_leader(
+        client.clone(),
+        config.reconcile.cloud.as_ref(),
+        &config.lease,
         metrics.clone(),
         recorder.clone(),
         stop.clone(),
@@ -191,6 +202,6 @@ async fn run_controller(
         .map(move |()| {
             let _ = ended_tx.send(());
         });
-    // Backups are reconciled by the same leader, for as long as it leads.
-    futures::join!(tenants_controller, backups);
+    // Backups are reconciled, and orphans collected, by the same leader, for as long as it leads.
+    futures::join!(tenants_controller, backups, cloud_gc);
 }

@@ -15,6 +15,7 @@ pub mod error;
 pub mod events;
 pub mod health;
 pub mod k8s;
+pub mod kube_client;
 pub mod leader;
 pub mod metrics;
 pub mod telemetry;
@@ -113,9 +114,55 @@ pub struct Args {
     /// VolumeSnapshotClass of backups' volume snapshots. Default: the cluster's default class.
     #[arg(long, env = "STACKPLANE_VOLUME_SNAPSHOT_CLASS")]
     pub volume_snapshot_class: Option<String>,
+
+    /// What the leader does with cloud resources tagged ManagedBy=stackplane whose tenant (or,
+    /// for snapshots, backup) no longer exists: `delete`, `report` (log, Event, metric only) or
+    /// `off`. Resources of `deletionPolicy: Retain` tenants are never touched.
+    #[arg(long, env = "STACKPLANE_CLOUD_GC", value_enum, default_value_t = cloud::gc::GcMode::Delete)]
+    pub cloud_gc: cloud::gc::GcMode,
+
+    /// Seconds between two passes of the cloud garbage collector.
+    #[arg(long, env = "STACKPLANE_CLOUD_GC_INTERVAL", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub cloud_gc_interval: u64,
+
+    /// Seconds an orphaned cloud resource must have existed before it is collected.
+    #[arg(long, env = "STACKPLANE_CLOUD_GC_GRACE", default_value_t = 900)]
+    pub cloud_gc_grace: u64,
+
+    /// Seconds a Kubernetes API request (other than a watch) may take before it fails.
+    #[arg(long, env = "STACKPLANE_KUBE_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub kube_timeout: u64,
+
+    /// Seconds one AWS operation may take, retries included.
+    #[arg(long, env = "STACKPLANE_AWS_OPERATION_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub aws_operation_timeout: u64,
+
+    /// Seconds one attempt of an AWS operation may take (connecting included).
+    #[arg(long, env = "STACKPLANE_AWS_ATTEMPT_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub aws_attempt_timeout: u64,
 }
 
 impl Args {
+    /// The time limits of every AWS call.
+    pub fn aws_timeouts(&self) -> aws::AwsTimeouts {
+        aws::AwsTimeouts {
+            operation: std::time::Duration::from_secs(self.aws_operation_timeout),
+            attempt: std::time::Duration::from_secs(self.aws_attempt_timeout),
+        }
+    }
+
+    /// The cloud step's settings (and the garbage collector's) around `provider`.
+    pub fn cloud_settings(
+        &self,
+        provider: std::sync::Arc<dyn cloud::CloudProvider>,
+    ) -> cloud::CloudSettings {
+        let mut settings = cloud::CloudSettings::new(provider, self.ingress_address.clone());
+        settings.gc.mode = self.cloud_gc;
+        settings.gc.interval = std::time::Duration::from_secs(self.cloud_gc_interval);
+        settings.gc.grace = std::time::Duration::from_secs(self.cloud_gc_grace);
+        settings
+    }
+
     /// The controller's configuration from the flags.
     pub fn config(&self) -> Config {
         let identity = self.identity.clone().unwrap_or_else(|| {

@@ -10,22 +10,27 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     telemetry::init(args.log_format);
     let mut config = args.config();
+    // The one AWS client of the process (cloud step, backups, garbage collector); with
+    // `--cloud-provider none` none is built, so no AWS call can be made.
     if args.cloud_provider == stackplane_controller::CloudProviderKind::Aws {
-        let provider = stackplane_controller::cloud::aws::AwsProvider::from_env().await;
-        config.reconcile.cloud = Some(stackplane_controller::cloud::CloudSettings::new(
-            Arc::new(provider),
-            args.ingress_address.clone(),
-        ));
+        let provider =
+            stackplane_controller::cloud::aws::AwsProvider::from_env(args.aws_timeouts()).await;
+        config.reconcile.cloud = Some(args.cloud_settings(Arc::new(provider)));
     }
     tracing::info!(
         metrics_listen = %args.metrics_listen,
         concurrency = args.concurrency,
         identity = %config.lease.identity,
         lease = %config.lease.name,
+        cloud_provider = ?args.cloud_provider,
+        cloud_gc = ?args.cloud_gc,
         "starting stackplane-controller"
     );
 
-    let client = kube::Client::try_default().await?;
+    let client = stackplane_controller::kube_client::build(std::time::Duration::from_secs(
+        args.kube_timeout,
+    ))
+    .await?;
     let version = client.apiserver_version().await?;
     tracing::info!(
         server_version = %version.git_version,

@@ -10,7 +10,8 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use prometheus_client::encoding::{text::encode, EncodeLabelSet};
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -28,9 +29,19 @@ struct PhaseLabels {
     phase: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OrphanLabels {
+    kind: String,
+    action: String,
+}
+
 /// The controller's metrics.
 pub struct Metrics {
     registry: Registry,
+    /// Metrics named without the controller's prefix (`stackplane_cloud_…`): what the cloud
+    /// garbage collector found, a figure about the AWS account rather than this process.
+    cloud_registry: Registry,
+    cloud_orphans: Family<OrphanLabels, Counter>,
     reconciles: Counter,
     reconcile_duration: Histogram,
     errors: Family<ErrorLabels, Counter>,
@@ -100,8 +111,18 @@ impl Metrics {
                 })
                 .set(0);
         }
+        let mut cloud_registry = Registry::with_prefix("stackplane_cloud");
+        let cloud_orphans = Family::<OrphanLabels, Counter>::default();
+        cloud_registry.register(
+            "orphans",
+            "Cloud resources tagged ManagedBy=stackplane whose owner is gone, by kind \
+             (instance, record, snapshot) and action (deleted, reported, failed)",
+            cloud_orphans.clone(),
+        );
         Metrics {
             registry,
+            cloud_registry,
+            cloud_orphans,
             reconciles,
             reconcile_duration,
             errors,
@@ -165,10 +186,22 @@ impl Metrics {
         &self.health
     }
 
+    /// Records one orphaned cloud resource the garbage collector acted on.
+    pub fn cloud_orphan(&self, kind: &str, action: &str) {
+        self.cloud_orphans
+            .get_or_create(&OrphanLabels {
+                kind: kind.to_owned(),
+                action: action.to_owned(),
+            })
+            .inc();
+    }
+
     /// The metrics in Prometheus' text format.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
         let mut out = String::new();
-        encode(&mut out, &self.registry)?;
+        encode_registry(&mut out, &self.registry)?;
+        encode_registry(&mut out, &self.cloud_registry)?;
+        encode_eof(&mut out)?;
         Ok(out)
     }
 }

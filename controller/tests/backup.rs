@@ -14,9 +14,9 @@ use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::discovery::ApiResource;
 use kube::{Client, ResourceExt};
 use serde_json::json;
-use stackplane_controller::backup::ec2::AwsEc2;
 use stackplane_controller::backup::schedule::ScheduleConfig;
 use stackplane_controller::backup::{self, BackupConfig};
+use stackplane_controller::cloud::aws::AwsProvider;
 use stackplane_controller::events::EventRecorder;
 use stackplane_controller::metrics::Metrics;
 use stackplane_crds::labels::backup_selector;
@@ -50,7 +50,8 @@ async fn start(configure: impl FnOnce(&mut BackupConfig)) -> Env {
         .try_init();
     let client = kube_client().await;
     install_crds(&client).await;
-    let ec2 = aws_sdk_ec2::Client::new(&aws_config().await);
+    let aws = aws_config().await;
+    let ec2 = aws_sdk_ec2::Client::new(&aws);
     let shard = unique("shard");
     let mut config = BackupConfig {
         selector: Some(format!("{SHARD}={shard}")),
@@ -67,7 +68,7 @@ async fn start(configure: impl FnOnce(&mut BackupConfig)) -> Env {
     tokio::spawn(backup::run(
         client.clone(),
         config,
-        AwsEc2::new(ec2.clone()),
+        Some(Arc::new(AwsProvider::new(&aws))),
         Arc::new(Metrics::new()),
         recorder,
         async move {

@@ -21,8 +21,10 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::Client;
 use serde_json::json;
 use stackplane_controller::cloud::aws::AwsProvider;
+use stackplane_controller::cloud::gc::GcMode;
 use stackplane_controller::cloud::provider::{
-    CloudProvider, ImageInfo, LaunchSpec, ObservedInstance, Record, RecordChange,
+    CloudProvider, ImageInfo, LaunchSpec, ObservedInstance, ObservedSnapshot, ObservedVolume,
+    Record, RecordChange, SnapshotSpec, VolumeSpec, ZoneRecord,
 };
 use stackplane_controller::cloud::{CloudError, CloudSettings, IngressAddress};
 use stackplane_controller::leader::LeaseConfig;
@@ -148,6 +150,56 @@ impl CloudProvider for Observed {
         }
         self.inner.change_records(zone, changes)
     }
+    fn managed_instances(&self) -> BoxFuture<'_, Result<Vec<ObservedInstance>, CloudError>> {
+        self.inner.managed_instances()
+    }
+    fn managed_snapshots(&self) -> BoxFuture<'_, Result<Vec<ObservedSnapshot>, CloudError>> {
+        self.inner.managed_snapshots()
+    }
+    fn owner_records(&self) -> BoxFuture<'_, Result<Vec<ZoneRecord>, CloudError>> {
+        self.inner.owner_records()
+    }
+    fn attached_volumes<'a>(
+        &'a self,
+        instance: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>, CloudError>> {
+        self.inner.attached_volumes(instance)
+    }
+    fn instance_zone<'a>(
+        &'a self,
+        instance: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, CloudError>> {
+        self.inner.instance_zone(instance)
+    }
+    fn find_snapshots<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a str,
+        volume: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<ObservedSnapshot>, CloudError>> {
+        self.inner.find_snapshots(key, value, volume)
+    }
+    fn create_snapshot<'a>(
+        &'a self,
+        spec: &'a SnapshotSpec,
+    ) -> BoxFuture<'a, Result<ObservedSnapshot, CloudError>> {
+        self.inner.create_snapshot(spec)
+    }
+    fn delete_snapshot<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), CloudError>> {
+        self.inner.delete_snapshot(id)
+    }
+    fn find_volumes<'a>(
+        &'a self,
+        tags: &'a [(&'a str, &'a str)],
+    ) -> BoxFuture<'a, Result<Vec<ObservedVolume>, CloudError>> {
+        self.inner.find_volumes(tags)
+    }
+    fn create_volume<'a>(
+        &'a self,
+        spec: &'a VolumeSpec,
+    ) -> BoxFuture<'a, Result<ObservedVolume, CloudError>> {
+        self.inner.create_volume(spec)
+    }
 }
 
 struct Env {
@@ -160,6 +212,7 @@ struct Env {
     ec2: aws_sdk_ec2::Client,
     route53: aws_sdk_route53::Client,
     calls: Arc<Calls>,
+    metrics: Arc<Metrics>,
     ingress: Option<IngressAddress>,
     controllers: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
@@ -263,6 +316,7 @@ async fn setup(opts: Options) -> Env {
         ec2,
         route53,
         calls: Arc::new(Calls::default()),
+        metrics: Arc::new(Metrics::new()),
         ingress: opts.ingress.map(|i| i.parse().expect("ingress address")),
         controllers: std::sync::Mutex::new(Vec::new()),
     }
@@ -272,13 +326,26 @@ impl Env {
     /// Starts a controller for this test's shard, with a Lease of its own (a crashed
     /// controller's Lease never blocks the next one).
     async fn spawn_controller(&self, after_launch: Option<(Arc<Notify>, Duration)>) -> usize {
+        self.spawn_controller_with(after_launch, |_| {}).await
+    }
+
+    /// [`Env::spawn_controller`] with the cloud settings edited (e.g. the garbage collector's).
+    async fn spawn_controller_with(
+        &self,
+        after_launch: Option<(Arc<Notify>, Duration)>,
+        configure: impl FnOnce(&mut CloudSettings),
+    ) -> usize {
         let provider = Observed {
-            inner: AwsProvider::from_env().await,
+            inner: AwsProvider::from_env(Default::default()).await,
             calls: self.calls.clone(),
             after_launch,
         };
         let mut cloud = CloudSettings::new(Arc::new(provider), self.ingress.clone());
         cloud.progress_requeue = Duration::from_millis(300);
+        // Only the garbage collector's own test collects: the others' passes would count (and
+        // announce) its orphans in their controllers instead of its.
+        cloud.gc.mode = GcMode::Off;
+        configure(&mut cloud);
         let config = stackplane_controller::Config {
             concurrency: 8,
             tenant_selector: Some(format!("{SHARD}={}", self.shard)),
@@ -300,14 +367,10 @@ impl Env {
             },
         };
         let client = self.client.clone();
+        let metrics = self.metrics.clone();
         let handle = tokio::spawn(async move {
-            let _ = stackplane_controller::run(
-                client,
-                config,
-                Arc::new(Metrics::new()),
-                futures::future::pending(),
-            )
-            .await;
+            let _ = stackplane_controller::run(client, config, metrics, futures::future::pending())
+                .await;
         });
         let mut c = self.controllers.lock().expect("controllers");
         c.push(handle);
@@ -411,6 +474,30 @@ impl Env {
             .collect()
     }
 
+    /// The ownership TXT records of the zone: (name, values).
+    async fn owner_records(&self) -> Vec<(String, Vec<String>)> {
+        let out = self
+            .route53
+            .list_resource_record_sets()
+            .hosted_zone_id(&self.zone)
+            .send()
+            .await
+            .expect("ListResourceRecordSets");
+        out.resource_record_sets()
+            .iter()
+            .filter(|s| *s.r#type() == RrType::Txt && s.name().starts_with("_stackplane-owner."))
+            .map(|s| {
+                (
+                    s.name().to_owned(),
+                    s.resource_records()
+                        .iter()
+                        .map(|r| r.value().to_owned())
+                        .collect(),
+                )
+            })
+            .collect()
+    }
+
     async fn record(&self, host: &str) -> Option<(String, Vec<String>)> {
         let fqdn = format!("{host}.{}.", self.domain);
         self.records()
@@ -488,6 +575,7 @@ async fn dedicated_tenant_gets_one_tagged_instance_and_its_record() {
     env.spawn_controller(None).await;
     let name = &env.create_tenant("starter", |_| {}).await;
     let t = env.cloud_ready(name).await;
+    let uid = t.metadata.uid.clone().expect("uid");
     let st = t.status.expect("status");
     let recorded = st.instance.expect("status.instance");
 
@@ -502,6 +590,9 @@ async fn dedicated_tenant_gets_one_tagged_instance_and_its_record() {
     assert_eq!(tag(i, "ManagedBy"), Some("stackplane"));
     assert_eq!(tag(i, "Customer"), Some(CUSTOMER));
     assert_eq!(tag(i, "Plan"), Some("starter"));
+    // What makes the instance the tenant's (and an orphan once the uid is gone).
+    assert_eq!(tag(i, "stackplane.io/tenant-uid"), Some(uid.as_str()));
+    assert_eq!(tag(i, "stackplane.io/retained"), Some("false"));
     let ip = i.public_ip_address().expect("moto assigns a public IP");
     assert_eq!(recorded.public_ip.as_deref(), Some(ip));
 
@@ -759,6 +850,8 @@ async fn twenty_create_delete_cycles_leave_nothing_behind() {
     assert!(left.is_empty(), "instances left: {left:?}");
     let records = env.records().await;
     assert!(records.is_empty(), "records left: {records:?}");
+    let owners = env.owner_records().await;
+    assert!(owners.is_empty(), "ownership records left: {owners:?}");
     assert!(
         count(&env.calls.run_instance) >= 10,
         "instances were really launched and deleted: {}",
@@ -887,4 +980,328 @@ async fn throttled_dns_change_is_retried_and_provisioning_resumes() {
         .and_then(|i| i.public_ip)
         .expect("ip");
     assert_eq!(env.record(name).await, Some(("A".to_owned(), vec![ip])));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn colliding_subdomains_the_holder_keeps_the_record() {
+    let env = setup(Options::default()).await;
+    let env = &env;
+    env.spawn_controller(None).await;
+    let sub = unique("shop");
+    let s1 = sub.clone();
+    let holder = &env
+        .create_tenant("shared", move |s| s.subdomain = Some(s1))
+        .await;
+    let t = env.cloud_ready(holder).await;
+    let holder_uid = t.metadata.uid.clone().expect("uid");
+    let cname = Some(("CNAME".to_owned(), vec!["lb-1.elb.example.net.".to_owned()]));
+    assert_eq!(env.record(&sub).await, cname);
+    let owners = env.owner_records().await;
+    assert_eq!(owners.len(), 1, "{owners:?}");
+    assert!(owners[0].1[0].contains(&holder_uid), "{owners:?}");
+
+    // A dedicated tenant with the same subdomain would point the name at its own instance.
+    let s2 = sub.clone();
+    let late = &env
+        .create_tenant("starter", move |s| s.subdomain = Some(s2))
+        .await;
+    let refused = eventually("SubdomainTaken", 90, move || async move {
+        let t = env.tenant(late).await?;
+        let c = cloud_condition(&t)?;
+        (c.reason == "SubdomainTaken").then_some(t)
+    })
+    .await;
+    let c = cloud_condition(&refused).expect("condition");
+    assert_eq!(c.status, "False");
+    assert!(
+        c.message.contains(holder.as_str()),
+        "names the holder: {}",
+        c.message
+    );
+    assert_eq!(refused.status.and_then(|s| s.dns_record), None);
+    // No DNS change: the holder's record and ownership are as they were, also after the late
+    // tenant's reconciles went on for a while (1 s requeue).
+    let changes = count(&env.calls.change_records);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(env.record(&sub).await, cname);
+    assert_eq!(env.owner_records().await, owners);
+    assert_eq!(
+        count(&env.calls.change_records),
+        changes,
+        "no DNS write at all"
+    );
+
+    // Deleting the late tenant leaves the holder's record alone.
+    Api::<Tenant>::all(env.client.clone())
+        .delete(late, &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually("late tenant gone", 90, move || async move {
+        env.tenant(late).await.is_none().then_some(())
+    })
+    .await;
+    assert_eq!(env.record(&sub).await, cname);
+    assert_eq!(env.owner_records().await, owners);
+    let t = env.tenant(holder).await.expect("holder");
+    assert!(cloud_condition(&t).is_some_and(|c| c.status == "True"));
+    assert!(env.instances(late).await.is_empty());
+}
+
+/// Runs an instance tagged as stackplane tags one, for a tenant uid of the test's choosing.
+async fn run_tagged_instance(env: &Env, uid: &str, retained: bool) -> String {
+    let image = env
+        .ec2
+        .describe_images()
+        .owners("amazon")
+        .send()
+        .await
+        .expect("DescribeImages")
+        .images()
+        .iter()
+        .find_map(|i| i.image_id().map(str::to_owned))
+        .expect("moto ships AMIs");
+    let tags = [
+        ("ManagedBy", "stackplane"),
+        ("stackplane.io/tenant", "gone-tenant"),
+        ("stackplane.io/tenant-uid", uid),
+        ("stackplane.io/platform", env.platform.as_str()),
+        (
+            "stackplane.io/retained",
+            if retained { "true" } else { "false" },
+        ),
+    ];
+    let mut spec = aws_sdk_ec2::types::TagSpecification::builder()
+        .resource_type(aws_sdk_ec2::types::ResourceType::Instance);
+    for (k, v) in tags {
+        spec = spec.tags(aws_sdk_ec2::types::Tag::builder().key(k).value(v).build());
+    }
+    let out = env
+        .ec2
+        .run_instances()
+        .image_id(image)
+        .instance_type(aws_sdk_ec2::types::InstanceType::T3Micro)
+        .min_count(1)
+        .max_count(1)
+        .tag_specifications(spec.build())
+        .send()
+        .await
+        .expect("RunInstances");
+    out.instances()[0].instance_id().expect("id").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_collector_deletes_orphans_and_spares_live_and_retained() {
+    let env = setup(Options::default()).await;
+    let env = &env;
+    // A tenant that exists (no controller of its shard runs): its instance is not an orphan.
+    let live = Tenant::new(
+        &unique("live"),
+        TenantSpec::new(env.platform.clone(), "starter"),
+    );
+    let live = Api::<Tenant>::all(env.client.clone())
+        .create(&PostParams::default(), &live)
+        .await
+        .expect("create live tenant");
+    let live_uid = live.metadata.uid.clone().expect("uid");
+
+    let gone_uid = unique("uid-gone");
+    let orphan = run_tagged_instance(env, &gone_uid, false).await;
+    let retained = run_tagged_instance(env, &gone_uid, true).await;
+    let alive = run_tagged_instance(env, &live_uid, false).await;
+    // A snapshot of the orphan's volume, made for a backup that no longer exists.
+    let volume = env
+        .ec2
+        .describe_volumes()
+        .filters(
+            Filter::builder()
+                .name("attachment.instance-id")
+                .values(&orphan)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("DescribeVolumes")
+        .volumes()[0]
+        .volume_id()
+        .expect("volume")
+        .to_owned();
+    let mut tags = aws_sdk_ec2::types::TagSpecification::builder()
+        .resource_type(aws_sdk_ec2::types::ResourceType::Snapshot);
+    for (k, v) in [
+        ("ManagedBy", "stackplane"),
+        ("stackplane.io/backup", "gone-backup"),
+        ("stackplane.io/backup-uid", gone_uid.as_str()),
+    ] {
+        tags = tags.tags(aws_sdk_ec2::types::Tag::builder().key(k).value(v).build());
+    }
+    let snapshot = env
+        .ec2
+        .create_snapshot()
+        .volume_id(&volume)
+        .tag_specifications(tags.build())
+        .send()
+        .await
+        .expect("CreateSnapshot")
+        .snapshot_id()
+        .expect("snapshot id")
+        .to_owned();
+    // A record with an ownership record naming the gone tenant.
+    let host = unique("orphan");
+    env.set_record(&host, "192.0.2.10").await;
+    let owner = stackplane_controller::cloud::dns::Ownership {
+        tenant: "gone-tenant".into(),
+        uid: gone_uid.clone(),
+        retained: false,
+        created: 1_000,
+    };
+    let txt = ResourceRecordSet::builder()
+        .name(format!("_stackplane-owner.{host}.{}", env.domain))
+        .r#type(RrType::Txt)
+        .ttl(300)
+        .resource_records(
+            ResourceRecord::builder()
+                .value(owner.value())
+                .build()
+                .expect("rr"),
+        )
+        .build()
+        .expect("set");
+    env.route53
+        .change_resource_record_sets()
+        .hosted_zone_id(&env.zone)
+        .change_batch(
+            ChangeBatch::builder()
+                .changes(
+                    Change::builder()
+                        .action(ChangeAction::Create)
+                        .resource_record_set(txt)
+                        .build()
+                        .expect("change"),
+                )
+                .build()
+                .expect("batch"),
+        )
+        .send()
+        .await
+        .expect("ownership record");
+
+    let lease = unique("lease");
+    let l = lease.clone();
+    env.spawn_controller_with(None, move |c| {
+        c.gc.mode = GcMode::Delete;
+        c.gc.interval = Duration::from_secs(1);
+        c.gc.grace = Duration::from_secs(1);
+        c.gc.regarding = k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some("coordination.k8s.io/v1".into()),
+            kind: Some("Lease".into()),
+            name: Some(l),
+            namespace: Some("default".into()),
+            ..Default::default()
+        };
+    })
+    .await;
+
+    let orphan = &orphan;
+    eventually("orphaned instance terminated", 90, move || async move {
+        matches!(
+            state_of(env, orphan).await.as_deref(),
+            Some("terminated" | "shutting-down")
+        )
+        .then_some(())
+    })
+    .await;
+    let snapshot = &snapshot;
+    eventually("orphaned snapshot deleted", 60, move || async move {
+        let out = env
+            .ec2
+            .describe_snapshots()
+            .filters(
+                Filter::builder()
+                    .name("snapshot-id")
+                    .values(snapshot)
+                    .build(),
+            )
+            .send()
+            .await
+            .ok()?;
+        out.snapshots().is_empty().then_some(())
+    })
+    .await;
+    let h = &host;
+    eventually("orphaned record deleted", 60, move || async move {
+        (env.record(h).await.is_none()
+            && !env
+                .owner_records()
+                .await
+                .iter()
+                .any(|(n, _)| n.contains(h.as_str())))
+        .then_some(())
+    })
+    .await;
+    let live_ids: Vec<String> = env
+        .instances_tagged("stackplane.io/platform", &env.platform)
+        .await
+        .iter()
+        .filter_map(|i| i.instance_id().map(str::to_owned))
+        .collect();
+    assert!(
+        live_ids.contains(&retained),
+        "retained instance kept: {live_ids:?}"
+    );
+    assert!(
+        live_ids.contains(&alive),
+        "a live tenant's instance kept: {live_ids:?}"
+    );
+
+    // Each deletion is logged, counted and announced in the controller's namespace.
+    let text = env.metrics.encode().expect("metrics");
+    for kind in ["instance", "snapshot", "record"] {
+        let line = format!("stackplane_cloud_orphans_total{{kind=\"{kind}\",action=\"deleted\"}}");
+        assert!(text.contains(&line), "{line} in {text}");
+    }
+    let events = Api::<Event>::namespaced(env.client.clone(), "default")
+        .list(&ListParams::default().fields(&format!("involvedObject.name={lease}")))
+        .await
+        .expect("events");
+    let about = |id: &str| {
+        events.items.iter().any(|e| {
+            e.reason.as_deref() == Some("OrphanDeleted")
+                && e.message.as_deref().is_some_and(|m| m.contains(id))
+        })
+    };
+    assert!(
+        about(orphan.as_str()),
+        "an Event for the instance: {:?}",
+        events.items
+    );
+    assert!(about(snapshot.as_str()), "an Event for the snapshot");
+    assert!(about(host.as_str()), "an Event for the record");
+
+    // Leave moto clean for the other tests.
+    env.ec2
+        .terminate_instances()
+        .instance_ids(&retained)
+        .instance_ids(&alive)
+        .send()
+        .await
+        .expect("terminate");
+}
+
+/// The state of instance `id` as EC2 reports it.
+async fn state_of(env: &Env, id: &str) -> Option<String> {
+    let out = env
+        .ec2
+        .describe_instances()
+        .instance_ids(id)
+        .send()
+        .await
+        .ok()?;
+    let i = out
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .next()?;
+    i.state()
+        .and_then(|s| s.name())
+        .map(|n| n.as_str().to_owned())
 }

@@ -2,10 +2,62 @@
 //! from those snapshots for a restore. Each call advances every unfinished part by one step;
 //! what exists is found by its tags first, so a retried or restarted reconcile never makes two.
 
-use stackplane_crds::{BackupPart, BackupPartKind};
+use std::future::Future;
+use std::time::Duration;
 
-use super::ec2::{Ec2, Ec2Error};
+use kube::Client;
+use stackplane_crds::{BackupPart, BackupPartKind, BackupPartState, Tenant, TenantBackup};
+
+use super::ec2::{Ec2, Ec2Error, SnapshotOwner};
 use super::parts;
+use crate::cloud::owner::{self, Owner};
+
+/// The check made right before a snapshot is created.
+pub trait BeforeCreate: Send + Sync {
+    fn confirm(&self) -> impl Future<Output = Result<(), Ec2Error>> + Send;
+}
+
+/// The backup and its tenant, read again from the API server (not the cache): a snapshot is
+/// made only for a backup that still exists as the same object, of a tenant that still exists
+/// ([`owner::confirm_backup`], the check the cloud step makes before its creates).
+pub struct OwnerStillExists<'a> {
+    pub client: &'a Client,
+    pub backup: &'a TenantBackup,
+    pub tenant: &'a Tenant,
+    pub timeout: Duration,
+}
+
+impl BeforeCreate for OwnerStillExists<'_> {
+    async fn confirm(&self) -> Result<(), Ec2Error> {
+        owner::confirm_backup(
+            self.client,
+            Owner::of_backup(self.backup),
+            Owner::of_tenant(self.tenant),
+            self.timeout,
+            "CreateSnapshot",
+        )
+        .await
+        .map_err(Ec2Error::from)
+    }
+}
+
+/// Why EBS parts cannot be carried out without an AWS client.
+const NO_CLOUD: &str = "EBS snapshots are unsupported: the controller runs with \
+     --cloud-provider none (no AWS client, no AWS call)";
+
+/// The EBS part of a backup (or restore) when the controller has no AWS client: recorded as
+/// `Unsupported`, which keeps the backup from reading `Completed`. `source`: the instance (or
+/// snapshot) the part would have been about; none, no part.
+pub fn unsupported(source: Option<&str>) -> Option<BackupPart> {
+    let source = source.filter(|s| !s.is_empty())?;
+    Some(BackupPart {
+        kind: BackupPartKind::EbsSnapshot,
+        id: None,
+        source: Some(source.to_owned()),
+        state: BackupPartState::Unsupported,
+        message: Some(NO_CLOUD.to_owned()),
+    })
+}
 
 fn finished<'a>(previous: &'a [BackupPart], source: &str) -> Option<&'a BackupPart> {
     previous.iter().find(|p| {
@@ -18,13 +70,14 @@ fn finished<'a>(previous: &'a [BackupPart], source: &str) -> Option<&'a BackupPa
 /// The EBS snapshot parts of `backup` after one more step each. The volumes are those attached
 /// to `instance` when the backup first ran (`previous` has no part yet); later calls keep that
 /// set. No instance: no EBS part (a shared tenant has no volumes of its own).
-pub async fn snapshot_volumes<E: Ec2>(
+pub async fn snapshot_volumes<E: Ec2, C: BeforeCreate>(
     ec2: &E,
-    tenant: &str,
-    backup: &str,
+    owner: &SnapshotOwner<'_>,
     instance: Option<&str>,
     previous: &[BackupPart],
+    check: &C,
 ) -> Result<Vec<BackupPart>, Ec2Error> {
+    let (tenant, backup) = (owner.tenant, owner.backup);
     let volumes: Vec<String> = if previous.is_empty() {
         match instance.filter(|id| !id.is_empty()) {
             Some(id) => ec2.attached_volumes(id).await?,
@@ -46,7 +99,8 @@ pub async fn snapshot_volumes<E: Ec2>(
         let snapshot = match ec2.find_snapshot(backup, &volume).await? {
             Some(s) => s,
             None => {
-                let s = ec2.create_snapshot(tenant, backup, &volume).await?;
+                check.confirm().await?;
+                let s = ec2.create_snapshot(owner, &volume).await?;
                 tracing::info!(backup, tenant, volume = %volume, snapshot = %s.id, "EBS snapshot started");
                 s
             }
@@ -111,7 +165,6 @@ mod tests {
 
     use super::*;
     use crate::backup::parts::Ec2Object;
-    use stackplane_crds::BackupPartState;
 
     /// EC2 in memory: one instance with two volumes; snapshots and volumes keyed by their tags.
     #[derive(Default)]
@@ -148,10 +201,10 @@ mod tests {
         }
         async fn create_snapshot(
             &self,
-            _tenant: &str,
-            backup: &str,
+            owner: &SnapshotOwner<'_>,
             volume: &str,
         ) -> Result<Ec2Object, Ec2Error> {
+            let backup = owner.backup;
             let mut all = self.snapshots.lock().expect("lock");
             let s = Ec2Object {
                 id: format!("snap-{}", all.len()),
@@ -209,29 +262,87 @@ mod tests {
         }
     }
 
+    /// Counts the checks; refuses once `refuse` is set.
+    #[derive(Default)]
+    struct Check {
+        calls: std::sync::atomic::AtomicUsize,
+        refuse: std::sync::atomic::AtomicBool,
+    }
+
+    impl BeforeCreate for Check {
+        async fn confirm(&self) -> Result<(), Ec2Error> {
+            use std::sync::atomic::Ordering;
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            if self.refuse.load(Ordering::SeqCst) {
+                return Err(Ec2Error {
+                    operation: "CreateSnapshot",
+                    message: "backup b9 no longer exists".into(),
+                });
+            }
+            Ok(())
+        }
+    }
+
+    fn owner(backup: &str) -> SnapshotOwner<'_> {
+        SnapshotOwner {
+            tenant: "acme",
+            tenant_uid: "u-t",
+            backup,
+            backup_uid: "u-b",
+        }
+    }
+
+    #[tokio::test]
+    async fn nothing_is_created_once_the_owner_is_gone() {
+        use std::sync::atomic::Ordering;
+        let ec2 = FakeEc2::default();
+        let check = Check::default();
+        check.refuse.store(true, Ordering::SeqCst);
+        let r = snapshot_volumes(&ec2, &owner("b9"), Some("i-1"), &[], &check).await;
+        assert!(r.is_err());
+        assert!(ec2.snapshots.lock().expect("lock").is_empty());
+        // An existing snapshot is only observed: no check, no create.
+        check.refuse.store(false, Ordering::SeqCst);
+        snapshot_volumes(&ec2, &owner("b9"), Some("i-1"), &[], &check)
+            .await
+            .expect("made");
+        let before = check.calls.load(Ordering::SeqCst);
+        snapshot_volumes(&ec2, &owner("b9"), Some("i-1"), &[], &check)
+            .await
+            .expect("found");
+        assert_eq!(check.calls.load(Ordering::SeqCst), before);
+        assert_eq!(unsupported(None), None);
+        let part = unsupported(Some("i-1")).expect("part");
+        assert_eq!(part.state, BackupPartState::Unsupported);
+        assert!(part
+            .message
+            .is_some_and(|m| m.contains("--cloud-provider none")));
+    }
+
     #[tokio::test]
     async fn snapshots_are_made_once_and_followed_to_completion() {
+        let check = Check::default();
         let ec2 = FakeEc2::default();
         *ec2.snapshot_state.lock().expect("lock") = "pending".into();
-        let first = snapshot_volumes(&ec2, "acme", "b1", Some("i-1"), &[])
+        let first = snapshot_volumes(&ec2, &owner("b1"), Some("i-1"), &[], &check)
             .await
             .expect("first");
         assert_eq!(first.len(), 2);
         assert!(first.iter().all(|p| p.state == BackupPartState::InProgress));
         // A restart (no recorded parts) finds the snapshots by tag instead of making new ones.
-        let again = snapshot_volumes(&ec2, "acme", "b1", Some("i-1"), &[])
+        let again = snapshot_volumes(&ec2, &owner("b1"), Some("i-1"), &[], &check)
             .await
             .expect("again");
         assert_eq!(again, first);
         assert_eq!(ec2.snapshots.lock().expect("lock").len(), 2);
         *ec2.snapshot_state.lock().expect("lock") = "completed".into();
-        let done = snapshot_volumes(&ec2, "acme", "b1", Some("i-1"), &again)
+        let done = snapshot_volumes(&ec2, &owner("b1"), Some("i-1"), &again, &check)
             .await
             .expect("done");
         assert!(done.iter().all(|p| p.state == BackupPartState::Completed));
         assert_eq!(ec2.snapshots.lock().expect("lock").len(), 2);
         // A shared tenant (no instance) has no EBS part.
-        assert!(snapshot_volumes(&ec2, "acme", "b2", None, &[])
+        assert!(snapshot_volumes(&ec2, &owner("b2"), None, &[], &check)
             .await
             .expect("none")
             .is_empty());

@@ -1,26 +1,18 @@
-//! The EC2 calls of backups behind a small trait, so the part logic runs against a fake in unit
-//! tests and against EC2 (or moto) otherwise. Every snapshot and volume made here is tagged, and
+//! What backups and restores need of EC2, as a narrow trait so the part logic runs against a
+//! fake in unit tests. In the controller it is the cloud step's provider
+//! ([`crate::cloud::CloudProvider`], one AWS client and one list of tags for both), or nothing
+//! at all with `--cloud-provider none`. Every snapshot and volume made here is tagged, and
 //! looked up by its tags before it is made, so a restarted reconcile never makes two.
 
+use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::Arc;
 
-use aws_sdk_ec2::error::DisplayErrorContext;
-use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
+use crate::cloud::provider::{SnapshotSpec, VolumeSpec};
+use crate::cloud::tags;
+use crate::cloud::{CloudError, CloudProvider};
 
 use super::parts::Ec2Object;
-
-/// Tag naming the backup a snapshot belongs to.
-pub const TAG_BACKUP: &str = stackplane_crds::labels::BACKUP;
-/// Tag naming the tenant a snapshot or volume belongs to.
-pub const TAG_TENANT: &str = "stackplane.io/tenant";
-/// Tag naming the restore a volume was made by.
-pub const TAG_RESTORE: &str = "stackplane.io/restore";
-/// Tag naming the snapshot a restored volume was made from.
-pub const TAG_SNAPSHOT: &str = "stackplane.io/snapshot";
-/// Tag marking everything stackplane made in the account.
-pub const TAG_MANAGED_BY: &str = "ManagedBy";
-/// Value of [`TAG_MANAGED_BY`].
-pub const MANAGED_BY: &str = "stackplane";
 
 /// A failed EC2 call.
 #[derive(Debug, thiserror::Error)]
@@ -30,12 +22,38 @@ pub struct Ec2Error {
     pub message: String,
 }
 
-impl Ec2Error {
-    fn new<E: std::error::Error>(operation: &'static str, error: E) -> Self {
+impl From<CloudError> for Ec2Error {
+    fn from(e: CloudError) -> Self {
         Ec2Error {
-            operation,
-            message: DisplayErrorContext(error).to_string(),
+            operation: e.operation(),
+            message: e.to_string(),
         }
+    }
+}
+
+/// Whose a snapshot is: its backup and tenant, by name and uid (the garbage collector keeps
+/// a snapshot while its backup exists).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotOwner<'a> {
+    pub tenant: &'a str,
+    pub tenant_uid: &'a str,
+    pub backup: &'a str,
+    pub backup_uid: &'a str,
+}
+
+impl SnapshotOwner<'_> {
+    /// The tags of the owner's snapshots.
+    pub fn tags(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (tags::TENANT.to_owned(), self.tenant.to_owned()),
+            (tags::TENANT_UID.to_owned(), self.tenant_uid.to_owned()),
+            (tags::BACKUP.to_owned(), self.backup.to_owned()),
+            (tags::BACKUP_UID.to_owned(), self.backup_uid.to_owned()),
+            (
+                tags::MANAGED_BY.to_owned(),
+                tags::MANAGED_BY_VALUE.to_owned(),
+            ),
+        ])
     }
 }
 
@@ -57,11 +75,10 @@ pub trait Ec2: Send + Sync + 'static {
         backup: &str,
         volume: &str,
     ) -> impl Future<Output = Result<Option<Ec2Object>, Ec2Error>> + Send;
-    /// Starts a snapshot of `volume`, tagged with `tenant` and `backup`.
+    /// Starts a snapshot of `volume`, tagged with its owner.
     fn create_snapshot(
         &self,
-        tenant: &str,
-        backup: &str,
+        owner: &SnapshotOwner<'_>,
         volume: &str,
     ) -> impl Future<Output = Result<Ec2Object, Ec2Error>> + Send;
     /// Ids of every snapshot tagged with `backup`.
@@ -87,92 +104,30 @@ pub trait Ec2: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Ec2Object, Ec2Error>> + Send;
 }
 
-/// [`Ec2`] through `aws-sdk-ec2`.
-#[derive(Clone, Debug)]
-pub struct AwsEc2 {
-    client: aws_sdk_ec2::Client,
-}
-
-impl AwsEc2 {
-    pub fn new(client: aws_sdk_ec2::Client) -> Self {
-        AwsEc2 { client }
-    }
-
-    /// A client from the controller's AWS configuration ([`crate::aws::sdk_config`]).
-    pub async fn from_env() -> Self {
-        AwsEc2::new(aws_sdk_ec2::Client::new(&crate::aws::sdk_config().await))
+fn snapshot_object(s: crate::cloud::provider::ObservedSnapshot) -> Ec2Object {
+    Ec2Object {
+        id: s.id,
+        state: s.state,
+        message: s.message,
     }
 }
 
-fn tag(key: &str, value: &str) -> Tag {
-    Tag::builder().key(key).value(value).build()
-}
-
-fn filter(name: &str, value: &str) -> Filter {
-    Filter::builder().name(name).values(value).build()
-}
-
-fn tags(resource: ResourceType, pairs: &[(&str, &str)]) -> TagSpecification {
-    let mut spec = TagSpecification::builder().resource_type(resource);
-    for (k, v) in pairs {
-        spec = spec.tags(tag(k, v));
-    }
-    spec.tags(tag(TAG_MANAGED_BY, MANAGED_BY)).build()
-}
-
-fn snapshot_object(s: &aws_sdk_ec2::types::Snapshot) -> Option<Ec2Object> {
-    Some(Ec2Object {
-        id: s.snapshot_id()?.to_owned(),
-        state: s
-            .state()
-            .map(|st| st.as_str().to_owned())
-            .unwrap_or_default(),
-        message: s.state_message().map(str::to_owned),
-    })
-}
-
-fn volume_object(v: &aws_sdk_ec2::types::Volume) -> Option<Ec2Object> {
-    Some(Ec2Object {
-        id: v.volume_id()?.to_owned(),
-        state: v
-            .state()
-            .map(|st| st.as_str().to_owned())
-            .unwrap_or_default(),
+fn volume_object(v: crate::cloud::provider::ObservedVolume) -> Ec2Object {
+    Ec2Object {
+        id: v.id,
+        state: v.state,
         message: None,
-    })
+    }
 }
 
-impl Ec2 for AwsEc2 {
+/// Backups through the controller's cloud provider.
+impl<P: CloudProvider + ?Sized + 'static> Ec2 for Arc<P> {
     async fn attached_volumes(&self, instance: &str) -> Result<Vec<String>, Ec2Error> {
-        let out = self
-            .client
-            .describe_volumes()
-            .filters(filter("attachment.instance-id", instance))
-            .send()
-            .await
-            .map_err(|e| Ec2Error::new("DescribeVolumes", e))?;
-        let mut ids: Vec<String> = out
-            .volumes()
-            .iter()
-            .filter_map(|v| v.volume_id().map(str::to_owned))
-            .collect();
-        ids.sort();
-        Ok(ids)
+        Ok(self.as_ref().attached_volumes(instance).await?)
     }
 
     async fn instance_zone(&self, instance: &str) -> Result<Option<String>, Ec2Error> {
-        let out = self
-            .client
-            .describe_instances()
-            .filters(filter("instance-id", instance))
-            .send()
-            .await
-            .map_err(|e| Ec2Error::new("DescribeInstances", e))?;
-        Ok(out
-            .reservations()
-            .iter()
-            .flat_map(|r| r.instances())
-            .find_map(|i| i.placement()?.availability_zone().map(str::to_owned)))
+        Ok(self.as_ref().instance_zone(instance).await?)
     }
 
     async fn find_snapshot(
@@ -180,72 +135,39 @@ impl Ec2 for AwsEc2 {
         backup: &str,
         volume: &str,
     ) -> Result<Option<Ec2Object>, Ec2Error> {
-        let out = self
-            .client
-            .describe_snapshots()
-            .filters(filter(&format!("tag:{TAG_BACKUP}"), backup))
-            .filters(filter("volume-id", volume))
-            .send()
-            .await
-            .map_err(|e| Ec2Error::new("DescribeSnapshots", e))?;
-        Ok(out.snapshots().iter().find_map(snapshot_object))
+        let found = self
+            .as_ref()
+            .find_snapshots(tags::BACKUP, backup, Some(volume))
+            .await?;
+        Ok(found.into_iter().next().map(snapshot_object))
     }
 
     async fn create_snapshot(
         &self,
-        tenant: &str,
-        backup: &str,
+        owner: &SnapshotOwner<'_>,
         volume: &str,
     ) -> Result<Ec2Object, Ec2Error> {
-        let out = self
-            .client
-            .create_snapshot()
-            .volume_id(volume)
-            .description(format!("stackplane backup {backup} of tenant {tenant}"))
-            .tag_specifications(tags(
-                ResourceType::Snapshot,
-                &[(TAG_TENANT, tenant), (TAG_BACKUP, backup)],
-            ))
-            .send()
-            .await
-            .map_err(|e| Ec2Error::new("CreateSnapshot", e))?;
-        Ok(Ec2Object {
-            id: out.snapshot_id().unwrap_or_default().to_owned(),
-            state: out
-                .state()
-                .map(|s| s.as_str().to_owned())
-                .unwrap_or_default(),
-            message: out.state_message().map(str::to_owned),
-        })
+        let spec = SnapshotSpec {
+            volume_id: volume.to_owned(),
+            description: format!(
+                "stackplane backup {} of tenant {}",
+                owner.backup, owner.tenant
+            ),
+            tags: owner.tags(),
+        };
+        Ok(snapshot_object(self.as_ref().create_snapshot(&spec).await?))
     }
 
     async fn snapshots_of(&self, backup: &str) -> Result<Vec<String>, Ec2Error> {
-        let out = self
-            .client
-            .describe_snapshots()
-            .filters(filter(&format!("tag:{TAG_BACKUP}"), backup))
-            .send()
-            .await
-            .map_err(|e| Ec2Error::new("DescribeSnapshots", e))?;
-        Ok(out
-            .snapshots()
-            .iter()
-            .filter_map(|s| s.snapshot_id().map(str::to_owned))
-            .collect())
+        let found = self
+            .as_ref()
+            .find_snapshots(tags::BACKUP, backup, None)
+            .await?;
+        Ok(found.into_iter().map(|s| s.id).collect())
     }
 
     async fn delete_snapshot(&self, id: &str) -> Result<(), Ec2Error> {
-        match self.client.delete_snapshot().snapshot_id(id).send().await {
-            Ok(_) => Ok(()),
-            Err(e)
-                if e.as_service_error()
-                    .and_then(aws_sdk_ec2::error::ProvideErrorMetadata::code)
-                    == Some("InvalidSnapshot.NotFound") =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(Ec2Error::new("DeleteSnapshot", e)),
-        }
+        Ok(self.as_ref().delete_snapshot(id).await?)
     }
 
     async fn find_restored_volume(
@@ -253,15 +175,11 @@ impl Ec2 for AwsEc2 {
         restore: &str,
         snapshot: &str,
     ) -> Result<Option<Ec2Object>, Ec2Error> {
-        let out = self
-            .client
-            .describe_volumes()
-            .filters(filter(&format!("tag:{TAG_RESTORE}"), restore))
-            .filters(filter(&format!("tag:{TAG_SNAPSHOT}"), snapshot))
-            .send()
-            .await
-            .map_err(|e| Ec2Error::new("DescribeVolumes", e))?;
-        Ok(out.volumes().iter().find_map(volume_object))
+        let found = self
+            .as_ref()
+            .find_volumes(&[(tags::RESTORE, restore), (tags::SNAPSHOT, snapshot)])
+            .await?;
+        Ok(found.into_iter().next().map(volume_object))
     }
 
     async fn create_volume(
@@ -271,29 +189,19 @@ impl Ec2 for AwsEc2 {
         snapshot: &str,
         zone: &str,
     ) -> Result<Ec2Object, Ec2Error> {
-        let out = self
-            .client
-            .create_volume()
-            .snapshot_id(snapshot)
-            .availability_zone(zone)
-            .tag_specifications(tags(
-                ResourceType::Volume,
-                &[
-                    (TAG_TENANT, tenant),
-                    (TAG_RESTORE, restore),
-                    (TAG_SNAPSHOT, snapshot),
-                ],
-            ))
-            .send()
-            .await
-            .map_err(|e| Ec2Error::new("CreateVolume", e))?;
-        Ok(Ec2Object {
-            id: out.volume_id().unwrap_or_default().to_owned(),
-            state: out
-                .state()
-                .map(|s| s.as_str().to_owned())
-                .unwrap_or_default(),
-            message: None,
-        })
+        let spec = VolumeSpec {
+            snapshot_id: snapshot.to_owned(),
+            availability_zone: zone.to_owned(),
+            tags: BTreeMap::from([
+                (tags::TENANT.to_owned(), tenant.to_owned()),
+                (tags::RESTORE.to_owned(), restore.to_owned()),
+                (tags::SNAPSHOT.to_owned(), snapshot.to_owned()),
+                (
+                    tags::MANAGED_BY.to_owned(),
+                    tags::MANAGED_BY_VALUE.to_owned(),
+                ),
+            ]),
+        };
+        Ok(volume_object(self.as_ref().create_volume(&spec).await?))
     }
 }

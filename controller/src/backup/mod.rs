@@ -81,6 +81,9 @@ pub struct BackupConfig {
     pub poll: Duration,
     /// The scheduler of `spec.backup.schedule`.
     pub schedule: ScheduleConfig,
+    /// Longest wait for the API server when the backup and its tenant are re-read right
+    /// before a snapshot is created.
+    pub api_timeout: Duration,
 }
 
 impl Default for BackupConfig {
@@ -93,6 +96,7 @@ impl Default for BackupConfig {
             volume_snapshot_class: None,
             poll: Duration::from_secs(5),
             schedule: ScheduleConfig::default(),
+            api_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -101,7 +105,8 @@ impl Default for BackupConfig {
 pub struct Context<E> {
     pub client: Client,
     pub config: BackupConfig,
-    pub ec2: E,
+    /// `None` with `--cloud-provider none`: EBS parts are recorded `Unsupported`.
+    pub ec2: Option<E>,
     pub metrics: Arc<Metrics>,
     pub recorder: EventRecorder,
     failures: Failures,
@@ -111,7 +116,7 @@ impl<E: Ec2> Context<E> {
     pub fn new(
         client: Client,
         config: BackupConfig,
-        ec2: E,
+        ec2: Option<E>,
         metrics: Arc<Metrics>,
         recorder: EventRecorder,
     ) -> Self {
@@ -139,11 +144,12 @@ impl<E: Ec2> Context<E> {
     }
 }
 
-/// Runs the TenantBackup controller and the backup scheduler until `stop` resolves.
+/// Runs the TenantBackup controller and the backup scheduler until `stop` resolves. `ec2`:
+/// the controller's cloud provider, `None` without one (`--cloud-provider none`).
 pub async fn run<E: Ec2>(
     client: Client,
     config: BackupConfig,
-    ec2: E,
+    ec2: Option<E>,
     metrics: Arc<Metrics>,
     recorder: EventRecorder,
     stop: impl Future<Output = ()> + Send + 'static,
@@ -388,7 +394,24 @@ async fn backup_parts<E: Ec2>(
         .as_ref()
         .and_then(|s| s.instance.as_ref())
         .map(|i| i.id.as_str());
-    out.extend(ebs::snapshot_volumes(&ctx.ec2, &tenant_name, &name, instance, previous).await?);
+    match &ctx.ec2 {
+        Some(ec2) => {
+            let owner = ec2::SnapshotOwner {
+                tenant: &tenant_name,
+                tenant_uid: tenant.metadata.uid.as_deref().unwrap_or_default(),
+                backup: &name,
+                backup_uid: backup.metadata.uid.as_deref().unwrap_or_default(),
+            };
+            let check = ebs::OwnerStillExists {
+                client: &ctx.client,
+                backup,
+                tenant,
+                timeout: ctx.config.api_timeout,
+            };
+            out.extend(ebs::snapshot_volumes(ec2, &owner, instance, previous, &check).await?);
+        }
+        None => out.extend(ebs::unsupported(instance)),
+    }
 
     // volume-snapshot: one per claim of the namespace, or an Unsupported record per claim. The
     // dump claim is left out: it holds earlier dumps (this backup's is the database part), and
@@ -489,11 +512,17 @@ async fn cleanup<E: Ec2>(backup: &TenantBackup, ctx: &Context<E>) -> Result<Acti
     if backup.spec.restore.is_some() {
         return Ok(Action::await_change());
     }
-    let snapshots = ctx.ec2.snapshots_of(&name).await?;
-    for id in &snapshots {
-        ctx.ec2.delete_snapshot(id).await?;
-        tracing::info!(backup = %name, snapshot = %id, "EBS snapshot deleted");
-    }
+    let snapshots = match &ctx.ec2 {
+        Some(ec2) => {
+            let snapshots = ec2.snapshots_of(&name).await?;
+            for id in &snapshots {
+                ec2.delete_snapshot(id).await?;
+                tracing::info!(backup = %name, snapshot = %id, "EBS snapshot deleted");
+            }
+            snapshots
+        }
+        None => Vec::new(),
+    };
     let namespace = namespace_name(&backup.spec.tenant);
     let mut volume_snapshots = 0;
     if let Some(resource) = volume::discover(&ctx.client, &ctx.config.volume_snapshot_group).await?

@@ -93,17 +93,17 @@ pub async fn progress<E: Ec2>(
         .and_then(|s| s.instance.as_ref())
         .map(|i| i.id.as_str());
     let snapshots: Vec<String> = ebs.iter().map(|(id, _)| id.clone()).collect();
-    out.extend(
-        super::ebs::restore_volumes(
-            &ctx.ec2,
-            &tenant_name,
-            &name,
-            instance,
-            &snapshots,
-            previous,
-        )
-        .await?,
-    );
+    match &ctx.ec2 {
+        Some(ec2) => out.extend(
+            super::ebs::restore_volumes(ec2, &tenant_name, &name, instance, &snapshots, previous)
+                .await?,
+        ),
+        None => out.extend(
+            snapshots
+                .iter()
+                .filter_map(|s| super::ebs::unsupported(Some(s.as_str()))),
+        ),
+    }
 
     if !claims.is_empty() {
         let namespace = namespace_name(&tenant_name);

@@ -14,12 +14,15 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 
 use super::error::CloudError;
-use super::instance::{ACTIVE_STATES, TAG_MANAGED_BY, TAG_MANAGED_BY_VALUE, TAG_TENANT};
+use super::instance::ACTIVE_STATES;
 use super::provider::{
-    CloudProvider, ImageInfo, LaunchSpec, ObservedInstance, Record, RecordChange, RecordType,
+    CloudProvider, ImageInfo, LaunchSpec, ObservedInstance, ObservedSnapshot, ObservedVolume,
+    Record, RecordChange, RecordType, SnapshotSpec, VolumeSpec, ZoneRecord,
 };
+use super::tags;
 
-/// EC2 and Route53 clients from one SDK configuration.
+/// EC2 and Route53 clients from one SDK configuration: the only AWS client of the controller,
+/// shared by the cloud step, the backup reconciler and the garbage collector.
 #[derive(Debug, Clone)]
 pub struct AwsProvider {
     ec2: aws_sdk_ec2::Client,
@@ -34,9 +37,10 @@ impl AwsProvider {
         }
     }
 
-    /// A provider configured from the environment (the SDK's standard chain).
-    pub async fn from_env() -> Self {
-        Self::new(&crate::aws::sdk_config().await)
+    /// A provider configured from the environment (the SDK's standard chain), every call
+    /// bounded by `timeouts`.
+    pub async fn from_env(timeouts: crate::aws::AwsTimeouts) -> Self {
+        Self::new(&crate::aws::sdk_config(timeouts).await)
     }
 }
 
@@ -77,6 +81,123 @@ fn rr_type(t: RecordType) -> RrType {
     match t {
         RecordType::A => RrType::A,
         RecordType::Cname => RrType::Cname,
+        RecordType::Txt => RrType::Txt,
+    }
+}
+
+fn filter(name: &str, value: &str) -> Filter {
+    Filter::builder().name(name).values(value).build()
+}
+
+fn managed_filter() -> Filter {
+    filter(&format!("tag:{}", tags::MANAGED_BY), tags::MANAGED_BY_VALUE)
+}
+
+fn active_filter() -> Filter {
+    Filter::builder()
+        .name("instance-state-name")
+        .set_values(Some(
+            ACTIVE_STATES.iter().map(|s| (*s).to_owned()).collect(),
+        ))
+        .build()
+}
+
+fn tag_map(tags: &[Tag]) -> BTreeMap<String, String> {
+    tags.iter()
+        .filter_map(|t| {
+            Some((
+                t.key()?.to_owned(),
+                t.value().unwrap_or_default().to_owned(),
+            ))
+        })
+        .collect()
+}
+
+fn snapshot(s: &aws_sdk_ec2::types::Snapshot) -> Option<ObservedSnapshot> {
+    Some(ObservedSnapshot {
+        id: s.snapshot_id()?.to_owned(),
+        state: s
+            .state()
+            .map(|st| st.as_str().to_owned())
+            .unwrap_or_default(),
+        message: s.state_message().map(str::to_owned),
+        start_time: s.start_time().map(|t| t.to_string()),
+        tags: tag_map(s.tags()),
+    })
+}
+
+fn volume(v: &aws_sdk_ec2::types::Volume) -> Option<ObservedVolume> {
+    Some(ObservedVolume {
+        id: v.volume_id()?.to_owned(),
+        state: v
+            .state()
+            .map(|st| st.as_str().to_owned())
+            .unwrap_or_default(),
+    })
+}
+
+fn record(s: &ResourceRecordSet) -> Option<Record> {
+    let record_type = match s.r#type() {
+        RrType::A => RecordType::A,
+        RrType::Cname => RecordType::Cname,
+        RrType::Txt => RecordType::Txt,
+        _ => return None,
+    };
+    Some(Record {
+        name: s.name().to_owned(),
+        record_type,
+        ttl: s.ttl().unwrap_or_default(),
+        values: s
+            .resource_records()
+            .iter()
+            .map(|r| r.value().to_owned())
+            .collect(),
+    })
+}
+
+impl AwsProvider {
+    async fn describe_instances(
+        &self,
+        filters: Vec<Filter>,
+    ) -> Result<Vec<ObservedInstance>, CloudError> {
+        const OP: &str = "DescribeInstances";
+        let mut pages = self
+            .ec2
+            .describe_instances()
+            .set_filters(Some(filters))
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| CloudError::from_sdk(OP, &e))?;
+            for r in page.reservations() {
+                out.extend(r.instances().iter().filter_map(observed));
+            }
+        }
+        // Filters are applied by the server; moto and AWS agree, but a state filter that
+        // a server ignored must not let a terminated instance count as the tenant's.
+        out.retain(|i| ACTIVE_STATES.contains(&i.state.as_str()));
+        Ok(out)
+    }
+
+    async fn describe_snapshots(
+        &self,
+        filters: Vec<Filter>,
+    ) -> Result<Vec<ObservedSnapshot>, CloudError> {
+        const OP: &str = "DescribeSnapshots";
+        let mut pages = self
+            .ec2
+            .describe_snapshots()
+            .owner_ids("self")
+            .set_filters(Some(filters))
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| CloudError::from_sdk(OP, &e))?;
+            out.extend(page.snapshots().iter().filter_map(snapshot));
+        }
+        Ok(out)
     }
 }
 
@@ -98,43 +219,12 @@ impl CloudProvider for AwsProvider {
         tenant: &'a str,
     ) -> BoxFuture<'a, Result<Vec<ObservedInstance>, CloudError>> {
         async move {
-            const OP: &str = "DescribeInstances";
-            let mut pages = self
-                .ec2
-                .describe_instances()
-                .filters(
-                    Filter::builder()
-                        .name(format!("tag:{TAG_TENANT}"))
-                        .values(tenant)
-                        .build(),
-                )
-                .filters(
-                    Filter::builder()
-                        .name(format!("tag:{TAG_MANAGED_BY}"))
-                        .values(TAG_MANAGED_BY_VALUE)
-                        .build(),
-                )
-                .filters(
-                    Filter::builder()
-                        .name("instance-state-name")
-                        .set_values(Some(
-                            ACTIVE_STATES.iter().map(|s| (*s).to_owned()).collect(),
-                        ))
-                        .build(),
-                )
-                .into_paginator()
-                .send();
-            let mut out = Vec::new();
-            while let Some(page) = pages.next().await {
-                let page = page.map_err(|e| CloudError::from_sdk(OP, &e))?;
-                for r in page.reservations() {
-                    out.extend(r.instances().iter().filter_map(observed));
-                }
-            }
-            // Filters are applied by the server; moto and AWS agree, but a state filter that
-            // a server ignored must not let a terminated instance count as the tenant's.
-            out.retain(|i| ACTIVE_STATES.contains(&i.state.as_str()));
-            Ok(out)
+            self.describe_instances(vec![
+                filter(&format!("tag:{}", tags::TENANT), tenant),
+                managed_filter(),
+                active_filter(),
+            ])
+            .await
         }
         .boxed()
     }
@@ -325,23 +415,7 @@ impl CloudProvider for AwsProvider {
                 .resource_record_sets()
                 .iter()
                 .filter(|s| super::dns::normalize_name(s.name()) == wanted)
-                .filter_map(|s| {
-                    let record_type = match s.r#type() {
-                        RrType::A => RecordType::A,
-                        RrType::Cname => RecordType::Cname,
-                        _ => return None,
-                    };
-                    Some(Record {
-                        name: s.name().to_owned(),
-                        record_type,
-                        ttl: s.ttl().unwrap_or_default(),
-                        values: s
-                            .resource_records()
-                            .iter()
-                            .map(|r| r.value().to_owned())
-                            .collect(),
-                    })
-                })
+                .filter_map(record)
                 .collect())
         }
         .boxed()
@@ -360,6 +434,7 @@ impl CloudProvider for AwsProvider {
             let mut batch = ChangeBatch::builder().comment("stackplane-controller");
             for c in changes {
                 let (action, record) = match c {
+                    RecordChange::Create(r) => (ChangeAction::Create, r),
                     RecordChange::Upsert(r) => (ChangeAction::Upsert, r),
                     RecordChange::Delete(r) => (ChangeAction::Delete, r),
                 };
@@ -379,6 +454,258 @@ impl CloudProvider for AwsProvider {
                 .await
                 .map_err(|e| CloudError::from_sdk("ChangeResourceRecordSets", &e))?;
             Ok(())
+        }
+        .boxed()
+    }
+
+    fn managed_instances(&self) -> BoxFuture<'_, Result<Vec<ObservedInstance>, CloudError>> {
+        async move {
+            self.describe_instances(vec![managed_filter(), active_filter()])
+                .await
+        }
+        .boxed()
+    }
+
+    fn managed_snapshots(&self) -> BoxFuture<'_, Result<Vec<ObservedSnapshot>, CloudError>> {
+        async move { self.describe_snapshots(vec![managed_filter()]).await }.boxed()
+    }
+
+    fn owner_records(&self) -> BoxFuture<'_, Result<Vec<ZoneRecord>, CloudError>> {
+        async move {
+            let mut zones = Vec::new();
+            let mut marker: Option<String> = None;
+            loop {
+                let page = self
+                    .route53
+                    .list_hosted_zones()
+                    .set_marker(marker.clone())
+                    .send()
+                    .await
+                    .map_err(|e| CloudError::from_sdk("ListHostedZones", &e))?;
+                zones.extend(
+                    page.hosted_zones()
+                        .iter()
+                        .map(|z| super::dns::normalize_zone_id(z.id())),
+                );
+                match page.next_marker() {
+                    Some(m) if page.is_truncated() => marker = Some(m.to_owned()),
+                    _ => break,
+                }
+            }
+            let mut out = Vec::new();
+            for zone in zones {
+                let mut start: Option<(String, RrType)> = None;
+                loop {
+                    let mut req = self
+                        .route53
+                        .list_resource_record_sets()
+                        .hosted_zone_id(&zone);
+                    if let Some((name, t)) = &start {
+                        req = req.start_record_name(name).start_record_type(t.clone());
+                    }
+                    let page = req
+                        .send()
+                        .await
+                        .map_err(|e| CloudError::from_sdk("ListResourceRecordSets", &e))?;
+                    out.extend(
+                        page.resource_record_sets()
+                            .iter()
+                            .filter(|s| {
+                                *s.r#type() == RrType::Txt
+                                    && super::dns::owned_name(s.name()).is_some()
+                            })
+                            .filter_map(record)
+                            .map(|record| ZoneRecord {
+                                zone: zone.clone(),
+                                record,
+                            }),
+                    );
+                    match (
+                        page.is_truncated(),
+                        page.next_record_name(),
+                        page.next_record_type(),
+                    ) {
+                        (true, Some(n), Some(t)) => start = Some((n.to_owned(), t.clone())),
+                        _ => break,
+                    }
+                }
+            }
+            Ok(out)
+        }
+        .boxed()
+    }
+
+    fn attached_volumes<'a>(
+        &'a self,
+        instance: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>, CloudError>> {
+        async move {
+            let out = self
+                .ec2
+                .describe_volumes()
+                .filters(filter("attachment.instance-id", instance))
+                .send()
+                .await
+                .map_err(|e| CloudError::from_sdk("DescribeVolumes", &e))?;
+            let mut ids: Vec<String> = out
+                .volumes()
+                .iter()
+                .filter_map(|v| v.volume_id().map(str::to_owned))
+                .collect();
+            ids.sort();
+            Ok(ids)
+        }
+        .boxed()
+    }
+
+    fn instance_zone<'a>(
+        &'a self,
+        instance: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, CloudError>> {
+        async move {
+            let out = self
+                .ec2
+                .describe_instances()
+                .filters(filter("instance-id", instance))
+                .send()
+                .await
+                .map_err(|e| CloudError::from_sdk("DescribeInstances", &e))?;
+            Ok(out
+                .reservations()
+                .iter()
+                .flat_map(|r| r.instances())
+                .find_map(|i| i.placement()?.availability_zone().map(str::to_owned)))
+        }
+        .boxed()
+    }
+
+    fn find_snapshots<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a str,
+        volume: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<ObservedSnapshot>, CloudError>> {
+        async move {
+            let mut filters = vec![filter(&format!("tag:{key}"), value)];
+            if let Some(v) = volume {
+                filters.push(filter("volume-id", v));
+            }
+            self.describe_snapshots(filters).await
+        }
+        .boxed()
+    }
+
+    fn create_snapshot<'a>(
+        &'a self,
+        spec: &'a SnapshotSpec,
+    ) -> BoxFuture<'a, Result<ObservedSnapshot, CloudError>> {
+        async move {
+            const OP: &str = "CreateSnapshot";
+            let out = self
+                .ec2
+                .create_snapshot()
+                .volume_id(&spec.volume_id)
+                .description(&spec.description)
+                .tag_specifications(
+                    TagSpecification::builder()
+                        .resource_type(ResourceType::Snapshot)
+                        .set_tags(Some(ec2_tags(&spec.tags)))
+                        .build(),
+                )
+                .send()
+                .await
+                .map_err(|e| CloudError::from_sdk(OP, &e))?;
+            Ok(ObservedSnapshot {
+                id: out
+                    .snapshot_id()
+                    .ok_or(CloudError::Incomplete {
+                        operation: OP,
+                        what: "snapshot id",
+                    })?
+                    .to_owned(),
+                state: out
+                    .state()
+                    .map(|s| s.as_str().to_owned())
+                    .unwrap_or_default(),
+                message: out.state_message().map(str::to_owned),
+                start_time: out.start_time().map(|t| t.to_string()),
+                tags: spec.tags.clone(),
+            })
+        }
+        .boxed()
+    }
+
+    fn delete_snapshot<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), CloudError>> {
+        async move {
+            match self.ec2.delete_snapshot().snapshot_id(id).send().await {
+                Ok(_) => Ok(()),
+                Err(e)
+                    if e.as_service_error()
+                        .and_then(aws_sdk_ec2::error::ProvideErrorMetadata::code)
+                        == Some("InvalidSnapshot.NotFound") =>
+                {
+                    Ok(())
+                }
+                Err(e) => Err(CloudError::from_sdk("DeleteSnapshot", &e)),
+            }
+        }
+        .boxed()
+    }
+
+    fn find_volumes<'a>(
+        &'a self,
+        tags: &'a [(&'a str, &'a str)],
+    ) -> BoxFuture<'a, Result<Vec<ObservedVolume>, CloudError>> {
+        async move {
+            let filters = tags
+                .iter()
+                .map(|(k, v)| filter(&format!("tag:{k}"), v))
+                .collect();
+            let out = self
+                .ec2
+                .describe_volumes()
+                .set_filters(Some(filters))
+                .send()
+                .await
+                .map_err(|e| CloudError::from_sdk("DescribeVolumes", &e))?;
+            Ok(out.volumes().iter().filter_map(volume).collect())
+        }
+        .boxed()
+    }
+
+    fn create_volume<'a>(
+        &'a self,
+        spec: &'a VolumeSpec,
+    ) -> BoxFuture<'a, Result<ObservedVolume, CloudError>> {
+        async move {
+            const OP: &str = "CreateVolume";
+            let out = self
+                .ec2
+                .create_volume()
+                .snapshot_id(&spec.snapshot_id)
+                .availability_zone(&spec.availability_zone)
+                .tag_specifications(
+                    TagSpecification::builder()
+                        .resource_type(ResourceType::Volume)
+                        .set_tags(Some(ec2_tags(&spec.tags)))
+                        .build(),
+                )
+                .send()
+                .await
+                .map_err(|e| CloudError::from_sdk(OP, &e))?;
+            Ok(ObservedVolume {
+                id: out
+                    .volume_id()
+                    .ok_or(CloudError::Incomplete {
+                        operation: OP,
+                        what: "volume id",
+                    })?
+                    .to_owned(),
+                state: out
+                    .state()
+                    .map(|s| s.as_str().to_owned())
+                    .unwrap_or_default(),
+            })
         }
         .boxed()
     }

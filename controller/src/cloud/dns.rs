@@ -106,12 +106,118 @@ pub fn ingress_record(name: &str, ingress: &IngressAddress) -> Record {
     }
 }
 
+/// Prefix of the ownership record beside each tenant record: `_stackplane-owner.<record>`.
+/// A TXT record cannot sit beside a CNAME of the same name, hence a name of its own (as
+/// external-dns's TXT registry does).
+pub const OWNER_PREFIX: &str = "_stackplane-owner.";
+
+/// The name of the ownership record of `record` (normalised).
+pub fn owner_name(record: &str) -> String {
+    normalize_name(&format!("{OWNER_PREFIX}{}", normalize_name(record)))
+}
+
+/// The tenant record an ownership record stands beside, `None` for any other name.
+pub fn owned_name(owner_record: &str) -> Option<String> {
+    normalize_name(owner_record)
+        .strip_prefix(OWNER_PREFIX)
+        .map(normalize_name)
+}
+
+/// Who holds a tenant record, as its ownership TXT record says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ownership {
+    pub tenant: String,
+    pub uid: String,
+    /// Left behind by a `deletionPolicy: Retain` tenant: never collected.
+    pub retained: bool,
+    /// Unix seconds when the record was first claimed (the garbage collector's grace counts
+    /// from here; Route53 keeps no creation time).
+    pub created: i64,
+}
+
+impl Ownership {
+    /// The TXT value (quoted, as Route53 wants it).
+    pub fn value(&self) -> String {
+        format!(
+            "\"heritage=stackplane,tenant={},uid={},retained={},created={}\"",
+            self.tenant, self.uid, self.retained, self.created
+        )
+    }
+
+    /// The ownership a TXT value records, `None` for a value stackplane did not write.
+    pub fn parse(value: &str) -> Option<Self> {
+        let inner = value.trim().trim_matches('"');
+        let mut fields = std::collections::HashMap::new();
+        for pair in inner.split(',') {
+            let (k, v) = pair.split_once('=')?;
+            fields.insert(k.trim(), v.trim());
+        }
+        if fields.get("heritage") != Some(&"stackplane") {
+            return None;
+        }
+        Some(Ownership {
+            tenant: (*fields.get("tenant")?).to_owned(),
+            uid: (*fields.get("uid")?).to_owned(),
+            retained: fields.get("retained") == Some(&"true"),
+            created: fields.get("created")?.parse().ok()?,
+        })
+    }
+
+    /// The ownership recorded by the first stackplane value among `records` (TXT sets).
+    pub fn of(records: &[Record]) -> Option<Self> {
+        records
+            .iter()
+            .filter(|r| r.record_type == RecordType::Txt)
+            .flat_map(|r| r.values.iter())
+            .find_map(|v| Ownership::parse(v))
+    }
+}
+
+/// The ownership TXT record of `record`.
+pub fn owner_record(record: &str, owner: &Ownership) -> Record {
+    Record {
+        name: owner_name(record),
+        record_type: RecordType::Txt,
+        ttl: TTL,
+        values: vec![owner.value()],
+    }
+}
+
+/// Whether a tenant may write its record, from the ownership record and what exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// Nobody holds the name: claim it (the ownership record is created, not upserted, so of
+    /// two tenants racing for it one batch fails).
+    Free,
+    /// This tenant holds it; `created` is kept when the ownership record is rewritten.
+    Ours { created: i64 },
+    /// Someone else does (another tenant, or a record stackplane did not write).
+    Taken { owner: String },
+}
+
+/// Who may write the record named by `existing` (its A/CNAME sets) and `owner` (the ownership
+/// record's sets), for the tenant `uid`. `recorded`: the tenant's status already names this
+/// record (written by a controller from before ownership records: adopted, not refused).
+pub fn claim(uid: &str, owner: Option<&Ownership>, existing: &[Record], recorded: bool) -> Claim {
+    match owner {
+        Some(o) if o.uid == uid => Claim::Ours { created: o.created },
+        Some(o) => Claim::Taken {
+            owner: format!("tenant {} (uid {})", o.tenant, o.uid),
+        },
+        None if recorded => Claim::Free,
+        None if existing.iter().any(|r| r.record_type != RecordType::Txt) => Claim::Taken {
+            owner: "a record stackplane did not write".to_owned(),
+        },
+        None => Claim::Free,
+    }
+}
+
 fn normalized_values(r: &Record) -> Vec<String> {
     let mut v: Vec<String> = r
         .values
         .iter()
         .map(|v| match r.record_type {
-            RecordType::A => v.trim().to_owned(),
+            RecordType::A | RecordType::Txt => v.trim().to_owned(),
             RecordType::Cname => normalize_name(v),
         })
         .collect();
@@ -134,7 +240,7 @@ pub fn changes_for(wanted: &Record, existing: &[Record]) -> Vec<RecordChange> {
     let matching = existing.iter().any(|e| same_record(e, wanted));
     let others: Vec<&Record> = existing
         .iter()
-        .filter(|e| e.record_type != wanted.record_type)
+        .filter(|e| e.record_type != wanted.record_type && e.record_type != RecordType::Txt)
         .collect();
     if matching && others.is_empty() {
         return Vec::new();
@@ -149,9 +255,27 @@ pub fn changes_for(wanted: &Record, existing: &[Record]) -> Vec<RecordChange> {
     changes
 }
 
-/// The changes that delete every A or CNAME record set of a name (those the controller writes).
+/// The changes that delete every A or CNAME record set of a name (those the controller writes;
+/// a TXT record of the same name is someone else's, e.g. a domain verification).
 pub fn deletions(existing: &[Record]) -> Vec<RecordChange> {
-    existing.iter().cloned().map(RecordChange::Delete).collect()
+    existing
+        .iter()
+        .filter(|r| r.record_type != RecordType::Txt)
+        .cloned()
+        .map(RecordChange::Delete)
+        .collect()
+}
+
+/// The changes that delete a tenant's ownership record (its TXT sets as found).
+pub fn owner_deletions(owner: &[Record]) -> Vec<RecordChange> {
+    owner
+        .iter()
+        .filter(|r| {
+            r.record_type == RecordType::Txt && Ownership::of(std::slice::from_ref(r)).is_some()
+        })
+        .cloned()
+        .map(RecordChange::Delete)
+        .collect()
 }
 
 #[cfg(test)]
@@ -224,6 +348,63 @@ mod tests {
             ..wanted.clone()
         };
         assert_eq!(changes_for(&wanted, &[ttl]).len(), 1);
+    }
+
+    #[test]
+    fn ownership_round_trips_and_ignores_foreign_values() {
+        let o = Ownership {
+            tenant: "acme".into(),
+            uid: "0f6c-11".into(),
+            retained: false,
+            created: 1_700_000_000,
+        };
+        assert_eq!(Ownership::parse(&o.value()), Some(o.clone()));
+        assert_eq!(Ownership::parse("\"v=spf1 -all\""), None);
+        assert_eq!(Ownership::parse("\"heritage=external-dns,owner=x\""), None);
+        let rec = owner_record("acme.example.com", &o);
+        assert_eq!(rec.name, "_stackplane-owner.acme.example.com.");
+        assert_eq!(owned_name(&rec.name).as_deref(), Some("acme.example.com."));
+        assert_eq!(owned_name("acme.example.com."), None);
+        assert_eq!(Ownership::of(&[rec]), Some(o));
+    }
+
+    #[test]
+    fn the_holder_keeps_the_name() {
+        let mine = Ownership {
+            tenant: "a".into(),
+            uid: "u-a".into(),
+            retained: false,
+            created: 5,
+        };
+        let a = a_record("x.example.com", "203.0.113.7");
+        assert_eq!(
+            claim("u-a", Some(&mine), &[a.clone()], false),
+            Claim::Ours { created: 5 }
+        );
+        assert!(
+            matches!(claim("u-b", Some(&mine), &[a.clone()], false), Claim::Taken { owner } if owner.contains("tenant a"))
+        );
+        // No ownership record: a record someone else wrote is not taken over ...
+        assert!(matches!(
+            claim("u-b", None, &[a.clone()], false),
+            Claim::Taken { .. }
+        ));
+        // ... unless the tenant's own status names it (written before ownership records).
+        assert_eq!(claim("u-b", None, &[a], true), Claim::Free);
+        assert_eq!(claim("u-b", None, &[], false), Claim::Free);
+    }
+
+    #[test]
+    fn txt_records_of_the_same_name_are_left_alone() {
+        let a = a_record("acme.example.com", "203.0.113.7");
+        let txt = Record {
+            name: "acme.example.com.".into(),
+            record_type: RecordType::Txt,
+            ttl: 300,
+            values: vec!["\"google-site-verification=x\"".into()],
+        };
+        assert!(changes_for(&a, &[a.clone(), txt.clone()]).is_empty());
+        assert_eq!(deletions(&[a.clone(), txt]), vec![RecordChange::Delete(a)]);
     }
 
     #[test]

@@ -116,6 +116,23 @@ pub enum CloudError {
     /// is not a valid DNS name).
     #[error("{0}")]
     Config(String),
+    /// Another tenant holds the DNS record of this tenant's subdomain (its ownership record
+    /// says so): this tenant makes no DNS change until the name is free or its subdomain changes.
+    #[error("{record} is held by {owner}: no DNS change for this tenant (choose another spec.subdomain)")]
+    SubdomainTaken { record: String, owner: String },
+    /// The API server, asked right before a create, says the tenant (or backup) is gone, is
+    /// being deleted, or is another object of the same name: nothing is created for it.
+    #[error("not creating {operation}: {why}")]
+    OwnerGone {
+        operation: &'static str,
+        why: String,
+    },
+    /// Asking the API server failed or timed out.
+    #[error("{operation}: {message} (will retry)")]
+    Kube {
+        operation: &'static str,
+        message: String,
+    },
 }
 
 impl CloudError {
@@ -126,14 +143,48 @@ impl CloudError {
             CloudError::Retryable { .. } => "aws_retryable",
             CloudError::Incomplete { .. } => "aws_incomplete",
             CloudError::Config(_) => "cloud_config",
+            CloudError::SubdomainTaken { .. } => "subdomain_taken",
+            CloudError::OwnerGone { .. } => "owner_gone",
+            CloudError::Kube { .. } => "cloud_kube",
+        }
+    }
+
+    /// The reason of the `CloudReady=False` condition and of the Warning Event.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            CloudError::SubdomainTaken { .. } => "SubdomainTaken",
+            CloudError::OwnerGone { .. } => "TenantGone",
+            _ => match self.retry() {
+                Retry::Terminal => "CloudError",
+                Retry::Retryable => "CloudRetrying",
+            },
+        }
+    }
+
+    /// The operation that failed, for messages of other modules.
+    pub fn operation(&self) -> &'static str {
+        match self {
+            CloudError::Terminal { operation, .. }
+            | CloudError::Retryable { operation, .. }
+            | CloudError::Incomplete { operation, .. }
+            | CloudError::OwnerGone { operation, .. }
+            | CloudError::Kube { operation, .. } => *operation,
+            CloudError::Config(_) => "config",
+            CloudError::SubdomainTaken { .. } => "ChangeResourceRecordSets",
         }
     }
 
     /// Whether the same request can succeed later without a change.
     pub fn retry(&self) -> Retry {
         match self {
-            CloudError::Terminal { .. } | CloudError::Config(_) => Retry::Terminal,
-            CloudError::Retryable { .. } | CloudError::Incomplete { .. } => Retry::Retryable,
+            CloudError::Terminal { .. }
+            | CloudError::Config(_)
+            | CloudError::SubdomainTaken { .. } => Retry::Terminal,
+            // OwnerGone: the next reconcile sees the deletion (and runs the cleanup) or nothing.
+            CloudError::Retryable { .. }
+            | CloudError::Incomplete { .. }
+            | CloudError::OwnerGone { .. }
+            | CloudError::Kube { .. } => Retry::Retryable,
         }
     }
 

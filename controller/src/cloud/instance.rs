@@ -9,14 +9,7 @@ use sha2::{Digest, Sha256};
 use stackplane_crds::{DedicatedInstance, Tenant};
 
 use super::provider::ObservedInstance;
-
-pub const TAG_TENANT: &str = "stackplane.io/tenant";
-pub const TAG_PLATFORM: &str = "stackplane.io/platform";
-pub const TAG_MANAGED_BY: &str = "ManagedBy";
-pub const TAG_MANAGED_BY_VALUE: &str = "stackplane";
-pub const TAG_CUSTOMER: &str = "Customer";
-pub const TAG_PLAN: &str = "Plan";
-pub const TAG_NAME: &str = "Name";
+use super::tags;
 
 /// Instance states that still count as the tenant's instance. `shutting-down` and
 /// `terminated` do not: such an instance is gone and gets replaced.
@@ -33,13 +26,34 @@ pub fn tags(tenant: &Tenant) -> BTreeMap<String, String> {
         .or_else(|| tenant.spec.customer.name.clone())
         .unwrap_or_default();
     BTreeMap::from([
-        (TAG_TENANT.to_owned(), name.clone()),
-        (TAG_PLATFORM.to_owned(), tenant.spec.platform.clone()),
-        (TAG_MANAGED_BY.to_owned(), TAG_MANAGED_BY_VALUE.to_owned()),
-        (TAG_CUSTOMER.to_owned(), customer),
-        (TAG_PLAN.to_owned(), tenant.spec.tier.clone()),
-        (TAG_NAME.to_owned(), format!("stackplane-{name}")),
+        (tags::TENANT.to_owned(), name.clone()),
+        (
+            tags::TENANT_UID.to_owned(),
+            tenant.metadata.uid.clone().unwrap_or_default(),
+        ),
+        (tags::PLATFORM.to_owned(), tenant.spec.platform.clone()),
+        (
+            tags::MANAGED_BY.to_owned(),
+            tags::MANAGED_BY_VALUE.to_owned(),
+        ),
+        (
+            tags::RETAINED.to_owned(),
+            tags::retained_value(tenant.spec.deletion_policy).to_owned(),
+        ),
+        (tags::CUSTOMER.to_owned(), customer),
+        (tags::PLAN.to_owned(), tenant.spec.tier.clone()),
+        (tags::NAME.to_owned(), format!("stackplane-{name}")),
     ])
+}
+
+/// Whether `instance` belongs to the tenant with `uid`: it carries that uid, or no uid at all
+/// (launched before instances carried one). An instance of an earlier tenant of the same name
+/// is not this tenant's: the garbage collector decides about it.
+pub fn owned_by(instance: &ObservedInstance, uid: Option<&str>) -> bool {
+    match (instance.tags.get(tags::TENANT_UID), uid) {
+        (Some(tagged), Some(uid)) => tagged == uid,
+        _ => true,
+    }
 }
 
 /// The RunInstances idempotency token (at most 64 ASCII characters).

@@ -10,8 +10,11 @@
 pub mod aws;
 pub mod dns;
 pub mod error;
+pub mod gc;
 pub mod instance;
+pub mod owner;
 pub mod provider;
+pub mod tags;
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -19,15 +22,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kube::runtime::events::EventType;
-use stackplane_crds::{InstanceStatus, Platform, Tenant, TenantPhase, Tier};
+use kube::Client;
+use stackplane_crds::{DeletionPolicy, InstanceStatus, Platform, Tenant, TenantPhase, Tier};
 
 pub use dns::IngressAddress;
 pub use error::{CloudError, Retry};
 pub use provider::CloudProvider;
 
-use dns::{normalize_name, normalize_zone_id, record_name};
+use dns::{normalize_name, normalize_zone_id, record_name, Claim, Ownership};
 use instance::InstanceAction;
-use provider::{LaunchSpec, ObservedInstance, Record};
+use owner::{Deleting, Owner};
+use provider::{LaunchSpec, ObservedInstance, Record, RecordChange, RecordType};
 
 /// Condition type of the cloud step.
 pub const CLOUD_READY: &str = "CloudReady";
@@ -45,6 +50,10 @@ pub struct CloudSettings {
     /// the Tenant or its Platform retries at once): long, so a bad image id is not retried in
     /// a loop.
     pub terminal_requeue: Duration,
+    /// Longest wait for the API server when the tenant is re-read before a create.
+    pub kube_timeout: Duration,
+    /// The garbage collector the leader runs with this provider.
+    pub gc: gc::GcConfig,
     /// The last terminal failure per tenant, with a fingerprint of the inputs that produced it:
     /// reconciles triggered by anything else (status writes, child objects) reuse it instead of
     /// repeating a request that cannot succeed.
@@ -65,6 +74,8 @@ impl CloudSettings {
             ingress_address,
             progress_requeue: Duration::from_secs(3),
             terminal_requeue: Duration::from_secs(600),
+            kube_timeout: Duration::from_secs(10),
+            gc: gc::GcConfig::default(),
             terminal: Arc::new(Mutex::new(HashMap::new())),
         }
     }
@@ -199,9 +210,11 @@ enum InstanceResult {
     Progressing(String),
 }
 
-/// Runs the cloud step for a valid tenant on `tier` of `platform`.
+/// Runs the cloud step for a valid tenant on `tier` of `platform`. `client` re-reads the
+/// Tenant from the API server right before anything is created ([`owner::confirm_tenant`]).
 pub async fn sync(
     settings: &CloudSettings,
+    client: &Client,
     tenant: &Tenant,
     platform: &Platform,
     tier: &Tier,
@@ -211,13 +224,14 @@ pub async fn sync(
     if let Some(outcome) = settings.remembered(&name, fp) {
         return outcome;
     }
-    let outcome = sync_uncached(settings, tenant, platform, tier).await;
+    let outcome = sync_uncached(settings, client, tenant, platform, tier).await;
     settings.remember(&name, fp, &outcome);
     outcome
 }
 
 async fn sync_uncached(
     settings: &CloudSettings,
+    client: &Client,
     tenant: &Tenant,
     platform: &Platform,
     tier: &Tier,
@@ -232,7 +246,7 @@ async fn sync_uncached(
         message: String::new(),
         notes: Vec::new(),
     };
-    let instance = match sync_instance(settings, tenant, tier, &mut out).await {
+    let instance = match sync_instance(settings, client, tenant, tier, &mut out).await {
         Ok(r) => r,
         Err(e) => return failed(out, e),
     };
@@ -249,7 +263,7 @@ async fn sync_uncached(
         }
         InstanceResult::Progressing(m) => messages.push(m.clone()),
     }
-    match sync_record(settings, tenant, platform, &instance, &mut out).await {
+    match sync_record(settings, client, tenant, platform, &instance, &mut out).await {
         Ok(m) => messages.push(m),
         Err(e) => return failed(out, e),
     }
@@ -264,10 +278,7 @@ async fn sync_uncached(
 
 fn failed(mut out: CloudOutcome, e: CloudError) -> CloudOutcome {
     out.ready = false;
-    out.reason = match e.retry() {
-        Retry::Terminal => "CloudError",
-        Retry::Retryable => "CloudRetrying",
-    };
+    out.reason = e.reason();
     out.message = e.to_string();
     out.notes.push(Note {
         warning: true,
@@ -278,8 +289,21 @@ fn failed(mut out: CloudOutcome, e: CloudError) -> CloudOutcome {
     out
 }
 
+/// The instances tagged with the tenant's name that are this tenant's (same uid, or none).
+async fn tenant_instances(
+    settings: &CloudSettings,
+    tenant: &Tenant,
+) -> Result<Vec<ObservedInstance>, CloudError> {
+    let name = tenant.metadata.name.clone().unwrap_or_default();
+    let uid = tenant.metadata.uid.as_deref();
+    let mut found = settings.provider.find_instances(&name).await?;
+    found.retain(|i| instance::owned_by(i, uid));
+    Ok(found)
+}
+
 async fn sync_instance(
     settings: &CloudSettings,
+    client: &Client,
     tenant: &Tenant,
     tier: &Tier,
     out: &mut CloudOutcome,
@@ -291,7 +315,7 @@ async fn sync_instance(
     if desired.is_none() && out.instance.is_none() {
         return Ok(InstanceResult::Shared);
     }
-    let found = p.find_instances(&name).await?;
+    let found = tenant_instances(settings, tenant).await?;
     let plan = instance::decide(desired, &found);
     if !plan.terminate.is_empty() {
         p.terminate_instances(&plan.terminate).await?;
@@ -329,6 +353,16 @@ async fn sync_instance(
                     replaces.as_deref(),
                 ),
             };
+            // The cache's Tenant may be seconds old: ask the API server last, so nothing is
+            // launched for a tenant whose cleanup already ran.
+            owner::confirm_tenant(
+                client,
+                Owner::of_tenant(tenant),
+                Deleting::Refuse,
+                settings.kube_timeout,
+                "RunInstances",
+            )
+            .await?;
             let launched = p.run_instance(&spec).await?;
             tracing::info!(tenant = %name, instance = %launched.id, instance_type = %launched.instance_type, "launched instance");
             out.notes.push(Note::normal(
@@ -406,9 +440,50 @@ async fn sync_instance(
     Ok(result)
 }
 
+/// Deletes the record `name` and its ownership record if this tenant (`uid`) holds it (or, with
+/// no ownership record, if `recorded`: the tenant's status names it). Returns whether anything
+/// was deleted. Another tenant's record is never touched.
+async fn release(
+    settings: &CloudSettings,
+    zone: &str,
+    name: &str,
+    uid: &str,
+    recorded: bool,
+) -> Result<bool, CloudError> {
+    let p = &settings.provider;
+    let existing = p.find_records(zone, name).await?;
+    let owner_sets = p.find_records(zone, &dns::owner_name(name)).await?;
+    let ours = match Ownership::of(&owner_sets) {
+        Some(o) => o.uid == uid,
+        None => recorded,
+    };
+    if !ours {
+        return Ok(false);
+    }
+    let mut changes = dns::deletions(&existing);
+    changes.extend(dns::owner_deletions(&owner_sets));
+    if changes.is_empty() {
+        return Ok(false);
+    }
+    p.change_records(zone, &changes).await?;
+    Ok(true)
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
 /// Brings the tenant's record up to date; returns the sentence for the condition.
+///
+/// The record is the tenant's only while its ownership record (`dns::owner_record`) names the
+/// tenant's uid: the tenant that claimed a name first keeps it, and another tenant whose
+/// subdomain collides gets `SubdomainTaken` and makes no change.
 async fn sync_record(
     settings: &CloudSettings,
+    client: &Client,
     tenant: &Tenant,
     platform: &Platform,
     instance: &InstanceResult,
@@ -429,14 +504,12 @@ async fn sync_record(
     };
     let name = record_name(tenant.subdomain(), &platform.spec.domain);
     let previous = out.dns_record.as_deref().map(normalize_name);
+    let uid = tenant.metadata.uid.clone().unwrap_or_default();
 
     // A renamed record: the old one goes first, so a crash between the two steps leaves at most
     // a missing record (recreated next time), never an orphan.
     if let Some(old) = previous.as_deref().filter(|old| *old != name) {
-        let existing = p.find_records(&zone, old).await?;
-        let deletions = dns::deletions(&existing);
-        if !deletions.is_empty() {
-            p.change_records(&zone, &deletions).await?;
+        if release(settings, &zone, old, &uid, true).await? {
             out.notes.push(Note::normal(
                 "DnsRecordDeleted",
                 format!("deleted {}", display_name(old)),
@@ -444,6 +517,7 @@ async fn sync_record(
         }
         out.dns_record = None;
     }
+    let recorded = previous.as_deref() == Some(name.as_str());
 
     let wanted: Option<Record> = match instance {
         InstanceResult::Running(Some(ip)) => Some(dns::a_record(&name, ip)),
@@ -472,12 +546,10 @@ async fn sync_record(
             .as_ref()
             .map(|a| dns::ingress_record(&name, a)),
     };
-    let existing = p.find_records(&zone, &name).await?;
     let Some(wanted) = wanted else {
         // No address to point at: a record left from a dedicated tier would point at nothing.
-        let deletions = dns::deletions(&existing);
-        if !deletions.is_empty() && previous.as_deref() == Some(name.as_str()) {
-            p.change_records(&zone, &deletions).await?;
+        if recorded {
+            release(settings, &zone, &name, &uid, true).await?;
         }
         out.dns_record = None;
         return Ok(format!(
@@ -485,19 +557,81 @@ async fn sync_record(
             display_name(&name)
         ));
     };
-    let changes = dns::changes_for(&wanted, &existing);
+    let existing = p.find_records(&zone, &name).await?;
+    let owner_sets = p.find_records(&zone, &dns::owner_name(&name)).await?;
+    let claim = dns::claim(
+        &uid,
+        Ownership::of(&owner_sets).as_ref(),
+        &existing,
+        recorded,
+    );
+    let created = match &claim {
+        Claim::Taken { owner } => {
+            out.dns_record = None;
+            return Err(CloudError::SubdomainTaken {
+                record: display_name(&name),
+                owner: owner.clone(),
+            });
+        }
+        Claim::Ours { created } => *created,
+        Claim::Free => unix_now(),
+    };
+    let ownership = dns::owner_record(
+        &name,
+        &Ownership {
+            tenant: tenant.metadata.name.clone().unwrap_or_default(),
+            uid: uid.clone(),
+            retained: tenant.spec.deletion_policy == DeletionPolicy::Retain,
+            created,
+        },
+    );
+    let mut changes = dns::changes_for(&wanted, &existing);
+    match &claim {
+        Claim::Free => changes.push(RecordChange::Create(ownership)),
+        _ if !owner_sets.iter().any(|r| dns::same_record(r, &ownership)) => {
+            changes.push(RecordChange::Upsert(ownership))
+        }
+        _ => {}
+    }
     if !changes.is_empty() {
-        p.change_records(&zone, &changes).await?;
+        owner::confirm_tenant(
+            client,
+            Owner::of_tenant(tenant),
+            Deleting::Refuse,
+            settings.kube_timeout,
+            "ChangeResourceRecordSets",
+        )
+        .await?;
+        if let Err(e) = p.change_records(&zone, &changes).await {
+            // Two tenants claiming a free name at once: one batch fails on the ownership
+            // record's CREATE; that tenant sees the winner now.
+            if claim == Claim::Free {
+                let now = p.find_records(&zone, &dns::owner_name(&name)).await?;
+                if let Some(o) = Ownership::of(&now).filter(|o| o.uid != uid) {
+                    out.dns_record = None;
+                    return Err(CloudError::SubdomainTaken {
+                        record: display_name(&name),
+                        owner: format!("tenant {} (uid {})", o.tenant, o.uid),
+                    });
+                }
+            }
+            return Err(e);
+        }
         tracing::info!(tenant = %tenant.metadata.name.as_deref().unwrap_or_default(), record = %name, value = ?wanted.values, "DNS record updated");
-        out.notes.push(Note::normal(
-            "DnsRecordUpdated",
-            format!(
-                "{} {} {}",
-                display_name(&name),
-                wanted.record_type.as_str(),
-                wanted.values.join(",")
-            ),
-        ));
+        if changes
+            .iter()
+            .any(|c| matches!(c, RecordChange::Upsert(r) if r.record_type != RecordType::Txt))
+        {
+            out.notes.push(Note::normal(
+                "DnsRecordUpdated",
+                format!(
+                    "{} {} {}",
+                    display_name(&name),
+                    wanted.record_type.as_str(),
+                    wanted.values.join(",")
+                ),
+            ));
+        }
     }
     out.dns_record = Some(display_name(&name));
     Ok(format!(
@@ -544,9 +678,9 @@ pub async fn delete(
 ) -> Result<Vec<String>, CloudError> {
     let p = &settings.provider;
     let name = tenant.metadata.name.clone().unwrap_or_default();
+    let uid = tenant.metadata.uid.clone().unwrap_or_default();
     let mut done = Vec::new();
-    let ids: Vec<String> = p
-        .find_instances(&name)
+    let ids: Vec<String> = tenant_instances(settings, tenant)
         .await?
         .into_iter()
         .map(|i| i.id)
@@ -570,28 +704,78 @@ pub async fn delete(
     else {
         return Ok(done);
     };
+    let recorded = tenant
+        .status
+        .as_ref()
+        .and_then(|s| s.dns_record.as_deref())
+        .map(normalize_name);
     let mut names = vec![record_name(tenant.subdomain(), &platform.spec.domain)];
-    if let Some(recorded) = tenant.status.as_ref().and_then(|s| s.dns_record.as_deref()) {
-        let recorded = normalize_name(recorded);
-        if !names.contains(&recorded) {
-            names.push(recorded);
+    if let Some(recorded) = &recorded {
+        if !names.contains(recorded) {
+            names.push(recorded.clone());
         }
     }
     for record in names {
-        let existing = match p.find_records(&zone, &record).await {
-            Ok(e) => e,
+        let is_recorded = recorded.as_deref() == Some(record.as_str());
+        // Only a record this tenant holds: a colliding tenant's deletion leaves the holder's.
+        match release(settings, &zone, &record, &uid, is_recorded).await {
+            Ok(true) => {
+                tracing::info!(tenant = %name, %record, "deleted DNS record");
+                done.push(format!("deleted record {}", display_name(&record)));
+            }
+            Ok(false) => {}
             // No zone, no record in it.
             Err(e) if e.code() == Some("NoSuchHostedZone") => return Ok(done),
             Err(e) => return Err(e),
-        };
-        let deletions = dns::deletions(&existing);
-        if !deletions.is_empty() {
-            p.change_records(&zone, &deletions).await?;
-            tracing::info!(tenant = %name, %record, "deleted DNS record");
-            done.push(format!("deleted record {}", display_name(&record)));
         }
     }
     Ok(done)
+}
+
+/// Marks what a `Retain` tenant leaves behind as retained (the instance's tag, the record's
+/// ownership record), so the garbage collector never takes it for an orphan once the Tenant
+/// is gone. Idempotent.
+pub async fn retain(
+    settings: &CloudSettings,
+    tenant: &Tenant,
+    platform: Option<&Platform>,
+) -> Result<(), CloudError> {
+    let p = &settings.provider;
+    let wanted = std::collections::BTreeMap::from([(tags::RETAINED.to_owned(), "true".to_owned())]);
+    for i in tenant_instances(settings, tenant).await? {
+        if !instance::stale_tags(&i, &wanted).is_empty() {
+            p.tag_instance(&i.id, &wanted).await?;
+        }
+    }
+    let (Some(platform), Some(record)) = (
+        platform,
+        tenant.status.as_ref().and_then(|s| s.dns_record.as_deref()),
+    ) else {
+        return Ok(());
+    };
+    let Some(zone) = platform
+        .spec
+        .hosted_zone_id
+        .as_deref()
+        .map(normalize_zone_id)
+    else {
+        return Ok(());
+    };
+    let owner_sets = match p.find_records(&zone, &dns::owner_name(record)).await {
+        Ok(sets) => sets,
+        Err(e) if e.code() == Some("NoSuchHostedZone") => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let uid = tenant.metadata.uid.as_deref().unwrap_or_default();
+    if let Some(mut o) = Ownership::of(&owner_sets).filter(|o| o.uid == uid && !o.retained) {
+        o.retained = true;
+        p.change_records(
+            &zone,
+            &[RecordChange::Upsert(dns::owner_record(record, &o))],
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// What a `Retain` deletion leaves behind, for the Event that says so.

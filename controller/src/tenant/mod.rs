@@ -392,7 +392,7 @@ async fn cloud_step(
     valid: &Valid<'_>,
 ) -> Option<crate::cloud::CloudOutcome> {
     let settings = ctx.config.cloud.as_ref()?;
-    let outcome = crate::cloud::sync(settings, pass.tenant, valid.platform, valid.tier).await;
+    let outcome = crate::cloud::sync(settings, &ctx.client, pass.tenant, valid.platform, valid.tier).await;
     for note in &outcome.notes {
         ctx.event(
             pass.tenant,
@@ -583,6 +583,13 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action> {
             }
         }
         DeletionPolicy::Retain => {
+            // Marked retained first, so the cloud garbage collector never takes them for orphans.
+            if let Some(settings) = &ctx.config.cloud {
+                let platform = Api::<Platform>::all(ctx.client.clone())
+                    .get_opt(&tenant.spec.platform)
+                    .await?;
+                crate::cloud::retain(settings, tenant, platform.as_ref()).await?;
+            }
             if let Some(kept) = crate::cloud::retained(tenant) {
                 ctx.event(
                     tenant,
