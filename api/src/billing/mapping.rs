@@ -87,8 +87,8 @@ pub struct Snapshot {
     /// When the subscription ended, once it has.
     #[serde(default)]
     pub cancelled_at: Option<i64>,
-    /// `subscription.created` (or, before it is known, the first event's `created`): which of a
-    /// customer's subscriptions is the newest.
+    /// `subscription.created`: which of a customer's subscriptions is the newest (unknown sorts
+    /// as the oldest).
     #[serde(default)]
     pub created: Option<i64>,
     /// The trial's end, once `customer.subscription.trial_will_end` announced it.
@@ -212,15 +212,9 @@ fn subscription_snapshot(
         name: previous.and_then(|p| p.name.clone()),
         client_reference_id: previous.and_then(|p| p.client_reference_id.clone()),
         current_period_end: s.current_period_end,
-        cancelled_at: ended.then(|| {
-            s.ended_at
-                .or(previous.and_then(|p| p.cancelled_at))
-                .unwrap_or(seen_at)
-        }),
-        created: s
-            .created
-            .or(previous.and_then(|p| p.created))
-            .or(Some(seen_at)),
+        cancelled_at: ended.then(|| s.ended_at.unwrap_or(seen_at)),
+        // Never a delivery time: which event arrived first must not decide "the newest".
+        created: s.created.or(previous.and_then(|p| p.created)),
         trial_end_notice: notice,
         payment_action_required: if ended {
             None
@@ -287,7 +281,7 @@ pub fn merge(
                     client_reference_id: c.client_reference_id.clone(),
                     current_period_end: None,
                     cancelled_at: None,
-                    created: Some(event.created),
+                    created: None,
                     trial_end_notice: None,
                     payment_action_required: None,
                 };
@@ -705,5 +699,61 @@ mod tests {
         assert!(matches!(e.observation, Observation::Ignored(_)));
         let err = parse_event(&json!({"id": "evt_x"})).unwrap_err();
         assert_eq!(err.metric_label(), "malformed_event");
+    }
+
+    #[test]
+    fn a_read_supersedes_events_up_to_its_second_and_earlier_reads() {
+        let created = lifecycle()[0].clone();
+        let state = run(std::slice::from_ref(&created)).unwrap();
+        let Observation::Subscription(mut seen) = lifecycle()[1].observation.clone() else {
+            unreachable!()
+        };
+        seen.status = SubscriptionStatus::PastDue;
+        let resolved = ("leadsite-io".to_owned(), "professional".to_owned());
+        let read = merge_read(Some(&state), &seen, 110_500, resolved.clone()).unwrap();
+        assert_eq!(read.snapshot.status, SubscriptionStatus::PastDue);
+        // An event created in that second or before no longer applies...
+        let late = lifecycle()[1].clone();
+        assert!(matches!(needs(Some(&read), &late), Needs::Nothing(_)));
+        // ...an older read never does, a later one in the same second does.
+        assert!(merge_read(Some(&read), &seen, 110_400, resolved.clone()).is_none());
+        assert!(merge_read(Some(&read), &seen, 110_900, resolved).is_some());
+        // An event created after the read applies.
+        assert!(matches!(
+            needs(Some(&read), &lifecycle()[2]),
+            Needs::Price(_)
+        ));
+    }
+
+    #[test]
+    fn payment_action_required_marks_overdue_until_paid() {
+        let created = lifecycle()[0].clone();
+        let inv = |id: &str, ty: &str, t: i64| {
+            parse_event(&json!({"id": id, "type": ty, "created": t,
+                "data": {"object": {"id": "in_1", "customer": "cus_ABC", "subscription": "sub_1"}}}))
+            .unwrap()
+        };
+        let s = run(&[
+            created.clone(),
+            inv("evt_a", "invoice.payment_action_required", 105),
+        ])
+        .unwrap()
+        .snapshot;
+        let d = desired_tenant(&s);
+        assert!(d.payment_overdue && !d.suspended);
+        assert_eq!(d.payment_overdue_reason, Some(PAYMENT_ACTION_REQUIRED));
+        let (_, body) = tenant_apply_body(&s);
+        assert_eq!(
+            body["metadata"]["annotations"][PAYMENT_OVERDUE_REASON_ANNOTATION],
+            PAYMENT_ACTION_REQUIRED
+        );
+        let s = run(&[
+            created,
+            inv("evt_a", "invoice.payment_action_required", 105),
+            inv("evt_p", "invoice.paid", 106),
+        ])
+        .unwrap()
+        .snapshot;
+        assert!(!desired_tenant(&s).payment_overdue);
     }
 }

@@ -256,7 +256,7 @@ impl StripeApi {
             tracing::warn!(path, status, attempt, retry, error = %message, "Stripe API call failed");
             if !retry {
                 return Err(match status {
-                    Some(status) if !(status == 429 || status >= 500) => {
+                    Some(status) if status != 429 && status < 500 => {
                         StripeApiError::Status { status, message }
                     }
                     _ => StripeApiError::Unreachable {

@@ -24,7 +24,7 @@ use super::mapping::{self, Applied, Needs, OrderKey, Snapshot, API_READ_RANK};
 use super::parse::{ParsedEvent, SubscriptionObservation};
 use super::prices::PriceIndex;
 use super::stripe_api::StripeApiError;
-use super::worker::{backoff, Outcome, Worker, FIELD_MANAGER};
+use super::worker::{backoff, Worker, FIELD_MANAGER};
 
 /// A Tenant whose spec and conditions are unchanged still gets its `BillingSynced` read time
 /// rewritten once it is this old, so the condition says when Stripe last confirmed it without
@@ -413,11 +413,9 @@ async fn publish_event(
     use kube::api::PostParams;
     use kube::Resource;
     let name = kube::ResourceExt::name_any(tenant);
-    let at = Time(
-        now.to_rfc3339()
-            .parse()
-            .map_err(|_| kube::Error::Service("time out of range for an Event".into()))?,
-    );
+    let at = k8s_openapi::jiff::Timestamp::from_millisecond(now.timestamp_millis())
+        .ok()
+        .map(Time);
     let event = Event {
         metadata: ObjectMeta {
             name: Some(format!(
@@ -435,8 +433,8 @@ async fn publish_event(
             component: Some(FIELD_MANAGER.to_owned()),
             ..Default::default()
         }),
-        first_timestamp: Some(at.clone()),
-        last_timestamp: Some(at),
+        first_timestamp: at.clone(),
+        last_timestamp: at,
         count: Some(1),
         reporting_component: Some(FIELD_MANAGER.to_owned()),
         ..Default::default()
