@@ -84,6 +84,11 @@ fn reader(base: &str, metrics: &Metrics) -> Arc<StripeApi> {
 
 impl Billing {
     async fn start(stripe_base: &str) -> Self {
+        // The worker's log, shown for a failing test.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("stackplane_api=info")
+            .with_test_writer()
+            .try_init();
         let kube = kube_client().await;
         install_crds(&kube).await;
         apply_examples(&kube).await;

@@ -532,8 +532,7 @@ async fn events_a_subscription_business_sends() {
         "{} should name {end}",
         trial.message
     );
-    let events: Api<k8s_openapi::api::core::v1::Event> =
-        Api::namespaced(client.clone(), "kube-system");
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), "default");
     let listed = events.list(&Default::default()).await.expect("events");
     assert!(
         listed

@@ -24,7 +24,7 @@ use super::mapping::{self, Applied, Needs, OrderKey, Snapshot, API_READ_RANK};
 use super::parse::{ParsedEvent, SubscriptionObservation};
 use super::prices::PriceIndex;
 use super::stripe_api::StripeApiError;
-use super::worker::{backoff, Worker, FIELD_MANAGER};
+use super::worker::{backoff, Worker, FIELD_MANAGER, STATUS_FIELD_MANAGER};
 
 /// A Tenant whose spec and conditions are unchanged still gets its `BillingSynced` read time
 /// rewritten once it is this old, so the condition says when Stripe last confirmed it without
@@ -323,10 +323,16 @@ impl Worker {
         let previous_conditions = known
             .and_then(|k| k.written.get("conditions").cloned())
             .unwrap_or(Value::Null);
-        // An ended subscription never creates a Tenant: one deleted after its retention period
-        // stays deleted, however often the sweep sees the old subscription.
+        // An ended subscription creates a (cancelled) Tenant only while its retention period
+        // runs and billing never applied one: a Tenant deleted after its retention period (or by
+        // hand) stays deleted, however often the sweep sees the old subscription, and a sweep
+        // does not provision long-gone customers.
         let exists = if ended {
-            tenants.get_opt(&name).await?.is_some()
+            let within_retention = g.snapshot.cancelled_at.is_some_and(|at| {
+                let days = self.prices.retention_days(&g.platform).unwrap_or(0);
+                at + i64::from(days) * 86_400 > now.timestamp()
+            });
+            tenants.get_opt(&name).await?.is_some() || (known.is_none() && within_retention)
         } else {
             true
         };
@@ -396,9 +402,10 @@ impl Worker {
     }
 }
 
-/// Namespace of Events about Tenants (cluster-scoped): Kubernetes before 1.22 accepts such
-/// Events only in `default` or `kube-system`, later versions in either.
-pub const EVENT_NAMESPACE: &str = "kube-system";
+/// Namespace of Events about Tenants (cluster-scoped). A core/v1 Event without `eventTime`
+/// about an object without a namespace must be in `default` (Kubernetes' legacy event
+/// validation; `events.k8s.io` Events, which carry `eventTime`, go to `kube-system` instead).
+pub const EVENT_NAMESPACE: &str = "default";
 
 /// Records a `Normal` Event about `tenant` (core/v1, which every supported version serves).
 async fn publish_event(
