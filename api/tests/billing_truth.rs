@@ -58,6 +58,7 @@ struct Billing {
     metrics: Metrics,
     kube: kube::Client,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    running: Option<tokio::task::JoinHandle<()>>,
 }
 
 fn quick_retries() -> RetryPolicy {
@@ -115,7 +116,7 @@ impl Billing {
             .with_stripe(reader(stripe_base, &metrics))
             .with_livemode(Some(false));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(worker.clone().run(state.billing.wake.clone(), async {
+        let running = tokio::spawn(worker.clone().run(state.billing.wake.clone(), async {
             let _ = stopped.await;
         }));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -130,6 +131,7 @@ impl Billing {
             metrics,
             kube,
             stop: Some(stop),
+            running: Some(running),
         }
     }
 
@@ -480,7 +482,7 @@ async fn stripe_unreachable_then_back() {
         down.metrics.clone(),
     )
     .with_stripe(reader(&ls.url, &down.metrics));
-    down.stop_worker();
+    down.stop_worker().await;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(back.run(Default::default(), async {
         let _ = stopped.await;
@@ -503,11 +505,14 @@ async fn stripe_unreachable_then_back() {
 }
 
 impl Billing {
-    /// Stops this test's worker loop (the webhook keeps answering).
-    fn stop_worker(&mut self) -> Option<()> {
-        self.stop.take().map(|s| {
-            let _ = s.send(());
-        })
+    /// Stops this test's worker loop and waits until it has (the webhook keeps answering).
+    async fn stop_worker(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(running) = self.running.take() {
+            running.await.expect("worker loop");
+        }
     }
 }
 

@@ -552,11 +552,11 @@ async fn events_a_subscription_business_sends() {
     let tenant = tenants.get(&name).await.expect("tenant");
     assert!(!tenant.spec.suspended && tenant.spec.cancelled_at.is_none());
     assert!(
-        tenant
-            .status
-            .as_ref()
-            .is_some_and(|s| !s.conditions.iter().any(|c| c.type_ == "TrialEnding")),
-        "no trial once active"
+        tenant.status.as_ref().is_some_and(|s| s
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "TrialEnding" && c.status == "False")),
+        "no trial ending once active"
     );
 
     store(&pool, &json!({"id": format!("evt_{sub}_4"), "object": "event", "type": "invoice.payment_action_required",

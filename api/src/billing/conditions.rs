@@ -137,16 +137,26 @@ pub fn billing_conditions(
             format!("one governing subscription: {id}"),
         )
     });
-    if g.snapshot.status == SubscriptionStatus::Trialing {
-        if let Some(end) = g.snapshot.trial_end_notice.and_then(rfc3339) {
-            out.push(WantCondition::new(
-                TRIAL_ENDING,
-                true,
-                "TrialWillEnd",
-                format!("the trial of subscription {id} ends at {end}"),
-            ));
-        }
-    }
+    // Always sent (False when there is no trial ending): a condition type billing stops sending
+    // is not reliably removed by the Kubernetes 1.20 API server.
+    let trial_end = (g.snapshot.status == SubscriptionStatus::Trialing)
+        .then_some(g.snapshot.trial_end_notice)
+        .flatten()
+        .and_then(rfc3339);
+    out.push(match trial_end {
+        Some(end) => WantCondition::new(
+            TRIAL_ENDING,
+            true,
+            "TrialWillEnd",
+            format!("the trial of subscription {id} ends at {end}"),
+        ),
+        None => WantCondition::new(
+            TRIAL_ENDING,
+            false,
+            "NoTrialEnding",
+            format!("subscription {id} has no trial about to end"),
+        ),
+    });
     out
 }
 
@@ -242,7 +252,7 @@ mod tests {
             "governing subscription sub_a; read from Stripe at 2027-01-15T08:00:00Z"
         );
         assert!(!find(&cs, BILLING_CONFLICT).unwrap().status);
-        assert!(find(&cs, TRIAL_ENDING).is_none(), "not trialing");
+        assert!(!find(&cs, TRIAL_ENDING).unwrap().status, "not trialing");
     }
 
     #[test]

@@ -345,6 +345,7 @@ impl Worker {
                     &Patch::Apply(&spec_body),
                 )
                 .await?;
+            let tenant = remove_lingering(&tenants, tenant, &spec_body).await?;
             let now_text = now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
             let status = status_body(&name, &conditions, &previous_conditions, &now_text);
             // Not forced: billing owns only its own condition types.
@@ -356,14 +357,17 @@ impl Worker {
                 )
                 .await?;
             written_conditions = status["status"]["conditions"].clone();
-            let trial_announced = conditions.iter().any(|c| c.type_ == TRIAL_ENDING)
-                && !previous_conditions
-                    .as_array()
-                    .is_some_and(|l| l.iter().any(|c| c["type"] == TRIAL_ENDING));
+            let trial_announced = conditions
+                .iter()
+                .any(|c| c.type_ == TRIAL_ENDING && c.status)
+                && !previous_conditions.as_array().is_some_and(|l| {
+                    l.iter()
+                        .any(|c| c["type"] == TRIAL_ENDING && c["status"] == "True")
+                });
             if trial_announced {
                 let message = conditions
                     .iter()
-                    .find(|c| c.type_ == TRIAL_ENDING)
+                    .find(|c| c.type_ == TRIAL_ENDING && c.status)
                     .map(|c| c.message.clone())
                     .unwrap_or_default();
                 if let Err(error) =
@@ -450,6 +454,47 @@ async fn publish_event(
         .create(&PostParams::default(), &event)
         .await?;
     Ok(())
+}
+
+/// Removes what billing stopped asking for but the apply left in place: `spec.cancelledAt` after
+/// a re-subscription, the payment-overdue annotations once paid. Server-side apply should drop
+/// a field its manager no longer sends; the Kubernetes 1.20 API server the tests run against
+/// keeps it (observed with `cancelledAt`), so billing removes it itself with a merge patch, and
+/// only when it is there.
+async fn remove_lingering(
+    tenants: &Api<Tenant>,
+    tenant: Tenant,
+    body: &Value,
+) -> Result<Tenant, kube::Error> {
+    let mut patch = json!({});
+    if tenant.spec.cancelled_at.is_some() && body["spec"].get("cancelledAt").is_none() {
+        patch["spec"] = json!({ "cancelledAt": null });
+    }
+    let wanted = &body["metadata"]["annotations"];
+    for key in [
+        mapping::PAYMENT_OVERDUE_ANNOTATION,
+        mapping::PAYMENT_OVERDUE_REASON_ANNOTATION,
+    ] {
+        let present = tenant
+            .metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(key));
+        if present && wanted.get(key).is_none() {
+            patch["metadata"]["annotations"][key] = Value::Null;
+        }
+    }
+    if patch.as_object().is_some_and(|o| o.is_empty()) {
+        return Ok(tenant);
+    }
+    let name = kube::ResourceExt::name_any(&tenant);
+    tenants
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER),
+            &Patch::Merge(&patch),
+        )
+        .await
 }
 
 fn unresolved(s: &SubscriptionObservation) -> BillingError {
