@@ -1,7 +1,6 @@
 //! The Tenant conditions billing owns (pure): `BillingSynced`, `BillingConflict` and
 //! `TrialEnding`. They are written by server-side apply of the status subresource with field
-//! manager `stackplane-billing-status` (see `worker::STATUS_FIELD_MANAGER` for why not
-//! `stackplane-billing`), which owns only these condition types (`status.conditions` is a
+//! manager `stackplane-billing`, which owns only these condition types (`status.conditions` is a
 //! list-map keyed by `type`), so the controller's conditions are never sent nor taken over.
 
 use serde_json::{json, Value};

@@ -24,7 +24,7 @@ use super::mapping::{self, Applied, Needs, OrderKey, Snapshot, API_READ_RANK};
 use super::parse::{ParsedEvent, SubscriptionObservation};
 use super::prices::PriceIndex;
 use super::stripe_api::StripeApiError;
-use super::worker::{backoff, Worker, FIELD_MANAGER, STATUS_FIELD_MANAGER};
+use super::worker::{backoff, Worker, FIELD_MANAGER};
 
 /// A Tenant whose spec and conditions are unchanged still gets its `BillingSynced` read time
 /// rewritten once it is this old, so the condition says when Stripe last confirmed it without

@@ -18,14 +18,9 @@ use super::prices::PlatformCache;
 use super::stripe_api::StripeApi;
 use crate::metrics::Metrics;
 
-/// Field manager of every Tenant spec and metadata field billing owns.
+/// Field manager of every Tenant field billing owns: spec and metadata, and (status
+/// subresource) its own condition types.
 pub const FIELD_MANAGER: &str = "stackplane-billing";
-/// Field manager of the Tenant conditions billing owns (status subresource). Not the same name
-/// as [`FIELD_MANAGER`]: before Kubernetes 1.22 managedFields do not record the subresource, so
-/// a status apply by `stackplane-billing` would replace that manager's whole field set, and the
-/// next spec apply could no longer remove a field it stopped sending (e.g. `cancelledAt` after
-/// a re-subscription).
-pub const STATUS_FIELD_MANAGER: &str = "stackplane-billing-status";
 
 /// How one event ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
