@@ -77,6 +77,9 @@ pub struct ServeArgs {
     pub checkout: billing::checkout::CheckoutArgs,
 
     #[command(flatten)]
+    pub stripe_sync: billing::stripe_api::StripeSyncArgs,
+
+    #[command(flatten)]
     pub hardening: hardening::HardeningArgs,
 
     #[command(flatten)]

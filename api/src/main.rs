@@ -88,12 +88,35 @@ async fn main() -> anyhow::Result<()> {
                 kube.clone(),
             )
             .context("building the Stripe client")?;
-            let worker = stackplane_api::billing::worker::Worker {
-                db: state.db.clone(),
+            let stripe_api = stackplane_api::billing::stripe_api::StripeApi::new(
+                args.checkout.stripe_api_base.as_deref(),
+                &state.billing.secrets.stripe_secret_key,
+                args.stripe_sync.stripe_api_rate,
+                Default::default(),
+                state.metrics.clone(),
+            )
+            .context("building the Stripe API reader")?;
+            let livemode = stackplane_api::billing::worker::key_livemode(
+                &state.billing.secrets.stripe_secret_key,
+            );
+            if livemode.is_none() {
+                tracing::warn!("STRIPE_SECRET_KEY is neither sk_/rk_live_ nor sk_/rk_test_: event livemode is not checked");
+            }
+            let worker = stackplane_api::billing::worker::Worker::new(
+                state.db.clone(),
                 kube,
                 prices,
-                metrics: state.metrics.clone(),
-            };
+                state.metrics.clone(),
+            )
+            .with_stripe(std::sync::Arc::new(stripe_api))
+            .with_livemode(livemode);
+            let sync_interval = args.stripe_sync.billing_sync_interval;
+            if sync_interval > 0 {
+                tokio::spawn(worker.clone().run_sweeps(
+                    std::time::Duration::from_secs(sync_interval),
+                    telemetry::shutdown_signal(),
+                ));
+            }
             tokio::spawn(worker.run(state.billing.wake.clone(), telemetry::shutdown_signal()));
             let listener = tokio::net::TcpListener::bind(args.listen)
                 .await

@@ -25,6 +25,11 @@ pub struct ProcessedLabels {
     pub outcome: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
+}
+
 /// Every metric of the api.
 #[derive(Clone)]
 pub struct Metrics {
@@ -35,6 +40,13 @@ pub struct Metrics {
     /// Age of the oldest event still waiting: the lag an operator sees when the worker is stuck.
     pub queue_oldest_seconds: Gauge<f64, AtomicU64>,
     pub processing_lag: Histogram,
+    /// Calls to the Stripe API by outcome (`ok`, `rate_limited`, `server_error`, ...).
+    pub stripe_api_calls: Family<OutcomeLabels, Counter>,
+    /// (platform, customer) pairs with more than one live subscription.
+    pub billing_conflicts: Gauge,
+    /// Sweeps by outcome (`completed`, `failed`, `skipped_locked`).
+    pub billing_sweeps: Family<OutcomeLabels, Counter>,
+    pub billing_sweep_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -76,8 +88,36 @@ impl Metrics {
             "Time from receiving a Stripe event to the worker finishing it",
             processing_lag.clone(),
         );
+        let stripe_api_calls = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "stripe_api_calls",
+            "Calls to the Stripe API (reads after events and sweeps), by outcome",
+            stripe_api_calls.clone(),
+        );
+        let billing_conflicts = Gauge::default();
+        registry.register(
+            "billing_conflicts",
+            "Tenants (platform, customer) with more than one live Stripe subscription",
+            billing_conflicts.clone(),
+        );
+        let billing_sweeps = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "billing_sweeps",
+            "Billing sweeps (every subscription read from Stripe), by outcome",
+            billing_sweeps.clone(),
+        );
+        let billing_sweep_seconds = Histogram::new(exponential_buckets(0.5, 2.0, 14));
+        registry.register(
+            "billing_sweep_seconds",
+            "Duration of a completed billing sweep",
+            billing_sweep_seconds.clone(),
+        );
         Self {
             registry: Arc::new(registry),
+            stripe_api_calls,
+            billing_conflicts,
+            billing_sweeps,
+            billing_sweep_seconds,
             webhook_events,
             processed_events,
             queue_depth,
@@ -104,6 +144,22 @@ impl Metrics {
             .inc();
     }
 
+    pub fn stripe_call(&self, outcome: &str) {
+        self.stripe_api_calls
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn sweep(&self, outcome: &str) {
+        self.billing_sweeps
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
     /// Reads the billing queue's depth and oldest entry from the database, so every replica's
     /// scrape shows the shared queue whether or not its worker has run lately.
     pub async fn refresh_queue(&self, db: &sqlx::PgPool) -> Result<(), sqlx::Error> {
@@ -114,6 +170,15 @@ impl Metrics {
         .fetch_one(db)
         .await?;
         self.queue_depth.set(depth);
+        // Every replica shows the shared count, like the queue depth.
+        let conflicts: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT 1 FROM subscription_state \
+             WHERE platform IS NOT NULL AND status NOT IN ('canceled', 'incomplete_expired') \
+             GROUP BY customer_id, platform HAVING count(*) > 1) AS c",
+        )
+        .fetch_one(db)
+        .await?;
+        self.billing_conflicts.set(conflicts);
         self.queue_oldest_seconds
             .set(oldest.unwrap_or(0.0).max(0.0));
         Ok(())

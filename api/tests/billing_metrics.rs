@@ -76,12 +76,7 @@ async fn metrics_show_webhooks_by_type_and_outcome_queue_depth_and_lag() {
     };
     let (prices, driver) = PlatformCache::start(kube.clone());
     tokio::spawn(driver);
-    let worker = Worker {
-        db: db.clone(),
-        kube: kube.clone(),
-        prices,
-        metrics: state.metrics.clone(),
-    };
+    let worker = Worker::new(db.clone(), kube.clone(), prices, state.metrics.clone());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(worker.run(state.billing.wake.clone(), async {
         let _ = stopped.await;

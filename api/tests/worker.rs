@@ -39,12 +39,7 @@ async fn setup() -> (Worker, sqlx::PgPool, kube::Client) {
     let (prices, driver) = PlatformCache::start(client.clone());
     tokio::spawn(driver);
     assert!(prices.ready().await);
-    let worker = Worker {
-        db: pool.clone(),
-        kube: client.clone(),
-        prices,
-        metrics: Metrics::new(),
-    };
+    let worker = Worker::new(pool.clone(), client.clone(), prices, Metrics::new());
     (worker, pool, client)
 }
 
@@ -416,4 +411,200 @@ async fn the_running_worker_applies_an_unpriced_event_once_a_platform_lists_the_
         .delete(&pname, &Default::default())
         .await
         .expect("cleanup platform");
+}
+
+fn sub_event(
+    id: &str,
+    ty: &str,
+    created: i64,
+    (cus, sub): (&str, &str),
+    status: &str,
+    sub_created: i64,
+) -> serde_json::Value {
+    json!({"id": id, "object": "event", "type": ty, "created": created, "livemode": false,
+        "data": {"object": {"id": sub, "object": "subscription", "customer": cus, "status": status,
+            "created": sub_created, "trial_end": created + 259_200,
+            "ended_at": if ty.ends_with("deleted") { json!(created) } else { json!(null) },
+            "items": {"object": "list", "data": [{"id": "si_1", "current_period_end": created + 2_592_000,
+                "price": {"id": "price_1LeadsiteIoStarterMonthly"}}]}}}})
+}
+
+/// The governing subscription on webhook payloads alone (no Stripe reads): whatever order
+/// the old subscription's created and deleted and the new one's created arrive in, the Tenant
+/// ends up running the new subscription, its `cancelledAt` cleared.
+#[tokio::test]
+async fn every_order_of_old_created_old_deleted_new_created_runs_the_new_subscription() {
+    let (worker, pool, client) = setup().await;
+    apply_platform(&client, &example("leadsite-io")).await;
+    let tenants = Api::<Tenant>::all(client.clone());
+    let t = chrono::Utc::now().timestamp();
+    for order in permutations(3) {
+        let (cus, old) = ids();
+        let new = format!("{old}new");
+        let events = [
+            sub_event(
+                &unique("evt_oc"),
+                "customer.subscription.created",
+                t,
+                (&cus, &old),
+                "active",
+                t,
+            ),
+            sub_event(
+                &unique("evt_od"),
+                "customer.subscription.deleted",
+                t + 100,
+                (&cus, &old),
+                "canceled",
+                t,
+            ),
+            sub_event(
+                &unique("evt_nc"),
+                "customer.subscription.created",
+                t + 200,
+                (&cus, &new),
+                "active",
+                t + 200,
+            ),
+        ];
+        for i in &order {
+            store(&pool, &events[*i]).await;
+            drain(&worker).await;
+        }
+        let name = stackplane_crds::naming::tenant_name("leadsite-io", &cus);
+        let tenant = tenants.get(&name).await.expect("tenant");
+        let s = tenant.spec.subscription.as_ref().expect("subscription");
+        assert_eq!(s.id, new, "order {order:?}");
+        assert_eq!(s.status, SubscriptionStatus::Active, "order {order:?}");
+        assert!(
+            !tenant.spec.suspended && tenant.spec.cancelled_at.is_none(),
+            "order {order:?}: {:?}",
+            tenant.spec
+        );
+        tenants
+            .delete(&name, &Default::default())
+            .await
+            .expect("delete tenant");
+    }
+}
+
+/// Paused and resumed suspend and resume (data kept); trial_will_end records an Event on the
+/// Tenant and `TrialEnding` with the date; invoice.payment_action_required marks the payment
+/// overdue with that reason; an event of the other Stripe mode is failed and never applied.
+#[tokio::test]
+async fn events_a_subscription_business_sends() {
+    let (worker, pool, client) = setup().await;
+    apply_platform(&client, &example("leadsite-io")).await;
+    let worker = worker.with_livemode(Some(false));
+    let tenants = Api::<Tenant>::all(client.clone());
+    let (cus, sub) = ids();
+    let name = stackplane_crds::naming::tenant_name("leadsite-io", &cus);
+    let t = chrono::Utc::now().timestamp();
+    let ev = |n: i64, ty: &str, status: &str| {
+        sub_event(
+            &format!("evt_{sub}_{n}"),
+            ty,
+            t + n,
+            (&cus, &sub),
+            status,
+            t,
+        )
+    };
+    store(&pool, &ev(0, "customer.subscription.created", "trialing")).await;
+    store(
+        &pool,
+        &ev(1, "customer.subscription.trial_will_end", "trialing"),
+    )
+    .await;
+    drain(&worker).await;
+    let tenant = tenants.get(&name).await.expect("tenant");
+    let trial = tenant
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "TrialEnding"))
+        .expect("TrialEnding");
+    assert_eq!(trial.status, "True");
+    let end = chrono::DateTime::from_timestamp(t + 1 + 259_200, 0)
+        .expect("time")
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    assert!(
+        trial.message.contains(&end),
+        "{} should name {end}",
+        trial.message
+    );
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), "default");
+    let listed = events.list(&Default::default()).await.expect("events");
+    assert!(
+        listed
+            .items
+            .iter()
+            .any(|e| e.involved_object.name.as_deref() == Some(name.as_str())
+                && e.reason.as_deref() == Some("TrialWillEnd")),
+        "a TrialWillEnd Event about {name}"
+    );
+
+    store(&pool, &ev(2, "customer.subscription.paused", "paused")).await;
+    drain(&worker).await;
+    let tenant = tenants.get(&name).await.expect("tenant");
+    assert!(tenant.spec.suspended && tenant.spec.cancelled_at.is_none());
+    store(&pool, &ev(3, "customer.subscription.resumed", "active")).await;
+    drain(&worker).await;
+    let tenant = tenants.get(&name).await.expect("tenant");
+    assert!(!tenant.spec.suspended && tenant.spec.cancelled_at.is_none());
+    assert!(
+        tenant.status.as_ref().is_some_and(|s| s
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "TrialEnding" && c.status == "False")),
+        "no trial ending once active"
+    );
+
+    store(&pool, &json!({"id": format!("evt_{sub}_4"), "object": "event", "type": "invoice.payment_action_required",
+        "created": t + 4, "livemode": false,
+        "data": {"object": {"id": "in_1", "object": "invoice", "customer": cus, "subscription": sub}}})).await;
+    drain(&worker).await;
+    let tenant = tenants.get(&name).await.expect("tenant");
+    let notes = tenant.metadata.annotations.clone().unwrap_or_default();
+    assert_eq!(
+        notes
+            .get(stackplane_crds::labels::PAYMENT_OVERDUE)
+            .map(String::as_str),
+        Some("true")
+    );
+    assert_eq!(
+        notes
+            .get(stackplane_crds::labels::PAYMENT_OVERDUE_REASON)
+            .map(String::as_str),
+        Some("payment_action_required")
+    );
+    assert!(!tenant.spec.suspended);
+
+    let live_id = format!("evt_{sub}_live");
+    let mut live = ev(5, "customer.subscription.deleted", "canceled");
+    live["id"] = json!(live_id);
+    live["livemode"] = json!(true);
+    store(&pool, &live).await;
+    drain(&worker).await;
+    let (state, kind, error, due_later): (String, Option<String>, Option<String>, bool) = sqlx::query_as(
+        "SELECT state, error_kind, last_error, next_attempt_at > now() + interval '1 year' FROM stripe_events WHERE id = $1",
+    )
+    .bind(&live_id)
+    .fetch_one(&pool)
+    .await
+    .expect("row");
+    assert_eq!(
+        (state.as_str(), kind.as_deref()),
+        ("failed", Some("livemode_mismatch"))
+    );
+    assert!(
+        error.unwrap_or_default().contains("livemode"),
+        "a clear error"
+    );
+    assert!(due_later, "never retried by itself");
+    let tenant = tenants.get(&name).await.expect("tenant");
+    assert!(tenant.spec.cancelled_at.is_none(), "never applied");
+    tenants
+        .delete(&name, &Default::default())
+        .await
+        .expect("cleanup");
 }

@@ -22,6 +22,10 @@ pub const BACKUP: &str = "stackplane.io/backup";
 /// Annotation billing sets on a Tenant whose subscription is `past_due`; the controller turns
 /// it into the `PaymentOverdue` condition.
 pub const PAYMENT_OVERDUE: &str = "stackplane.io/payment-overdue";
+/// Annotation billing sets next to [`PAYMENT_OVERDUE`] when the reason is more than `past_due`
+/// (e.g. `payment_action_required`: the customer must authenticate a payment); the controller
+/// puts it in the `PaymentOverdue` condition's reason.
+pub const PAYMENT_OVERDUE_REASON: &str = "stackplane.io/payment-overdue-reason";
 
 /// The labels of an object belonging to `tenant` of `platform`.
 pub fn tenant_labels(tenant: &str, platform: &str) -> std::collections::BTreeMap<String, String> {

@@ -5,6 +5,7 @@
 #     `kubernetes` source package (no registry ships these binaries)
 #   - moto (AWS API emulator) in a virtualenv
 #   - helm-python-sdk (real Helm, for the chart checks) in a virtualenv
+#   - localstripe (a fake Stripe) and the official `stripe` Python SDK in a virtualenv
 # A second run finds everything cached and returns in seconds.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -99,4 +100,10 @@ if [ ! -x "$HELM_VENV/bin/python" ] || ! "$HELM_VENV/bin/python" -c 'import helm
   "$HELM_VENV/bin/pip" install -q --disable-pip-version-check "helm-python-sdk==0.2.*"
 fi
 
-log "ready: $K8S_BIN, $MOTO_VENV, $HELM_VENV"
+if [ ! -x "$STRIPE_VENV/bin/python" ] || ! "$STRIPE_VENV/bin/python" -c 'import localstripe, stripe' 2>/dev/null; then
+  log "installing localstripe and the stripe SDK into $STRIPE_VENV"
+  python3 -m venv "$STRIPE_VENV"
+  "$STRIPE_VENV/bin/pip" install -q --disable-pip-version-check "localstripe==1.15.*" "stripe==16.*"
+fi
+
+log "ready: $K8S_BIN, $MOTO_VENV, $HELM_VENV, $STRIPE_VENV"

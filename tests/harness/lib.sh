@@ -7,6 +7,9 @@ K8S_VERSION="1.20.2"
 K8S_BIN="$STACKPLANE_CACHE/kubernetes-$K8S_VERSION/bin"
 MOTO_VENV="$STACKPLANE_CACHE/moto-venv"
 HELM_VENV="$STACKPLANE_CACHE/helm-venv"
+# localstripe (a stateful fake Stripe, GPL-3, run as a separate process) and the official
+# `stripe` Python SDK the billing tests drive it with.
+STRIPE_VENV="$STACKPLANE_CACHE/stripe-venv"
 PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
 
 log() { printf '[harness] %s\n' "$*" >&2; }

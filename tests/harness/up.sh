@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Starts the real components the tests and the demo run against, on free loopback ports:
 # etcd, kube-apiserver, kube-controller-manager (garbage collector, namespace and PVC protection),
-# a throwaway Postgres cluster and moto. Prints the run directory, which holds:
-#   env.sh      exports KUBECONFIG, DATABASE_URL, AWS_ENDPOINT_URL, AWS_* for the tests
+# a throwaway Postgres cluster, moto and localstripe (a fake Stripe). Prints the run directory, which holds:
+#   env.sh      exports KUBECONFIG, DATABASE_URL, AWS_ENDPOINT_URL, AWS_*, STACKPLANE_LOCALSTRIPE_URL
+#               and STACKPLANE_STRIPE_PYTHON for the tests
 #   pids        one "name pid" line per process started, for down.sh
 #   logs/       each component's log
 # Run install.sh first. Stop everything with: tests/harness/down.sh <run directory>
@@ -18,6 +19,7 @@ command -v etcd >/dev/null || die "etcd is missing: run tests/harness/install.sh
 [ -x "$PG_BIN/initdb" ] || die "$PG_BIN/initdb is missing: run tests/harness/install.sh"
 [ -x "$MOTO_VENV/bin/moto_server" ] || die "moto is missing: run tests/harness/install.sh"
 [ -x "$HELM_VENV/bin/python" ] || die "helm-python-sdk is missing: run tests/harness/install.sh"
+[ -x "$STRIPE_VENV/bin/python" ] || die "localstripe is missing: run tests/harness/install.sh"
 
 # Runs left behind by a killed shell (SIGKILL skips traps): stop them before starting anew.
 mkdir -p "$STACKPLANE_CACHE/runs"
@@ -150,6 +152,15 @@ setsid "$MOTO_VENV/bin/moto_server" -H 127.0.0.1 -p "$moto_port" >"$run/logs/mot
 record moto $!
 wait_for moto 60 curl -fsS "http://127.0.0.1:$moto_port/moto-api/"
 
+# --- localstripe ----------------------------------------------------------------------------
+# In memory only (localstripe_server.py): a run starts empty and never shares /tmp state.
+# Tests that sweep or count Stripe calls start their own instance (stackplane_tests::localstripe).
+stripe_port="$(free_port)"
+setsid "$STRIPE_VENV/bin/python" "$here/localstripe_server.py" --port "$stripe_port" \
+  >"$run/logs/localstripe.log" 2>&1 </dev/null &
+record localstripe $!
+wait_for localstripe 60 curl -fsS -H "Authorization: Bearer sk_test_harness" "http://127.0.0.1:$stripe_port/v1/customers"
+
 cat >"$run/env.sh" <<ENV
 export STACKPLANE_RUN="$run"
 export KUBECONFIG="$run/kubeconfig"
@@ -161,7 +172,9 @@ export AWS_SECRET_ACCESS_KEY="testing"
 export PATH="$K8S_BIN:\$PATH"
 export STACKPLANE_HELM_PYTHON="$HELM_VENV/bin/python"
 export STACKPLANE_MOTO_PYTHON="$MOTO_VENV/bin/python"
+export STACKPLANE_LOCALSTRIPE_URL="http://127.0.0.1:$stripe_port"
+export STACKPLANE_STRIPE_PYTHON="$STRIPE_VENV/bin/python"
 ENV
-log "components up in $run (kube-apiserver :$api_port, postgres :$pg_port, moto :$moto_port)"
+log "components up in $run (kube-apiserver :$api_port, postgres :$pg_port, moto :$moto_port, localstripe :$stripe_port)"
 trap - EXIT
 echo "$run"

@@ -10,6 +10,8 @@ use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use sqlx::postgres::PgPool;
 
+pub mod localstripe;
+
 const HOW_TO_RUN: &str =
     "run the tests with `make test` (tests/run.sh), which starts the real components and exports their addresses";
 

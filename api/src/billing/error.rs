@@ -17,6 +17,10 @@ pub enum BillingError {
     Database(#[from] sqlx::Error),
     #[error("cannot encode state: {0}")]
     Encode(#[from] serde_json::Error),
+    #[error(
+        "event livemode={event} does not match the {key} mode of STRIPE_SECRET_KEY: never applied"
+    )]
+    LivemodeMismatch { event: bool, key: &'static str },
 }
 
 impl BillingError {
@@ -30,7 +34,13 @@ impl BillingError {
             BillingError::Kube(_) => "kubernetes",
             BillingError::Database(_) => "database",
             BillingError::Encode(_) => "encode",
+            BillingError::LivemodeMismatch { .. } => "livemode_mismatch",
         }
+    }
+
+    /// Whether retrying can never help: the event stays failed until replayed by hand.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, BillingError::LivemodeMismatch { .. })
     }
 
     /// Whether the error waits on the Platforms: retried as soon as a Platform changes.

@@ -1,6 +1,7 @@
-//! Pure logic of the billing worker: a Stripe event → what it says about a subscription, the
-//! ordering of such observations, their merge into the subscription's state, and the Tenant that
-//! state asks for. Nothing here touches the network.
+//! Pure logic of the billing worker: the ordering of what events and Stripe API reads say about
+//! one subscription, their merge into that subscription's state, and the Tenant that state asks
+//! for. Parsing is in [`super::parse`]; choosing which subscription governs a Tenant is in
+//! [`super::governing`]. Nothing here touches the network.
 
 use std::cmp::Ordering;
 
@@ -8,241 +9,27 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use stackplane_crds::SubscriptionStatus;
 
-use super::error::BillingError;
+use super::parse::{InvoiceOutcome, Observation, ParsedEvent, SubscriptionObservation};
 
 /// The billing worker's `past_due` annotation (defined once, in `stackplane_crds::labels`).
 pub const PAYMENT_OVERDUE_ANNOTATION: &str = stackplane_crds::labels::PAYMENT_OVERDUE;
+/// Why payment is overdue, next to [`PAYMENT_OVERDUE_ANNOTATION`].
+pub const PAYMENT_OVERDUE_REASON_ANNOTATION: &str = stackplane_crds::labels::PAYMENT_OVERDUE_REASON;
+/// The reason written when an invoice needs the customer to authenticate a payment.
+pub const PAYMENT_ACTION_REQUIRED: &str = "payment_action_required";
 
-/// The event types the worker acts on; every other type is stored and acknowledged.
-pub const HANDLED_EVENT_TYPES: [&str; 6] = [
-    "checkout.session.completed",
-    "customer.subscription.created",
-    "customer.subscription.updated",
-    "customer.subscription.deleted",
-    "invoice.payment_failed",
-    "invoice.paid",
-];
+/// Status precedence of a state read from the Stripe API: above every event status, so a read
+/// supersedes every event created up to the second it was made in.
+pub const API_READ_RANK: i32 = 100;
+/// The event id recorded for a state read from the Stripe API.
+pub const API_READ_ID: &str = "stripe-api";
 
-/// The envelope of a stored Stripe event.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ParsedEvent {
-    pub id: String,
-    pub event_type: String,
-    /// `event.created`, seconds since the epoch.
-    pub created: i64,
-    pub observation: Observation,
-}
-
-/// What one event says.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Observation {
-    /// `customer.subscription.*`: the whole subscription as of the event.
-    Subscription(SubscriptionObservation),
-    /// `checkout.session.completed` in subscription mode.
-    Checkout(CheckoutObservation),
-    /// `invoice.paid` / `invoice.payment_failed` of a subscription's invoice.
-    Invoice(InvoiceObservation),
-    /// Nothing the worker acts on; the reason is recorded.
-    Ignored(&'static str),
-}
-
-impl Observation {
-    /// The subscription the observation concerns.
-    pub fn subscription_id(&self) -> Option<&str> {
-        match self {
-            Observation::Subscription(s) => Some(&s.subscription_id),
-            Observation::Checkout(c) => Some(&c.subscription_id),
-            Observation::Invoice(i) => Some(&i.subscription_id),
-            Observation::Ignored(_) => None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct SubscriptionObservation {
-    pub subscription_id: String,
-    pub customer_id: String,
-    pub status: SubscriptionStatus,
-    /// Price ids of the subscription's items, in order.
-    pub price_ids: Vec<String>,
-    pub current_period_end: Option<i64>,
-    /// When the subscription ended (`ended_at`, else `canceled_at`); only used once it has.
-    pub ended_at: Option<i64>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct CheckoutObservation {
-    pub subscription_id: String,
-    pub customer_id: String,
-    pub email: Option<String>,
-    pub name: Option<String>,
-    pub client_reference_id: Option<String>,
-    pub platform: Option<String>,
-    pub tier: Option<String>,
-    pub paid: bool,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct InvoiceObservation {
-    pub subscription_id: String,
-    pub customer_id: String,
-    pub paid: bool,
-}
-
-fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
-    let mut cur = v;
-    for key in path {
-        cur = cur.get(key)?;
-    }
-    cur.as_str().filter(|s| !s.is_empty())
-}
-
-fn i64_at(v: &Value, path: &[&str]) -> Option<i64> {
-    let mut cur = v;
-    for key in path {
-        cur = cur.get(key)?;
-    }
-    cur.as_i64()
-}
-
-/// An id field that may be a string or an expanded object with an `id`.
-fn id_at(v: &Value, key: &str) -> Option<String> {
-    match v.get(key)? {
-        Value::String(s) if !s.is_empty() => Some(s.clone()),
-        Value::Object(o) => o.get("id")?.as_str().map(str::to_owned),
-        _ => None,
-    }
-}
-
-fn parse_status(s: &str) -> Option<SubscriptionStatus> {
-    serde_json::from_value(Value::String(s.to_owned())).ok()
-}
-
-/// Reads what a Stripe event says. Tolerant of API versions: `current_period_end` on the
-/// subscription or (newer versions) on its items; an invoice's subscription at `subscription`
-/// or (newer versions) at `parent.subscription_details.subscription`.
-pub fn parse_event(payload: &Value) -> Result<ParsedEvent, BillingError> {
-    let bad = |what: &str| BillingError::MalformedEvent(what.to_owned());
-    let id = str_at(payload, &["id"])
-        .ok_or_else(|| bad("no id"))?
-        .to_owned();
-    let event_type = str_at(payload, &["type"])
-        .ok_or_else(|| bad("no type"))?
-        .to_owned();
-    let created = i64_at(payload, &["created"]).ok_or_else(|| bad("no created"))?;
-    let object = payload
-        .get("data")
-        .and_then(|d| d.get("object"))
-        .ok_or_else(|| bad("no data.object"))?;
-    let observation = match event_type.as_str() {
-        "customer.subscription.created"
-        | "customer.subscription.updated"
-        | "customer.subscription.deleted" => {
-            Observation::Subscription(parse_subscription(object, &event_type)?)
-        }
-        "checkout.session.completed" => parse_checkout(object)?,
-        "invoice.paid" | "invoice.payment_failed" => {
-            parse_invoice(object, event_type == "invoice.paid")?
-        }
-        _ => Observation::Ignored("event type not handled"),
-    };
-    Ok(ParsedEvent {
-        id,
-        event_type,
-        created,
-        observation,
-    })
-}
-
-fn parse_subscription(
-    object: &Value,
-    event_type: &str,
-) -> Result<SubscriptionObservation, BillingError> {
-    let bad = |what: &str| BillingError::MalformedEvent(format!("subscription: {what}"));
-    let subscription_id = str_at(object, &["id"])
-        .ok_or_else(|| bad("no id"))?
-        .to_owned();
-    let customer_id = id_at(object, "customer").ok_or_else(|| bad("no customer"))?;
-    let status = str_at(object, &["status"]).ok_or_else(|| bad("no status"))?;
-    let mut status = parse_status(status).ok_or_else(|| bad("unknown status"))?;
-    if event_type == "customer.subscription.deleted" {
-        status = SubscriptionStatus::Canceled;
-    }
-    let items: &[Value] = object
-        .get("items")
-        .and_then(|i| i.get("data"))
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    let price_ids = items
-        .iter()
-        .filter_map(|item| {
-            id_at(item, "price").or_else(|| str_at(item, &["plan", "id"]).map(str::to_owned))
-        })
-        .collect();
-    let current_period_end = i64_at(object, &["current_period_end"]).or_else(|| {
-        items
-            .iter()
-            .filter_map(|i| i64_at(i, &["current_period_end"]))
-            .max()
-    });
-    let ended_at = i64_at(object, &["ended_at"]).or_else(|| i64_at(object, &["canceled_at"]));
-    Ok(SubscriptionObservation {
-        subscription_id,
-        customer_id,
+/// Whether a subscription in `status` has ended (it never runs again).
+pub fn is_ended(status: SubscriptionStatus) -> bool {
+    matches!(
         status,
-        price_ids,
-        current_period_end,
-        ended_at,
-    })
-}
-
-fn parse_checkout(object: &Value) -> Result<Observation, BillingError> {
-    if str_at(object, &["mode"]).is_some_and(|m| m != "subscription") {
-        return Ok(Observation::Ignored(
-            "checkout session not in subscription mode",
-        ));
-    }
-    let Some(subscription_id) = id_at(object, "subscription") else {
-        return Ok(Observation::Ignored(
-            "checkout session without subscription",
-        ));
-    };
-    let customer_id = id_at(object, "customer")
-        .ok_or_else(|| BillingError::MalformedEvent("checkout session: no customer".to_owned()))?;
-    let paid = str_at(object, &["payment_status"])
-        .is_none_or(|s| s == "paid" || s == "no_payment_required");
-    Ok(Observation::Checkout(CheckoutObservation {
-        subscription_id,
-        customer_id,
-        email: str_at(object, &["customer_details", "email"])
-            .or_else(|| str_at(object, &["customer_email"]))
-            .map(str::to_owned),
-        name: str_at(object, &["customer_details", "name"]).map(str::to_owned),
-        client_reference_id: str_at(object, &["client_reference_id"]).map(str::to_owned),
-        platform: str_at(object, &["metadata", "platform"]).map(str::to_owned),
-        tier: str_at(object, &["metadata", "tier"]).map(str::to_owned),
-        paid,
-    }))
-}
-
-fn parse_invoice(object: &Value, paid: bool) -> Result<Observation, BillingError> {
-    let subscription_id = id_at(object, "subscription").or_else(|| {
-        object
-            .get("parent")
-            .and_then(|p| p.get("subscription_details"))
-            .and_then(|d| id_at(d, "subscription"))
-    });
-    let Some(subscription_id) = subscription_id else {
-        return Ok(Observation::Ignored("invoice without subscription"));
-    };
-    let customer_id = id_at(object, "customer")
-        .ok_or_else(|| BillingError::MalformedEvent("invoice: no customer".to_owned()))?;
-    Ok(Observation::Invoice(InvoiceObservation {
-        subscription_id,
-        customer_id,
-        paid,
-    }))
+        SubscriptionStatus::Canceled | SubscriptionStatus::IncompleteExpired
+    )
 }
 
 /// Precedence of statuses that share an `event.created` second: later in a subscription's life
@@ -300,6 +87,23 @@ pub struct Snapshot {
     /// When the subscription ended, once it has.
     #[serde(default)]
     pub cancelled_at: Option<i64>,
+    /// `subscription.created`: which of a customer's subscriptions is the newest (unknown sorts
+    /// as the oldest).
+    #[serde(default)]
+    pub created: Option<i64>,
+    /// The trial's end, once `customer.subscription.trial_will_end` announced it.
+    #[serde(default)]
+    pub trial_end_notice: Option<i64>,
+    /// `created` of the `invoice.payment_action_required` not yet followed by `invoice.paid`.
+    #[serde(default)]
+    pub payment_action_required: Option<i64>,
+}
+
+impl Snapshot {
+    /// Whether the subscription has ended.
+    pub fn ended(&self) -> bool {
+        is_ended(self.status)
+    }
 }
 
 /// The state applied last: the snapshot and the key of the event that set its status.
@@ -326,8 +130,12 @@ pub enum Needs {
 pub fn order_key(event: &ParsedEvent) -> OrderKey {
     let rank = match &event.observation {
         Observation::Subscription(s) => status_rank(s.status),
-        Observation::Invoice(i) if i.paid => status_rank(SubscriptionStatus::Active),
-        Observation::Invoice(_) => status_rank(SubscriptionStatus::PastDue),
+        Observation::Invoice(i) => match i.outcome {
+            InvoiceOutcome::Paid => status_rank(SubscriptionStatus::Active),
+            InvoiceOutcome::PaymentFailed | InvoiceOutcome::ActionRequired => {
+                status_rank(SubscriptionStatus::PastDue)
+            }
+        },
         _ => 0,
     };
     OrderKey {
@@ -337,14 +145,27 @@ pub fn order_key(event: &ParsedEvent) -> OrderKey {
     }
 }
 
+/// Whether a superseded `trial_will_end` still has news: the trial's end, for a subscription
+/// that is still trialing.
+fn trial_notice_news(s: &SubscriptionObservation, current: &Snapshot) -> bool {
+    s.trial_will_end
+        && current.status == SubscriptionStatus::Trialing
+        && s.trial_end.is_some()
+        && current.trial_end_notice != s.trial_end
+}
+
 /// What must be resolved before `event` can be merged into `current` (pure: decides whether
 /// the event is stale first, so a stale event with an unknown price never fails).
 pub fn needs(current: Option<&Applied>, event: &ParsedEvent) -> Needs {
     let key = order_key(event);
     match (&event.observation, current) {
         (Observation::Ignored(reason), _) => Needs::Nothing(reason),
-        (Observation::Subscription(_), Some(c)) if key <= c.key => {
-            Needs::Nothing("superseded by a newer event")
+        (Observation::Subscription(s), Some(c)) if key <= c.key => {
+            if trial_notice_news(s, &c.snapshot) {
+                Needs::Merge
+            } else {
+                Needs::Nothing("superseded by a newer event")
+            }
         }
         (Observation::Subscription(s), _) => Needs::Price(s.price_ids.clone()),
         (Observation::Checkout(_), Some(_)) => Needs::Merge,
@@ -360,15 +181,45 @@ pub fn needs(current: Option<&Applied>, event: &ParsedEvent) -> Needs {
         (Observation::Invoice(_), None) => Needs::Nothing(
             "invoice of a subscription not seen yet; its subscription events carry the status",
         ),
-        (Observation::Invoice(_), Some(c)) if key.created <= c.key.created => {
-            Needs::Nothing("superseded by a newer event")
+        (Observation::Invoice(_), Some(c)) if c.snapshot.ended() => {
+            Needs::Nothing("invoice does not change a subscription that has ended")
         }
-        (Observation::Invoice(_), Some(c)) => match c.snapshot.status {
-            SubscriptionStatus::Active
-            | SubscriptionStatus::Trialing
-            | SubscriptionStatus::PastDue
-            | SubscriptionStatus::Unpaid => Needs::Merge,
-            _ => Needs::Nothing("invoice does not change a subscription in this status"),
+        (Observation::Invoice(_), Some(_)) => Needs::Merge,
+    }
+}
+
+/// The snapshot of subscription `s` on (platform, tier), keeping what only other events tell
+/// (customer details from checkout, notices) from `previous`.
+fn subscription_snapshot(
+    s: &SubscriptionObservation,
+    previous: Option<&Snapshot>,
+    (platform, tier): (String, String),
+    seen_at: i64,
+) -> Snapshot {
+    let ended = is_ended(s.status);
+    let notice = if s.trial_will_end {
+        s.trial_end
+    } else {
+        previous.and_then(|p| p.trial_end_notice)
+    };
+    Snapshot {
+        subscription_id: s.subscription_id.clone(),
+        customer_id: s.customer_id.clone(),
+        platform,
+        tier,
+        status: s.status,
+        email: previous.and_then(|p| p.email.clone()),
+        name: previous.and_then(|p| p.name.clone()),
+        client_reference_id: previous.and_then(|p| p.client_reference_id.clone()),
+        current_period_end: s.current_period_end,
+        cancelled_at: ended.then(|| s.ended_at.unwrap_or(seen_at)),
+        // Never a delivery time: which event arrived first must not decide "the newest".
+        created: s.created.or(previous.and_then(|p| p.created)),
+        trial_end_notice: notice,
+        payment_action_required: if ended {
+            None
+        } else {
+            previous.and_then(|p| p.payment_action_required)
         },
     }
 }
@@ -383,24 +234,20 @@ pub fn merge(
     let key = order_key(event);
     match &event.observation {
         Observation::Subscription(s) => {
-            let (platform, tier) = resolved?;
-            let previous = current.map(|c| &c.snapshot);
-            let ended = matches!(
-                s.status,
-                SubscriptionStatus::Canceled | SubscriptionStatus::IncompleteExpired
-            );
-            let snapshot = Snapshot {
-                subscription_id: s.subscription_id.clone(),
-                customer_id: s.customer_id.clone(),
-                platform,
-                tier,
-                status: s.status,
-                email: previous.and_then(|p| p.email.clone()),
-                name: previous.and_then(|p| p.name.clone()),
-                client_reference_id: previous.and_then(|p| p.client_reference_id.clone()),
-                current_period_end: s.current_period_end,
-                cancelled_at: ended.then(|| s.ended_at.unwrap_or(event.created)),
-            };
+            if let Some(cur) = current.filter(|c| key <= c.key) {
+                // Superseded: only a trial notice still counts.
+                let mut snapshot = cur.snapshot.clone();
+                if trial_notice_news(s, &snapshot) {
+                    snapshot.trial_end_notice = s.trial_end;
+                }
+                return (snapshot != cur.snapshot).then(|| Applied {
+                    snapshot,
+                    key: cur.key.clone(),
+                });
+            }
+            let resolved = resolved?;
+            let snapshot =
+                subscription_snapshot(s, current.map(|c| &c.snapshot), resolved, event.created);
             Some(Applied { snapshot, key })
         }
         Observation::Checkout(c) => match current {
@@ -434,6 +281,9 @@ pub fn merge(
                     client_reference_id: c.client_reference_id.clone(),
                     current_period_end: None,
                     cancelled_at: None,
+                    created: None,
+                    trial_end_notice: None,
+                    payment_action_required: None,
                 };
                 // Lowest possible key: any event of the subscription itself supersedes it.
                 Some(Applied {
@@ -448,17 +298,89 @@ pub fn merge(
         },
         Observation::Invoice(i) => {
             let cur = current?;
-            let status = if i.paid {
-                SubscriptionStatus::Active
-            } else {
-                SubscriptionStatus::PastDue
-            };
             let mut snapshot = cur.snapshot.clone();
-            snapshot.status = status;
-            Some(Applied { snapshot, key })
+            // The status follows only an invoice newer than what set it, and only in the statuses
+            // payments move between; the payment-action notice follows every invoice, because
+            // a Stripe read made after the invoice says nothing about it.
+            let newer = key.created > cur.key.created;
+            let movable = matches!(
+                snapshot.status,
+                SubscriptionStatus::Active
+                    | SubscriptionStatus::Trialing
+                    | SubscriptionStatus::PastDue
+                    | SubscriptionStatus::Unpaid
+            );
+            match i.outcome {
+                InvoiceOutcome::Paid => {
+                    if newer && movable {
+                        snapshot.status = SubscriptionStatus::Active;
+                    }
+                    if snapshot
+                        .payment_action_required
+                        .is_some_and(|at| at <= event.created)
+                    {
+                        snapshot.payment_action_required = None;
+                    }
+                }
+                InvoiceOutcome::PaymentFailed => {
+                    if newer && movable {
+                        snapshot.status = SubscriptionStatus::PastDue;
+                    }
+                }
+                // The status is Stripe's to move (past_due on a renewal, incomplete on a first
+                // payment); the invoice says why.
+                InvoiceOutcome::ActionRequired => {
+                    if snapshot
+                        .payment_action_required
+                        .is_none_or(|at| at < event.created)
+                    {
+                        snapshot.payment_action_required = Some(event.created);
+                    }
+                }
+            }
+            let key = if newer && snapshot.status != cur.snapshot.status {
+                key
+            } else {
+                cur.key.clone()
+            };
+            (snapshot != cur.snapshot).then_some(Applied { snapshot, key })
         }
         Observation::Ignored(_) => None,
     }
+}
+
+/// The key of a state read from the Stripe API at `read_at_ms` (milliseconds): after every
+/// event created up to that second and after every earlier read.
+pub fn read_key(read_at_ms: i64) -> OrderKey {
+    OrderKey {
+        created: read_at_ms.div_euclid(1000),
+        rank: API_READ_RANK,
+        event_id: format!("{API_READ_ID}:{read_at_ms:013}"),
+    }
+}
+
+/// Merges a subscription as the Stripe API showed it at `read_at_ms` into `current`: the read
+/// is the truth as of then, so it supersedes every event created up to that second. `None` when
+/// `current` is newer (an event created later, or a later read, e.g. while a sweep pages).
+pub fn merge_read(
+    current: Option<&Applied>,
+    s: &SubscriptionObservation,
+    read_at_ms: i64,
+    resolved: (String, String),
+) -> Option<Applied> {
+    let key = read_key(read_at_ms);
+    if current.is_some_and(|c| c.key >= key) {
+        return None;
+    }
+    Some(Applied {
+        snapshot: subscription_snapshot(
+            s,
+            current.map(|c| &c.snapshot),
+            resolved,
+            read_at_ms.div_euclid(1000),
+        ),
+        key,
+    })
 }
 
 /// The spec fields billing owns on a Tenant (status mapping of DESIGN.md):
@@ -470,10 +392,13 @@ pub struct DesiredTenant {
     pub name: String,
     pub suspended: bool,
     pub payment_overdue: bool,
+    /// Why, when it is not simply `past_due`.
+    pub payment_overdue_reason: Option<&'static str>,
     pub cancelled_at: Option<String>,
 }
 
-fn rfc3339(ts: i64) -> Option<String> {
+/// RFC 3339 (UTC, seconds) of a Unix time.
+pub fn rfc3339(ts: i64) -> Option<String> {
     chrono::DateTime::from_timestamp(ts, 0)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
 }
@@ -486,10 +411,12 @@ pub fn desired_tenant(snapshot: &Snapshot) -> DesiredTenant {
         S::Unpaid | S::Paused | S::Incomplete => (true, false),
         S::Canceled | S::IncompleteExpired => (true, true),
     };
+    let action_required = snapshot.payment_action_required.is_some() && !ended;
     DesiredTenant {
         name: stackplane_crds::naming::tenant_name(&snapshot.platform, &snapshot.customer_id),
         suspended,
-        payment_overdue: snapshot.status == S::PastDue,
+        payment_overdue: snapshot.status == S::PastDue || action_required,
+        payment_overdue_reason: action_required.then_some(PAYMENT_ACTION_REQUIRED),
         cancelled_at: if ended {
             snapshot.cancelled_at.and_then(rfc3339)
         } else {
@@ -526,6 +453,9 @@ pub fn tenant_apply_body(snapshot: &Snapshot) -> (String, Value) {
     let mut metadata = json!({ "name": desired.name, "labels": labels });
     if desired.payment_overdue {
         metadata["annotations"] = json!({ PAYMENT_OVERDUE_ANNOTATION: "true" });
+        if let Some(reason) = desired.payment_overdue_reason {
+            metadata["annotations"][PAYMENT_OVERDUE_REASON_ANNOTATION] = json!(reason);
+        }
     }
     let body = json!({
         "apiVersion": "stackplane.io/v1alpha1",
@@ -539,6 +469,7 @@ pub fn tenant_apply_body(snapshot: &Snapshot) -> (String, Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::billing::parse::parse_event;
 
     fn sub_event(id: &str, ty: &str, created: i64, status: &str, price: &str) -> ParsedEvent {
         let payload = json!({
@@ -768,5 +699,61 @@ mod tests {
         assert!(matches!(e.observation, Observation::Ignored(_)));
         let err = parse_event(&json!({"id": "evt_x"})).unwrap_err();
         assert_eq!(err.metric_label(), "malformed_event");
+    }
+
+    #[test]
+    fn a_read_supersedes_events_up_to_its_second_and_earlier_reads() {
+        let created = lifecycle()[0].clone();
+        let state = run(std::slice::from_ref(&created)).unwrap();
+        let Observation::Subscription(mut seen) = lifecycle()[1].observation.clone() else {
+            unreachable!()
+        };
+        seen.status = SubscriptionStatus::PastDue;
+        let resolved = ("leadsite-io".to_owned(), "professional".to_owned());
+        let read = merge_read(Some(&state), &seen, 110_500, resolved.clone()).unwrap();
+        assert_eq!(read.snapshot.status, SubscriptionStatus::PastDue);
+        // An event created in that second or before no longer applies...
+        let late = lifecycle()[1].clone();
+        assert!(matches!(needs(Some(&read), &late), Needs::Nothing(_)));
+        // ...an older read never does, a later one in the same second does.
+        assert!(merge_read(Some(&read), &seen, 110_400, resolved.clone()).is_none());
+        assert!(merge_read(Some(&read), &seen, 110_900, resolved).is_some());
+        // An event created after the read applies.
+        assert!(matches!(
+            needs(Some(&read), &lifecycle()[2]),
+            Needs::Price(_)
+        ));
+    }
+
+    #[test]
+    fn payment_action_required_marks_overdue_until_paid() {
+        let created = lifecycle()[0].clone();
+        let inv = |id: &str, ty: &str, t: i64| {
+            parse_event(&json!({"id": id, "type": ty, "created": t,
+                "data": {"object": {"id": "in_1", "customer": "cus_ABC", "subscription": "sub_1"}}}))
+            .unwrap()
+        };
+        let s = run(&[
+            created.clone(),
+            inv("evt_a", "invoice.payment_action_required", 105),
+        ])
+        .unwrap()
+        .snapshot;
+        let d = desired_tenant(&s);
+        assert!(d.payment_overdue && !d.suspended);
+        assert_eq!(d.payment_overdue_reason, Some(PAYMENT_ACTION_REQUIRED));
+        let (_, body) = tenant_apply_body(&s);
+        assert_eq!(
+            body["metadata"]["annotations"][PAYMENT_OVERDUE_REASON_ANNOTATION],
+            PAYMENT_ACTION_REQUIRED
+        );
+        let s = run(&[
+            created,
+            inv("evt_a", "invoice.payment_action_required", 105),
+            inv("evt_p", "invoice.paid", 106),
+        ])
+        .unwrap()
+        .snapshot;
+        assert!(!desired_tenant(&s).payment_overdue);
     }
 }

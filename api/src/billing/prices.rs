@@ -71,6 +71,15 @@ impl PlatformCache {
         platform.spec.tier(tier).map(|t| t.stripe_price_ids.clone())
     }
 
+    /// How many days a cancelled tenant of `platform` is kept; `None` for an unknown platform.
+    pub fn retention_days(&self, platform: &str) -> Option<u32> {
+        self.store
+            .state()
+            .iter()
+            .find(|p| kube::ResourceExt::name_any(p.as_ref()) == platform)
+            .map(|p| p.spec.cancellation_retention_days)
+    }
+
     /// Whether a Platform named `platform` exists.
     pub fn has_platform(&self, platform: &str) -> bool {
         self.store

@@ -101,7 +101,7 @@ fn envelope(payload: &str) -> Result<Envelope, Rejection> {
         .get("created")
         .and_then(Value::as_i64)
         .ok_or_else(|| Rejection::MalformedJson("no created".into()))?;
-    let subscription_id = crate::billing::mapping::parse_event(&value)
+    let subscription_id = crate::billing::parse::parse_event(&value)
         .ok()
         .and_then(|e| e.observation.subscription_id().map(str::to_owned));
     Ok(Envelope {
@@ -227,6 +227,36 @@ mod tests {
         );
         assert_eq!(
             verify(&PAYLOAD.replace("evt_1", "evt_2"), &h, &secrets(), 1000),
+            Err(Rejection::SignatureMismatch)
+        );
+    }
+
+    /// Stripe sends one `v1=` per secret during a rotation; the matching one may be anywhere.
+    #[test]
+    fn a_matching_v1_signature_is_found_first_middle_or_last() {
+        let v1 = |secret: &str| {
+            let h = Webhook::generate_test_header(PAYLOAD, secret, Some(1000));
+            h.split(',')
+                .find(|p| p.starts_with("v1="))
+                .map(str::to_owned)
+                .unwrap()
+        };
+        let (good, x, y) = (v1("whsec_new"), v1("whsec_x"), v1("whsec_y"));
+        for header in [
+            format!("t=1000,{good},{x},{y}"),
+            format!("t=1000,{x},{good},{y}"),
+            format!("t=1000,{x},{y},{good}"),
+            format!("t=1000,{x},v0=abc,{good}"),
+        ] {
+            assert_eq!(
+                verify(PAYLOAD, &header, &secrets(), 1000),
+                Ok(()),
+                "{header}"
+            );
+        }
+        let none = format!("t=1000,{x},{y}");
+        assert_eq!(
+            verify(PAYLOAD, &none, &secrets(), 1000),
             Err(Rejection::SignatureMismatch)
         );
     }

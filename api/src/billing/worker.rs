@@ -1,23 +1,25 @@
 //! The billing worker: claims stored events with `FOR UPDATE SKIP LOCKED` (several replicas are
-//! safe), merges each into its subscription's state under a per-subscription advisory lock, and
-//! server-side applies the Tenant (field manager `stackplane-billing`) in the same transaction's
-//! lifetime, so a crash before commit leaves the event to be processed again.
+//! safe); for each, reads the customer's subscriptions from Stripe (the event is only the
+//! trigger; its payload is the fallback when Stripe cannot be read) and brings the customer's
+//! Tenants in line ([`super::sync`]) within the event's transaction, so a crash before commit
+//! leaves the event to be processed again. Customers Stripe could not be read for are read
+//! again later, with backoff.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use kube::api::{Patch, PatchParams};
-use kube::Api;
 use serde_json::Value;
 use sqlx::{PgPool, Postgres, Transaction};
-use stackplane_crds::Tenant;
 
 use super::error::{BillingError, PLATFORM_ERROR_KINDS};
-use super::mapping::{self, Applied, Needs, OrderKey, Snapshot};
-use super::prices::{PlatformCache, PriceIndex};
+use super::parse;
+use super::prices::PlatformCache;
+use super::stripe_api::StripeApi;
 use crate::metrics::Metrics;
 
-/// Field manager of every Tenant field billing owns.
+/// Field manager of every Tenant field billing owns: spec and metadata, and (status
+/// subresource) its own condition types.
 pub const FIELD_MANAGER: &str = "stackplane-billing";
 
 /// How one event ended.
@@ -40,11 +42,53 @@ pub struct Worker {
     pub kube: kube::Client,
     pub prices: PlatformCache,
     pub metrics: Metrics,
+    /// The Stripe API reader; without it only webhook payloads are applied.
+    pub stripe: Option<Arc<StripeApi>>,
+    /// The mode of `STRIPE_SECRET_KEY` (true: live); events of the other mode are refused.
+    pub livemode: Option<bool>,
+}
+
+/// The mode of a Stripe secret or restricted key: `Some(true)` for `sk_live_`/`rk_live_`,
+/// `Some(false)` for `sk_test_`/`rk_test_`, `None` otherwise.
+pub fn key_livemode(secret_key: &str) -> Option<bool> {
+    let k = secret_key.trim();
+    if k.starts_with("sk_live_") || k.starts_with("rk_live_") {
+        Some(true)
+    } else if k.starts_with("sk_test_") || k.starts_with("rk_test_") {
+        Some(false)
+    } else {
+        None
+    }
 }
 
 type Claimed = (String, String, Value, DateTime<Utc>);
 
 impl Worker {
+    /// A worker applying webhook payloads only, with no mode check; see [`Worker::with_stripe`]
+    /// and [`Worker::with_livemode`].
+    pub fn new(db: PgPool, kube: kube::Client, prices: PlatformCache, metrics: Metrics) -> Self {
+        Self {
+            db,
+            kube,
+            prices,
+            metrics,
+            stripe: None,
+            livemode: None,
+        }
+    }
+
+    /// Reads the customer's subscriptions from `api` after each event.
+    pub fn with_stripe(mut self, api: Arc<StripeApi>) -> Self {
+        self.stripe = Some(api);
+        self
+    }
+
+    /// Refuses events whose `livemode` differs from `livemode`.
+    pub fn with_livemode(mut self, livemode: Option<bool>) -> Self {
+        self.livemode = livemode;
+        self
+    }
+
     /// Processes one due event; `None` when none is due.
     pub async fn process_one(
         &self,
@@ -95,12 +139,20 @@ impl Worker {
                 .fetch_optional(&self.db)
                 .await?
                 .unwrap_or(1);
-                let delay = backoff(attempts);
-                sqlx::query("UPDATE stripe_events SET next_attempt_at = now() + make_interval(secs => $2) WHERE id = $1 AND state = 'failed'")
-                    .bind(&id)
-                    .bind(delay.as_secs_f64())
-                    .execute(&self.db)
-                    .await?;
+                if error.is_permanent() {
+                    // Never due again by itself; a replay by hand queues it once more.
+                    sqlx::query("UPDATE stripe_events SET next_attempt_at = 'infinity' WHERE id = $1 AND state = 'failed'")
+                        .bind(&id)
+                        .execute(&self.db)
+                        .await?;
+                } else {
+                    let delay = backoff(attempts);
+                    sqlx::query("UPDATE stripe_events SET next_attempt_at = now() + make_interval(secs => $2) WHERE id = $1 AND state = 'failed'")
+                        .bind(&id)
+                        .bind(delay.as_secs_f64())
+                        .execute(&self.db)
+                        .await?;
+                }
                 self.metrics.processed(&event_type, error.metric_label());
                 tracing::warn!(event_id = %id, event_type = %event_type, error_kind = error.metric_label(), %error, attempts, "stripe event failed; will retry");
             }
@@ -113,78 +165,74 @@ impl Worker {
         tx: &mut Transaction<'_, Postgres>,
         payload: &Value,
     ) -> Result<Outcome, BillingError> {
-        let event = mapping::parse_event(payload)?;
-        let Some(sub) = event.observation.subscription_id().map(str::to_owned) else {
+        let event = parse::parse_event(payload)?;
+        if let (Some(key), Some(event_live)) = (self.livemode, event.livemode) {
+            if key != event_live {
+                return Err(BillingError::LivemodeMismatch {
+                    event: event_live,
+                    key: if key { "live" } else { "test" },
+                });
+            }
+        }
+        let Some(customer) = event.observation.customer_id().map(str::to_owned) else {
             return Ok(Outcome::Skipped("event type not handled"));
         };
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-            .bind(&sub)
-            .execute(&mut **tx)
+        if let parse::Observation::Ignored(why) = event.observation {
+            return Ok(Outcome::Skipped(why));
+        }
+        let read = self.read_customer(&customer).await;
+        let synced = self
+            .sync_customer(tx, &customer, Some(&event), read)
             .await?;
-        let row: Option<(Value, DateTime<Utc>, i32, String)> = sqlx::query_as(
-            "SELECT snapshot, event_created, status_rank, event_id FROM subscription_state WHERE subscription_id = $1",
+        tracing::info!(event_id = %event.id, customer_id = %customer, subscriptions_changed = synced.subscriptions_changed, tenants_written = synced.tenants_written, "stripe event synced");
+        Ok(match synced.skipped {
+            Some(why) => Outcome::Skipped(why),
+            None => Outcome::Applied,
+        })
+    }
+
+    /// Reads one customer whose Stripe read failed and is due again; `None` when none is due.
+    /// The customer stays queued (with a longer backoff) while Stripe still cannot be read.
+    pub async fn resync_one(&self) -> Result<Option<String>, BillingError> {
+        let mut tx = self.db.begin().await?;
+        let due: Option<String> = sqlx::query_scalar(
+            "SELECT customer_id FROM billing_resync WHERE due_at <= now() \
+             ORDER BY due_at LIMIT 1 FOR UPDATE SKIP LOCKED",
         )
-        .bind(&sub)
-        .fetch_optional(&mut **tx)
+        .fetch_optional(&mut *tx)
         .await?;
-        let current = match row {
-            Some((snapshot, created, rank, event_id)) => Some(Applied {
-                snapshot: serde_json::from_value::<Snapshot>(snapshot)?,
-                key: OrderKey {
-                    created: created.timestamp(),
-                    rank,
-                    event_id,
-                },
-            }),
-            None => None,
+        let Some(customer) = due else {
+            return Ok(None);
         };
-        let resolved = match mapping::needs(current.as_ref(), &event) {
-            Needs::Nothing(why) => return Ok(Outcome::Skipped(why)),
-            Needs::Price(prices) => {
-                let found = prices.iter().find_map(|p| self.prices.resolve_price(p));
-                match found {
-                    Some(r) => Some(r),
-                    None if prices.is_empty() => return Err(BillingError::NoPlatform(sub)),
-                    None => return Err(BillingError::UnknownPrice(prices.join(","))),
-                }
-            }
-            Needs::PlatformTier { platform, tier } => {
-                if !self.prices.has_tier(&platform, &tier) {
-                    return Err(BillingError::UnknownPlatformTier { platform, tier });
-                }
-                Some((platform, tier))
-            }
-            Needs::Merge => None,
-        };
-        let Some(next) = mapping::merge(current.as_ref(), &event, resolved) else {
-            return Ok(Outcome::Skipped("nothing changes"));
-        };
-        let (name, body) = mapping::tenant_apply_body(&next.snapshot);
-        let api: Api<Tenant> = Api::all(self.kube.clone());
-        api.patch(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&body),
-        )
-        .await?;
-        sqlx::query(
-            "INSERT INTO subscription_state (subscription_id, tenant, customer_id, status, event_id, event_created, status_rank, snapshot, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, to_timestamp($6), $7, $8, now()) \
-             ON CONFLICT (subscription_id) DO UPDATE SET tenant = $2, customer_id = $3, status = $4, event_id = $5, \
-             event_created = to_timestamp($6), status_rank = $7, snapshot = $8, updated_at = now()",
-        )
-        .bind(&sub)
-        .bind(&name)
-        .bind(&next.snapshot.customer_id)
-        .bind(serde_json::to_value(next.snapshot.status)?.as_str().unwrap_or_default().to_owned())
-        .bind(&event.id)
-        .bind(next.key.created as f64)
-        .bind(next.key.rank)
-        .bind(serde_json::to_value(&next.snapshot)?)
-        .execute(&mut **tx)
-        .await?;
-        tracing::info!(event_id = %event.id, subscription_id = %sub, tenant = %name, "tenant applied");
-        Ok(Outcome::Applied)
+        self.resync_in(&mut tx, &customer).await?;
+        tx.commit().await?;
+        Ok(Some(customer))
+    }
+
+    /// Reads `customer` from Stripe now and applies what it shows (a failed read stays queued).
+    pub async fn resync_customer(&self, customer: &str) -> Result<(), BillingError> {
+        let mut tx = self.db.begin().await?;
+        self.resync_in(&mut tx, customer).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn resync_in(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        customer: &str,
+    ) -> Result<(), BillingError> {
+        let read = self.read_customer(customer).await;
+        let ok = matches!(read, Some(Ok(_)));
+        self.sync_customer(tx, customer, None, read).await?;
+        if ok {
+            sqlx::query("DELETE FROM billing_resync WHERE customer_id = $1")
+                .bind(customer)
+                .execute(&mut **tx)
+                .await?;
+            tracing::info!(customer_id = %customer, "customer read from Stripe again");
+        }
+        Ok(())
     }
 
     /// Makes events that failed for want of a Platform due now.
@@ -219,6 +267,16 @@ impl Worker {
                     Ok(None) => break,
                     Err(error) => {
                         tracing::warn!(%error, "billing queue unreachable");
+                        break;
+                    }
+                }
+            }
+            loop {
+                match self.resync_one().await {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => break,
+                    Err(error) => {
+                        tracing::warn!(error_kind = error.metric_label(), %error, "re-reading a customer from Stripe");
                         break;
                     }
                 }

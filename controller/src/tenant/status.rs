@@ -181,7 +181,18 @@ pub fn payment_overdue_condition(tenant: &Tenant) -> Want {
         .subscription
         .as_ref()
         .is_some_and(|s| s.status == SubscriptionStatus::PastDue);
-    if annotated || past_due {
+    let action_required = tenant
+        .annotations()
+        .get(stackplane_crds::labels::PAYMENT_OVERDUE_REASON)
+        .is_some_and(|v| v == "payment_action_required");
+    if annotated && action_required {
+        Want::new(
+            PAYMENT_OVERDUE,
+            true,
+            "PaymentActionRequired",
+            "the customer must authenticate a payment: the stack keeps running meanwhile",
+        )
+    } else if annotated || past_due {
         Want::new(
             PAYMENT_OVERDUE,
             true,
@@ -433,6 +444,18 @@ mod tests {
                     .is_some_and(|f| f.0.get("f:status").is_some()))));
         t.metadata.managed_fields = Some(kept);
         assert!(legacy_status_owners(&t).is_none(), "nothing left to drop");
+    }
+
+    #[test]
+    fn payment_action_required_is_the_reason_billing_gave() {
+        let mut t = with_subscription(Some(SubscriptionStatus::Active), Some("true"));
+        t.metadata.annotations.get_or_insert_default().insert(
+            stackplane_crds::labels::PAYMENT_OVERDUE_REASON.to_owned(),
+            "payment_action_required".to_owned(),
+        );
+        let want = payment_overdue_condition(&t);
+        assert!(want.status);
+        assert_eq!(want.reason, "PaymentActionRequired");
     }
 
     #[test]
