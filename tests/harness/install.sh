@@ -5,6 +5,8 @@
 #     `kubernetes` source package (no registry ships these binaries)
 #   - moto (AWS API emulator) in a virtualenv
 #   - helm-python-sdk (real Helm, for the chart checks) in a virtualenv
+#   - schemathesis (OpenAPI property tests of the served document) in a virtualenv
+#   - cargo-fuzz (the fuzz smoke runs)
 # A second run finds everything cached and returns in seconds.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -99,4 +101,15 @@ if [ ! -x "$HELM_VENV/bin/python" ] || ! "$HELM_VENV/bin/python" -c 'import helm
   "$HELM_VENV/bin/pip" install -q --disable-pip-version-check "helm-python-sdk==0.2.*"
 fi
 
-log "ready: $K8S_BIN, $MOTO_VENV, $HELM_VENV"
+if [ ! -x "$SCHEMATHESIS_VENV/bin/schemathesis" ]; then
+  log "installing schemathesis into $SCHEMATHESIS_VENV"
+  python3 -m venv "$SCHEMATHESIS_VENV"
+  "$SCHEMATHESIS_VENV/bin/pip" install -q --disable-pip-version-check "schemathesis==4.32.*"
+fi
+
+if [ ! -x "$CARGO_FUZZ_ROOT/bin/cargo-fuzz" ]; then
+  log "installing cargo-fuzz into $CARGO_FUZZ_ROOT (a minute, once)"
+  cargo install -q --locked --root "$CARGO_FUZZ_ROOT" cargo-fuzz
+fi
+
+log "ready: $K8S_BIN, $MOTO_VENV, $HELM_VENV, $SCHEMATHESIS_VENV, $CARGO_FUZZ_ROOT"

@@ -7,6 +7,12 @@ K8S_VERSION="1.20.2"
 K8S_BIN="$STACKPLANE_CACHE/kubernetes-$K8S_VERSION/bin"
 MOTO_VENV="$STACKPLANE_CACHE/moto-venv"
 HELM_VENV="$STACKPLANE_CACHE/helm-venv"
+SCHEMATHESIS_VENV="$STACKPLANE_CACHE/schemathesis-venv"
+# cargo-fuzz (crates.io), installed with `cargo install --root` here.
+CARGO_FUZZ_ROOT="$STACKPLANE_CACHE/cargo-fuzz"
+# The fuzz targets' build (instrumented: nothing of the workspace's target dir is reusable),
+# kept here so that only the first run pays for it.
+FUZZ_TARGET_DIR="$STACKPLANE_CACHE/fuzz-target"
 PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
 
 log() { printf '[harness] %s\n' "$*" >&2; }

@@ -18,6 +18,7 @@ command -v etcd >/dev/null || die "etcd is missing: run tests/harness/install.sh
 [ -x "$PG_BIN/initdb" ] || die "$PG_BIN/initdb is missing: run tests/harness/install.sh"
 [ -x "$MOTO_VENV/bin/moto_server" ] || die "moto is missing: run tests/harness/install.sh"
 [ -x "$HELM_VENV/bin/python" ] || die "helm-python-sdk is missing: run tests/harness/install.sh"
+[ -x "$SCHEMATHESIS_VENV/bin/schemathesis" ] || die "schemathesis is missing: run tests/harness/install.sh"
 
 # Runs left behind by a killed shell (SIGKILL skips traps): stop them before starting anew.
 mkdir -p "$STACKPLANE_CACHE/runs"
@@ -161,6 +162,7 @@ export AWS_SECRET_ACCESS_KEY="testing"
 export PATH="$K8S_BIN:\$PATH"
 export STACKPLANE_HELM_PYTHON="$HELM_VENV/bin/python"
 export STACKPLANE_MOTO_PYTHON="$MOTO_VENV/bin/python"
+export STACKPLANE_SCHEMATHESIS="$SCHEMATHESIS_VENV/bin/schemathesis"
 ENV
 log "components up in $run (kube-apiserver :$api_port, postgres :$pg_port, moto :$moto_port)"
 trap - EXIT
