@@ -184,11 +184,15 @@ impl Authenticator {
             Ok(Ok(row)) => row,
             Ok(Err(error)) => {
                 tracing::error!(%error, "looking up a bearer token");
-                return Err(ApiError::unavailable("cannot check the token now; try again"));
+                return Err(ApiError::unavailable(
+                    "cannot check the token now; try again",
+                ));
             }
             Err(_) => {
                 tracing::error!("looking up a bearer token timed out");
-                return Err(ApiError::unavailable("cannot check the token now; try again"));
+                return Err(ApiError::unavailable(
+                    "cannot check the token now; try again",
+                ));
             }
         };
         match row {

@@ -68,13 +68,25 @@ pub struct HardeningArgs {
     #[arg(long, env = "STACKPLANE_RATE_LIMIT_BURST", default_value = "200")]
     pub rate_limit_burst: NonZeroU32,
     /// Sustained requests per second from one client address, before authentication.
-    #[arg(long, env = "STACKPLANE_ADDRESS_RATE_LIMIT_PER_SECOND", default_value = "50")]
+    #[arg(
+        long,
+        env = "STACKPLANE_ADDRESS_RATE_LIMIT_PER_SECOND",
+        default_value = "50"
+    )]
     pub address_rate_limit_per_second: NonZeroU32,
     /// Requests one client address may make in a burst, before authentication.
-    #[arg(long, env = "STACKPLANE_ADDRESS_RATE_LIMIT_BURST", default_value = "500")]
+    #[arg(
+        long,
+        env = "STACKPLANE_ADDRESS_RATE_LIMIT_BURST",
+        default_value = "500"
+    )]
     pub address_rate_limit_burst: NonZeroU32,
     /// Failed authentications (401) one address may make per minute, sustained.
-    #[arg(long, env = "STACKPLANE_AUTH_FAILURES_PER_MINUTE", default_value = "10")]
+    #[arg(
+        long,
+        env = "STACKPLANE_AUTH_FAILURES_PER_MINUTE",
+        default_value = "10"
+    )]
     pub auth_failures_per_minute: NonZeroU32,
     /// Failed authentications one address may make in a burst; then it is answered 429.
     #[arg(long, env = "STACKPLANE_AUTH_FAILURES_BURST", default_value = "10")]
@@ -246,7 +258,10 @@ impl RateLimits {
             ),
             (
                 Bucket::Identity,
-                RateLimiter::keyed(per_second(args.rate_limit_per_second, args.rate_limit_burst)),
+                RateLimiter::keyed(per_second(
+                    args.rate_limit_per_second,
+                    args.rate_limit_burst,
+                )),
             ),
             (
                 Bucket::WebhookValid,
@@ -335,7 +350,11 @@ pub fn retry_after_secs(wait: Duration) -> u64 {
 /// The 429 answer of an empty bucket.
 pub fn too_many(bucket: Bucket, wait: Duration) -> ApiError {
     let secs = retry_after_secs(wait);
-    tracing::warn!(bucket = bucket.metric_label(), retry_after = secs, "rate limited");
+    tracing::warn!(
+        bucket = bucket.metric_label(),
+        retry_after = secs,
+        "rate limited"
+    );
     ApiError::new(
         StatusCode::TOO_MANY_REQUESTS,
         "rate_limited",
@@ -369,11 +388,7 @@ impl Gate {
 
     /// 429 while this address is blocked for failed authentications.
     pub fn auth_blocked(&self) -> Result<(), ApiError> {
-        match self
-            .limits
-            .as_ref()
-            .and_then(|l| l.auth_blocked(self.addr))
-        {
+        match self.limits.as_ref().and_then(|l| l.auth_blocked(self.addr)) {
             Some(wait) => Err(too_many(Bucket::FailedAuth, wait)),
             None => Ok(()),
         }
@@ -420,7 +435,11 @@ struct Outer {
 
 /// Finds the client address, hands the limits on, and applies the per-address limit to every
 /// route but the webhook (which limits after checking the signature).
-async fn limit_by_address(State(outer): State<Outer>, mut request: Request, next: Next) -> Response {
+async fn limit_by_address(
+    State(outer): State<Outer>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -500,7 +519,10 @@ pub fn apply(router: Router, args: &HardeningArgs, metrics: &Metrics) -> Router 
         .layer(DefaultBodyLimit::max(args.max_json_body_bytes))
         .layer(axum::middleware::from_fn_with_state(timeout, time_limit));
     let mut router = catch_panics(router, metrics)
-        .layer(axum::middleware::from_fn_with_state(outer, limit_by_address))
+        .layer(axum::middleware::from_fn_with_state(
+            outer,
+            limit_by_address,
+        ))
         .layer(static_header(X_CONTENT_TYPE_OPTIONS, "nosniff"))
         .layer(static_header(X_FRAME_OPTIONS, "DENY"))
         .layer(static_header(REFERRER_POLICY, "no-referrer"))
@@ -584,7 +606,10 @@ mod tests {
             client_ip(proxy, ["1.2.3.4, 203.0.113.9, 10.9.9.9"], &trusted),
             client
         );
-        assert_eq!(client_ip(proxy, ["1.2.3.4", "203.0.113.9"], &trusted), client);
+        assert_eq!(
+            client_ip(proxy, ["1.2.3.4", "203.0.113.9"], &trusted),
+            client
+        );
         assert_eq!(client_ip(proxy, ["garbage"], &trusted), proxy);
         assert_eq!(client_ip(proxy, Vec::<&str>::new(), &trusted), proxy);
         assert_eq!(client_ip(proxy, ["203.0.113.9"], &[]), proxy);

@@ -59,22 +59,20 @@ async fn healthz(State(internal): State<Internal>) -> Response {
 }
 
 async fn readyz(State(internal): State<Internal>) -> Response {
-    let database = match tokio::time::timeout(
-        CHECK_TIMEOUT,
-        sqlx::query("SELECT 1").execute(&internal.db),
-    )
-    .await
-    {
-        Ok(Ok(_)) => "ok",
-        Ok(Err(error)) => {
-            tracing::warn!(%error, "readiness: the database does not answer");
-            "failed"
-        }
-        Err(_) => {
-            tracing::warn!("readiness: the database timed out");
-            "failed"
-        }
-    };
+    let database =
+        match tokio::time::timeout(CHECK_TIMEOUT, sqlx::query("SELECT 1").execute(&internal.db))
+            .await
+        {
+            Ok(Ok(_)) => "ok",
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "readiness: the database does not answer");
+                "failed"
+            }
+            Err(_) => {
+                tracing::warn!("readiness: the database timed out");
+                "failed"
+            }
+        };
     let kubernetes = match &internal.kube {
         None => "ok",
         Some(kube) => match tokio::time::timeout(CHECK_TIMEOUT, kube.apiserver_version()).await {

@@ -75,7 +75,11 @@ pub struct ServeArgs {
 
     /// Address of the internal listener: `/healthz`, `/readyz`, `/metrics` (probes and
     /// Prometheus only; never exposed by the Ingress).
-    #[arg(long, env = "STACKPLANE_INTERNAL_LISTEN", default_value = "0.0.0.0:9091")]
+    #[arg(
+        long,
+        env = "STACKPLANE_INTERNAL_LISTEN",
+        default_value = "0.0.0.0:9091"
+    )]
     pub internal_listen: SocketAddr,
 
     /// Seconds a verified tenant token is believed without asking the database; a revoked

@@ -123,7 +123,9 @@ async fn main() -> anyhow::Result<()> {
             };
             let wake = state.billing.wake.clone();
             supervise(&health, "billing-worker", move || {
-                worker.clone().run(wake.clone(), telemetry::shutdown_signal())
+                worker
+                    .clone()
+                    .run(wake.clone(), telemetry::shutdown_signal())
             });
             let (metrics, db) = (state.metrics.clone(), state.db.clone());
             supervise(&health, "queue-sampler", move || {

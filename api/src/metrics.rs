@@ -153,7 +153,12 @@ impl Metrics {
     /// runs a query: `/metrics` shows the last sample.
     pub async fn sample_queue(self, db: sqlx::PgPool, every: std::time::Duration) {
         loop {
-            match tokio::time::timeout(every.max(std::time::Duration::from_secs(1)), self.refresh_queue(&db)).await {
+            match tokio::time::timeout(
+                every.max(std::time::Duration::from_secs(1)),
+                self.refresh_queue(&db),
+            )
+            .await
+            {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => tracing::warn!(%error, "sampling the billing queue"),
                 Err(_) => tracing::warn!("sampling the billing queue timed out"),

@@ -51,7 +51,10 @@ impl Modify for CommonResponses {
                         .or_insert_with(|| error(description).into());
                 };
                 add("429", "rate limited (Retry-After)");
-                add("503", "timed out, or the database is unavailable (Retry-After)");
+                add(
+                    "503",
+                    "timed out, or the database is unavailable (Retry-After)",
+                );
                 if op.security.as_ref().is_some_and(|s| !s.is_empty()) {
                     add("401", "no, an unknown, a revoked or an expired token");
                 }
@@ -242,6 +245,9 @@ mod tests {
         assert!(doc["components"]["schemas"]["TenantView"].is_object());
         assert!(doc["components"]["schemas"]["CheckoutRequest"].is_object());
         assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
-        assert!(doc["paths"]["/readyz"].is_null(), "internal endpoints are not public");
+        assert!(
+            doc["paths"]["/readyz"].is_null(),
+            "internal endpoints are not public"
+        );
     }
 }

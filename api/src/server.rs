@@ -55,7 +55,10 @@ pub fn router_with(state: AppState, options: RouterOptions) -> Router {
 }
 
 /// The public router and every (method, path) it serves.
-pub fn public(state: AppState, options: RouterOptions) -> (Router, Vec<(&'static str, &'static str)>) {
+pub fn public(
+    state: AppState,
+    options: RouterOptions,
+) -> (Router, Vec<(&'static str, &'static str)>) {
     let auth = Authenticator::new(
         &state.billing.secrets.admin_token,
         state.db.clone(),
@@ -70,13 +73,11 @@ pub fn public(state: AppState, options: RouterOptions) -> (Router, Vec<(&'static
         .merge(add(RouteTable::default()
             .post("/api/v1/billing/events/{id}/replay", replay_event)
             .finish(state.clone())))
-        .merge(add(crate::billing::checkout::routes(
-            state.clone(),
-            options.checkout,
-        )));
+        .merge(add(crate::billing::checkout::routes(options.checkout)));
     if let Some(api) = options.tenants {
-        authenticated = authenticated
-            .merge(add(crate::tenants::routes(RouteTable::default()).finish(api)));
+        authenticated = authenticated.merge(add(
+            crate::tenants::routes(RouteTable::default()).finish(api)
+        ));
     }
     let authenticated = authenticated.route_layer(axum::middleware::from_fn_with_state(
         auth,
@@ -87,7 +88,11 @@ pub fn public(state: AppState, options: RouterOptions) -> (Router, Vec<(&'static
             crate::hardening::WEBHOOK,
             crate::billing::webhook::stripe_webhook,
         )
-        .map(|r| r.layer(DefaultBodyLimit::max(crate::billing::webhook::MAX_BODY_BYTES)))
+        .map(|r| {
+            r.layer(DefaultBodyLimit::max(
+                crate::billing::webhook::MAX_BODY_BYTES,
+            ))
+        })
         .finish(state.clone()));
     let audited = authenticated
         .merge(webhook)

@@ -94,7 +94,11 @@ where
     tokio::spawn(async move {
         let ended = tokio::spawn(task).await;
         health.set(name, false);
-        tracing::error!(task = name, panicked = ended.is_err(), "background task ended; /healthz fails until a restart");
+        tracing::error!(
+            task = name,
+            panicked = ended.is_err(),
+            "background task ended; /healthz fails until a restart"
+        );
     });
 }
 

@@ -172,7 +172,11 @@ async fn metrics_show_webhooks_by_type_and_outcome_queue_depth_and_lag() {
         }
     };
     let text = stackplane_tests::eventually("the sampled queue depth", scrape).await;
-    let public = http.get(format!("{base}/metrics")).send().await.expect("send");
+    let public = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("send");
     assert_eq!(public.status().as_u16(), 404, "not on the public listener");
     let expect = [
         (

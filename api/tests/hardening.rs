@@ -217,7 +217,10 @@ async fn a_scanner_on_the_webhook_cannot_starve_stripes_deliveries() {
         let (payload, _) = signed(&format!("evt_forged_{i}"));
         let resp = http
             .post(&url)
-            .header("stripe-signature", format!("t={},v1=00", chrono::Utc::now().timestamp()))
+            .header(
+                "stripe-signature",
+                format!("t={},v1=00", chrono::Utc::now().timestamp()),
+            )
             .body(payload)
             .send()
             .await
@@ -244,7 +247,10 @@ async fn a_scanner_on_the_webhook_cannot_starve_stripes_deliveries() {
     assert_eq!(stored, 20, "only the real deliveries are stored");
     let text = server.metrics.encode().expect("metrics");
     assert_eq!(
-        sample(&text, "stackplane_api_rate_limited_total{bucket=\"webhook_invalid\"}"),
+        sample(
+            &text,
+            "stackplane_api_rate_limited_total{bucket=\"webhook_invalid\"}"
+        ),
         4.0,
         "{text}"
     );
@@ -255,8 +261,17 @@ async fn a_scanner_on_the_webhook_cannot_starve_stripes_deliveries() {
     .fetch_all(&server.db)
     .await
     .expect("audit");
-    assert_eq!(rows.iter().filter(|(a, o)| a == "stripe" && o == "success").count(), 20);
-    assert_eq!(rows.iter().filter(|(a, _)| a == "anonymous").count(), 6, "{rows:?}");
+    assert_eq!(
+        rows.iter()
+            .filter(|(a, o)| a == "stripe" && o == "success")
+            .count(),
+        20
+    );
+    assert_eq!(
+        rows.iter().filter(|(a, _)| a == "anonymous").count(),
+        6,
+        "{rows:?}"
+    );
 }
 
 #[tokio::test]
@@ -277,7 +292,9 @@ async fn guessed_tokens_get_429_per_address_and_the_admin_keeps_working() {
     };
     let mut guesser = Vec::new();
     for i in 0..6 {
-        let resp = from("203.0.113.5", format!("spt_guess_{i}")).await.expect("send");
+        let resp = from("203.0.113.5", format!("spt_guess_{i}"))
+            .await
+            .expect("send");
         if resp.status().as_u16() == 429 {
             assert!(resp.headers().contains_key("retry-after"));
         }
@@ -285,11 +302,17 @@ async fn guessed_tokens_get_429_per_address_and_the_admin_keeps_working() {
     }
     assert_eq!(guesser, [401, 401, 401, 429, 429, 429]);
     // Another client behind the same ingress has its own failure bucket.
-    let other = from("203.0.113.6", "spt_typo".to_owned()).await.expect("send");
+    let other = from("203.0.113.6", "spt_typo".to_owned())
+        .await
+        .expect("send");
     assert_eq!(other.status().as_u16(), 401);
     // The admin from the guesser's own address still gets through (known without a lookup).
     let admin = from("203.0.113.5", ADMIN.to_owned()).await.expect("send");
-    assert_eq!(admin.status().as_u16(), 404, "reached the handler: no such event");
+    assert_eq!(
+        admin.status().as_u16(),
+        404,
+        "reached the handler: no such event"
+    );
     // X-Forwarded-For from a peer that is not a trusted proxy is not believed.
     let direct = start(HardeningArgs {
         auth_failures_per_minute: NonZeroU32::MIN,
@@ -319,11 +342,17 @@ async fn guessed_tokens_get_429_per_address_and_the_admin_keeps_working() {
     .expect("audit");
     assert_eq!(rows.len(), 8, "{rows:?}");
     assert_eq!(
-        rows.iter().filter(|(a, _, s)| a == "anonymous" && *s == 429).count(),
+        rows.iter()
+            .filter(|(a, _, s)| a == "anonymous" && *s == 429)
+            .count(),
         3,
         "{rows:?}"
     );
-    assert!(rows.iter().any(|(a, o, s)| a == "admin" && o == "denied" && *s == 404), "{rows:?}");
+    assert!(
+        rows.iter()
+            .any(|(a, o, s)| a == "admin" && o == "denied" && *s == 404),
+        "{rows:?}"
+    );
 }
 
 #[tokio::test]

@@ -22,8 +22,8 @@ use stackplane_api::server::{router_with, AppState, BillingState, RouterOptions}
 use stackplane_api::tenants::{MetricsSourceArgs, TenantApi};
 use stackplane_crds::{Platform, Tenant, TenantSpec};
 use stackplane_tests::{
-    eventually_within, example_platform_files, install_crds, kube_client, stripe_signature,
-    unique, PrivatePostgres,
+    eventually_within, example_platform_files, install_crds, kube_client, stripe_signature, unique,
+    PrivatePostgres,
 };
 
 const SECRET: &str = "whsec_outage_test";
@@ -76,7 +76,11 @@ fn processed_total(metrics: &Metrics, outcomes: &[&str]) -> f64 {
     let text = metrics.encode().expect("metrics");
     text.lines()
         .filter(|l| l.starts_with("stackplane_billing_events_processed_total{"))
-        .filter(|l| outcomes.iter().any(|o| l.contains(&format!("outcome=\"{o}\""))))
+        .filter(|l| {
+            outcomes
+                .iter()
+                .any(|o| l.contains(&format!("outcome=\"{o}\"")))
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
@@ -114,7 +118,8 @@ async fn postgres_blinks_during_deliveries_and_nothing_is_lost_or_applied_twice(
         )
         .await
         .expect("create tenant");
-    let (tenants, watches) = TenantApi::start(db.clone(), kube.clone(), MetricsSourceArgs::default());
+    let (tenants, watches) =
+        TenantApi::start(db.clone(), kube.clone(), MetricsSourceArgs::default());
     tokio::spawn(watches.run());
     assert!(tenants.ready().await);
 
@@ -212,7 +217,7 @@ async fn postgres_blinks_during_deliveries_and_nothing_is_lost_or_applied_twice(
                 async move { (n >= DELIVERIES / 3).then_some(()) }
             })
             .await;
-            pg.stop();
+            tokio::task::block_in_place(|| pg.stop());
             let refused_before = refused_count.load(Ordering::SeqCst);
             // While it is down, status is served from the cache, for the admin and for a
             // tenant token verified before.
@@ -222,12 +227,12 @@ async fn postgres_blinks_during_deliveries_and_nothing_is_lost_or_applied_twice(
                 async move { (n >= refused_before + 100).then_some(()) }
             })
             .await;
-            pg.resume();
+            tokio::task::block_in_place(|| pg.resume());
             during
         }
     };
-    let senders = futures::stream::iter(events.iter().cloned())
-        .for_each_concurrent(SENDERS, |(id, body)| {
+    let senders =
+        futures::stream::iter(events.iter().cloned()).for_each_concurrent(SENDERS, |(id, body)| {
             let (http, url) = (http.clone(), url.clone());
             let (acknowledged, refused, duplicates) =
                 (acknowledged.clone(), refused.clone(), duplicates.clone());
@@ -258,7 +263,10 @@ async fn postgres_blinks_during_deliveries_and_nothing_is_lost_or_applied_twice(
         statuses.iter().all(|s| *s == 503),
         "while the database is down the webhook answers 503 (Stripe retries): {statuses:?}"
     );
-    assert!(!refused_first.is_empty(), "the outage refused some deliveries");
+    assert!(
+        !refused_first.is_empty(),
+        "the outage refused some deliveries"
+    );
 
     // Stripe redelivers what got non-2xx until it is acknowledged.
     let mut pending: Vec<String> = refused_first.keys().cloned().collect();
@@ -279,14 +287,21 @@ async fn postgres_blinks_during_deliveries_and_nothing_is_lost_or_applied_twice(
                 still.push(id.clone());
             }
         }
-        eprintln!("redelivery round {round}: {} of {} still refused", still.len(), pending.len());
+        eprintln!(
+            "redelivery round {round}: {} of {} still refused",
+            still.len(),
+            pending.len()
+        );
         pending = still;
         if !pending.is_empty() {
             // Stripe's retries are spaced out; so are these (the database is still starting).
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
-    assert!(pending.is_empty(), "every delivery is acknowledged in the end: {pending:?}");
+    assert!(
+        pending.is_empty(),
+        "every delivery is acknowledged in the end: {pending:?}"
+    );
     let acknowledged = acknowledged.lock().expect("lock").clone();
     assert_eq!(acknowledged.len(), DELIVERIES);
 
@@ -299,7 +314,10 @@ async fn postgres_blinks_during_deliveries_and_nothing_is_lost_or_applied_twice(
     .await
     .expect("stored events");
     let stored_ids: BTreeSet<String> = stored.iter().map(|(id, _, _)| id.clone()).collect();
-    assert_eq!(stored_ids, acknowledged, "every acknowledged event is stored");
+    assert_eq!(
+        stored_ids, acknowledged,
+        "every acknowledged event is stored"
+    );
     assert_eq!(stored.len(), DELIVERIES, "each once");
 
     // Applied: the worker finishes every event, and each exactly once.
@@ -325,7 +343,10 @@ async fn postgres_blinks_during_deliveries_and_nothing_is_lost_or_applied_twice(
     .fetch_one(&db)
     .await
     .expect("applied");
-    assert_eq!(applied as usize, SUBSCRIPTIONS, "each subscription event made its Tenant");
+    assert_eq!(
+        applied as usize, SUBSCRIPTIONS,
+        "each subscription event made its Tenant"
+    );
     let processings = processed_total(&metrics, &["applied", "skipped"]);
     assert_eq!(
         processings, DELIVERIES as f64,

@@ -108,8 +108,12 @@ async fn start_setup(setup: Setup) -> Env {
         db: db.clone(),
         metrics: metrics.clone(),
         billing: Arc::new(BillingState {
-            secrets: Secrets::from_values(Some("whsec_tenants"), Some("sk_test_tenants"), Some(ADMIN))
-                .expect("secrets"),
+            secrets: Secrets::from_values(
+                Some("whsec_tenants"),
+                Some("sk_test_tenants"),
+                Some(ADMIN),
+            )
+            .expect("secrets"),
             wake: Default::default(),
         }),
     };
@@ -759,11 +763,19 @@ async fn tenant_tokens_have_daily_backup_and_restore_limits_and_the_admin_has_no
         .find(|(s, _)| *s == StatusCode::TOO_MANY_REQUESTS)
         .cloned()
         .expect("a refused backup");
-    assert_error(status, &body, StatusCode::TOO_MANY_REQUESTS, "quota_exceeded");
+    assert_error(
+        status,
+        &body,
+        StatusCode::TOO_MANY_REQUESTS,
+        "quota_exceeded",
+    );
     let message = body["error"]["message"].as_str().unwrap_or_default();
     let tomorrow = (Utc::now().date_naive() + chrono::Days::new(1)).to_string();
     assert!(message.contains("at most 2 backups"), "{message}");
-    assert!(message.contains(&format!("{tomorrow}T00:00:00+00:00")), "{message}");
+    assert!(
+        message.contains(&format!("{tomorrow}T00:00:00+00:00")),
+        "{message}"
+    );
     let resp = env
         .http
         .post(format!("{}{backups}", env.base))
@@ -805,7 +817,10 @@ async fn tenant_tokens_have_daily_backup_and_restore_limits_and_the_admin_has_no
         async move {
             store
                 .get(&ObjectRef::new(&source))
-                .filter(|b| b.status.as_ref().and_then(|s| s.phase) == Some(stackplane_crds::BackupPhase::Completed))
+                .filter(|b| {
+                    b.status.as_ref().and_then(|s| s.phase)
+                        == Some(stackplane_crds::BackupPhase::Completed)
+                })
                 .map(|_| ())
         }
     })
@@ -814,8 +829,19 @@ async fn tenant_tokens_have_daily_backup_and_restore_limits_and_the_admin_has_no
     let (status, body) = env.post(&restore, Some(&token), "{}").await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     let (status, body) = env.post(&restore, Some(&token), "{}").await;
-    assert_error(status, &body, StatusCode::TOO_MANY_REQUESTS, "quota_exceeded");
-    assert!(body["error"]["message"].as_str().unwrap_or_default().contains("at most 1 restores"), "{body}");
+    assert_error(
+        status,
+        &body,
+        StatusCode::TOO_MANY_REQUESTS,
+        "quota_exceeded",
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("at most 1 restores"),
+        "{body}"
+    );
     let (status, body) = env.post(&restore, Some(ADMIN), "{}").await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     // Refused requests are audited, as the token.
@@ -883,7 +909,11 @@ async fn a_failed_audit_write_is_logged_and_counted_never_dropped_silently() {
         .await
         .expect("block audit writes");
     let (status, body) = env
-        .post(&format!("/api/v1/tenants/{name}/backups"), Some(ADMIN), "{}")
+        .post(
+            &format!("/api/v1/tenants/{name}/backups"),
+            Some(ADMIN),
+            "{}",
+        )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     let (status, _) = env.post("/api/v1/tenants/x/backups", None, "{}").await;
@@ -907,7 +937,11 @@ async fn healthz_fails_while_a_supervised_task_is_down_and_recovers_when_it_runs
     }))
     .await;
     // The real watches, supervised, and a task that fails its first run then keeps running.
-    let (_, watches) = TenantApi::start(env.db.clone(), env.kube.clone(), MetricsSourceArgs::default());
+    let (_, watches) = TenantApi::start(
+        env.db.clone(),
+        env.kube.clone(),
+        MetricsSourceArgs::default(),
+    );
     let watches = Arc::new(watches);
     let w = watches.clone();
     stackplane_api::supervisor::supervise(&health, "tenant-watch", move || w.tenants());
@@ -927,7 +961,12 @@ async fn healthz_fails_while_a_supervised_task_is_down_and_recovers_when_it_runs
         }
     });
     let healthz = || async {
-        let resp = env.http.get(format!("{internal}/healthz")).send().await.ok()?;
+        let resp = env
+            .http
+            .get(format!("{internal}/healthz"))
+            .send()
+            .await
+            .ok()?;
         let status = resp.status();
         let body: Value = resp.json().await.ok()?;
         Some((status, body))

@@ -286,9 +286,7 @@ impl PrivatePostgres {
     }
 
     fn run(mut command: std::process::Command, what: &str) {
-        let out = command
-            .output()
-            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let out = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
         assert!(
             out.status.success(),
             "{what} failed: {}{}",
@@ -311,10 +309,13 @@ impl PrivatePostgres {
             .map(|a| a.port())
             .unwrap_or_else(|e| panic!("a free port: {e}"));
         let mut initdb = Self::command("initdb");
-        initdb
-            .arg("-D")
-            .arg(dir.join("data"))
-            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8"]);
+        initdb.arg("-D").arg(dir.join("data")).args([
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+        ]);
         Self::run(initdb, "initdb");
         let pg = Self {
             url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),

@@ -258,7 +258,8 @@ fn internal_endpoints_are_off_the_public_service_and_ingress() {
             .cloned()
             .collect()
     };
-    let api_component = |d: &serde_json::Value| d["metadata"]["labels"]["app.kubernetes.io/component"] == "api";
+    let api_component =
+        |d: &serde_json::Value| d["metadata"]["labels"]["app.kubernetes.io/component"] == "api";
     let deployment = find("Deployment", &api_component);
     assert_eq!(deployment.len(), 1);
     let container = &deployment[0]["spec"]["template"]["spec"]["containers"][0];
@@ -266,18 +267,34 @@ fn internal_endpoints_are_off_the_public_service_and_ingress() {
         .as_array()
         .expect("ports")
         .iter()
-        .map(|p| (p["name"].as_str().unwrap_or_default().to_owned(), p["containerPort"].as_i64().unwrap_or_default()))
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap_or_default().to_owned(),
+                p["containerPort"].as_i64().unwrap_or_default(),
+            )
+        })
         .collect();
-    assert_eq!(ports, [("http".to_owned(), 8080), ("internal".to_owned(), 9091)]);
+    assert_eq!(
+        ports,
+        [("http".to_owned(), 8080), ("internal".to_owned(), 9091)]
+    );
     assert_eq!(container["livenessProbe"]["httpGet"]["port"], "internal");
     assert_eq!(container["readinessProbe"]["httpGet"]["port"], "internal");
     let env: Vec<(String, String)> = container["env"]
         .as_array()
         .expect("env")
         .iter()
-        .filter_map(|e| Some((e["name"].as_str()?.to_owned(), e["value"].as_str()?.to_owned())))
+        .filter_map(|e| {
+            Some((
+                e["name"].as_str()?.to_owned(),
+                e["value"].as_str()?.to_owned(),
+            ))
+        })
         .collect();
-    assert!(env.contains(&("STACKPLANE_INTERNAL_LISTEN".into(), "0.0.0.0:9091".into())), "{env:?}");
+    assert!(
+        env.contains(&("STACKPLANE_INTERNAL_LISTEN".into(), "0.0.0.0:9091".into())),
+        "{env:?}"
+    );
 
     let services = find("Service", &api_component);
     let service_ports = |s: &serde_json::Value| -> Vec<String> {
@@ -288,8 +305,14 @@ fn internal_endpoints_are_off_the_public_service_and_ingress() {
             .map(|p| p["targetPort"].as_str().unwrap_or_default().to_owned())
             .collect()
     };
-    let public: Vec<_> = services.iter().filter(|s| service_ports(s) == ["http"]).collect();
-    let internal: Vec<_> = services.iter().filter(|s| service_ports(s) == ["internal"]).collect();
+    let public: Vec<_> = services
+        .iter()
+        .filter(|s| service_ports(s) == ["http"])
+        .collect();
+    let internal: Vec<_> = services
+        .iter()
+        .filter(|s| service_ports(s) == ["internal"])
+        .collect();
     assert_eq!((public.len(), internal.len()), (1, 1), "{services:?}");
     let ingress = find("Ingress", &api_component);
     assert_eq!(ingress.len(), 1);
@@ -302,7 +325,10 @@ fn internal_endpoints_are_off_the_public_service_and_ingress() {
         .collect();
     assert!(!backends.is_empty());
     for backend in backends {
-        assert_eq!(backend["name"], public[0]["metadata"]["name"], "the Ingress routes to the public Service");
+        assert_eq!(
+            backend["name"], public[0]["metadata"]["name"],
+            "the Ingress routes to the public Service"
+        );
         assert_eq!(backend["port"]["name"], "http");
     }
     let monitor = find("ServiceMonitor", &|_| true);
@@ -648,7 +674,11 @@ async fn start_api(ns: &str, sa: &str, dir: &Path) -> (Proc, String) {
             .await
             .expect("internal");
         assert_eq!(resp.status().as_u16(), 200, "{path}");
-        let public = http.get(format!("{base}{path}")).send().await.expect("public");
+        let public = http
+            .get(format!("{base}{path}"))
+            .send()
+            .await
+            .expect("public");
         assert_eq!(public.status().as_u16(), 404, "{path} is not public");
     }
     (api, base)

@@ -31,7 +31,6 @@ use crate::audit::AuditDetails;
 use crate::caller::Caller;
 use crate::http_error::ApiError;
 use crate::routes::RouteTable;
-use crate::state::AppState;
 
 /// Stripe's limit on `client_reference_id`.
 const MAX_USER_REF: usize = 200;
@@ -194,20 +193,16 @@ impl Checkout {
 /// State of the billing session routes.
 #[derive(Clone)]
 struct SessionState {
-    app: AppState,
     checkout: Option<Arc<Checkout>>,
 }
 
 /// The checkout and portal routes (authenticated by the server); without `checkout` they
 /// answer 503. The router and the routes it serves.
-pub fn routes(
-    app: AppState,
-    checkout: Option<Arc<Checkout>>,
-) -> (Router, Vec<(&'static str, &'static str)>) {
+pub fn routes(checkout: Option<Arc<Checkout>>) -> (Router, Vec<(&'static str, &'static str)>) {
     RouteTable::default()
         .post("/api/v1/billing/checkout", create_checkout)
         .post("/api/v1/billing/portal", create_portal)
-        .finish(SessionState { app, checkout })
+        .finish(SessionState { checkout })
 }
 
 /// Body of `POST /api/v1/billing/checkout`.

@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::State;
 use crate::extract::Path;
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -295,7 +295,9 @@ async fn create_object(
         },
         status: None,
     };
-    let create = Api::<TenantBackup>::all(api.kube.clone()).create(&PostParams::default(), &backup);
+    let backups = Api::<TenantBackup>::all(api.kube.clone());
+    let params = PostParams::default();
+    let create = backups.create(&params, &backup);
     let created = tokio::time::timeout(KUBE_TIMEOUT, create)
         .await
         .map_err(|_| {

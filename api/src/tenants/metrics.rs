@@ -2,8 +2,8 @@
 //! its namespace, bandwidth from Prometheus when one is configured (otherwise reported as
 //! unavailable, never invented).
 
-use axum::extract::State;
 use crate::extract::Path;
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Duration, Utc};

@@ -149,7 +149,15 @@ mod tests {
         let err = exceeded("a", Kind::Restore, 3, now);
         assert_eq!(err.status, StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(err.retry_after, Some(5400));
-        assert!(err.message.contains("at most 3 restores"), "{}", err.message);
-        assert!(err.message.contains("2027-01-01T00:00:00+00:00"), "{}", err.message);
+        assert!(
+            err.message.contains("at most 3 restores"),
+            "{}",
+            err.message
+        );
+        assert!(
+            err.message.contains("2027-01-01T00:00:00+00:00"),
+            "{}",
+            err.message
+        );
     }
 }

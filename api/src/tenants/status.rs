@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::State;
 use crate::extract::Path;
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};

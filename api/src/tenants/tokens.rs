@@ -1,8 +1,8 @@
 //! Tenant-scoped bearer tokens: issued by the admin (shown once, stored as a SHA-256 hash),
 //! listed without their secret, revoked.
 
-use axum::extract::State;
 use crate::extract::Path;
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
