@@ -3,11 +3,16 @@
 //! and every response matches the document (status code, content type, schema). Also: the
 //! document and the router list the same operations.
 
+#![recursion_limit = "256"]
+
 use std::process::Command;
 use std::sync::Arc;
 
 use kube::api::PostParams;
 use kube::Api;
+use serde_json::{json, Value};
+use stackplane_api::billing::checkout::{Checkout, CheckoutArgs};
+use stackplane_api::billing::prices::PlatformCache;
 use stackplane_api::config::Secrets;
 use stackplane_api::hardening::HardeningArgs;
 use stackplane_api::metrics::Metrics;
@@ -17,6 +22,80 @@ use stackplane_crds::{Tenant, TenantSpec};
 use stackplane_tests::{fresh_database, install_crds, kube_client, required_env, unique};
 
 const ADMIN: &str = "schemathesis-admin-token";
+const STRIPE_KEY: &str = "sk_test_schemathesis";
+
+fn param(params: &[(String, String)], key: &str) -> Value {
+    params
+        .iter()
+        .find(|(k, _)| k == key)
+        .map_or(Value::Null, |(_, v)| json!(v))
+}
+
+/// A stand-in of Stripe's API answering the two calls the api makes with the documented
+/// object shapes, so that checkout and portal are configured as in production.
+async fn stripe_stand_in(
+    uri: axum::http::Uri,
+    axum::extract::Form(params): axum::extract::Form<Vec<(String, String)>>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let now = chrono::Utc::now().timestamp();
+    let id = unique("x").replace('-', "");
+    match uri.path() {
+        "/v1/checkout/sessions" => axum::Json(json!({
+            "id": format!("cs_test_{id}"), "object": "checkout.session", "after_expiration": null,
+            "allow_promotion_codes": null, "amount_subtotal": 2900, "amount_total": 2900,
+            "automatic_tax": {"enabled": false, "liability": null, "provider": null, "status": null},
+            "billing_address_collection": null, "cancel_url": param(&params, "cancel_url"),
+            "client_reference_id": param(&params, "client_reference_id"), "client_secret": null,
+            "consent": null, "consent_collection": null, "created": now, "currency": "usd",
+            "currency_conversion": null, "custom_fields": [],
+            "custom_text": {"after_submit": null, "shipping_address": null, "submit": null,
+                "terms_of_service_acceptance": null},
+            "customer": null, "customer_creation": "always", "customer_details": null,
+            "customer_email": param(&params, "customer_email"), "expires_at": now + 86_400,
+            "invoice": null, "invoice_creation": null, "livemode": false, "locale": null,
+            "metadata": {}, "mode": "subscription", "payment_intent": null, "payment_link": null,
+            "payment_method_collection": "always", "payment_method_configuration_details": null,
+            "payment_method_options": {}, "payment_method_types": ["card"],
+            "payment_status": "unpaid", "phone_number_collection": {"enabled": false},
+            "recovered_from": null, "saved_payment_method_options": null, "setup_intent": null,
+            "shipping_address_collection": null, "shipping_cost": null, "shipping_options": [],
+            "status": "open", "submit_type": null, "subscription": null,
+            "success_url": param(&params, "success_url"), "total_details":
+                {"amount_discount": 0, "amount_shipping": 0, "amount_tax": 0},
+            "ui_mode": "hosted", "url": format!("https://checkout.stripe.com/c/pay/cs_test_{id}")
+        }))
+        .into_response(),
+        "/v1/billing_portal/sessions" => axum::Json(json!({
+            "id": format!("bps_{id}"), "object": "billing_portal.session",
+            "configuration": "bpc_1StandInConfig", "created": now,
+            "customer": param(&params, "customer"), "flow": null, "livemode": false,
+            "locale": null, "on_behalf_of": null, "return_url": param(&params, "return_url"),
+            "url": format!("https://billing.stripe.com/p/session/test_bps_{id}")
+        }))
+        .into_response(),
+        _ => (
+            axum::http::StatusCode::NOT_FOUND,
+            axum::Json(json!({"error": {"message": "Unrecognized request URL", "type": "invalid_request_error"}})),
+        )
+            .into_response(),
+    }
+}
+
+async fn listen(app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await
+    });
+    base
+}
 
 async fn serve() -> (String, Vec<(&'static str, &'static str)>) {
     let kube = kube_client().await;
@@ -30,14 +109,30 @@ async fn serve() -> (String, Vec<(&'static str, &'static str)>) {
         )
         .await
         .expect("a tenant");
-    let (api, watches) = TenantApi::start(db.clone(), kube, MetricsSourceArgs::default());
+    let (api, watches) = TenantApi::start(db.clone(), kube.clone(), MetricsSourceArgs::default());
     tokio::spawn(watches.run());
     assert!(api.ready().await);
+    let (prices, driver) = PlatformCache::start(kube.clone());
+    tokio::spawn(driver);
+    assert!(prices.ready().await);
+    let stripe = listen(axum::Router::new().fallback(stripe_stand_in)).await;
+    let checkout = Checkout::new(
+        &CheckoutArgs {
+            checkout_success_url: Some("https://dashboard.example.com/ok".into()),
+            checkout_cancel_url: Some("https://dashboard.example.com/cancel".into()),
+            portal_return_url: Some("https://dashboard.example.com/account".into()),
+            stripe_api_base: Some(stripe),
+        },
+        STRIPE_KEY,
+        prices,
+        kube,
+    )
+    .expect("stripe client");
     let state = AppState {
         db,
         metrics: Metrics::new(),
         billing: Arc::new(BillingState {
-            secrets: Secrets::from_values(Some("whsec_st"), Some("sk_test_st"), Some(ADMIN))
+            secrets: Secrets::from_values(Some("whsec_st"), Some(STRIPE_KEY), Some(ADMIN))
                 .expect("secrets"),
             wake: Default::default(),
         }),
@@ -58,21 +153,11 @@ async fn serve() -> (String, Vec<(&'static str, &'static str)>) {
                 ..HardeningArgs::default()
             },
             tenants: Some(api),
+            checkout: Some(Arc::new(checkout)),
             ..RouterOptions::default()
         },
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .await
-    });
-    (base, routes)
+    (listen(app).await, routes)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -373,8 +373,9 @@ async fn create_portal(
         Ok(Json(req)) => req,
         Err(rejection) => return json_rejection(rejection),
     };
-    if let Err(e) = caller.may_read(&req.tenant) {
-        return e.into_response();
+    // A name Kubernetes cannot hold is the caller's error (400), never a failed API call.
+    if let Err(e) = crate::extract::tenant_name(&req.tenant).and_then(|t| caller.may_read(t)) {
+        return with_details(e.into_response(), json!({ "tenant": req.tenant }));
     }
     match portal_session(&state, &req.tenant).await {
         Ok(url) => {
