@@ -3,7 +3,6 @@
 # run), starts the real components, runs every test of the workspace against them, and stops
 # them by PID when the tests end, fail or are interrupted. Arguments, if any, replace
 # `--workspace` in `cargo test --locked --workspace`, e.g. `tests/run.sh -p stackplane-tests --test crds`.
-# The full run (no arguments) also runs the cargo-fuzz smoke runs (tests/harness/fuzz.sh).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=harness/lib.sh
@@ -11,9 +10,5 @@ source "$root/tests/harness/lib.sh"
 components_for_this_shell
 
 cd "$root"
-full=0
-[ $# -gt 0 ] || { full=1; set -- --workspace; }
+[ $# -gt 0 ] || set -- --workspace
 cargo test --locked "$@"
-if [ "$full" = 1 ]; then
-  "$root/tests/harness/fuzz.sh"
-fi
