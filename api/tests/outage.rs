@@ -208,7 +208,6 @@ async fn postgres_blinks_during_deliveries_and_nothing_is_lost_or_applied_twice(
     // again once 100 deliveries were refused while it was down.
     let outage = {
         let (acked_count, refused_count) = (acked_count.clone(), refused_count.clone());
-        let status_of = status_of.clone();
         let token = token.clone();
         let pg = &pg;
         async move {
