@@ -17,8 +17,12 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::ObjectRef;
 use kube::Api;
 use serde_json::json;
+use stackplane_api::config::Secrets;
 use stackplane_api::db::MIGRATOR;
-use stackplane_api::tenants::{router, MetricsSourceArgs, TenantApi};
+use stackplane_api::hardening::HardeningArgs;
+use stackplane_api::metrics::Metrics;
+use stackplane_api::server::{router_with, AppState, BillingState, RouterOptions};
+use stackplane_api::tenants::{MetricsSourceArgs, TenantApi};
 use stackplane_crds::{Tenant, TenantSpec};
 use stackplane_tests::{fresh_database, install_crds, kube_client, unique};
 
@@ -165,12 +169,35 @@ fn main() {
             })
             .await;
         eprintln!("created {tenants} tenants in {:.1}s", started.elapsed().as_secs_f64());
-        let (api, driver) = TenantApi::start(db, kube.clone(), ADMIN, MetricsSourceArgs::default());
-        tokio::spawn(driver);
+        let (api, watches) = TenantApi::start(db.clone(), kube.clone(), MetricsSourceArgs::default());
+        tokio::spawn(watches.run());
         assert!(api.ready().await);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let app = router(api.clone());
+        let state = AppState {
+            db,
+            metrics: Metrics::new(),
+            billing: Arc::new(BillingState {
+                secrets: Secrets::from_values(Some("whsec_bench"), Some("sk_test_bench"), Some(ADMIN))
+                    .expect("secrets"),
+                wake: Default::default(),
+            }),
+        };
+        // Measured without limits: the benchmark is of the status path, not the limiter.
+        let unlimited = std::num::NonZeroU32::MAX;
+        let options = RouterOptions {
+            hardening: HardeningArgs {
+                rate_limit_per_second: unlimited,
+                rate_limit_burst: unlimited,
+                address_rate_limit_per_second: unlimited,
+                address_rate_limit_burst: unlimited,
+                ..HardeningArgs::default()
+            },
+            tenants: Some(api.clone()),
+            ..RouterOptions::default()
+        };
+        let app = router_with(state, options)
+            .into_make_service_with_connect_info::<std::net::SocketAddr>();
         tokio::spawn(async move { axum::serve(listener, app).await });
         (format!("http://{addr}"), api, platform, kube)
     });

@@ -126,8 +126,7 @@ async fn intake(db: sqlx::PgPool, run: &str, per_sender: usize) -> Figures {
             webhook_rate_limit_burst: unlimited,
             ..HardeningArgs::default()
         },
-        checkout: None,
-        tenants: None,
+        ..RouterOptions::default()
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

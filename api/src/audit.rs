@@ -1,14 +1,18 @@
 //! The audit log: one `audit_log` row for every state-changing call (who, what, when, outcome),
 //! written by a middleware around the routes, so no handler can forget it and calls refused
-//! before their handler ran (bad token, malformed body) are logged too.
+//! before their handler ran (bad token, malformed body, a caller over its limit) are logged
+//! too. Only calls refused by the per-address limit, before anything is known about them, are
+//! not written (they are counted in `stackplane_api_rate_limited_total`): a flood must not turn
+//! into database writes.
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use sqlx::PgPool;
 
-use crate::caller::{Authenticator, Caller};
+use crate::caller::Caller;
+use crate::metrics::Metrics;
 
 /// Extra details a handler attaches to its response for the audit row (e.g. the id of the
 /// token it issued). Never secrets.
@@ -37,6 +41,10 @@ pub fn action(method: &Method, route: &str) -> String {
         ("DELETE", "/api/v1/tenants/{name}/tokens/{id}") => "token.revoke",
         ("POST", "/api/v1/tenants/{name}/backups") => "backup.create",
         ("POST", "/api/v1/tenants/{name}/backups/{backup}/restore") => "backup.restore",
+        ("POST", "/api/v1/billing/checkout") => "billing.checkout",
+        ("POST", "/api/v1/billing/portal") => "billing.portal",
+        ("POST", "/api/v1/billing/events/{id}/replay") => "billing.replay",
+        ("POST", "/webhooks/stripe") => "stripe.webhook",
         _ => return format!("{method} {route}"),
     };
     name.to_owned()
@@ -70,16 +78,56 @@ pub async fn write(db: &PgPool, entry: &AuditEntry) -> Result<(), sqlx::Error> {
     .map(|_| ())
 }
 
+/// Who made a call, as the audit log names it: the identity that was verified, never assumed.
+/// Whoever verifies it (authentication, the webhook's signature check) puts it in the response.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Actor {
+    Admin,
+    Token(uuid::Uuid),
+    /// A webhook delivery whose signature checked out.
+    Stripe,
+    Anonymous,
+}
+
+impl Actor {
+    pub fn of(caller: &Caller) -> Self {
+        match caller {
+            Caller::Admin => Actor::Admin,
+            Caller::Tenant { token_id, .. } => Actor::Token(*token_id),
+        }
+    }
+
+    /// `admin`, `token:<id>`, `stripe` or `anonymous`.
+    pub fn name(&self) -> String {
+        match self {
+            Actor::Admin => "admin".to_owned(),
+            Actor::Token(id) => format!("token:{id}"),
+            Actor::Stripe => "stripe".to_owned(),
+            Actor::Anonymous => "anonymous".to_owned(),
+        }
+    }
+}
+
+/// Put in a response by a handler that wrote the call's audit row itself (in its own
+/// transaction): the middleware then writes none, so each call has exactly one row.
+#[derive(Clone, Copy, Debug)]
+pub struct AuditedByHandler;
+
 /// State the audit middleware needs.
 #[derive(Clone)]
 pub struct AuditState {
     pub db: PgPool,
-    pub auth: Authenticator,
+    pub metrics: Metrics,
 }
 
-/// Middleware (a `route_layer`, so the matched route is known): authenticates state-changing
-/// calls, runs them, and writes their audit row. Reads pass through untouched.
-pub async fn audit(State(state): State<AuditState>, mut req: Request, next: Next) -> Response {
+/// Timeout of one audit write: a database that hangs must not hang the answer.
+const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Middleware (a `route_layer` outside authentication, so the matched route is known and
+/// refused calls pass through it): runs every state-changing call and writes its audit row.
+/// Reads pass through untouched. A row that cannot be written is logged and counted
+/// (`stackplane_audit_write_failures_total`).
+pub async fn audit(State(state): State<AuditState>, req: Request, next: Next) -> Response {
     let method = req.method().clone();
     if matches!(method, Method::GET | Method::HEAD | Method::OPTIONS) {
         return next.run(req).await;
@@ -90,19 +138,21 @@ pub async fn audit(State(state): State<AuditState>, mut req: Request, next: Next
         .map(|p| p.as_str().to_owned())
         .unwrap_or_default();
     let target = req.uri().path().to_owned();
+    let client = crate::hardening::Gate::of_request(&req).addr;
     let request_id = req
         .headers()
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let (actor, response) = match state.auth.authenticate(req.headers()).await {
-        Ok(caller) => {
-            let actor = caller.actor();
-            req.extensions_mut().insert::<Caller>(caller);
-            (actor, next.run(req).await)
-        }
-        Err(error) => ("anonymous".to_owned(), error.into_response()),
-    };
+    let response = next.run(req).await;
+    if response.extensions().get::<AuditedByHandler>().is_some() {
+        return response;
+    }
+    let actor = response
+        .extensions()
+        .get::<Actor>()
+        .cloned()
+        .unwrap_or(Actor::Anonymous);
     let status = response.status();
     let request_id = request_id.or_else(|| {
         response
@@ -115,6 +165,7 @@ pub async fn audit(State(state): State<AuditState>, mut req: Request, next: Next
         "method": method.as_str(),
         "route": route,
         "status": status.as_u16(),
+        "client": client.to_string(),
     });
     if let (Some(AuditDetails(extra)), Some(map)) = (
         response.extensions().get::<AuditDetails>(),
@@ -125,17 +176,24 @@ pub async fn audit(State(state): State<AuditState>, mut req: Request, next: Next
         }
     }
     let entry = AuditEntry {
-        actor,
+        actor: actor.name(),
         action: action(&method, &route),
         target: Some(target),
         outcome: outcome(status),
         request_id,
         details,
     };
-    if let Err(error) = write(&state.db, &entry).await {
-        // The call itself has happened; losing its audit row is logged loudly rather than
-        // turning a done change into an error answer.
-        tracing::error!(%error, action = %entry.action, target = ?entry.target, outcome = entry.outcome, "writing the audit log");
+    let written = tokio::time::timeout(WRITE_TIMEOUT, write(&state.db, &entry)).await;
+    let failure = match written {
+        Ok(Ok(())) => None,
+        Ok(Err(error)) => Some(error.to_string()),
+        Err(_) => Some("timed out".to_owned()),
+    };
+    if let Some(error) = failure {
+        // The call itself has happened; losing its audit row is logged loudly and counted
+        // rather than turning a done change into an error answer.
+        state.metrics.audit_write_failures.inc();
+        tracing::error!(%error, actor = %entry.actor, action = %entry.action, target = ?entry.target, outcome = entry.outcome, "writing the audit log failed");
     }
     response
 }

@@ -1,15 +1,33 @@
 //! Who is calling: the admin (`STACKPLANE_ADMIN_TOKEN`) or a tenant-scoped token issued by
 //! `POST /api/v1/tenants/{name}/tokens`. No, an unknown, a revoked or an expired token answers
 //! 401.
+//!
+//! There is one authentication path: the [`authenticate`] middleware in front of every
+//! `/api/v1` route. It refuses addresses that used up their failed-authentication bucket
+//! (429, no token lookup) unless the token is the admin's or a cached one, checks the token, draws from the caller's own bucket, and leaves the
+//! [`Caller`] in the request for the handler and in the response for the audit log.
 
-use axum::extract::{FromRef, FromRequestParts};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::hardening::{Bucket, Gate};
 use crate::http_error::ApiError;
+
+/// Timeout of the token lookup in Postgres.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
+/// Most token digests kept in the cache.
+const MAX_CACHED: usize = 50_000;
 
 /// The authenticated caller of a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,11 +81,25 @@ pub fn not_found_tenant(tenant: &str) -> ApiError {
     )
 }
 
-/// What authentication needs: the admin token's digest and the token table.
+/// SHA-256 of a token, as stored in `api_tokens.token_hash`.
+pub fn token_digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// What authentication needs: the admin token's digest, the token table and a short-lived
+/// cache of verified tenant-token digests.
 #[derive(Clone)]
 pub struct Authenticator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     admin_digest: [u8; 32],
     db: PgPool,
+    ttl: Duration,
+    /// Verified tenant tokens: digest → (caller, valid until). Only successes are cached; a
+    /// revocation takes effect when the entry expires (at most `ttl`).
+    cache: Mutex<HashMap<[u8; 32], (Caller, Instant)>>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -76,69 +108,151 @@ impl std::fmt::Debug for Authenticator {
     }
 }
 
-/// SHA-256 of a token, as stored in `api_tokens.token_hash`.
-pub fn token_digest(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
-}
-
 impl Authenticator {
-    pub fn new(admin_token: &str, db: PgPool) -> Self {
+    /// `ttl`: how long a verified tenant token is believed without asking the database.
+    pub fn new(admin_token: &str, db: PgPool, ttl: Duration) -> Self {
         Self {
-            admin_digest: token_digest(admin_token),
-            db,
+            inner: Arc::new(Inner {
+                admin_digest: token_digest(admin_token),
+                db,
+                ttl,
+                cache: Mutex::new(HashMap::new()),
+            }),
         }
     }
 
+    fn cached(&self, digest: &[u8; 32]) -> Option<Caller> {
+        let cache = self.inner.cache.lock().ok()?;
+        let (caller, until) = cache.get(digest)?;
+        (*until > Instant::now()).then(|| caller.clone())
+    }
+
+    fn remember(&self, digest: [u8; 32], caller: &Caller, expires_at: Option<DateTime<Utc>>) {
+        if self.inner.ttl.is_zero() {
+            return;
+        }
+        let mut until = Instant::now() + self.inner.ttl;
+        if let Some(expires) = expires_at {
+            let left = (expires - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+            until = until.min(Instant::now() + left);
+        }
+        if let Ok(mut cache) = self.inner.cache.lock() {
+            if cache.len() >= MAX_CACHED {
+                let now = Instant::now();
+                cache.retain(|_, (_, until)| *until > now);
+                if cache.len() >= MAX_CACHED {
+                    cache.clear();
+                }
+            }
+            cache.insert(digest, (caller.clone(), until));
+        }
+    }
+
+    /// The caller, when it is known without the database: the admin token, or a tenant token
+    /// verified within the cache's lifetime.
+    pub fn known(&self, headers: &HeaderMap) -> Option<Caller> {
+        let token = crate::auth::bearer(headers).filter(|t| !t.is_empty())?;
+        let digest = token_digest(token);
+        if digest == self.inner.admin_digest {
+            return Some(Caller::Admin);
+        }
+        self.cached(&digest)
+    }
+
     /// The caller of a request with these headers. Tokens are compared by digest: the admin
-    /// token's digest in memory, tenant tokens' digests by the database's unique index.
+    /// token's digest in memory, tenant tokens' digests in the cache or by the database's
+    /// unique index. 401 for no or an unknown token; 503 when the database cannot be asked.
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
         let token = crate::auth::bearer(headers)
             .filter(|t| !t.is_empty())
             .ok_or_else(ApiError::unauthorized)?;
         let digest = token_digest(token);
-        if digest == self.admin_digest {
+        if digest == self.inner.admin_digest {
             return Ok(Caller::Admin);
         }
-        let row: Option<(Uuid, String)> = sqlx::query_as(
-            "SELECT id, tenant FROM api_tokens
+        if let Some(caller) = self.cached(&digest) {
+            return Ok(caller);
+        }
+        let lookup = sqlx::query_as::<_, (Uuid, String, Option<DateTime<Utc>>)>(
+            "SELECT id, tenant, expires_at FROM api_tokens
              WHERE token_hash = $1 AND scope = 'tenant' AND revoked_at IS NULL
                AND (expires_at IS NULL OR expires_at > now())",
         )
         .bind(&digest[..])
-        .fetch_optional(&self.db)
-        .await
-        .map_err(|error| {
-            tracing::error!(%error, "looking up a bearer token");
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "cannot check the token now; try again",
-            )
-        })?;
+        .fetch_optional(&self.inner.db);
+        let row = match tokio::time::timeout(LOOKUP_TIMEOUT, lookup).await {
+            Ok(Ok(row)) => row,
+            Ok(Err(error)) => {
+                tracing::error!(%error, "looking up a bearer token");
+                return Err(ApiError::unavailable(
+                    "cannot check the token now; try again",
+                ));
+            }
+            Err(_) => {
+                tracing::error!("looking up a bearer token timed out");
+                return Err(ApiError::unavailable(
+                    "cannot check the token now; try again",
+                ));
+            }
+        };
         match row {
-            Some((token_id, tenant)) => Ok(Caller::Tenant { token_id, tenant }),
+            Some((token_id, tenant, expires_at)) => {
+                let caller = Caller::Tenant { token_id, tenant };
+                self.remember(digest, &caller, expires_at);
+                Ok(caller)
+            }
             None => Err(ApiError::unauthorized()),
         }
     }
 }
 
-impl<S> FromRequestParts<S> for Caller
-where
-    Authenticator: FromRef<S>,
-    S: Send + Sync,
-{
+/// The middleware of every authenticated route (see the module docs).
+pub async fn authenticate(
+    State(auth): State<Authenticator>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let gate = Gate::of_request(&request);
+    // A caller known without the database passes even from a blocked address (behind a NAT,
+    // one guesser must not lock out everyone); anything else from it is refused unlooked-up.
+    let caller = match auth.known(request.headers()) {
+        Some(caller) => caller,
+        None => {
+            if let Err(limited) = gate.auth_blocked() {
+                return limited.into_response();
+            }
+            match auth.authenticate(request.headers()).await {
+                Ok(caller) => caller,
+                Err(error) if error.status == StatusCode::UNAUTHORIZED => {
+                    tracing::info!(client = %gate.addr, "authentication failed");
+                    return gate.auth_failed(error).into_response();
+                }
+                Err(error) => return error.into_response(),
+            }
+        }
+    };
+    let actor = crate::audit::Actor::of(&caller);
+    let mut response = match gate.check(Bucket::Identity, &caller.actor()) {
+        Ok(()) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        Err(limited) => limited.into_response(),
+    };
+    response.extensions_mut().insert(actor);
+    response
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        // The audit middleware authenticates state-changing calls first and leaves the caller here.
-        if let Some(caller) = parts.extensions.get::<Caller>() {
-            return Ok(caller.clone());
-        }
-        let caller = Authenticator::from_ref(state)
-            .authenticate(&parts.headers)
-            .await?;
-        parts.extensions.insert(caller.clone());
-        Ok(caller)
+    /// The caller [`authenticate`] verified. A route outside that middleware has none: 401.
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .ok_or_else(ApiError::unauthorized)
     }
 }
 

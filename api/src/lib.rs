@@ -11,11 +11,15 @@ pub mod config;
 pub mod db;
 pub mod extract;
 pub mod hardening;
+pub mod health;
 pub mod history;
 pub mod http_error;
 pub mod metrics;
 pub mod openapi;
+pub mod routes;
 pub mod server;
+pub mod state;
+pub mod supervisor;
 pub mod telemetry;
 pub mod tenants;
 
@@ -65,9 +69,23 @@ pub struct DatabaseArgs {
 /// Flags of `stackplane-api serve`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeArgs {
-    /// Address the HTTP API listens on.
+    /// Address the public HTTP API (and the Stripe webhook) listens on.
     #[arg(long, env = "STACKPLANE_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
+
+    /// Address of the internal listener: `/healthz`, `/readyz`, `/metrics` (probes and
+    /// Prometheus only; never exposed by the Ingress).
+    #[arg(
+        long,
+        env = "STACKPLANE_INTERNAL_LISTEN",
+        default_value = "0.0.0.0:9091"
+    )]
+    pub internal_listen: SocketAddr,
+
+    /// Seconds a verified tenant token is believed without asking the database; a revoked
+    /// token stops working within this time (0: ask every time).
+    #[arg(long, env = "STACKPLANE_TOKEN_CACHE_TTL", default_value_t = 10)]
+    pub token_cache_ttl: u64,
 
     /// Postgres connection URL.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
@@ -84,4 +102,7 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub metrics_source: tenants::MetricsSourceArgs,
+
+    #[command(flatten)]
+    pub cost_limits: tenants::quota::CostLimitArgs,
 }

@@ -2,7 +2,11 @@
 
 use anyhow::Context;
 use clap::Parser;
+use stackplane_api::supervisor::{supervise, supervise_once, Health};
 use stackplane_api::{db, server, telemetry, Cli, Command};
+
+/// How often the billing queue's depth is read for `/metrics`.
+const QUEUE_SAMPLE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -55,10 +59,10 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .context("connecting to DATABASE_URL")?;
             db::migrate(&pool).await.context("applying migrations")?;
-            let state = server::AppState {
+            let state = stackplane_api::state::AppState {
                 db: pool,
                 metrics: stackplane_api::metrics::Metrics::new(),
-                billing: std::sync::Arc::new(server::BillingState {
+                billing: std::sync::Arc::new(stackplane_api::state::BillingState {
                     secrets,
                     wake: Default::default(),
                 }),
@@ -66,13 +70,36 @@ async fn main() -> anyhow::Result<()> {
             let kube = kube::Client::try_default()
                 .await
                 .context("building a Kubernetes client (KUBECONFIG or in-cluster)")?;
-            let (tenant_api, tenant_watches) = stackplane_api::tenants::TenantApi::start(
+            let health = Health::default();
+            // The internal listener first: probes and scrapes answer while the caches fill.
+            let internal = tokio::net::TcpListener::bind(args.internal_listen)
+                .await
+                .with_context(|| format!("binding {}", args.internal_listen))?;
+            let internal_app = stackplane_api::health::router(stackplane_api::health::Internal {
+                db: state.db.clone(),
+                kube: Some(kube.clone()),
+                metrics: state.metrics.clone(),
+                health: health.clone(),
+            });
+            tracing::info!(listen = %args.internal_listen, "serving /healthz, /readyz and /metrics");
+            tokio::spawn(async move {
+                if let Err(error) = axum::serve(internal, internal_app)
+                    .with_graceful_shutdown(telemetry::shutdown_signal())
+                    .await
+                {
+                    tracing::error!(%error, "the internal listener failed");
+                }
+            });
+            let (mut tenant_api, watches) = stackplane_api::tenants::TenantApi::start(
                 state.db.clone(),
                 kube.clone(),
-                &state.billing.secrets.admin_token,
                 args.metrics_source.clone(),
             );
-            tokio::spawn(tenant_watches);
+            tenant_api.cost_limits = args.cost_limits.clone();
+            let watches = std::sync::Arc::new(watches);
+            let w = watches.clone();
+            supervise(&health, "tenant-watch", move || w.tenants());
+            supervise(&health, "tenant-backup-watch", move || watches.backups());
             // Serve tenant status only from a filled cache: before the first list every tenant
             // would look missing.
             tokio::time::timeout(std::time::Duration::from_secs(120), tenant_api.ready())
@@ -80,7 +107,7 @@ async fn main() -> anyhow::Result<()> {
                 .context("the Tenant and TenantBackup caches did not fill within 120s")?;
             let (prices, driver) =
                 stackplane_api::billing::prices::PlatformCache::start(kube.clone());
-            tokio::spawn(driver);
+            supervise_once(&health, "platform-watch", driver);
             let checkout = stackplane_api::billing::checkout::Checkout::new(
                 &args.checkout,
                 &state.billing.secrets.stripe_secret_key,
@@ -110,14 +137,28 @@ async fn main() -> anyhow::Result<()> {
             )
             .with_stripe(std::sync::Arc::new(stripe_api))
             .with_livemode(livemode);
+            let wake = state.billing.wake.clone();
             let sync_interval = args.stripe_sync.billing_sync_interval;
             if sync_interval > 0 {
-                tokio::spawn(worker.clone().run_sweeps(
-                    std::time::Duration::from_secs(sync_interval),
-                    telemetry::shutdown_signal(),
-                ));
+                let sweeper = worker.clone();
+                supervise(&health, "billing-sweep", move || {
+                    sweeper.clone().run_sweeps(
+                        std::time::Duration::from_secs(sync_interval),
+                        telemetry::shutdown_signal(),
+                    )
+                });
             }
-            tokio::spawn(worker.run(state.billing.wake.clone(), telemetry::shutdown_signal()));
+            supervise(&health, "billing-worker", move || {
+                worker
+                    .clone()
+                    .run(wake.clone(), telemetry::shutdown_signal())
+            });
+            let (metrics, db) = (state.metrics.clone(), state.db.clone());
+            supervise(&health, "queue-sampler", move || {
+                metrics
+                    .clone()
+                    .sample_queue(db.clone(), QUEUE_SAMPLE_INTERVAL)
+            });
             let listener = tokio::net::TcpListener::bind(args.listen)
                 .await
                 .with_context(|| format!("binding {}", args.listen))?;
@@ -125,7 +166,8 @@ async fn main() -> anyhow::Result<()> {
             let options = server::RouterOptions {
                 hardening: args.hardening,
                 checkout: Some(std::sync::Arc::new(checkout)),
-                tenants: Some(stackplane_api::tenants::router(tenant_api)),
+                tenants: Some(tenant_api),
+                token_cache_ttl: std::time::Duration::from_secs(args.token_cache_ttl),
             };
             // Peer addresses feed the per-client rate limits.
             let app = server::router_with(state, options)

@@ -19,6 +19,12 @@ pub struct WebhookLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BucketLabels {
+    /// The rate-limit bucket family (`address`, `failed_auth`, `identity`, ...).
+    pub bucket: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProcessedLabels {
     pub event_type: String,
     /// `applied`, `skipped` or the error category.
@@ -47,6 +53,12 @@ pub struct Metrics {
     /// Sweeps by outcome (`completed`, `failed`, `skipped_locked`).
     pub billing_sweeps: Family<OutcomeLabels, Counter>,
     pub billing_sweep_seconds: Histogram,
+    /// Request handlers that panicked (answered as a JSON 500).
+    pub panics: Counter,
+    /// Audit rows that could not be written.
+    pub audit_write_failures: Counter,
+    /// Requests answered 429, by bucket.
+    pub rate_limited: Family<BucketLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -112,12 +124,33 @@ impl Metrics {
             "Duration of a completed billing sweep",
             billing_sweep_seconds.clone(),
         );
-        Self {
-            registry: Arc::new(registry),
             stripe_api_calls,
             billing_conflicts,
             billing_sweeps,
             billing_sweep_seconds,
+        let panics = Counter::default();
+        registry.register(
+            "api_panics",
+            "Request handlers that panicked; each was answered with a JSON 500",
+            panics.clone(),
+        );
+        let audit_write_failures = Counter::default();
+        registry.register(
+            "audit_write_failures",
+            "Audit log rows that could not be written (the call itself was answered)",
+            audit_write_failures.clone(),
+        );
+        let rate_limited = Family::<BucketLabels, Counter>::default();
+        registry.register(
+            "api_rate_limited",
+            "Requests answered 429 by a rate limit, by bucket",
+            rate_limited.clone(),
+        );
+        Self {
+            registry: Arc::new(registry),
+            panics,
+            audit_write_failures,
+            rate_limited,
             webhook_events,
             processed_events,
             queue_depth,
@@ -152,12 +185,42 @@ impl Metrics {
             .inc();
     }
 
+    pub fn panic(&self) {
+        self.panics.inc();
+    }
+
+    pub fn rate_limited(&self, bucket: &str) {
+        self.rate_limited
+            .get_or_create(&BucketLabels {
+                bucket: bucket.to_owned(),
+            })
+            .inc();
+    }
+
     pub fn sweep(&self, outcome: &str) {
         self.billing_sweeps
             .get_or_create(&OutcomeLabels {
                 outcome: outcome.to_owned(),
             })
             .inc();
+    }
+
+    /// Samples the billing queue every `every` until the future is dropped, so a scrape never
+    /// runs a query: `/metrics` shows the last sample.
+    pub async fn sample_queue(self, db: sqlx::PgPool, every: std::time::Duration) {
+        loop {
+            match tokio::time::timeout(
+                every.max(std::time::Duration::from_secs(1)),
+                self.refresh_queue(&db),
+            )
+            .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::warn!(%error, "sampling the billing queue"),
+                Err(_) => tracing::warn!("sampling the billing queue timed out"),
+            }
+            tokio::time::sleep(every).await;
+        }
     }
 
     /// Reads the billing queue's depth and oldest entry from the database, so every replica's

@@ -1,42 +1,47 @@
-//! The HTTP server: routes and shared state.
+//! The public HTTP server: its routes, behind authentication, the audit log and the hardening
+//! middleware. `/healthz`, `/readyz` and `/metrics` are on the internal listener
+//! ([`crate::health`]).
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::extract::DefaultBodyLimit;
-use axum::http::header::CONTENT_TYPE;
-use axum::response::IntoResponse;
-use axum::routing::post;
-use axum::{extract::State, http::StatusCode, routing::get, Router};
-use sqlx::PgPool;
-use tokio::sync::Notify;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
 
-use crate::config::Secrets;
-use crate::metrics::Metrics;
+use crate::audit::{AuditState, AuditedByHandler};
+use crate::caller::{Authenticator, Caller};
+use crate::extract::Path;
+use crate::http_error::ApiError;
+use crate::routes::RouteTable;
 
-/// Billing configuration shared by the handlers.
-pub struct BillingState {
-    pub secrets: Secrets,
-    /// Woken when an event is stored, so an in-process worker picks it up at once.
-    pub wake: Arc<Notify>,
-}
-
-/// What every handler can reach.
-#[derive(Clone)]
-pub struct AppState {
-    pub db: PgPool,
-    pub metrics: Metrics,
-    pub billing: Arc<BillingState>,
-}
+pub use crate::state::{AppState, BillingState};
 
 /// What the router is built with besides the shared state.
-#[derive(Default)]
 pub struct RouterOptions {
     pub hardening: crate::hardening::HardeningArgs,
     /// Stripe Checkout and Customer Portal; without it those endpoints answer 503.
     pub checkout: Option<Arc<crate::billing::checkout::Checkout>>,
-    /// The tenant API with `/readyz` and `/openapi.json` ([`crate::tenants::router`]), behind
-    /// the same hardening middleware as the billing routes.
-    pub tenants: Option<Router>,
+    /// The tenant API; without it its routes are not served.
+    pub tenants: Option<crate::tenants::TenantApi>,
+    /// How long a verified tenant token is believed without asking the database: a revoked
+    /// token stops working within this time.
+    pub token_cache_ttl: Duration,
+}
+
+/// Default of [`RouterOptions::token_cache_ttl`] (`--token-cache-ttl`).
+pub const DEFAULT_TOKEN_CACHE_TTL: Duration = Duration::from_secs(10);
+
+impl Default for RouterOptions {
+    fn default() -> Self {
+        Self {
+            hardening: Default::default(),
+            checkout: None,
+            tenants: None,
+            token_cache_ttl: DEFAULT_TOKEN_CACHE_TTL,
+        }
+    }
 }
 
 /// The billing routes with default options (no tenant API).
@@ -44,38 +49,87 @@ pub fn router(state: AppState) -> Router {
     router_with(state, RouterOptions::default())
 }
 
-/// The routes of the API, wrapped in the hardening middleware.
+/// The public routes, wrapped in authentication, the audit log and the hardening middleware.
 pub fn router_with(state: AppState, options: RouterOptions) -> Router {
-    let routes = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/metrics", get(metrics))
-        .route(
-            "/webhooks/stripe",
-            post(crate::billing::webhook::stripe_webhook).layer(DefaultBodyLimit::max(
-                crate::billing::webhook::MAX_BODY_BYTES,
-            )),
-        )
-        .route("/api/v1/billing/events/{id}/replay", post(replay_event))
-        .with_state(state.clone())
-        .merge(crate::billing::checkout::routes(state, options.checkout));
-    let routes = match options.tenants {
-        Some(tenants) => routes.merge(tenants),
-        None => routes,
-    };
-    crate::hardening::apply(routes, &options.hardening)
+    public(state, options).0
 }
 
+/// The public router and every (method, path) it serves.
+pub fn public(
+    state: AppState,
+    options: RouterOptions,
+) -> (Router, Vec<(&'static str, &'static str)>) {
+    let auth = Authenticator::new(
+        &state.billing.secrets.admin_token,
+        state.db.clone(),
+        options.token_cache_ttl,
+    );
+    let mut served = Vec::new();
+    let mut add = |(router, routes): (Router, Vec<_>)| {
+        served.extend(routes);
+        router
+    };
+    let mut authenticated = Router::new()
+        .merge(add(RouteTable::default()
+            .post("/api/v1/billing/events/{id}/replay", replay_event)
+            .finish(state.clone())))
+        .merge(add(crate::billing::checkout::routes(options.checkout)));
+    if let Some(api) = options.tenants {
+        authenticated = authenticated.merge(add(
+            crate::tenants::routes(RouteTable::default()).finish(api)
+        ));
+    }
+    let authenticated = authenticated.route_layer(axum::middleware::from_fn_with_state(
+        auth,
+        crate::caller::authenticate,
+    ));
+    let webhook = add(RouteTable::default()
+        .post(
+            crate::hardening::WEBHOOK,
+            crate::billing::webhook::stripe_webhook,
+        )
+        .map(|r| {
+            r.layer(DefaultBodyLimit::max(
+                crate::billing::webhook::MAX_BODY_BYTES,
+            ))
+        })
+        .finish(state.clone()));
+    let audited = authenticated
+        .merge(webhook)
+        .route_layer(axum::middleware::from_fn_with_state(
+            AuditState {
+                db: state.db.clone(),
+                metrics: state.metrics.clone(),
+            },
+            crate::audit::audit,
+        ));
+    let docs = add(RouteTable::default()
+        .get("/openapi.json", crate::openapi::serve)
+        .finish(()));
+    let routes = audited.merge(docs).fallback(no_route);
+    (
+        crate::hardening::apply(routes, &options.hardening, &state.metrics),
+        served,
+    )
+}
+
+/// A path no route serves.
+async fn no_route() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such endpoint")
+}
+
+/// Queue a Stripe event again (admin).
 async fn replay_event(
     State(state): State<AppState>,
-    headers: axum::http::HeaderMap,
-    axum::extract::Path(id): axum::extract::Path<String>,
-) -> axum::response::Response {
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Response {
     use crate::billing::replay::{replay, Replay};
-    use crate::http_error::ApiError;
-    if let Err(e) = crate::auth::require_admin(&headers, &state.billing.secrets.admin_token) {
+    if let Err(e) = caller.require_admin() {
         return e.into_response();
     }
-    match replay(&state.db, &id, "admin", "http").await {
+    // `replay` writes the audit row in its own transaction.
+    let mut response = match replay(&state.db, &id, &caller.actor(), "http").await {
         Ok(Replay::Queued(previous)) => {
             state.billing.wake.notify_one();
             (
@@ -97,28 +151,9 @@ async fn replay_event(
         }
         Err(error) => {
             tracing::error!(event_id = %id, %error, "replay");
-            ApiError::internal("database error").into_response()
+            return ApiError::unavailable("database error").into_response();
         }
-    }
-}
-
-async fn metrics(State(state): State<AppState>) -> axum::response::Response {
-    // A slow or unreachable database must not hang the scrape: the last values are served.
-    let refresh = state.metrics.refresh_queue(&state.db);
-    match tokio::time::timeout(std::time::Duration::from_secs(2), refresh).await {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => tracing::warn!(%error, "metrics: reading the billing queue"),
-        Err(_) => tracing::warn!("metrics: reading the billing queue timed out"),
-    }
-    match state.metrics.encode() {
-        Ok(text) => (
-            [(
-                CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            text,
-        )
-            .into_response(),
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-    }
+    };
+    response.extensions_mut().insert(AuditedByHandler);
+    response
 }

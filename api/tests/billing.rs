@@ -215,14 +215,24 @@ async fn replay_requires_the_admin_token_requeues_and_writes_the_audit_log() {
             .await
             .expect("row");
     assert_eq!((state.as_str(), due), ("pending", true));
-    let audit: (String, String, String) =
-        sqlx::query_as("SELECT action, target, outcome FROM audit_log")
-            .fetch_one(&pool)
-            .await
-            .expect("audit row");
+    // One row per call: the refused one as anonymous (by the audit middleware), the replay
+    // as the admin (by the replay itself, in its transaction).
+    let audit: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT actor, target, outcome FROM audit_log WHERE action = 'billing.replay' ORDER BY id",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("audit rows");
     assert_eq!(
         audit,
-        ("billing.replay".into(), id.clone(), "success".into())
+        [
+            (
+                "anonymous".into(),
+                format!("/api/v1/billing/events/{id}/replay"),
+                "denied".into()
+            ),
+            ("admin".into(), id.clone(), "success".into())
+        ]
     );
     let missing = http
         .post(format!("{base}/api/v1/billing/events/evt_nope/replay"))

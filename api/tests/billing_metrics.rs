@@ -85,7 +85,25 @@ async fn metrics_show_webhooks_by_type_and_outcome_queue_depth_and_lag() {
         .await
         .expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let internal = stackplane_api::health::router(stackplane_api::health::Internal {
+        db: db.clone(),
+        kube: None,
+        metrics: state.metrics.clone(),
+        health: Default::default(),
+    });
+    // The queue is sampled in the background; a scrape runs no query.
+    tokio::spawn(
+        state
+            .metrics
+            .clone()
+            .sample_queue(db.clone(), Duration::from_millis(100)),
+    );
     tokio::spawn(async move { axum::serve(listener, router(state)).await });
+    let internal_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let internal_base = format!("http://{}", internal_listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(internal_listener, internal).await });
 
     let http = reqwest::Client::new();
     let deliver = |body: String, signature: String| {
@@ -139,14 +157,22 @@ async fn metrics_show_webhooks_by_type_and_outcome_queue_depth_and_lag() {
     .await
     .expect("the worker processes every event");
 
-    let text = http
+    // /metrics is on the internal listener; the sampled queue depth catches up with the queue.
+    let scrape = || {
+        let http = http.clone();
+        let url = format!("{internal_base}/metrics");
+        async move {
+            let text = http.get(url).send().await.ok()?.text().await.ok()?;
+            (sample(&text, "stackplane_billing_queue_depth") == Some(1.0)).then_some(text)
+        }
+    };
+    let text = stackplane_tests::eventually("the sampled queue depth", scrape).await;
+    let public = http
         .get(format!("{base}/metrics"))
         .send()
         .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("body");
+        .expect("send");
+    assert_eq!(public.status().as_u16(), 404, "not on the public listener");
     let expect = [
         (
             r#"stackplane_webhook_events_total{event_type="customer.subscription.created",outcome="stored"}"#,

@@ -339,18 +339,21 @@ async fn checkout_creates_a_subscription_session_linked_to_the_user_and_tier() {
         Some(env.prices[1].as_str())
     );
 
-    let audit: Vec<(String, String, String)> =
-        sqlx::query_as("SELECT action, target, outcome FROM audit_log ORDER BY id")
-            .fetch_all(&env.db)
-            .await
-            .expect("audit");
+    let audit: Vec<(String, String, String, String, Option<String>)> = sqlx::query_as(
+        "SELECT actor, action, target, outcome, details->>'userRef' FROM audit_log ORDER BY id",
+    )
+    .fetch_all(&env.db)
+    .await
+    .expect("audit");
     assert_eq!(
         audit,
         vec![
             (
+                "admin".into(),
                 "billing.checkout".into(),
-                "dash-user-42".into(),
-                "success".into()
+                "/api/v1/billing/checkout".into(),
+                "success".into(),
+                Some("dash-user-42".into())
             );
             2
         ]
@@ -436,6 +439,26 @@ async fn bad_checkouts_are_refused_before_anything_reaches_stripe() {
         "nothing reaches Stripe: {:?}",
         env.recorded()
     );
+    // Every refused call wrote its audit row: anonymous for the bad tokens, admin otherwise.
+    let audit: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT actor, action, outcome FROM audit_log ORDER BY id")
+            .fetch_all(&env.db)
+            .await
+            .expect("audit");
+    let expected: Vec<(String, String, String)> = [
+        ("anonymous", "denied"),
+        ("anonymous", "denied"),
+        ("admin", "failed"),
+        ("admin", "failed"),
+        ("admin", "failed"),
+        ("admin", "failed"),
+        ("admin", "failed"),
+        ("admin", "failed"),
+    ]
+    .into_iter()
+    .map(|(a, o)| (a.to_owned(), "billing.checkout".to_owned(), o.to_owned()))
+    .collect();
+    assert_eq!(audit, expected);
     cleanup(&env).await;
 }
 
@@ -574,6 +597,43 @@ async fn portal_sessions_are_for_the_tenants_stripe_customer() {
         env.recorded().len(),
         2,
         "the other tenant's request never reached Stripe"
+    );
+    // The portal calls are audited as who made them: the tenant token's calls as the token.
+    let token_id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM api_tokens WHERE tenant = $1")
+        .bind(&name)
+        .fetch_one(&env.db)
+        .await
+        .expect("token id");
+    let actors: Vec<(String, String)> = sqlx::query_as(
+        "SELECT actor, outcome FROM audit_log WHERE action = 'billing.portal' ORDER BY id",
+    )
+    .fetch_all(&env.db)
+    .await
+    .expect("audit");
+    let token_actor = format!("token:{token_id}");
+    assert_eq!(
+        actors
+            .iter()
+            .filter(|(a, _)| a == &token_actor)
+            .cloned()
+            .collect::<Vec<_>>(),
+        [
+            (token_actor.clone(), "success".to_owned()),
+            (token_actor.clone(), "denied".to_owned())
+        ],
+        "{actors:?}"
+    );
+    assert!(
+        actors
+            .iter()
+            .any(|(a, o)| a == "anonymous" && o == "denied"),
+        "{actors:?}"
+    );
+    assert!(
+        actors
+            .iter()
+            .all(|(a, _)| a == "admin" || a == "anonymous" || a == &token_actor),
+        "{actors:?}"
     );
 
     for t in [&name, &bare] {

@@ -14,8 +14,15 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
+use stackplane_api::config::Secrets;
 use stackplane_api::db::MIGRATOR;
-use stackplane_api::tenants::{router, MetricsSourceArgs, TenantApi};
+use stackplane_api::hardening::HardeningArgs;
+use stackplane_api::health::Internal;
+use stackplane_api::metrics::Metrics;
+use stackplane_api::server::{router_with, AppState, BillingState, RouterOptions};
+use stackplane_api::supervisor::Health;
+use stackplane_api::tenants::quota::CostLimitArgs;
+use stackplane_api::tenants::{MetricsSourceArgs, TenantApi};
 use stackplane_crds::{Tenant, TenantBackup, TenantPhase, TenantSpec};
 use stackplane_tests::{fresh_database, install_crds, kube_client, unique};
 
@@ -23,32 +30,116 @@ const ADMIN: &str = "admin-token-for-tenant-api-tests";
 
 struct Env {
     base: String,
+    /// The internal listener: /healthz, /readyz, /metrics.
+    internal: String,
     http: reqwest::Client,
     db: PgPool,
     kube: Client,
     api: TenantApi,
+    metrics: Metrics,
 }
 
-async fn start_with(source: MetricsSourceArgs) -> Env {
-    let kube = kube_client().await;
-    install_crds(&kube).await;
-    let (db, _) = fresh_database().await;
-    MIGRATOR.run(&db).await.expect("migrate");
-    let (api, driver) = TenantApi::start(db.clone(), kube.clone(), ADMIN, source);
-    tokio::spawn(driver);
-    assert!(api.ready().await, "caches fill");
+/// Limits that the tests' many calls from one address never reach (the limits have their own
+/// tests).
+fn generous() -> HardeningArgs {
+    let big = std::num::NonZeroU32::new(100_000).expect("non-zero");
+    HardeningArgs {
+        rate_limit_per_second: big,
+        rate_limit_burst: big,
+        address_rate_limit_per_second: big,
+        address_rate_limit_burst: big,
+        auth_failures_per_minute: big,
+        auth_failures_burst: big,
+        ..HardeningArgs::default()
+    }
+}
+
+struct Setup {
+    source: MetricsSourceArgs,
+    cost_limits: CostLimitArgs,
+    token_cache_ttl: Duration,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self {
+            source: MetricsSourceArgs::default(),
+            cost_limits: CostLimitArgs::default(),
+            // Revocation is checked on the next request here; the cache has its own test.
+            token_cache_ttl: Duration::ZERO,
+        }
+    }
+}
+
+async fn serve_on_free_port(app: axum::Router) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let app = router(api.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await
+    });
+    format!("http://{addr}")
+}
+
+async fn start_with(source: MetricsSourceArgs) -> Env {
+    start_setup(Setup {
+        source,
+        ..Setup::default()
+    })
+    .await
+}
+
+async fn start_setup(setup: Setup) -> Env {
+    let kube = kube_client().await;
+    install_crds(&kube).await;
+    let (db, _) = fresh_database().await;
+    MIGRATOR.run(&db).await.expect("migrate");
+    let (mut api, watches) = TenantApi::start(db.clone(), kube.clone(), setup.source);
+    api.cost_limits = setup.cost_limits;
+    tokio::spawn(watches.run());
+    assert!(api.ready().await, "caches fill");
+    let metrics = Metrics::new();
+    let state = AppState {
+        db: db.clone(),
+        metrics: metrics.clone(),
+        billing: Arc::new(BillingState {
+            secrets: Secrets::from_values(
+                Some("whsec_tenants"),
+                Some("sk_test_tenants"),
+                Some(ADMIN),
+            )
+            .expect("secrets"),
+            wake: Default::default(),
+        }),
+    };
+    let app = router_with(
+        state,
+        RouterOptions {
+            hardening: generous(),
+            tenants: Some(api.clone()),
+            token_cache_ttl: setup.token_cache_ttl,
+            ..RouterOptions::default()
+        },
+    );
+    let internal = stackplane_api::health::router(Internal {
+        db: db.clone(),
+        kube: Some(kube.clone()),
+        metrics: metrics.clone(),
+        health: Health::default(),
+    });
     Env {
-        base: format!("http://{addr}"),
+        base: serve_on_free_port(app).await,
+        internal: serve_on_free_port(internal).await,
         http: reqwest::Client::new(),
         db,
         kube,
         api,
+        metrics,
     }
 }
 
@@ -618,14 +709,297 @@ async fn uptime_after_scripted_phase_transitions() {
     // [-2h, -1h]: no history at all.
     let u = metrics("1h", at(-60)).await;
     assert!(u["fraction"].is_null(), "{u}");
-    // Windows are validated.
+    // Windows are validated, by characters: `1é` (a two-byte last character) is refused, not
+    // split inside the character.
+    for window in ["1fortnight", "1%C3%A9", "%C3%A9", "1d%F0%9F%98%80"] {
+        let (status, body) = env
+            .get(
+                &format!("/api/v1/tenants/{name}/metrics?window={window}"),
+                Some(ADMIN),
+            )
+            .await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_query");
+    }
+    // An end near the end of time minus the window is refused too, not overflowed.
     let (status, body) = env
         .get(
-            &format!("/api/v1/tenants/{name}/metrics?window=1fortnight"),
+            &format!("/api/v1/tenants/{name}/metrics?window=400d&end=-262143-01-01T00:00:00Z"),
             Some(ADMIN),
         )
         .await;
-    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_query");
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let text = env.metrics.encode().expect("metrics");
+    assert!(
+        text.contains("stackplane_api_panics_total 0"),
+        "no request panicked:\n{text}"
+    );
+}
+
+#[tokio::test]
+async fn tenant_tokens_have_daily_backup_and_restore_limits_and_the_admin_has_none() {
+    let env = start_setup(Setup {
+        cost_limits: CostLimitArgs {
+            tenant_backups_per_day: 2,
+            tenant_restores_per_day: 1,
+        },
+        ..Setup::default()
+    })
+    .await;
+    let name = unique("tn-cost");
+    env.tenant(&name, &unique("plat"), "starter", Some(TenantPhase::Ready))
+        .await;
+    let (token, id) = env.token(&name).await;
+    let backups = format!("/api/v1/tenants/{name}/backups");
+    // Concurrent requests never go over the limit.
+    let tries = (0..5).map(|_| env.post(&backups, Some(&token), "{}"));
+    let answers = futures::future::join_all(tries).await;
+    let accepted = answers
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::ACCEPTED)
+        .count();
+    assert_eq!(accepted, 2, "{answers:?}");
+    let (status, body) = answers
+        .iter()
+        .find(|(s, _)| *s == StatusCode::TOO_MANY_REQUESTS)
+        .cloned()
+        .expect("a refused backup");
+    assert_error(
+        status,
+        &body,
+        StatusCode::TOO_MANY_REQUESTS,
+        "quota_exceeded",
+    );
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    let tomorrow = (Utc::now().date_naive() + chrono::Days::new(1)).to_string();
+    assert!(message.contains("at most 2 backups"), "{message}");
+    assert!(
+        message.contains(&format!("{tomorrow}T00:00:00+00:00")),
+        "{message}"
+    );
+    let resp = env
+        .http
+        .post(format!("{}{backups}", env.base))
+        .bearer_auth(&token)
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: i64 = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    assert!((1..=86_400).contains(&retry_after), "{retry_after}");
+    // The admin is not limited.
+    for _ in 0..3 {
+        let (status, body) = env.post(&backups, Some(ADMIN), "{}").await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    }
+    // Restores: one per day for the token, from a completed backup.
+    let api: Api<TenantBackup> = Api::all(env.kube.clone());
+    let source = answers
+        .iter()
+        .find(|(s, _)| *s == StatusCode::ACCEPTED)
+        .and_then(|(_, b)| b["name"].as_str().map(str::to_owned))
+        .expect("an accepted backup");
+    api.patch_status(
+        &source,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"phase": "Completed"}})),
+    )
+    .await
+    .expect("complete the backup");
+    stackplane_tests::eventually("the completed backup in the cache", || {
+        let store = env.api.backups.clone();
+        let source = source.clone();
+        async move {
+            store
+                .get(&ObjectRef::new(&source))
+                .filter(|b| {
+                    b.status.as_ref().and_then(|s| s.phase)
+                        == Some(stackplane_crds::BackupPhase::Completed)
+                })
+                .map(|_| ())
+        }
+    })
+    .await;
+    let restore = format!("/api/v1/tenants/{name}/backups/{source}/restore");
+    let (status, body) = env.post(&restore, Some(&token), "{}").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let (status, body) = env.post(&restore, Some(&token), "{}").await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::TOO_MANY_REQUESTS,
+        "quota_exceeded",
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("at most 1 restores"),
+        "{body}"
+    );
+    let (status, body) = env.post(&restore, Some(ADMIN), "{}").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    // Refused requests are audited, as the token.
+    let audit = env.audit().await;
+    let refused = audit
+        .iter()
+        .filter(|(actor, action, _, outcome)| {
+            actor == &format!("token:{id}") && action.starts_with("backup.") && outcome == "failed"
+        })
+        .count();
+    assert_eq!(refused, 5, "3 + 1 backups and 1 restore refused: {audit:?}");
+}
+
+#[tokio::test]
+async fn a_revoked_token_stops_working_within_the_cache_ttl() {
+    let env = start_setup(Setup {
+        token_cache_ttl: Duration::from_secs(2),
+        ..Setup::default()
+    })
+    .await;
+    let name = unique("tn-ttl");
+    env.tenant(&name, &unique("plat"), "starter", Some(TenantPhase::Ready))
+        .await;
+    let (token, id) = env.token(&name).await;
+    let path = format!("/api/v1/tenants/{name}");
+    // Believed from the cache: the database is not asked while the entry lives.
+    let (status, _) = env.get(&path, Some(&token)).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = env
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/tenants/{name}/tokens/{id}"),
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    // Once the TTL has passed, the database is asked again and the token is refused.
+    stackplane_tests::eventually_within("the revoked token refused", 30, || async {
+        let (status, _) = env.get(&path, Some(&token)).await;
+        (status == StatusCode::UNAUTHORIZED).then_some(())
+    })
+    .await;
+
+    // Within the TTL the cached verification is believed: with a TTL of 10 minutes the revoked
+    // token still reads (that is the documented window), and the database is not asked.
+    let env = start_setup(Setup {
+        token_cache_ttl: Duration::from_secs(600),
+        ..Setup::default()
+    })
+    .await;
+    let name = unique("tn-ttl");
+    let path = format!("/api/v1/tenants/{name}");
+    env.tenant(&name, &unique("plat"), "starter", Some(TenantPhase::Ready))
+        .await;
+    let (token, id) = env.token(&name).await;
+    let (status, _) = env.get(&path, Some(&token)).await;
+    assert_eq!(status, StatusCode::OK);
+    sqlx::query("UPDATE api_tokens SET revoked_at = now() WHERE id = $1::uuid")
+        .bind(&id)
+        .execute(&env.db)
+        .await
+        .expect("revoke");
+    let (status, _) = env.get(&path, Some(&token)).await;
+    assert_eq!(status, StatusCode::OK, "served from the token cache");
+}
+
+#[tokio::test]
+async fn a_failed_audit_write_is_logged_and_counted_never_dropped_silently() {
+    let env = start().await;
+    let name = unique("tn-audit");
+    env.tenant(&name, &unique("plat"), "starter", Some(TenantPhase::Ready))
+        .await;
+    // The audit table refuses writes; the call itself is still answered.
+    sqlx::query("ALTER TABLE audit_log ADD CONSTRAINT audit_blocked CHECK (false) NOT VALID")
+        .execute(&env.db)
+        .await
+        .expect("block audit writes");
+    let (status, body) = env
+        .post(
+            &format!("/api/v1/tenants/{name}/backups"),
+            Some(ADMIN),
+            "{}",
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let (status, _) = env.post("/api/v1/tenants/x/backups", None, "{}").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let text = env.metrics.encode().expect("metrics");
+    assert!(
+        text.contains("stackplane_audit_write_failures_total 2"),
+        "both lost rows are counted:\n{text}"
+    );
+}
+
+#[tokio::test]
+async fn healthz_fails_while_a_supervised_task_is_down_and_recovers_when_it_runs_again() {
+    let env = start().await;
+    let health = Health::default();
+    let internal = serve_on_free_port(stackplane_api::health::router(Internal {
+        db: env.db.clone(),
+        kube: Some(env.kube.clone()),
+        metrics: env.metrics.clone(),
+        health: health.clone(),
+    }))
+    .await;
+    // The real watches, supervised, and a task that fails its first run then keeps running.
+    let (_, watches) = TenantApi::start(
+        env.db.clone(),
+        env.kube.clone(),
+        MetricsSourceArgs::default(),
+    );
+    let watches = Arc::new(watches);
+    let w = watches.clone();
+    stackplane_api::supervisor::supervise(&health, "tenant-watch", move || w.tenants());
+    let (release, released) = tokio::sync::watch::channel(false);
+    let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = runs.clone();
+    stackplane_api::supervisor::supervise(&health, "flaky", move || {
+        let mut released = released.clone();
+        let run = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async move {
+            if run == 0 {
+                // The first run ends once the test has seen the service healthy.
+                let _ = released.wait_for(|r| *r).await;
+                return;
+            }
+            std::future::pending::<()>().await;
+        }
+    });
+    let healthz = || async {
+        let resp = env
+            .http
+            .get(format!("{internal}/healthz"))
+            .send()
+            .await
+            .ok()?;
+        let status = resp.status();
+        let body: Value = resp.json().await.ok()?;
+        Some((status, body))
+    };
+    let (status, body) = healthz().await.expect("healthz");
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({"status": "ok", "down": []}));
+    release.send(true).expect("release");
+    let body = stackplane_tests::eventually("healthz naming the ended task", || async {
+        let (status, body) = healthz().await?;
+        (status == StatusCode::SERVICE_UNAVAILABLE).then_some(body)
+    })
+    .await;
+    assert_eq!(body, json!({"status": "down", "down": ["flaky"]}));
+    // Restarted with backoff: healthy again.
+    stackplane_tests::eventually("healthz ok after the restart", || async {
+        let (status, _) = healthz().await?;
+        (status == StatusCode::OK).then_some(())
+    })
+    .await;
+    assert!(runs.load(std::sync::atomic::Ordering::SeqCst) >= 2);
 }
 
 #[tokio::test]
@@ -956,16 +1330,24 @@ async fn metrics_report_storage_and_configured_bandwidth() {
 #[tokio::test]
 async fn readyz_checks_database_and_kubernetes_and_openapi_is_served() {
     let env = start().await;
-    let (status, body) = env.get("/readyz", None).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    let url = |path: &str| format!("{}{path}", env.internal);
+    let resp = env.http.get(url("/readyz")).send().await.expect("readyz");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body: Value = resp.json().await.expect("json");
     assert_eq!(body, json!({"database": "ok", "kubernetes": "ok"}));
     let (status, doc) = env.get("/openapi.json", None).await;
     assert_eq!(status, StatusCode::OK);
     assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
     assert!(doc["paths"]["/api/v1/tenants/{name}/backups"]["post"].is_object());
+    // Internal endpoints are not on the public listener.
+    for path in ["/readyz", "/healthz", "/metrics"] {
+        let (status, body) = env.get(path, None).await;
+        assert_error(status, &body, StatusCode::NOT_FOUND, "no_route");
+    }
     env.db.close().await;
-    let (status, body) = env.get("/readyz", None).await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-    assert_eq!(body["kubernetes"], "ok");
-    assert_ne!(body["database"], "ok");
+    let resp = env.http.get(url("/readyz")).send().await.expect("readyz");
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = resp.json().await.expect("json");
+    // Which check failed, and nothing of the backend's error text.
+    assert_eq!(body, json!({"database": "failed", "kubernetes": "ok"}));
 }

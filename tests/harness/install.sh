@@ -6,6 +6,7 @@
 #   - moto (AWS API emulator) in a virtualenv
 #   - helm-python-sdk (real Helm, for the chart checks) in a virtualenv
 #   - localstripe (a fake Stripe) and the official `stripe` Python SDK in a virtualenv
+#   - schemathesis (OpenAPI property tests of the served document) in a virtualenv
 # A second run finds everything cached and returns in seconds.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -106,4 +107,10 @@ if [ ! -x "$STRIPE_VENV/bin/python" ] || ! "$STRIPE_VENV/bin/python" -c 'import 
   "$STRIPE_VENV/bin/pip" install -q --disable-pip-version-check "localstripe==1.15.*" "stripe==16.*"
 fi
 
-log "ready: $K8S_BIN, $MOTO_VENV, $HELM_VENV, $STRIPE_VENV"
+if [ ! -x "$SCHEMATHESIS_VENV/bin/schemathesis" ]; then
+  log "installing schemathesis into $SCHEMATHESIS_VENV"
+  python3 -m venv "$SCHEMATHESIS_VENV"
+  "$SCHEMATHESIS_VENV/bin/pip" install -q --disable-pip-version-check "schemathesis==4.32.*"
+fi
+
+log "ready: $K8S_BIN, $MOTO_VENV, $HELM_VENV, $STRIPE_VENV, $SCHEMATHESIS_VENV"

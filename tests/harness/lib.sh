@@ -10,6 +10,12 @@ HELM_VENV="$STACKPLANE_CACHE/helm-venv"
 # localstripe (a stateful fake Stripe, GPL-3, run as a separate process) and the official
 # `stripe` Python SDK the billing tests drive it with.
 STRIPE_VENV="$STACKPLANE_CACHE/stripe-venv"
+SCHEMATHESIS_VENV="$STACKPLANE_CACHE/schemathesis-venv"
+# cargo-fuzz (crates.io), installed with `cargo install --root` here.
+CARGO_FUZZ_ROOT="$STACKPLANE_CACHE/cargo-fuzz"
+# The fuzz targets' build (instrumented: nothing of the workspace's target dir is reusable),
+# kept here so that only the first run pays for it.
+FUZZ_TARGET_DIR="$STACKPLANE_CACHE/fuzz-target"
 PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
 
 log() { printf '[harness] %s\n' "$*" >&2; }

@@ -20,6 +20,7 @@ command -v etcd >/dev/null || die "etcd is missing: run tests/harness/install.sh
 [ -x "$MOTO_VENV/bin/moto_server" ] || die "moto is missing: run tests/harness/install.sh"
 [ -x "$HELM_VENV/bin/python" ] || die "helm-python-sdk is missing: run tests/harness/install.sh"
 [ -x "$STRIPE_VENV/bin/python" ] || die "localstripe is missing: run tests/harness/install.sh"
+[ -x "$SCHEMATHESIS_VENV/bin/schemathesis" ] || die "schemathesis is missing: run tests/harness/install.sh"
 
 # Runs left behind by a killed shell (SIGKILL skips traps): stop them before starting anew.
 mkdir -p "$STACKPLANE_CACHE/runs"
@@ -174,6 +175,7 @@ export STACKPLANE_HELM_PYTHON="$HELM_VENV/bin/python"
 export STACKPLANE_MOTO_PYTHON="$MOTO_VENV/bin/python"
 export STACKPLANE_LOCALSTRIPE_URL="http://127.0.0.1:$stripe_port"
 export STACKPLANE_STRIPE_PYTHON="$STRIPE_VENV/bin/python"
+export STACKPLANE_SCHEMATHESIS="$SCHEMATHESIS_VENV/bin/schemathesis"
 ENV
 log "components up in $run (kube-apiserver :$api_port, postgres :$pg_port, moto :$moto_port, localstripe :$stripe_port)"
 trap - EXIT

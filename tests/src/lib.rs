@@ -248,3 +248,121 @@ pub fn impersonating_kubeconfig(namespace: &str, name: &str, path: &Path) {
     let body = serde_json::to_string_pretty(&config).unwrap_or_else(|e| panic!("{e}"));
     std::fs::write(path, body).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }
+
+/// A Postgres cluster of one test's own, on a free port, that the test may stop and start
+/// (the harness's shared Postgres must never be stopped: other tests use it). Stopped and
+/// removed when dropped.
+pub struct PrivatePostgres {
+    /// `postgres://postgres@127.0.0.1:<port>/postgres`
+    pub url: String,
+    dir: PathBuf,
+    port: u16,
+}
+
+impl PrivatePostgres {
+    fn bin(name: &str) -> PathBuf {
+        let dir = std::env::var("PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
+        let path = Path::new(&dir).join(name);
+        assert!(
+            path.is_file(),
+            "{} is missing: run tests/harness/install.sh (package postgresql-15)",
+            path.display()
+        );
+        path
+    }
+
+    /// Postgres refuses to run as root: as root, run its binaries as the `postgres` user.
+    fn command(bin: &str) -> std::process::Command {
+        let root = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+            .unwrap_or(false);
+        if root {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(Self::bin(bin));
+            c
+        } else {
+            std::process::Command::new(Self::bin(bin))
+        }
+    }
+
+    fn run(mut command: std::process::Command, what: &str) {
+        let out = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(
+            out.status.success(),
+            "{what} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// initdb and start a new cluster.
+    pub fn start() -> Self {
+        let dir = std::env::temp_dir().join(unique("stackplane-pg"));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        // The postgres user must own the directory when the binaries run as it.
+        let _ = std::process::Command::new("chown")
+            .arg("postgres")
+            .arg(&dir)
+            .status();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or_else(|e| panic!("a free port: {e}"));
+        let mut initdb = Self::command("initdb");
+        initdb.arg("-D").arg(dir.join("data")).args([
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+        ]);
+        Self::run(initdb, "initdb");
+        let pg = Self {
+            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            dir,
+            port,
+        };
+        pg.resume();
+        pg
+    }
+
+    /// Stops the server (fast shutdown: open connections are cut, as in an outage).
+    pub fn stop(&self) {
+        let mut stop = Self::command("pg_ctl");
+        stop.arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-m", "fast", "-w", "-t", "60", "stop"]);
+        Self::run(stop, "pg_ctl stop");
+    }
+
+    /// Starts the stopped server again on the same port.
+    pub fn resume(&self) {
+        let mut start = Self::command("pg_ctl");
+        start
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .arg("-l")
+            .arg(self.dir.join("postgres.log"))
+            .args(["-w", "-t", "60", "-o"])
+            .arg(format!(
+                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+                self.port,
+                self.dir.display()
+            ))
+            .arg("start");
+        Self::run(start, "pg_ctl start");
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = Self::command("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-m", "immediate", "-w", "stop"])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

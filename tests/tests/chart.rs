@@ -240,6 +240,108 @@ fn chart_uses_the_api_versions_the_cluster_serves() {
     assert!(!out.contains("kind: ServiceMonitor"));
 }
 
+/// The internal port (/healthz, /readyz, /metrics) is for probes and the ServiceMonitor only:
+/// the Ingress routes to the public Service, which exposes the public port alone.
+#[test]
+fn internal_endpoints_are_off_the_public_service_and_ingress() {
+    let chart = chart_dir();
+    let values = ci_values();
+    let docs = parse_docs(&helm_ok(&[
+        "render",
+        chart.to_str().unwrap_or_default(),
+        "-f",
+        values.to_str().unwrap_or_default(),
+    ]));
+    let find = |kind: &str, pred: &dyn Fn(&serde_json::Value) -> bool| -> Vec<serde_json::Value> {
+        docs.iter()
+            .filter(|d| d["kind"] == kind && pred(d))
+            .cloned()
+            .collect()
+    };
+    let api_component =
+        |d: &serde_json::Value| d["metadata"]["labels"]["app.kubernetes.io/component"] == "api";
+    let deployment = find("Deployment", &api_component);
+    assert_eq!(deployment.len(), 1);
+    let container = &deployment[0]["spec"]["template"]["spec"]["containers"][0];
+    let ports: Vec<(String, i64)> = container["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap_or_default().to_owned(),
+                p["containerPort"].as_i64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ports,
+        [("http".to_owned(), 8080), ("internal".to_owned(), 9091)]
+    );
+    assert_eq!(container["livenessProbe"]["httpGet"]["port"], "internal");
+    assert_eq!(container["readinessProbe"]["httpGet"]["port"], "internal");
+    let env: Vec<(String, String)> = container["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .filter_map(|e| {
+            Some((
+                e["name"].as_str()?.to_owned(),
+                e["value"].as_str()?.to_owned(),
+            ))
+        })
+        .collect();
+    assert!(
+        env.contains(&("STACKPLANE_INTERNAL_LISTEN".into(), "0.0.0.0:9091".into())),
+        "{env:?}"
+    );
+
+    let services = find("Service", &api_component);
+    let service_ports = |s: &serde_json::Value| -> Vec<String> {
+        s["spec"]["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| p["targetPort"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    let public: Vec<_> = services
+        .iter()
+        .filter(|s| service_ports(s) == ["http"])
+        .collect();
+    let internal: Vec<_> = services
+        .iter()
+        .filter(|s| service_ports(s) == ["internal"])
+        .collect();
+    assert_eq!((public.len(), internal.len()), (1, 1), "{services:?}");
+    let ingress = find("Ingress", &api_component);
+    assert_eq!(ingress.len(), 1);
+    let backends: Vec<&serde_json::Value> = ingress[0]["spec"]["rules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|r| r["http"]["paths"].as_array().into_iter().flatten())
+        .map(|p| &p["backend"]["service"])
+        .collect();
+    assert!(!backends.is_empty());
+    for backend in backends {
+        assert_eq!(
+            backend["name"], public[0]["metadata"]["name"],
+            "the Ingress routes to the public Service"
+        );
+        assert_eq!(backend["port"]["name"], "http");
+    }
+    let monitor = find("ServiceMonitor", &|_| true);
+    assert_eq!(monitor.len(), 1);
+    let endpoint_ports: Vec<&str> = monitor[0]["spec"]["endpoints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["port"].as_str())
+        .collect();
+    assert_eq!(endpoint_ports, ["internal", "metrics"]);
+}
+
 #[tokio::test]
 async fn every_rendered_object_passes_a_server_side_dry_run() {
     let client = kube_client().await;
@@ -525,15 +627,17 @@ async fn start_api(ns: &str, sa: &str, dir: &Path) -> (Proc, String) {
     let kubeconfig = dir.join("api.kubeconfig");
     impersonating_kubeconfig(ns, sa, &kubeconfig);
     let (_, db_url) = fresh_database().await;
-    let port = {
+    let free_port = || {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
         l.local_addr().expect("addr").port()
     };
+    let (port, internal_port) = (free_port(), free_port());
     let bin = workspace_binary("stackplane-api", "stackplane-api");
     let log = dir.join("api.log");
     let out = std::fs::File::create(&log).expect("log");
     let child = Command::new(bin)
         .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--internal-listen", &format!("127.0.0.1:{internal_port}")])
         .env("KUBECONFIG", &kubeconfig)
         .env("DATABASE_URL", db_url)
         .env("STRIPE_WEBHOOK_SECRETS", WEBHOOK_SECRET)
@@ -546,10 +650,11 @@ async fn start_api(ns: &str, sa: &str, dir: &Path) -> (Proc, String) {
         .expect("spawn stackplane-api");
     let api = Proc(child, log);
     let base = format!("http://127.0.0.1:{port}");
+    let internal = format!("http://127.0.0.1:{internal_port}");
     let http = reqwest::Client::new();
     eventually("stackplane-api /readyz", 60, &[&api], || {
         let http = http.clone();
-        let url = format!("{base}/readyz");
+        let url = format!("{internal}/readyz");
         async move {
             http.get(url)
                 .send()
@@ -561,6 +666,21 @@ async fn start_api(ns: &str, sa: &str, dir: &Path) -> (Proc, String) {
         }
     })
     .await;
+    // The internal endpoints are on the internal listener only.
+    for path in ["/healthz", "/metrics"] {
+        let resp = http
+            .get(format!("{internal}{path}"))
+            .send()
+            .await
+            .expect("internal");
+        assert_eq!(resp.status().as_u16(), 200, "{path}");
+        let public = http
+            .get(format!("{base}{path}"))
+            .send()
+            .await
+            .expect("public");
+        assert_eq!(public.status().as_u16(), 404, "{path} is not public");
+    }
     (api, base)
 }
 

@@ -13,9 +13,8 @@ use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
 use axum::{Json, Router};
 use kube::Api;
 use serde::Deserialize;
@@ -28,8 +27,10 @@ use stripe_checkout::checkout_session::{
 use stripe_checkout::CheckoutSessionMode;
 
 use super::prices::PlatformCache;
+use crate::audit::AuditDetails;
+use crate::caller::Caller;
 use crate::http_error::ApiError;
-use crate::server::AppState;
+use crate::routes::RouteTable;
 
 /// Stripe's limit on `client_reference_id`.
 const MAX_USER_REF: usize = 200;
@@ -192,20 +193,20 @@ impl Checkout {
 /// State of the billing session routes.
 #[derive(Clone)]
 struct SessionState {
-    app: AppState,
     checkout: Option<Arc<Checkout>>,
 }
 
-/// The checkout and portal routes; without `checkout` they answer 503.
-pub fn routes(app: AppState, checkout: Option<Arc<Checkout>>) -> Router {
-    Router::new()
-        .route("/api/v1/billing/checkout", post(create_checkout))
-        .route("/api/v1/billing/portal", post(create_portal))
-        .with_state(SessionState { app, checkout })
+/// The checkout and portal routes (authenticated by the server); without `checkout` they
+/// answer 503. The router and the routes it serves.
+pub fn routes(checkout: Option<Arc<Checkout>>) -> (Router, Vec<(&'static str, &'static str)>) {
+    RouteTable::default()
+        .post("/api/v1/billing/checkout", create_checkout)
+        .post("/api/v1/billing/portal", create_portal)
+        .finish(SessionState { checkout })
 }
 
 /// Body of `POST /api/v1/billing/checkout`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CheckoutRequest {
     pub platform: String,
@@ -219,7 +220,7 @@ pub struct CheckoutRequest {
 }
 
 /// Body of `POST /api/v1/billing/portal`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PortalRequest {
     pub tenant: String,
@@ -265,34 +266,6 @@ pub fn validate_fields(req: &CheckoutRequest) -> Result<(), CheckoutError> {
     Ok(())
 }
 
-async fn audit(
-    app: &AppState,
-    headers: &HeaderMap,
-    action: &str,
-    target: &str,
-    outcome: &str,
-    details: serde_json::Value,
-) {
-    let request_id = headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    if let Err(error) = sqlx::query(
-        "INSERT INTO audit_log (actor, action, target, outcome, request_id, details) \
-         VALUES ('admin', $1, $2, $3, $4, $5)",
-    )
-    .bind(action)
-    .bind(target)
-    .bind(outcome)
-    .bind(request_id)
-    .bind(details)
-    .execute(&app.db)
-    .await
-    {
-        tracing::error!(action, target, %error, "writing the audit log");
-    }
-}
-
 fn configured(state: &SessionState) -> Result<&Checkout, CheckoutError> {
     state
         .checkout
@@ -300,12 +273,18 @@ fn configured(state: &SessionState) -> Result<&Checkout, CheckoutError> {
         .ok_or(CheckoutError::NotConfigured("Stripe checkout"))
 }
 
+/// The response with what the audit row should say besides method, route and status.
+fn with_details(mut response: Response, details: serde_json::Value) -> Response {
+    response.extensions_mut().insert(AuditDetails(details));
+    response
+}
+
 async fn create_checkout(
     State(state): State<SessionState>,
-    headers: HeaderMap,
+    caller: Caller,
     body: Result<Json<CheckoutRequest>, JsonRejection>,
 ) -> Response {
-    if let Err(e) = crate::auth::require_admin(&headers, &state.app.billing.secrets.admin_token) {
+    if let Err(e) = caller.require_admin() {
         return e.into_response();
     }
     let req = match body {
@@ -315,29 +294,15 @@ async fn create_checkout(
     match checkout_session(&state, &req).await {
         Ok((id, url)) => {
             tracing::info!(platform = %req.platform, tier = %req.tier, session = %id, "checkout session created");
-            audit(
-                &state.app,
-                &headers,
-                "billing.checkout",
-                &req.user_ref,
-                "success",
-                json!({ "platform": req.platform, "tier": req.tier, "session": id }),
+            with_details(
+                (StatusCode::CREATED, Json(json!({ "id": id, "url": url }))).into_response(),
+                json!({ "platform": req.platform, "tier": req.tier, "userRef": req.user_ref, "session": id }),
             )
-            .await;
-            (StatusCode::CREATED, Json(json!({ "id": id, "url": url }))).into_response()
         }
         Err(error) => {
             tracing::warn!(platform = %req.platform, tier = %req.tier, error_kind = error.metric_label(), %error, "checkout refused");
-            audit(
-                &state.app,
-                &headers,
-                "billing.checkout",
-                &req.user_ref,
-                "failed",
-                json!({ "platform": req.platform, "tier": req.tier, "error": error.metric_label() }),
-            )
-            .await;
-            error.into_response()
+            let details = json!({ "platform": req.platform, "tier": req.tier, "userRef": req.user_ref, "error": error.metric_label() });
+            with_details(error.into_response(), details)
         }
     }
 }
@@ -400,51 +365,30 @@ async fn checkout_session(
 
 async fn create_portal(
     State(state): State<SessionState>,
-    headers: HeaderMap,
+    caller: Caller,
     body: Result<Json<PortalRequest>, JsonRejection>,
 ) -> Response {
     // The admin, or a token of that tenant (another tenant's name answers 404).
-    let authenticator = crate::caller::Authenticator::new(
-        &state.app.billing.secrets.admin_token,
-        state.app.db.clone(),
-    );
-    let caller = match authenticator.authenticate(&headers).await {
-        Ok(caller) => caller,
-        Err(e) => return e.into_response(),
-    };
     let req = match body {
         Ok(Json(req)) => req,
         Err(rejection) => return json_rejection(rejection),
     };
-    if let Err(e) = caller.may_read(&req.tenant) {
-        return e.into_response();
+    // A name Kubernetes cannot hold is the caller's error (400), never a failed API call.
+    if let Err(e) = crate::extract::tenant_name(&req.tenant).and_then(|t| caller.may_read(t)) {
+        return with_details(e.into_response(), json!({ "tenant": req.tenant }));
     }
     match portal_session(&state, &req.tenant).await {
         Ok(url) => {
             tracing::info!(tenant = %req.tenant, "portal session created");
-            audit(
-                &state.app,
-                &headers,
-                "billing.portal",
-                &req.tenant,
-                "success",
-                json!({}),
+            with_details(
+                Json(json!({ "url": url })).into_response(),
+                json!({ "tenant": req.tenant }),
             )
-            .await;
-            Json(json!({ "url": url })).into_response()
         }
         Err(error) => {
             tracing::warn!(tenant = %req.tenant, error_kind = error.metric_label(), %error, "portal refused");
-            audit(
-                &state.app,
-                &headers,
-                "billing.portal",
-                &req.tenant,
-                "failed",
-                json!({ "error": error.metric_label() }),
-            )
-            .await;
-            error.into_response()
+            let details = json!({ "tenant": req.tenant, "error": error.metric_label() });
+            with_details(error.into_response(), details)
         }
     }
 }

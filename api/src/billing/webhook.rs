@@ -9,8 +9,13 @@ use axum::Json;
 use serde_json::{json, Value};
 use stripe_webhook::{Webhook, WebhookError};
 
+use crate::audit::Actor;
+use crate::hardening::{Bucket, Gate};
 use crate::http_error::ApiError;
-use crate::server::AppState;
+use crate::state::AppState;
+
+/// Longest wait for the database to take a delivery before answering 503.
+const STORE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Largest accepted webhook body.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -123,43 +128,76 @@ fn reject(state: &AppState, r: Rejection) -> Response {
     ApiError::new(r.status(), r.metric_label(), r.to_string()).into_response()
 }
 
-/// The handler of `POST /webhooks/stripe`.
+/// The handler of `POST /webhooks/stripe`. The signature is checked first; only then does the
+/// delivery draw from a rate-limit bucket: the generous one of valid deliveries, or the tight
+/// per-address one of everything else, so a scanner cannot starve Stripe's deliveries.
 pub async fn stripe_webhook(
     State(state): State<AppState>,
+    gate: Gate,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let payload = match verified_payload(&state, &headers, body).await {
+        Ok(payload) => payload,
+        Err(r) => {
+            if let Err(limited) = gate.check_address(Bucket::WebhookInvalid) {
+                state.metrics.webhook("unknown", "rate_limited");
+                return limited.into_response();
+            }
+            return reject(&state, r);
+        }
+    };
+    let mut response = match gate.check_address(Bucket::WebhookValid) {
+        Ok(()) => store(&state, &payload).await,
+        Err(limited) => {
+            state.metrics.webhook("unknown", "rate_limited");
+            limited.into_response()
+        }
+    };
+    response.extensions_mut().insert(Actor::Stripe);
+    response
+}
+
+/// The body of a delivery whose signature one of the configured secrets made.
+async fn verified_payload(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<String, Rejection> {
     let declared = headers
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
-        return reject(&state, Rejection::PayloadTooLarge);
+        return Err(Rejection::PayloadTooLarge);
     }
     let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
-        return reject(&state, Rejection::PayloadTooLarge);
+        return Err(Rejection::PayloadTooLarge);
     };
     let Some(signature) = headers.get("stripe-signature") else {
-        return reject(&state, Rejection::MissingSignature);
+        return Err(Rejection::MissingSignature);
     };
     let Ok(signature) = signature.to_str() else {
-        return reject(&state, Rejection::InvalidSignatureHeader);
+        return Err(Rejection::InvalidSignatureHeader);
     };
     let Ok(payload) = std::str::from_utf8(&bytes) else {
-        return reject(&state, Rejection::MalformedJson("not UTF-8".into()));
+        return Err(Rejection::MalformedJson("not UTF-8".into()));
     };
     let now = chrono::Utc::now().timestamp();
-    if let Err(r) = verify(
+    verify(
         payload,
         signature,
         &state.billing.secrets.webhook_secrets,
         now,
-    ) {
-        return reject(&state, r);
-    }
+    )?;
+    Ok(payload.to_owned())
+}
+
+/// Stores a verified delivery; 503 while the database cannot take it (Stripe retries).
+async fn store(state: &AppState, payload: &str) -> Response {
     let event = match envelope(payload) {
         Ok(e) => e,
-        Err(r) => return reject(&state, r),
+        Err(r) => return reject(state, r),
     };
     let stored = sqlx::query(
         "INSERT INTO stripe_events (id, event_type, created, livemode, subscription_id, payload) \
@@ -171,8 +209,11 @@ pub async fn stripe_webhook(
     .bind(event.livemode)
     .bind(&event.subscription_id)
     .bind(&event.payload)
-    .execute(&state.db)
-    .await;
+    .execute(&state.db);
+    let stored = match tokio::time::timeout(STORE_TIMEOUT, stored).await {
+        Ok(result) => result,
+        Err(_) => Err(sqlx::Error::PoolTimedOut),
+    };
     match stored {
         Ok(done) => {
             let duplicate = done.rows_affected() == 0;
@@ -189,7 +230,8 @@ pub async fn stripe_webhook(
         Err(error) => {
             state.metrics.webhook(&event.event_type, "store_failed");
             tracing::error!(event_id = %event.id, %error, "storing stripe event");
-            ApiError::internal("the event could not be stored; Stripe will retry").into_response()
+            ApiError::unavailable("the event could not be stored now; Stripe will retry")
+                .into_response()
         }
     }
 }

@@ -3,7 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, State};
+use crate::extract::Path;
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -16,12 +17,16 @@ use sqlx::PgPool;
 use stackplane_crds::{BackupPhase, BackupReason, Tenant, TenantBackup, TenantBackupSpec};
 use utoipa::ToSchema;
 
+use super::quota::{self, Kind};
 use super::status::time;
 use super::TenantApi;
 use crate::audit::AuditDetails;
 use crate::caller::Caller;
 use crate::extract::{is_dns_subdomain, JsonBody};
 use crate::http_error::ApiError;
+
+/// Timeout of the call that creates a TenantBackup.
+const KUBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Body of `POST …/backups` and `POST …/restore`: nothing to set today; an empty body or `{}`.
 /// Unknown fields are refused, so a client expecting an option that does not exist learns it.
@@ -214,8 +219,8 @@ async fn backups_of(api: &TenantApi, tenant: &str) -> Result<Vec<BackupView>, Ap
 #[utoipa::path(get, path = "/api/v1/tenants/{name}/backups", tag = "backups",
     params(("name" = String, Path, description = "Tenant name")),
     security(("bearer" = [])),
-    responses((status = 200, body = Vec<BackupView>), (status = 401, body = crate::openapi::ErrorBody),
-        (status = 404, body = crate::openapi::ErrorBody)))]
+    responses((status = 200, body = Vec<BackupView>), (status = 401, body = crate::http_error::ErrorBody),
+        (status = 404, body = crate::http_error::ErrorBody)))]
 pub async fn list_backups(
     State(api): State<TenantApi>,
     caller: Caller,
@@ -236,11 +241,43 @@ pub fn new_backup_name(tenant: &str, kind: &str, now: DateTime<Utc>) -> String {
 
 async fn create(
     api: &TenantApi,
+    caller: &Caller,
     tenant: &Tenant,
-    kind: &str,
     restore: Option<String>,
 ) -> Result<Response, ApiError> {
     let tenant_name = tenant.name_any();
+    let kind = if restore.is_some() {
+        Kind::Restore
+    } else {
+        Kind::Backup
+    };
+    // Tenant tokens pay for what they ask within a daily limit; the admin is not limited.
+    let slot = match caller {
+        Caller::Admin => None,
+        Caller::Tenant { .. } => {
+            let limit = api.cost_limits.limit(kind);
+            Some(quota::take(&api.db, &tenant_name, kind, limit, Utc::now()).await?)
+        }
+    };
+    let result = create_object(api, tenant, &tenant_name, kind, restore).await;
+    if let (Err(_), Some(day)) = (&result, slot) {
+        quota::give_back(&api.db, &tenant_name, kind, day).await;
+    }
+    result
+}
+
+async fn create_object(
+    api: &TenantApi,
+    tenant: &Tenant,
+    tenant_name: &str,
+    kind: Kind,
+    restore: Option<String>,
+) -> Result<Response, ApiError> {
+    let tenant_name = tenant_name.to_owned();
+    let kind = match kind {
+        Kind::Backup => "manual",
+        Kind::Restore => "restore",
+    };
     let name = new_backup_name(&tenant_name, kind, Utc::now());
     let backup = TenantBackup {
         metadata: ObjectMeta {
@@ -258,9 +295,15 @@ async fn create(
         },
         status: None,
     };
-    let created = Api::<TenantBackup>::all(api.kube.clone())
-        .create(&PostParams::default(), &backup)
+    let backups = Api::<TenantBackup>::all(api.kube.clone());
+    let params = PostParams::default();
+    let create = backups.create(&params, &backup);
+    let created = tokio::time::timeout(KUBE_TIMEOUT, create)
         .await
+        .map_err(|_| {
+            tracing::error!(tenant = %tenant_name, backup = %name, "creating a TenantBackup timed out");
+            ApiError::unavailable("the Kubernetes API server did not answer in time")
+        })?
         .map_err(|error| {
             tracing::error!(tenant = %tenant_name, backup = %name, %error, "creating a TenantBackup");
             match error {
@@ -290,9 +333,10 @@ async fn create(
     params(("name" = String, Path, description = "Tenant name")),
     request_body(content = BackupRequest, description = "optional; `{}`"),
     security(("bearer" = [])),
-    responses((status = 202, body = BackupView), (status = 400, body = crate::openapi::ErrorBody),
-        (status = 401, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody),
-        (status = 422, body = crate::openapi::ErrorBody)))]
+    responses((status = 202, body = BackupView), (status = 400, body = crate::http_error::ErrorBody),
+        (status = 401, body = crate::http_error::ErrorBody), (status = 404, body = crate::http_error::ErrorBody),
+        (status = 422, body = crate::http_error::ErrorBody),
+        (status = 429, description = "a tenant token used up today's backups (--tenant-backups-per-day); Retry-After says when the limit resets", body = crate::http_error::ErrorBody)))]
 pub async fn create_backup(
     State(api): State<TenantApi>,
     caller: Caller,
@@ -300,7 +344,7 @@ pub async fn create_backup(
     JsonBody(BackupRequest {}): JsonBody<BackupRequest>,
 ) -> Result<Response, ApiError> {
     let tenant = api.visible_tenant(&caller, &name)?;
-    create(&api, &tenant, "manual", None).await
+    create(&api, &caller, &tenant, None).await
 }
 
 /// Restore a tenant from one of its backups; `GET …/backups` shows the restore's progress.
@@ -308,8 +352,9 @@ pub async fn create_backup(
     params(("name" = String, Path, description = "Tenant name"), ("backup" = String, Path, description = "Backup to restore from")),
     request_body(content = BackupRequest, description = "optional; `{}`"),
     security(("bearer" = [])),
-    responses((status = 202, body = BackupView), (status = 400, body = crate::openapi::ErrorBody),
-        (status = 404, body = crate::openapi::ErrorBody), (status = 409, body = crate::openapi::ErrorBody)))]
+    responses((status = 202, body = BackupView), (status = 400, body = crate::http_error::ErrorBody),
+        (status = 404, body = crate::http_error::ErrorBody), (status = 409, body = crate::http_error::ErrorBody),
+        (status = 429, description = "a tenant token used up today's restores (--tenant-restores-per-day); Retry-After says when the limit resets", body = crate::http_error::ErrorBody)))]
 pub async fn restore_backup(
     State(api): State<TenantApi>,
     caller: Caller,
@@ -362,7 +407,7 @@ pub async fn restore_backup(
             ),
         ));
     }
-    create(&api, &tenant, "restore", Some(backup)).await
+    create(&api, &caller, &tenant, Some(backup)).await
 }
 
 #[cfg(test)]

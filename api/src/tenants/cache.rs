@@ -41,17 +41,26 @@ pub fn observe(tenant: &Tenant) -> Option<PhaseObservation> {
 }
 
 const QUEUE: usize = 1024;
+
+/// A cache's writer, held by one run of its watch at a time (so a restarted watch writes into
+/// the same cache the handlers read).
+pub type SharedWriter<K> = std::sync::Arc<tokio::sync::Mutex<Writer<K>>>;
 const ATTEMPTS: u32 = 5;
 
 /// Watches Tenants into `writer` and records each phase transition in the history.
-pub async fn watch_tenants(api: Api<Tenant>, writer: Writer<Tenant>, db: PgPool) {
+/// Ends only if the watch stream ends; the supervisor then runs it again.
+pub async fn watch_tenants(api: Api<Tenant>, writer: SharedWriter<Tenant>, db: PgPool) {
     let (tx, rx) = mpsc::channel(QUEUE);
     // Writes run beside the watch so a slow database never holds back the cache.
     let recorder = record_phases(db, rx);
     let watch = async move {
-        let stream = watcher(api).reflect(writer);
+        let mut writer = writer.lock().await;
+        let stream = watcher(api);
         futures::pin_mut!(stream);
         while let Some(event) = stream.next().await {
+            if let Ok(event) = &event {
+                writer.apply_watcher_event(event);
+            }
             match event {
                 Ok(Event::Apply(tenant) | Event::InitApply(tenant)) => {
                     if let Some(observation) = observe(&tenant) {
@@ -121,7 +130,8 @@ enum BackupChange {
 }
 
 /// Watches TenantBackups into `writer` and keeps `backup_records` in step with them.
-pub async fn watch_backups(api: Api<TenantBackup>, writer: Writer<TenantBackup>, db: PgPool) {
+/// Ends only if the watch stream ends; the supervisor then runs it again.
+pub async fn watch_backups(api: Api<TenantBackup>, writer: SharedWriter<TenantBackup>, db: PgPool) {
     let (tx, mut rx) = mpsc::channel::<BackupChange>(QUEUE);
     let recorder = async move {
         while let Some(change) = rx.recv().await {
@@ -139,9 +149,13 @@ pub async fn watch_backups(api: Api<TenantBackup>, writer: Writer<TenantBackup>,
         }
     };
     let watch = async move {
-        let stream = watcher(api).reflect(writer);
+        let mut writer = writer.lock().await;
+        let stream = watcher(api);
         futures::pin_mut!(stream);
         while let Some(event) = stream.next().await {
+            if let Ok(event) = &event {
+                writer.apply_watcher_event(event);
+            }
             let change = match event {
                 Ok(Event::Apply(b) | Event::InitApply(b)) => BackupChange::Seen(Box::new(b)),
                 Ok(Event::Delete(b)) => BackupChange::Deleted(Box::new(b)),

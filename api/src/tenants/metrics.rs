@@ -2,7 +2,8 @@
 //! its namespace, bandwidth from Prometheus when one is configured (otherwise reported as
 //! unavailable, never invented).
 
-use axum::extract::{Path, State};
+use crate::extract::Path;
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Duration, Utc};
@@ -41,17 +42,22 @@ pub fn parse_window(text: &str) -> Result<Duration, ApiError> {
             format!("window {text:?} is not a number followed by s, m, h or d (e.g. 24h), at most {MAX_WINDOW_DAYS}d"),
         )
     };
-    let split = text.len().checked_sub(1).ok_or_else(bad)?;
-    let (n, unit) = text.split_at(split);
+    // By characters: the unit is the last character, whatever its width (`1é` is refused, not
+    // split inside `é`).
+    let unit = text.chars().last().ok_or_else(bad)?;
+    let n = text.strip_suffix(unit).ok_or_else(bad)?;
+    if !n.chars().all(|c| c.is_ascii_digit()) {
+        return Err(bad());
+    }
     let n: i64 = n.parse().map_err(|_| bad())?;
     if n <= 0 {
         return Err(bad());
     }
     let seconds = match unit {
-        "s" => Some(n),
-        "m" => n.checked_mul(60),
-        "h" => n.checked_mul(3600),
-        "d" => n.checked_mul(86_400),
+        's' => Some(n),
+        'm' => n.checked_mul(60),
+        'h' => n.checked_mul(3600),
+        'd' => n.checked_mul(86_400),
         _ => None,
     }
     .ok_or_else(bad)?;
@@ -170,8 +176,8 @@ const UPTIME_DEFINITION: &str = "fraction of the observed part of the window spe
 #[utoipa::path(get, path = "/api/v1/tenants/{name}/metrics", tag = "tenants",
     params(("name" = String, Path, description = "Tenant name"), MetricsQuery),
     security(("bearer" = [])),
-    responses((status = 200, body = TenantMetrics), (status = 400, body = crate::openapi::ErrorBody),
-        (status = 401, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody)))]
+    responses((status = 200, body = TenantMetrics), (status = 400, body = crate::http_error::ErrorBody),
+        (status = 401, body = crate::http_error::ErrorBody), (status = 404, body = crate::http_error::ErrorBody)))]
 pub async fn tenant_metrics(
     State(api): State<TenantApi>,
     caller: Caller,
@@ -181,7 +187,14 @@ pub async fn tenant_metrics(
     let tenant = api.visible_tenant(&caller, &name)?;
     let length = parse_window(query.window.as_deref().unwrap_or("30d"))?;
     let end = query.end.unwrap_or_else(Utc::now);
-    let start = end - length;
+    // Checked: an `end` near the ends of time must be refused, never overflow.
+    let start = end.checked_sub_signed(length).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "end minus window is out of range",
+        )
+    })?;
     let uptime = crate::history::tenant_uptime(&api.db, &name, start, end)
         .await
         .map_err(|error| {
@@ -412,8 +425,39 @@ mod tests {
             "1.5h",
             "401d",
             "99999999999999999d",
+            "1é",
+            "é",
+            "é1d",
+            "+1d",
+            "1\u{0301}",
         ] {
             assert!(parse_window(bad).is_err(), "{bad}");
+        }
+    }
+
+    proptest::proptest! {
+        /// No input panics the window parser; what it accepts is a positive duration within
+        /// the limit.
+        #[test]
+        fn any_window_text_is_parsed_or_refused(text in "\\PC{0,12}") {
+            if let Ok(d) = parse_window(&text) {
+                proptest::prop_assert!(d > Duration::zero());
+                proptest::prop_assert!(d <= Duration::days(MAX_WINDOW_DAYS));
+            }
+        }
+
+        /// Every well-formed window within the limit is accepted with its length.
+        #[test]
+        fn well_formed_windows_are_accepted(n in 1i64..=400, unit in proptest::sample::select(vec!['s', 'm', 'h', 'd'])) {
+            let secs = match unit { 's' => n, 'm' => n * 60, 'h' => n * 3600, _ => n * 86_400 };
+            let parsed = parse_window(&format!("{n}{unit}"));
+            proptest::prop_assert_eq!(parsed.ok(), Some(Duration::seconds(secs)));
+        }
+
+        /// Quantities from any text never panic.
+        #[test]
+        fn any_quantity_text_is_parsed_or_refused(text in "\\PC{0,16}") {
+            let _ = quantity_bytes(&text);
         }
     }
 

@@ -3,24 +3,19 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
-use axum::extract::{FromRef, State};
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
-use axum::routing::{delete, get, post};
-use axum::{Json, Router};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, store::Writer, Store};
 use kube::Api;
 use sqlx::PgPool;
 use stackplane_crds::{Tenant, TenantBackup};
+use tokio::sync::Mutex;
 
-use crate::audit::AuditState;
-use crate::caller::Authenticator;
+use crate::routes::RouteTable;
 
 pub mod backups;
 pub mod cache;
 pub mod metrics;
+pub mod quota;
 pub mod status;
 pub mod tokens;
 
@@ -56,61 +51,80 @@ impl Default for MetricsSourceArgs {
 pub struct TenantApi {
     pub db: PgPool,
     pub kube: kube::Client,
-    pub auth: Authenticator,
     /// Every Tenant, kept current by a watch: status reads never reach the API server.
     pub tenants: Store<Tenant>,
     /// Every TenantBackup, kept current by a watch.
     pub backups: Store<TenantBackup>,
     pub bandwidth: Option<Arc<metrics::BandwidthSource>>,
+    /// Daily backups and restores a tenant token may ask for.
+    pub cost_limits: quota::CostLimitArgs,
 }
 
-impl FromRef<TenantApi> for Authenticator {
-    fn from_ref(api: &TenantApi) -> Self {
-        api.auth.clone()
+/// The watches that keep the caches and Postgres records current (Tenant watch → status
+/// history, TenantBackup watch → backup records). Each can be started again after it ended
+/// (the supervisor does): the cache's writer is shared, and a new watch starts with a fresh
+/// list that replaces the cache's content.
+pub struct Watches {
+    db: PgPool,
+    kube: kube::Client,
+    tenants: Arc<Mutex<Writer<Tenant>>>,
+    backups: Arc<Mutex<Writer<TenantBackup>>>,
+}
+
+impl Watches {
+    /// One run of the Tenant watch.
+    pub fn tenants(&self) -> impl Future<Output = ()> + Send + 'static {
+        cache::watch_tenants(
+            Api::all(self.kube.clone()),
+            self.tenants.clone(),
+            self.db.clone(),
+        )
     }
-}
 
-impl FromRef<TenantApi> for AuditState {
-    fn from_ref(api: &TenantApi) -> Self {
-        AuditState {
-            db: api.db.clone(),
-            auth: api.auth.clone(),
+    /// One run of the TenantBackup watch.
+    pub fn backups(&self) -> impl Future<Output = ()> + Send + 'static {
+        cache::watch_backups(
+            Api::all(self.kube.clone()),
+            self.backups.clone(),
+            self.db.clone(),
+        )
+    }
+
+    /// Both watches, once, unsupervised (tests, benchmarks).
+    pub fn run(self) -> impl Future<Output = ()> + Send + 'static {
+        let tenants = self.tenants();
+        let backups = self.backups();
+        async move {
+            tokio::join!(tenants, backups);
         }
     }
 }
 
 impl TenantApi {
-    /// Builds the API state and the future that keeps its caches and Postgres records current
-    /// (Tenant watch → status history, TenantBackup watch → backup records). The future must
-    /// be spawned; [`TenantApi::ready`] waits for the first lists.
-    pub fn start(
-        db: PgPool,
-        kube: kube::Client,
-        admin_token: &str,
-        source: MetricsSourceArgs,
-    ) -> (Self, impl Future<Output = ()> + Send + 'static) {
+    /// Builds the API state and the watches that keep its caches current. The watches must be
+    /// run; [`TenantApi::ready`] waits for the first lists.
+    pub fn start(db: PgPool, kube: kube::Client, source: MetricsSourceArgs) -> (Self, Watches) {
         let (tenants, tenant_writer) = reflector::store();
         let (backups, backup_writer) = reflector::store();
         let bandwidth = source
             .prometheus_url
             .filter(|u| !u.trim().is_empty())
             .map(|url| Arc::new(metrics::BandwidthSource::new(url, source.bandwidth_query)));
-        let driver = {
-            let tenants = cache::watch_tenants(Api::all(kube.clone()), tenant_writer, db.clone());
-            let backups = cache::watch_backups(Api::all(kube.clone()), backup_writer, db.clone());
-            async move {
-                tokio::join!(tenants, backups);
-            }
+        let watches = Watches {
+            db: db.clone(),
+            kube: kube.clone(),
+            tenants: Arc::new(Mutex::new(tenant_writer)),
+            backups: Arc::new(Mutex::new(backup_writer)),
         };
         let api = Self {
-            auth: Authenticator::new(admin_token, db.clone()),
             db,
             kube,
             tenants,
             backups,
             bandwidth,
+            cost_limits: quota::CostLimitArgs::default(),
         };
-        (api, driver)
+        (api, watches)
     }
 
     /// Waits until both caches hold their first list. False if a watch ended first.
@@ -120,82 +134,20 @@ impl TenantApi {
     }
 }
 
-/// The routes of the tenant API, `/readyz` and `/openapi.json`.
-pub fn router(api: TenantApi) -> Router {
-    let audited = Router::new()
-        .route("/api/v1/tenants", get(status::list_tenants))
-        .route("/api/v1/tenants/{name}", get(status::get_tenant))
-        .route(
-            "/api/v1/platforms/{name}/summary",
-            get(status::platform_summary),
-        )
-        .route(
-            "/api/v1/tenants/{name}/metrics",
-            get(metrics::tenant_metrics),
-        )
-        .route(
-            "/api/v1/tenants/{name}/backups",
-            get(backups::list_backups).post(backups::create_backup),
-        )
-        .route(
+/// The routes of the tenant API, all behind authentication (added by the server).
+pub fn routes(table: RouteTable<TenantApi>) -> RouteTable<TenantApi> {
+    table
+        .get("/api/v1/tenants", status::list_tenants)
+        .get("/api/v1/tenants/{name}", status::get_tenant)
+        .get("/api/v1/platforms/{name}/summary", status::platform_summary)
+        .get("/api/v1/tenants/{name}/metrics", metrics::tenant_metrics)
+        .get("/api/v1/tenants/{name}/backups", backups::list_backups)
+        .post("/api/v1/tenants/{name}/backups", backups::create_backup)
+        .post(
             "/api/v1/tenants/{name}/backups/{backup}/restore",
-            post(backups::restore_backup),
+            backups::restore_backup,
         )
-        .route(
-            "/api/v1/tenants/{name}/tokens",
-            post(tokens::issue_token).get(tokens::list_tokens),
-        )
-        .route(
-            "/api/v1/tenants/{name}/tokens/{id}",
-            delete(tokens::revoke_token),
-        )
-        .route_layer(axum::middleware::from_fn_with_state(
-            AuditState::from_ref(&api),
-            crate::audit::audit,
-        ));
-    audited
-        .route("/readyz", get(readyz))
-        .route("/openapi.json", get(crate::openapi::serve))
-        .with_state(api)
-}
-
-/// Readiness of one dependency.
-#[derive(serde::Serialize, utoipa::ToSchema)]
-pub struct Readiness {
-    /// `ok`, or why the database cannot be used.
-    pub database: String,
-    /// `ok`, or why the Kubernetes API server cannot be reached.
-    pub kubernetes: String,
-}
-
-const READY_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// Ready when the database answers a query and the Kubernetes API server answers `/version`.
-#[utoipa::path(get, path = "/readyz", tag = "health",
-    responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
-pub async fn readyz(State(api): State<TenantApi>) -> impl IntoResponse {
-    let database =
-        match tokio::time::timeout(READY_TIMEOUT, sqlx::query("SELECT 1").execute(&api.db)).await {
-            Ok(Ok(_)) => "ok".to_owned(),
-            Ok(Err(error)) => format!("unreachable: {error}"),
-            Err(_) => "unreachable: timed out".to_owned(),
-        };
-    let kubernetes = match tokio::time::timeout(READY_TIMEOUT, api.kube.apiserver_version()).await {
-        Ok(Ok(_)) => "ok".to_owned(),
-        Ok(Err(error)) => format!("unreachable: {error}"),
-        Err(_) => "unreachable: timed out".to_owned(),
-    };
-    let status = if database == "ok" && kubernetes == "ok" {
-        StatusCode::OK
-    } else {
-        tracing::warn!(%database, %kubernetes, "not ready");
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (
-        status,
-        Json(Readiness {
-            database,
-            kubernetes,
-        }),
-    )
+        .post("/api/v1/tenants/{name}/tokens", tokens::issue_token)
+        .get("/api/v1/tenants/{name}/tokens", tokens::list_tokens)
+        .delete("/api/v1/tenants/{name}/tokens/{id}", tokens::revoke_token)
 }

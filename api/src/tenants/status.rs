@@ -3,7 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, State};
+use crate::extract::Path;
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
@@ -157,8 +158,8 @@ impl TenantApi {
 #[utoipa::path(get, path = "/api/v1/tenants/{name}", tag = "tenants",
     params(("name" = String, Path, description = "Tenant name")),
     security(("bearer" = [])),
-    responses((status = 200, body = TenantView), (status = 400, body = crate::openapi::ErrorBody),
-        (status = 401, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody)))]
+    responses((status = 200, body = TenantView), (status = 400, body = crate::http_error::ErrorBody),
+        (status = 401, body = crate::http_error::ErrorBody), (status = 404, body = crate::http_error::ErrorBody)))]
 pub async fn get_tenant(
     State(api): State<TenantApi>,
     caller: Caller,
@@ -276,8 +277,8 @@ pub fn page(
 /// Every tenant (admin): filter by platform, phase and tier; pages ordered by name.
 #[utoipa::path(get, path = "/api/v1/tenants", tag = "tenants", params(ListQuery),
     security(("bearer" = [])),
-    responses((status = 200, body = TenantList), (status = 400, body = crate::openapi::ErrorBody),
-        (status = 401, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody)))]
+    responses((status = 200, body = TenantList), (status = 400, body = crate::http_error::ErrorBody),
+        (status = 401, body = crate::http_error::ErrorBody), (status = 403, body = crate::http_error::ErrorBody)))]
 pub async fn list_tenants(
     State(api): State<TenantApi>,
     caller: Caller,
@@ -329,8 +330,8 @@ pub fn summarize(platform: &str, tenants: &[std::sync::Arc<Tenant>]) -> Platform
 #[utoipa::path(get, path = "/api/v1/platforms/{name}/summary", tag = "tenants",
     params(("name" = String, Path, description = "Platform name")),
     security(("bearer" = [])),
-    responses((status = 200, body = PlatformSummary), (status = 401, body = crate::openapi::ErrorBody),
-        (status = 403, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody)))]
+    responses((status = 200, body = PlatformSummary), (status = 401, body = crate::http_error::ErrorBody),
+        (status = 403, body = crate::http_error::ErrorBody), (status = 404, body = crate::http_error::ErrorBody)))]
 pub async fn platform_summary(
     State(api): State<TenantApi>,
     caller: Caller,

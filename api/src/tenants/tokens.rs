@@ -1,7 +1,8 @@
 //! Tenant-scoped bearer tokens: issued by the admin (shown once, stored as a SHA-256 hash),
 //! listed without their secret, revoked.
 
-use axum::extract::{Path, State};
+use crate::extract::Path;
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -71,9 +72,9 @@ fn db_error(error: sqlx::Error) -> ApiError {
     params(("name" = String, Path, description = "Tenant name")),
     request_body(content = IssueToken, description = "optional"),
     security(("bearer" = [])),
-    responses((status = 201, body = IssuedToken), (status = 400, body = crate::openapi::ErrorBody),
-        (status = 403, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody),
-        (status = 422, body = crate::openapi::ErrorBody)))]
+    responses((status = 201, body = IssuedToken), (status = 400, body = crate::http_error::ErrorBody),
+        (status = 403, body = crate::http_error::ErrorBody), (status = 404, body = crate::http_error::ErrorBody),
+        (status = 422, body = crate::http_error::ErrorBody)))]
 pub async fn issue_token(
     State(api): State<TenantApi>,
     caller: Caller,
@@ -132,7 +133,7 @@ pub async fn issue_token(
 #[utoipa::path(get, path = "/api/v1/tenants/{name}/tokens", tag = "tokens",
     params(("name" = String, Path, description = "Tenant name")),
     security(("bearer" = [])),
-    responses((status = 200, body = Vec<TokenInfo>), (status = 403, body = crate::openapi::ErrorBody)))]
+    responses((status = 200, body = Vec<TokenInfo>), (status = 403, body = crate::http_error::ErrorBody)))]
 pub async fn list_tokens(
     State(api): State<TenantApi>,
     caller: Caller,
@@ -155,8 +156,8 @@ pub async fn list_tokens(
 #[utoipa::path(delete, path = "/api/v1/tenants/{name}/tokens/{id}", tag = "tokens",
     params(("name" = String, Path, description = "Tenant name"), ("id" = Uuid, Path, description = "Token id")),
     security(("bearer" = [])),
-    responses((status = 204), (status = 403, body = crate::openapi::ErrorBody),
-        (status = 404, body = crate::openapi::ErrorBody)))]
+    responses((status = 204), (status = 403, body = crate::http_error::ErrorBody),
+        (status = 404, body = crate::http_error::ErrorBody)))]
 pub async fn revoke_token(
     State(api): State<TenantApi>,
     caller: Caller,
