@@ -124,10 +124,6 @@ impl Metrics {
             "Duration of a completed billing sweep",
             billing_sweep_seconds.clone(),
         );
-            stripe_api_calls,
-            billing_conflicts,
-            billing_sweeps,
-            billing_sweep_seconds,
         let panics = Counter::default();
         registry.register(
             "api_panics",
@@ -151,6 +147,10 @@ impl Metrics {
             panics,
             audit_write_failures,
             rate_limited,
+            stripe_api_calls,
+            billing_conflicts,
+            billing_sweeps,
+            billing_sweep_seconds,
             webhook_events,
             processed_events,
             queue_depth,

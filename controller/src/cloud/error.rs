@@ -168,7 +168,7 @@ impl CloudError {
             | CloudError::Retryable { operation, .. }
             | CloudError::Incomplete { operation, .. }
             | CloudError::OwnerGone { operation, .. }
-            | CloudError::Kube { operation, .. } => *operation,
+            | CloudError::Kube { operation, .. } => operation,
             CloudError::Config(_) => "config",
             CloudError::SubdomainTaken { .. } => "ChangeResourceRecordSets",
         }

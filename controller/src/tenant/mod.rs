@@ -392,7 +392,14 @@ async fn cloud_step(
     valid: &Valid<'_>,
 ) -> Option<crate::cloud::CloudOutcome> {
     let settings = ctx.config.cloud.as_ref()?;
-    let outcome = crate::cloud::sync(settings, &ctx.client, pass.tenant, valid.platform, valid.tier).await;
+    let outcome = crate::cloud::sync(
+        settings,
+        &ctx.client,
+        pass.tenant,
+        valid.platform,
+        valid.tier,
+    )
+    .await;
     for note in &outcome.notes {
         ctx.event(
             pass.tenant,
