@@ -378,15 +378,15 @@ mod tests {
         };
         let a = a_record("x.example.com", "203.0.113.7");
         assert_eq!(
-            claim("u-a", Some(&mine), &[a.clone()], false),
+            claim("u-a", Some(&mine), std::slice::from_ref(&a), false),
             Claim::Ours { created: 5 }
         );
         assert!(
-            matches!(claim("u-b", Some(&mine), &[a.clone()], false), Claim::Taken { owner } if owner.contains("tenant a"))
+            matches!(claim("u-b", Some(&mine), std::slice::from_ref(&a), false), Claim::Taken { owner } if owner.contains("tenant a"))
         );
         // No ownership record: a record someone else wrote is not taken over ...
         assert!(matches!(
-            claim("u-b", None, &[a.clone()], false),
+            claim("u-b", None, std::slice::from_ref(&a), false),
             Claim::Taken { .. }
         ));
         // ... unless the tenant's own status names it (written before ownership records).
