@@ -170,7 +170,11 @@ mod tests {
     fn a_price_moved_to_another_platform_cancels_the_old_platforms_tenant() {
         let before = sub("sub_a", "crm", S::Active, 100, None);
         let after = sub("sub_a", "video", S::Active, 100, None);
-        let g = govern(std::slice::from_ref(&after), std::slice::from_ref(&before), 1000);
+        let g = govern(
+            std::slice::from_ref(&after),
+            std::slice::from_ref(&before),
+            1000,
+        );
         assert_eq!(g.len(), 2);
         let crm = g.iter().find(|g| g.platform == "crm").unwrap();
         assert!(crm.moved_away);
