@@ -71,7 +71,12 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .context("building a Kubernetes client (KUBECONFIG or in-cluster)")?;
             let health = Health::default();
-            // The internal listener first: probes and scrapes answer while the caches fill.
+            // The public port is bound before /readyz can answer ok, so a client that waited
+            // for readiness is queued by the kernel, never refused, until serving starts below.
+            let listener = tokio::net::TcpListener::bind(args.listen)
+                .await
+                .with_context(|| format!("binding {}", args.listen))?;
+            // The internal listener next: probes and scrapes answer while the caches fill.
             let internal = tokio::net::TcpListener::bind(args.internal_listen)
                 .await
                 .with_context(|| format!("binding {}", args.internal_listen))?;
@@ -159,9 +164,6 @@ async fn main() -> anyhow::Result<()> {
                     .clone()
                     .sample_queue(db.clone(), QUEUE_SAMPLE_INTERVAL)
             });
-            let listener = tokio::net::TcpListener::bind(args.listen)
-                .await
-                .with_context(|| format!("binding {}", args.listen))?;
             tracing::info!(listen = %args.listen, "serving stackplane-api");
             let options = server::RouterOptions {
                 hardening: args.hardening,
