@@ -11,4 +11,4 @@ components_for_this_shell
 
 cd "$root"
 [ $# -gt 0 ] || set -- --workspace
-cargo test --locked "$@"
+cargo test --locked --no-fail-fast "$@"

@@ -3,12 +3,15 @@
 use stackplane_api::db::MIGRATOR;
 use stackplane_tests::fresh_database;
 
-const TABLES: [&str; 6] = [
+const TABLES: [&str; 9] = [
     "api_tokens",
     "audit_log",
     "backup_records",
+    "billing_resync",
+    "billing_tenants",
     "stripe_events",
     "subscription_state",
+    "tenant_daily_usage",
     "tenant_status_history",
 ];
 
