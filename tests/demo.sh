@@ -5,8 +5,9 @@
 #   2. installs the CRDs and the example Platforms, and a Route53 hosted zone in moto for
 #      stackpro-business;
 #   3. builds and runs stackplane-api and stackplane-controller;
-#   4. sends Stripe-signed checkout.session.completed and customer.subscription.created for a
-#      sample customer of stackpro-business's dedicated "business" tier;
+#   4. a sample customer subscribes to stackpro-business's dedicated "business" tier in Stripe
+#      (localstripe, driven by the official stripe SDK), which sends its signed events to the api;
+#      the api reads the customer's subscriptions back from that Stripe, its source of truth;
 #   5. waits until the tenant is Ready, reporting its workloads available as kubelets would
 #      (the local control plane has no nodes);
 #   6. shows the tenant's status from the API, `kubectl get tenants`, and the tenant's EC2
@@ -26,11 +27,9 @@ fail() { printf 'demo: FAILED: %s\n' "$*" >&2; failures+=("$*"); }
 
 cd "$root"
 say "building stackplane-api, stackplane-controller and the demo helper (cargo)"
-# One package per build, as the tests build them, so both reuse the same compiled dependencies.
-cargo build -q --locked -p stackplane-api --bin stackplane-api
-cargo build -q --locked -p stackplane-controller --bin stackplane-controller
-# The demo helper is built with the test targets (their dependencies are already compiled).
-cargo test -q --locked -p stackplane-tests --no-run
+# The whole workspace with its test targets, as `make test` builds it: one feature resolution,
+# so the demo and the tests reuse the same compiled dependencies.
+cargo build -q --locked --workspace --bins --tests
 target="$(cargo metadata --format-version 1 --no-deps \
   | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug"
 demo="$target/stackplane-demo"
@@ -64,6 +63,7 @@ api="http://127.0.0.1:$api_port"
 say "starting stackplane-api on $api and stackplane-controller (metrics :$metrics_port)"
 STACKPLANE_LISTEN="127.0.0.1:$api_port" STRIPE_WEBHOOK_SECRETS="$webhook_secret" \
   STRIPE_SECRET_KEY="sk_test_demo_$(openssl rand -hex 12)" STACKPLANE_ADMIN_TOKEN="$admin_token" \
+  STRIPE_API_BASE="$STACKPLANE_LOCALSTRIPE_URL" \
   RUST_LOG="${RUST_LOG:-info}" \
   "$target/stackplane-api" >"$STACKPLANE_RUN/logs/stackplane-api.log" 2>&1 </dev/null &
 # down.sh stops what the pids file lists, newest first: these two before the components.
@@ -88,10 +88,19 @@ wait_http stackplane-controller "http://127.0.0.1:$metrics_port/healthz" 60 \
   "$STACKPLANE_RUN/logs/stackplane-controller.log"
 echo "both are up (logs: $STACKPLANE_RUN/logs/stackplane-{api,controller}.log)"
 
-say "a customer pays: Stripe-signed webhooks for stackpro-business, tier business"
-tenant="$("$demo" subscribe --api "$api" --secret "$webhook_secret" \
-  --platform stackpro-business --tier business --price price_1StackproBusinessMonthly \
-  --customer cus_DemoBakery01 --email owner@demo-bakery.example --name "Demo Bakery")"
+say "a customer pays: a subscription to stackpro-business, tier business, in Stripe ($STACKPLANE_LOCALSTRIPE_URL)"
+stripe_driver() { # command args... -> the JSON answer's field named by $FIELD
+  "$STACKPLANE_STRIPE_PYTHON" "$root/tests/harness/stripe_driver.py" \
+    --api-base "$STACKPLANE_LOCALSTRIPE_URL" "$@" \
+    | python3 -c 'import json,os,sys; print(json.load(sys.stdin)[os.environ["FIELD"]])'
+}
+price=price_1StackproBusinessMonthly
+FIELD=prices stripe_driver setup "$price" >/dev/null
+FIELD=webhook stripe_driver webhook "$api/webhooks/stripe" "$webhook_secret" >/dev/null
+customer="$(FIELD=customer stripe_driver customer owner@demo-bakery.example)"
+subscription="$(FIELD=subscription stripe_driver subscribe "$customer" "$price")"
+echo "customer $customer, subscription $subscription (Stripe sends its signed events to $api/webhooks/stripe)"
+tenant="$("$demo" tenant-name --platform stackpro-business --customer "$customer")"
 echo "tenant: $tenant"
 
 say "waiting until $tenant is Ready (workloads reported available as kubelets would)"

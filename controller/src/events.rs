@@ -49,7 +49,7 @@ impl EventRecorder {
             Timestamp::now(),
         );
         let api: Api<K8sEvent> = Api::namespaced(self.client.clone(), event_namespace(regarding));
-        crate::k8s::timed(api.create(&PostParams::default(), &body)).await?;
+        api.create(&PostParams::default(), &body).await?;
         Ok(())
     }
 }

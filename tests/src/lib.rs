@@ -192,14 +192,25 @@ pub fn workspace_binary(package: &str, bin: &str) -> PathBuf {
             cargo.env_remove(key.as_ref());
         }
     }
+    // The whole workspace with its test targets, as `cargo test --workspace` builds it: one
+    // feature resolution for every dependency. `-p {package}` alone would resolve features
+    // without the dev-dependencies, recompile the dependencies they share (aws-sdk-ec2 among
+    // them, minutes of it) and overwrite the binaries the other tests use.
     let status = cargo
-        .args(["build", "--quiet", "--locked", "-p", package, "--bin", bin])
+        .args([
+            "build",
+            "--quiet",
+            "--locked",
+            "--workspace",
+            "--bins",
+            "--tests",
+        ])
         .current_dir(workspace_root())
         .status()
-        .unwrap_or_else(|e| panic!("running cargo build -p {package}: {e}"));
+        .unwrap_or_else(|e| panic!("running cargo build for {package}'s {bin}: {e}"));
     assert!(
         status.success(),
-        "cargo build -p {package} --bin {bin} failed"
+        "cargo build --workspace --bins --tests (for {package}'s {bin}) failed"
     );
     // Test executables live in <target>/<profile>/deps; binaries one level up.
     let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));

@@ -24,7 +24,6 @@ use stackplane_crds::{BackupPart, BackupPartKind, TenantBackup};
 
 use super::error::Result;
 use super::parts;
-use crate::k8s::timed;
 
 /// Field manager of what the backup reconciler applies.
 const FIELD_MANAGER: &str = "stackplane-controller";
@@ -172,13 +171,13 @@ pub async fn dump(
 ) -> Result<BackupPart> {
     let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
     let name = job_name(&backup.name_any());
-    if let Some(existing) = timed(jobs.get_opt(&name)).await? {
+    if let Some(existing) = jobs.get_opt(&name).await? {
         return Ok(parts::database_part(&existing));
     }
     let keep = live_backups(client, &backup.spec.tenant).await?;
     let desired = job(backup, namespace, labels, config, &keep)?;
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
-    if timed(claims.get_opt(&config.claim)).await?.is_none() {
+    if claims.get_opt(&config.claim).await?.is_none() {
         let claim = json!({
             "apiVersion": "v1",
             "kind": "PersistentVolumeClaim",
@@ -189,17 +188,20 @@ pub async fn dump(
             },
         });
         let params = PatchParams::apply(FIELD_MANAGER);
-        if let Err(e) = timed(claims.patch(&config.claim, &params, &Patch::Apply(&claim))).await {
+        if let Err(e) = claims
+            .patch(&config.claim, &params, &Patch::Apply(&claim))
+            .await
+        {
             return refused(e, format!("dump claim {}", config.claim));
         }
     }
-    match timed(jobs.create(&PostParams::default(), &desired)).await {
+    match jobs.create(&PostParams::default(), &desired).await {
         Ok(created) => {
             tracing::info!(tenant = %backup.spec.tenant, namespace, job = %name, "dump job created");
             Ok(parts::database_part(&created))
         }
         Err(kube::Error::Api(s)) if s.code == 409 => {
-            Ok(parts::database_part(&timed(jobs.get(&name)).await?))
+            Ok(parts::database_part(&jobs.get(&name).await?))
         }
         Err(e) => refused(e, format!("dump Job {name}")),
     }
@@ -209,7 +211,7 @@ pub async fn dump(
 /// but keeping their names is harmless).
 async fn live_backups(client: &Client, tenant: &str) -> Result<Vec<String>> {
     let api: Api<TenantBackup> = Api::all(client.clone());
-    let list = timed(api.list(&kube::api::ListParams::default())).await?;
+    let list = api.list(&kube::api::ListParams::default()).await?;
     Ok(list
         .items
         .into_iter()

@@ -49,7 +49,6 @@ use stackplane_crds::{
 };
 
 use crate::backoff::Failures;
-use crate::k8s::timed;
 use crate::metrics::Metrics;
 use database::DumpConfig;
 use ec2::Ec2;
@@ -250,7 +249,7 @@ async fn apply<E: Ec2>(cached: &TenantBackup, ctx: &Context<E>) -> Result<Action
     // The parts recorded in the status decide what is made next, so they are read fresh: a
     // reconcile triggered by a Job event may run before the cache has seen the last status write.
     let api: Api<TenantBackup> = Api::all(ctx.client.clone());
-    let Some(backup) = timed(api.get_opt(&name)).await? else {
+    let Some(backup) = api.get_opt(&name).await? else {
         return Ok(Action::await_change());
     };
     let backup = &backup;
@@ -269,7 +268,7 @@ async fn apply<E: Ec2>(cached: &TenantBackup, ctx: &Context<E>) -> Result<Action
             )
             .await;
             let api: Api<TenantBackup> = Api::all(ctx.client.clone());
-            match timed(api.delete(&name, &DeleteParams::background())).await {
+            match api.delete(&name, &DeleteParams::background()).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(e) => return Err(e.into()),
@@ -288,7 +287,7 @@ async fn apply<E: Ec2>(cached: &TenantBackup, ctx: &Context<E>) -> Result<Action
     }
 
     let tenants: Api<Tenant> = Api::all(ctx.client.clone());
-    let Some(tenant) = timed(tenants.get_opt(&backup.spec.tenant)).await? else {
+    let Some(tenant) = tenants.get_opt(&backup.spec.tenant).await? else {
         return fail(
             ctx,
             backup,
@@ -604,7 +603,10 @@ async fn write_status(
     let api: Api<TenantBackup> = Api::all(client.clone());
     let body = status_body(backup, status)?;
     let params = PatchParams::apply(crate::k8s::FIELD_MANAGER).force();
-    match timed(api.patch_status(&backup.name_any(), &params, &Patch::Apply(&body))).await {
+    match api
+        .patch_status(&backup.name_any(), &params, &Patch::Apply(&body))
+        .await
+    {
         Ok(_) => Ok(()),
         Err(e) if crate::k8s::is_conflict(&e) => Err(Error::StatusConflict(e)),
         Err(e) => Err(Error::Status(e)),

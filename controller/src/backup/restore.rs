@@ -14,7 +14,6 @@ use stackplane_crds::{
 use super::ec2::Ec2;
 use super::error::Result;
 use super::{object_labels, parts, volume, Context, Refusal};
-use crate::k8s::timed;
 
 /// The parts of a restore after one more step each, or why it cannot be done.
 pub async fn progress<E: Ec2>(
@@ -27,7 +26,7 @@ pub async fn progress<E: Ec2>(
     let name = restore.name_any();
     let tenant_name = tenant.name_any();
     let backups: Api<TenantBackup> = Api::all(ctx.client.clone());
-    let Some(source) = timed(backups.get_opt(source_name)).await? else {
+    let Some(source) = backups.get_opt(source_name).await? else {
         return Ok(Err(Refusal {
             reason: "SourceNotFound",
             message: format!("backup {source_name} to restore from does not exist"),

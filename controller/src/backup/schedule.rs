@@ -14,7 +14,6 @@ use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::events::{Event, EventType};
 
 use crate::events::EventRecorder;
-use crate::k8s::timed;
 use kube::Resource;
 use kube::{Client, ResourceExt};
 use stackplane_crds::labels::{MANAGED_BY, MANAGED_BY_VALUE, TENANT};
@@ -118,7 +117,7 @@ pub async fn run(
             _ = &mut stop => return,
             _ = ticks.tick() => {},
         }
-        let list = match timed(tenants.list(&params)).await {
+        let list = match tenants.list(&params).await {
             Ok(l) => l.items,
             Err(error) => {
                 tracing::warn!(%error, "listing tenants for backup schedules failed");
@@ -172,7 +171,7 @@ pub async fn run(
                 continue;
             };
             let backup = scheduled_backup(&tenant, at);
-            match timed(backups.create(&PostParams::default(), &backup)).await {
+            match backups.create(&PostParams::default(), &backup).await {
                 Ok(_) => {
                     tracing::info!(tenant = %name, backup = %backup.name_any(), "scheduled backup created")
                 }

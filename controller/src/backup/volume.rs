@@ -14,7 +14,6 @@ use stackplane_crds::BackupPart;
 
 use super::error::Result;
 use super::parts;
-use crate::k8s::timed;
 
 /// The VolumeSnapshot resource the API server serves in `group` (`v1` or `v1beta1`), if any.
 pub async fn discover(client: &Client, group: &str) -> Result<Option<ApiResource>> {
@@ -68,7 +67,7 @@ pub async fn snapshot(
 ) -> Result<BackupPart> {
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, resource);
     let name = snapshot_name(backup, claim);
-    let existing = match timed(api.get_opt(&name)).await? {
+    let existing = match api.get_opt(&name).await? {
         Some(s) => s,
         None => {
             let mut spec = json!({ "source": { "persistentVolumeClaimName": claim } });
@@ -78,12 +77,12 @@ pub async fn snapshot(
             let mut object = DynamicObject::new(&name, resource).within(namespace);
             object.metadata.labels = Some(labels.clone());
             object.data = json!({ "spec": spec });
-            match timed(api.create(&PostParams::default(), &object)).await {
+            match api.create(&PostParams::default(), &object).await {
                 Ok(created) => {
                     tracing::info!(backup, namespace, claim, snapshot = %name, "volume snapshot created");
                     created
                 }
-                Err(kube::Error::Api(s)) if s.code == 409 => timed(api.get(&name)).await?,
+                Err(kube::Error::Api(s)) if s.code == 409 => api.get(&name).await?,
                 Err(kube::Error::Api(s)) if matches!(s.code, 403 | 404 | 422) => {
                     return Ok(parts::failed_part(
                         stackplane_crds::BackupPartKind::VolumeSnapshot,
@@ -116,7 +115,7 @@ pub async fn delete_snapshots(
     let mut deleted = 0;
     for item in list.items {
         let name = item.name_any();
-        match timed(api.delete(&name, &DeleteParams::background())).await {
+        match api.delete(&name, &DeleteParams::background()).await {
             Ok(_) => deleted += 1,
             Err(kube::Error::Api(s)) if s.code == 404 => {}
             Err(e) => return Err(e.into()),
@@ -140,13 +139,14 @@ pub async fn restore_claim(
 ) -> Result<BackupPart> {
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
     let name = restored_claim_name(restore, claim);
-    if let Some(existing) = timed(claims.get_opt(&name)).await? {
+    if let Some(existing) = claims.get_opt(&name).await? {
         let phase = existing.status.as_ref().and_then(|s| s.phase.as_deref());
         return Ok(parts::restored_claim_part(snapshot, &name, phase));
     }
-    let original = timed(claims.get_opt(claim)).await?;
+    let original = claims.get_opt(claim).await?;
     let snapshots: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, resource);
-    let restore_size = timed(snapshots.get_opt(snapshot))
+    let restore_size = snapshots
+        .get_opt(snapshot)
         .await?
         .and_then(|s| s.data.pointer("/status/restoreSize").cloned());
     let original_spec = original.and_then(|c| c.spec);
@@ -183,7 +183,7 @@ pub async fn restore_claim(
         "spec": spec,
     });
     let object: PersistentVolumeClaim = serde_json::from_value(body)?;
-    match timed(claims.create(&PostParams::default(), &object)).await {
+    match claims.create(&PostParams::default(), &object).await {
         Ok(_) => {
             tracing::info!(restore, namespace, claim = %name, snapshot, "restored claim created");
             Ok(parts::restored_claim_part(snapshot, &name, None))

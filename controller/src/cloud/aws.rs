@@ -71,10 +71,28 @@ fn observed(i: &aws_sdk_ec2::types::Instance) -> Option<ObservedInstance> {
     })
 }
 
-fn ec2_tags(tags: &BTreeMap<String, String>) -> Vec<Tag> {
-    tags.iter()
-        .map(|(k, v)| Tag::builder().key(k).value(v).build())
-        .collect()
+/// The tags of a resource an EC2 call creates, given with the call itself, so the resource never
+/// exists untagged (an untagged instance would be invisible to the lookup by tags: a leak).
+fn tagged(kind: ResourceType, tags: &BTreeMap<String, String>) -> TagSpecification {
+    TagSpecification::builder()
+        .resource_type(kind)
+        .set_tags(Some(
+            tags.iter()
+                .map(|(k, v)| Tag::builder().key(k).value(v).build())
+                .collect(),
+        ))
+        .build()
+}
+
+/// A field EC2 documents as always present in a successful answer of `operation`.
+fn required(
+    value: Option<&str>,
+    operation: &'static str,
+    what: &'static str,
+) -> Result<String, CloudError> {
+    value
+        .map(str::to_owned)
+        .ok_or(CloudError::Incomplete { operation, what })
 }
 
 fn rr_type(t: RecordType) -> RrType {
@@ -273,18 +291,8 @@ impl CloudProvider for AwsProvider {
                 .min_count(1)
                 .max_count(1)
                 .client_token(&spec.client_token)
-                .tag_specifications(
-                    TagSpecification::builder()
-                        .resource_type(ResourceType::Instance)
-                        .set_tags(Some(ec2_tags(&spec.tags)))
-                        .build(),
-                )
-                .tag_specifications(
-                    TagSpecification::builder()
-                        .resource_type(ResourceType::Volume)
-                        .set_tags(Some(ec2_tags(&spec.tags)))
-                        .build(),
-                );
+                .tag_specifications(tagged(ResourceType::Instance, &spec.tags))
+                .tag_specifications(tagged(ResourceType::Volume, &spec.tags));
             if let Some(device) = &spec.root_device_name {
                 req = req.block_device_mappings(
                     BlockDeviceMapping::builder()
@@ -606,23 +614,12 @@ impl CloudProvider for AwsProvider {
                 .create_snapshot()
                 .volume_id(&spec.volume_id)
                 .description(&spec.description)
-                .tag_specifications(
-                    TagSpecification::builder()
-                        .resource_type(ResourceType::Snapshot)
-                        .set_tags(Some(ec2_tags(&spec.tags)))
-                        .build(),
-                )
+                .tag_specifications(tagged(ResourceType::Snapshot, &spec.tags))
                 .send()
                 .await
                 .map_err(|e| CloudError::from_sdk(OP, &e))?;
             Ok(ObservedSnapshot {
-                id: out
-                    .snapshot_id()
-                    .ok_or(CloudError::Incomplete {
-                        operation: OP,
-                        what: "snapshot id",
-                    })?
-                    .to_owned(),
+                id: required(out.snapshot_id(), OP, "snapshot id")?,
                 state: out
                     .state()
                     .map(|s| s.as_str().to_owned())
@@ -684,23 +681,12 @@ impl CloudProvider for AwsProvider {
                 .create_volume()
                 .snapshot_id(&spec.snapshot_id)
                 .availability_zone(&spec.availability_zone)
-                .tag_specifications(
-                    TagSpecification::builder()
-                        .resource_type(ResourceType::Volume)
-                        .set_tags(Some(ec2_tags(&spec.tags)))
-                        .build(),
-                )
+                .tag_specifications(tagged(ResourceType::Volume, &spec.tags))
                 .send()
                 .await
                 .map_err(|e| CloudError::from_sdk(OP, &e))?;
             Ok(ObservedVolume {
-                id: out
-                    .volume_id()
-                    .ok_or(CloudError::Incomplete {
-                        operation: OP,
-                        what: "volume id",
-                    })?
-                    .to_owned(),
+                id: required(out.volume_id(), OP, "volume id")?,
                 state: out
                     .state()
                     .map(|s| s.as_str().to_owned())

@@ -14,7 +14,6 @@ use rand::distributions::{Alphanumeric, DistString};
 use super::children::child_kind;
 use super::plan::{Desired, Plan, CREDENTIAL_KEYS};
 use crate::error::{Error, Result};
-use crate::k8s::timed;
 
 /// Field manager of everything the controller writes (defined once, in `crate::k8s`).
 pub const FIELD_MANAGER: &str = crate::k8s::FIELD_MANAGER;
@@ -31,7 +30,8 @@ fn params() -> PatchParams {
 pub async fn apply(client: &Client, plan: &Plan) -> Result<()> {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let ns = plan.namespace_name();
-    timed(namespaces.patch(ns, &params(), &Patch::Apply(&plan.namespace)))
+    namespaces
+        .patch(ns, &params(), &Patch::Apply(&plan.namespace))
         .await
         .map_err(|source| Error::Apply {
             kind: "Namespace",
@@ -85,7 +85,7 @@ async fn apply_credentials(
     labels: &BTreeMap<String, String>,
 ) -> Result<(), kube::Error> {
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let existing = timed(api.get_opt(name)).await?;
+    let existing = api.get_opt(name).await?;
     let data = credentials(existing.as_ref().and_then(|s| s.data.as_ref()));
     let secret = Secret {
         metadata: ObjectMeta {
@@ -98,7 +98,7 @@ async fn apply_credentials(
         data: Some(data),
         ..Secret::default()
     };
-    timed(api.patch(name, &params(), &Patch::Apply(&secret))).await?;
+    api.patch(name, &params(), &Patch::Apply(&secret)).await?;
     Ok(())
 }
 

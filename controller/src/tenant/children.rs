@@ -20,7 +20,7 @@ use stackplane_crds::Tenant;
 use super::plan::Plan;
 use super::prune::{self, Pruned};
 use crate::error::Result;
-use crate::k8s::{timed, Child, FIELD_MANAGER};
+use crate::k8s::{Child, FIELD_MANAGER};
 
 /// What becomes of an object of a kind once the plan no longer wants it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,7 +117,7 @@ fn apply_kind<'a, K: Child>(
     Box::pin(async move {
         let api: Api<K> = Api::namespaced(client.clone(), ns);
         let params = PatchParams::apply(FIELD_MANAGER).force();
-        timed(api.patch(name, &params, &Patch::Apply(object))).await?;
+        api.patch(name, &params, &Patch::Apply(object)).await?;
         Ok(())
     })
 }

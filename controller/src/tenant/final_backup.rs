@@ -16,7 +16,6 @@ use stackplane_crds::labels::tenant_labels;
 use stackplane_crds::{BackupPhase, BackupReason, Tenant, TenantBackup, TenantBackupSpec};
 
 use crate::error::{Error, Result};
-use crate::k8s::timed;
 
 /// Suffix of the final backup's name.
 const SUFFIX: &str = "-pre-delete";
@@ -150,13 +149,13 @@ pub async fn ensure(
 ) -> Result<Gate> {
     let api: Api<TenantBackup> = Api::all(client.clone());
     let name = backup_name(&tenant.name_any());
-    let existing = match timed(api.get_opt(&name)).await? {
+    let existing = match api.get_opt(&name).await? {
         Some(b) => b,
         None => {
-            let created = match timed(api.create(&PostParams::default(), &desired(tenant))).await {
+            let created = match api.create(&PostParams::default(), &desired(tenant)).await {
                 Ok(b) => b,
                 // Created by an earlier reconcile whose answer was lost: use that one.
-                Err(kube::Error::Api(e)) if e.code == 409 => timed(api.get(&name)).await?,
+                Err(kube::Error::Api(e)) if e.code == 409 => api.get(&name).await?,
                 Err(e) => return Err(e.into()),
             };
             tracing::info!(tenant = %tenant.name_any(), backup = %name, "final backup requested");
@@ -199,7 +198,7 @@ pub async fn ensure(
             field_manager: Some(crate::k8s::FIELD_MANAGER.to_owned()),
             ..PatchParams::default()
         };
-        timed(api.patch(&name, &params, &Patch::Merge(&patch))).await?;
+        api.patch(&name, &params, &Patch::Merge(&patch)).await?;
     }
     Ok(gate)
 }

@@ -4,7 +4,7 @@
 //! `paused? → validate → retention → plan → apply + prune → cloud → status`
 //!
 //! Only apply, prune, cloud and status touch the network; `plan` is pure. Every Kubernetes call
-//! is time-limited (`crate::k8s::timed`) and the status is written by server-side apply with a
+//! is time-limited by the client (`crate::kube_client`) and the status is written by server-side apply with a
 //! resourceVersion precondition (`status::write`).
 
 pub mod apply;
@@ -35,7 +35,6 @@ use stackplane_crds::{DeletionPolicy, Platform, Tenant, TenantPhase, TenantStatu
 use crate::backoff::Failures;
 use crate::error::{Error, Result};
 use crate::events::EventRecorder;
-use crate::k8s::timed;
 use crate::metrics::Metrics;
 use final_backup::Gate;
 use plan::{Plan, PlanOptions};
@@ -213,8 +212,9 @@ async fn apply_tenant(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     if tenant.spec.paused {
         return paused_step(&pass, ctx).await;
     }
-    let platform =
-        timed(Api::<Platform>::all(ctx.client.clone()).get_opt(&tenant.spec.platform)).await?;
+    let platform = Api::<Platform>::all(ctx.client.clone())
+        .get_opt(&tenant.spec.platform)
+        .await?;
     let Some(valid) = validate_step(&pass, ctx, platform.as_ref()).await? else {
         // A Platform change re-triggers this tenant through the Platform watch.
         return Ok(Action::requeue(ctx.config.requeue));
@@ -322,7 +322,7 @@ async fn retention_step(pass: &Pass<'_>, ctx: &Context, valid: &Valid<'_>) -> Re
             let api: Api<Tenant> = Api::all(ctx.client.clone());
             // The cached copy can predate this controller's own delete (reconciles of one
             // tenant never overlap, but the cache may lag): ask the API server.
-            let fresh = timed(api.get_opt(&pass.name)).await?;
+            let fresh = api.get_opt(&pass.name).await?;
             if fresh.is_none_or(|t| t.metadata.deletion_timestamp.is_some()) {
                 return Ok(Retention::Deleted);
             }
@@ -334,7 +334,7 @@ async fn retention_step(pass: &Pass<'_>, ctx: &Context, valid: &Valid<'_>) -> Re
                 "cancelled and retention period over: deleting".into(),
             )
             .await;
-            timed(api.delete(&pass.name, &DeleteParams::default())).await?;
+            api.delete(&pass.name, &DeleteParams::default()).await?;
             Ok(Retention::Deleted)
         }
     }
@@ -423,7 +423,8 @@ async fn status_step(
 ) -> Result<()> {
     let (tenant, name, previous) = (pass.tenant, &pass.name, &pass.previous);
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), plan.namespace_name());
-    let observed = timed(deployments.list(&ListParams::default().labels(&tenant_selector(name))))
+    let observed = deployments
+        .list(&ListParams::default().labels(&tenant_selector(name)))
         .await?
         .items;
     let components = status::component_status(&plan.components, &observed);
@@ -548,7 +549,7 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
     match tenant.spec.deletion_policy {
         DeletionPolicy::Delete => {
-            let existing = timed(namespaces.get_opt(&ns)).await?;
+            let existing = namespaces.get_opt(&ns).await?;
             // The final backup, unless there is no data left to back up.
             let has_data = existing
                 .as_ref()
@@ -564,9 +565,9 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action> {
             }
             // Cloud resources go only once the final backup lets the deletion proceed.
             if let Some(settings) = &ctx.config.cloud {
-                let platform =
-                    timed(Api::<Platform>::all(ctx.client.clone()).get_opt(&tenant.spec.platform))
-                        .await?;
+                let platform = Api::<Platform>::all(ctx.client.clone())
+                    .get_opt(&tenant.spec.platform)
+                    .await?;
                 let done = crate::cloud::delete(settings, tenant, platform.as_ref()).await?;
                 if !done.is_empty() {
                     ctx.event(
@@ -582,7 +583,7 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action> {
                 None => {}
                 Some(existing) => {
                     if existing.metadata.deletion_timestamp.is_none() {
-                        timed(namespaces.delete(&ns, &DeleteParams::background())).await?;
+                        namespaces.delete(&ns, &DeleteParams::background()).await?;
                         tracing::info!(tenant = %name, namespace = %ns, "deleting namespace");
                     }
                     return Err(Error::NamespaceTerminating { namespace: ns });
@@ -607,13 +608,15 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action> {
                 .await;
                 tracing::info!(tenant = %name, retained = %kept, "cloud resources retained");
             }
-            if timed(namespaces.get_opt(&ns)).await?.is_some() {
+            if namespaces.get_opt(&ns).await?.is_some() {
                 let patch = json!({ "metadata": { "labels": { ORPHANED: "true" } } });
                 let params = PatchParams {
                     field_manager: Some(crate::k8s::FIELD_MANAGER.to_owned()),
                     ..PatchParams::default()
                 };
-                timed(namespaces.patch(&ns, &params, &Patch::Merge(&patch))).await?;
+                namespaces
+                    .patch(&ns, &params, &Patch::Merge(&patch))
+                    .await?;
                 tracing::info!(tenant = %name, namespace = %ns, "namespace retained as orphan");
             }
         }

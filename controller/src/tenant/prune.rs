@@ -14,7 +14,7 @@ use stackplane_crds::labels::{BACKUP, RETAINED};
 
 use super::plan::Plan;
 use crate::error::{Error, Result};
-use crate::k8s::{is_not_found, timed, Child, FIELD_MANAGER};
+use crate::k8s::{is_not_found, Child, FIELD_MANAGER};
 
 /// What pruning did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -43,7 +43,9 @@ async fn candidates<K: Child>(
     selector: &str,
 ) -> Result<Vec<(String, bool)>> {
     let api: Api<K> = Api::namespaced(client.clone(), ns);
-    let list = timed(api.list_metadata(&ListParams::default().labels(selector))).await?;
+    let list = api
+        .list_metadata(&ListParams::default().labels(selector))
+        .await?;
     Ok(list
         .items
         .into_iter()
@@ -75,7 +77,7 @@ pub fn delete_unwanted<'a, K: Child>(
             if plan.wants(kind, &name) {
                 continue;
             }
-            match timed(api.delete(&name, &DeleteParams::background())).await {
+            match api.delete(&name, &DeleteParams::background()).await {
                 Ok(_) => {
                     tracing::info!(namespace = %ns, kind = %kind, object = %name, "pruned");
                     pruned.deleted += 1;
@@ -117,7 +119,7 @@ pub fn retain_unwanted<'a, K: Child>(
                 }
             };
             let patch = json!({ "metadata": { "labels": { RETAINED: label } } });
-            match timed(api.patch(&name, &params, &Patch::Merge(&patch))).await {
+            match api.patch(&name, &params, &Patch::Merge(&patch)).await {
                 Ok(_) => {}
                 Err(e) if is_not_found(&e) => continue,
                 Err(source) => return Err(Error::Prune { kind, name, source }),

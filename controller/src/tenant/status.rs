@@ -257,7 +257,8 @@ pub async fn write(client: &Client, tenant: &Tenant, status: &TenantStatus) -> R
     };
     let body = apply_body(tenant, status)?;
     let params = PatchParams::apply(crate::k8s::FIELD_MANAGER).force();
-    match crate::k8s::timed(api.patch_status(&tenant.name_any(), &params, &Patch::Apply(&body)))
+    match api
+        .patch_status(&tenant.name_any(), &params, &Patch::Apply(&body))
         .await
     {
         Ok(_) => Ok(()),
@@ -306,7 +307,10 @@ async fn strip_legacy_owners(
         field_manager: Some(crate::k8s::FIELD_MANAGER.to_owned()),
         ..PatchParams::default()
     };
-    match crate::k8s::timed(api.patch(&tenant.name_any(), &params, &Patch::Merge(&patch))).await {
+    match api
+        .patch(&tenant.name_any(), &params, &Patch::Merge(&patch))
+        .await
+    {
         Ok(t) => {
             tracing::info!(tenant = %tenant.name_any(), "status ownership moved to server-side apply");
             Ok(t)
