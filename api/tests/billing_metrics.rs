@@ -50,19 +50,7 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 async fn metrics_show_webhooks_by_type_and_outcome_queue_depth_and_lag() {
     let kube = kube_client().await;
     install_crds(&kube).await;
-    let (_, yaml) = example_platform_files()
-        .into_iter()
-        .find(|(f, _)| f == "leadsite-io.yaml")
-        .expect("example");
-    let platform: Platform = serde_saphyr::from_str(&yaml).expect("parse");
-    Api::<Platform>::all(kube.clone())
-        .patch(
-            "leadsite-io",
-            &PatchParams::apply("stackplane-tests").force(),
-            &Patch::Apply(&platform),
-        )
-        .await
-        .expect("apply platform");
+    stackplane_tests::apply_example_platform(&kube, "leadsite-io.yaml").await;
     let (db, _) = fresh_database().await;
     stackplane_api::db::migrate(&db).await.expect("migrate");
     let state = AppState {

@@ -32,21 +32,8 @@ const ENTERPRISE: &str = "price_1LeadsiteIoEnterpriseMonthly";
 const TACKLE_STARTER: &str = "price_1TackleStarterMonthly";
 
 async fn apply_examples(client: &kube::Client) {
-    let api: Api<Platform> = Api::all(client.clone());
-    for (file, yaml) in example_platform_files() {
-        if file != "leadsite-io.yaml" && file != "tackle.yaml" {
-            continue;
-        }
-        let mut p: Platform = serde_saphyr::from_str(&yaml).expect("parse platform");
-        p.metadata.managed_fields = None;
-        let name = p.metadata.name.clone().expect("name");
-        api.patch(
-            &name,
-            &PatchParams::apply("stackplane-tests").force(),
-            &Patch::Apply(&p),
-        )
-        .await
-        .expect("apply platform");
+    for file in ["leadsite-io.yaml", "tackle.yaml"] {
+        stackplane_tests::apply_example_platform(client, file).await;
     }
 }
 

@@ -145,21 +145,6 @@ async fn stand_in(
     }
 }
 
-async fn serve(app: Router) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-    });
-    addr
-}
-
 struct Env {
     base: String,
     log: Log,
@@ -193,11 +178,7 @@ impl Env {
 async fn setup() -> Env {
     let kube = kube_client().await;
     install_crds(&kube).await;
-    let (_, yaml) = example_platform_files()
-        .into_iter()
-        .find(|(f, _)| f == "tackle.yaml")
-        .expect("tackle example");
-    let mut platform: Platform = serde_saphyr::from_str(&yaml).expect("parse platform");
+    let mut platform: Platform = stackplane_tests::example_platform("tackle.yaml");
     let name = unique("tackle");
     let tag = unique("p").replace('-', "");
     let prices = vec![
@@ -237,12 +218,15 @@ async fn setup() -> Env {
     .expect("the cache sees the Platform");
 
     let log: Log = Arc::default();
-    let stripe = serve(Router::new().fallback(stand_in).with_state(log.clone())).await;
+    let stripe = stackplane_tests::serve_on_free_port(
+        Router::new().fallback(stand_in).with_state(log.clone()),
+    )
+    .await;
     let args = CheckoutArgs {
         checkout_success_url: Some(SUCCESS.into()),
         checkout_cancel_url: Some(CANCEL.into()),
         portal_return_url: Some(RETURN.into()),
-        stripe_api_base: Some(format!("http://{stripe}")),
+        stripe_api_base: Some(stripe),
     };
     let checkout = Checkout::new(&args, STRIPE_KEY, cache, kube.clone()).expect("stripe client");
     let state = AppState {
@@ -258,9 +242,9 @@ async fn setup() -> Env {
         checkout: Some(Arc::new(checkout)),
         ..RouterOptions::default()
     };
-    let api = serve(router_with(state, options)).await;
+    let api = stackplane_tests::serve_on_free_port(router_with(state, options)).await;
     Env {
-        base: format!("http://{api}"),
+        base: api,
         log,
         db,
         kube,

@@ -49,25 +49,10 @@ async fn start(args: HardeningArgs) -> Server {
         },
     );
     Server {
-        base: listen(app).await,
+        base: stackplane_tests::serve_on_free_port(app).await,
         db,
         metrics,
     }
-}
-
-async fn listen(app: axum::Router) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-    });
-    format!("http://{addr}")
 }
 
 fn tight() -> HardeningArgs {
@@ -403,7 +388,10 @@ async fn a_panicking_handler_answers_a_json_500_and_is_counted() {
         request_timeout: 1,
         ..HardeningArgs::default()
     };
-    let base = listen(stackplane_api::hardening::apply(app, &args, &metrics)).await;
+    let base = stackplane_tests::serve_on_free_port(stackplane_api::hardening::apply(
+        app, &args, &metrics,
+    ))
+    .await;
     let http = reqwest::Client::new();
     let resp = http.get(format!("{base}/boom")).send().await.expect("send");
     assert_eq!(resp.status().as_u16(), 500);

@@ -89,19 +89,7 @@ fn processed_total(metrics: &Metrics, outcomes: &[&str]) -> f64 {
 async fn postgres_blinks_during_deliveries_and_nothing_is_lost_or_applied_twice() {
     let kube = kube_client().await;
     install_crds(&kube).await;
-    let (_, yaml) = example_platform_files()
-        .into_iter()
-        .find(|(f, _)| f == "leadsite-io.yaml")
-        .expect("example platform");
-    let platform: Platform = serde_saphyr::from_str(&yaml).expect("parse");
-    Api::<Platform>::all(kube.clone())
-        .patch(
-            "leadsite-io",
-            &PatchParams::apply("stackplane-tests").force(),
-            &Patch::Apply(&platform),
-        )
-        .await
-        .expect("apply platform");
+    stackplane_tests::apply_example_platform(&kube, "leadsite-io.yaml").await;
 
     let pg = PrivatePostgres::start();
     let db = stackplane_api::db::connect(&pg.url)
@@ -150,17 +138,7 @@ async fn postgres_blinks_during_deliveries_and_nothing_is_lost_or_applied_twice(
             ..RouterOptions::default()
         },
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .await
-    });
+    let base = stackplane_tests::serve_on_free_port(app).await;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()

@@ -82,21 +82,6 @@ async fn stripe_stand_in(
     }
 }
 
-async fn listen(app: axum::Router) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .await
-    });
-    base
-}
-
 async fn serve() -> (String, Vec<(&'static str, &'static str)>) {
     let kube = kube_client().await;
     install_crds(&kube).await;
@@ -115,7 +100,8 @@ async fn serve() -> (String, Vec<(&'static str, &'static str)>) {
     let (prices, driver) = PlatformCache::start(kube.clone());
     tokio::spawn(driver);
     assert!(prices.ready().await);
-    let stripe = listen(axum::Router::new().fallback(stripe_stand_in)).await;
+    let stripe =
+        stackplane_tests::serve_on_free_port(axum::Router::new().fallback(stripe_stand_in)).await;
     let checkout = Checkout::new(
         &CheckoutArgs {
             checkout_success_url: Some("https://dashboard.example.com/ok".into()),
@@ -157,7 +143,7 @@ async fn serve() -> (String, Vec<(&'static str, &'static str)>) {
             ..RouterOptions::default()
         },
     );
-    (listen(app).await, routes)
+    (stackplane_tests::serve_on_free_port(app).await, routes)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -71,21 +71,6 @@ impl Default for Setup {
     }
 }
 
-async fn serve_on_free_port(app: axum::Router) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .await
-    });
-    format!("http://{addr}")
-}
-
 async fn start_with(source: MetricsSourceArgs) -> Env {
     start_setup(Setup {
         source,
@@ -133,8 +118,8 @@ async fn start_setup(setup: Setup) -> Env {
         health: Health::default(),
     });
     Env {
-        base: serve_on_free_port(app).await,
-        internal: serve_on_free_port(internal).await,
+        base: stackplane_tests::serve_on_free_port(app).await,
+        internal: stackplane_tests::serve_on_free_port(internal).await,
         http: reqwest::Client::new(),
         db,
         kube,
@@ -941,7 +926,7 @@ async fn a_failed_audit_write_is_logged_and_counted_never_dropped_silently() {
 async fn healthz_fails_while_a_supervised_task_is_down_and_recovers_when_it_runs_again() {
     let env = start().await;
     let health = Health::default();
-    let internal = serve_on_free_port(stackplane_api::health::router(Internal {
+    let internal = stackplane_tests::serve_on_free_port(stackplane_api::health::router(Internal {
         db: env.db.clone(),
         kube: Some(env.kube.clone()),
         metrics: env.metrics.clone(),

@@ -11,11 +11,7 @@ use stackplane_crds::{Platform, SubscriptionStatus, Tenant};
 use stackplane_tests::{example_platform_files, fresh_database, install_crds, kube_client, unique};
 
 fn example(name: &str) -> Platform {
-    let (_, yaml) = example_platform_files()
-        .into_iter()
-        .find(|(f, _)| f == &format!("{name}.yaml"))
-        .expect("example platform");
-    serde_saphyr::from_str(&yaml).expect("parse platform")
+    stackplane_tests::example_platform(&format!("{name}.yaml"))
 }
 
 async fn apply_platform(client: &kube::Client, p: &Platform) {

@@ -271,11 +271,7 @@ async fn main() {
 }
 
 async fn create_platform(client: &Client, name: &str) -> Platform {
-    let (_, text) = example_platform_files()
-        .into_iter()
-        .find(|(f, _)| f == "leadgen-pro.yaml")
-        .expect("leadgen-pro example");
-    let mut platform: Platform = serde_saphyr::from_str(&text).expect("platform");
+    let mut platform: Platform = stackplane_tests::example_platform("leadgen-pro.yaml");
     platform.metadata.name = Some(name.to_owned());
     Api::<Platform>::all(client.clone())
         .create(&PostParams::default(), &platform)

@@ -156,18 +156,7 @@ async fn create_tenant_named(env: &Env, name: &str, policy: Option<BackupPolicy>
 
 /// Runs an instance in moto and records it in the tenant's status, as the cloud step would.
 async fn give_instance(env: &Env, tenant: &str) -> (String, String) {
-    let images = env
-        .ec2
-        .describe_images()
-        .send()
-        .await
-        .expect("describe images");
-    let image = images
-        .images()
-        .iter()
-        .find_map(|i| i.image_id())
-        .expect("moto has images")
-        .to_owned();
+    let image = stackplane_tests::moto_image(&env.ec2).await;
     let out = env
         .ec2
         .run_instances()

@@ -268,41 +268,14 @@ async fn setup(opts: Options) -> Env {
     let bare_zone = zone.trim_start_matches("/hostedzone/").to_owned();
     let image = match opts.image {
         Some(i) => i.to_owned(),
-        None => ec2
-            .describe_images()
-            .owners("amazon")
-            .send()
-            .await
-            .expect("DescribeImages")
-            .images()
-            .iter()
-            .find_map(|i| i.image_id().map(str::to_owned))
-            .expect("moto ships AMIs"),
+        None => stackplane_tests::moto_image(&ec2).await,
     };
-    let (_, text) = example_platform_files()
-        .into_iter()
-        .find(|(f, _)| f == "stackpro-business.yaml")
-        .expect("example");
-    let mut platform: Platform = serde_saphyr::from_str(&text).expect("platform");
+    let mut platform: Platform = stackplane_tests::example_platform("stackpro-business.yaml");
     platform.metadata.name = Some(pname.clone());
     platform.spec.domain = domain.clone();
     // With the prefix Route53 returns: the controller normalises it.
     platform.spec.hosted_zone_id = Some(zone.clone());
-    let mut shared = platform.spec.tiers[0].clone();
-    shared.name = "shared".into();
-    shared.stripe_price_ids.clear();
-    shared.dedicated_instance = None;
-    for tier in &mut platform.spec.tiers {
-        if let Some(d) = tier.dedicated_instance.as_mut() {
-            d.image_id = image.clone();
-        }
-    }
-    platform.spec.tiers.push(shared);
-    // No volumes: the test cluster runs no pvc-protection controller, so a namespace holding a
-    // PersistentVolumeClaim never finishes terminating, and deletion is what these tests check.
-    for c in &mut platform.spec.components {
-        c.storage = None;
-    }
+    stackplane_tests::cloud_test_platform(&mut platform, &image);
     Api::<Platform>::all(client.clone())
         .create(&PostParams::default(), &platform)
         .await
@@ -1013,6 +986,16 @@ async fn colliding_subdomains_the_holder_keeps_the_record() {
     .await;
     let c = cloud_condition(&refused).expect("condition");
     assert_eq!(c.status, "False");
+    let synced = refused
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Synced"))
+        .expect("Synced condition");
+    assert_eq!(
+        (synced.status.as_str(), synced.reason.as_str()),
+        ("False", "SubdomainTaken"),
+        "a tenant whose subdomain is taken is not synced: {synced:?}"
+    );
     assert!(
         c.message.contains(holder.as_str()),
         "names the holder: {}",
@@ -1049,17 +1032,7 @@ async fn colliding_subdomains_the_holder_keeps_the_record() {
 
 /// Runs an instance tagged as stackplane tags one, for a tenant uid of the test's choosing.
 async fn run_tagged_instance(env: &Env, uid: &str, retained: bool) -> String {
-    let image = env
-        .ec2
-        .describe_images()
-        .owners("amazon")
-        .send()
-        .await
-        .expect("DescribeImages")
-        .images()
-        .iter()
-        .find_map(|i| i.image_id().map(str::to_owned))
-        .expect("moto ships AMIs");
+    let image = stackplane_tests::moto_image(&env.ec2).await;
     let tags = [
         ("ManagedBy", "stackplane"),
         ("stackplane.io/tenant", "gone-tenant"),

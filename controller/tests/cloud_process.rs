@@ -63,11 +63,7 @@ async fn setup(zone: bool) -> Env {
     install_crds(&client).await;
     let pname = unique("plat");
     let domain = format!("{pname}.stackplane.test");
-    let (_, text) = example_platform_files()
-        .into_iter()
-        .find(|(f, _)| f == "stackpro-business.yaml")
-        .expect("example");
-    let mut platform: Platform = serde_saphyr::from_str(&text).expect("platform");
+    let mut platform: Platform = stackplane_tests::example_platform("stackpro-business.yaml");
     platform.metadata.name = Some(pname.clone());
     platform.spec.domain = domain.clone();
     platform.spec.hosted_zone_id = None;
@@ -90,29 +86,8 @@ async fn setup(zone: bool) -> Env {
         bare_zone = Some(id.trim_start_matches("/hostedzone/").to_owned());
         platform.spec.hosted_zone_id = Some(id);
     }
-    let image = ec2
-        .describe_images()
-        .owners("amazon")
-        .send()
-        .await
-        .expect("DescribeImages")
-        .images()
-        .iter()
-        .find_map(|i| i.image_id().map(str::to_owned))
-        .expect("moto ships AMIs");
-    let mut shared = platform.spec.tiers[0].clone();
-    shared.name = "shared".into();
-    shared.stripe_price_ids.clear();
-    shared.dedicated_instance = None;
-    for tier in &mut platform.spec.tiers {
-        if let Some(d) = tier.dedicated_instance.as_mut() {
-            d.image_id = image.clone();
-        }
-    }
-    platform.spec.tiers.push(shared);
-    for c in &mut platform.spec.components {
-        c.storage = None;
-    }
+    let image = stackplane_tests::moto_image(&ec2).await;
+    stackplane_tests::cloud_test_platform(&mut platform, &image);
     Api::<Platform>::all(client.clone())
         .create(&PostParams::default(), &platform)
         .await

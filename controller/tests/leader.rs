@@ -10,7 +10,7 @@ use kube::Client;
 use stackplane_crds::{Platform, Tenant, TenantSpec};
 use stackplane_tests::{example_platform_files, install_crds, kube_client, unique};
 
-const SHARD: &str = "stackplane.io/test-shard";
+use stackplane_tests::TEST_SHARD_LABEL as SHARD;
 
 struct Proc(Child);
 impl Drop for Proc {
@@ -75,26 +75,11 @@ async fn wait(what: &str, secs: u64, mut f: impl AsyncFnMut() -> bool) {
     }
 }
 
-async fn create_tenant(c: &Client, platform: &str, shard: &str) -> String {
-    let name = unique("tn");
-    let mut t = Tenant::new(&name, TenantSpec::new(platform, "starter"));
-    t.metadata.labels = Some([(SHARD.to_owned(), shard.to_owned())].into());
-    Api::<Tenant>::all(c.clone())
-        .create(&PostParams::default(), &t)
-        .await
-        .expect("create tenant");
-    name
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_leader_reconciles_and_the_other_takes_over() {
     let c = kube_client().await;
     install_crds(&c).await;
-    let (_, text) = example_platform_files()
-        .into_iter()
-        .find(|(f, _)| f == "leadgen-pro.yaml")
-        .expect("example");
-    let mut platform: Platform = serde_saphyr::from_str(&text).expect("platform");
+    let mut platform: Platform = stackplane_tests::example_platform("leadgen-pro.yaml");
     let pname = unique("plat");
     platform.metadata.name = Some(pname.clone());
     Api::<Platform>::all(c.clone())
@@ -115,7 +100,7 @@ async fn only_the_leader_reconciles_and_the_other_takes_over() {
         holder(&c, &lease).await.is_some()
     })
     .await;
-    let first = create_tenant(&c, &pname, &shard).await;
+    let first = stackplane_tests::create_sharded_tenant(&c, &pname, &shard).await;
     wait("first tenant Synced", 30, async || synced(&c, &first).await).await;
     let leader = holder(&c, &lease).await.expect("holder");
     let follower = if leader == a { b.clone() } else { a.clone() };
@@ -134,7 +119,7 @@ async fn only_the_leader_reconciles_and_the_other_takes_over() {
     let (_, mut dead) = procs.remove(idx);
     dead.0.kill().expect("kill leader");
     let _ = dead.0.wait();
-    let second = create_tenant(&c, &pname, &shard).await;
+    let second = stackplane_tests::create_sharded_tenant(&c, &pname, &shard).await;
     wait("second tenant Synced by the follower", 30, async || {
         synced(&c, &second).await
     })

@@ -22,7 +22,7 @@ use stackplane_tests::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const SHARD: &str = "stackplane.io/test-shard";
+use stackplane_tests::TEST_SHARD_LABEL as SHARD;
 
 /// One HTTP/1.1 GET; (status code, body).
 async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
@@ -80,17 +80,6 @@ async fn synced(c: &Client, name: &str) -> bool {
                 .iter()
                 .any(|c| c.type_ == "Synced" && c.status == "True")
         })
-}
-
-async fn create_tenant(c: &Client, platform: &str, shard: &str) -> String {
-    let name = unique("tn");
-    let mut t = Tenant::new(&name, TenantSpec::new(platform, "starter"));
-    t.metadata.labels = Some([(SHARD.to_owned(), shard.to_owned())].into());
-    Api::<Tenant>::all(c.clone())
-        .create(&PostParams::default(), &t)
-        .await
-        .expect("create tenant");
-    name
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -170,11 +159,7 @@ async fn losing_the_lease_permission_is_unhealthy_and_getting_it_back_recovers()
     impersonating_kubeconfig(&ns, sa, &kubeconfig);
     let restricted = client_as(&kubeconfig).await;
 
-    let (_, text) = example_platform_files()
-        .into_iter()
-        .find(|(f, _)| f == "leadgen-pro.yaml")
-        .expect("example");
-    let mut platform: Platform = serde_saphyr::from_str(&text).expect("platform");
+    let mut platform: Platform = stackplane_tests::example_platform("leadgen-pro.yaml");
     let pname = unique("plat");
     platform.metadata.name = Some(pname.clone());
     Api::<Platform>::all(admin.clone())
@@ -219,7 +204,7 @@ async fn losing_the_lease_permission_is_unhealthy_and_getting_it_back_recovers()
 
     // With the permission: it leads, is healthy and reconciles.
     let a = &admin;
-    let first = create_tenant(a, &pname, &shard).await;
+    let first = stackplane_tests::create_sharded_tenant(a, &pname, &shard).await;
     let f = &first;
     eventually_within("first tenant Synced", 60, move || async move {
         synced(a, f).await.then_some(())
@@ -244,7 +229,7 @@ async fn losing_the_lease_permission_is_unhealthy_and_getting_it_back_recovers()
     assert!(why.contains("Lease"), "{why}");
     assert!(why.to_lowercase().contains("forbidden"), "{why}");
     // A tenant created now is not reconciled by a replica that reports itself unhealthy.
-    let second = create_tenant(a, &pname, &shard).await;
+    let second = stackplane_tests::create_sharded_tenant(a, &pname, &shard).await;
     let s2 = &second;
 
     // With it back: healthy, leading, and the tenant created meanwhile is reconciled.

@@ -67,11 +67,7 @@ async fn start_with(example: &str, reconcile: ReconcileConfig) -> Env {
     let client = kube_client().await;
     install_crds(&client).await;
     let shard = unique("shard");
-    let (_, text) = example_platform_files()
-        .into_iter()
-        .find(|(f, _)| f == example)
-        .expect("example");
-    let mut platform: Platform = serde_saphyr::from_str(&text).expect("platform");
+    let mut platform: Platform = stackplane_tests::example_platform(example);
     let pname = unique("plat");
     platform.metadata.name = Some(pname.clone());
     Api::<Platform>::all(client.clone())

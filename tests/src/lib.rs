@@ -125,6 +125,25 @@ pub async fn fresh_database() -> (PgPool, String) {
     (pool, db_url)
 }
 
+/// Serves `app` on a free loopback port for as long as the test runs (with the peer address,
+/// which the api's rate limits key on); its base URL, `http://127.0.0.1:<port>`.
+pub async fn serve_on_free_port(app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("bind a free port: {e}"));
+    let addr = listener
+        .local_addr()
+        .unwrap_or_else(|e| panic!("local address: {e}"));
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await
+    });
+    format!("http://{addr}")
+}
+
 /// The AWS SDK configuration pointed at moto through `AWS_ENDPOINT_URL`.
 pub async fn aws_config() -> aws_config::SdkConfig {
     let endpoint = required_env("AWS_ENDPOINT_URL");
@@ -138,6 +157,85 @@ pub async fn aws_config() -> aws_config::SdkConfig {
         .endpoint_url(endpoint)
         .load()
         .await
+}
+
+/// An AMI id moto knows (it ships Amazon's images), for instances the tests run in moto.
+pub async fn moto_image(ec2: &aws_sdk_ec2::Client) -> String {
+    ec2.describe_images()
+        .owners("amazon")
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("DescribeImages against moto: {e:?}"))
+        .images()
+        .iter()
+        .find_map(|i| i.image_id().map(str::to_owned))
+        .unwrap_or_else(|| panic!("moto lists no Amazon AMI"))
+}
+
+/// The example `stackpro-business` Platform made fit for the cloud tests: every dedicated tier
+/// runs `image` (an AMI moto knows), a tier `shared` without an instance is added (moving a
+/// tenant there is how its instance is given up), and no component has a volume (deletion is
+/// what those tests check, not storage).
+pub fn cloud_test_platform(platform: &mut stackplane_crds::Platform, image: &str) {
+    let mut shared = platform.spec.tiers[0].clone();
+    shared.name = "shared".into();
+    shared.stripe_price_ids.clear();
+    shared.dedicated_instance = None;
+    for tier in &mut platform.spec.tiers {
+        if let Some(d) = tier.dedicated_instance.as_mut() {
+            d.image_id = image.to_owned();
+        }
+    }
+    platform.spec.tiers.push(shared);
+    for c in &mut platform.spec.components {
+        c.storage = None;
+    }
+}
+
+/// The label the process tests shard their controllers by (`--tenant-selector`), so each test's
+/// controller reconciles only that test's tenants.
+pub const TEST_SHARD_LABEL: &str = "stackplane.io/test-shard";
+
+/// Creates a `starter` Tenant of `platform` in test shard `shard`; its (unique) name.
+pub async fn create_sharded_tenant(client: &Client, platform: &str, shard: &str) -> String {
+    use stackplane_crds::{Tenant, TenantSpec};
+    let name = unique("tn");
+    let mut t = Tenant::new(&name, TenantSpec::new(platform, "starter"));
+    t.metadata.labels = Some([(TEST_SHARD_LABEL.to_owned(), shard.to_owned())].into());
+    kube::Api::<Tenant>::all(client.clone())
+        .create(&kube::api::PostParams::default(), &t)
+        .await
+        .unwrap_or_else(|e| panic!("create tenant {name}: {e}"));
+    name
+}
+
+/// The example Platform of `examples/platforms/<file>`, parsed.
+pub fn example_platform(file: &str) -> stackplane_crds::Platform {
+    let (_, yaml) = example_platform_files()
+        .into_iter()
+        .find(|(f, _)| f == file)
+        .unwrap_or_else(|| panic!("no example platform {file}"));
+    serde_saphyr::from_str(&yaml).unwrap_or_else(|e| panic!("parse {file}: {e}"))
+}
+
+/// Applies the example Platform of `examples/platforms/<file>` (server-side, forced, so every
+/// test that needs it converges on the same object) and returns it.
+pub async fn apply_example_platform(client: &Client, file: &str) -> stackplane_crds::Platform {
+    use kube::api::{Patch, PatchParams};
+    let platform = example_platform(file);
+    let name = platform
+        .metadata
+        .name
+        .clone()
+        .unwrap_or_else(|| panic!("{file} names no platform"));
+    kube::Api::<stackplane_crds::Platform>::all(client.clone())
+        .patch(
+            &name,
+            &PatchParams::apply("stackplane-tests").force(),
+            &Patch::Apply(&platform),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("apply platform {name}: {e}"))
 }
 
 /// Every example Platform under `examples/platforms/`, as (file name, YAML).

@@ -23,16 +23,7 @@ async fn moto_answers_ec2_describe_instances_from_the_real_sdk() {
         "no instance is tagged {tenant} yet"
     );
 
-    let image = ec2
-        .describe_images()
-        .owners("amazon")
-        .send()
-        .await
-        .expect("DescribeImages")
-        .images()
-        .first()
-        .and_then(|i| i.image_id().map(str::to_owned))
-        .expect("moto ships AMIs");
+    let image = stackplane_tests::moto_image(&ec2).await;
     let run = ec2
         .run_instances()
         .image_id(image)

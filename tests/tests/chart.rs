@@ -505,11 +505,7 @@ async fn the_controller_reconciles_a_tenant_with_only_the_charts_permissions() {
     );
 
     // A Platform of its own, without cloud parts: this test is about Kubernetes permissions.
-    let (_, text) = example_platform_files()
-        .into_iter()
-        .find(|(f, _)| f == "leadgen-pro.yaml")
-        .expect("example leadgen-pro");
-    let mut platform: Platform = serde_saphyr::from_str(&text).expect("platform");
+    let mut platform: Platform = stackplane_tests::example_platform("leadgen-pro.yaml");
     let pname = unique("plat");
     platform.metadata.name = Some(pname.clone());
     platform.spec.hosted_zone_id = None;
@@ -728,27 +724,11 @@ fn paid_customer_events(cus: &str, sub: &str) -> [serde_json::Value; 2] {
     ]
 }
 
-async fn apply_example_platform(admin: &Client, file: &str) {
-    let (_, text) = example_platform_files()
-        .into_iter()
-        .find(|(f, _)| f == file)
-        .unwrap_or_else(|| panic!("example {file}"));
-    let platform: Platform = serde_saphyr::from_str(&text).expect("platform");
-    Api::<Platform>::all(admin.clone())
-        .patch(
-            &platform.name_any(),
-            &PatchParams::apply("stackplane-tests").force(),
-            &Patch::Apply(&platform),
-        )
-        .await
-        .expect("apply platform");
-}
-
 #[tokio::test]
 async fn the_api_applies_a_paying_customers_tenant_with_only_the_charts_permissions() {
     let admin = kube_client().await;
     install_crds(&admin).await;
-    apply_example_platform(&admin, "leadsite-io.yaml").await;
+    stackplane_tests::apply_example_platform(&admin, "leadsite-io.yaml").await;
     let release = unique("rbac");
     let ns = unique("chart-rbac");
     let (_, api_sa) = install_chart_rbac(&admin, &release, &ns).await;
@@ -790,7 +770,7 @@ async fn the_api_applies_a_paying_customers_tenant_with_only_the_charts_permissi
 async fn the_api_serves_a_tenants_status_with_only_the_charts_permissions() {
     let admin = kube_client().await;
     install_crds(&admin).await;
-    apply_example_platform(&admin, "leadsite-io.yaml").await;
+    stackplane_tests::apply_example_platform(&admin, "leadsite-io.yaml").await;
     let release = unique("rbac");
     let ns = unique("chart-rbac");
     let (_, api_sa) = install_chart_rbac(&admin, &release, &ns).await;

@@ -174,6 +174,13 @@ impl CloudError {
         }
     }
 
+    /// Whether the tenant's spec itself cannot be carried out as it stands (another tenant holds
+    /// the subdomain it asks for): the tenant is then not `Synced` either, not only not
+    /// `CloudReady`, because nothing the controller retries will make it so.
+    pub fn spec_cannot_be_applied(&self) -> bool {
+        matches!(self, CloudError::SubdomainTaken { .. })
+    }
+
     /// Whether the same request can succeed later without a change.
     pub fn retry(&self) -> Retry {
         match self {

@@ -443,6 +443,11 @@ async fn status_step(
             wants[0] = Want::new(READY, false, "CloudNotReady", c.message.clone());
         }
         phase = adjusted;
+        if let crate::cloud::CloudState::Failed(e) = &c.state {
+            if e.spec_cannot_be_applied() {
+                wants[1] = Want::new(SYNCED, false, c.reason, c.message.clone());
+            }
+        }
         wants.push(Want::new(
             crate::cloud::CLOUD_READY,
             c.ready,
