@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The test command (`make test`): installs and builds what the tests need (cached after the first
 # run), starts the real components, runs every test of the workspace against them, and stops
-# them by PID when the tests end, fail or are interrupted. Arguments, if any, replace
-# `--workspace` in `cargo test --locked --workspace`, e.g. `tests/run.sh -p stackplane-tests --test crds`.
+# them by PID when the tests end, fail or are interrupted. Without arguments: every test of the
+# workspace, then the fuzz smoke runs. Arguments, if any, replace `--workspace` in
+# `cargo test --locked --workspace` (and skip the fuzz runs), e.g. `tests/run.sh --workspace --test crds`.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=harness/lib.sh
@@ -10,5 +11,12 @@ source "$root/tests/harness/lib.sh"
 components_for_this_shell
 
 cd "$root"
-[ $# -gt 0 ] || set -- --workspace
-cargo test --locked --no-fail-fast "$@"
+if [ $# -gt 0 ]; then
+  exec cargo test --locked --no-fail-fast "$@"
+fi
+# The whole suite: every test binary runs even when one fails (so a run shows every failure),
+# then the fuzz smoke runs of the parsers that face the internet (tests/harness/fuzz.sh).
+status=0
+cargo test --locked --no-fail-fast --workspace || status=$?
+"$root/tests/harness/fuzz.sh" || status=$?
+exit "$status"

@@ -6,6 +6,7 @@
 #   - moto (AWS API emulator) in a virtualenv
 #   - helm-python-sdk (real Helm, for the chart checks) in a virtualenv
 #   - localstripe (a fake Stripe) and the official `stripe` Python SDK in a virtualenv
+#   - cargo-fuzz (the fuzz smoke runs of make test), built from crates.io
 #   - schemathesis (OpenAPI property tests of the served document) in a virtualenv
 # A second run finds everything cached and returns in seconds.
 set -euo pipefail
@@ -113,4 +114,9 @@ if [ ! -x "$SCHEMATHESIS_VENV/bin/schemathesis" ]; then
   "$SCHEMATHESIS_VENV/bin/pip" install -q --disable-pip-version-check "schemathesis==4.32.*"
 fi
 
-log "ready: $K8S_BIN, $MOTO_VENV, $HELM_VENV, $STRIPE_VENV, $SCHEMATHESIS_VENV"
+if [ ! -x "$CARGO_FUZZ_ROOT/bin/cargo-fuzz" ]; then
+  log "installing cargo-fuzz into $CARGO_FUZZ_ROOT (minutes, once)"
+  cargo install -q --locked --root "$CARGO_FUZZ_ROOT" "cargo-fuzz@0.13.2"
+fi
+
+log "ready: $K8S_BIN, $MOTO_VENV, $HELM_VENV, $STRIPE_VENV, $SCHEMATHESIS_VENV, $CARGO_FUZZ_ROOT"
