@@ -5,8 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
-use kube::api::{Patch, PatchParams};
-use kube::Api;
+
 use serde_json::json;
 use sha2::Sha256;
 use stackplane_api::billing::prices::PlatformCache;
@@ -14,8 +13,8 @@ use stackplane_api::billing::worker::Worker;
 use stackplane_api::config::Secrets;
 use stackplane_api::metrics::Metrics;
 use stackplane_api::server::{router, AppState, BillingState};
-use stackplane_crds::Platform;
-use stackplane_tests::{example_platform_files, fresh_database, install_crds, kube_client, unique};
+
+use stackplane_tests::{fresh_database, install_crds, kube_client, unique};
 
 const SECRET: &str = "whsec_metrics_test_secret";
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::api::{Patch, PatchParams};
+
 use kube::Api;
 use serde_json::Value;
 use stackplane_api::billing::prices::PlatformCache;
@@ -19,11 +19,9 @@ use stackplane_api::billing::worker::Worker;
 use stackplane_api::config::Secrets;
 use stackplane_api::metrics::Metrics;
 use stackplane_api::server::{router, AppState, BillingState};
-use stackplane_crds::{Platform, SubscriptionStatus, Tenant};
+use stackplane_crds::{SubscriptionStatus, Tenant};
 use stackplane_tests::localstripe::LocalStripe;
-use stackplane_tests::{
-    eventually, example_platform_files, fresh_database, install_crds, kube_client,
-};
+use stackplane_tests::{eventually, fresh_database, install_crds, kube_client};
 
 const SECRET: &str = "whsec_billing_truth_tests";
 const STARTER: &str = "price_1LeadsiteIoStarterMonthly";

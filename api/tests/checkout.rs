@@ -6,7 +6,6 @@
 // The documented checkout.session object is one large json! literal.
 #![recursion_limit = "256"]
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::State;
@@ -22,7 +21,7 @@ use stackplane_api::config::Secrets;
 use stackplane_api::metrics::Metrics;
 use stackplane_api::server::{router_with, AppState, BillingState, RouterOptions};
 use stackplane_crds::{Platform, Tenant, TenantSpec};
-use stackplane_tests::{example_platform_files, fresh_database, install_crds, kube_client, unique};
+use stackplane_tests::{fresh_database, install_crds, kube_client, unique};
 
 const ADMIN: &str = "admin-token-for-checkout-tests";
 const STRIPE_KEY: &str = "sk_test_51CheckoutStandIn";

@@ -3,7 +3,7 @@
 //! id is in the log lines of the request.
 
 use std::io::Write;
-use std::net::SocketAddr;
+
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::PostParams;
 use kube::Api;
 use serde_json::{json, Value};
 use stackplane_api::billing::prices::PlatformCache;
@@ -20,10 +20,9 @@ use stackplane_api::hardening::HardeningArgs;
 use stackplane_api::metrics::Metrics;
 use stackplane_api::server::{router_with, AppState, BillingState, RouterOptions};
 use stackplane_api::tenants::{MetricsSourceArgs, TenantApi};
-use stackplane_crds::{Platform, Tenant, TenantSpec};
+use stackplane_crds::{Tenant, TenantSpec};
 use stackplane_tests::{
-    eventually_within, example_platform_files, install_crds, kube_client, stripe_signature, unique,
-    PrivatePostgres,
+    eventually_within, install_crds, kube_client, stripe_signature, unique, PrivatePostgres,
 };
 
 const SECRET: &str = "whsec_outage_test";

@@ -8,7 +8,7 @@ use stackplane_api::billing::worker::Worker;
 use stackplane_api::db::MIGRATOR;
 use stackplane_api::metrics::Metrics;
 use stackplane_crds::{Platform, SubscriptionStatus, Tenant};
-use stackplane_tests::{example_platform_files, fresh_database, install_crds, kube_client, unique};
+use stackplane_tests::{fresh_database, install_crds, kube_client, unique};
 
 fn example(name: &str) -> Platform {
     stackplane_tests::example_platform(&format!("{name}.yaml"))

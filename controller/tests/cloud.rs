@@ -32,8 +32,7 @@ use stackplane_controller::metrics::Metrics;
 use stackplane_controller::tenant::ReconcileConfig;
 use stackplane_crds::{DeletionPolicy, Platform, Tenant, TenantPhase, TenantSpec};
 use stackplane_tests::{
-    aws_config, eventually_within as eventually, example_platform_files, install_crds, kube_client,
-    unique,
+    aws_config, eventually_within as eventually, install_crds, kube_client, unique,
 };
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;

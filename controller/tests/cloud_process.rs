@@ -20,8 +20,7 @@ use stackplane_crds::{
     TenantBackupSpec, TenantSpec,
 };
 use stackplane_tests::{
-    aws_config, eventually_within as eventually, example_platform_files, install_crds, kube_client,
-    unique,
+    aws_config, eventually_within as eventually, install_crds, kube_client, unique,
 };
 
 const SHARD: &str = "stackplane.io/test-shard";

@@ -7,8 +7,8 @@ use std::time::Duration;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, PostParams};
 use kube::Client;
-use stackplane_crds::{Platform, Tenant, TenantSpec};
-use stackplane_tests::{example_platform_files, install_crds, kube_client, unique};
+use stackplane_crds::{Platform, Tenant};
+use stackplane_tests::{install_crds, kube_client, unique};
 
 use stackplane_tests::TEST_SHARD_LABEL as SHARD;
 

@@ -15,10 +15,9 @@ use kube::Client;
 use serde_json::json;
 use stackplane_controller::leader::LeaseConfig;
 use stackplane_controller::metrics::{self, Metrics};
-use stackplane_crds::{Platform, Tenant, TenantSpec};
+use stackplane_crds::{Platform, Tenant};
 use stackplane_tests::{
-    eventually_within, example_platform_files, impersonating_kubeconfig, install_crds, kube_client,
-    unique,
+    eventually_within, impersonating_kubeconfig, install_crds, kube_client, unique,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

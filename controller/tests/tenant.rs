@@ -21,7 +21,7 @@ use stackplane_crds::{
     BackupReason, Platform, Subscription, SubscriptionStatus, Tenant, TenantBackup, TenantPhase,
     TenantSpec,
 };
-use stackplane_tests::{eventually, example_platform_files, install_crds, kube_client, unique};
+use stackplane_tests::{eventually, install_crds, kube_client, unique};
 
 const SHARD: &str = "stackplane.io/test-shard";
 

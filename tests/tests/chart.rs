@@ -16,8 +16,8 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 use stackplane_crds::{Platform, Tenant, TenantPhase, TenantSpec};
 use stackplane_tests::{
-    example_platform_files, fresh_database, impersonating_kubeconfig, install_crds, kube_client,
-    required_env, stripe_signature, unique, workspace_binary, workspace_root,
+    fresh_database, impersonating_kubeconfig, install_crds, kube_client, required_env,
+    stripe_signature, unique, workspace_binary, workspace_root,
 };
 
 const SHARD: &str = "stackplane.io/test-shard";

@@ -71,16 +71,18 @@ fn observed(i: &aws_sdk_ec2::types::Instance) -> Option<ObservedInstance> {
     })
 }
 
+fn ec2_tags(tags: &BTreeMap<String, String>) -> Vec<Tag> {
+    tags.iter()
+        .map(|(k, v)| Tag::builder().key(k).value(v).build())
+        .collect()
+}
+
 /// The tags of a resource an EC2 call creates, given with the call itself, so the resource never
 /// exists untagged (an untagged instance would be invisible to the lookup by tags: a leak).
 fn tagged(kind: ResourceType, tags: &BTreeMap<String, String>) -> TagSpecification {
     TagSpecification::builder()
         .resource_type(kind)
-        .set_tags(Some(
-            tags.iter()
-                .map(|(k, v)| Tag::builder().key(k).value(v).build())
-                .collect(),
-        ))
+        .set_tags(Some(ec2_tags(tags)))
         .build()
 }
 
