@@ -22,7 +22,7 @@ if [ $# -gt 0 ]; then
   exec "${fuzz[@]}" "$target" -- "$@"
 fi
 
-runs="${FUZZ_RUNS:-20000}"
+runs="${FUZZ_RUNS:-100000}"
 mkdir -p "$FUZZ_TARGET_DIR/corpus"
 for target in stripe_signature stripe_event query_params; do
   corpus="$FUZZ_TARGET_DIR/corpus/$target"
