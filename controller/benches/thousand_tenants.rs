@@ -35,7 +35,7 @@ use serde_json::json;
 use stackplane_controller::tenant::apply;
 use stackplane_controller::tenant::plan::{self, Desired, Plan, PlanOptions};
 use stackplane_crds::{Platform, Tenant, TenantSpec};
-use stackplane_tests::{example_platform_files, install_crds, kube_client, required_env, unique};
+use stackplane_tests::{install_crds, kube_client, required_env, unique};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Mutex;
 
