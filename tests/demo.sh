@@ -57,11 +57,15 @@ kubectl get platforms
 webhook_secret="whsec_$(openssl rand -hex 24)"
 admin_token="$(openssl rand -hex 24)"
 api_port="$(free_port)"
+api_internal_port="$(free_port)"
 metrics_port="$(free_port)"
 api="http://127.0.0.1:$api_port"
+# /healthz, /readyz and /metrics of the api: its internal listener, never the public one.
+api_internal="http://127.0.0.1:$api_internal_port"
 
 say "starting stackplane-api on $api and stackplane-controller (metrics :$metrics_port)"
-STACKPLANE_LISTEN="127.0.0.1:$api_port" STRIPE_WEBHOOK_SECRETS="$webhook_secret" \
+STACKPLANE_LISTEN="127.0.0.1:$api_port" STACKPLANE_INTERNAL_LISTEN="127.0.0.1:$api_internal_port" \
+  STRIPE_WEBHOOK_SECRETS="$webhook_secret" \
   STRIPE_SECRET_KEY="sk_test_demo_$(openssl rand -hex 12)" STACKPLANE_ADMIN_TOKEN="$admin_token" \
   STRIPE_API_BASE="$STACKPLANE_LOCALSTRIPE_URL" \
   RUST_LOG="${RUST_LOG:-info}" \
@@ -83,7 +87,7 @@ wait_http() { # what, url, seconds, log
     sleep 0.5
   done
 }
-wait_http stackplane-api "$api/readyz" 60 "$STACKPLANE_RUN/logs/stackplane-api.log"
+wait_http stackplane-api "$api_internal/readyz" 60 "$STACKPLANE_RUN/logs/stackplane-api.log"
 wait_http stackplane-controller "http://127.0.0.1:$metrics_port/healthz" 60 \
   "$STACKPLANE_RUN/logs/stackplane-controller.log"
 echo "both are up (logs: $STACKPLANE_RUN/logs/stackplane-{api,controller}.log)"
@@ -161,6 +165,7 @@ Everything is still running. In another shell:
   kubectl get platforms,tenants,tenantbackups
   curl -s -H 'Authorization: Bearer $admin_token' $api/api/v1/tenants/$tenant
   curl -s http://127.0.0.1:$metrics_port/metrics | grep stackplane_controller_tenants
+  curl -s $api_internal/metrics | grep stackplane_billing
 Runbooks: docs/runbooks/. Press Ctrl-C to stop everything.
 MSG
 while true; do sleep 3600 & wait $!; done
