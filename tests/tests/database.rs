@@ -1,5 +1,6 @@
 //! The migrations against a real Postgres.
 
+use serde_json::json;
 use stackplane_api::db::MIGRATOR;
 use stackplane_tests::fresh_database;
 
@@ -98,4 +99,151 @@ async fn schema_refuses_inconsistent_rows() {
         .expect_err("unknown state")
         .to_string()
         .contains("check constraint"));
+}
+
+/// A database that ran only the migrations before billing truth, holding subscriptions of the
+/// old model (several per tenant), is migrated to the governing-subscription rule: every row
+/// learns its platform and creation time, and each Tenant is governed by the newest live
+/// subscription, or, if all ended, by the one that ended last.
+#[tokio::test]
+async fn existing_subscription_rows_are_migrated_to_the_governing_subscription() {
+    let (pool, _) = fresh_database().await;
+    // The migrations as they were before billing truth: the first two files, from a copy of the
+    // directory (same contents, same checksums as the embedded ones).
+    let dir = std::env::temp_dir().join(stackplane_tests::unique("migrations-before"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let mut files: Vec<_> =
+        std::fs::read_dir(stackplane_tests::workspace_root().join("migrations"))
+            .expect("migrations dir")
+            .map(|e| e.expect("entry").path())
+            .collect();
+    files.sort();
+    for f in &files[..2] {
+        std::fs::copy(f, dir.join(f.file_name().expect("name"))).expect("copy migration");
+    }
+    sqlx::migrate::Migrator::new(dir.as_path())
+        .await
+        .expect("read the older migrations")
+        .run(&pool)
+        .await
+        .expect("older migrations");
+
+    let t0: i64 = 1_760_000_000;
+    // (event, subscription, created)
+    let events = [
+        ("evt_a_created", "sub_a_old", t0),
+        ("evt_a_deleted", "sub_a_old", t0 + 50),
+        ("evt_b_created", "sub_b_new", t0 + 100),
+        ("evt_c1", "sub_c1", t0),
+        ("evt_c2", "sub_c2", t0 + 10),
+    ];
+    for (id, sub, created) in events {
+        sqlx::query(
+            "INSERT INTO stripe_events (id, event_type, created, subscription_id, payload, state) \
+             VALUES ($1, 'customer.subscription.updated', to_timestamp($2), $3, '{}', 'applied')",
+        )
+        .bind(id)
+        .bind(created as f64)
+        .bind(sub)
+        .execute(&pool)
+        .await
+        .expect("insert event");
+    }
+    // Tenant one: an old, cancelled subscription and the new, active one (re-subscribed).
+    // Tenant two: both cancelled, c1 last.
+    let rows = [
+        (
+            "sub_a_old",
+            "leadsite-io-cus1",
+            "cus1",
+            "canceled",
+            "evt_a_deleted",
+            json!({"platform": "leadsite-io", "cancelled_at": t0 + 50}),
+        ),
+        (
+            "sub_b_new",
+            "leadsite-io-cus1",
+            "cus1",
+            "active",
+            "evt_b_created",
+            json!({"platform": "leadsite-io"}),
+        ),
+        (
+            "sub_c1",
+            "tackle-cus2",
+            "cus2",
+            "canceled",
+            "evt_c1",
+            json!({"platform": "tackle", "cancelled_at": t0 + 900}),
+        ),
+        (
+            "sub_c2",
+            "tackle-cus2",
+            "cus2",
+            "canceled",
+            "evt_c2",
+            json!({"platform": "tackle", "cancelled_at": t0 + 500}),
+        ),
+    ];
+    for (sub, tenant, customer, status, event, snapshot) in rows {
+        sqlx::query(
+            "INSERT INTO subscription_state (subscription_id, tenant, customer_id, status, event_id, event_created, snapshot) \
+             VALUES ($1, $2, $3, $4, $5, now(), $6)",
+        )
+        .bind(sub)
+        .bind(tenant)
+        .bind(customer)
+        .bind(status)
+        .bind(event)
+        .bind(snapshot)
+        .execute(&pool)
+        .await
+        .expect("insert subscription state");
+    }
+
+    MIGRATOR
+        .run(&pool)
+        .await
+        .expect("the rest of the migrations");
+
+    let learned: Vec<(String, Option<String>, Option<i64>)> = sqlx::query_as(
+        "SELECT subscription_id, platform, (snapshot->>'created')::bigint \
+         FROM subscription_state ORDER BY subscription_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("read subscription state");
+    assert_eq!(
+        learned,
+        vec![
+            ("sub_a_old".into(), Some("leadsite-io".into()), Some(t0)),
+            (
+                "sub_b_new".into(),
+                Some("leadsite-io".into()),
+                Some(t0 + 100)
+            ),
+            ("sub_c1".into(), Some("tackle".into()), Some(t0)),
+            ("sub_c2".into(), Some("tackle".into()), Some(t0 + 10)),
+        ],
+        "each row's platform from its snapshot, its creation from the first event about it"
+    );
+    let governing: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT tenant, platform, subscription_id FROM billing_tenants ORDER BY tenant",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("read billing tenants");
+    assert_eq!(
+        governing,
+        vec![
+            (
+                "leadsite-io-cus1".into(),
+                "leadsite-io".into(),
+                "sub_b_new".into()
+            ),
+            ("tackle-cus2".into(), "tackle".into(), "sub_c1".into()),
+        ],
+        "the newest live subscription governs; with all ended, the one that ended last"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
