@@ -11,7 +11,6 @@ use axum::middleware::Next;
 use axum::response::Response;
 use sqlx::PgPool;
 
-use crate::caller::Caller;
 use crate::metrics::Metrics;
 
 /// Extra details a handler attaches to its response for the audit row (e.g. the id of the
@@ -90,13 +89,6 @@ pub enum Actor {
 }
 
 impl Actor {
-    pub fn of(caller: &Caller) -> Self {
-        match caller {
-            Caller::Admin => Actor::Admin,
-            Caller::Tenant { token_id, .. } => Actor::Token(*token_id),
-        }
-    }
-
     /// `admin`, `token:<id>`, `stripe` or `anonymous`.
     pub fn name(&self) -> String {
         match self {

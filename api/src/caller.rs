@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::audit::Actor;
 use crate::hardening::{Bucket, Gate};
 use crate::http_error::ApiError;
 
@@ -41,6 +42,14 @@ pub enum Caller {
 }
 
 impl Caller {
+    /// The verified identity the audit log records for this caller.
+    pub fn audit_actor(&self) -> Actor {
+        match self {
+            Caller::Admin => Actor::Admin,
+            Caller::Tenant { token_id, .. } => Actor::Token(*token_id),
+        }
+    }
+
     /// How the audit log names the caller: `admin` or `token:<id>`.
     pub fn actor(&self) -> String {
         match self {
@@ -231,7 +240,7 @@ pub async fn authenticate(
             }
         }
     };
-    let actor = crate::audit::Actor::of(&caller);
+    let actor = caller.audit_actor();
     let mut response = match gate.check(Bucket::Identity, &caller.actor()) {
         Ok(()) => {
             request.extensions_mut().insert(caller);
