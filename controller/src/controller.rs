@@ -7,10 +7,10 @@ use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
 use stackplane_crds::labels::{MANAGED_BY, MANAGED_BY_VALUE};
-use stackplane_crds::{Platform, Tenant, TenantBackup};
+use stackplane_crds::{Platform, PlatformRevision, Tenant, TenantBackup};
 use tokio::sync::{oneshot, watch};
 
 use crate::events::EventRecorder;
@@ -34,6 +34,7 @@ pub struct Config {
     pub tenant_selector: Option<String>,
     pub reconcile: ReconcileConfig,
     pub lease: LeaseConfig,
+    pub rollout: crate::rollout::RolloutConfig,
 }
 
 /// Competes for the Lease and reconciles Tenants while it holds it, until `shutdown`
@@ -150,24 +151,64 @@ async fn run_controller(
         recorder.clone(),
         stop.clone(),
     );
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        config.reconcile.clone(),
-        metrics,
-        recorder,
-    ));
+    // The PlatformRevisions, cached for the reconciler (each tenant is planned from one) and
+    // the rollouts.
+    let (revisions, revisions_writer) = kube::runtime::reflector::store::<PlatformRevision>();
+    let revisions_cache = kube::runtime::reflector(
+        revisions_writer,
+        watcher(
+            Api::<PlatformRevision>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    )
+    .default_backoff()
+    .take_until(stop.clone())
+    .for_each(|_| futures::future::ready(()));
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            config.reconcile.clone(),
+            metrics.clone(),
+            recorder.clone(),
+        )
+        .with_revisions(revisions.clone()),
+    );
     let controller = Controller::new(Api::<Tenant>::all(client.clone()), wc)
         .with_config(controller::Config::default().concurrency(config.concurrency));
     let tenants = controller.store();
+    let rollouts = crate::rollout::run(
+        client.clone(),
+        &config.rollout,
+        config
+            .rollout
+            .platform_selector
+            .clone()
+            .or_else(|| config.tenant_selector.clone()),
+        tenants.clone(),
+        metrics,
+        recorder,
+        stop.clone(),
+    );
+    // Only a spec change (a new generation) concerns the tenants; the rollout's own status
+    // writes would otherwise re-reconcile every tenant of the platform every few seconds.
+    let generations = std::sync::Mutex::new(std::collections::HashMap::<String, i64>::new());
     let children = watcher::Config::default().labels(&format!("{MANAGED_BY}={MANAGED_BY_VALUE}"));
     let c = &client;
-    // A changed Platform rolls out to every tenant of that platform.
+    // A changed Platform re-plans its tenants (each from the revision it runs or is moved to).
     let mut controller = controller
         .watches(
             Api::<Platform>::all(c.clone()),
             watcher::Config::default(),
             move |platform| {
                 let name = platform.name_any();
+                let generation = platform.metadata.generation.unwrap_or_default();
+                let seen = generations
+                    .lock()
+                    .map(|mut g| g.insert(name.clone(), generation))
+                    .unwrap_or_default();
+                if seen == Some(generation) {
+                    return Vec::new();
+                }
                 tenants
                     .state()
                     .into_iter()
@@ -203,5 +244,11 @@ async fn run_controller(
             let _ = ended_tx.send(());
         });
     // Backups are reconciled, and orphans collected, by the same leader, for as long as it leads.
-    futures::join!(tenants_controller, backups, cloud_gc);
+    futures::join!(
+        tenants_controller,
+        backups,
+        cloud_gc,
+        rollouts,
+        revisions_cache
+    );
 }

@@ -18,6 +18,7 @@ pub mod k8s;
 pub mod kube_client;
 pub mod leader;
 pub mod metrics;
+pub mod rollout;
 pub mod telemetry;
 pub mod tenant;
 
@@ -129,6 +130,15 @@ pub struct Args {
     #[arg(long, env = "STACKPLANE_CLOUD_GC_GRACE", default_value_t = 900)]
     pub cloud_gc_grace: u64,
 
+    /// Roll out only the Platforms matching this label selector. Default: those matching
+    /// --tenant-selector, or every Platform without one.
+    #[arg(long, env = "STACKPLANE_ROLLOUT_PLATFORM_SELECTOR")]
+    pub rollout_platform_selector: Option<String>,
+
+    /// Seconds between two looks at a rollout in progress.
+    #[arg(long, env = "STACKPLANE_ROLLOUT_POLL", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
+    pub rollout_poll: u64,
+
     /// Seconds a Kubernetes API request (other than a watch) may take before it fails.
     #[arg(long, env = "STACKPLANE_KUBE_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub kube_timeout: u64,
@@ -195,6 +205,10 @@ impl Args {
                     ..Default::default()
                 },
                 ..tenant::ReconcileConfig::default()
+            },
+            rollout: rollout::RolloutConfig {
+                platform_selector: self.rollout_platform_selector.clone(),
+                poll: std::time::Duration::from_secs(self.rollout_poll),
             },
             lease: leader::LeaseConfig {
                 name: self.lease_name.clone(),

@@ -30,6 +30,13 @@ struct PhaseLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RolloutLabels {
+    platform: String,
+    revision: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OrphanLabels {
     kind: String,
     action: String,
@@ -48,6 +55,9 @@ pub struct Metrics {
     tenants: Family<PhaseLabels, Gauge>,
     creation_to_ready: Histogram,
     leader: Gauge,
+    rollout_tenants: Family<RolloutLabels, Gauge>,
+    /// The revision each platform's rollout series are labelled with (old series are removed).
+    rollout_revisions: Mutex<HashMap<String, String>>,
     phases: Mutex<HashMap<String, TenantPhase>>,
     health: Arc<crate::health::Health>,
 }
@@ -104,6 +114,13 @@ impl Metrics {
             "1 while this replica holds the leader lease",
             leader.clone(),
         );
+        let rollout_tenants = Family::<RolloutLabels, Gauge>::default();
+        registry.register(
+            "rollout_tenants",
+            "Tenants of a platform's rollout by state (old, moving, healthy, failed, pinned), \
+             for the revision being rolled out",
+            rollout_tenants.clone(),
+        );
         for phase in TenantPhase::ALL {
             tenants
                 .get_or_create(&PhaseLabels {
@@ -129,6 +146,8 @@ impl Metrics {
             tenants,
             creation_to_ready,
             leader,
+            rollout_tenants,
+            rollout_revisions: Mutex::new(HashMap::new()),
             phases: Mutex::new(HashMap::new()),
             health: Arc::new(crate::health::Health::default()),
         }
@@ -179,6 +198,29 @@ impl Metrics {
     /// Records whether this replica leads.
     pub fn set_leader(&self, leader: bool) {
         self.leader.set(i64::from(leader));
+    }
+
+    /// Records how many tenants of `platform` are in each rollout state for `revision`.
+    pub fn rollout(&self, platform: &str, revision: &str, counts: &[(&str, i64)]) {
+        let labels = |revision: &str, state: &str| RolloutLabels {
+            platform: platform.to_owned(),
+            revision: revision.to_owned(),
+            state: state.to_owned(),
+        };
+        if let Ok(mut revisions) = self.rollout_revisions.lock() {
+            if let Some(old) = revisions.insert(platform.to_owned(), revision.to_owned()) {
+                if old != revision {
+                    for (state, _) in counts {
+                        self.rollout_tenants.remove(&labels(&old, state));
+                    }
+                }
+            }
+        }
+        for (state, n) in counts {
+            self.rollout_tenants
+                .get_or_create(&labels(revision, state))
+                .set(*n);
+        }
     }
 
     /// What `/healthz` answers (kept here because the metrics server serves both).

@@ -99,6 +99,7 @@ async fn start_leader() -> Env {
         concurrency: 2,
         tenant_selector: Some(format!("{SHARD}={shard}")),
         reconcile,
+        rollout: Default::default(),
         lease: stackplane_controller::leader::LeaseConfig {
             name: shard.clone(),
             namespace: "default".into(),

@@ -330,6 +330,7 @@ impl Env {
                 final_backup_timeout: Duration::ZERO,
                 ..ReconcileConfig::default()
             },
+            rollout: Default::default(),
             lease: LeaseConfig {
                 name: unique("lease"),
                 namespace: "default".into(),

@@ -186,6 +186,7 @@ async fn losing_the_lease_permission_is_unhealthy_and_getting_it_back_recovers()
         concurrency: 2,
         tenant_selector: Some(format!("{SHARD}={shard}")),
         reconcile: stackplane_controller::tenant::ReconcileConfig::default(),
+        rollout: Default::default(),
         lease: LeaseConfig {
             name: "stackplane-controller".into(),
             namespace: ns.clone(),

@@ -78,6 +78,7 @@ async fn start_with(example: &str, reconcile: ReconcileConfig) -> Env {
         concurrency: 4,
         tenant_selector: Some(format!("{SHARD}={shard}")),
         reconcile,
+        rollout: Default::default(),
         lease: LeaseConfig {
             name: shard.clone(),
             namespace: "default".into(),

@@ -27,6 +27,16 @@ pub const PAYMENT_OVERDUE: &str = "stackplane.io/payment-overdue";
 /// puts it in the `PaymentOverdue` condition's reason.
 pub const PAYMENT_OVERDUE_REASON: &str = "stackplane.io/payment-overdue-reason";
 
+/// Label (`true`) of a tenant that takes part in a rollout's `canary: true` waves.
+pub const CANARY: &str = "stackplane.io/canary";
+/// Annotation the rollout sets on a Tenant: the PlatformRevision the tenant is to run.
+pub const TARGET_REVISION: &str = "stackplane.io/target-revision";
+/// Annotation set with [`TARGET_REVISION`]: when the tenant was moved (RFC 3339).
+pub const REVISION_MOVED_AT: &str = "stackplane.io/revision-moved-at";
+/// Annotation on a Platform asking the rollout to `pause`, `resume` or `rollback`; the
+/// controller acts on it and removes it.
+pub const ROLLOUT_CONTROL: &str = "stackplane.io/rollout";
+
 /// The labels of an object belonging to `tenant` of `platform`.
 pub fn tenant_labels(tenant: &str, platform: &str) -> std::collections::BTreeMap<String, String> {
     [

@@ -9,6 +9,8 @@ pub mod backup;
 pub mod labels;
 pub mod naming;
 pub mod platform;
+pub mod revision;
+pub mod rollout;
 mod schema;
 pub mod tenant;
 
@@ -20,6 +22,8 @@ pub use platform::{
     Component, ComponentOverride, DedicatedInstance, EnvVar, Platform, PlatformSpec,
     PlatformStatus, ResourceList, Resources, Tier, TierQuota,
 };
+pub use revision::{PlatformRevision, PlatformRevisionSpec};
+pub use rollout::{RolloutPhase, RolloutPolicy, RolloutStatus, RolloutStrategy, Wave};
 pub use tenant::{
     BackupPolicy, ComponentStatus, Customer, DeletionPolicy, InstanceStatus, Subscription,
     SubscriptionStatus, Tenant, TenantPhase, TenantSpec, TenantStatus,
@@ -34,7 +38,12 @@ use kube::CustomResourceExt;
 pub fn all_crds(
 ) -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
 {
-    vec![Platform::crd(), Tenant::crd(), TenantBackup::crd()]
+    vec![
+        Platform::crd(),
+        PlatformRevision::crd(),
+        Tenant::crd(),
+        TenantBackup::crd(),
+    ]
 }
 
 /// The YAML document of one CRD, as committed under `crds/`.

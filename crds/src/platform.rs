@@ -28,6 +28,8 @@ pub type ResourceList = BTreeMap<String, Quantity>;
     printcolumn = r#"{"name":"Display Name","type":"string","jsonPath":".spec.displayName"}"#,
     printcolumn = r#"{"name":"Domain","type":"string","jsonPath":".spec.domain"}"#,
     printcolumn = r#"{"name":"Tenants","type":"integer","jsonPath":".status.tenants"}"#,
+    printcolumn = r#"{"name":"Revision","type":"string","jsonPath":".status.updateRevision"}"#,
+    printcolumn = r#"{"name":"Rollout","type":"string","jsonPath":".status.rollout.phase"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -59,6 +61,11 @@ pub struct PlatformSpec {
     /// The plans that can be bought. Stripe prices map to exactly one tier.
     #[schemars(length(min = 1))]
     pub tiers: Vec<Tier>,
+
+    /// How a change of this spec reaches the tenants: in health-gated waves (the default: one
+    /// wave of every tenant) or at once. Not part of a revision: changing it moves no tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::rollout::RolloutPolicy>,
 }
 
 fn default_cancellation_retention_days() -> u32 {
@@ -219,6 +226,15 @@ pub struct PlatformStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "crate::schema::conditions")]
     pub conditions: Vec<Condition>,
+    /// The newest revision whose rollout completed: new tenants start on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_revision: Option<String>,
+    /// The revision of the current spec, the one being rolled out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_revision: Option<String>,
+    /// Progress of the rollout of `updateRevision`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::rollout::RolloutStatus>,
 }
 
 impl PlatformSpec {

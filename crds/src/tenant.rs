@@ -25,6 +25,7 @@ use crate::schema::DNS1123_LABEL;
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Endpoint","type":"string","priority":1,"jsonPath":".status.endpoint"}"#,
+    printcolumn = r#"{"name":"Revision","type":"string","priority":1,"jsonPath":".status.platformRevision"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -72,6 +73,11 @@ pub struct TenantSpec {
     /// `cancellationRetentionDays` have passed, after a final backup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancelled_at: Option<Time>,
+
+    /// Pin the tenant to this PlatformRevision: rollouts pass it by until the field is removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub platform_revision: Option<String>,
 }
 
 /// The customer as Stripe knows them.
@@ -235,6 +241,10 @@ pub struct TenantStatus {
     /// Delete`, after its final backup.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retained_volumes: Vec<String>,
+    /// The PlatformRevision the tenant runs: its plan was applied and every Deployment rolled
+    /// out to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform_revision: Option<String>,
 }
 
 /// The dedicated EC2 instance of a tenant.
@@ -280,6 +290,7 @@ impl TenantSpec {
             deletion_policy: DeletionPolicy::default(),
             backup: None,
             cancelled_at: None,
+            platform_revision: None,
         }
     }
 }

@@ -1,7 +1,10 @@
 //! The Tenant reconciler, behind a finalizer that implements the deletion policy. One
 //! reconcile is the pipeline of [`apply_tenant`], one function per step:
 //!
-//! `paused? → validate → retention → plan → apply + prune → cloud → status`
+//! `paused? → revision → validate → retention → plan → apply + prune → cloud → status`
+//!
+//! The plan comes from the PlatformRevision the tenant runs or is moved to (`revision`), so a
+//! changed Platform reaches a tenant only when its rollout moves it (`crate::rollout`).
 //!
 //! Only apply, prune, cloud and status touch the network; `plan` is pure. Every Kubernetes call
 //! is time-limited by the client (`crate::kube_client`) and the status is written by server-side apply with a
@@ -12,6 +15,7 @@ pub mod children;
 pub mod final_backup;
 pub mod plan;
 pub mod prune;
+pub mod revision;
 pub mod status;
 pub mod validate;
 
@@ -86,6 +90,8 @@ pub struct Context {
     pub recorder: EventRecorder,
     /// Consecutive failures per tenant, for exponential backoff.
     failures: Failures,
+    /// The PlatformRevisions, cached (`None`: each is read from the API server).
+    revisions: Option<kube::runtime::reflector::Store<stackplane_crds::PlatformRevision>>,
 }
 
 impl Context {
@@ -101,7 +107,17 @@ impl Context {
             metrics,
             recorder,
             failures: Failures::default(),
+            revisions: None,
         }
+    }
+
+    /// The same context reading PlatformRevisions from `cache`.
+    pub fn with_revisions(
+        mut self,
+        cache: kube::runtime::reflector::Store<stackplane_crds::PlatformRevision>,
+    ) -> Self {
+        self.revisions = Some(cache);
+        self
     }
 
     async fn event(&self, tenant: &Tenant, type_: EventType, reason: &str, note: String) {
@@ -212,10 +228,24 @@ async fn apply_tenant(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     if tenant.spec.paused {
         return paused_step(&pass, ctx).await;
     }
-    let platform = Api::<Platform>::all(ctx.client.clone())
+    let live = Api::<Platform>::all(ctx.client.clone())
         .get_opt(&tenant.spec.platform)
         .await?;
-    let Some(valid) = validate_step(&pass, ctx, platform.as_ref()).await? else {
+    let source = match live {
+        Some(live) => {
+            Some(revision::resolve(&ctx.client, ctx.revisions.as_ref(), tenant, live).await?)
+        }
+        None => None,
+    };
+    let checked = match &source {
+        Some(Ok(s)) => validate::validate(tenant, Some(&s.platform)),
+        Some(Err(invalid)) => Err(invalid.clone()),
+        None => validate::validate(tenant, None),
+    };
+    let revision = source
+        .as_ref()
+        .and_then(|s| s.as_ref().ok()?.revision.clone());
+    let Some(valid) = validate_step(&pass, ctx, checked).await? else {
         // A Platform change re-triggers this tenant through the Platform watch.
         return Ok(Action::requeue(ctx.config.requeue));
     };
@@ -226,7 +256,7 @@ async fn apply_tenant(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     let plan = plan::plan(tenant, valid.platform, valid.tier, &ctx.config.plan);
     let pruned = sync_step(&pass, ctx, &plan).await?;
     let cloud = cloud_step(&pass, ctx, &valid).await;
-    status_step(&pass, ctx, &plan, &pruned, cloud.as_ref()).await?;
+    status_step(&pass, ctx, &plan, &pruned, cloud.as_ref(), revision).await?;
     next_reconcile(ctx, requeue, cloud)
 }
 
@@ -258,9 +288,9 @@ async fn paused_step(pass: &Pass<'_>, ctx: &Context) -> Result<Action> {
 async fn validate_step<'p>(
     pass: &Pass<'_>,
     ctx: &Context,
-    platform: Option<&'p Platform>,
+    checked: std::result::Result<Valid<'p>, validate::Invalid>,
 ) -> Result<Option<Valid<'p>>> {
-    let invalid = match validate::validate(pass.tenant, platform) {
+    let invalid = match checked {
         Ok(v) => return Ok(Some(v)),
         Err(invalid) => invalid,
     };
@@ -420,6 +450,7 @@ async fn status_step(
     plan: &Plan,
     pruned: &Pruned,
     cloud: Option<&crate::cloud::CloudOutcome>,
+    revision: Option<String>,
 ) -> Result<()> {
     let (tenant, name, previous) = (pass.tenant, &pass.name, &pass.previous);
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), plan.namespace_name());
@@ -464,6 +495,11 @@ async fn status_step(
         observed_generation: pass.generation,
         ready_since: None,
         retained_volumes: pruned.retained.clone(),
+        // The revision counts as run once every Deployment rolled out to its plan.
+        platform_revision: match revision {
+            Some(r) if status::rolled_out(&plan.components, &observed) => Some(r),
+            _ => previous.platform_revision.clone(),
+        },
         ..previous.clone()
     };
     if let Some(c) = cloud {

@@ -568,6 +568,7 @@ mod tests {
                 deletion_policy: stackplane_crds::DeletionPolicy::Delete,
                 backup: None,
                 cancelled_at: None,
+                platform_revision: None,
             },
         );
         t.metadata.generation = Some(1);

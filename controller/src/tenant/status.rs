@@ -111,6 +111,25 @@ pub fn component_status(
         .collect()
 }
 
+/// Whether every planned component's Deployment rolled out to its current spec: the
+/// Deployment controller observed its generation (a node that reports no generation is taken
+/// at its word) and updated the wanted number of replicas.
+pub fn rolled_out(planned: &[PlannedComponent], deployments: &[Deployment]) -> bool {
+    planned.iter().all(|c| {
+        let Some(d) = deployments
+            .iter()
+            .find(|d| d.metadata.name.as_deref() == Some(&c.name))
+        else {
+            return false;
+        };
+        let status = d.status.clone().unwrap_or_default();
+        let observed = status
+            .observed_generation
+            .is_none_or(|g| Some(g) >= d.metadata.generation);
+        observed && (c.replicas == 0 || status.updated_replicas.unwrap_or(0) >= c.replicas)
+    })
+}
+
 /// Whether every component has all its replicas ready.
 pub fn all_ready(components: &[ComponentStatus]) -> bool {
     components.iter().all(|c| c.ready_replicas >= c.replicas)
