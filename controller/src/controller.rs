@@ -109,6 +109,19 @@ pub async fn run(
     outcome
 }
 
+/// What of a Platform its tenants' reconciles depend on: the spec's generation and which
+/// revisions are current and being rolled out (where a new tenant starts).
+type PlatformKey = (Option<i64>, Option<String>, Option<String>);
+
+fn platform_key(p: &Platform) -> PlatformKey {
+    let status = p.status.as_ref();
+    (
+        p.metadata.generation,
+        status.and_then(|s| s.current_revision.clone()),
+        status.and_then(|s| s.update_revision.clone()),
+    )
+}
+
 async fn run_controller(
     client: Client,
     config: &Config,
@@ -189,9 +202,10 @@ async fn run_controller(
         recorder,
         stop.clone(),
     );
-    // Only a spec change (a new generation) concerns the tenants; the rollout's own status
-    // writes would otherwise re-reconcile every tenant of the platform every few seconds.
-    let generations = std::sync::Mutex::new(std::collections::HashMap::<String, i64>::new());
+    // Only a spec change (a new generation) or new revisions concern the tenants; the
+    // rollout's progress writes would otherwise re-reconcile every tenant of the platform
+    // every few seconds.
+    let seen = std::sync::Mutex::new(std::collections::HashMap::<String, PlatformKey>::new());
     let children = watcher::Config::default().labels(&format!("{MANAGED_BY}={MANAGED_BY_VALUE}"));
     let c = &client;
     // A changed Platform re-plans its tenants (each from the revision it runs or is moved to).
@@ -201,12 +215,12 @@ async fn run_controller(
             watcher::Config::default(),
             move |platform| {
                 let name = platform.name_any();
-                let generation = platform.metadata.generation.unwrap_or_default();
-                let seen = generations
+                let key = platform_key(&platform);
+                let before = seen
                     .lock()
-                    .map(|mut g| g.insert(name.clone(), generation))
+                    .map(|mut s| s.insert(name.clone(), key.clone()))
                     .unwrap_or_default();
-                if seen == Some(generation) {
+                if before == Some(key) {
                     return Vec::new();
                 }
                 tenants

@@ -167,16 +167,12 @@ async fn reconcile(
         .into_iter()
         .filter(|t| t.spec.platform == name)
         .collect();
-    let initial = current.clone().unwrap_or_else(|| update_name.clone());
     let views: Vec<TenantView> = {
         let mut recent = ctx
             .recent_moves
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        tenants
-            .iter()
-            .map(|t| view(t, &initial, &mut recent))
-            .collect()
+        tenants.iter().map(|t| view(t, &mut recent)).collect()
     };
     let decision = waves::step(&waves::Inputs {
         policy: &policy,
@@ -278,12 +274,9 @@ async fn reconcile(
     })
 }
 
-/// What the planner sees of `t`; `initial` is where a tenant nobody moved yet starts.
-fn view(
-    t: &Tenant,
-    initial: &str,
-    recent: &mut HashMap<String, (String, Timestamp)>,
-) -> TenantView {
+/// What the planner sees of `t`. A tenant without a target revision yet is left to the Tenant
+/// reconciler, which gives it the Platform's newest completed revision first.
+fn view(t: &Tenant, recent: &mut HashMap<String, (String, Timestamp)>) -> TenantView {
     let name = t.name_any();
     let annotations = t.annotations();
     let status = t.status.as_ref();
@@ -301,13 +294,10 @@ fn view(
             moved_at = Some(*at);
         }
     }
-    let target = target
-        .or_else(|| running.clone())
-        .or_else(|| Some(initial.to_owned()));
     let moved_at = moved_at.or_else(|| t.metadata.creation_timestamp.as_ref().map(|c| c.0));
     let part = if t.spec.platform_revision.is_some() {
         Part::Pinned
-    } else if t.spec.paused || t.metadata.deletion_timestamp.is_some() {
+    } else if t.spec.paused || t.metadata.deletion_timestamp.is_some() || target.is_none() {
         Part::Skipped
     } else {
         Part::Takes
