@@ -26,7 +26,6 @@ use stackplane_crds::{
 use stackplane_tests::{eventually_within, install_crds, kube_client, unique};
 
 const SHARD: &str = "stackplane.io/test-shard";
-const MAX_UNAVAILABLE: usize = 6;
 
 struct Fleet {
     client: Client,
@@ -110,14 +109,16 @@ fn start_controller(
 
 /// Plays the node for the shard's tenants: every Deployment is reported rolled out to its
 /// generation, with its replicas available unless its first container's image ends in `:bad`.
-fn play_node(
-    client: Client,
-    tenants: Arc<std::sync::Mutex<BTreeSet<String>>>,
-) -> tokio::task::JoinHandle<()> {
+fn play_node(client: Client, shard: String) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let all: Api<Deployment> = Api::all(client.clone());
+        let tenants: Api<Tenant> = Api::all(client.clone());
         loop {
-            let ours = tenants.lock().map(|t| t.clone()).unwrap_or_default();
+            let ours: BTreeSet<String> = tenants
+                .list(&ListParams::default().labels(&format!("{SHARD}={shard}")))
+                .await
+                .map(|l| l.items.iter().map(|t| t.name_any()).collect())
+                .unwrap_or_default();
             let listed = all
                 .list(&ListParams::default().labels(&format!("{MANAGED_BY}={MANAGED_BY_VALUE}")))
                 .await;
@@ -164,7 +165,7 @@ fn play_node(
 /// first revision, whose name is returned with the fleet.
 async fn fleet() -> (Fleet, String) {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter("stackplane_controller=info")
+        .with_env_filter("stackplane_controller=info,stackplane_controller::rollout=debug")
         .try_init();
     let client = kube_client().await;
     install_crds(&client).await;
@@ -189,8 +190,7 @@ async fn fleet() -> (Fleet, String) {
         p.status?.current_revision
     })
     .await;
-    let names = Arc::new(std::sync::Mutex::new(BTreeSet::new()));
-    let player = play_node(client.clone(), names.clone());
+    let player = play_node(client.clone(), shard.clone());
     let mut waves = BTreeMap::new();
     for i in 0..30 {
         let (tier, canary, wave) = match i {
@@ -199,7 +199,6 @@ async fn fleet() -> (Fleet, String) {
             _ => ("professional", false, 3),
         };
         let name = create_tenant(&client, &shard, &pname, tier, canary, None).await;
-        names.lock().expect("names").insert(name.clone());
         waves.insert(name, wave);
     }
     let fleet = Fleet {
@@ -374,7 +373,13 @@ async fn a_platform_change_rolls_out_wave_by_wave_past_a_restart_and_a_pin() {
             }
         }
         most_moving = most_moving.max(moving);
-        assert!(moving <= MAX_UNAVAILABLE, "{moving} tenants moving at once");
+        // maxUnavailable 20% of the tenants taking part: 30, and the one created mid-rollout.
+        let taking_part = 30 + usize::from(late.is_some());
+        let max_unavailable = (taking_part * 20).div_ceil(100);
+        assert!(
+            moving <= max_unavailable,
+            "{moving} tenants moving at once, more than {max_unavailable}"
+        );
         let st = platform(&f).await.status.unwrap_or_default();
         let rollout = st.rollout.clone().unwrap_or_default();
         // Mid-rollout: a new tenant, and a controller restart.
@@ -561,7 +566,8 @@ async fn a_bad_image_halts_at_the_canaries_and_rollback_returns_them() {
     })
     .await;
     assert!(halted.message.contains("canary"), "{}", halted.message);
-    assert_eq!(halted.failed, 2, "{halted:?}");
+    // The first canary to fail halts it (maxFailures 0); the other may fail before the halt.
+    assert!((1..=2).contains(&halted.failed), "{halted:?}");
     // Nothing else moves, however long it is left.
     tokio::time::sleep(Duration::from_secs(4)).await;
     let tenants = shard_tenants(&f).await;

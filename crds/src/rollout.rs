@@ -170,6 +170,7 @@ pub struct RolloutStatus {
     pub phase: RolloutPhase,
     /// What the rollout is doing or waiting for.
     #[serde(default)]
+    #[schemars(transform = crate::schema::no_default)]
     pub message: String,
     /// When the rollout of this revision started.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -19,3 +19,9 @@ pub(crate) fn conditions(generator: &mut schemars::SchemaGenerator) -> schemars:
     );
     schema
 }
+
+/// Drops the `default` schemars derives from `#[serde(default)]` on a string: the API server
+/// of Kubernetes 1.20 rejects `default: ""` in a CRD ("must be of type string: \"null\"").
+pub(crate) fn no_default(schema: &mut schemars::Schema) {
+    schema.remove("default");
+}

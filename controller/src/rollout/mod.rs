@@ -174,6 +174,13 @@ async fn reconcile(
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         tenants.iter().map(|t| view(t, &mut recent)).collect()
     };
+    tracing::debug!(
+        platform = %name,
+        cached = ctx.tenants.state().len(),
+        tenants = views.len(),
+        taking_part = views.iter().filter(|v| v.part == Part::Takes).count(),
+        "rollout pass"
+    );
     let decision = waves::step(&waves::Inputs {
         policy: &policy,
         update: &update_name,

@@ -245,6 +245,9 @@ async fn apply_tenant(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     let revision = source
         .as_ref()
         .and_then(|s| s.as_ref().ok()?.revision.clone());
+    if let Some(r) = &revision {
+        revision::assign_first(&ctx.client, tenant, r).await?;
+    }
     let Some(valid) = validate_step(&pass, ctx, checked).await? else {
         // A Platform change re-triggers this tenant through the Platform watch.
         return Ok(Action::requeue(ctx.config.requeue));
