@@ -183,6 +183,7 @@ fn openapi_json() {}
         tenants::status::get_tenant,
         tenants::status::list_tenants,
         tenants::status::platform_summary,
+        tenants::status::platform_rollout,
         tenants::metrics::tenant_metrics,
         tenants::backups::list_backups,
         tenants::backups::create_backup,

@@ -512,6 +512,50 @@ async fn admin_lists_filters_pages_and_summarizes() {
 }
 
 #[tokio::test]
+async fn a_platforms_rollout_is_served_to_the_admin_only() {
+    let env = start().await;
+    let name = unique("plat");
+    let mut platform = stackplane_tests::example_platform("tackle.yaml");
+    platform.metadata.name = Some(name.clone());
+    let api = kube::Api::<stackplane_crds::Platform>::all(env.kube.clone());
+    api.create(&kube::api::PostParams::default(), &platform)
+        .await
+        .expect("create platform");
+    let status = serde_json::json!({"status": {
+        "currentRevision": format!("{name}-aaaa"),
+        "updateRevision": format!("{name}-bbbb"),
+        "rollout": {"revision": format!("{name}-bbbb"), "wave": 2, "waves": 3, "total": 30,
+            "updated": 12, "healthy": 10, "failed": 0, "phase": "Progressing",
+            "message": "wave 2/3 (starter): 10 of 10 healthy"}}});
+    api.patch_status(
+        &name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&status),
+    )
+    .await
+    .expect("write platform status");
+    let (code, body) = env
+        .get(&format!("/api/v1/platforms/{name}/rollout"), Some(ADMIN))
+        .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert_eq!(body["updateRevision"], format!("{name}-bbbb"));
+    assert_eq!(body["currentRevision"], format!("{name}-aaaa"));
+    assert_eq!(body["rollout"]["phase"], "Progressing");
+    assert_eq!(body["rollout"]["updated"], 12);
+    let (code, body) = env
+        .get(
+            "/api/v1/platforms/no-such-platform-here/rollout",
+            Some(ADMIN),
+        )
+        .await;
+    assert_error(code, &body, StatusCode::NOT_FOUND, "not_found");
+    let (code, body) = env
+        .get(&format!("/api/v1/platforms/{name}/rollout"), None)
+        .await;
+    assert_error(code, &body, StatusCode::UNAUTHORIZED, "unauthorized");
+}
+
+#[tokio::test]
 async fn bad_input_is_refused_and_nothing_is_written() {
     let env = start().await;
     let name = unique("tn");

@@ -140,6 +140,7 @@ pub fn routes(table: RouteTable<TenantApi>) -> RouteTable<TenantApi> {
         .get("/api/v1/tenants", status::list_tenants)
         .get("/api/v1/tenants/{name}", status::get_tenant)
         .get("/api/v1/platforms/{name}/summary", status::platform_summary)
+        .get("/api/v1/platforms/{name}/rollout", status::platform_rollout)
         .get("/api/v1/tenants/{name}/metrics", metrics::tenant_metrics)
         .get("/api/v1/tenants/{name}/backups", backups::list_backups)
         .post("/api/v1/tenants/{name}/backups", backups::create_backup)

@@ -361,6 +361,57 @@ pub async fn platform_summary(
     Ok(Json(summary))
 }
 
+/// The rollout of a Platform's newest revision, as `Platform.status` records it.
+#[derive(Serialize, Debug, Clone, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlatformRollout {
+    pub platform: String,
+    /// The newest revision whose rollout completed (where new tenants start).
+    pub current_revision: Option<String>,
+    /// The revision being rolled out.
+    pub update_revision: Option<String>,
+    /// `Platform.status.rollout`: revision, wave, counts, phase and message.
+    #[schema(value_type = Option<Object>)]
+    pub rollout: Option<stackplane_crds::RolloutStatus>,
+}
+
+/// `GET /api/v1/platforms/{name}/rollout`: where the rollout of the platform's newest revision
+/// stands (admin only).
+#[utoipa::path(get, path = "/api/v1/platforms/{name}/rollout", tag = "tenants",
+    params(("name" = String, Path, description = "Platform name")),
+    security(("bearer" = [])),
+    responses((status = 200, body = PlatformRollout), (status = 401, body = crate::http_error::ErrorBody),
+        (status = 403, body = crate::http_error::ErrorBody), (status = 404, body = crate::http_error::ErrorBody)))]
+pub async fn platform_rollout(
+    State(api): State<TenantApi>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<PlatformRollout>, ApiError> {
+    caller.require_admin()?;
+    let name = tenant_name(&name)?;
+    let platform = Api::<Platform>::all(api.kube.clone())
+        .get_opt(name)
+        .await
+        .map_err(|error| {
+            tracing::error!(platform = %name, %error, "reading a Platform");
+            ApiError::internal("cannot read the Platform")
+        })?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no platform named {name:?}"),
+            )
+        })?;
+    let status = platform.status.unwrap_or_default();
+    Ok(Json(PlatformRollout {
+        platform: name.to_owned(),
+        current_revision: status.current_revision,
+        update_revision: status.update_revision,
+        rollout: status.rollout,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
