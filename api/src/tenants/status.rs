@@ -342,27 +342,23 @@ pub async fn platform_summary(
     let summary = summarize(name, &api.tenants.state());
     if summary.total == 0 {
         // Zero tenants is an answer for a platform that exists, not for a typo.
-        read_platform(&api, name).await?;
-    }
-    Ok(Json(summary))
-}
-
-/// The Platform `name` from the API server; 404 when there is none.
-async fn read_platform(api: &TenantApi, name: &str) -> Result<Platform, ApiError> {
-    Api::<Platform>::all(api.kube.clone())
-        .get_opt(name)
-        .await
-        .map_err(|error| {
-            tracing::error!(platform = %name, %error, "reading a Platform");
-            ApiError::internal("cannot read the Platform")
-        })?
-        .ok_or_else(|| {
-            ApiError::new(
+        let exists = Api::<Platform>::all(api.kube.clone())
+            .get_opt(name)
+            .await
+            .map_err(|error| {
+                tracing::error!(platform = %name, %error, "reading a Platform");
+                ApiError::internal("cannot read the Platform")
+            })?
+            .is_some();
+        if !exists {
+            return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 "not_found",
                 format!("no platform named {name:?}"),
-            )
-        })
+            ));
+        }
+    }
+    Ok(Json(summary))
 }
 
 /// The rollout of a Platform's newest revision, as `Platform.status` records it.
@@ -393,7 +389,21 @@ pub async fn platform_rollout(
 ) -> Result<Json<PlatformRollout>, ApiError> {
     caller.require_admin()?;
     let name = tenant_name(&name)?;
-    let status = read_platform(&api, name).await?.status.unwrap_or_default();
+    let platform = Api::<Platform>::all(api.kube.clone())
+        .get_opt(name)
+        .await
+        .map_err(|error| {
+            tracing::error!(platform = %name, %error, "reading a Platform");
+            ApiError::internal("cannot read the Platform")
+        })?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no platform named {name:?}"),
+            )
+        })?;
+    let status = platform.status.unwrap_or_default();
     Ok(Json(PlatformRollout {
         platform: name.to_owned(),
         current_revision: status.current_revision,
