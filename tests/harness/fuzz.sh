@@ -13,6 +13,9 @@ root="$(cd "$here/../.." && pwd)"
 [ -x "$CARGO_FUZZ_ROOT/bin/cargo-fuzz" ] || die "cargo-fuzz is missing: run tests/harness/install.sh"
 export PATH="$CARGO_FUZZ_ROOT/bin:$PATH"
 export RUSTC_BOOTSTRAP=1
+# cargo-fuzz's errors are anyhow errors: without this a failure's last lines are its backtrace,
+# not the message that says why.
+export RUST_LIB_BACKTRACE=0
 export CARGO_TARGET_DIR="$FUZZ_TARGET_DIR"
 cd "$root/fuzz"
 fuzz=(cargo fuzz run --dev -s none)
@@ -30,7 +33,11 @@ for target in stripe_signature stripe_event query_params; do
   log="$FUZZ_TARGET_DIR/$target.log"
   # Bounded by runs and by time: a smoke run, not a campaign. A crash fails the run.
   if ! "${fuzz[@]}" "$target" "$corpus" -- -runs="$runs" -max_total_time=60 -max_len=4096 >"$log" 2>&1; then
+    # The compiler's own errors first (a failed build), then how the run ended, then the disk
+    # (a full disk fails the instrumented build with errors far above the tail).
+    grep -E '^(error|warning: .*(space|memory))' "$log" | head -n 20 >&2 || true
     tail -n 40 "$log" >&2
+    df -h "$FUZZ_TARGET_DIR" >&2 || true
     die "fuzz target $target failed (log: $log)"
   fi
   execs="$(grep -Eo 'Done [0-9]+ runs' "$log" | grep -Eo '[0-9]+' | tail -n1 || true)"

@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use kube::api::{Patch, PatchParams};
 use kube::Api;
 use serde_json::{json, Value};
-use sqlx::{Postgres, Transaction};
+use sqlx::{PgConnection, Postgres, Transaction};
 use stackplane_crds::Tenant;
 
 use super::conditions::{billing_conditions, fingerprint, status_body, SyncState, TRIAL_ENDING};
@@ -192,13 +192,11 @@ impl Worker {
                         Err(why) => skipped = Some(why),
                     }
                 }
+                // The caller queued the re-read (`schedule_resync`) before this runs.
                 match failed_or_none {
-                    Some(Err(error)) => {
-                        self.schedule_resync(tx, customer, &error).await?;
-                        SyncState::Unreachable {
-                            error: error.to_string(),
-                        }
-                    }
+                    Some(Err(error)) => SyncState::Unreachable {
+                        error: error.to_string(),
+                    },
                     _ => SyncState::NoReader,
                 }
             }
@@ -268,10 +266,12 @@ impl Worker {
         Ok(mapping::merge(current, event, resolved).ok_or("nothing changes"))
     }
 
-    /// Marks `customer` to be read again later, with backoff.
-    async fn schedule_resync(
-        &self,
-        tx: &mut Transaction<'_, Postgres>,
+    /// Marks `customer` to be read again later, with backoff. Callers run it before the sync
+    /// that writes Tenants from a failed read, on a connection of its own when the customer is not
+    /// queued yet: the re-read is then durable before any Tenant says `StripeUnreachable`, and
+    /// survives a sync whose transaction is rolled back after a Tenant was written.
+    pub(super) async fn schedule_resync(
+        conn: &mut PgConnection,
         customer: &str,
         error: &StripeApiError,
     ) -> Result<(), sqlx::Error> {
@@ -282,14 +282,14 @@ impl Worker {
         )
         .bind(customer)
         .bind(error.to_string())
-        .fetch_one(&mut **tx)
+        .fetch_one(&mut *conn)
         .await?;
         sqlx::query("UPDATE billing_resync SET due_at = now() + make_interval(secs => $2) WHERE customer_id = $1")
             .bind(customer)
             .bind(backoff(attempts).as_secs_f64())
-            .execute(&mut **tx)
+            .execute(&mut *conn)
             .await?;
-        tracing::warn!(customer_id = %customer, error_kind = error.metric_label(), %error, attempts, "Stripe read failed; applied the payload, will read again");
+        tracing::warn!(customer_id = %customer, error_kind = error.metric_label(), %error, attempts, "Stripe read failed; applying the payload, will read again");
         Ok(())
     }
 

@@ -15,7 +15,8 @@ use sqlx::{PgPool, Postgres, Transaction};
 use super::error::{BillingError, PLATFORM_ERROR_KINDS};
 use super::parse;
 use super::prices::PlatformCache;
-use super::stripe_api::StripeApi;
+use super::stripe_api::{StripeApi, StripeApiError};
+use super::sync::Read;
 use crate::metrics::Metrics;
 
 /// Field manager of every Tenant field billing owns: spec and metadata, and (status
@@ -181,6 +182,12 @@ impl Worker {
             return Ok(Outcome::Skipped(why));
         }
         let read = self.read_customer(&customer).await;
+        if let Some(Err(error)) = &read {
+            // Committed on its own before `tx` takes the customer's lock (a re-read of another
+            // replica may hold this customer's queue row while it waits for that lock).
+            let mut conn = self.db.acquire().await?;
+            Self::schedule_resync(&mut conn, &customer, error).await?;
+        }
         let synced = self
             .sync_customer(tx, &customer, Some(&event), read)
             .await?;
@@ -204,15 +211,26 @@ impl Worker {
         let Some(customer) = due else {
             return Ok(None);
         };
-        self.resync_in(&mut tx, &customer).await?;
+        let read = self.read_customer(&customer).await;
+        if let Some(Err(error)) = &read {
+            // Its queue row exists and is locked by `tx`: the longer backoff commits with the sync,
+            // and a rolled-back sync leaves the row due as it was.
+            Self::schedule_resync(&mut *tx, &customer, error).await?;
+        }
+        self.resync_in(&mut tx, &customer, read).await?;
         tx.commit().await?;
         Ok(Some(customer))
     }
 
-    /// Reads `customer` from Stripe now and applies what it shows (a failed read stays queued).
+    /// Reads `customer` from Stripe now and applies what it shows (a failed read is queued).
     pub async fn resync_customer(&self, customer: &str) -> Result<(), BillingError> {
+        let read = self.read_customer(customer).await;
+        if let Some(Err(error)) = &read {
+            let mut conn = self.db.acquire().await?;
+            Self::schedule_resync(&mut conn, customer, error).await?;
+        }
         let mut tx = self.db.begin().await?;
-        self.resync_in(&mut tx, customer).await?;
+        self.resync_in(&mut tx, customer, read).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -221,8 +239,8 @@ impl Worker {
         &self,
         tx: &mut Transaction<'_, Postgres>,
         customer: &str,
+        read: Option<Result<Read, StripeApiError>>,
     ) -> Result<(), BillingError> {
-        let read = self.read_customer(customer).await;
         let ok = matches!(read, Some(Ok(_)));
         self.sync_customer(tx, customer, None, read).await?;
         if ok {

@@ -342,21 +342,7 @@ pub async fn platform_summary(
     let summary = summarize(name, &api.tenants.state());
     if summary.total == 0 {
         // Zero tenants is an answer for a platform that exists, not for a typo.
-        let exists = Api::<Platform>::all(api.kube.clone())
-            .get_opt(name)
-            .await
-            .map_err(|error| {
-                tracing::error!(platform = %name, %error, "reading a Platform");
-                ApiError::internal("cannot read the Platform")
-            })?
-            .is_some();
-        if !exists {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no platform named {name:?}"),
-            ));
-        }
+        read_platform(&api, name).await?;
     }
     Ok(Json(summary))
 }
@@ -389,7 +375,19 @@ pub async fn platform_rollout(
 ) -> Result<Json<PlatformRollout>, ApiError> {
     caller.require_admin()?;
     let name = tenant_name(&name)?;
-    let platform = Api::<Platform>::all(api.kube.clone())
+    let platform = read_platform(&api, name).await?;
+    let status = platform.status.unwrap_or_default();
+    Ok(Json(PlatformRollout {
+        platform: name.to_owned(),
+        current_revision: status.current_revision,
+        update_revision: status.update_revision,
+        rollout: status.rollout,
+    }))
+}
+
+/// The Platform `name` from the API server; 404 when there is none.
+async fn read_platform(api: &TenantApi, name: &str) -> Result<Platform, ApiError> {
+    Api::<Platform>::all(api.kube.clone())
         .get_opt(name)
         .await
         .map_err(|error| {
@@ -402,14 +400,7 @@ pub async fn platform_rollout(
                 "not_found",
                 format!("no platform named {name:?}"),
             )
-        })?;
-    let status = platform.status.unwrap_or_default();
-    Ok(Json(PlatformRollout {
-        platform: name.to_owned(),
-        current_revision: status.current_revision,
-        update_revision: status.update_revision,
-        rollout: status.rollout,
-    }))
+        })
 }
 
 #[cfg(test)]

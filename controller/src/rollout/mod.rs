@@ -176,7 +176,6 @@ async fn reconcile(
     };
     tracing::debug!(
         platform = %name,
-        cached = ctx.tenants.state().len(),
         tenants = views.len(),
         taking_part = views.iter().filter(|v| v.part == Part::Takes).count(),
         "rollout pass"
