@@ -18,6 +18,11 @@ pub async fn build(timeout: Duration) -> Result<Client, kube::Error> {
     let config = kube::Config::infer()
         .await
         .map_err(kube::Error::InferConfig)?;
+    build_from(config, timeout)
+}
+
+/// [`build`] from a configuration read elsewhere (a kubeconfig named on a command line).
+pub fn build_from(config: kube::Config, timeout: Duration) -> Result<Client, kube::Error> {
     Ok(ClientBuilder::try_from(config)?
         .with_layer(&TimeoutLayer { timeout })
         .build())

@@ -28,36 +28,99 @@ fn params() -> PatchParams {
 /// Applies the namespace, then every namespaced object of `plan` through the registry of
 /// child kinds (`super::children`).
 pub async fn apply(client: &Client, plan: &Plan) -> Result<()> {
+    apply_with(client, plan, &params()).await.map(drop)
+}
+
+/// One object of a plan: as it is in the cluster, and as the server says it would be once the
+/// plan is applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DryRun {
+    pub kind: &'static str,
+    pub name: String,
+    /// `None`: the object does not exist yet.
+    pub live: Option<serde_json::Value>,
+    pub applied: serde_json::Value,
+}
+
+/// What applying `plan` would change, object by object: the same server-side apply as
+/// [`apply`], with `dryRun=All`, next to a read of each live object. Nothing is written.
+pub async fn dry_run(client: &Client, plan: &Plan) -> Result<Vec<DryRun>> {
+    let params = params().dry_run();
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let live_ns = namespaces
+        .get_opt(plan.namespace_name())
+        .await
+        .map_err(|source| Error::Apply {
+            kind: "Namespace",
+            name: plan.namespace_name().to_owned(),
+            source,
+        })?
+        .map(serde_json::to_value)
+        .transpose()?;
+    let applied = apply_with(client, plan, &params).await?;
+    let mut out = Vec::with_capacity(applied.len());
+    for (i, (kind, name, applied)) in applied.into_iter().enumerate() {
+        let live = if i == 0 {
+            live_ns.clone()
+        } else {
+            let registered = child_kind(kind).ok_or(Error::UnregisteredKind { kind })?;
+            (registered.get)(client, plan.namespace_name(), &name)
+                .await
+                .map_err(|source| Error::Apply {
+                    kind,
+                    name: name.clone(),
+                    source,
+                })?
+        };
+        out.push(DryRun {
+            kind,
+            name,
+            live,
+            applied,
+        });
+    }
+    Ok(out)
+}
+
+/// Applies `plan` with `params`; each object (the namespace first) as the server returned it.
+async fn apply_with(
+    client: &Client,
+    plan: &Plan,
+    params: &PatchParams,
+) -> Result<Vec<(&'static str, String, serde_json::Value)>> {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let ns = plan.namespace_name();
-    namespaces
-        .patch(ns, &params(), &Patch::Apply(&plan.namespace))
+    let mut applied = Vec::with_capacity(plan.objects.len() + 1);
+    let namespace = namespaces
+        .patch(ns, params, &Patch::Apply(&plan.namespace))
         .await
         .map_err(|source| Error::Apply {
             kind: "Namespace",
             name: ns.to_owned(),
             source,
         })?;
+    applied.push(("Namespace", ns.to_owned(), serde_json::to_value(namespace)?));
     for object in &plan.objects {
         let name = object.name();
-        let applied = match object {
+        let result = match object {
             Desired::CredentialsSecret { name, labels } => {
-                apply_credentials(client, ns, name, labels).await
+                apply_credentials(client, ns, name, labels, params).await
             }
             planned => {
                 let kind = child_kind(planned.kind()).ok_or(Error::UnregisteredKind {
                     kind: planned.kind(),
                 })?;
-                (kind.apply)(client, ns, name, &desired_json(planned)?).await
+                (kind.apply)(client, ns, name, &desired_json(planned)?, params).await
             }
         };
-        applied.map_err(|source| Error::Apply {
+        let result = result.map_err(|source| Error::Apply {
             kind: object.kind(),
             name: name.to_owned(),
             source,
         })?;
+        applied.push((object.kind(), name.to_owned(), result));
     }
-    Ok(())
+    Ok(applied)
 }
 
 /// A planned object as the JSON that is applied.
@@ -83,7 +146,8 @@ async fn apply_credentials(
     ns: &str,
     name: &str,
     labels: &BTreeMap<String, String>,
-) -> Result<(), kube::Error> {
+    params: &PatchParams,
+) -> Result<serde_json::Value, kube::Error> {
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
     let existing = api.get_opt(name).await?;
     let data = credentials(existing.as_ref().and_then(|s| s.data.as_ref()));
@@ -98,8 +162,8 @@ async fn apply_credentials(
         data: Some(data),
         ..Secret::default()
     };
-    api.patch(name, &params(), &Patch::Apply(&secret)).await?;
-    Ok(())
+    let applied = api.patch(name, params, &Patch::Apply(&secret)).await?;
+    serde_json::to_value(applied).map_err(kube::Error::SerdeError)
 }
 
 /// The credentials: every existing key kept as it is, each missing key generated.

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::{Patch, PatchParams};
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, Controller};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -20,7 +20,7 @@ use stackplane_crds::Tenant;
 use super::plan::Plan;
 use super::prune::{self, Pruned};
 use crate::error::Result;
-use crate::k8s::{Child, FIELD_MANAGER};
+use crate::k8s::Child;
 
 /// What becomes of an object of a kind once the plan no longer wants it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,13 +31,24 @@ pub enum Unwanted {
     Retain,
 }
 
-/// Server-side apply of one planned object (as JSON) into namespace `ns`.
+/// Server-side apply of one planned object (as JSON) into namespace `ns` with the given
+/// parameters (the controller's, or the same as a dry run); the object as the server returned it.
 pub type ApplyFn = for<'a> fn(
     &'a Client,
     &'a str,
     &'a str,
     &'a serde_json::Value,
-) -> BoxFuture<'a, kube::Result<()>>;
+    &'a PatchParams,
+) -> BoxFuture<'a, kube::Result<serde_json::Value>>;
+/// The live object of one kind named `name` in namespace `ns`, as JSON.
+pub type GetFn = for<'a> fn(
+    &'a Client,
+    &'a str,
+    &'a str,
+) -> BoxFuture<'a, kube::Result<Option<serde_json::Value>>>;
+/// Every object of one kind in namespace `ns` matching a label selector, as JSON.
+pub type ListFn =
+    for<'a> fn(&'a Client, &'a str, &'a str) -> BoxFuture<'a, kube::Result<Vec<serde_json::Value>>>;
 /// Prune (or retain) what the plan does not want, among the tenant's objects of one kind.
 pub type PruneFn =
     for<'a> fn(&'a Client, &'a str, &'a str, &'a Plan) -> BoxFuture<'a, Result<Pruned>>;
@@ -50,6 +61,8 @@ pub struct ChildKind {
     pub kind: &'static str,
     pub unwanted: Unwanted,
     pub apply: ApplyFn,
+    pub get: GetFn,
+    pub list: ListFn,
     pub prune: PruneFn,
     pub watch: WatchFn,
 }
@@ -60,6 +73,8 @@ impl ChildKind {
             kind: K::KIND,
             unwanted,
             apply: apply_kind::<K>,
+            get: get_kind::<K>,
+            list: list_kind::<K>,
             prune: match unwanted {
                 Unwanted::Delete => prune::delete_unwanted::<K> as PruneFn,
                 Unwanted::Retain => prune::retain_unwanted::<K> as PruneFn,
@@ -113,12 +128,44 @@ fn apply_kind<'a, K: Child>(
     ns: &'a str,
     name: &'a str,
     object: &'a serde_json::Value,
-) -> BoxFuture<'a, kube::Result<()>> {
+    params: &'a PatchParams,
+) -> BoxFuture<'a, kube::Result<serde_json::Value>> {
     Box::pin(async move {
         let api: Api<K> = Api::namespaced(client.clone(), ns);
-        let params = PatchParams::apply(FIELD_MANAGER).force();
-        api.patch(name, &params, &Patch::Apply(object)).await?;
-        Ok(())
+        let applied = api.patch(name, params, &Patch::Apply(object)).await?;
+        serde_json::to_value(applied).map_err(kube::Error::SerdeError)
+    })
+}
+
+fn get_kind<'a, K: Child>(
+    client: &'a Client,
+    ns: &'a str,
+    name: &'a str,
+) -> BoxFuture<'a, kube::Result<Option<serde_json::Value>>> {
+    Box::pin(async move {
+        let api: Api<K> = Api::namespaced(client.clone(), ns);
+        match api.get_opt(name).await? {
+            Some(live) => serde_json::to_value(live)
+                .map(Some)
+                .map_err(kube::Error::SerdeError),
+            None => Ok(None),
+        }
+    })
+}
+
+fn list_kind<'a, K: Child>(
+    client: &'a Client,
+    ns: &'a str,
+    selector: &'a str,
+) -> BoxFuture<'a, kube::Result<Vec<serde_json::Value>>> {
+    Box::pin(async move {
+        let api: Api<K> = Api::namespaced(client.clone(), ns);
+        let listed = api.list(&ListParams::default().labels(selector)).await?;
+        listed
+            .items
+            .into_iter()
+            .map(|o| serde_json::to_value(o).map_err(kube::Error::SerdeError))
+            .collect()
     })
 }
 

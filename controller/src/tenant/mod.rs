@@ -12,6 +12,7 @@
 
 pub mod apply;
 pub mod children;
+pub mod desired;
 pub mod final_backup;
 pub mod plan;
 pub mod prune;
@@ -228,15 +229,7 @@ async fn apply_tenant(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     if tenant.spec.paused {
         return paused_step(&pass, ctx).await;
     }
-    let live = Api::<Platform>::all(ctx.client.clone())
-        .get_opt(&tenant.spec.platform)
-        .await?;
-    let source = match live {
-        Some(live) => {
-            Some(revision::resolve(&ctx.client, ctx.revisions.as_ref(), tenant, live).await?)
-        }
-        None => None,
-    };
+    let source = desired::source(&ctx.client, ctx.revisions.as_ref(), tenant).await?;
     let checked = match &source {
         Some(Ok(s)) => validate::validate(tenant, Some(&s.platform)),
         Some(Err(invalid)) => Err(invalid.clone()),

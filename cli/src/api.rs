@@ -1,0 +1,54 @@
+//! The commands that go through the stackplane api (admin token): replays of Stripe events.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::error::{CliError, Result};
+
+/// Every call to the api gives up after this long.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where the api is and the token to call it with.
+#[derive(Debug, Clone)]
+pub struct ApiTarget {
+    pub url: Option<String>,
+    pub token: Option<String>,
+}
+
+impl ApiTarget {
+    fn parts(&self) -> Result<(&str, &str)> {
+        let url = self.url.as_deref().ok_or(CliError::ApiUrlMissing)?;
+        let token = self.token.as_deref().ok_or(CliError::ApiTokenMissing)?;
+        Ok((url.trim_end_matches('/'), token))
+    }
+}
+
+/// `POST /api/v1/billing/events/{id}/replay`: queues a stored Stripe event to be applied again.
+pub async fn replay(target: &ApiTarget, event: &str) -> Result<Value> {
+    let (url, token) = target.parts()?;
+    let client = reqwest::Client::builder().timeout(TIMEOUT).build()?;
+    if event.is_empty() || !event.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(CliError::BadArgument(format!(
+            "{event:?} is not a Stripe event id (evt_…)"
+        )));
+    }
+    let id = event;
+    let response = client
+        .post(format!("{url}/api/v1/billing/events/{id}/replay"))
+        .bearer_auth(token)
+        .send()
+        .await?;
+    let status = response.status();
+    let body = response.text().await?;
+    if !status.is_success() {
+        return Err(CliError::Api {
+            status: status.as_u16(),
+            body,
+        });
+    }
+    serde_json::from_str(&body).map_err(|e| CliError::Api {
+        status: status.as_u16(),
+        body: format!("not JSON ({e}): {body}"),
+    })
+}

@@ -1,0 +1,254 @@
+//! `kubectl-stackplane`: kubectl finds it on PATH as the `stackplane` plugin.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{CommandFactory, Parser, Subcommand};
+use kubectl_stackplane::api::{self, ApiTarget};
+use kubectl_stackplane::error::{CliError, Result};
+use kubectl_stackplane::ops::{self, RolloutAction};
+use kubectl_stackplane::output::{Format, Paint};
+use kubectl_stackplane::{diff, status};
+use stackplane_controller::tenant::plan::PlanOptions;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kubectl-stackplane",
+    bin_name = "kubectl stackplane",
+    version,
+    about = "Day-2 operations of stackplane tenants"
+)]
+struct Cli {
+    /// Kubeconfig to use (default: KUBECONFIG, ~/.kube/config, or the in-cluster account).
+    #[arg(long, global = true, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Seconds one Kubernetes request may take.
+    #[arg(long, global = true, default_value_t = 30)]
+    timeout: u64,
+    /// Output format.
+    #[arg(short, long, global = true, value_enum, default_value_t = Format::Text)]
+    output: Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Phase, conditions, billing, objects and their health, cloud, last backups and Events.
+    Status { tenant: String },
+    /// What a reconcile would change now, as a unified diff (empty when in sync).
+    Diff {
+        tenant: String,
+        /// The controller's --ingress-namespace (part of the network policy).
+        #[arg(
+            long,
+            env = "STACKPLANE_INGRESS_NAMESPACE",
+            default_value = "ingress-nginx"
+        )]
+        ingress_namespace: String,
+    },
+    /// Takes a manual backup of the tenant (a TenantBackup the controller carries out).
+    Backup { tenant: String },
+    /// Restores the tenant from one of its completed backups.
+    Restore {
+        tenant: String,
+        #[arg(long = "from")]
+        from: String,
+    },
+    /// The Events about a tenant, newest first.
+    Events { tenant: String },
+    /// Queues a stored Stripe event to be applied again (through the api).
+    Replay {
+        event: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// What the cloud garbage collector found or deleted (its Events, newest first).
+    Orphans {
+        /// The controller's namespace (where its Lease is).
+        #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+        controller_namespace: String,
+    },
+    /// A Platform's rollout: where it stands, or pause, resume or roll it back.
+    Rollout {
+        #[command(subcommand)]
+        command: RolloutCommand,
+    },
+    /// Shell completions, e.g. `kubectl-stackplane completions bash > /etc/bash_completion.d/kubectl-stackplane`.
+    Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Subcommand, Debug)]
+enum RolloutCommand {
+    Status { platform: String },
+    Pause { platform: String },
+    Resume { platform: String },
+    Rollback { platform: String },
+}
+
+#[derive(clap::Args, Debug)]
+struct ApiArgs {
+    /// The api's public address, e.g. https://api.example.com.
+    #[arg(long, env = "STACKPLANE_API_URL")]
+    api_url: Option<String>,
+    /// The admin token.
+    #[arg(long, env = "STACKPLANE_API_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(text) => {
+            let mut stdout = std::io::stdout().lock();
+            let _ = stdout.write_all(text.as_bytes());
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            std::process::exit(error.exit_code());
+        }
+    }
+}
+
+async fn client(cli: &Cli) -> Result<kube::Client> {
+    let timeout = Duration::from_secs(cli.timeout.max(1));
+    let config = match &cli.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| CliError::NoKubeconfig(format!("{}: {e}", path.display())))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                .await
+                .map_err(|e| CliError::NoKubeconfig(format!("{}: {e}", path.display())))?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| CliError::NoKubeconfig(e.to_string()))?,
+    };
+    Ok(stackplane_controller::kube_client::build_from(
+        config, timeout,
+    )?)
+}
+
+async fn run(cli: Cli) -> Result<String> {
+    let format = cli.output;
+    let text_or = |text: String, value: &dyn erased::Structured| -> Result<String> {
+        match format {
+            Format::Text => Ok(text),
+            f => value.render(f),
+        }
+    };
+    match &cli.command {
+        Command::Completions { shell } => {
+            let mut out = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "kubectl-stackplane", &mut out);
+            Ok(String::from_utf8_lossy(&out).into_owned())
+        }
+        Command::Replay { event, api } => {
+            let target = ApiTarget {
+                url: api.api_url.clone(),
+                token: api.token.clone(),
+            };
+            let answer = api::replay(&target, event).await?;
+            text_or(format!("{}\n", answer), &answer)
+        }
+        Command::Status { tenant } => {
+            let client = client(&cli).await?;
+            let report = status::gather(&client, tenant).await?;
+            text_or(status::render(&report, Paint::for_stdout()), &report)
+        }
+        Command::Diff {
+            tenant,
+            ingress_namespace,
+        } => {
+            let client = client(&cli).await?;
+            let options = PlanOptions {
+                ingress_namespace: ingress_namespace.clone(),
+            };
+            diff::diff(&client, tenant, &options).await
+        }
+        Command::Backup { tenant } => {
+            let client = client(&cli).await?;
+            let name = ops::backup(&client, tenant).await?;
+            Ok(format!("tenantbackup/{name} created\n"))
+        }
+        Command::Restore { tenant, from } => {
+            let client = client(&cli).await?;
+            let name = ops::restore(&client, tenant, from).await?;
+            Ok(format!(
+                "tenantbackup/{name} created (restore from {from})\n"
+            ))
+        }
+        Command::Events { tenant } => {
+            let client = client(&cli).await?;
+            status::get_tenant(&client, tenant).await?;
+            let events = status::tenant_events(&client, tenant).await?;
+            let text = events
+                .iter()
+                .map(|e| {
+                    format!(
+                        "{} {:<8} {:<20} {}\n",
+                        e.time.as_deref().unwrap_or("-"),
+                        e.type_,
+                        e.reason,
+                        e.message
+                    )
+                })
+                .collect();
+            text_or(text, &events)
+        }
+        Command::Orphans {
+            controller_namespace,
+        } => {
+            let client = client(&cli).await?;
+            let found = ops::orphans(&client, controller_namespace).await?;
+            let text = if found.is_empty() {
+                "no orphaned cloud resources reported\n".to_owned()
+            } else {
+                found
+                    .iter()
+                    .map(|o| {
+                        format!(
+                            "{} {:<18} {}\n",
+                            o.time.as_deref().unwrap_or("-"),
+                            o.reason,
+                            o.message
+                        )
+                    })
+                    .collect()
+            };
+            text_or(text, &found)
+        }
+        Command::Rollout { command } => {
+            let client = client(&cli).await?;
+            let (platform, action) = match command {
+                RolloutCommand::Status { platform } => {
+                    let report = ops::rollout_status(&client, platform).await?;
+                    return text_or(ops::render_rollout(&report), &report);
+                }
+                RolloutCommand::Pause { platform } => (platform, RolloutAction::Pause),
+                RolloutCommand::Resume { platform } => (platform, RolloutAction::Resume),
+                RolloutCommand::Rollback { platform } => (platform, RolloutAction::Rollback),
+            };
+            ops::rollout_control(&client, platform, action).await?;
+            Ok(format!("platform/{platform}: {action:?} requested\n"))
+        }
+    }
+}
+
+/// A value `-o json|yaml` can print, whatever its type.
+mod erased {
+    use kubectl_stackplane::error::Result;
+    use kubectl_stackplane::output::{structured, Format};
+
+    pub trait Structured {
+        fn render(&self, format: Format) -> Result<String>;
+    }
+
+    impl<T: serde::Serialize> Structured for T {
+        fn render(&self, format: Format) -> Result<String> {
+            structured(self, format)
+        }
+    }
+}

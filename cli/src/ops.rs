@@ -1,0 +1,177 @@
+//! The commands that act: backups and restores (TenantBackup objects the controller carries
+//! out), rollout control (the `stackplane.io/rollout` annotation the rollout controller reads),
+//! and the lists of Events: a tenant's, and the cloud garbage collector's.
+
+use k8s_openapi::api::core::v1::Event;
+use kube::api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use serde::Serialize;
+use serde_json::json;
+use stackplane_crds::labels::ROLLOUT_CONTROL;
+use stackplane_crds::{BackupReason, Platform, TenantBackup, TenantBackupSpec};
+
+use crate::error::{not_found, CliError, Result};
+use crate::status::{event_line, get_tenant, EventLine};
+
+/// The field manager of what the plugin writes.
+pub const FIELD_MANAGER: &str = "kubectl-stackplane";
+
+/// Creates a manual backup of `tenant`; its name.
+pub async fn backup(client: &Client, tenant: &str) -> Result<String> {
+    get_tenant(client, tenant).await?;
+    create_backup(client, tenant, None).await
+}
+
+/// Creates a restore of `tenant` from its backup `from`; its name.
+pub async fn restore(client: &Client, tenant: &str, from: &str) -> Result<String> {
+    get_tenant(client, tenant).await?;
+    let source = Api::<TenantBackup>::all(client.clone())
+        .get(from)
+        .await
+        .map_err(|e| not_found(e, from, || CliError::BackupNotFound(from.to_owned())))?;
+    if source.spec.tenant != tenant {
+        return Err(CliError::BackupOfAnotherTenant {
+            backup: from.to_owned(),
+            of: source.spec.tenant,
+            tenant: tenant.to_owned(),
+        });
+    }
+    create_backup(client, tenant, Some(from)).await
+}
+
+async fn create_backup(client: &Client, tenant: &str, restore: Option<&str>) -> Result<String> {
+    // A generated suffix on at most 57 characters of the tenant's name: within the 63 of a name.
+    let prefix: String = tenant.chars().take(50).collect();
+    let what = if restore.is_some() {
+        "restore"
+    } else {
+        "manual"
+    };
+    let object = TenantBackup {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{}-{what}-", prefix.trim_end_matches('-'))),
+            ..ObjectMeta::default()
+        },
+        spec: TenantBackupSpec {
+            tenant: tenant.to_owned(),
+            reason: BackupReason::Manual,
+            restore: restore.map(str::to_owned),
+        },
+        status: None,
+    };
+    let created = Api::<TenantBackup>::all(client.clone())
+        .create(&PostParams::default(), &object)
+        .await?;
+    Ok(created.name_any())
+}
+
+/// `rollout pause|resume|rollback`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RolloutAction {
+    Pause,
+    Resume,
+    Rollback,
+}
+
+impl RolloutAction {
+    fn as_str(self) -> &'static str {
+        match self {
+            RolloutAction::Pause => "pause",
+            RolloutAction::Resume => "resume",
+            RolloutAction::Rollback => "rollback",
+        }
+    }
+}
+
+/// Asks the rollout controller to pause, resume or roll back the Platform's rollout.
+pub async fn rollout_control(client: &Client, platform: &str, action: RolloutAction) -> Result<()> {
+    get_platform(client, platform).await?;
+    let patch = json!({"metadata": {"annotations": {ROLLOUT_CONTROL: action.as_str()}}});
+    Api::<Platform>::all(client.clone())
+        .patch(
+            platform,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Where the Platform's rollout stands.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutReport {
+    pub platform: String,
+    pub current_revision: Option<String>,
+    pub update_revision: Option<String>,
+    pub rollout: Option<stackplane_crds::RolloutStatus>,
+}
+
+pub async fn rollout_status(client: &Client, platform: &str) -> Result<RolloutReport> {
+    let p = get_platform(client, platform).await?;
+    let status = p.status.unwrap_or_default();
+    Ok(RolloutReport {
+        platform: platform.to_owned(),
+        current_revision: status.current_revision,
+        update_revision: status.update_revision,
+        rollout: status.rollout,
+    })
+}
+
+pub fn render_rollout(r: &RolloutReport) -> String {
+    let mut out = format!(
+        "Platform {}  current {}  update {}\n",
+        r.platform,
+        r.current_revision.as_deref().unwrap_or("-"),
+        r.update_revision.as_deref().unwrap_or("-")
+    );
+    match &r.rollout {
+        None => out.push_str("no rollout recorded\n"),
+        Some(s) => out.push_str(&format!(
+            "revision {}  phase {:?}  wave {}/{}  updated {}/{}  healthy {}  failed {}  pinned {}\n{}\n",
+            s.revision, s.phase, s.wave, s.waves, s.updated, s.total, s.healthy, s.failed, s.pinned, s.message
+        )),
+    }
+    out
+}
+
+async fn get_platform(client: &Client, name: &str) -> Result<Platform> {
+    Api::<Platform>::all(client.clone())
+        .get(name)
+        .await
+        .map_err(|e| not_found(e, name, || CliError::PlatformNotFound(name.to_owned())))
+}
+
+/// One orphaned cloud resource the collector reported or deleted (from its Events).
+#[derive(Debug, Serialize)]
+pub struct OrphanLine {
+    pub time: Option<String>,
+    /// `OrphanFound` (report mode), `OrphanDeleted` or `OrphanDeleteFailed`.
+    pub reason: String,
+    pub message: String,
+}
+
+/// What the cloud garbage collector found, as its Events about the controller's Lease say
+/// (newest first). `namespace` is the controller's.
+pub async fn orphans(client: &Client, namespace: &str) -> Result<Vec<OrphanLine>> {
+    let params = ListParams::default().fields("involvedObject.kind=Lease");
+    let mut events: Vec<Event> = Api::<Event>::namespaced(client.clone(), namespace)
+        .list(&params)
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref().is_some_and(|r| r.starts_with("Orphan")))
+        .collect();
+    let lines: Vec<EventLine> = {
+        events.sort_by_key(|e| std::cmp::Reverse(e.last_timestamp.clone().map(|t| t.0)));
+        events.iter().map(event_line).collect()
+    };
+    Ok(lines
+        .into_iter()
+        .map(|e| OrphanLine {
+            time: e.time,
+            reason: e.reason,
+            message: e.message,
+        })
+        .collect())
+}

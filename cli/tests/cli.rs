@@ -1,0 +1,288 @@
+//! `kubectl-stackplane` (the built binary) against the real kube-apiserver, with the controller
+//! running in-process on this test's own tenants.
+
+use std::process::Output;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::ResourceQuota;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::Client;
+use serde_json::{json, Value};
+use stackplane_controller::leader::LeaseConfig;
+use stackplane_controller::metrics::Metrics;
+use stackplane_crds::{Platform, Tenant, TenantBackup, TenantSpec};
+use stackplane_tests::{eventually, install_crds, kube_client, unique};
+
+const SHARD: &str = "stackplane.io/test-shard";
+
+async fn plugin(args: &[&str]) -> Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_kubectl-stackplane"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .await
+        .expect("run kubectl-stackplane")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A Platform and a Tenant of this test, and the controller reconciling only them until `stop`.
+async fn tenant_with_controller(client: &Client) -> (String, tokio::sync::oneshot::Sender<()>) {
+    install_crds(client).await;
+    let shard = unique("shard");
+    let mut platform: Platform = stackplane_tests::example_platform("leadsite-io.yaml");
+    let pname = unique("plat");
+    platform.metadata.name = Some(pname.clone());
+    Api::<Platform>::all(client.clone())
+        .create(&PostParams::default(), &platform)
+        .await
+        .expect("create platform");
+    let config = stackplane_controller::Config {
+        concurrency: 2,
+        tenant_selector: Some(format!("{SHARD}={shard}")),
+        reconcile: Default::default(),
+        rollout: Default::default(),
+        lease: LeaseConfig {
+            name: shard.clone(),
+            namespace: "default".into(),
+            identity: unique("test"),
+            duration_secs: 6,
+            grace_secs: 2,
+        },
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(stackplane_controller::run(
+        client.clone(),
+        config,
+        Arc::new(Metrics::new()),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let name = unique("tn");
+    let mut t = Tenant::new(&name, TenantSpec::new(pname, "starter"));
+    t.metadata.labels = Some([(SHARD.to_owned(), shard)].into());
+    Api::<Tenant>::all(client.clone())
+        .create(&PostParams::default(), &t)
+        .await
+        .expect("create tenant");
+    (name, stop)
+}
+
+#[tokio::test]
+async fn status_and_diff_of_a_reconciled_tenant_then_of_a_hand_edit() {
+    let client = kube_client().await;
+    let (name, stop) = tenant_with_controller(&client).await;
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    // Reconciled: its objects are applied and its status names them (no node runs the pods
+    // here, so it stays Provisioning).
+    let t = eventually("the tenant's objects are applied", || {
+        let tenants = tenants.clone();
+        let name = name.clone();
+        async move {
+            let t = tenants.get_opt(&name).await.ok().flatten()?;
+            let st = t.status.as_ref()?;
+            (st.namespace.is_some() && !st.components.is_empty()).then_some(t)
+        }
+    })
+    .await;
+    let ns = t
+        .status
+        .as_ref()
+        .and_then(|s| s.namespace.clone())
+        .expect("namespace");
+
+    let out = plugin(&["status", &name]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let screen = stdout(&out);
+    assert!(screen.starts_with(&format!("Tenant {name}  ")), "{screen}");
+    assert!(screen.contains(&format!("Namespace/{ns}")), "{screen}");
+    assert!(screen.contains("ResourceQuota/"), "{screen}");
+    assert!(screen.contains("Deployment/"), "{screen}");
+    assert!(
+        screen.contains("0/1 available") || screen.contains("available"),
+        "{screen}"
+    );
+    assert!(screen.contains("\nConditions\n"), "{screen}");
+    assert!(screen.contains("\nBilling\n"), "{screen}");
+    assert!(
+        !screen.contains("\x1b["),
+        "no colour when not a terminal: {screen}"
+    );
+
+    let out = plugin(&["status", &name, "-o", "json"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: Value = serde_json::from_str(&stdout(&out)).expect("json");
+    assert_eq!(report["tenant"], json!(name));
+    assert_eq!(report["namespace"], json!(ns));
+    let kinds: Vec<&str> = report["objects"]
+        .as_array()
+        .expect("objects")
+        .iter()
+        .filter_map(|o| o["kind"].as_str())
+        .collect();
+    for kind in [
+        "ResourceQuota",
+        "LimitRange",
+        "NetworkPolicy",
+        "ServiceAccount",
+        "Deployment",
+    ] {
+        assert!(kinds.contains(&kind), "{kind} in {kinds:?}");
+    }
+    let out = plugin(&["status", &name, "-o", "yaml"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(&format!("tenant: {name}")),
+        "{}",
+        stdout(&out)
+    );
+
+    // In sync: the diff is empty.
+    let out = plugin(&["diff", &name]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "",
+        "a reconciled tenant has nothing to change"
+    );
+
+    // The controller stops; a person raises the quota by hand: the diff shows what a reconcile
+    // would put back, and only that.
+    let _ = stop.send(());
+    let quotas: Api<ResourceQuota> = Api::namespaced(client.clone(), &ns);
+    let quota = quotas
+        .list(&Default::default())
+        .await
+        .expect("quotas")
+        .items
+        .into_iter()
+        .next()
+        .expect("a quota");
+    let qname = quota.metadata.name.clone().expect("name");
+    let planned_pods = quota
+        .spec
+        .as_ref()
+        .and_then(|s| s.hard.as_ref())
+        .and_then(|h| h.get("pods"))
+        .map(|q| q.0.clone())
+        .expect("the plan sets a pod quota");
+    quotas
+        .patch(
+            &qname,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"hard": {"pods": "999"}}})),
+        )
+        .await
+        .expect("edit the quota");
+    let out = plugin(&["diff", &name]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let d = stdout(&out);
+    assert!(
+        d.starts_with(&format!(
+            "--- live ResourceQuota/{qname}\n+++ planned ResourceQuota/{qname}\n"
+        )),
+        "{d}"
+    );
+    let minus: Vec<&str> = d
+        .lines()
+        .filter(|l| l.starts_with('-') && !l.starts_with("---"))
+        .collect();
+    let plus: Vec<&str> = d
+        .lines()
+        .filter(|l| l.starts_with('+') && !l.starts_with("+++"))
+        .collect();
+    assert_eq!(minus.len(), 1, "{d}");
+    assert_eq!(plus.len(), 1, "{d}");
+    assert!(minus[0].contains("pods") && minus[0].contains("999"), "{d}");
+    assert!(
+        plus[0].contains("pods") && plus[0].contains(&planned_pods),
+        "{d}"
+    );
+    // A dry run: the quota is still the hand-edited one.
+    let still = quotas.get(&qname).await.expect("quota");
+    let pods = still
+        .spec
+        .and_then(|s| s.hard)
+        .and_then(|h| h.get("pods").map(|q| q.0.clone()));
+    assert_eq!(pods.as_deref(), Some("999"), "diff wrote nothing");
+
+    // A backup, then a restore from it; a restore from another tenant's backup is refused.
+    let out = plugin(&["backup", &name]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let created = stdout(&out);
+    let backup = created
+        .strip_prefix("tenantbackup/")
+        .and_then(|s| s.split_whitespace().next())
+        .expect("the backup's name")
+        .to_owned();
+    let b = Api::<TenantBackup>::all(client.clone())
+        .get(&backup)
+        .await
+        .expect("the backup exists");
+    assert_eq!(b.spec.tenant, name);
+    assert!(b.spec.restore.is_none());
+    let out = plugin(&["restore", &name, "--from", &backup]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = plugin(&["restore", &name, "--from", "no-such-backup"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no TenantBackup named \"no-such-backup\""),
+        "{}",
+        stderr(&out)
+    );
+
+    // The Events the controller published about the tenant.
+    let out = plugin(&["events", &name, "-o", "json"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let events: Value = serde_json::from_str(&stdout(&out)).expect("json");
+    assert!(events.as_array().is_some_and(|e| !e.is_empty()), "{events}");
+}
+
+#[tokio::test]
+async fn errors_say_what_to_do() {
+    let client = kube_client().await;
+    install_crds(&client).await;
+    let out = plugin(&["status", "no-such-tenant"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no Tenant named \"no-such-tenant\""),
+        "{}",
+        stderr(&out)
+    );
+    let out = plugin(&["rollout", "status", "no-such-platform"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no Platform named"),
+        "{}",
+        stderr(&out)
+    );
+    let out = plugin(&["--kubeconfig", "/nonexistent/kubeconfig", "status", "x"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("cannot load a kubeconfig"),
+        "{}",
+        stderr(&out)
+    );
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubectl-stackplane"))
+        .args(["replay", "evt_1"])
+        .env_remove("STACKPLANE_API_URL")
+        .output()
+        .await
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("STACKPLANE_API_URL"),
+        "{}",
+        stderr(&out)
+    );
+    let out = plugin(&["completions", "bash"]).await;
+    assert!(out.status.success());
+    assert!(stdout(&out).contains("kubectl-stackplane"));
+}

@@ -1,0 +1,42 @@
+//! Where a tenant's plan comes from, read without side effects: the reconciler's first step, and
+//! what `kubectl stackplane diff` compares with the cluster.
+
+use kube::runtime::reflector::Store;
+use kube::{Api, Client};
+use stackplane_crds::{Platform, PlatformRevision, Tenant};
+
+use super::plan::{self, Plan, PlanOptions};
+use super::revision::{self, Source};
+use super::validate::{self, Invalid};
+use crate::error::Result;
+
+/// The Platform spec `tenant` is planned from (its revision's, or the live one); `None` when its
+/// Platform does not exist, `Err(Invalid)` when its pin names no revision of that Platform.
+pub async fn source(
+    client: &Client,
+    revisions: Option<&Store<PlatformRevision>>,
+    tenant: &Tenant,
+) -> Result<Option<std::result::Result<Source, Invalid>>> {
+    let live = Api::<Platform>::all(client.clone())
+        .get_opt(&tenant.spec.platform)
+        .await?;
+    Ok(match live {
+        Some(live) => Some(revision::resolve(client, revisions, tenant, live).await?),
+        None => None,
+    })
+}
+
+/// The plan the reconciler would apply for `tenant` now, or why the tenant is invalid.
+pub async fn plan_now(
+    client: &Client,
+    tenant: &Tenant,
+    options: &PlanOptions,
+) -> Result<std::result::Result<Plan, Invalid>> {
+    let source = source(client, None, tenant).await?;
+    let checked = match &source {
+        Some(Ok(s)) => validate::validate(tenant, Some(&s.platform)),
+        Some(Err(invalid)) => Err(invalid.clone()),
+        None => validate::validate(tenant, None),
+    };
+    Ok(checked.map(|valid| plan::plan(tenant, valid.platform, valid.tier, options)))
+}
