@@ -144,6 +144,14 @@ async fn status_and_diff_of_a_reconciled_tenant_then_of_a_hand_edit() {
         stdout(&out)
     );
 
+    let out = plugin(&["rollout", "status", &t.spec.platform]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with(&format!("Platform {}  current ", t.spec.platform)),
+        "{}",
+        stdout(&out)
+    );
+
     // In sync: the diff is empty.
     let out = plugin(&["diff", &name]).await;
     assert!(out.status.success(), "{}", stderr(&out));
@@ -282,6 +290,39 @@ async fn errors_say_what_to_do() {
         "{}",
         stderr(&out)
     );
+    // The collector's Events about the controller's Lease are what `orphans` lists.
+    let ns = unique("ctl");
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": ns}})).expect("namespace"),
+        )
+        .await
+        .expect("create namespace");
+    let out = plugin(&["orphans", "--controller-namespace", &ns]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "no orphaned cloud resources reported\n");
+    let event: k8s_openapi::api::core::v1::Event = serde_json::from_value(json!({
+        "metadata": {"name": unique("gc"), "namespace": ns},
+        "involvedObject": {"kind": "Lease", "name": "stackplane-controller", "namespace": ns,
+            "apiVersion": "coordination.k8s.io/v1"},
+        "reason": "OrphanFound", "type": "Warning",
+        "message": "instance i-0abc belongs to tn-gone, which no longer exists",
+        "lastTimestamp": "2026-12-01T00:00:00Z",
+    }))
+    .expect("event");
+    Api::<k8s_openapi::api::core::v1::Event>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &event)
+        .await
+        .expect("create event");
+    let out = plugin(&["orphans", "--controller-namespace", &ns]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listed = stdout(&out);
+    assert!(
+        listed.contains("OrphanFound") && listed.contains("i-0abc"),
+        "{listed}"
+    );
+
     let out = plugin(&["completions", "bash"]).await;
     assert!(out.status.success());
     assert!(stdout(&out).contains("kubectl-stackplane"));
