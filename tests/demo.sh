@@ -135,10 +135,15 @@ fi
 
 say "kubectl get tenants"
 kubectl get tenants -o wide
-echo
-kubectl get tenant "$tenant" -o jsonpath='{range .status.conditions[*]}{.type}={.status} {.reason}: {.message}{"\n"}{end}'
-echo
-kubectl get deployments,services,pvc -n "tenant-$tenant" 2>/dev/null || true
+
+say "kubectl stackplane status $tenant (the plugin: cargo install --path cli)"
+if ! "$target/kubectl-stackplane" status "$tenant"; then
+  fail "kubectl stackplane status failed"
+fi
+say "kubectl stackplane diff $tenant (empty: the cluster matches the plan)"
+if ! "$target/kubectl-stackplane" diff "$tenant"; then
+  fail "kubectl stackplane diff failed"
+fi
 
 say "the tenant's EC2 instance and DNS record in moto"
 if ! "${moto_py[@]}" show "$zone" \

@@ -194,6 +194,7 @@ fn openapi_json() {}
         stripe_webhook,
         checkout,
         portal,
+        crate::billing::events::list_events,
         replay,
         openapi_json,
     ),

@@ -71,6 +71,10 @@ pub fn public(
     };
     let mut authenticated = Router::new()
         .merge(add(RouteTable::default()
+            .get(
+                "/api/v1/billing/events",
+                crate::billing::events::list_events,
+            )
             .post("/api/v1/billing/events/{id}/replay", replay_event)
             .finish(state.clone())))
         .merge(add(crate::billing::checkout::routes(options.checkout)));

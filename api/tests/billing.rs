@@ -242,3 +242,121 @@ async fn replay_requires_the_admin_token_requeues_and_writes_the_audit_log() {
         .expect("send");
     assert_eq!(missing.status().as_u16(), 404);
 }
+
+/// `GET /api/v1/billing/events` lists the failed events (admin only, bad filters answer 400), and
+/// `kubectl stackplane events --failed` and `replay` work against the same server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_events_are_listed_and_replayed_through_the_plugin() {
+    let (base, pool) = start().await;
+    let failed = unique("evt").replace('-', "");
+    let parked = unique("evt").replace('-', "");
+    for id in [&failed, &parked] {
+        let payload = subscription_event(id, now());
+        let (got, _) = post(
+            &base,
+            payload.clone(),
+            Some(sign(&payload, SECRET_A, now())),
+        )
+        .await;
+        assert_eq!(got, 200);
+    }
+    sqlx::query("UPDATE stripe_events SET state = 'failed', attempts = 3, error_kind = 'kube', last_error = 'the API server refused', next_attempt_at = now() + interval '1 hour' WHERE id = $1")
+        .bind(&failed)
+        .execute(&pool)
+        .await
+        .expect("fail one");
+    sqlx::query("UPDATE stripe_events SET state = 'failed', attempts = 1, error_kind = 'unknown_price', last_error = 'no Platform lists price_x', next_attempt_at = 'infinity' WHERE id = $1")
+        .bind(&parked)
+        .execute(&pool)
+        .await
+        .expect("park one");
+    let http = reqwest::Client::new();
+    let url = format!("{base}/api/v1/billing/events");
+    let anonymous = http.get(&url).send().await.expect("send");
+    assert_eq!(anonymous.status().as_u16(), 401);
+    let listed: serde_json::Value = http
+        .get(&url)
+        .bearer_auth("admin-token-for-tests")
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    let items = listed["items"].as_array().expect("items");
+    assert_eq!(items.len(), 2, "{listed}");
+    let by_id = |id: &str| {
+        items
+            .iter()
+            .find(|e| e["id"] == json!(id))
+            .unwrap_or_else(|| panic!("{id} in {listed}"))
+            .clone()
+    };
+    let one = by_id(&failed);
+    assert_eq!(one["attempts"], json!(3));
+    assert_eq!(one["errorKind"], json!("kube"));
+    assert_eq!(one["lastError"], json!("the API server refused"));
+    assert!(one["nextAttemptAt"].is_string(), "{one}");
+    assert!(
+        by_id(&parked)["nextAttemptAt"].is_null(),
+        "never due by itself"
+    );
+    for bad in [
+        "state=lost",
+        "limit=0",
+        "limit=501",
+        "limit=x",
+        "colour=red",
+    ] {
+        let resp = http
+            .get(format!("{url}?{bad}"))
+            .bearer_auth("admin-token-for-tests")
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status().as_u16(), 400, "{bad}");
+    }
+
+    let plugin = stackplane_tests::workspace_binary("kubectl-stackplane", "kubectl-stackplane");
+    // Off the runtime's thread: the server this test serves must keep answering meanwhile.
+    let run = |args: &[&str]| {
+        let mut command = std::process::Command::new(&plugin);
+        command
+            .args(args)
+            .env("STACKPLANE_API_URL", &base)
+            .env("STACKPLANE_API_TOKEN", "admin-token-for-tests");
+        async move {
+            tokio::task::spawn_blocking(move || command.output().expect("run kubectl-stackplane"))
+                .await
+                .expect("join")
+        }
+    };
+    let out = run(&["events", "--failed", "-o", "json"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(shown["items"].as_array().map(Vec::len), Some(2), "{shown}");
+    let out = run(&["events", "--failed"]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&failed) && text.contains("kube: the API server refused"),
+        "{text}"
+    );
+    let out = run(&["replay", &parked]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let state: String = sqlx::query_scalar("SELECT state FROM stripe_events WHERE id = $1")
+        .bind(&parked)
+        .fetch_one(&pool)
+        .await
+        .expect("row");
+    assert_eq!(state, "pending", "the replay queued it");
+    let out = run(&["replay", "evt nope"]).await;
+    assert_eq!(out.status.code(), Some(2));
+}

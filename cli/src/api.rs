@@ -24,6 +24,35 @@ impl ApiTarget {
     }
 }
 
+/// `GET /api/v1/billing/events?state=failed`: the stored Stripe events that failed, newest first.
+pub async fn failed_events(target: &ApiTarget, limit: u32) -> Result<Value> {
+    let (url, token) = target.parts()?;
+    let client = reqwest::Client::builder().timeout(TIMEOUT).build()?;
+    let response = client
+        .get(format!("{url}/api/v1/billing/events"))
+        .query(&[("state", "failed".to_owned()), ("limit", limit.to_string())])
+        .bearer_auth(token)
+        .send()
+        .await?;
+    answer(response).await
+}
+
+/// The JSON of a 2xx answer; any other answer as an error with its body.
+async fn answer(response: reqwest::Response) -> Result<Value> {
+    let status = response.status();
+    let body = response.text().await?;
+    if !status.is_success() {
+        return Err(CliError::Api {
+            status: status.as_u16(),
+            body,
+        });
+    }
+    serde_json::from_str(&body).map_err(|e| CliError::Api {
+        status: status.as_u16(),
+        body: format!("not JSON ({e}): {body}"),
+    })
+}
+
 /// `POST /api/v1/billing/events/{id}/replay`: queues a stored Stripe event to be applied again.
 pub async fn replay(target: &ApiTarget, event: &str) -> Result<Value> {
     let (url, token) = target.parts()?;
@@ -39,16 +68,5 @@ pub async fn replay(target: &ApiTarget, event: &str) -> Result<Value> {
         .bearer_auth(token)
         .send()
         .await?;
-    let status = response.status();
-    let body = response.text().await?;
-    if !status.is_success() {
-        return Err(CliError::Api {
-            status: status.as_u16(),
-            body,
-        });
-    }
-    serde_json::from_str(&body).map_err(|e| CliError::Api {
-        status: status.as_u16(),
-        body: format!("not JSON ({e}): {body}"),
-    })
+    answer(response).await
 }

@@ -56,8 +56,19 @@ enum Command {
         #[arg(long = "from")]
         from: String,
     },
-    /// The Events about a tenant, newest first.
-    Events { tenant: String },
+    /// The Events about a tenant, newest first; with --failed, the Stripe events that failed
+    /// (through the api).
+    Events {
+        #[arg(required_unless_present = "failed")]
+        tenant: Option<String>,
+        #[arg(long, conflicts_with = "tenant")]
+        failed: bool,
+        /// How many failed events (newest first).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=500))]
+        limit: u32,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Queues a stored Stripe event to be applied again (through the api).
     Replay {
         event: String,
@@ -180,7 +191,39 @@ async fn run(cli: Cli) -> Result<String> {
                 "tenantbackup/{name} created (restore from {from})\n"
             ))
         }
-        Command::Events { tenant } => {
+        Command::Events {
+            tenant: None,
+            limit,
+            api,
+            ..
+        } => {
+            let target = ApiTarget {
+                url: api.api_url.clone(),
+                token: api.token.clone(),
+            };
+            let listed = api::failed_events(&target, *limit).await?;
+            let text = listed["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|e| {
+                    format!(
+                        "{} {:<36} {:<32} attempts {} {}: {}\n",
+                        e["receivedAt"].as_str().unwrap_or("-"),
+                        e["id"].as_str().unwrap_or("-"),
+                        e["type"].as_str().unwrap_or("-"),
+                        e["attempts"],
+                        e["errorKind"].as_str().unwrap_or("-"),
+                        e["lastError"].as_str().unwrap_or("")
+                    )
+                })
+                .collect();
+            text_or(text, &listed)
+        }
+        Command::Events {
+            tenant: Some(tenant),
+            ..
+        } => {
             let client = client(&cli).await?;
             status::get_tenant(&client, tenant).await?;
             let events = status::tenant_events(&client, tenant).await?;

@@ -5,6 +5,7 @@
 pub mod checkout;
 pub mod conditions;
 pub mod error;
+pub mod events;
 pub mod governing;
 pub mod mapping;
 pub mod parse;

@@ -215,7 +215,7 @@ impl Worker {
         if let Some(Err(error)) = &read {
             // Its queue row exists and is locked by `tx`: the longer backoff commits with the sync,
             // and a rolled-back sync leaves the row due as it was.
-            Self::schedule_resync(&mut *tx, &customer, error).await?;
+            Self::schedule_resync(&mut tx, &customer, error).await?;
         }
         self.resync_in(&mut tx, &customer, read).await?;
         tx.commit().await?;
