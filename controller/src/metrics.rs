@@ -29,6 +29,9 @@ struct PhaseLabels {
     phase: String,
 }
 
+/// The phases a TenantBackup ends in.
+pub const FINISHED_BACKUP_PHASES: [&str; 3] = ["Completed", "PartiallyFailed", "Failed"];
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RolloutLabels {
     platform: String,
@@ -56,6 +59,7 @@ pub struct Metrics {
     creation_to_ready: Histogram,
     leader: Gauge,
     rollout_tenants: Family<RolloutLabels, Gauge>,
+    backups_finished: Family<PhaseLabels, Counter>,
     /// The revision each platform's rollout series are labelled with (old series are removed).
     rollout_revisions: Mutex<HashMap<String, String>>,
     phases: Mutex<HashMap<String, TenantPhase>>,
@@ -121,6 +125,21 @@ impl Metrics {
              for the revision being rolled out",
             rollout_tenants.clone(),
         );
+        let backups_finished = Family::<PhaseLabels, Counter>::default();
+        registry.register(
+            "backups_finished",
+            "TenantBackups (backups and restores) that reached a final phase, by phase \
+             (Completed, PartiallyFailed, Failed)",
+            backups_finished.clone(),
+        );
+        // Every final phase from 0, so that increase() sees the first failure.
+        for phase in FINISHED_BACKUP_PHASES {
+            backups_finished
+                .get_or_create(&PhaseLabels {
+                    phase: phase.to_owned(),
+                })
+                .inc_by(0);
+        }
         for phase in TenantPhase::ALL {
             tenants
                 .get_or_create(&PhaseLabels {
@@ -136,6 +155,17 @@ impl Metrics {
              (instance, record, snapshot) and action (deleted, reported, failed)",
             cloud_orphans.clone(),
         );
+        // Every (kind, action) from 0, so that increase() sees the first orphan of each.
+        for kind in ["instance", "record", "snapshot"] {
+            for action in ["deleted", "reported", "failed"] {
+                cloud_orphans
+                    .get_or_create(&OrphanLabels {
+                        kind: kind.to_owned(),
+                        action: action.to_owned(),
+                    })
+                    .inc_by(0);
+            }
+        }
         Metrics {
             registry,
             cloud_registry,
@@ -147,6 +177,7 @@ impl Metrics {
             creation_to_ready,
             leader,
             rollout_tenants,
+            backups_finished,
             rollout_revisions: Mutex::new(HashMap::new()),
             phases: Mutex::new(HashMap::new()),
             health: Arc::new(crate::health::Health::default()),
@@ -221,6 +252,16 @@ impl Metrics {
                 .get_or_create(&labels(revision, state))
                 .set(*n);
         }
+    }
+
+    /// Records a TenantBackup that reached the final phase `phase` (`Completed`,
+    /// `PartiallyFailed`, `Failed`).
+    pub fn backup_finished(&self, phase: &str) {
+        self.backups_finished
+            .get_or_create(&PhaseLabels {
+                phase: phase.to_owned(),
+            })
+            .inc();
     }
 
     /// What `/healthz` answers (kept here because the metrics server serves both).

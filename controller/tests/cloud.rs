@@ -1231,8 +1231,14 @@ async fn garbage_collector_deletes_orphans_and_spares_live_and_retained() {
     // Each deletion is logged, counted and announced in the controller's namespace.
     let text = env.metrics.encode().expect("metrics");
     for kind in ["instance", "snapshot", "record"] {
-        let line = format!("stackplane_cloud_orphans_total{{kind=\"{kind}\",action=\"deleted\"}}");
-        assert!(text.contains(&line), "{line} in {text}");
+        // Every (kind, action) series exists from 0: the deletions made these at least 1.
+        let series = format!("stackplane_cloud_orphans_total{{kind=\"{kind}\",action=\"deleted\"}} ");
+        let count: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{series} in {text}"));
+        assert!(count >= 1, "{series}{count} in {text}");
     }
     let events = Api::<Event>::namespaced(env.client.clone(), "default")
         .list(&ListParams::default().fields(&format!("involvedObject.name={lease}")))

@@ -8,6 +8,8 @@
 #   - localstripe (a fake Stripe) and the official `stripe` Python SDK in a virtualenv
 #   - cargo-fuzz (the fuzz smoke runs of make test), built from crates.io
 #   - schemathesis (OpenAPI property tests of the served document) in a virtualenv
+#   - Prometheus and promtool (Debian's `prometheus`): the chart's alert rules and dashboard are
+#     checked by promtool and against a real Prometheus scraping the real binaries
 # A second run finds everything cached and returns in seconds.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -19,7 +21,7 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 apt_packages=(golang-go etcd-server etcd-client make rsync openssl curl
   golang-github-modern-go-reflect2-dev golang-github-json-iterator-go-dev
-  postgresql-15 python3-venv procps)
+  postgresql-15 python3-venv procps prometheus)
 
 missing=()
 for p in "${apt_packages[@]}"; do
@@ -119,4 +121,6 @@ if [ ! -x "$CARGO_FUZZ_ROOT/bin/cargo-fuzz" ]; then
   cargo install -q --locked --root "$CARGO_FUZZ_ROOT" "cargo-fuzz@0.13.2"
 fi
 
-log "ready: $K8S_BIN, $MOTO_VENV, $HELM_VENV, $STRIPE_VENV, $SCHEMATHESIS_VENV, $CARGO_FUZZ_ROOT"
+[ -x "$PROMTOOL" ] && [ -x "$PROMETHEUS" ] || die "$PROMTOOL or $PROMETHEUS missing after installing Debian's prometheus package"
+
+log "ready: $PROMETHEUS, $PROMTOOL, $K8S_BIN, $MOTO_VENV, $HELM_VENV, $STRIPE_VENV, $SCHEMATHESIS_VENV, $CARGO_FUZZ_ROOT"

@@ -17,6 +17,11 @@ CARGO_FUZZ_ROOT="$STACKPLANE_CACHE/cargo-fuzz"
 # kept here so that only the first run pays for it.
 FUZZ_TARGET_DIR="$STACKPLANE_CACHE/fuzz-target"
 PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
+# Debian's `prometheus` package (2.42 in bookworm): the server the metric-name test scrapes the
+# real binaries with, and promtool, which checks and unit-tests the chart's alert rules.
+# Exported to the tests by up.sh (STACKPLANE_PROMETHEUS, STACKPLANE_PROMTOOL).
+PROMETHEUS="${PROMETHEUS:-/usr/bin/prometheus}"
+PROMTOOL="${PROMTOOL:-/usr/bin/promtool}"
 
 log() { printf '[harness] %s\n' "$*" >&2; }
 die() { printf '[harness] error: %s\n' "$*" >&2; exit 1; }

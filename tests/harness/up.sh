@@ -2,8 +2,9 @@
 # Starts the real components the tests and the demo run against, on free loopback ports:
 # etcd, kube-apiserver, kube-controller-manager (garbage collector, namespace and PVC protection),
 # a throwaway Postgres cluster, moto and localstripe (a fake Stripe). Prints the run directory, which holds:
-#   env.sh      exports KUBECONFIG, DATABASE_URL, AWS_ENDPOINT_URL, AWS_*, STACKPLANE_LOCALSTRIPE_URL
-#               and STACKPLANE_STRIPE_PYTHON for the tests
+#   env.sh      exports KUBECONFIG, DATABASE_URL, AWS_ENDPOINT_URL, AWS_*, STACKPLANE_LOCALSTRIPE_URL,
+#               STACKPLANE_STRIPE_PYTHON, and STACKPLANE_PROMETHEUS / STACKPLANE_PROMTOOL
+#               (Debian's prometheus package) for the tests
 #   pids        one "name pid" line per process started, for down.sh
 #   logs/       each component's log
 # Run install.sh first. Stop everything with: tests/harness/down.sh <run directory>
@@ -176,6 +177,8 @@ export STACKPLANE_MOTO_PYTHON="$MOTO_VENV/bin/python"
 export STACKPLANE_LOCALSTRIPE_URL="http://127.0.0.1:$stripe_port"
 export STACKPLANE_STRIPE_PYTHON="$STRIPE_VENV/bin/python"
 export STACKPLANE_SCHEMATHESIS="$SCHEMATHESIS_VENV/bin/schemathesis"
+export STACKPLANE_PROMETHEUS="$PROMETHEUS"
+export STACKPLANE_PROMTOOL="$PROMTOOL"
 ENV
 log "components up in $run (kube-apiserver :$api_port, postgres :$pg_port, moto :$moto_port, localstripe :$stripe_port)"
 trap - EXIT

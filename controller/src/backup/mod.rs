@@ -348,6 +348,9 @@ async fn apply<E: Ec2>(cached: &TenantBackup, ctx: &Context<E>) -> Result<Action
         write_status(&ctx.client, backup, &status).await?;
     }
     if previous.phase != Some(phase) {
+        if phase.is_finished() {
+            ctx.metrics.backup_finished(phase_str(phase));
+        }
         tracing::info!(backup = %name, tenant = %backup.spec.tenant, phase = phase_str(phase), "backup phase changed");
         let type_ = if matches!(phase, BackupPhase::PartiallyFailed | BackupPhase::Failed) {
             EventType::Warning
@@ -499,6 +502,7 @@ async fn fail<E: Ec2>(
         ..previous.clone()
     };
     write_status(&ctx.client, backup, &status).await?;
+    ctx.metrics.backup_finished(phase_str(BackupPhase::Failed));
     tracing::warn!(backup = %backup.name_any(), tenant = %backup.spec.tenant, reason, %message, "backup failed");
     ctx.event(backup, EventType::Warning, reason, message).await;
     Ok(Action::await_change())
