@@ -80,7 +80,8 @@ fn kind_of(doc: &serde_json::Value) -> (String, String) {
 }
 
 /// The chart rendered against the test cluster for `release` in `namespace` (CI values, no
-/// ServiceMonitor since the test cluster serves no monitoring.coreos.com), hooks included.
+/// ServiceMonitor or PrometheusRule since the test cluster serves no monitoring.coreos.com),
+/// hooks included.
 fn render_for_cluster(release: &str, namespace: &str, extra: &[&str]) -> Vec<serde_json::Value> {
     let chart = chart_dir();
     let values = ci_values();
@@ -91,6 +92,8 @@ fn render_for_cluster(release: &str, namespace: &str, extra: &[&str]) -> Vec<ser
         values.to_str().unwrap_or_default(),
         "--set-json",
         "serviceMonitor.force=false",
+        "--set-json",
+        "monitoring.rules.force=false",
         "--name",
         release,
         "--namespace",
@@ -224,7 +227,8 @@ fn chart_uses_the_api_versions_the_cluster_serves() {
         "HorizontalPodAutoscaler".into()
     )));
     assert!(!kinds.iter().any(|(_, k)| k == "ServiceMonitor"));
-    // Without `force`, the ServiceMonitor follows the cluster.
+    assert!(!kinds.iter().any(|(_, k)| k == "PrometheusRule"));
+    // Without `force`, the ServiceMonitor and the PrometheusRule follow the cluster.
     let chart_s = chart.to_str().unwrap_or_default();
     let values_s = values.to_str().unwrap_or_default();
     let (ok, out, err) = helm(&[
@@ -234,10 +238,13 @@ fn chart_uses_the_api_versions_the_cluster_serves() {
         values_s,
         "--set-json",
         "serviceMonitor.force=false",
+        "--set-json",
+        "monitoring.rules.force=false",
         "--cluster",
     ]);
     assert!(ok, "{err}");
     assert!(!out.contains("kind: ServiceMonitor"));
+    assert!(!out.contains("kind: PrometheusRule"));
 }
 
 /// The internal port (/healthz, /readyz, /metrics) is for probes and the ServiceMonitor only:
@@ -365,6 +372,7 @@ async fn every_rendered_object_passes_a_server_side_dry_run() {
         "PodDisruptionBudget",
         "NetworkPolicy",
         "Job",
+        "ConfigMap",
     ] {
         assert!(
             kinds.contains(expected),
