@@ -1232,7 +1232,8 @@ async fn garbage_collector_deletes_orphans_and_spares_live_and_retained() {
     let text = env.metrics.encode().expect("metrics");
     for kind in ["instance", "snapshot", "record"] {
         // Every (kind, action) series exists from 0: the deletions made these at least 1.
-        let series = format!("stackplane_cloud_orphans_total{{kind=\"{kind}\",action=\"deleted\"}} ");
+        let series =
+            format!("stackplane_cloud_orphans_total{{kind=\"{kind}\",action=\"deleted\"}} ");
         let count: u64 = text
             .lines()
             .find_map(|l| l.strip_prefix(&series))
