@@ -512,7 +512,9 @@ fn now() -> i64 {
 
 /// The real binaries, with real activity behind every metric family they export, scraped by a
 /// real Prometheus; every metric name the alerts, the dashboard and the runbooks use is in its
-/// TSDB, and Prometheus loads the alert rules.
+/// TSDB, and Prometheus loads the alert rules. The api's bandwidth of a tenant
+/// (`GET /api/v1/tenants/{name}/metrics`) is read from that Prometheus, which scraped it from a
+/// test exporter.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_prometheus_scraping_the_real_binaries_has_every_metric_the_alerts_dashboard_and_runbooks_name(
 ) {
@@ -590,6 +592,28 @@ async fn a_real_prometheus_scraping_the_real_binaries_has_every_metric_the_alert
         )
     }))
     .await;
+    // A test exporter of one tenant's network bytes, as a CNI or cAdvisor would export them:
+    // the api's bandwidth of that tenant is read from the real Prometheus that scrapes it.
+    let ok_tenant = unique("tn");
+    let exporter = {
+        let series = format!(
+            "# TYPE test_tenant_network_bytes gauge\ntest_tenant_network_bytes{{tenant=\"{ok_tenant}\"}} 123456\n"
+        );
+        serve_on_free_port(axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let series = series.clone();
+                async move { series }
+            }),
+        ))
+        .await
+    };
+    let exporter_target = exporter
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let prom_port = free_port();
+    let prom_url = format!("http://127.0.0.1:{prom_port}");
     let (_, db_url) = fresh_database().await;
     let (api_port, internal_port) = (free_port(), free_port());
     let mut cmd = Command::new(workspace_binary("stackplane-api", "stackplane-api"));
@@ -600,6 +624,11 @@ async fn a_real_prometheus_scraping_the_real_binaries_has_every_metric_the_alert
         .env("STRIPE_SECRET_KEY", "sk_test_monitoring")
         .env("STRIPE_API_BASE", &stripe)
         .env("STACKPLANE_ADMIN_TOKEN", "monitoring-admin-token")
+        .env("STACKPLANE_PROMETHEUS_URL", &prom_url)
+        .env(
+            "STACKPLANE_BANDWIDTH_QUERY",
+            "sum(max_over_time(test_tenant_network_bytes{tenant=\"{tenant}\"}[{window}]))",
+        )
         .env("STACKPLANE_BILLING_SYNC_INTERVAL", "2")
         // Few bad deliveries before the webhook's invalid-signature bucket answers 429.
         .env("STACKPLANE_WEBHOOK_INVALID_BURST", "2")
@@ -609,7 +638,6 @@ async fn a_real_prometheus_scraping_the_real_binaries_has_every_metric_the_alert
 
     // Prometheus, on a free loopback port, its TSDB in the temp dir, scraping both every second
     // and loading the chart's alert rules.
-    let prom_port = free_port();
     let config = dir.0.join("prometheus.yml");
     std::fs::write(
         &config,
@@ -618,7 +646,8 @@ async fn a_real_prometheus_scraping_the_real_binaries_has_every_metric_the_alert
             "rule_files": [alerts_file().display().to_string()],
             "scrape_configs": [
                 {"job_name": "stackplane-controller", "static_configs": [{"targets": [format!("127.0.0.1:{controller_port}")]}]},
-                {"job_name": "stackplane-api", "static_configs": [{"targets": [format!("127.0.0.1:{internal_port}")]}]}
+                {"job_name": "stackplane-api", "static_configs": [{"targets": [format!("127.0.0.1:{internal_port}")]}]},
+                {"job_name": "tenant-network", "static_configs": [{"targets": [exporter_target]}]}
             ]
         })
         .to_string(),
@@ -633,7 +662,6 @@ async fn a_real_prometheus_scraping_the_real_binaries_has_every_metric_the_alert
         .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
         .current_dir(&dir.0);
     let mut prom = Proc::spawn("prometheus", cmd, &dir.0);
-    let prom_url = format!("http://127.0.0.1:{prom_port}");
     let http = reqwest::Client::new();
 
     let api_base = format!("http://127.0.0.1:{api_port}");
@@ -662,7 +690,6 @@ async fn a_real_prometheus_scraping_the_real_binaries_has_every_metric_the_alert
         t.metadata.labels = Some([(SHARD.to_owned(), shard.clone())].into());
         t
     };
-    let ok_tenant = unique("tn");
     let bad_tenant = unique("tn");
     tenants
         .create(&PostParams::default(), &labelled(&ok_tenant, &ok_name))
@@ -774,6 +801,32 @@ async fn a_real_prometheus_scraping_the_real_binaries_has_every_metric_the_alert
     })
     .await;
 
+    // The tenant's bandwidth, as the api serves it, is what the real Prometheus scraped from the
+    // exporter (not a stand-in answering the query).
+    let bandwidth = until(
+        "the tenant's bandwidth from Prometheus",
+        90,
+        &mut [&mut api, &mut prom],
+        || {
+            let http = http.clone();
+            let url = format!("{api_base}/api/v1/tenants/{ok_tenant}/metrics?window=1h");
+            async move {
+                let body: Value = http
+                    .get(url)
+                    .bearer_auth("monitoring-admin-token")
+                    .send()
+                    .await
+                    .ok()?
+                    .json()
+                    .await
+                    .ok()?;
+                (body["bandwidth"]["available"] == json!(true)).then(|| body["bandwidth"].clone())
+            }
+        },
+    )
+    .await;
+    assert_eq!(bandwidth["bytes"], json!(123456.0), "{bandwidth}");
+
     // Every name is in Prometheus' TSDB (a histogram named by its base name: its _bucket series).
     let missing = |present: &BTreeSet<String>| -> Vec<String> {
         names
@@ -836,7 +889,8 @@ async fn a_real_prometheus_scraping_the_real_binaries_has_every_metric_the_alert
         present.len()
     );
 
-    // Both targets are up, and Prometheus loaded every alert rule and evaluates it cleanly.
+    // Every target (controller, api, the test exporter) is up, and Prometheus loaded every alert
+    // rule and evaluates it cleanly.
     let up: Value = http
         .get(format!("{prom_url}/api/v1/query"))
         .query(&[("query", "up")])
@@ -857,7 +911,7 @@ async fn a_real_prometheus_scraping_the_real_binaries_has_every_metric_the_alert
             )
         })
         .collect();
-    assert_eq!(ups.len(), 2, "{ups:?}");
+    assert_eq!(ups.len(), 3, "{ups:?}");
     assert!(ups.iter().all(|(_, v)| v == "1"), "{ups:?}");
     let alerts: BTreeSet<String> = alerts_of(&yaml(&read(&alerts_file()))["groups"])
         .into_iter()
