@@ -11,7 +11,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::caller::Caller;
 use crate::extract::QueryParams;
 use crate::http_error::ApiError;
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// Most events one answer lists.
 pub const MAX_LIMIT: i64 = 500;

@@ -86,6 +86,26 @@ impl Worker {
         )
     }
 
+    /// Applies a re-read of `customer` (`read`, already queued again by the caller when it
+    /// failed); a successful one takes the customer off the queue, in `tx`.
+    pub(super) async fn resync_in(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        customer: &str,
+        read: Option<Result<Read, StripeApiError>>,
+    ) -> Result<(), BillingError> {
+        let ok = matches!(read, Some(Ok(_)));
+        self.sync_customer(tx, customer, None, read).await?;
+        if ok {
+            sqlx::query("DELETE FROM billing_resync WHERE customer_id = $1")
+                .bind(customer)
+                .execute(&mut **tx)
+                .await?;
+            tracing::info!(customer_id = %customer, "customer read from Stripe again");
+        }
+        Ok(())
+    }
+
     /// Brings `customer`'s Tenants in line with `read` (None: no reader) and `event` (the
     /// trigger, if any). Takes the customer's lock in `tx`; the caller commits.
     pub async fn sync_customer(

@@ -15,8 +15,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 use super::error::{BillingError, PLATFORM_ERROR_KINDS};
 use super::parse;
 use super::prices::PlatformCache;
-use super::stripe_api::{StripeApi, StripeApiError};
-use super::sync::Read;
+use super::stripe_api::StripeApi;
 use crate::metrics::Metrics;
 
 /// Field manager of every Tenant field billing owns: spec and metadata, and (status
@@ -232,24 +231,6 @@ impl Worker {
         let mut tx = self.db.begin().await?;
         self.resync_in(&mut tx, customer, read).await?;
         tx.commit().await?;
-        Ok(())
-    }
-
-    async fn resync_in(
-        &self,
-        tx: &mut Transaction<'_, Postgres>,
-        customer: &str,
-        read: Option<Result<Read, StripeApiError>>,
-    ) -> Result<(), BillingError> {
-        let ok = matches!(read, Some(Ok(_)));
-        self.sync_customer(tx, customer, None, read).await?;
-        if ok {
-            sqlx::query("DELETE FROM billing_resync WHERE customer_id = $1")
-                .bind(customer)
-                .execute(&mut **tx)
-                .await?;
-            tracing::info!(customer_id = %customer, "customer read from Stripe again");
-        }
         Ok(())
     }
 
