@@ -17,17 +17,18 @@ pub struct ApiTarget {
 }
 
 impl ApiTarget {
-    fn parts(&self) -> Result<(&str, &str)> {
+    /// The base URL, the token, and a client whose every call times out.
+    fn parts(&self) -> Result<(&str, &str, reqwest::Client)> {
         let url = self.url.as_deref().ok_or(CliError::ApiUrlMissing)?;
         let token = self.token.as_deref().ok_or(CliError::ApiTokenMissing)?;
-        Ok((url.trim_end_matches('/'), token))
+        let client = reqwest::Client::builder().timeout(TIMEOUT).build()?;
+        Ok((url.trim_end_matches('/'), token, client))
     }
 }
 
 /// `GET /api/v1/billing/events?state=failed`: the stored Stripe events that failed, newest first.
 pub async fn failed_events(target: &ApiTarget, limit: u32) -> Result<Value> {
-    let (url, token) = target.parts()?;
-    let client = reqwest::Client::builder().timeout(TIMEOUT).build()?;
+    let (url, token, client) = target.parts()?;
     let response = client
         .get(format!("{url}/api/v1/billing/events"))
         .query(&[("state", "failed".to_owned()), ("limit", limit.to_string())])
@@ -55,8 +56,7 @@ async fn answer(response: reqwest::Response) -> Result<Value> {
 
 /// `POST /api/v1/billing/events/{id}/replay`: queues a stored Stripe event to be applied again.
 pub async fn replay(target: &ApiTarget, event: &str) -> Result<Value> {
-    let (url, token) = target.parts()?;
-    let client = reqwest::Client::builder().timeout(TIMEOUT).build()?;
+    let (url, token, client) = target.parts()?;
     if event.is_empty() || !event.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
         return Err(CliError::BadArgument(format!(
             "{event:?} is not a Stripe event id (evt_…)"

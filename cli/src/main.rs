@@ -8,7 +8,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use kubectl_stackplane::api::{self, ApiTarget};
 use kubectl_stackplane::error::{CliError, Result};
 use kubectl_stackplane::ops::{self, RolloutAction};
-use kubectl_stackplane::output::{Format, Paint};
+use kubectl_stackplane::output::{shown, Format, Paint};
 use kubectl_stackplane::{diff, status};
 use stackplane_controller::tenant::plan::PlanOptions;
 
@@ -144,12 +144,6 @@ async fn client(cli: &Cli) -> Result<kube::Client> {
 
 async fn run(cli: Cli) -> Result<String> {
     let format = cli.output;
-    let text_or = |text: String, value: &dyn erased::Structured| -> Result<String> {
-        match format {
-            Format::Text => Ok(text),
-            f => value.render(f),
-        }
-    };
     match &cli.command {
         Command::Completions { shell } => {
             let mut out = Vec::new();
@@ -162,12 +156,16 @@ async fn run(cli: Cli) -> Result<String> {
                 token: api.token.clone(),
             };
             let answer = api::replay(&target, event).await?;
-            text_or(format!("{}\n", answer), &answer)
+            shown(format, format!("{}\n", answer), &answer)
         }
         Command::Status { tenant } => {
             let client = client(&cli).await?;
             let report = status::gather(&client, tenant).await?;
-            text_or(status::render(&report, Paint::for_stdout()), &report)
+            shown(
+                format,
+                status::render(&report, Paint::for_stdout()),
+                &report,
+            )
         }
         Command::Diff {
             tenant,
@@ -218,7 +216,7 @@ async fn run(cli: Cli) -> Result<String> {
                     )
                 })
                 .collect();
-            text_or(text, &listed)
+            shown(format, text, &listed)
         }
         Command::Events {
             tenant: Some(tenant),
@@ -239,7 +237,7 @@ async fn run(cli: Cli) -> Result<String> {
                     )
                 })
                 .collect();
-            text_or(text, &events)
+            shown(format, text, &events)
         }
         Command::Orphans {
             controller_namespace,
@@ -261,14 +259,14 @@ async fn run(cli: Cli) -> Result<String> {
                     })
                     .collect()
             };
-            text_or(text, &found)
+            shown(format, text, &found)
         }
         Command::Rollout { command } => {
             let client = client(&cli).await?;
             let (platform, action) = match command {
                 RolloutCommand::Status { platform } => {
                     let report = ops::rollout_status(&client, platform).await?;
-                    return text_or(ops::render_rollout(&report), &report);
+                    return shown(format, ops::render_rollout(&report), &report);
                 }
                 RolloutCommand::Pause { platform } => (platform, RolloutAction::Pause),
                 RolloutCommand::Resume { platform } => (platform, RolloutAction::Resume),
@@ -276,22 +274,6 @@ async fn run(cli: Cli) -> Result<String> {
             };
             ops::rollout_control(&client, platform, action).await?;
             Ok(format!("platform/{platform}: {action:?} requested\n"))
-        }
-    }
-}
-
-/// A value `-o json|yaml` can print, whatever its type.
-mod erased {
-    use kubectl_stackplane::error::Result;
-    use kubectl_stackplane::output::{structured, Format};
-
-    pub trait Structured {
-        fn render(&self, format: Format) -> Result<String>;
-    }
-
-    impl<T: serde::Serialize> Structured for T {
-        fn render(&self, format: Format) -> Result<String> {
-            structured(self, format)
         }
     }
 }

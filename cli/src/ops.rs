@@ -11,7 +11,7 @@ use stackplane_crds::labels::ROLLOUT_CONTROL;
 use stackplane_crds::{BackupReason, Platform, TenantBackup, TenantBackupSpec};
 
 use crate::error::{not_found, CliError, Result};
-use crate::status::{event_line, get_tenant, EventLine};
+use crate::status::{get_tenant, newest_first, EventLine};
 
 /// The field manager of what the plugin writes.
 pub const FIELD_MANAGER: &str = "kubectl-stackplane";
@@ -142,36 +142,17 @@ async fn get_platform(client: &Client, name: &str) -> Result<Platform> {
         .map_err(|e| not_found(e, name, || CliError::PlatformNotFound(name.to_owned())))
 }
 
-/// One orphaned cloud resource the collector reported or deleted (from its Events).
-#[derive(Debug, Serialize)]
-pub struct OrphanLine {
-    pub time: Option<String>,
-    /// `OrphanFound` (report mode), `OrphanDeleted` or `OrphanDeleteFailed`.
-    pub reason: String,
-    pub message: String,
-}
-
 /// What the cloud garbage collector found, as its Events about the controller's Lease say
-/// (newest first). `namespace` is the controller's.
-pub async fn orphans(client: &Client, namespace: &str) -> Result<Vec<OrphanLine>> {
+/// (`OrphanFound` in report mode, `OrphanDeleted`, `OrphanDeleteFailed`), newest first.
+/// `namespace` is the controller's.
+pub async fn orphans(client: &Client, namespace: &str) -> Result<Vec<EventLine>> {
     let params = ListParams::default().fields("involvedObject.kind=Lease");
-    let mut events: Vec<Event> = Api::<Event>::namespaced(client.clone(), namespace)
+    let events: Vec<Event> = Api::<Event>::namespaced(client.clone(), namespace)
         .list(&params)
         .await?
         .items
         .into_iter()
         .filter(|e| e.reason.as_deref().is_some_and(|r| r.starts_with("Orphan")))
         .collect();
-    let lines: Vec<EventLine> = {
-        events.sort_by_key(|e| std::cmp::Reverse(e.last_timestamp.clone().map(|t| t.0)));
-        events.iter().map(event_line).collect()
-    };
-    Ok(lines
-        .into_iter()
-        .map(|e| OrphanLine {
-            time: e.time,
-            reason: e.reason,
-            message: e.message,
-        })
-        .collect())
+    Ok(newest_first(events))
 }

@@ -27,6 +27,14 @@ pub fn structured<T: Serialize>(value: &T, format: Format) -> Result<String> {
     }
 }
 
+/// What a command prints: its own `text` for `-o text`, else `value` as JSON or YAML.
+pub fn shown<T: Serialize>(format: Format, text: String, value: &T) -> Result<String> {
+    match format {
+        Format::Text => Ok(text),
+        f => structured(value, f),
+    }
+}
+
 /// ANSI colour when stdout is a terminal and `NO_COLOR` is unset; plain text otherwise.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Paint {

@@ -134,7 +134,7 @@ pub async fn gather(client: &Client, name: &str) -> Result<Report> {
         tenant: name.to_owned(),
         platform: spec.platform.clone(),
         tier: spec.tier.clone(),
-        phase: status.phase.map(|p| format!("{p:?}")),
+        phase: status.phase.map(|p| p.as_str().to_owned()),
         revision: status.platform_revision.clone(),
         namespace: status.namespace.clone(),
         endpoint: status.endpoint.clone(),
@@ -165,7 +165,7 @@ pub async fn gather(client: &Client, name: &str) -> Result<Report> {
                     .status
                     .as_ref()
                     .and_then(|s| s.phase)
-                    .map_or_else(|| "Pending".to_owned(), |p| format!("{p:?}")),
+                    .map_or_else(|| "Pending".to_owned(), |p| enum_text(&p)),
                 created: b.creation_timestamp().map(|t| t.0.to_string()),
             })
             .collect(),
@@ -186,9 +186,15 @@ pub async fn tenant_events(client: &Client, name: &str) -> Result<Vec<EventLine>
     let params = ListParams::default().fields(&format!(
         "involvedObject.kind=Tenant,involvedObject.name={name}"
     ));
-    let mut events = Api::<Event>::all(client.clone()).list(&params).await?.items;
-    events.sort_by_key(|e| std::cmp::Reverse(event_time(e)));
-    Ok(events.iter().map(event_line).collect())
+    let events = Api::<Event>::all(client.clone()).list(&params).await?.items;
+    Ok(newest_first(events))
+}
+
+/// Events as lines, newest first.
+pub fn newest_first(events: Vec<Event>) -> Vec<EventLine> {
+    let mut lines: Vec<EventLine> = events.iter().map(event_line).collect();
+    lines.sort_by(|a, b| b.time.cmp(&a.time));
+    lines
 }
 
 fn event_time(e: &Event) -> Option<String> {
@@ -199,7 +205,7 @@ fn event_time(e: &Event) -> Option<String> {
         .or_else(|| e.creation_timestamp().map(|t| t.0.to_string()))
 }
 
-pub fn event_line(e: &Event) -> EventLine {
+fn event_line(e: &Event) -> EventLine {
     EventLine {
         time: event_time(e),
         type_: e.type_.clone().unwrap_or_default(),

@@ -19,7 +19,7 @@ use stackplane_crds::{
 };
 use stackplane_tests::{
     fresh_database, install_crds, kube_client, required_env, serve_on_free_port, stripe_signature,
-    unique, workspace_binary,
+    unique, workspace_binary, workspace_root,
 };
 
 const SHARD: &str = stackplane_tests::TEST_SHARD_LABEL;
@@ -27,14 +27,6 @@ const WEBHOOK_SECRET: &str = "whsec_monitoring_test";
 /// The base of every runbook_url in files/alerts.yaml (the chart replaces it).
 const SHIPPED_RUNBOOK_BASE: &str =
     "https://github.com/stackplane/stackplane/blob/main/docs/runbooks/";
-
-/// The workspace this test was compiled from.
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."))
-}
 
 fn chart_dir() -> PathBuf {
     workspace_root().join("charts/stackplane")

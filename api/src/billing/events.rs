@@ -55,7 +55,7 @@ type Row = (
     Option<String>,
     Option<String>,
     DateTime<Utc>,
-    Option<String>,
+    Option<DateTime<Utc>>,
 );
 
 /// The stored events in one state (admin).
@@ -86,10 +86,10 @@ pub async fn list_events(
             format!("limit must be 1 to {MAX_LIMIT}"),
         ));
     }
-    // 'infinity' (never due by itself) has no DateTime: it is read as text and answered as null.
+    // 'infinity' (never due by itself) has no DateTime: answered as null.
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT id, event_type, state, attempts, error_kind, last_error, received_at, \
-         CASE WHEN isfinite(next_attempt_at) THEN to_char(next_attempt_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') END \
+         CASE WHEN isfinite(next_attempt_at) THEN next_attempt_at END \
          FROM stripe_events WHERE state = $1 ORDER BY received_at DESC, id LIMIT $2",
     )
     .bind(wanted)
@@ -112,9 +112,7 @@ pub async fn list_events(
                     error_kind,
                     last_error,
                     received_at,
-                    next_attempt_at: next
-                        .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
-                        .map(|t| t.with_timezone(&Utc)),
+                    next_attempt_at: next,
                 }
             },
         )

@@ -11,7 +11,7 @@ use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use rand::distributions::{Alphanumeric, DistString};
 
-use super::children::child_kind;
+use super::children::{child_kind, dry_run_answer};
 use super::plan::{Desired, Plan, CREDENTIAL_KEYS};
 use crate::error::{Error, Result};
 
@@ -59,8 +59,8 @@ pub async fn dry_run(client: &Client, plan: &Plan) -> Result<Vec<DryRun>> {
         .transpose()?;
     let applied = apply_with(client, plan, &params).await?;
     let mut out = Vec::with_capacity(applied.len());
-    for (i, (kind, name, applied)) in applied.into_iter().enumerate() {
-        let live = if i == 0 {
+    for (kind, name, applied) in applied {
+        let live = if kind == "Namespace" {
             live_ns.clone()
         } else {
             let registered = child_kind(kind).ok_or(Error::UnregisteredKind { kind })?;
@@ -82,7 +82,8 @@ pub async fn dry_run(client: &Client, plan: &Plan) -> Result<Vec<DryRun>> {
     Ok(out)
 }
 
-/// Applies `plan` with `params`; each object (the namespace first) as the server returned it.
+/// Applies `plan` with `params`. For a dry run: each object (the namespace first) as the server
+/// answered; nothing for a real apply.
 async fn apply_with(
     client: &Client,
     plan: &Plan,
@@ -90,7 +91,7 @@ async fn apply_with(
 ) -> Result<Vec<(&'static str, String, serde_json::Value)>> {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let ns = plan.namespace_name();
-    let mut applied = Vec::with_capacity(plan.objects.len() + 1);
+    let mut answers = Vec::new();
     let namespace = namespaces
         .patch(ns, params, &Patch::Apply(&plan.namespace))
         .await
@@ -99,7 +100,9 @@ async fn apply_with(
             name: ns.to_owned(),
             source,
         })?;
-    applied.push(("Namespace", ns.to_owned(), serde_json::to_value(namespace)?));
+    if let Some(answer) = dry_run_answer(params, &namespace)? {
+        answers.push(("Namespace", ns.to_owned(), answer));
+    }
     for object in &plan.objects {
         let name = object.name();
         let result = match object {
@@ -113,14 +116,16 @@ async fn apply_with(
                 (kind.apply)(client, ns, name, &desired_json(planned)?, params).await
             }
         };
-        let result = result.map_err(|source| Error::Apply {
+        let answer = result.map_err(|source| Error::Apply {
             kind: object.kind(),
             name: name.to_owned(),
             source,
         })?;
-        applied.push((object.kind(), name.to_owned(), result));
+        if let Some(answer) = answer {
+            answers.push((object.kind(), name.to_owned(), answer));
+        }
     }
-    Ok(applied)
+    Ok(answers)
 }
 
 /// A planned object as the JSON that is applied.
@@ -147,7 +152,7 @@ async fn apply_credentials(
     name: &str,
     labels: &BTreeMap<String, String>,
     params: &PatchParams,
-) -> Result<serde_json::Value, kube::Error> {
+) -> Result<Option<serde_json::Value>, kube::Error> {
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
     let existing = api.get_opt(name).await?;
     let data = credentials(existing.as_ref().and_then(|s| s.data.as_ref()));
@@ -163,7 +168,7 @@ async fn apply_credentials(
         ..Secret::default()
     };
     let applied = api.patch(name, params, &Patch::Apply(&secret)).await?;
-    serde_json::to_value(applied).map_err(kube::Error::SerdeError)
+    dry_run_answer(params, &applied)
 }
 
 /// The credentials: every existing key kept as it is, each missing key generated.

@@ -32,14 +32,16 @@ pub enum Unwanted {
 }
 
 /// Server-side apply of one planned object (as JSON) into namespace `ns` with the given
-/// parameters (the controller's, or the same as a dry run); the object as the server returned it.
+/// parameters (the controller's, or the same as a dry run). A dry run answers the object as the
+/// server would store it (what `kubectl stackplane diff` compares); a real apply drops the
+/// answer unread, so reconciles pay nothing for it.
 pub type ApplyFn = for<'a> fn(
     &'a Client,
     &'a str,
     &'a str,
     &'a serde_json::Value,
     &'a PatchParams,
-) -> BoxFuture<'a, kube::Result<serde_json::Value>>;
+) -> BoxFuture<'a, kube::Result<Option<serde_json::Value>>>;
 /// The live object of one kind named `name` in namespace `ns`, as JSON.
 pub type GetFn = for<'a> fn(
     &'a Client,
@@ -129,12 +131,25 @@ fn apply_kind<'a, K: Child>(
     name: &'a str,
     object: &'a serde_json::Value,
     params: &'a PatchParams,
-) -> BoxFuture<'a, kube::Result<serde_json::Value>> {
+) -> BoxFuture<'a, kube::Result<Option<serde_json::Value>>> {
     Box::pin(async move {
         let api: Api<K> = Api::namespaced(client.clone(), ns);
         let applied = api.patch(name, params, &Patch::Apply(object)).await?;
-        serde_json::to_value(applied).map_err(kube::Error::SerdeError)
+        dry_run_answer(params, &applied)
     })
+}
+
+/// The server's answer to an apply with `params`, kept only for a dry run (see [`ApplyFn`]).
+pub fn dry_run_answer<K: serde::Serialize>(
+    params: &PatchParams,
+    applied: &K,
+) -> kube::Result<Option<serde_json::Value>> {
+    if !params.dry_run {
+        return Ok(None);
+    }
+    serde_json::to_value(applied)
+        .map(Some)
+        .map_err(kube::Error::SerdeError)
 }
 
 fn get_kind<'a, K: Child>(
