@@ -232,7 +232,11 @@ impl Metrics {
         )
         .fetch_one(db)
         .await?;
+        // Depth and age together, before the next query's await: a scrape in between would
+        // otherwise show the new depth with the previous age (a waiting event 0 s old).
         self.queue_depth.set(depth);
+        self.queue_oldest_seconds
+            .set(oldest.unwrap_or(0.0).max(0.0));
         // Every replica shows the shared count, like the queue depth.
         let conflicts: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM (SELECT 1 FROM subscription_state \
@@ -242,8 +246,6 @@ impl Metrics {
         .fetch_one(db)
         .await?;
         self.billing_conflicts.set(conflicts);
-        self.queue_oldest_seconds
-            .set(oldest.unwrap_or(0.0).max(0.0));
         Ok(())
     }
 
