@@ -9,6 +9,8 @@ source "$here/lib.sh"
 run="${1:-}"
 [ -n "$run" ] && [ -d "$run" ] || die "usage: down.sh <run directory from up.sh>"
 
+# The node first: its kubelet would restart what is stopped under it.
+"$here/node-down.sh" "$run"
 if [ -f "$run/pids" ]; then
   # Reverse start order: clients before the servers they talk to.
   mapfile -t lines < <(tac "$run/pids")

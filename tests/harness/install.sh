@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs and builds, once, everything the tests and the demo run against:
 #   - Debian packages (Go, etcd, Postgres, openssl, ...)
-#   - kube-apiserver, kube-controller-manager and kubectl v1.20.2, built from Debian's
-#     `kubernetes` source package (no registry ships these binaries)
+#   - kube-apiserver, kube-controller-manager, kubectl, kubelet and kube-scheduler v1.20.2,
+#     built from Debian's `kubernetes` source package (no registry ships these binaries)
+#   - a node's runtime from Debian (containerd, runc, the CNI plugins) and its images, built
+#     here from Debian's files (node/images.py: pause, busybox httpd, pg_dump)
 #   - moto (AWS API emulator) in a virtualenv
 #   - helm-python-sdk (real Helm, for the chart checks) in a virtualenv
 #   - localstripe (a fake Stripe) and the official `stripe` Python SDK in a virtualenv
@@ -21,15 +23,17 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 apt_packages=(golang-go etcd-server etcd-client make rsync openssl curl
   golang-github-modern-go-reflect2-dev golang-github-json-iterator-go-dev
-  postgresql-15 python3-venv procps prometheus)
+  postgresql-15 python3-venv procps prometheus
+  containerd runc containernetworking-plugins busybox-static iproute2 gcc libc6-dev)
 
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
 
+k8s_binaries=(kube-apiserver kube-controller-manager kubectl kubelet kube-scheduler)
 need_source=0
-[ -x "$K8S_BIN/kube-apiserver" ] && [ -x "$K8S_BIN/kube-controller-manager" ] && [ -x "$K8S_BIN/kubectl" ] || need_source=1
+for what in "${k8s_binaries[@]}"; do [ -x "$K8S_BIN/$what" ] || need_source=1; done
 
 if [ "$need_source" = 1 ] && [ ! -f /etc/apt/sources.list.d/stackplane-src.sources ]; then
   # deb-src stanzas for the mirror this machine already uses.
@@ -79,7 +83,7 @@ if [ "$need_source" = 1 ]; then
     find "$fixed" -maxdepth 1 -name '*.go' ! -name '*_test.go' -exec cp {} "$src/vendor/$pkg/" \;
   done
   cd "$src"
-  for what in kube-apiserver kube-controller-manager kubectl; do
+  for what in "${k8s_binaries[@]}"; do
     if [ ! -x "$K8S_BIN/$what" ]; then
       log "building $what $K8S_VERSION (minutes, once)"
       CGO_ENABLED=0 make WHAT="cmd/$what" >"$build/make-$what.log" 2>&1 \
@@ -89,6 +93,15 @@ if [ "$need_source" = 1 ]; then
   done
   # The build tree is 1.5 GB; the binaries are all we keep.
   cd "$STACKPLANE_CACHE" && rm -rf "$build/src"
+fi
+
+# The node's images, rebuilt when their recipe changes.
+images_recipe="$(cat "$here/node/images.py" "$here/node/pause.c" | sha256sum | cut -d' ' -f1)"
+if [ "$(cat "$NODE_IMAGES/recipe" 2>/dev/null)" != "$images_recipe" ]; then
+  log "building the node's images into $NODE_IMAGES"
+  rm -rf "$NODE_IMAGES"
+  python3 "$here/node/images.py" "$NODE_IMAGES" >/dev/null || die "building the node's images failed"
+  echo "$images_recipe" >"$NODE_IMAGES/recipe"
 fi
 
 if [ ! -x "$MOTO_VENV/bin/moto_server" ]; then

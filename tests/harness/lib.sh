@@ -17,6 +17,8 @@ CARGO_FUZZ_ROOT="$STACKPLANE_CACHE/cargo-fuzz"
 # kept here so that only the first run pays for it.
 FUZZ_TARGET_DIR="$STACKPLANE_CACHE/fuzz-target"
 PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
+# The node's images (node/images.py), built on this machine and imported into containerd.
+NODE_IMAGES="$STACKPLANE_CACHE/node-images"
 # Debian's `prometheus` package (2.42 in bookworm): the server the metric-name test scrapes the
 # real binaries with, and promtool, which checks and unit-tests the chart's alert rules.
 # Exported to the tests by up.sh (STACKPLANE_PROMETHEUS, STACKPLANE_PROMTOOL).
@@ -43,7 +45,8 @@ components_for_this_shell() {
   trap "[ -z \"\$STACKPLANE_RUN\" ] || \"$harness/down.sh\" \"\$STACKPLANE_RUN\"" EXIT
   trap 'exit 130' INT
   trap 'exit 143' TERM
-  STACKPLANE_RUN="$(STACKPLANE_OWNER_PID=$$ "$harness/up.sh")"
+  # make test and make demo run a real node unless told not to (STACKPLANE_NODE=0).
+  STACKPLANE_RUN="$(STACKPLANE_NODE="${STACKPLANE_NODE:-1}" STACKPLANE_OWNER_PID=$$ "$harness/up.sh")"
   # shellcheck disable=SC1091
   source "$STACKPLANE_RUN/env.sh"
 }

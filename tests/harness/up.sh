@@ -4,7 +4,9 @@
 # a throwaway Postgres cluster, moto and localstripe (a fake Stripe). Prints the run directory, which holds:
 #   env.sh      exports KUBECONFIG, DATABASE_URL, AWS_ENDPOINT_URL, AWS_*, STACKPLANE_LOCALSTRIPE_URL,
 #               STACKPLANE_STRIPE_PYTHON, and STACKPLANE_PROMETHEUS / STACKPLANE_PROMTOOL
-#               (Debian's prometheus package) for the tests
+#               (Debian's prometheus package) for the tests; with STACKPLANE_NODE=1 also
+#               STACKPLANE_NODE_KUBECONFIG (a second cluster with one real node: node.sh) and
+#               STACKPLANE_NODE_DATABASE_HOST (the address pods reach this Postgres at)
 #   pids        one "name pid" line per process started, for down.sh
 #   logs/       each component's log
 # Run install.sh first. Stop everything with: tests/harness/down.sh <run directory>
@@ -12,6 +14,9 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=lib.sh
 source "$here/lib.sh"
+# shellcheck source=node.sh
+source "$here/node.sh"
+STACKPLANE_NODE="${STACKPLANE_NODE:-0}"
 
 for bin in kube-apiserver kube-controller-manager kubectl; do
   [ -x "$K8S_BIN/$bin" ] || die "$K8S_BIN/$bin is missing: run tests/harness/install.sh"
@@ -22,6 +27,19 @@ command -v etcd >/dev/null || die "etcd is missing: run tests/harness/install.sh
 [ -x "$HELM_VENV/bin/python" ] || die "helm-python-sdk is missing: run tests/harness/install.sh"
 [ -x "$STRIPE_VENV/bin/python" ] || die "localstripe is missing: run tests/harness/install.sh"
 [ -x "$SCHEMATHESIS_VENV/bin/schemathesis" ] || die "schemathesis is missing: run tests/harness/install.sh"
+if [ "$STACKPLANE_NODE" = 1 ]; then
+  for bin in kubelet kube-scheduler; do
+    [ -x "$K8S_BIN/$bin" ] || die "$K8S_BIN/$bin is missing: run tests/harness/install.sh"
+  done
+  for bin in containerd ctr runc ip; do
+    command -v "$bin" >/dev/null || die "$bin is missing: run tests/harness/install.sh"
+  done
+  [ -x /usr/lib/cni/bridge ] || die "the bridge CNI plugin is missing: run tests/harness/install.sh"
+  for image in pause httpd pgdump; do
+    [ -f "$NODE_IMAGES/$image.tar" ] || die "$NODE_IMAGES/$image.tar is missing: run tests/harness/install.sh"
+  done
+  [ "$(id -u)" -eq 0 ] || die "a real node (STACKPLANE_NODE=1) needs root: containerd and the kubelet"
+fi
 
 # Runs left behind by a killed shell (SIGKILL skips traps): stop them before starting anew.
 mkdir -p "$STACKPLANE_CACHE/runs"
@@ -135,6 +153,12 @@ record kube-controller-manager $!
 
 # --- Postgres -------------------------------------------------------------------------------
 pg_port="$(free_port)"
+pg_listen=127.0.0.1
+if [ "$STACKPLANE_NODE" = 1 ]; then
+  # The node's pods reach Postgres on their bridge's gateway (the dump Job's pg_dump does).
+  node_network
+  pg_listen="127.0.0.1,$node_gateway"
+fi
 as_pg=()
 if [ "$(id -u)" -eq 0 ]; then
   id postgres >/dev/null 2>&1 || die "postgres refuses to run as root and there is no 'postgres' user"
@@ -143,8 +167,11 @@ if [ "$(id -u)" -eq 0 ]; then
 fi
 "${as_pg[@]}" "$PG_BIN/initdb" -D "$run/pg/data" -U postgres --auth=trust -E UTF8 >"$run/logs/initdb.log" 2>&1 \
   || { tail -n 20 "$run/logs/initdb.log" >&2; die "initdb failed"; }
+if [ "$STACKPLANE_NODE" = 1 ]; then
+  echo "host all all $node_subnet trust" >>"$run/pg/data/pg_hba.conf"
+fi
 "${as_pg[@]}" "$PG_BIN/pg_ctl" -D "$run/pg/data" -l "$run/pg/postgres.log" -w -t 60 \
-  -o "-p $pg_port -k $run/pg -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300" start \
+  -o "-p $pg_port -k $run/pg -c listen_addresses=$pg_listen -c fsync=off -c max_connections=300" start \
   >"$run/logs/pg_ctl.log" 2>&1 || { tail -n 20 "$run/pg/postgres.log" >&2; die "postgres did not start"; }
 record postgres "$(head -n 1 "$run/pg/data/postmaster.pid")"
 
@@ -163,6 +190,10 @@ setsid "$STRIPE_VENV/bin/python" "$here/localstripe_server.py" --port "$stripe_p
 record localstripe $!
 wait_for localstripe 60 curl -fsS -H "Authorization: Bearer sk_test_harness" "http://127.0.0.1:$stripe_port/v1/customers"
 
+if [ "$STACKPLANE_NODE" = 1 ]; then
+  start_node
+fi
+
 cat >"$run/env.sh" <<ENV
 export STACKPLANE_RUN="$run"
 export KUBECONFIG="$run/kubeconfig"
@@ -180,6 +211,12 @@ export STACKPLANE_SCHEMATHESIS="$SCHEMATHESIS_VENV/bin/schemathesis"
 export STACKPLANE_PROMETHEUS="$PROMETHEUS"
 export STACKPLANE_PROMTOOL="$PROMTOOL"
 ENV
-log "components up in $run (kube-apiserver :$api_port, postgres :$pg_port, moto :$moto_port, localstripe :$stripe_port)"
+if [ "$STACKPLANE_NODE" = 1 ]; then
+  cat >>"$run/env.sh" <<ENV
+export STACKPLANE_NODE_KUBECONFIG="$run/node.kubeconfig"
+export STACKPLANE_NODE_DATABASE_HOST="$node_gateway"
+ENV
+fi
+log "components up in $run (kube-apiserver :$api_port, postgres :$pg_port, moto :$moto_port, localstripe :$stripe_port${node_api_port:+, node cluster :$node_api_port with node $NODE_NAME on $node_subnet})"
 trap - EXIT
 echo "$run"
