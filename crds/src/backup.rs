@@ -112,6 +112,10 @@ pub struct BackupPart {
     /// Why the part failed or is unsupported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Bytes the part holds, when known: a database dump's size, as its Job reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub size_bytes: Option<i64>,
 }
 
 /// What the backup reconciler observed.
@@ -188,6 +192,7 @@ mod tests {
             source: None,
             state,
             message: None,
+            size_bytes: None,
         }
     }
 

@@ -14,13 +14,13 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::ResourceExt;
 use kube::{Client, Resource};
 use serde_json::json;
 use stackplane_crds::naming::{label_value, suffixed_name};
-use stackplane_crds::{BackupPart, BackupPartKind, TenantBackup};
+use stackplane_crds::{BackupPart, BackupPartKind, BackupPartState, TenantBackup};
 
 use super::error::Result;
 use super::parts;
@@ -94,6 +94,17 @@ mkdir -p "$DUMP_DIR""#
     )
 }
 
+/// What the dump Job runs after the configured command: the bytes of the backup's dump
+/// directory into the container's termination message, which the backup's part records
+/// ([`parts::dump_size`]). A runtime that gives no termination log loses only the size.
+pub fn size_report() -> String {
+    format!(
+        r#"dump_bytes=$(cat "$DUMP_DIR"/* 2>/dev/null | wc -c)
+echo "{}$dump_bytes" >/dev/termination-log || true"#,
+        parts::DUMP_BYTES_KEY
+    )
+}
+
 /// The dump Job of `backup` (pure: no network). `keep`: the tenant's backups whose dumps stay
 /// on the claim (this one included or not: it is kept either way).
 pub fn job(
@@ -108,7 +119,12 @@ pub fn job(
     kept.push(dump_dir(&name));
     kept.sort();
     kept.dedup();
-    let script = format!("set -e\n{}\n{}", sweep_script(), config.command);
+    let script = format!(
+        "set -e\n{}\n{}\n{}",
+        sweep_script(),
+        config.command,
+        size_report()
+    );
     let owner = backup.controller_owner_ref(&());
     let body = json!({
         "apiVersion": "batch/v1",
@@ -172,7 +188,11 @@ pub async fn dump(
     let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
     let name = job_name(&backup.name_any());
     if let Some(existing) = jobs.get_opt(&name).await? {
-        return Ok(parts::database_part(&existing));
+        let mut part = parts::database_part(&existing);
+        if part.state == BackupPartState::Completed {
+            part.size_bytes = reported_size(client, namespace, &name).await?;
+        }
+        return Ok(part);
     }
     let keep = live_backups(client, &backup.spec.tenant).await?;
     let desired = job(backup, namespace, labels, config, &keep)?;
@@ -205,6 +225,15 @@ pub async fn dump(
         }
         Err(e) => refused(e, format!("dump Job {name}")),
     }
+}
+
+/// The size the dump Job's pod reported (the Job controller labels its pods `job-name`).
+async fn reported_size(client: &Client, namespace: &str, job: &str) -> Result<Option<i64>> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let list = pods
+        .list(&kube::api::ListParams::default().labels(&format!("job-name={job}")))
+        .await?;
+    Ok(parts::dump_size(&list.items))
 }
 
 /// Names of the tenant's backups that exist and are not being deleted (restores make no dump,
@@ -275,7 +304,8 @@ mod tests {
         let c = &pod.containers[0];
         assert_eq!(c.image.as_deref(), Some("example/dump:1"));
         let script = &c.command.as_ref().expect("cmd")[2];
-        assert!(script.ends_with("\necho dump"), "{script}");
+        assert!(script.contains("\necho dump\n"), "{script}");
+        assert!(script.ends_with(&size_report()), "{script}");
         let env = |k: &str| {
             c.env
                 .iter()

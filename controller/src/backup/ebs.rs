@@ -56,6 +56,7 @@ pub fn unsupported(source: Option<&str>) -> Option<BackupPart> {
         source: Some(source.to_owned()),
         state: BackupPartState::Unsupported,
         message: Some(NO_CLOUD.to_owned()),
+        size_bytes: None,
     })
 }
 

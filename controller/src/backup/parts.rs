@@ -3,6 +3,7 @@
 //! clock: the reconciler passes `now` in.
 
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use stackplane_crds::{BackupPart, BackupPartKind, BackupPartState};
 
@@ -40,6 +41,7 @@ pub fn ebs_snapshot_part(volume: &str, snapshot: &Ec2Object) -> BackupPart {
         source: Some(volume.to_owned()),
         state,
         message,
+        size_bytes: None,
     }
 }
 
@@ -61,6 +63,7 @@ pub fn ebs_restore_part(snapshot: &str, volume: &Ec2Object) -> BackupPart {
         source: Some(snapshot.to_owned()),
         state,
         message,
+        size_bytes: None,
     }
 }
 
@@ -89,6 +92,7 @@ pub fn volume_snapshot_part(
         source: Some(claim.to_owned()),
         state,
         message,
+        size_bytes: None,
     }
 }
 
@@ -102,6 +106,7 @@ pub fn volume_snapshot_unsupported(claim: &str, group: &str) -> BackupPart {
         message: Some(format!(
             "volume snapshots are unsupported on this cluster: the API server serves no {group} (v1 or v1beta1) VolumeSnapshot"
         )),
+        size_bytes: None,
     }
 }
 
@@ -121,6 +126,7 @@ pub fn restored_claim_part(snapshot: &str, claim: &str, phase: Option<&str>) -> 
         source: Some(snapshot.to_owned()),
         state,
         message,
+        size_bytes: None,
     }
 }
 
@@ -157,7 +163,31 @@ pub fn database_part(job: &Job) -> BackupPart {
         source: None,
         state,
         message,
+        size_bytes: None,
     }
+}
+
+/// What the dump Job's script writes to its termination message after the dump: the bytes of
+/// the backup's dump directory (see `database::SIZE_REPORT`).
+pub const DUMP_BYTES_KEY: &str = "dumpBytes=";
+
+/// The dump's size from the dump Job's pods: the termination message of a `dump` container
+/// that exited 0 (`dumpBytes=<n>`). `None` when no pod reported one (pods removed, or a
+/// configured command whose image cannot write the message).
+pub fn dump_size(pods: &[Pod]) -> Option<i64> {
+    pods.iter()
+        .filter_map(|p| p.status.as_ref()?.container_statuses.as_ref())
+        .flatten()
+        .filter(|c| c.name == "dump")
+        .filter_map(|c| c.state.as_ref()?.terminated.as_ref())
+        .filter(|t| t.exit_code == 0)
+        .filter_map(|t| t.message.as_deref())
+        .find_map(|m| {
+            m.lines()
+                .find_map(|l| l.trim().strip_prefix(DUMP_BYTES_KEY))
+                .and_then(|n| n.trim().parse::<i64>().ok())
+                .filter(|n| *n >= 0)
+        })
 }
 
 /// A part that failed before anything was made (the call to make it was refused).
@@ -168,6 +198,7 @@ pub fn failed_part(kind: BackupPartKind, source: Option<&str>, message: String) 
         source: source.map(str::to_owned),
         state: BackupPartState::Failed,
         message: Some(message),
+        size_bytes: None,
     }
 }
 
@@ -352,5 +383,37 @@ mod tests {
         assert!(!is_expired(Some(exp), done));
         assert!(is_expired(Some(exp), exp));
         assert!(!is_expired(None, exp));
+    }
+
+    fn pod(name: &str, exit_code: i32, message: Option<&str>) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": { "name": "x" },
+            "status": { "containerStatuses": [{
+                "name": name, "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+                "state": { "terminated": { "exitCode": exit_code, "message": message } },
+            }]},
+        }))
+        .expect("a Pod")
+    }
+
+    #[test]
+    fn the_dump_size_comes_from_a_successful_dump_container_only() {
+        assert_eq!(
+            dump_size(&[pod("dump", 0, Some("dumpBytes=1083\n"))]),
+            Some(1083)
+        );
+        assert_eq!(
+            dump_size(&[
+                pod("dump", 1, Some("dumpBytes=9")),
+                pod("dump", 0, Some("dumpBytes=7"))
+            ]),
+            Some(7),
+            "a failed attempt's pod does not count"
+        );
+        assert_eq!(dump_size(&[pod("other", 0, Some("dumpBytes=5"))]), None);
+        assert_eq!(dump_size(&[pod("dump", 0, Some("dumpBytes=-1"))]), None);
+        assert_eq!(dump_size(&[pod("dump", 0, Some("done"))]), None);
+        assert_eq!(dump_size(&[pod("dump", 0, None)]), None);
+        assert_eq!(dump_size(&[]), None);
     }
 }

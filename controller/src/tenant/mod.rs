@@ -455,9 +455,10 @@ async fn status_step(
         .await?
         .items;
     let components = status::component_status(&plan.components, &observed);
-    let mut phase = status::phase(tenant, &components, Some(previous));
+    let stalled = status::stalled(&plan.components, &observed);
+    let mut phase = status::phase(tenant, &components, &stalled, Some(previous));
     let mut wants = vec![
-        status::ready_condition(phase, &components),
+        status::ready_condition(phase, &components, &stalled),
         Want::new(SYNCED, true, "Applied", "every object is applied"),
         Want::new(PAUSED, false, "NotPaused", "spec.paused is false"),
         status::payment_overdue_condition(tenant),

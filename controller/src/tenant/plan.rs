@@ -8,10 +8,10 @@ use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy}
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvFromSource, EnvVar, LimitRange, LimitRangeItem,
     LimitRangeSpec, Namespace, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, ResourceQuota,
-    ResourceQuotaSpec, ResourceRequirements, SeccompProfile, SecretEnvSource, SecurityContext,
-    Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
-    VolumeResourceRequirements,
+    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceQuota, ResourceQuotaSpec, ResourceRequirements, SeccompProfile, SecretEnvSource,
+    SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, TCPSocketAction, Volume,
+    VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
@@ -24,6 +24,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use stackplane_crds::labels::{tenant_labels, COMPONENT, TENANT};
 use stackplane_crds::naming::namespace_name;
+use stackplane_crds::rollout::RolloutPolicy;
 use stackplane_crds::{Component, Platform, Tenant, Tier};
 
 /// Name of the tenant's ServiceAccount (and of its Role and RoleBinding).
@@ -38,6 +39,10 @@ pub const INGRESS: &str = "web";
 pub const TLS_SECRET: &str = "web-tls";
 /// Where a component's volume is mounted.
 pub const DATA_MOUNT: &str = "/data";
+/// Seconds between readiness probes of a component's port, and the failures in a row that
+/// take a ready pod out of its Service.
+const READINESS_PERIOD_SECS: i32 = 2;
+const READINESS_FAILURES: i32 = 3;
 /// Pod Security Standard enforced in every tenant namespace.
 pub const POD_SECURITY_LEVEL: &str = "restricted";
 
@@ -281,6 +286,7 @@ pub fn plan(tenant: &Tenant, platform: &Platform, tier: &Tier, options: &PlanOpt
             tier,
             n,
             selector.clone(),
+            progress_deadline(platform),
         )));
         objects.push(Desired::Service(Service {
             metadata: cmeta,
@@ -426,12 +432,25 @@ fn network_policies(
     ]
 }
 
+/// Seconds a component's Deployment may take to make progress before Kubernetes marks it
+/// `ProgressDeadlineExceeded` (and the tenant turns `Degraded`): the Platform's rollout
+/// `progressDeadline`, the time a tenant has to become healthy (600 s, Kubernetes's own
+/// default, without a rollout policy).
+fn progress_deadline(platform: &Platform) -> i32 {
+    let secs = platform.spec.rollout.as_ref().map_or_else(
+        || RolloutPolicy::default().progress_deadline,
+        |r| r.progress_deadline,
+    );
+    i32::try_from(secs).unwrap_or(i32::MAX)
+}
+
 fn deployment(
     metadata: ObjectMeta,
     c: &Component,
     tier: &Tier,
     replicas: i32,
     selector: BTreeMap<String, String>,
+    progress_deadline_secs: i32,
 ) -> Deployment {
     let resources = tier
         .component_overrides
@@ -488,6 +507,16 @@ fn deployment(
             ..ResourceRequirements::default()
         }),
         volume_mounts: mounts,
+        // A pod counts as ready (and gets traffic) only once its port accepts connections.
+        readiness_probe: Some(Probe {
+            tcp_socket: Some(TCPSocketAction {
+                port: IntOrString::String("http".to_owned()),
+                ..TCPSocketAction::default()
+            }),
+            period_seconds: Some(READINESS_PERIOD_SECS),
+            failure_threshold: Some(READINESS_FAILURES),
+            ..Probe::default()
+        }),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             run_as_non_root: Some(true),
@@ -505,6 +534,7 @@ fn deployment(
         metadata,
         spec: Some(DeploymentSpec {
             replicas: Some(replicas),
+            progress_deadline_seconds: Some(progress_deadline_secs),
             selector: LabelSelector {
                 match_labels: Some(selector),
                 ..LabelSelector::default()

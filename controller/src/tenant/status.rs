@@ -130,6 +130,49 @@ pub fn rolled_out(planned: &[PlannedComponent], deployments: &[Deployment]) -> b
     })
 }
 
+/// A component whose Deployment stopped making progress: Kubernetes marked it
+/// `Progressing=False ProgressDeadlineExceeded` because its pods did not become ready (a
+/// failing readiness probe, an image that cannot run) within the deadline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stalled {
+    pub name: String,
+    /// The Deployment controller's explanation.
+    pub message: String,
+}
+
+/// The planned components whose Deployment reports `ProgressDeadlineExceeded` for its current
+/// generation (a condition left from an older spec does not count: the new one may progress).
+pub fn stalled(planned: &[PlannedComponent], deployments: &[Deployment]) -> Vec<Stalled> {
+    planned
+        .iter()
+        .filter(|c| c.replicas > 0)
+        .filter_map(|c| {
+            let d = deployments
+                .iter()
+                .find(|d| d.metadata.name.as_deref() == Some(&c.name))?;
+            let status = d.status.as_ref()?;
+            if status
+                .observed_generation
+                .is_some_and(|g| Some(g) < d.metadata.generation)
+            {
+                return None;
+            }
+            let condition = status.conditions.iter().flatten().find(|k| {
+                k.type_ == "Progressing"
+                    && k.status == "False"
+                    && k.reason.as_deref() == Some("ProgressDeadlineExceeded")
+            })?;
+            Some(Stalled {
+                name: c.name.clone(),
+                message: condition
+                    .message
+                    .clone()
+                    .unwrap_or_else(|| "progress deadline exceeded".to_owned()),
+            })
+        })
+        .collect()
+}
+
 /// Whether every component has all its replicas ready.
 pub fn all_ready(components: &[ComponentStatus]) -> bool {
     components.iter().all(|c| c.ready_replicas >= c.replicas)
@@ -139,6 +182,7 @@ pub fn all_ready(components: &[ComponentStatus]) -> bool {
 pub fn phase(
     tenant: &Tenant,
     components: &[ComponentStatus],
+    stalled: &[Stalled],
     previous: Option<&TenantStatus>,
 ) -> TenantPhase {
     if tenant.spec.cancelled_at.is_some() {
@@ -147,7 +191,8 @@ pub fn phase(
         TenantPhase::Suspended
     } else if all_ready(components) {
         TenantPhase::Ready
-    } else if previous.and_then(|s| s.ready_since.as_ref()).is_some()
+    } else if !stalled.is_empty()
+        || previous.and_then(|s| s.ready_since.as_ref()).is_some()
         || previous.and_then(|s| s.phase) == Some(TenantPhase::Degraded)
     {
         TenantPhase::Degraded
@@ -157,7 +202,11 @@ pub fn phase(
 }
 
 /// The Ready condition matching `phase`.
-pub fn ready_condition(phase: TenantPhase, components: &[ComponentStatus]) -> Want {
+pub fn ready_condition(
+    phase: TenantPhase,
+    components: &[ComponentStatus],
+    stalled: &[Stalled],
+) -> Want {
     let waiting: Vec<String> = components
         .iter()
         .filter(|c| c.ready_replicas < c.replicas)
@@ -179,6 +228,25 @@ pub fn ready_condition(phase: TenantPhase, components: &[ComponentStatus]) -> Wa
             "Cancelled",
             "the subscription ended; workloads are scaled to zero",
         ),
+        _ if !stalled.is_empty() => {
+            let named: Vec<String> = stalled
+                .iter()
+                .map(|s| {
+                    let counts = components
+                        .iter()
+                        .find(|c| c.name == s.name)
+                        .map(|c| format!(" ({}/{})", c.ready_replicas, c.replicas))
+                        .unwrap_or_default();
+                    format!("{}{counts}: {}", s.name, s.message)
+                })
+                .collect();
+            Want::new(
+                READY,
+                false,
+                "ComponentsStalled",
+                format!("no progress within the deadline: {}", named.join("; ")),
+            )
+        }
         _ => Want::new(
             READY,
             false,
@@ -489,7 +557,82 @@ mod tests {
             ready_replicas: 1,
             replicas: 1,
         }];
-        assert_eq!(phase(&t, &components, None), TenantPhase::Ready);
+        assert_eq!(phase(&t, &components, &[], None), TenantPhase::Ready);
         assert!(!super::super::plan::scaled_down(&t));
+    }
+
+    fn deployment(name: &str, generation: i64, observed: i64, reason: &str) -> Deployment {
+        serde_json::from_value(json!({
+            "metadata": { "name": name, "generation": generation },
+            "status": {
+                "observedGeneration": observed,
+                "conditions": [{
+                    "type": "Progressing", "status": if reason == "NewReplicaSetAvailable" { "True" } else { "False" },
+                    "reason": reason, "message": format!("ReplicaSet \"{name}-1\" has timed out progressing."),
+                }],
+            },
+        }))
+        .expect("a Deployment")
+    }
+
+    #[test]
+    fn a_stalled_component_makes_a_never_ready_tenant_degraded_and_is_named() {
+        let planned = [
+            PlannedComponent {
+                name: "api".into(),
+                replicas: 1,
+            },
+            PlannedComponent {
+                name: "web".into(),
+                replicas: 1,
+            },
+        ];
+        let deployments = [
+            deployment("api", 1, 1, "NewReplicaSetAvailable"),
+            deployment("web", 2, 2, "ProgressDeadlineExceeded"),
+        ];
+        let found = stalled(&planned, &deployments);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].name, "web");
+        let components = [
+            ComponentStatus {
+                name: "api".into(),
+                ready_replicas: 1,
+                replicas: 1,
+            },
+            ComponentStatus {
+                name: "web".into(),
+                ready_replicas: 0,
+                replicas: 1,
+            },
+        ];
+        let t = with_subscription(Some(SubscriptionStatus::Active), None);
+        assert_eq!(phase(&t, &components, &[], None), TenantPhase::Provisioning);
+        let degraded = phase(&t, &components, &found, None);
+        assert_eq!(degraded, TenantPhase::Degraded);
+        let want = ready_condition(degraded, &components, &found);
+        assert_eq!(want.reason, "ComponentsStalled");
+        assert!(
+            want.message.contains("web (0/1): ReplicaSet"),
+            "{}",
+            want.message
+        );
+        assert!(!want.message.contains("api"), "{}", want.message);
+    }
+
+    #[test]
+    fn a_deadline_of_an_older_generation_or_a_scaled_down_component_is_not_a_stall() {
+        let planned = [PlannedComponent {
+            name: "web".into(),
+            replicas: 1,
+        }];
+        let older = [deployment("web", 3, 2, "ProgressDeadlineExceeded")];
+        assert!(stalled(&planned, &older).is_empty());
+        let idle = [PlannedComponent {
+            name: "web".into(),
+            replicas: 0,
+        }];
+        let current = [deployment("web", 2, 2, "ProgressDeadlineExceeded")];
+        assert!(stalled(&idle, &current).is_empty());
     }
 }
