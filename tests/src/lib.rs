@@ -47,6 +47,36 @@ pub async fn kube_client() -> Client {
     client
 }
 
+/// A client of the harness's node cluster (`STACKPLANE_NODE_KUBECONFIG`): a second API server
+/// with one real node (kubelet, containerd, scheduler, the workload controllers), where pods
+/// run and probes decide readiness. `make test` starts it (`STACKPLANE_NODE=1`).
+pub async fn node_kube_client() -> Client {
+    let path = required_env("STACKPLANE_NODE_KUBECONFIG");
+    let kubeconfig = kube::config::Kubeconfig::read_from(&path)
+        .unwrap_or_else(|e| panic!("cannot read STACKPLANE_NODE_KUBECONFIG={path}: {e}"));
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap_or_else(|e| panic!("bad STACKPLANE_NODE_KUBECONFIG={path}: {e}"));
+    let client = Client::try_from(config)
+        .unwrap_or_else(|e| panic!("cannot build a client from {path}: {e}"));
+    if let Err(e) = client.apiserver_version().await {
+        panic!("the node cluster's kube-apiserver ({path}) does not answer: {e}; {HOW_TO_RUN}");
+    }
+    client
+}
+
+/// The address pods of the node cluster reach the harness's Postgres at, and its port:
+/// `DATABASE_URL` with the node's gateway (`STACKPLANE_NODE_DATABASE_HOST`) as host.
+pub fn node_database_url(database: &str) -> String {
+    let host = required_env("STACKPLANE_NODE_DATABASE_HOST");
+    let url = required_env("DATABASE_URL");
+    let port = url
+        .rsplit_once(':')
+        .and_then(|(_, rest)| rest.split('/').next())
+        .unwrap_or_else(|| panic!("no port in DATABASE_URL={url}"));
+    format!("postgres://postgres@{host}:{port}/{database}")
+}
+
 /// Installs (server-side apply) every stackplane CRD and waits until each is Established.
 pub async fn install_crds(client: &Client) {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());

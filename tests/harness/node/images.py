@@ -114,7 +114,9 @@ def httpd_layer(_workdir):
     layer = Layer()
     base(layer)
     layer.data("www/index.html", b"stackplane component: served by busybox httpd on a real node\n")
-    cmd = 'exec /bin/busybox httpd -f -v -p "${PORT:-8080}" -h /www'
+    # The shell stays PID 1 and exits on TERM: httpd as PID 1 would ignore it, and every pod
+    # deletion would wait out its grace period.
+    cmd = 'trap "exit 0" TERM INT; /bin/busybox httpd -f -v -p "${PORT:-8080}" -h /www & wait'
     return layer, {"Entrypoint": ["/bin/sh", "-c", cmd], "User": NOBODY}
 
 
