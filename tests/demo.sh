@@ -8,10 +8,11 @@
 #   4. a sample customer subscribes to stackpro-business's dedicated "business" tier in Stripe
 #      (localstripe, driven by the official stripe SDK), which sends its signed events to the api;
 #      the api reads the customer's subscriptions back from that Stripe, its source of truth;
-#   5. waits until the tenant is Ready, reporting its workloads available as kubelets would
-#      (the local control plane has no nodes);
-#   6. shows the tenant's status from the API, `kubectl get tenants`, and the tenant's EC2
-#      instance and DNS record in moto.
+#   5. waits until the tenant is Ready: on the harness's real node (the default), the tenant's
+#      pods run from images built on this machine and their readiness probes decide; with
+#      STACKPLANE_NODE=0 there is no node and the demo reports the workloads available itself;
+#   6. shows the tenant's status from the API, `kubectl get tenants`, its pods Running and an
+#      HTTP answer from each component, and the tenant's EC2 instance and DNS record in moto.
 # Then it keeps everything running until Ctrl-C, which stops every process it started.
 # DEMO_EXIT=1 exits right after showing (CI); the exit status is 1 if any step failed.
 # DEMO_READY_TIMEOUT (seconds, default 180) bounds the wait for Ready.
@@ -20,6 +21,12 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=harness/lib.sh
 source "$root/tests/harness/lib.sh"
 components_for_this_shell
+real_node=""
+if [ -n "${STACKPLANE_NODE_KUBECONFIG:-}" ]; then
+  # The node cluster: everything below (CRDs, api, controller, kubectl) runs against it.
+  real_node=1
+  export KUBECONFIG="$STACKPLANE_NODE_KUBECONFIG"
+fi
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 failures=()
@@ -51,6 +58,19 @@ kubectl patch platform stackpro-business --type json --field-manager=stackplane-
   {\"op\":\"replace\",\"path\":\"/spec/tiers/1/dedicatedInstance/imageId\",\"value\":\"$ami\"},
   {\"op\":\"replace\",\"path\":\"/spec/tiers/2/dedicatedInstance/imageId\",\"value\":\"$ami\"}]" >/dev/null
 echo "AMI in moto: $ami (set as every stackpro-business tier's imageId)"
+if [ -n "$real_node" ]; then
+  # The example's images stand for the platform's own; the node runs busybox httpd, built on
+  # this machine, in their place, answering on each component's port.
+  patch="$(kubectl get platform stackpro-business -o json | python3 -c '
+import json, sys
+ops = []
+for i, c in enumerate(json.load(sys.stdin)["spec"]["components"]):
+    ops.append({"op": "replace", "path": f"/spec/components/{i}/image", "value": "stackplane.local/httpd:1"})
+    ops.append({"op": "add", "path": f"/spec/components/{i}/env/-", "value": {"name": "PORT", "value": str(c["port"])}})
+print(json.dumps(ops))')"
+  kubectl patch platform stackpro-business --type json --field-manager=stackplane-demo -p "$patch" >/dev/null
+  echo "components' image on the node: stackplane.local/httpd:1 (busybox httpd on each component's port)"
+fi
 kubectl get platforms
 
 # Secrets for this run only; nothing is a default.
@@ -73,6 +93,7 @@ STACKPLANE_LISTEN="127.0.0.1:$api_port" STACKPLANE_INTERNAL_LISTEN="127.0.0.1:$a
 # down.sh stops what the pids file lists, newest first: these two before the components.
 echo "stackplane-api $!" >>"$STACKPLANE_RUN/pids"
 POD_NAMESPACE=default POD_NAME=demo-controller RUST_LOG="${RUST_LOG:-info}" \
+  STACKPLANE_BACKUP_DUMP_IMAGE=stackplane.local/pgdump:15 \
   "$target/stackplane-controller" --metrics-listen "127.0.0.1:$metrics_port" \
   >"$STACKPLANE_RUN/logs/stackplane-controller.log" 2>&1 </dev/null &
 echo "stackplane-controller $!" >>"$STACKPLANE_RUN/pids"
@@ -102,13 +123,43 @@ price=price_1StackproBusinessMonthly
 FIELD=prices stripe_driver setup "$price" >/dev/null
 FIELD=webhook stripe_driver webhook "$api/webhooks/stripe" "$webhook_secret" >/dev/null
 customer="$(FIELD=customer stripe_driver customer owner@demo-bakery.example)"
+tenant="$("$demo" tenant-name --platform stackpro-business --customer "$customer")"
+namespace="$("$demo" namespace-name --tenant "$tenant")"
+if [ -n "$real_node" ]; then
+  # Each component keeps its data on a volume: here a directory of the node's disk per claim,
+  # bound to the tenant's claim in advance, as a static provisioner would.
+  for claim in $(kubectl get platform stackpro-business -o jsonpath='{.spec.components[?(@.storage)].name}'); do
+    dir="$STACKPLANE_RUN/volumes/$claim"
+    mkdir -p "$dir" && chmod 777 "$dir"
+    kubectl apply -f - >/dev/null <<PV
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: demo-$claim}
+spec:
+  capacity: {storage: 10Gi}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Retain
+  hostPath: {path: "$dir", type: Directory}
+  claimRef: {namespace: "$namespace", name: "$claim"}
+PV
+  done
+  echo "volumes for $namespace's claims: $STACKPLANE_RUN/volumes/"
+fi
+paid_at=$SECONDS
 subscription="$(FIELD=subscription stripe_driver subscribe "$customer" "$price")"
 echo "customer $customer, subscription $subscription (Stripe sends its signed events to $api/webhooks/stripe)"
-tenant="$("$demo" tenant-name --platform stackpro-business --customer "$customer")"
 echo "tenant: $tenant"
 
-say "waiting until $tenant is Ready (workloads reported available as kubelets would)"
-if ! "$demo" ready --tenant "$tenant" --timeout-secs "${DEMO_READY_TIMEOUT:-180}"; then
+if [ -n "$real_node" ]; then
+  say "waiting until $tenant is Ready (its pods run on the node; readiness probes decide)"
+  ready_args=(--real-node)
+else
+  say "waiting until $tenant is Ready (no node: workloads reported available as kubelets would)"
+  ready_args=()
+fi
+if "$demo" ready --tenant "$tenant" --timeout-secs "${DEMO_READY_TIMEOUT:-180}" "${ready_args[@]}"; then
+  echo "payment to Ready and BillingSynced: $((SECONDS - paid_at)) s"
+else
   fail "the tenant did not become Ready (controller log: $STACKPLANE_RUN/logs/stackplane-controller.log)"
 fi
 
@@ -136,6 +187,23 @@ fi
 say "kubectl get tenants"
 kubectl get tenants -o wide
 
+if [ -n "$real_node" ]; then
+  say "kubectl get pods -n $namespace (on the node stackplane-node)"
+  kubectl get pods -n "$namespace" -o wide
+  say "an HTTP answer from each component's pod"
+  pods="$(kubectl get pods -n "$namespace" -o jsonpath='{range .items[*]}{.metadata.labels.stackplane\.io/component} {.status.phase} {.status.podIP} {.spec.containers[0].ports[0].containerPort}{"\n"}{end}')"
+  [ -n "$pods" ] || fail "no pods in $namespace"
+  while read -r component phase ip port; do
+    [ -n "$component" ] || continue
+    [ "$phase" = Running ] || fail "$component's pod is $phase, not Running"
+    if answer="$(curl -fsS -m 5 "http://$ip:$port/")"; then
+      echo "$component  http://$ip:$port/  ->  $answer"
+    else
+      fail "$component's pod did not answer on http://$ip:$port/"
+    fi
+  done <<<"$pods"
+fi
+
 say "kubectl stackplane status $tenant (the plugin: cargo install --path cli)"
 if ! "$target/kubectl-stackplane" status "$tenant"; then
   fail "kubectl stackplane status failed"
@@ -157,7 +225,8 @@ if [ "${#failures[@]}" -gt 0 ]; then
   printf '\033[1mdemo: %d step(s) failed:\033[0m\n' "${#failures[@]}"
   printf '  - %s\n' "${failures[@]}"
 else
-  printf '\033[1mdemo: a paying customer'"'"'s tenant is Ready, with its instance and DNS record.\033[0m\n'
+  printf '\033[1mdemo: a paying customer'"'"'s tenant is Ready, with its instance and DNS record%s.\033[0m\n' \
+    "${real_node:+, its pods running and answering}"
 fi
 if [ -n "${DEMO_EXIT:-}" ]; then
   [ "${#failures[@]}" -eq 0 ]

@@ -30,14 +30,22 @@ enum Cmd {
         #[arg(long)]
         customer: String,
     },
+    /// Prints the name of a tenant's namespace.
+    NamespaceName {
+        #[arg(long)]
+        tenant: String,
+    },
     /// Waits until the tenant is Ready and billing has checked it against Stripe
-    /// (`BillingSynced=True`), reporting its Deployments available as kubelets would (the local
-    /// control plane has no nodes).
+    /// (`BillingSynced=True`). Without `--real-node` it reports the tenant's Deployments
+    /// available as kubelets would (a control plane without nodes); with it, the node's
+    /// kubelet and the readiness probes decide.
     Ready {
         #[arg(long)]
         tenant: String,
         #[arg(long, default_value_t = 180)]
         timeout_secs: u64,
+        #[arg(long)]
+        real_node: bool,
     },
 }
 
@@ -61,14 +69,19 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Cmd::NamespaceName { tenant } => {
+            println!("{}", stackplane_crds::naming::namespace_name(&tenant));
+            Ok(())
+        }
         Cmd::Ready {
             tenant,
             timeout_secs,
-        } => ready(&tenant, Duration::from_secs(timeout_secs)).await,
+            real_node,
+        } => ready(&tenant, Duration::from_secs(timeout_secs), real_node).await,
     }
 }
 
-async fn ready(name: &str, timeout: Duration) -> anyhow::Result<()> {
+async fn ready(name: &str, timeout: Duration, real_node: bool) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("Kubernetes client")?;
@@ -87,7 +100,7 @@ async fn ready(name: &str, timeout: Duration) -> anyhow::Result<()> {
                 return Ok(());
             }
             last = describe(&tenant);
-            if let Some(ns) = &status.namespace {
+            if let Some(ns) = status.namespace.as_ref().filter(|_| !real_node) {
                 mark_available(&Api::<Deployment>::namespaced(client.clone(), ns)).await?;
             }
         }
