@@ -112,6 +112,11 @@ impl Metrics {
             "Time from a Tenant's creation until it first became Ready",
             creation_to_ready.clone(),
         );
+        registry.register(
+            "kube_requests",
+            "Requests (not watches) sent to the Kubernetes API server",
+            crate::kube_client::REQUESTS.clone(),
+        );
         let leader = Gauge::default();
         registry.register(
             "leader",
