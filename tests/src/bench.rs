@@ -176,9 +176,20 @@ pub fn wrk_binary() -> PathBuf {
 /// Runs `wrk` against `url` with `connections` over 2 threads (the machine's cores) for
 /// `seconds`, with `script` (Lua; may be empty) and `args` after `--` for it.
 pub fn wrk(url: &str, connections: usize, seconds: u64, script: &str, args: &[&str]) -> Wrk {
-    let dir = std::env::temp_dir().join(format!("wrk-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("wrk script dir");
-    let path = dir.join(format!(
+    wrk_until(url, connections, seconds, script, args, || false)
+}
+
+/// [`wrk`], stopped early (SIGINT: wrk then reports what it measured until then) as soon as
+/// `finished` says so; looked at every 10 ms.
+pub fn wrk_until(
+    url: &str,
+    connections: usize,
+    seconds: u64,
+    script: &str,
+    args: &[&str],
+    mut finished: impl FnMut() -> bool,
+) -> Wrk {
+    let path = scratch_file(&format!(
         "{}.lua",
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -186,7 +197,7 @@ pub fn wrk(url: &str, connections: usize, seconds: u64, script: &str, args: &[&s
     ));
     std::fs::write(&path, format!("{script}\n{DONE}")).expect("wrk script");
     let threads = connections.clamp(1, 2);
-    let output = Command::new(wrk_binary())
+    let mut child = Command::new(wrk_binary())
         .args([
             "-t",
             &threads.to_string(),
@@ -202,13 +213,28 @@ pub fn wrk(url: &str, connections: usize, seconds: u64, script: &str, args: &[&s
         .arg(url)
         .arg("--")
         .args(args)
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap_or_else(|e| {
             panic!(
                 "run {} (apt-get install wrk; tests/harness/install.sh installs it): {e}",
                 wrk_binary().display()
             )
         });
+    loop {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            break;
+        }
+        if finished() {
+            let _ = Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let output = child.wait_with_output().expect("wrk output");
     let _ = std::fs::remove_file(&path);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
