@@ -169,22 +169,38 @@ fn main() {
                 .json()
                 .await
                 .expect("token");
-            tokens.push((body["token"].as_str().expect("token").to_owned(), name.clone()));
+            tokens.push((
+                body["token"].as_str().expect("token").to_owned(),
+                name.clone(),
+            ));
         }
         tokens
     });
-    let admin: Vec<(String, String)> = names.iter().map(|n| (ADMIN.to_owned(), n.clone())).collect();
+    let admin: Vec<(String, String)> = names
+        .iter()
+        .map(|n| (ADMIN.to_owned(), n.clone()))
+        .collect();
     // Warm-up: connections, and each tenant token's one database lookup.
     bench::wrk(&base, connections, 2, &script(&tokens), &[]);
     let load_health = bench::loadavg();
-    let health = bench::wrk(&format!("{internal}/healthz"), connections, seconds, "", &[]);
+    let health = bench::wrk(
+        &format!("{internal}/healthz"),
+        connections,
+        seconds,
+        "",
+        &[],
+    );
     let load_admin = bench::loadavg();
     let admin = bench::wrk(&base, connections, seconds, &script(&admin), &[]);
     let load_tenant = bench::loadavg();
     let tenant = bench::wrk(&base, connections, seconds, &script(&tokens), &[]);
     for (what, w) in [("healthz", &health), ("admin", &admin), ("tenant", &tenant)] {
         assert!(w.requests > 0, "{what}: no request answered");
-        assert_eq!(w.status_errors + w.socket_errors, 0, "{what}: errors: {w:?}");
+        assert_eq!(
+            w.status_errors + w.socket_errors,
+            0,
+            "{what}: errors: {w:?}"
+        );
         assert!(w.p99_us > 0, "{what}: no latency measured");
     }
     let rows = [

@@ -159,7 +159,11 @@ async fn intake(db: sqlx::PgPool, run: &str, per_sender: usize) -> bench::Wrk {
     .await
     .expect("wrk");
     bench::clean_scratch();
-    assert_eq!(wrk.status_errors + wrk.socket_errors, 0, "intake refused events: {wrk:?}");
+    assert_eq!(
+        wrk.status_errors + wrk.socket_errors,
+        0,
+        "intake refused events: {wrk:?}"
+    );
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM stripe_events")
         .fetch_one(&db)
         .await
@@ -167,7 +171,10 @@ async fn intake(db: sqlx::PgPool, run: &str, per_sender: usize) -> bench::Wrk {
     // Each thread may send up to its connections' worth again after its share (duplicates,
     // answered without a row): every event is stored exactly once.
     assert_eq!(stored as usize, expected, "every event stored exactly once");
-    assert!(wrk.requests as usize >= expected, "every event sent: {wrk:?}");
+    assert!(
+        wrk.requests as usize >= expected,
+        "every event sent: {wrk:?}"
+    );
     wrk
 }
 
@@ -272,12 +279,21 @@ async fn main() {
     let pool = stackplane_api::db::connect(&db_url).await.expect("connect");
     let load_api = bench::loadavg();
     let api = intake(pool, &run, per_sender).await;
-    assert!(baseline.count > 0 && baseline.per_second() > 0.0, "no baseline");
-    assert!(api.per_second() > 0.0 && api.p99_us > 0, "no intake figures: {api:?}");
+    assert!(
+        baseline.count > 0 && baseline.per_second() > 0.0,
+        "no baseline"
+    );
+    assert!(
+        api.per_second() > 0.0 && api.p99_us > 0,
+        "no intake figures: {api:?}"
+    );
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let rows = [
         Row::new(
-            format!("Postgres single-row INSERT, {SENDERS} connections, {} rows (baseline)", baseline.count),
+            format!(
+                "Postgres single-row INSERT, {SENDERS} connections, {} rows (baseline)",
+                baseline.count
+            ),
             format!(
                 "{:.0}/s (p50 {:.2} ms, p99 {:.2} ms)",
                 baseline.per_second(),
@@ -287,10 +303,16 @@ async fn main() {
         )
         .load(load_pg),
         Row::new(
-            format!("POST /webhooks/stripe, {SENDERS} senders (wrk), {} events", SENDERS * per_sender),
+            format!(
+                "POST /webhooks/stripe, {SENDERS} senders (wrk), {} events",
+                SENDERS * per_sender
+            ),
             api.describe().replace("req/s", "events/s"),
         )
-        .baseline(format!("{:.0}/s INSERT", baseline.per_second()), api.per_second() / baseline.per_second())
+        .baseline(
+            format!("{:.0}/s INSERT", baseline.per_second()),
+            api.per_second() / baseline.per_second(),
+        )
         .target(">= 0.5")
         .load(load_api),
     ];

@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Namespace;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::ObjectRef;
-use kube::core::PartialObjectMeta;
 use kube::runtime::{predicates, watcher, Predicate, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
 use stackplane_crds::labels::{MANAGED_BY, MANAGED_BY_VALUE};
@@ -184,9 +184,12 @@ async fn run_controller(
     let (platforms, platforms_writer) = kube::runtime::reflector::store::<Platform>();
     let platform_events = kube::runtime::reflector(
         platforms_writer,
-        watcher(Api::<Platform>::all(client.clone()), watcher::Config::default())
-            .default_backoff()
-            .modify(|p| p.managed_fields_mut().clear()),
+        watcher(
+            Api::<Platform>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .modify(|p| p.managed_fields_mut().clear()),
     )
     .applied_objects();
     let ctx = Context::new(

@@ -594,11 +594,7 @@ async fn hand_edited_child_is_repaired() {
         let edit = json!({"metadata": {"labels": {"hand": format!("edit-{round}")}},
                           "spec": {"replicas": 7}});
         deployments
-            .patch(
-                "worker",
-                &PatchParams::default(),
-                &Patch::Merge(&edit),
-            )
+            .patch("worker", &PatchParams::default(), &Patch::Merge(&edit))
             .await
             .expect("hand edit");
         quotas

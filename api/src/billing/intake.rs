@@ -129,8 +129,9 @@ async fn store_batch(db: &PgPool, batch: Vec<Pending>) {
     // Within one batch the first delivery of an id is the one inserted; the others of that id
     // are duplicates whatever the statement says.
     let mut seen = HashSet::new();
-    let (first, repeated): (Vec<Pending>, Vec<Pending>) =
-        batch.into_iter().partition(|p| seen.insert(p.row.id.clone()));
+    let (first, repeated): (Vec<Pending>, Vec<Pending>) = batch
+        .into_iter()
+        .partition(|p| seen.insert(p.row.id.clone()));
     let rows: Vec<&EventRow> = first.iter().map(|p| &p.row).collect();
     match insert(db, &rows).await {
         Ok(stored) => {
@@ -138,7 +139,11 @@ async fn store_batch(db: &PgPool, batch: Vec<Pending>) {
             for p in first {
                 let _ = p.reply.send(Ok(stored.contains(&p.row.id)));
             }
-            tracing::debug!(size, duplicates_in_batch = repeated.len(), "webhook batch stored");
+            tracing::debug!(
+                size,
+                duplicates_in_batch = repeated.len(),
+                "webhook batch stored"
+            );
         }
         Err(error) if first.len() > 1 => {
             tracing::warn!(%error, size = first.len(), "webhook batch failed; storing its events one by one");

@@ -225,7 +225,11 @@ mod tests {
     #[test]
     fn our_own_write_is_not_drift() {
         let spec = json!({"f:spec": {"f:replicas": {}}});
-        assert!(!written_by_others(&[entry(FIELD_MANAGER, 100, spec.clone())]));
+        assert!(!written_by_others(&[entry(
+            FIELD_MANAGER,
+            100,
+            spec.clone()
+        )]));
         // An older hand edit, since repaired by a newer apply of ours.
         assert!(!written_by_others(&[
             entry("kubectl-edit", 90, spec.clone()),
@@ -242,7 +246,10 @@ mod tests {
                 entry("kubectl-edit", at, spec.clone())
             ]));
         }
-        assert!(written_by_others(&[entry("someone", 1, spec)]), "no entry of ours");
+        assert!(
+            written_by_others(&[entry("someone", 1, spec)]),
+            "no entry of ours"
+        );
         assert!(written_by_others(&[]), "no managedFields at all");
     }
 
@@ -266,7 +273,10 @@ mod tests {
         a.record("t", "u1", 7);
         assert!(a.up_to_date("t", "u1", 7));
         assert!(!a.up_to_date("t", "u1", 8), "another plan");
-        assert!(!a.up_to_date("t", "u2", 7), "another tenant of the same name");
+        assert!(
+            !a.up_to_date("t", "u2", 7),
+            "another tenant of the same name"
+        );
         a.changed("t");
         assert!(!a.up_to_date("t", "u1", 7), "changed: apply");
         // The apply's own success is recorded; a change during it is kept.

@@ -29,7 +29,9 @@ fn params() -> PatchParams {
 /// child kinds (`super::children`). Answers when the namespace was created (by the API server's
 /// clock: the reconciler compares it with the Tenant's own creation).
 pub async fn apply(client: &Client, plan: &Plan) -> Result<Option<Time>> {
-    apply_with(client, plan, &params()).await.map(|(_, created)| created)
+    apply_with(client, plan, &params())
+        .await
+        .map(|(_, created)| created)
 }
 
 /// One object of a plan: as it is in the cluster, and as the server says it would be once the
