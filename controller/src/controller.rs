@@ -276,6 +276,7 @@ async fn run_controller(
                     children.clone(),
                 ),
                 applied.clone(),
+                false,
             ),
             |o| tenant::children::tenant_of(&o),
         );

@@ -199,7 +199,11 @@ fn watch_kind<K: Child>(
     applied: Arc<Applied>,
 ) -> Controller<Tenant> {
     let events = watcher(Api::<PartialObjectMeta<K>>::all(client), config);
-    controller.watches_stream(drift_triggers(events, applied), |o| tenant_of(&o))
+    // The tenant's status reads its Deployments' replicas: their status reports trigger it.
+    let status_matters = <K as k8s_openapi::Resource>::KIND == "Deployment";
+    controller.watches_stream(drift_triggers(events, applied, status_matters), |o| {
+        tenant_of(&o)
+    })
 }
 
 #[cfg(test)]
