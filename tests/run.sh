@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command (`make test`): installs and builds what the tests need (cached after the first
-# run), starts the real components, runs every test of the workspace against them, and stops
+# run), starts the real components, runs every test of the workspace against them (and the
+# benchmarks' smoke runs), and stops
 # them by PID when the tests end, fail or are interrupted. Without arguments: every test of the
 # workspace, then the fuzz smoke runs. Arguments, if any, replace `--workspace` in
 # `cargo test --locked --workspace` (and skip the fuzz runs), e.g. `tests/run.sh --workspace --test crds`.
@@ -20,5 +21,9 @@ fi
 # then the fuzz smoke runs of the parsers that face the internet (tests/harness/fuzz.sh).
 status=0
 cargo test --locked --no-fail-fast --workspace || status=$?
+# The benchmarks' smoke runs (`harness = false` binaries run without `--bench`): each at a small
+# size on the debug build, checking that it still works and its figures are sane, never how fast
+# anything is (that is `cargo bench`, release, see README "Performance").
+cargo test --locked --no-fail-fast --workspace --bench '*' || status=$?
 "$root/tests/harness/fuzz.sh" || status=$?
 exit "$status"

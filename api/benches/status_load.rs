@@ -1,16 +1,18 @@
 //! Load benchmark of `GET /api/v1/tenants/{name}`: N tenants (default 1,000) in the reflector
-//! cache, C concurrent keep-alive connections (default 256) for S seconds (default 10), once
-//! with the admin token and once with tenant-scoped tokens (one per connection; each request
-//! then also looks its token up in Postgres). Prints requests/s, p50, p99 and errors.
+//! cache, C concurrent keep-alive connections (default 256) for S seconds (default 10) from an
+//! external load generator (Debian's `wrk`, a separate process), once with the admin token and
+//! once with tenant-scoped tokens (one per connection's tenant: the token cache answers after
+//! the first request of each), next to the same server's `/healthz` rate with the same load
+//! generator in the same run (the baseline). Prints one table (`stackplane_tests::bench`).
 //!
 //! Runs against the harness (KUBECONFIG, DATABASE_URL):
 //!   run=$(tests/harness/up.sh) && source "$run/env.sh"
-//!   cargo bench -p stackplane-api --bench status_load
-//! Knobs: BENCH_TENANTS, BENCH_CONNECTIONS, BENCH_SECONDS.
+//!   cargo bench --workspace --bench status_load
+//! Knobs: BENCH_TENANTS, BENCH_CONNECTIONS, BENCH_SECONDS. Under `cargo test --workspace
+//! --bench status_load` (make test) it is a smoke run: 50 tenants, 16 connections, 2 s.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::{stream, StreamExt};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -24,111 +26,44 @@ use stackplane_api::metrics::Metrics;
 use stackplane_api::server::{router_with, AppState, BillingState, RouterOptions};
 use stackplane_api::tenants::{MetricsSourceArgs, TenantApi};
 use stackplane_crds::{Tenant, TenantSpec};
+use stackplane_tests::bench::{self, knob, lua_string, Row};
 use stackplane_tests::{fresh_database, install_crds, kube_client, unique};
 
 const ADMIN: &str = "bench-admin-token";
 
-fn knob(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-struct Report {
-    requests: usize,
-    errors: usize,
-    seconds: f64,
-    p50: Duration,
-    p99: Duration,
-    max: Duration,
-}
-
-async fn load(
-    base: &str,
-    names: &[String],
-    tokens: &[String],
-    connections: usize,
-    seconds: u64,
-) -> Report {
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    for c in 0..connections {
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(1)
-            .build()
-            .expect("client");
-        let token = tokens[c % tokens.len()].clone();
-        // Tenant tokens read their own tenant; the admin token reads tenants round-robin.
-        let own: Option<String> = (tokens.len() > 1).then(|| names[c % names.len()].clone());
-        let names = names.to_vec();
-        let base = base.to_owned();
-        let stop = stop.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::with_capacity(4096);
-            let mut errors = 0usize;
-            let mut i = c;
-            while !stop.load(Ordering::Relaxed) {
-                let name = own.as_deref().unwrap_or(&names[i % names.len()]);
-                i += connections;
-                let started = Instant::now();
-                let ok = match client
-                    .get(format!("{base}/api/v1/tenants/{name}"))
-                    .bearer_auth(&token)
-                    .send()
-                    .await
-                {
-                    Ok(resp) => resp.status().is_success() && resp.bytes().await.is_ok(),
-                    Err(_) => false,
-                };
-                latencies.push(started.elapsed());
-                if !ok {
-                    errors += 1;
-                }
-            }
-            (latencies, errors)
-        }));
-    }
-    let started = Instant::now();
-    tokio::time::sleep(Duration::from_secs(seconds)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut all = Vec::new();
-    let mut errors = 0;
-    for t in tasks {
-        let (l, e) = t.await.expect("task");
-        all.extend(l);
-        errors += e;
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    all.sort();
-    let at = |q: f64| all[((all.len() as f64 * q) as usize).min(all.len() - 1)];
-    Report {
-        requests: all.len(),
-        errors,
-        seconds: elapsed,
-        p50: at(0.50),
-        p99: at(0.99),
-        max: *all.last().expect("some requests"),
-    }
-}
-
-fn print(label: &str, r: &Report, connections: usize, tenants: usize) {
-    println!(
-        "{label}: {tenants} tenants cached, {connections} connections, {:.1}s: {} requests, {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, errors {}",
-        r.seconds,
-        r.requests,
-        r.requests as f64 / r.seconds,
-        r.p50.as_secs_f64() * 1e3,
-        r.p99.as_secs_f64() * 1e3,
-        r.max.as_secs_f64() * 1e3,
-        r.errors
-    );
+/// A wrk script sending GET `/api/v1/tenants/<name>` round-robin over `pairs` of (token,
+/// tenant name), each thread from its own offset.
+fn script(pairs: &[(String, String)]) -> String {
+    let table: Vec<String> = pairs
+        .iter()
+        .map(|(t, n)| format!("{{{}, {}}}", lua_string(t), lua_string(n)))
+        .collect();
+    format!(
+        r#"
+local pairs_ = {{ {} }}
+local i = 0
+local threads = 0
+function setup(thread)
+  thread:set("offset", threads * 7919)
+  threads = threads + 1
+end
+function init(args)
+  i = offset or 0
+end
+function request()
+  i = i + 1
+  local p = pairs_[(i % #pairs_) + 1]
+  return wrk.format("GET", "/api/v1/tenants/" .. p[2], {{["Authorization"] = "Bearer " .. p[1]}})
+end
+"#,
+        table.join(", ")
+    )
 }
 
 fn main() {
-    let tenants = knob("BENCH_TENANTS", 1000);
-    let connections = knob("BENCH_CONNECTIONS", 256);
-    let seconds = knob("BENCH_SECONDS", 10) as u64;
+    let tenants = knob("BENCH_TENANTS", 1000, 50);
+    let connections = knob("BENCH_CONNECTIONS", 256, 16);
+    let seconds = knob("BENCH_SECONDS", 10, 2) as u64;
     // The server and the load generator get separate runtimes (they still share the machine).
     let server_rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -139,7 +74,7 @@ fn main() {
         .build()
         .expect("load runtime");
 
-    let (base, api, platform, kube) = server_rt.block_on(async {
+    let (base, internal, api, platform, kube) = server_rt.block_on(async {
         let kube = kube_client().await;
         install_crds(&kube).await;
         let (db, _) = fresh_database().await;
@@ -174,6 +109,7 @@ fn main() {
         assert!(api.ready().await);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
+        let state_db = db.clone();
         let state = AppState {
             db,
             metrics: Metrics::new(),
@@ -199,7 +135,17 @@ fn main() {
         let app = router_with(state, options)
             .into_make_service_with_connect_info::<std::net::SocketAddr>();
         tokio::spawn(async move { axum::serve(listener, app).await });
-        (format!("http://{addr}"), api, platform, kube)
+        // The same process's internal listener: `/healthz` is the baseline.
+        let internal = stackplane_api::health::router(stackplane_api::health::Internal {
+            db: state_db,
+            kube: Some(kube.clone()),
+            metrics: Metrics::new(),
+            health: Default::default(),
+        });
+        let internal_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let internal_addr = internal_listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(internal_listener, internal).await });
+        (format!("http://{addr}"), format!("http://{internal_addr}"), api, platform, kube)
     });
     let names: Vec<String> = (0..tenants).map(|i| format!("{platform}-{i:04}")).collect();
     assert!(
@@ -209,9 +155,9 @@ fn main() {
         "every tenant is cached"
     );
 
-    load_rt.block_on(async {
+    let tokens = load_rt.block_on(async {
         let http = reqwest::Client::new();
-        // One tenant token per connection, issued through the API.
+        // One tenant token per connection (at most one per tenant), issued through the API.
         let mut tokens = Vec::new();
         for name in names.iter().take(connections) {
             let body: serde_json::Value = http
@@ -223,15 +169,62 @@ fn main() {
                 .json()
                 .await
                 .expect("token");
-            tokens.push(body["token"].as_str().expect("token").to_owned());
+            tokens.push((
+                body["token"].as_str().expect("token").to_owned(),
+                name.clone(),
+            ));
         }
-        // Warm-up: opens the connections.
-        load(&base, &names, &[ADMIN.to_owned()], connections, 2).await;
-        let admin = load(&base, &names, &[ADMIN.to_owned()], connections, seconds).await;
-        print("admin token", &admin, connections, tenants);
-        let tenant = load(&base, &names, &tokens, connections, seconds).await;
-        print("tenant tokens", &tenant, connections, tenants);
+        tokens
     });
+    let admin: Vec<(String, String)> = names
+        .iter()
+        .map(|n| (ADMIN.to_owned(), n.clone()))
+        .collect();
+    // Warm-up: connections, and each tenant token's one database lookup.
+    bench::wrk(&base, connections, 2, &script(&tokens), &[]);
+    let load_health = bench::loadavg();
+    let health = bench::wrk(
+        &format!("{internal}/healthz"),
+        connections,
+        seconds,
+        "",
+        &[],
+    );
+    let load_admin = bench::loadavg();
+    let admin = bench::wrk(&base, connections, seconds, &script(&admin), &[]);
+    let load_tenant = bench::loadavg();
+    let tenant = bench::wrk(&base, connections, seconds, &script(&tokens), &[]);
+    for (what, w) in [("healthz", &health), ("admin", &admin), ("tenant", &tenant)] {
+        assert!(w.requests > 0, "{what}: no request answered");
+        assert_eq!(
+            w.status_errors + w.socket_errors,
+            0,
+            "{what}: errors: {w:?}"
+        );
+        assert!(w.p99_us > 0, "{what}: no latency measured");
+    }
+    let rows = [
+        Row::new(
+            format!("GET /healthz, {connections} connections (baseline)"),
+            health.describe(),
+        )
+        .load(load_health),
+        Row::new(
+            format!("GET /api/v1/tenants/{{name}}, admin token, {tenants} tenants cached, {connections} connections"),
+            admin.describe(),
+        )
+        .load(load_admin)
+        .baseline(format!("{:.0} req/s /healthz", health.per_second()), admin.per_second() / health.per_second())
+        .target(">= 0.5, p99 < 10 ms"),
+        Row::new(
+            format!("GET /api/v1/tenants/{{name}}, {} tenant tokens, {connections} connections", tokens.len()),
+            tenant.describe(),
+        )
+        .load(load_tenant)
+        .baseline(format!("{:.0} req/s /healthz", health.per_second()), tenant.per_second() / health.per_second())
+        .target(">= 0.5, p99 < 10 ms"),
+    ];
+    bench::print_table("status_load", &rows);
 
     server_rt.block_on(async {
         let tenant_api: Api<Tenant> = Api::all(kube);

@@ -2,13 +2,15 @@
 //! (`DATABASE_URL` from the test harness), next to Postgres's own single-row INSERT rate measured
 //! in the same run: 64 connections, one autocommitted INSERT of the same row shape each.
 //!
-//! Run: `source $run/env.sh && cargo bench -p stackplane-api --bench webhook_intake`
-//! (`BENCH_EVENTS_PER_SENDER`, default 300, sets the size of each phase).
+//! Run: `source $run/env.sh && cargo bench --workspace --bench webhook_intake`
+//! (`BENCH_EVENTS_PER_SENDER`, default 300, sets the size of each phase; under `cargo test
+//! --workspace --bench webhook_intake`, make test's smoke run, 5).
 //!
-//! The intake phase runs the real router (signature check, envelope parse, idempotent INSERT,
-//! JSON answer) over loopback HTTP with its production pool (16 connections); the senders are
-//! in the same process and share the machine's cores with the server and Postgres. Rate limits
-//! are raised out of the way: this measures intake, not the limiter. No billing worker runs.
+//! The intake phase runs the real router (signature check, envelope parse, idempotent INSERT by
+//! group commit, JSON answer) over loopback HTTP with its production pool (16 connections); the
+//! senders are an external load generator (`wrk`, 64 connections, every event signed up front
+//! and sent once) sharing the machine's cores with the server and Postgres. Rate limits are
+//! raised out of the way: this measures intake, not the limiter. No billing worker runs.
 
 // The event below is one large json! literal.
 #![recursion_limit = "256"]
@@ -24,6 +26,7 @@ use stackplane_api::config::Secrets;
 use stackplane_api::hardening::HardeningArgs;
 use stackplane_api::metrics::Metrics;
 use stackplane_api::server::{router_with, AppState, BillingState, RouterOptions};
+use stackplane_tests::bench::{self, knob, Row};
 
 const SENDERS: usize = 64;
 const SECRET: &str = "whsec_bench_secret";
@@ -81,22 +84,6 @@ impl Figures {
         let i = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
         self.latencies[i]
     }
-    fn print(&self, what: &str) {
-        println!(
-            "{what}: {} in {:.2} s = {:.0}/s; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-            self.count,
-            self.elapsed.as_secs_f64(),
-            self.per_second(),
-            self.percentile(0.50).as_secs_f64() * 1000.0,
-            self.percentile(0.99).as_secs_f64() * 1000.0,
-            self.latencies
-                .last()
-                .copied()
-                .unwrap_or_default()
-                .as_secs_f64()
-                * 1000.0,
-        );
-    }
 }
 
 fn collect(elapsed: Duration, per_sender: Vec<Vec<Duration>>) -> Figures {
@@ -109,7 +96,7 @@ fn collect(elapsed: Duration, per_sender: Vec<Vec<Duration>>) -> Figures {
     }
 }
 
-async fn intake(db: sqlx::PgPool, run: &str, per_sender: usize) -> Figures {
+async fn intake(db: sqlx::PgPool, run: &str, per_sender: usize) -> bench::Wrk {
     let state = AppState {
         db: db.clone(),
         metrics: Metrics::new(),
@@ -138,64 +125,87 @@ async fn intake(db: sqlx::PgPool, run: &str, per_sender: usize) -> Figures {
     let app = router_with(state, options).into_make_service_with_connect_info::<SocketAddr>();
     tokio::spawn(async move { axum::serve(listener, app).await });
 
-    // Signed up front: signing is Stripe's work, not the intake's.
+    // Signed up front (signing is Stripe's work, not the intake's), one line per event for the
+    // load generator: `signature<TAB>body`.
     let t = chrono::Utc::now().timestamp();
-    let batches: Vec<Vec<(String, String)>> = (0..SENDERS)
-        .map(|s| (0..per_sender).map(|n| event(run, s, n, t)).collect())
-        .collect();
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(SENDERS)
-        .build()
-        .expect("client");
-    // Warm-up: connections and the server's pool.
-    for (body, sig) in batches[0].iter().take(1) {
-        http.post(&url)
-            .header("Stripe-Signature", sig)
-            .body(body.clone())
-            .send()
-            .await
-            .expect("warm-up");
+    let file = bench::scratch_file("events.tsv");
+    let mut lines = String::new();
+    let mut expected = 0usize;
+    for s in 0..SENDERS {
+        for n in 0..per_sender {
+            let (body, sig) = event(run, s, n, t);
+            lines.push_str(&sig);
+            lines.push('\t');
+            lines.push_str(&body);
+            lines.push('\n');
+            expected += 1;
+        }
     }
-    let started = Instant::now();
-    let senders = batches.into_iter().map(|batch| {
-        let http = http.clone();
-        let url = url.clone();
-        tokio::spawn(async move {
-            let mut latencies = Vec::with_capacity(batch.len());
-            for (body, sig) in batch {
-                let sent = Instant::now();
-                let resp = http
-                    .post(&url)
-                    .header("Stripe-Signature", sig)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await
-                    .expect("send");
-                assert_eq!(resp.status().as_u16(), 200, "intake refused an event");
-                resp.bytes().await.expect("body");
-                latencies.push(sent.elapsed());
-            }
-            latencies
+    std::fs::write(&file, lines).expect("events file");
+    let path = file.to_string_lossy().into_owned();
+    let counter = db.clone();
+    let runtime = tokio::runtime::Handle::current();
+    let wrk = tokio::task::spawn_blocking(move || {
+        // Stopped once every event is stored (wrk's `-d` is only an upper bound).
+        bench::wrk_until(&url, SENDERS, 600, SCRIPT, &[&path, "2"], || {
+            runtime
+                .block_on(
+                    sqlx::query_scalar::<_, i64>("SELECT count(*) FROM stripe_events")
+                        .fetch_one(&counter),
+                )
+                .is_ok_and(|n| n as usize >= expected)
         })
-    });
-    let per_sender = futures::future::join_all(senders)
-        .await
-        .into_iter()
-        .map(|r| r.expect("sender"))
-        .collect();
-    let figures = collect(started.elapsed(), per_sender);
+    })
+    .await
+    .expect("wrk");
+    bench::clean_scratch();
+    assert_eq!(
+        wrk.status_errors + wrk.socket_errors,
+        0,
+        "intake refused events: {wrk:?}"
+    );
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM stripe_events")
         .fetch_one(&db)
         .await
         .expect("count");
-    // The warm-up event is sent twice (once as a duplicate), so every event is stored once.
-    assert_eq!(
-        stored as usize, figures.count,
-        "every event stored exactly once"
+    // Each thread may send up to its connections' worth again after its share (duplicates,
+    // answered without a row): every event is stored exactly once.
+    assert_eq!(stored as usize, expected, "every event stored exactly once");
+    assert!(
+        wrk.requests as usize >= expected,
+        "every event sent: {wrk:?}"
     );
-    figures
+    wrk
 }
+
+/// Each of wrk's 2 threads reads its half of the events file and sends each event once (wrk
+/// is stopped once all are stored; a request sent past the end repeats an event: a duplicate,
+/// not a new row).
+const SCRIPT: &str = r#"
+local reqs = {}
+local threads = 0
+local sent = 0
+function setup(thread)
+  thread:set("id", threads)
+  threads = threads + 1
+end
+function init(args)
+  local nthreads = tonumber(args[2])
+  local i = 0
+  for line in io.lines(args[1]) do
+    if i % nthreads == id then
+      local sig, body = line:match("^([^\t]*)\t(.*)$")
+      reqs[#reqs + 1] = wrk.format("POST", "/webhooks/stripe",
+        {["Stripe-Signature"] = sig, ["Content-Type"] = "application/json"}, body)
+    end
+    i = i + 1
+  end
+end
+function request()
+  sent = sent + 1
+  return reqs[((sent - 1) % #reqs) + 1]
+end
+"#;
 
 async fn postgres_inserts(url: &str, run: &str, per_sender: usize) -> Figures {
     let pool = sqlx::postgres::PgPoolOptions::new()
@@ -259,25 +269,52 @@ async fn postgres_inserts(url: &str, run: &str, per_sender: usize) -> Figures {
 
 #[tokio::main]
 async fn main() {
-    let per_sender: usize = std::env::var("BENCH_EVENTS_PER_SENDER")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(300);
+    let per_sender = knob("BENCH_EVENTS_PER_SENDER", 300, 5);
     let (db, db_url) = stackplane_tests::fresh_database().await;
     stackplane_api::db::migrate(&db).await.expect("migrate");
     db.close().await;
     let run = stackplane_tests::unique("b").replace('-', "");
-    println!(
-        "webhook intake benchmark: {SENDERS} concurrent senders x {per_sender} events, {} cores",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
-    );
+    let load_pg = bench::loadavg();
     let baseline = postgres_inserts(&db_url, &run, per_sender).await;
-    baseline.print("postgres single-row INSERT (64 connections)");
     let pool = stackplane_api::db::connect(&db_url).await.expect("connect");
+    let load_api = bench::loadavg();
     let api = intake(pool, &run, per_sender).await;
-    api.print("POST /webhooks/stripe (64 senders, api pool of 16)");
-    println!(
-        "intake / postgres insert rate: {:.2}",
-        api.per_second() / baseline.per_second()
+    assert!(
+        baseline.count > 0 && baseline.per_second() > 0.0,
+        "no baseline"
     );
+    assert!(
+        api.per_second() > 0.0 && api.p99_us > 0,
+        "no intake figures: {api:?}"
+    );
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let rows = [
+        Row::new(
+            format!(
+                "Postgres single-row INSERT, {SENDERS} connections, {} rows (baseline)",
+                baseline.count
+            ),
+            format!(
+                "{:.0}/s (p50 {:.2} ms, p99 {:.2} ms)",
+                baseline.per_second(),
+                ms(baseline.percentile(0.50)),
+                ms(baseline.percentile(0.99))
+            ),
+        )
+        .load(load_pg),
+        Row::new(
+            format!(
+                "POST /webhooks/stripe, {SENDERS} senders (wrk), {} events",
+                SENDERS * per_sender
+            ),
+            api.describe().replace("req/s", "events/s"),
+        )
+        .baseline(
+            format!("{:.0}/s INSERT", baseline.per_second()),
+            api.per_second() / baseline.per_second(),
+        )
+        .target(">= 0.5")
+        .load(load_api),
+    ];
+    bench::print_table("webhook_intake", &rows);
 }

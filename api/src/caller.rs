@@ -107,7 +107,8 @@ struct Inner {
     db: PgPool,
     ttl: Duration,
     /// Verified tenant tokens: digest → (caller, valid until). Only successes are cached; a
-    /// revocation takes effect when the entry expires (at most `ttl`).
+    /// revocation through this process takes effect at once ([`Authenticator::forget_token`]),
+    /// one through another replica when the entry expires (at most `ttl`).
     cache: Mutex<HashMap<[u8; 32], (Caller, Instant)>>,
 }
 
@@ -154,6 +155,16 @@ impl Authenticator {
                 }
             }
             cache.insert(digest, (caller.clone(), until));
+        }
+    }
+
+    /// Drops token `id` from the cache: a revocation through this process takes effect with the
+    /// next request (another replica's cache still believes it for at most the TTL).
+    pub fn forget_token(&self, id: Uuid) {
+        if let Ok(mut cache) = self.inner.cache.lock() {
+            cache.retain(|_, (caller, _)| {
+                !matches!(caller, Caller::Tenant { token_id, .. } if *token_id == id)
+            });
         }
     }
 
@@ -244,6 +255,8 @@ pub async fn authenticate(
     let mut response = match gate.check(Bucket::Identity, &caller.actor()) {
         Ok(()) => {
             request.extensions_mut().insert(caller);
+            // For the token revocation handler, which drops the token from the cache.
+            request.extensions_mut().insert(auth.clone());
             next.run(request).await
         }
         Err(limited) => limited.into_response(),

@@ -87,6 +87,7 @@ pub fn public(
         auth,
         crate::caller::authenticate,
     ));
+    let intake = crate::billing::intake::Intake::new(state.db.clone());
     let webhook = add(RouteTable::default()
         .post(
             crate::hardening::WEBHOOK,
@@ -96,6 +97,8 @@ pub fn public(
             r.layer(DefaultBodyLimit::max(
                 crate::billing::webhook::MAX_BODY_BYTES,
             ))
+            // Deliveries are stored by group commit (`billing::intake`).
+            .layer(axum::Extension(intake.clone()))
         })
         .finish(state.clone()));
     let audited = authenticated

@@ -8,12 +8,19 @@
 //! created directly (POST) and server-side applied directly, with the controller's client
 //! concurrency.
 //!
+//! Then, with every tenant Ready and nothing changing, one resync period: the controller's
+//! requests to the API server (its `stackplane_controller_kube_requests_total`) per tenant; and
+//! for each tenant the time from its last Deployment reported available to the tenant Ready.
+//! Prints one table (`stackplane_tests::bench`).
+//!
 //! Run against a fresh harness (it leaves its objects behind):
 //!   run=$(STACKPLANE_OWNER_PID=$$ tests/harness/up.sh) && source "$run/env.sh"
-//!   cargo bench -p stackplane-controller --bench thousand_tenants
-//! `STACKPLANE_BENCH_TENANTS` (default 1000) sets the number of Tenants,
-//! `STACKPLANE_BENCH_CONCURRENCY` (default 16, the controller's default) the concurrency, and
-//! `STACKPLANE_CONTROLLER_BIN` another controller binary (e.g. a release build).
+//!   cargo bench --workspace --bench thousand_tenants
+//! `STACKPLANE_BENCH_TENANTS` (default 1000; 10000 for the 10,000-tenant run) sets the number
+//! of Tenants, `STACKPLANE_BENCH_CONCURRENCY` (default 16, the controller's default) the
+//! concurrency, `STACKPLANE_BENCH_RESYNC_SECONDS` (default 30) the controller's requeue period,
+//! and `STACKPLANE_CONTROLLER_BIN` another controller binary. Under `cargo test --workspace
+//! --bench thousand_tenants` (make test) it is a smoke run: 50 tenants, a 5 s resync.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -35,6 +42,7 @@ use serde_json::json;
 use stackplane_controller::tenant::apply;
 use stackplane_controller::tenant::plan::{self, Desired, Plan, PlanOptions};
 use stackplane_crds::{Platform, Tenant, TenantSpec};
+use stackplane_tests::bench::{self, knob, Row};
 use stackplane_tests::{install_crds, kube_client, required_env, unique};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Mutex;
@@ -42,24 +50,11 @@ use tokio::sync::Mutex;
 const BENCH_LABEL: &str = "stackplane.io/bench";
 const TIER: &str = "starter";
 
-fn env_number(name: &str, default: usize) -> usize {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v} is not a number")),
-        Err(_) => default,
-    }
-}
-
 #[tokio::main]
 async fn main() {
-    // `cargo test --benches` runs this binary without `--bench`: do nothing then.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("thousand_tenants: run with `cargo bench`");
-        return;
-    }
-    let tenants = env_number("STACKPLANE_BENCH_TENANTS", 1000);
-    let concurrency = env_number("STACKPLANE_BENCH_CONCURRENCY", 16);
+    let tenants = knob("STACKPLANE_BENCH_TENANTS", 1000, 50);
+    let concurrency = knob("STACKPLANE_BENCH_CONCURRENCY", 16, 16);
+    let resync = knob("STACKPLANE_BENCH_RESYNC_SECONDS", 30, 5) as u64;
     let kubeconfig = required_env("KUBECONFIG");
     let client = kube_client().await;
     install_crds(&client).await;
@@ -108,6 +103,8 @@ async fn main() {
             // for the example platform, and its latency is not AWS's).
             "--cloud-provider",
             "none",
+            "--requeue-seconds",
+            &resync.to_string(),
         ])
         .stdout(std::fs::File::create(&log).expect("controller log"))
         .stderr(Stdio::inherit())
@@ -127,9 +124,18 @@ async fn main() {
     let reconciles_before = metric(metrics_port, "stackplane_controller_reconciles_total")
         .await
         .unwrap_or(0.0);
+    let requests_at_start = metric(metrics_port, "stackplane_controller_kube_requests_total")
+        .await
+        .unwrap_or(0.0);
 
     // --- the nodes: make every Deployment of the bench's platform available ---------------------
-    let nodes = tokio::spawn(play_nodes(client.clone(), platform.name_any(), concurrency));
+    let available: Available = Arc::default();
+    let nodes = tokio::spawn(play_nodes(
+        client.clone(),
+        platform.name_any(),
+        concurrency,
+        available.clone(),
+    ));
 
     // --- create the Tenants at once and watch them --------------------------------------------
     let progress = Arc::new(Mutex::new(Progress::default()));
@@ -160,7 +166,8 @@ async fn main() {
         .await;
     let created = started.elapsed();
 
-    let timeout = Duration::from_secs(env_number("STACKPLANE_BENCH_TIMEOUT_SECONDS", 1800) as u64);
+    let timeout = Duration::from_secs(knob("STACKPLANE_BENCH_TIMEOUT_SECONDS", 3600, 600) as u64);
+    let load_controller = bench::loadavg();
     let (synced, ready) = loop {
         {
             let p = progress.lock().await;
@@ -187,11 +194,51 @@ async fn main() {
         - reconciles_before;
     let errors = metric_sum(metrics_port, "stackplane_controller_reconcile_errors_total").await;
     let vm_hwm = proc_status_kib(pid, "VmHWM:");
+    let requests_to_ready = metric(metrics_port, "stackplane_controller_kube_requests_total")
+        .await
+        .unwrap_or(0.0)
+        - requests_at_start;
+
+    // --- steady state: every tenant Ready, nothing changes, one resync period -------------------
+    // Settle first: the reconciles the last status writes and Deployment reports triggered.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let load_steady = bench::loadavg();
+    let requests_before = metric(metrics_port, "stackplane_controller_kube_requests_total")
+        .await
+        .unwrap_or(0.0);
+    let reconciles_steady_before = metric(metrics_port, "stackplane_controller_reconciles_total")
+        .await
+        .unwrap_or(0.0);
+    tokio::time::sleep(Duration::from_secs(resync)).await;
+    let steady_requests = metric(metrics_port, "stackplane_controller_kube_requests_total")
+        .await
+        .unwrap_or(0.0)
+        - requests_before;
+    let steady_reconciles = metric(metrics_port, "stackplane_controller_reconciles_total")
+        .await
+        .unwrap_or(0.0)
+        - reconciles_steady_before;
     let vm_rss = proc_status_kib(pid, "VmRSS:");
+    let vm_hwm_end = proc_status_kib(pid, "VmHWM:");
     watch.abort();
     nodes.abort();
     let _ = child.start_kill();
     let _ = child.wait().await;
+
+    // Available -> Ready, per tenant: from the last of its Deployments marked available to the
+    // tenant seen Ready.
+    let mut to_ready: Vec<Duration> = {
+        let p = progress.lock().await;
+        let a = available.lock().await;
+        p.ready_at
+            .iter()
+            .filter_map(|(name, ready)| {
+                let avail = a.get(&format!("tenant-{name}"))?;
+                Some(ready.saturating_duration_since(*avail))
+            })
+            .collect()
+    };
+    to_ready.sort();
 
     // --- the same objects, directly --------------------------------------------------------------
     let plans: Vec<Plan> = (0..tenants)
@@ -203,13 +250,19 @@ async fn main() {
             plan::plan(&t, &platform, &tier, &PlanOptions::default())
         })
         .collect();
+    // `STACKPLANE_BENCH_DIRECT_POST=0` skips the POST baseline (at 10,000 tenants it adds
+    // 150,000 objects to etcd; the target's baseline is the apply below).
+    let with_post = knob("STACKPLANE_BENCH_DIRECT_POST", 1, 1) != 0;
+    let load_raw = bench::loadavg();
     let raw_started = Instant::now();
-    futures::stream::iter(plans.iter())
-        .map(|p| create_plan(&client, p))
-        .buffer_unordered(concurrency)
-        .try_collect::<Vec<_>>()
-        .await
-        .expect("create objects directly");
+    if with_post {
+        futures::stream::iter(plans.iter())
+            .map(|p| create_plan(&client, p))
+            .buffer_unordered(concurrency)
+            .try_collect::<Vec<_>>()
+            .await
+            .expect("create objects directly");
+    }
     let raw_create = raw_started.elapsed();
     let plans: Vec<Plan> = (0..tenants)
         .map(|i| {
@@ -220,6 +273,7 @@ async fn main() {
             plan::plan(&t, &platform, &tier, &PlanOptions::default())
         })
         .collect();
+    let load_ssa = bench::loadavg();
     let ssa_started = Instant::now();
     futures::stream::iter(plans.iter())
         .map(|p| apply::apply(&client, p))
@@ -231,43 +285,88 @@ async fn main() {
 
     let objects = (tenants * objects_per_tenant) as f64;
     let rate = |d: Duration| objects / d.as_secs_f64();
-    println!(
-        "tenants created (client side):        {:>9.2} s",
-        created.as_secs_f64()
+    let ms = |d: Option<Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3);
+    let (p50, p99) = (
+        bench::quantile(&to_ready, 0.50),
+        bench::quantile(&to_ready, 0.99),
     );
-    println!(
-        "all Synced:                            {:>9.2} s  ({:.1} objects/s)",
-        synced.as_secs_f64(),
-        rate(synced)
+    assert!(reconciles > 0.0, "no reconcile counted");
+    assert!(vm_hwm > 0.0, "no peak RSS read");
+    assert!(
+        to_ready.len() == tenants,
+        "available -> Ready measured for {} of {tenants}",
+        to_ready.len()
     );
-    println!(
-        "all Ready:                             {:>9.2} s",
-        ready.as_secs_f64()
-    );
-    println!("reconciles:                            {reconciles:>9.0}  ({:.1}/s until all Ready; {errors:.0} failed)", reconciles / ready.as_secs_f64());
-    println!(
-        "controller peak RSS (VmHWM):           {:>9.1} MiB  (RSS at the end {:.1} MiB)",
-        vm_hwm / 1024.0,
-        vm_rss / 1024.0
-    );
-    println!(
-        "direct POST of the same {objects:.0} objects: {:>9.2} s  ({:.1} objects/s)",
-        raw_create.as_secs_f64(),
-        rate(raw_create)
-    );
-    println!(
-        "direct server-side apply of them:      {:>9.2} s  ({:.1} objects/s)",
-        raw_apply.as_secs_f64(),
-        rate(raw_apply)
-    );
-    println!(
-        "controller all-Synced rate / direct POST rate:  {:.2}",
-        rate(synced) / rate(raw_create)
-    );
-    println!(
-        "controller all-Synced rate / direct apply rate: {:.2}",
-        rate(synced) / rate(raw_apply)
-    );
+    assert!(rate(synced) > 0.0 && rate(raw_apply) > 0.0);
+    assert!(requests_to_ready > 0.0, "no request counted");
+    let rows = [
+        Row::new(
+            format!("controller: {tenants} tenants created at once -> all Synced ({objects:.0} objects, concurrency {concurrency})"),
+            format!("{:.2} s ({:.0} objects/s)", synced.as_secs_f64(), rate(synced)),
+        )
+        .baseline(
+            format!("direct server-side apply: {:.2} s ({:.0} objects/s)", raw_apply.as_secs_f64(), rate(raw_apply)),
+            rate(synced) / rate(raw_apply),
+        )
+        .target(">= 0.8")
+        .load(load_controller.clone()),
+        if with_post {
+            Row::new(
+                "same, against direct POST",
+                format!("{:.0} objects/s", rate(synced)),
+            )
+            .baseline(
+                format!("direct POST: {:.2} s ({:.0} objects/s)", raw_create.as_secs_f64(), rate(raw_create)),
+                rate(synced) / rate(raw_create),
+            )
+            .load(load_raw)
+        } else {
+            Row::new("same, against direct POST", "not measured (STACKPLANE_BENCH_DIRECT_POST=0)")
+        },
+        Row::new(
+            "controller: API requests per tenant until all Ready",
+            format!("{:.1} ({requests_to_ready:.0} requests)", requests_to_ready / tenants as f64),
+        )
+        .baseline(
+            format!("direct apply: {objects_per_tenant} objects + 1 credentials read per tenant"),
+            (objects_per_tenant + 1) as f64 / (requests_to_ready / tenants as f64),
+        ),
+        Row::new(
+            "controller: all Ready (this process plays the kubelets)",
+            format!(
+                "{:.2} s; {reconciles:.0} reconciles ({errors:.0} failed); the Tenants' POSTs took {:.2} s",
+                ready.as_secs_f64(),
+                created.as_secs_f64()
+            ),
+        )
+        .load(load_controller.clone()),
+        Row::new(
+            format!("controller peak RSS (VmHWM), {tenants} tenants"),
+            format!("{:.1} MiB (RSS after the resync {:.1} MiB, VmHWM then {:.1} MiB)", vm_hwm / 1024.0, vm_rss / 1024.0, vm_hwm_end / 1024.0),
+        )
+        .target("<= 64 MiB at 10,000")
+        .load(load_controller),
+        Row::new(
+            format!("steady state: API requests in one resync period ({resync} s), per tenant"),
+            format!(
+                "{:.2} ({steady_requests:.0} requests, {steady_reconciles:.0} reconciles)",
+                steady_requests / tenants as f64
+            ),
+        )
+        .target("<= 1")
+        .load(load_steady),
+        Row::new(
+            format!("last Deployment available -> tenant Ready ({} tenants)", to_ready.len()),
+            format!("p50 {:.0} ms, p99 {:.0} ms", ms(p50), ms(p99)),
+        )
+        .target("p50 < 1 s, p99 < 5 s (at 1,000)"),
+        Row::new(
+            "direct server-side apply (baseline of row 1)",
+            format!("{:.0} objects/s", rate(raw_apply)),
+        )
+        .load(load_ssa),
+    ];
+    bench::print_table(&format!("thousand_tenants ({tenants} tenants)"), &rows);
 }
 
 async fn create_platform(client: &Client, name: &str) -> Platform {
@@ -279,10 +378,15 @@ async fn create_platform(client: &Client, name: &str) -> Platform {
         .expect("create platform")
 }
 
+/// When each tenant namespace's last Deployment was marked available.
+type Available = Arc<Mutex<HashMap<String, Instant>>>;
+
 #[derive(Default)]
 struct Progress {
     synced: HashSet<String>,
     ready: HashSet<String>,
+    /// When each tenant was first seen Ready.
+    ready_at: HashMap<String, Instant>,
     all_synced_at: Option<Instant>,
     all_ready_at: Option<Instant>,
 }
@@ -319,6 +423,7 @@ async fn watch_tenants(
             }
         }
         if has("Ready") {
+            p.ready_at.entry(t.name_any()).or_insert(now);
             p.ready.insert(t.name_any());
             if p.ready.len() >= expected && p.all_ready_at.is_none() {
                 p.all_ready_at = Some(now);
@@ -329,7 +434,7 @@ async fn watch_tenants(
 
 /// Plays the kubelets: every Deployment of `platform` whose replicas are not all available is
 /// marked available.
-async fn play_nodes(client: Client, platform: String, concurrency: usize) {
+async fn play_nodes(client: Client, platform: String, concurrency: usize, available: Available) {
     let api: Api<Deployment> = Api::all(client);
     let done: Arc<Mutex<HashMap<(String, String), i32>>> = Arc::default();
     watcher(
@@ -342,6 +447,7 @@ async fn play_nodes(client: Client, platform: String, concurrency: usize) {
     .for_each_concurrent(concurrency, |d| {
         let api = api.clone();
         let done = done.clone();
+        let available = available.clone();
         async move {
             let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
             let have = d
@@ -364,6 +470,7 @@ async fn play_nodes(client: Client, platform: String, concurrency: usize) {
                 .await
                 .is_ok()
             {
+                available.lock().await.insert(key.0.clone(), Instant::now());
                 done.lock().await.insert(key, want);
             }
         }

@@ -5,9 +5,10 @@ use std::sync::Arc;
 
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Namespace;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::{predicates, watcher, Predicate, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
 use stackplane_crds::labels::{MANAGED_BY, MANAGED_BY_VALUE};
 use stackplane_crds::{Platform, PlatformRevision, Tenant, TenantBackup};
@@ -16,6 +17,7 @@ use tokio::sync::{oneshot, watch};
 use crate::events::EventRecorder;
 use crate::leader::{self, LeaderError, LeaseConfig};
 use crate::metrics::Metrics;
+use crate::tenant::applied::drift_triggers;
 use crate::tenant::children::CHILD_KINDS;
 use crate::tenant::{self, Context, ReconcileConfig};
 
@@ -177,18 +179,56 @@ async fn run_controller(
     .default_backoff()
     .take_until(stop.clone())
     .for_each(|_| futures::future::ready(()));
-    let ctx = Arc::new(
-        Context::new(
-            client.clone(),
-            config.reconcile.clone(),
-            metrics.clone(),
-            recorder.clone(),
+    // The Platforms, cached for the reconciler (a reconcile no longer reads its Platform) and
+    // the trigger of their tenants' reconciles below.
+    let (platforms, platforms_writer) = kube::runtime::reflector::store::<Platform>();
+    let platform_events = kube::runtime::reflector(
+        platforms_writer,
+        watcher(
+            Api::<Platform>::all(client.clone()),
+            watcher::Config::default(),
         )
-        .with_revisions(revisions.clone()),
+        .default_backoff()
+        .modify(|p| p.managed_fields_mut().clear()),
+    )
+    .applied_objects();
+    let ctx = Context::new(
+        client.clone(),
+        config.reconcile.clone(),
+        metrics.clone(),
+        recorder.clone(),
+    )
+    .with_revisions(revisions.clone())
+    .with_platforms(platforms);
+    let applied = ctx.applied.clone();
+    let ctx = Arc::new(ctx);
+    // The Tenants' cache holds them without managedFields (a third of a Tenant's size, never
+    // read), and only what can change a reconcile's outcome triggers one: spec (generation),
+    // labels, annotations (rollout moves, billing marks), finalizers and deletion. The
+    // controller's own status writes do not re-reconcile the tenant.
+    let (tenants, tenants_writer) = kube::runtime::reflector::store::<Tenant>();
+    let tenant_events = kube::runtime::reflector(
+        tenants_writer,
+        watcher(Api::<Tenant>::all(client.clone()), wc)
+            .default_backoff()
+            .modify(|t| t.managed_fields_mut().clear()),
+    )
+    .applied_objects()
+    .predicate_filter(
+        predicates::generation
+            .combine(predicates::labels)
+            .combine(predicates::annotations)
+            .combine(predicates::finalizers)
+            .combine(|t: &Tenant| {
+                t.metadata
+                    .deletion_timestamp
+                    .as_ref()
+                    .map(|d| d.0.as_second() as u64)
+            }),
+        Default::default(),
     );
-    let controller = Controller::new(Api::<Tenant>::all(client.clone()), wc)
+    let controller = Controller::for_stream(tenant_events, tenants.clone())
         .with_config(controller::Config::default().concurrency(config.concurrency));
-    let tenants = controller.store();
     let rollouts = crate::rollout::run(
         client.clone(),
         &config.rollout,
@@ -210,34 +250,38 @@ async fn run_controller(
     let c = &client;
     // A changed Platform re-plans its tenants (each from the revision it runs or is moved to).
     let mut controller = controller
-        .watches(
-            Api::<Platform>::all(c.clone()),
-            watcher::Config::default(),
-            move |platform| {
-                let name = platform.name_any();
-                let key = platform_key(&platform);
-                let before = seen
-                    .lock()
-                    .map(|mut s| s.insert(name.clone(), key.clone()))
-                    .unwrap_or_default();
-                if before == Some(key) {
-                    return Vec::new();
-                }
-                tenants
-                    .state()
-                    .into_iter()
-                    .filter(|t| t.spec.platform == name)
-                    .map(|t| ObjectRef::from_obj(&*t))
-                    .collect::<Vec<_>>()
-            },
-        )
-        // Drift: the namespace and every registered child kind is watched by label and mapped
-        // back to its Tenant.
-        .watches(Api::<Namespace>::all(c.clone()), children.clone(), |o| {
-            tenant::children::tenant_of(&o)
-        });
+        .watches_stream(platform_events, move |platform| {
+            let name = platform.name_any();
+            let key = platform_key(&platform);
+            let before = seen
+                .lock()
+                .map(|mut s| s.insert(name.clone(), key.clone()))
+                .unwrap_or_default();
+            if before == Some(key) {
+                return Vec::new();
+            }
+            tenants
+                .state()
+                .into_iter()
+                .filter(|t| t.spec.platform == name)
+                .map(|t| ObjectRef::from_obj(&*t))
+                .collect::<Vec<_>>()
+        })
+        // Drift: the namespace and every registered child kind is watched by label (metadata
+        // only) and mapped back to its Tenant.
+        .watches_stream(
+            drift_triggers(
+                watcher(
+                    Api::<PartialObjectMeta<Namespace>>::all(c.clone()),
+                    children.clone(),
+                ),
+                applied.clone(),
+                false,
+            ),
+            |o| tenant::children::tenant_of(&o),
+        );
     for kind in CHILD_KINDS {
-        controller = (kind.watch)(controller, c.clone(), children.clone());
+        controller = (kind.watch)(controller, c.clone(), children.clone(), applied.clone());
     }
     let tenants_controller = controller
         // A finished final backup lets a cancelled or deleting tenant go on at once.

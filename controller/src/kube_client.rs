@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::LazyLock;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -12,6 +13,12 @@ use kube::client::ClientBuilder;
 use kube::Client;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Every request that is not a watch this process sent to the API server (the metric
+/// `stackplane_controller_kube_requests_total`): what a steady-state resync costs per tenant
+/// is read from it.
+pub static REQUESTS: LazyLock<prometheus_client::metrics::counter::Counter> =
+    LazyLock::new(Default::default);
 
 /// Builds the client with `timeout` on every non-watch request (`--kube-timeout`).
 pub async fn build(timeout: Duration) -> Result<Client, kube::Error> {
@@ -89,6 +96,9 @@ where
         let method = req.method().to_string();
         let path = req.uri().path().to_owned();
         let timeout = self.timeout;
+        if !watch {
+            REQUESTS.inc();
+        }
         let response = self.inner.call(req);
         Box::pin(async move {
             if watch {

@@ -112,6 +112,11 @@ impl Metrics {
             "Time from a Tenant's creation until it first became Ready",
             creation_to_ready.clone(),
         );
+        registry.register(
+            "kube_requests",
+            "Requests (not watches) sent to the Kubernetes API server",
+            crate::kube_client::REQUESTS.clone(),
+        );
         let leader = Gauge::default();
         registry.register(
             "leader",
@@ -204,20 +209,22 @@ impl Metrics {
         let Ok(mut phases) = self.phases.lock() else {
             return;
         };
-        match phase {
+        let before = match phase {
+            // Unchanged (most reconciles): nothing to count again.
+            Some(p) if phases.get(tenant) == Some(&p) => return,
             Some(p) => phases.insert(tenant.to_owned(), p),
             None => phases.remove(tenant),
         };
-        let mut counts: HashMap<TenantPhase, i64> = HashMap::new();
-        for p in phases.values() {
-            *counts.entry(*p).or_default() += 1;
-        }
-        for p in TenantPhase::ALL {
-            self.tenants
-                .get_or_create(&PhaseLabels {
-                    phase: p.as_str().to_owned(),
-                })
-                .set(counts.get(&p).copied().unwrap_or(0));
+        // Only the two phases that changed are set (a full count per reconcile was a scan of
+        // every tenant, 10,000 at a time).
+        for (p, delta) in [(before, -1), (phase, 1)] {
+            if let Some(p) = p {
+                self.tenants
+                    .get_or_create(&PhaseLabels {
+                        phase: p.as_str().to_owned(),
+                    })
+                    .inc_by(delta);
+            }
         }
     }
 

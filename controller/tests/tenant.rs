@@ -570,6 +570,62 @@ async fn deleted_child_restored_tier_change_followed_removed_component_pruned() 
     .await;
 }
 
+/// An unchanged tenant is not applied again on every reconcile (`tenant::applied`), so a hand
+/// edit of one of its objects must itself bring the apply back: the edit is repaired, also a
+/// second time, and a label the controller does not own survives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hand_edited_child_is_repaired() {
+    let env = start("leadgen-pro.yaml").await;
+    let c = env.client.clone();
+    let name = create_tenant(&env, "starter").await;
+    let ns = format!("tenant-{name}");
+    eventually("synced", || {
+        let c = c.clone();
+        let name = name.clone();
+        async move {
+            let t = tenant(&c, &name).await;
+            (condition(&t, "Synced")?.status == "True").then_some(())
+        }
+    })
+    .await;
+    let deployments: Api<Deployment> = Api::namespaced(c.clone(), &ns);
+    let quotas: Api<ResourceQuota> = Api::namespaced(c.clone(), &ns);
+    for round in 0..2 {
+        let edit = json!({"metadata": {"labels": {"hand": format!("edit-{round}")}},
+                          "spec": {"replicas": 7}});
+        deployments
+            .patch("worker", &PatchParams::default(), &Patch::Merge(&edit))
+            .await
+            .expect("hand edit");
+        quotas
+            .patch(
+                "tenant-quota",
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"spec": {"hard": {"pods": "999"}}})),
+            )
+            .await
+            .expect("hand edit of the quota");
+        eventually("hand edits repaired", || {
+            let d = deployments.clone();
+            let q = quotas.clone();
+            async move {
+                let w = d.get("worker").await.ok()?;
+                let quota = q.get("tenant-quota").await.ok()?;
+                let replicas = w.spec?.replicas?;
+                let pods = quota.spec?.hard?.get("pods")?.0.clone();
+                (replicas == 1 && pods != "999").then_some(())
+            }
+        })
+        .await;
+        let w = deployments.get("worker").await.expect("worker");
+        assert_eq!(
+            w.labels().get("hand").map(String::as_str),
+            Some(format!("edit-{round}").as_str()),
+            "a label the controller does not own is left alone"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_tenant_is_left_alone_and_says_so() {
     let env = start("leadgen-pro.yaml").await;

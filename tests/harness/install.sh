@@ -24,7 +24,8 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 apt_packages=(golang-go etcd-server etcd-client make rsync openssl curl
   golang-github-modern-go-reflect2-dev golang-github-json-iterator-go-dev
   postgresql-15 python3-venv procps prometheus
-  containerd runc containernetworking-plugins busybox-static iproute2 gcc libc6-dev)
+  containerd runc containernetworking-plugins busybox-static iproute2 gcc libc6-dev
+  wrk)
 
 missing=()
 for p in "${apt_packages[@]}"; do

@@ -10,6 +10,7 @@ use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use sqlx::postgres::PgPool;
 
+pub mod bench;
 pub mod localstripe;
 
 const HOW_TO_RUN: &str =

@@ -7,6 +7,7 @@ pub mod conditions;
 pub mod error;
 pub mod events;
 pub mod governing;
+pub mod intake;
 pub mod mapping;
 pub mod parse;
 pub mod prices;

@@ -5,10 +5,11 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use serde_json::{json, Value};
 use stripe_webhook::{Webhook, WebhookError};
 
+use super::intake::{EventRow, Intake, StoreError};
 use crate::audit::Actor;
 use crate::hardening::{Bucket, Gate};
 use crate::http_error::ApiError;
@@ -93,7 +94,6 @@ struct Envelope {
     created: i64,
     livemode: bool,
     subscription_id: Option<String>,
-    payload: Value,
 }
 
 fn envelope(payload: &str) -> Result<Envelope, Rejection> {
@@ -118,7 +118,6 @@ fn envelope(payload: &str) -> Result<Envelope, Rejection> {
             .and_then(Value::as_bool)
             .unwrap_or(false),
         subscription_id,
-        payload: value,
     })
 }
 
@@ -133,6 +132,7 @@ fn reject(state: &AppState, r: Rejection) -> Response {
 /// per-address one of everything else, so a scanner cannot starve Stripe's deliveries.
 pub async fn stripe_webhook(
     State(state): State<AppState>,
+    Extension(intake): Extension<Intake>,
     gate: Gate,
     headers: HeaderMap,
     body: Body,
@@ -148,7 +148,7 @@ pub async fn stripe_webhook(
         }
     };
     let mut response = match gate.check_address(Bucket::WebhookValid) {
-        Ok(()) => store(&state, &payload).await,
+        Ok(()) => store(&state, &intake, payload).await,
         Err(limited) => {
             state.metrics.webhook("unknown", "rate_limited");
             limited.into_response()
@@ -193,33 +193,32 @@ async fn verified_payload(
     Ok(payload.to_owned())
 }
 
-/// Stores a verified delivery; 503 while the database cannot take it (Stripe retries).
-async fn store(state: &AppState, payload: &str) -> Response {
-    let event = match envelope(payload) {
+/// Stores a verified delivery (with the next group commit, `super::intake`) and answers once
+/// it is stored; 503 while the database cannot take it (Stripe retries).
+async fn store(state: &AppState, intake: &Intake, payload: String) -> Response {
+    let event = match envelope(&payload) {
         Ok(e) => e,
         Err(r) => return reject(state, r),
     };
-    let stored = sqlx::query(
-        "INSERT INTO stripe_events (id, event_type, created, livemode, subscription_id, payload) \
-         VALUES ($1, $2, to_timestamp($3), $4, $5, $6) ON CONFLICT (id) DO NOTHING",
-    )
-    .bind(&event.id)
-    .bind(&event.event_type)
-    .bind(event.created as f64)
-    .bind(event.livemode)
-    .bind(&event.subscription_id)
-    .bind(&event.payload)
-    .execute(&state.db);
-    let stored = match tokio::time::timeout(STORE_TIMEOUT, stored).await {
+    let (id, event_type) = (event.id.clone(), event.event_type.clone());
+    let row = EventRow {
+        id: event.id,
+        event_type: event.event_type,
+        created: event.created,
+        livemode: event.livemode,
+        subscription_id: event.subscription_id,
+        payload,
+    };
+    let stored = match tokio::time::timeout(STORE_TIMEOUT, intake.store(row)).await {
         Ok(result) => result,
-        Err(_) => Err(sqlx::Error::PoolTimedOut),
+        Err(_) => Err(StoreError::Timeout),
     };
     match stored {
-        Ok(done) => {
-            let duplicate = done.rows_affected() == 0;
+        Ok(new) => {
+            let duplicate = !new;
             let outcome = if duplicate { "duplicate" } else { "stored" };
-            state.metrics.webhook(&event.event_type, outcome);
-            tracing::info!(event_id = %event.id, event_type = %event.event_type, outcome, "stripe event received");
+            state.metrics.webhook(&event_type, outcome);
+            tracing::info!(event_id = %id, event_type = %event_type, outcome, "stripe event received");
             state.billing.wake.notify_one();
             (
                 StatusCode::OK,
@@ -228,8 +227,8 @@ async fn store(state: &AppState, payload: &str) -> Response {
                 .into_response()
         }
         Err(error) => {
-            state.metrics.webhook(&event.event_type, "store_failed");
-            tracing::error!(event_id = %event.id, %error, "storing stripe event");
+            state.metrics.webhook(&event_type, "store_failed");
+            tracing::error!(event_id = %id, %error, "storing stripe event");
             ApiError::unavailable("the event could not be stored now; Stripe will retry")
                 .into_response()
         }

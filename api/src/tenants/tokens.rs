@@ -161,6 +161,7 @@ pub async fn list_tokens(
 pub async fn revoke_token(
     State(api): State<TenantApi>,
     caller: Caller,
+    auth: Option<axum::Extension<crate::caller::Authenticator>>,
     Path((name, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     caller.require_admin()?;
@@ -178,6 +179,10 @@ pub async fn revoke_token(
     .map_err(db_error)?;
     match revoked {
         Some(_) => {
+            // Refused from the next request on, not only once the token cache's entry expires.
+            if let Some(axum::Extension(auth)) = auth {
+                auth.forget_token(id);
+            }
             tracing::info!(tenant = %name, token_id = %id, "token revoked");
             Ok(StatusCode::NO_CONTENT)
         }

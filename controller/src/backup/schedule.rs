@@ -117,14 +117,41 @@ pub async fn run(
             _ = &mut stop => return,
             _ = ticks.tick() => {},
         }
-        let list = match tenants.list(&params).await {
-            Ok(l) => l.items,
-            Err(error) => {
-                tracing::warn!(%error, "listing tenants for backup schedules failed");
-                continue;
-            }
-        };
+        // Page by page: at 10,000 tenants one unpaged list is tens of MB of JSON and several
+        // times that in memory, every tick (it set the controller's peak RSS).
         let now = Timestamp::now();
+        let mut page = params.clone().limit(PAGE);
+        loop {
+            let list = match tenants.list(&page).await {
+                Ok(l) => l,
+                Err(error) => {
+                    tracing::warn!(%error, "listing tenants for backup schedules failed");
+                    break;
+                }
+            };
+            let next = list.metadata.continue_.clone().filter(|c| !c.is_empty());
+            check_page(list.items, &config, &backups, &recorder, &mut reported, now).await;
+            match next {
+                Some(token) => page = params.clone().limit(PAGE).continue_token(&token),
+                None => break,
+            }
+        }
+    }
+}
+
+/// Tenants listed per request by the scheduler.
+const PAGE: u32 = 500;
+
+/// Creates the backups that one page of tenants' schedules make due at `now`.
+async fn check_page(
+    list: Vec<Tenant>,
+    config: &ScheduleConfig,
+    backups: &Api<TenantBackup>,
+    recorder: &EventRecorder,
+    reported: &mut HashMap<String, String>,
+    now: Timestamp,
+) {
+    {
         for tenant in list {
             let name = tenant.name_any();
             let Some(schedule) = tenant.spec.backup.as_ref().and_then(|b| b.schedule.clone())

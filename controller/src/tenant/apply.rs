@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Namespace, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::ByteString;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
@@ -26,9 +26,12 @@ fn params() -> PatchParams {
 }
 
 /// Applies the namespace, then every namespaced object of `plan` through the registry of
-/// child kinds (`super::children`).
-pub async fn apply(client: &Client, plan: &Plan) -> Result<()> {
-    apply_with(client, plan, &params()).await.map(drop)
+/// child kinds (`super::children`). Answers when the namespace was created (by the API server's
+/// clock: the reconciler compares it with the Tenant's own creation).
+pub async fn apply(client: &Client, plan: &Plan) -> Result<Option<Time>> {
+    apply_with(client, plan, &params())
+        .await
+        .map(|(_, created)| created)
 }
 
 /// One object of a plan: as it is in the cluster, and as the server says it would be once the
@@ -57,7 +60,7 @@ pub async fn dry_run(client: &Client, plan: &Plan) -> Result<Vec<DryRun>> {
         })?
         .map(serde_json::to_value)
         .transpose()?;
-    let applied = apply_with(client, plan, &params).await?;
+    let (applied, _) = apply_with(client, plan, &params).await?;
     let mut out = Vec::with_capacity(applied.len());
     for (kind, name, applied) in applied {
         let live = if kind == "Namespace" {
@@ -82,13 +85,16 @@ pub async fn dry_run(client: &Client, plan: &Plan) -> Result<Vec<DryRun>> {
     Ok(out)
 }
 
+/// What a dry run answers for each object: kind, name and the object as the server would store it.
+type Answers = Vec<(&'static str, String, serde_json::Value)>;
+
 /// Applies `plan` with `params`. For a dry run: each object (the namespace first) as the server
-/// answered; nothing for a real apply.
+/// answered; nothing for a real apply. And the namespace's creation time.
 async fn apply_with(
     client: &Client,
     plan: &Plan,
     params: &PatchParams,
-) -> Result<Vec<(&'static str, String, serde_json::Value)>> {
+) -> Result<(Answers, Option<Time>)> {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let ns = plan.namespace_name();
     let mut answers = Vec::new();
@@ -103,6 +109,7 @@ async fn apply_with(
     if let Some(answer) = dry_run_answer(params, &namespace)? {
         answers.push(("Namespace", ns.to_owned(), answer));
     }
+    let created = namespace.metadata.creation_timestamp;
     for object in &plan.objects {
         let name = object.name();
         let result = match object {
@@ -125,7 +132,22 @@ async fn apply_with(
             answers.push((object.kind(), name.to_owned(), answer));
         }
     }
-    Ok(answers)
+    Ok((answers, created))
+}
+
+/// The fingerprint of everything [`apply`] would send for `plan` (see `super::applied`).
+pub fn fingerprint(plan: &Plan) -> Result<u64> {
+    let mut objects = vec![serde_json::to_value(&plan.namespace)?];
+    for object in &plan.objects {
+        objects.push(match object {
+            // Its values are the cluster's; what is planned is its name and labels.
+            Desired::CredentialsSecret { name, labels } => {
+                serde_json::json!({ "credentials": name, "labels": labels })
+            }
+            planned => desired_json(planned)?,
+        });
+    }
+    Ok(super::applied::fingerprint(&objects))
 }
 
 /// A planned object as the JSON that is applied.

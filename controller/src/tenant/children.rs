@@ -3,6 +3,8 @@
 //! claims, retained) and watched for drift; a kind missing here is none of these, and the unit
 //! tests below fail when the plan makes an object of a kind that is not registered.
 
+use std::sync::Arc;
+
 use futures::future::BoxFuture;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
@@ -11,12 +13,14 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{ListParams, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, Controller};
 use kube::{Api, Client, Resource, ResourceExt};
 use stackplane_crds::labels::{tenant_selector, TENANT};
 use stackplane_crds::Tenant;
 
+use super::applied::{drift_triggers, Applied};
 use super::plan::Plan;
 use super::prune::{self, Pruned};
 use crate::error::Result;
@@ -54,8 +58,10 @@ pub type ListFn =
 /// Prune (or retain) what the plan does not want, among the tenant's objects of one kind.
 pub type PruneFn =
     for<'a> fn(&'a Client, &'a str, &'a str, &'a Plan) -> BoxFuture<'a, Result<Pruned>>;
-/// Adds a watch of one kind (by the given label selector) to the Tenant controller.
-pub type WatchFn = fn(Controller<Tenant>, Client, watcher::Config) -> Controller<Tenant>;
+/// Adds a watch of one kind (by the given label selector) to the Tenant controller; drift it
+/// sees is marked in the [`Applied`] state.
+pub type WatchFn =
+    fn(Controller<Tenant>, Client, watcher::Config, Arc<Applied>) -> Controller<Tenant>;
 
 /// One kind of the registry.
 pub struct ChildKind {
@@ -184,12 +190,20 @@ fn list_kind<'a, K: Child>(
     })
 }
 
+/// Metadata only: the reconcile reads what it needs itself, so the watch only has to say which
+/// tenant to look at (and whether it drifted), and never holds a full object.
 fn watch_kind<K: Child>(
     controller: Controller<Tenant>,
     client: Client,
     config: watcher::Config,
+    applied: Arc<Applied>,
 ) -> Controller<Tenant> {
-    controller.watches(Api::<K>::all(client), config, |o| tenant_of(&o))
+    let events = watcher(Api::<PartialObjectMeta<K>>::all(client), config);
+    // The tenant's status reads its Deployments' replicas: their status reports trigger it.
+    let status_matters = <K as k8s_openapi::Resource>::KIND == "Deployment";
+    controller.watches_stream(drift_triggers(events, applied, status_matters), |o| {
+        tenant_of(&o)
+    })
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 //! is time-limited by the client (`crate::kube_client`) and the status is written by server-side apply with a
 //! resourceVersion precondition (`status::write`).
 
+pub mod applied;
 pub mod apply;
 pub mod children;
 pub mod desired;
@@ -93,6 +94,10 @@ pub struct Context {
     failures: Failures,
     /// The PlatformRevisions, cached (`None`: each is read from the API server).
     revisions: Option<kube::runtime::reflector::Store<stackplane_crds::PlatformRevision>>,
+    /// The Platforms, cached (`None`: each reconcile reads its tenant's from the API server).
+    platforms: Option<kube::runtime::reflector::Store<Platform>>,
+    /// What was last applied to each tenant: an unchanged plan is not applied again.
+    pub applied: Arc<applied::Applied>,
 }
 
 impl Context {
@@ -109,7 +114,15 @@ impl Context {
             recorder,
             failures: Failures::default(),
             revisions: None,
+            platforms: None,
+            applied: Arc::default(),
         }
+    }
+
+    /// The same context reading Platforms from `cache`.
+    pub fn with_platforms(mut self, cache: kube::runtime::reflector::Store<Platform>) -> Self {
+        self.platforms = Some(cache);
+        self
     }
 
     /// The same context reading PlatformRevisions from `cache`.
@@ -229,7 +242,13 @@ async fn apply_tenant(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     if tenant.spec.paused {
         return paused_step(&pass, ctx).await;
     }
-    let source = desired::source(&ctx.client, ctx.revisions.as_ref(), tenant).await?;
+    let source = desired::source(
+        &ctx.client,
+        ctx.platforms.as_ref(),
+        ctx.revisions.as_ref(),
+        tenant,
+    )
+    .await?;
     let checked = match &source {
         Some(Ok(s)) => validate::validate(tenant, Some(&s.platform)),
         Some(Err(invalid)) => Err(invalid.clone()),
@@ -367,13 +386,41 @@ async fn retention_step(pass: &Pass<'_>, ctx: &Context, valid: &Valid<'_>) -> Re
 }
 
 /// apply + prune: the plan's objects applied, the rest pruned (claims retained, not deleted).
-/// On failure `Synced=False` says why.
+/// On failure `Synced=False` says why. Skipped when this plan was applied last and nothing of
+/// the tenant changed since (`applied`); the claims retained are then those the status lists.
 async fn sync_step(pass: &Pass<'_>, ctx: &Context, plan: &Plan) -> Result<Pruned> {
+    let uid = pass.tenant.uid().unwrap_or_default();
+    let fingerprint = apply::fingerprint(plan)?;
+    if ctx.applied.up_to_date(&pass.name, &uid, fingerprint) {
+        return Ok(Pruned {
+            retained: pass.previous.retained_volumes.clone(),
+            ..Pruned::default()
+        });
+    }
+    // A tenant never synced (no status, no Synced condition: no apply of it ever finished or
+    // failed) whose namespace this apply made has nothing of an older plan to prune: its
+    // first apply saves a list per kind. (A namespace older than the tenant, e.g. one a
+    // `Retain` tenant of the same name left behind, is pruned as always.)
+    let never_synced = !ctx.applied.knows(&pass.name)
+        && pass.previous.namespace.is_none()
+        && !pass.previous.conditions.iter().any(|c| c.type_ == SYNCED);
     let synced = async {
-        apply::apply(&ctx.client, plan).await?;
+        let ns_created = apply::apply(&ctx.client, plan).await?;
+        let tenant_created = pass.tenant.metadata.creation_timestamp.as_ref();
+        let fresh_namespace = matches!(
+            (&ns_created, tenant_created),
+            (Some(ns), Some(t)) if ns.0 >= t.0
+        );
+        if never_synced && fresh_namespace {
+            return Ok(Pruned::default());
+        }
         children::prune(&ctx.client, &pass.name, plan).await
     }
     .await;
+    match &synced {
+        Ok(_) => ctx.applied.record(&pass.name, &uid, fingerprint),
+        Err(_) => ctx.applied.forget(&pass.name),
+    }
     let error = match synced {
         Ok(pruned) => {
             for claim in &pruned.newly_retained {
@@ -660,6 +707,7 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         }
     }
     ctx.metrics.phase(&name, None);
+    ctx.applied.forget(&name);
     tracing::info!(tenant = %name, "tenant cleaned up");
     Ok(Action::await_change())
 }

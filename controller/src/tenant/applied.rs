@@ -1,0 +1,358 @@
+//! What the controller last applied to each tenant, so that a reconcile with nothing new to do
+//! (the periodic resync, a Deployment reporting its replicas, the Tenant's own status write)
+//! applies and prunes nothing: one list of Deployments is then all it costs.
+//!
+//! A tenant is applied again when its plan's fingerprint changes (a spec, Platform or revision
+//! change) or when one of its objects changed under it: the child watches (metadata only, see
+//! [`drift_triggers`]) mark the tenant `changed` when an object was written by anyone but this
+//! controller (a hand edit), deleted, or when a watch had to list again (what happened in the
+//! gap is unknown). The state is in memory only: after a restart every tenant is applied and
+//! pruned once, as before.
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::{Arc, Mutex};
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+use kube::core::PartialObjectMeta;
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Resource, ResourceExt};
+use stackplane_crds::labels::TENANT;
+
+use crate::k8s::FIELD_MANAGER;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    uid: String,
+    fingerprint: u64,
+    /// An object of the tenant changed since the last apply began.
+    changed: bool,
+}
+
+/// The last plan applied to each tenant (by name: the child watches know tenants by label).
+#[derive(Debug, Default)]
+pub struct Applied {
+    tenants: Mutex<HashMap<String, Entry>>,
+}
+
+impl Applied {
+    /// Whether `tenant` (with this uid) last had exactly this plan applied and nothing of it
+    /// changed since; when not, any `changed` mark is taken (the apply that follows covers it;
+    /// a change during that apply marks the tenant again).
+    pub fn up_to_date(&self, tenant: &str, uid: &str, fingerprint: u64) -> bool {
+        let Ok(mut tenants) = self.tenants.lock() else {
+            return false;
+        };
+        match tenants.get_mut(tenant) {
+            Some(e) if e.uid == uid && e.fingerprint == fingerprint && !e.changed => true,
+            Some(e) => {
+                e.changed = false;
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Records a successful apply and prune of the plan with `fingerprint` (a `changed` mark
+    /// set meanwhile is kept).
+    pub fn record(&self, tenant: &str, uid: &str, fingerprint: u64) {
+        if let Ok(mut tenants) = self.tenants.lock() {
+            let changed = tenants
+                .get(tenant)
+                .is_some_and(|e| e.uid == uid && e.changed);
+            tenants.insert(
+                tenant.to_owned(),
+                Entry {
+                    uid: uid.to_owned(),
+                    fingerprint,
+                    changed,
+                },
+            );
+        }
+    }
+
+    /// Whether anything was ever recorded for `tenant` by this process.
+    pub fn knows(&self, tenant: &str) -> bool {
+        self.tenants
+            .lock()
+            .map(|t| t.contains_key(tenant))
+            .unwrap_or(false)
+    }
+
+    /// One of `tenant`'s objects changed under it: the next reconcile applies again.
+    pub fn changed(&self, tenant: &str) {
+        if let Ok(mut tenants) = self.tenants.lock() {
+            if let Some(e) = tenants.get_mut(tenant) {
+                e.changed = true;
+            }
+        }
+    }
+
+    /// Forgets `tenant` (a failed apply, a deleted tenant).
+    pub fn forget(&self, tenant: &str) {
+        if let Ok(mut tenants) = self.tenants.lock() {
+            tenants.remove(tenant);
+        }
+    }
+
+    /// Forgets every tenant: a watch listed again, and what changed while it was down is
+    /// unknown, so every tenant is applied again on its next reconcile.
+    pub fn forget_all(&self) {
+        if let Ok(mut tenants) = self.tenants.lock() {
+            tenants.clear();
+        }
+    }
+
+    /// Tenants known (for tests and the memory figures).
+    pub fn len(&self) -> usize {
+        self.tenants.lock().map(|t| t.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A fingerprint of what is applied, from each object's JSON in order.
+pub fn fingerprint<'a>(objects: impl IntoIterator<Item = &'a serde_json::Value>) -> u64 {
+    let mut h = DefaultHasher::new();
+    for o in objects {
+        // serde_json's `Value` keeps maps sorted (no `preserve_order`): the same object always
+        // prints the same.
+        o.to_string().hash(&mut h);
+    }
+    h.finish()
+}
+
+/// Whether the write that produced `fields` was someone else's: the newest entry not ours is
+/// at least as new as our newest (timestamps have 1 s resolution: a tie counts as theirs) and
+/// owns more than `status` (a kubelet or controller reporting status is not drift). No entry
+/// of ours at all (the object was made or taken over by someone else) counts as theirs.
+pub fn written_by_others(fields: &[ManagedFieldsEntry]) -> bool {
+    let time = |e: &ManagedFieldsEntry| e.time.as_ref().map(|t| t.0);
+    let ours = fields
+        .iter()
+        .filter(|e| e.manager.as_deref() == Some(FIELD_MANAGER))
+        .filter_map(time)
+        .max();
+    let Some(ours) = ours else {
+        return true;
+    };
+    fields
+        .iter()
+        .filter(|e| e.manager.as_deref() != Some(FIELD_MANAGER))
+        .filter(|e| !status_only(e))
+        .any(|e| time(e).is_none_or(|t| t >= ours))
+}
+
+/// Whether a managedFields entry owns nothing but `status` (or a status subresource write).
+fn status_only(e: &ManagedFieldsEntry) -> bool {
+    if e.subresource.as_deref() == Some("status") {
+        return true;
+    }
+    match e.fields_v1.as_ref().map(|f| &f.0) {
+        Some(serde_json::Value::Object(m)) => !m.is_empty() && m.keys().all(|k| k == "f:status"),
+        _ => false,
+    }
+}
+
+/// Whether the write that produced `fields` was a status report of someone else's (a kubelet
+/// or controller) at least as new as our own newest write.
+pub fn status_reported(fields: &[ManagedFieldsEntry]) -> bool {
+    let time = |e: &ManagedFieldsEntry| e.time.as_ref().map(|t| t.0);
+    let ours = fields
+        .iter()
+        .filter(|e| e.manager.as_deref() == Some(FIELD_MANAGER))
+        .filter_map(time)
+        .max();
+    fields
+        .iter()
+        .filter(|e| e.manager.as_deref() != Some(FIELD_MANAGER) && status_only(e))
+        .any(|e| match (time(e), ours) {
+            (Some(t), Some(o)) => t >= o,
+            _ => true,
+        })
+}
+
+/// The metadata-only watch of one kind of tenant object as the trigger stream of the Tenant
+/// controller. A tenant is marked [`Applied::changed`] when the event is drift (see the module
+/// docs), and reconciled when it is drift, a deletion, a (re-)list, or, for a kind whose status
+/// the tenant's status reads (`status_matters`: Deployments), a status report. The echo of the
+/// controller's own writes triggers nothing: the reconcile that wrote them already read what
+/// it needs. managedFields are dropped once read: nothing of the event is kept.
+pub fn drift_triggers<K>(
+    events: impl Stream<Item = watcher::Result<Event<PartialObjectMeta<K>>>> + Send + 'static,
+    applied: Arc<Applied>,
+    status_matters: bool,
+) -> impl Stream<Item = watcher::Result<PartialObjectMeta<K>>> + Send + 'static
+where
+    K: Resource + Clone + Send + Sync + 'static,
+    K::DynamicType: Clone + Send,
+    PartialObjectMeta<K>: Resource,
+{
+    events.default_backoff().filter_map(move |event| {
+        let applied = applied.clone();
+        async move {
+            let tenant = |o: &PartialObjectMeta<K>| o.labels().get(TENANT).cloned();
+            match event {
+                Ok(Event::Apply(mut o)) => {
+                    let drift = o.metadata.deletion_timestamp.is_some()
+                        || written_by_others(o.managed_fields());
+                    let report = status_matters && status_reported(o.managed_fields());
+                    if drift {
+                        if let Some(t) = tenant(&o) {
+                            applied.changed(&t);
+                        }
+                    }
+                    o.managed_fields_mut().clear();
+                    (drift || report).then_some(Ok(o))
+                }
+                Ok(Event::InitApply(mut o)) => {
+                    if let Some(t) = tenant(&o) {
+                        if o.metadata.deletion_timestamp.is_some()
+                            || written_by_others(o.managed_fields())
+                        {
+                            applied.changed(&t);
+                        }
+                    }
+                    o.managed_fields_mut().clear();
+                    Some(Ok(o))
+                }
+                Ok(Event::Delete(mut o)) => {
+                    if let Some(t) = tenant(&o) {
+                        applied.changed(&t);
+                    }
+                    o.managed_fields_mut().clear();
+                    Some(Ok(o))
+                }
+                Ok(Event::Init) => {
+                    applied.forget_all();
+                    None
+                }
+                Ok(Event::InitDone) => None,
+                Err(error) => Some(Err(error)),
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, Time};
+    use k8s_openapi::jiff::Timestamp;
+    use serde_json::json;
+
+    fn entry(manager: &str, at: i64, fields: serde_json::Value) -> ManagedFieldsEntry {
+        ManagedFieldsEntry {
+            manager: Some(manager.to_owned()),
+            operation: Some("Apply".to_owned()),
+            time: Some(Time(Timestamp::from_second(at).expect("time"))),
+            fields_v1: Some(FieldsV1(fields)),
+            ..ManagedFieldsEntry::default()
+        }
+    }
+
+    #[test]
+    fn our_own_write_is_not_drift() {
+        let spec = json!({"f:spec": {"f:replicas": {}}});
+        assert!(!written_by_others(&[entry(
+            FIELD_MANAGER,
+            100,
+            spec.clone()
+        )]));
+        // An older hand edit, since repaired by a newer apply of ours.
+        assert!(!written_by_others(&[
+            entry("kubectl-edit", 90, spec.clone()),
+            entry(FIELD_MANAGER, 100, spec)
+        ]));
+    }
+
+    #[test]
+    fn a_newer_or_same_second_foreign_write_is_drift() {
+        let spec = json!({"f:spec": {"f:replicas": {}}});
+        for at in [100, 101] {
+            assert!(written_by_others(&[
+                entry(FIELD_MANAGER, 100, spec.clone()),
+                entry("kubectl-edit", at, spec.clone())
+            ]));
+        }
+        assert!(
+            written_by_others(&[entry("someone", 1, spec)]),
+            "no entry of ours"
+        );
+        assert!(written_by_others(&[]), "no managedFields at all");
+    }
+
+    #[test]
+    fn a_status_report_is_not_drift() {
+        let spec = json!({"f:spec": {"f:replicas": {}}});
+        let status = json!({"f:status": {"f:availableReplicas": {}}});
+        assert!(!written_by_others(&[
+            entry(FIELD_MANAGER, 100, spec.clone()),
+            entry("kubelet", 200, status)
+        ]));
+        let mut sub = entry("kube-controller-manager", 200, json!({"f:status": {}}));
+        sub.subresource = Some("status".into());
+        assert!(!written_by_others(&[entry(FIELD_MANAGER, 100, spec), sub]));
+    }
+
+    #[test]
+    fn a_status_report_newer_than_our_write_is_seen() {
+        let spec = json!({"f:spec": {"f:replicas": {}}});
+        let status = json!({"f:status": {"f:availableReplicas": {}}});
+        let ours = entry(FIELD_MANAGER, 100, spec.clone());
+        assert!(status_reported(&[
+            ours.clone(),
+            entry("kubelet", 100, status.clone())
+        ]));
+        assert!(status_reported(&[
+            ours.clone(),
+            entry("kubelet", 101, status.clone())
+        ]));
+        // Our apply after the report: the echo of our own write, not a report.
+        assert!(!status_reported(&[
+            ours.clone(),
+            entry("kubelet", 99, status)
+        ]));
+        assert!(!status_reported(&[
+            ours.clone(),
+            entry("kubectl-edit", 101, spec)
+        ]));
+        assert!(!status_reported(&[ours]));
+    }
+
+    #[test]
+    fn a_change_forces_the_next_apply_once() {
+        let a = Applied::default();
+        assert!(!a.up_to_date("t", "u1", 7), "never applied");
+        a.record("t", "u1", 7);
+        assert!(a.up_to_date("t", "u1", 7));
+        assert!(!a.up_to_date("t", "u1", 8), "another plan");
+        assert!(
+            !a.up_to_date("t", "u2", 7),
+            "another tenant of the same name"
+        );
+        a.changed("t");
+        assert!(!a.up_to_date("t", "u1", 7), "changed: apply");
+        // The apply's own success is recorded; a change during it is kept.
+        a.changed("t");
+        a.record("t", "u1", 7);
+        assert!(!a.up_to_date("t", "u1", 7), "changed during the apply");
+        a.record("t", "u1", 7);
+        assert!(a.up_to_date("t", "u1", 7));
+        a.forget_all();
+        assert!(!a.up_to_date("t", "u1", 7), "a watch listed again");
+        assert!(a.is_empty());
+    }
+
+    #[test]
+    fn fingerprints_follow_content_and_order() {
+        let (x, y) = (json!({"a": 1}), json!({"b": 2}));
+        assert_eq!(fingerprint([&x, &y]), fingerprint([&x, &y]));
+        assert_ne!(fingerprint([&x, &y]), fingerprint([&y, &x]));
+        assert_ne!(fingerprint([&x]), fingerprint([&json!({"a": 2})]));
+    }
+}
