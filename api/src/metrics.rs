@@ -36,10 +36,21 @@ pub struct OutcomeLabels {
     pub outcome: String,
 }
 
-/// Every metric of the api.
+/// Every metric of the api, shared: a clone is one reference count (the state of every request
+/// and middleware holds one, so cloning is on the path of every request).
 #[derive(Clone)]
-pub struct Metrics {
-    registry: Arc<Registry>,
+pub struct Metrics(Arc<MetricSet>);
+
+impl std::ops::Deref for Metrics {
+    type Target = MetricSet;
+    fn deref(&self) -> &MetricSet {
+        &self.0
+    }
+}
+
+/// The metrics themselves (reached through [`Metrics`]).
+pub struct MetricSet {
+    registry: Registry,
     pub webhook_events: Family<WebhookLabels, Counter>,
     pub processed_events: Family<ProcessedLabels, Counter>,
     pub queue_depth: Gauge,
@@ -142,8 +153,8 @@ impl Metrics {
             "Requests answered 429 by a rate limit, by bucket",
             rate_limited.clone(),
         );
-        Self {
-            registry: Arc::new(registry),
+        Self(Arc::new(MetricSet {
+            registry,
             panics,
             audit_write_failures,
             rate_limited,
@@ -156,9 +167,29 @@ impl Metrics {
             queue_depth,
             queue_oldest_seconds,
             processing_lag,
-        }
+        }))
     }
 
+    /// Samples the billing queue every `every` until the future is dropped, so a scrape never
+    /// runs a query: `/metrics` shows the last sample.
+    pub async fn sample_queue(self, db: sqlx::PgPool, every: std::time::Duration) {
+        loop {
+            match tokio::time::timeout(
+                every.max(std::time::Duration::from_secs(1)),
+                self.refresh_queue(&db),
+            )
+            .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::warn!(%error, "sampling the billing queue"),
+                Err(_) => tracing::warn!("sampling the billing queue timed out"),
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+}
+
+impl MetricSet {
     pub fn webhook(&self, event_type: &str, outcome: &str) {
         self.webhook_events
             .get_or_create(&WebhookLabels {
@@ -203,24 +234,6 @@ impl Metrics {
                 outcome: outcome.to_owned(),
             })
             .inc();
-    }
-
-    /// Samples the billing queue every `every` until the future is dropped, so a scrape never
-    /// runs a query: `/metrics` shows the last sample.
-    pub async fn sample_queue(self, db: sqlx::PgPool, every: std::time::Duration) {
-        loop {
-            match tokio::time::timeout(
-                every.max(std::time::Duration::from_secs(1)),
-                self.refresh_queue(&db),
-            )
-            .await
-            {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => tracing::warn!(%error, "sampling the billing queue"),
-                Err(_) => tracing::warn!("sampling the billing queue timed out"),
-            }
-            tokio::time::sleep(every).await;
-        }
     }
 
     /// Reads the billing queue's depth and oldest entry from the database, so every replica's

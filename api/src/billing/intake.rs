@@ -4,6 +4,10 @@
 //! is answered only after the statement that stored it returned, so nothing is acknowledged
 //! before it is durable; a batch that fails is retried row by row, so one bad row fails only
 //! its own delivery.
+//!
+//! The same statement writes each delivery's `audit_log` row (every state-changing call has
+//! one, `crate::audit`): the audit log costs no commit of its own per delivery, and a delivery
+//! is never stored without its row or audited as stored without being so.
 
 use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
@@ -32,6 +36,10 @@ pub struct EventRow {
     pub subscription_id: Option<String>,
     /// The delivery's body, as received (stored as JSONB).
     pub payload: String,
+    /// The `x-request-id` of the delivery, for its audit row.
+    pub request_id: Option<String>,
+    /// The address the delivery came from, for its audit row.
+    pub client: String,
 }
 
 /// Why a delivery was not stored.
@@ -81,7 +89,8 @@ impl Intake {
     }
 
     /// Stores `row` with the next batch: `Ok(true)` once it is stored, `Ok(false)` when an
-    /// event of its id already was. The caller bounds the wait.
+    /// event of its id already was; either way its audit row is written by the same statement.
+    /// The caller bounds the wait.
     pub async fn store(&self, row: EventRow) -> Result<bool, StoreError> {
         let queue = self.inner.queue.get_or_init(|| self.start());
         let (reply, answer) = oneshot::channel();
@@ -127,70 +136,94 @@ async fn writer(db: PgPool, rx: Arc<Mutex<mpsc::Receiver<Pending>>>) {
 
 async fn store_batch(db: &PgPool, batch: Vec<Pending>) {
     // Within one batch the first delivery of an id is the one inserted; the others of that id
-    // are duplicates whatever the statement says.
+    // are duplicates whatever the statement says (they are still audited by it).
     let mut seen = HashSet::new();
-    let (first, repeated): (Vec<Pending>, Vec<Pending>) = batch
-        .into_iter()
-        .partition(|p| seen.insert(p.row.id.clone()));
-    let rows: Vec<&EventRow> = first.iter().map(|p| &p.row).collect();
+    let first: Vec<bool> = batch
+        .iter()
+        .map(|p| seen.insert(p.row.id.clone()))
+        .collect();
+    let rows: Vec<(&EventRow, bool)> = batch
+        .iter()
+        .map(|p| &p.row)
+        .zip(first.iter().copied())
+        .collect();
     match insert(db, &rows).await {
         Ok(stored) => {
-            let size = first.len();
-            for p in first {
-                let _ = p.reply.send(Ok(stored.contains(&p.row.id)));
+            let size = batch.len();
+            for (p, first) in batch.into_iter().zip(first) {
+                let _ = p.reply.send(Ok(first && stored.contains(&p.row.id)));
             }
-            tracing::debug!(
-                size,
-                duplicates_in_batch = repeated.len(),
-                "webhook batch stored"
-            );
+            tracing::debug!(size, "webhook batch stored");
         }
-        Err(error) if first.len() > 1 => {
-            tracing::warn!(%error, size = first.len(), "webhook batch failed; storing its events one by one");
-            for p in first {
-                let result = insert(db, &[&p.row])
+        Err(error) if batch.len() > 1 => {
+            tracing::warn!(%error, size = batch.len(), "webhook batch failed; storing its events one by one");
+            for p in batch {
+                let result = insert(db, &[(&p.row, true)])
                     .await
                     .map(|stored| stored.contains(&p.row.id));
                 let _ = p.reply.send(result);
             }
         }
         Err(error) => {
-            for p in first {
+            for p in batch {
                 let _ = p.reply.send(Err(StoreError::Database(sqlx::Error::Protocol(
                     error.to_string(),
                 ))));
             }
         }
     }
-    for p in repeated {
-        let _ = p.reply.send(Ok(false));
-    }
 }
 
-/// Inserts `rows` in one statement; answers the ids it stored (not those already there).
-async fn insert(db: &PgPool, rows: &[&EventRow]) -> Result<HashSet<String>, StoreError> {
+/// Inserts `rows` and an audit row for each in one statement; `true` marks the rows whose event
+/// is inserted (the first of its id in the batch). Answers the ids it stored (not those already
+/// there).
+async fn insert(db: &PgPool, rows: &[(&EventRow, bool)]) -> Result<HashSet<String>, StoreError> {
     let mut ids = Vec::with_capacity(rows.len());
     let mut types = Vec::with_capacity(rows.len());
     let mut created = Vec::with_capacity(rows.len());
     let mut livemode = Vec::with_capacity(rows.len());
     let mut subscriptions = Vec::with_capacity(rows.len());
     let mut payloads = Vec::with_capacity(rows.len());
-    for r in rows {
+    let mut request_ids = Vec::with_capacity(rows.len());
+    let mut clients = Vec::with_capacity(rows.len());
+    let mut firsts = Vec::with_capacity(rows.len());
+    for (r, first) in rows {
         ids.push(r.id.as_str());
         types.push(r.event_type.as_str());
         created.push(r.created as f64);
         livemode.push(r.livemode);
         subscriptions.push(r.subscription_id.as_deref());
         payloads.push(r.payload.as_str());
+        request_ids.push(r.request_id.as_deref());
+        clients.push(r.client.as_str());
+        firsts.push(*first);
     }
+    // Both inserts see the same snapshot; the audit rows learn from `stored` which deliveries
+    // were duplicates. Their shape is the audit middleware's (`crate::audit::audit`).
     let statement = sqlx::query_scalar::<_, String>(
-        "INSERT INTO stripe_events (id, event_type, created, livemode, subscription_id, payload)
-         SELECT u.id, u.event_type, to_timestamp(u.created), u.livemode, u.subscription_id,
-                u.payload::jsonb
-         FROM UNNEST($1::text[], $2::text[], $3::float8[], $4::bool[], $5::text[], $6::text[])
-              AS u(id, event_type, created, livemode, subscription_id, payload)
-         ON CONFLICT (id) DO NOTHING
-         RETURNING id",
+        "WITH u AS (
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::float8[], $4::bool[], $5::text[],
+                                  $6::text[], $7::text[], $8::text[], $9::bool[])
+                 AS u(id, event_type, created, livemode, subscription_id, payload, request_id,
+                      client, first)
+         ),
+         stored AS (
+             INSERT INTO stripe_events (id, event_type, created, livemode, subscription_id, payload)
+             SELECT u.id, u.event_type, to_timestamp(u.created), u.livemode, u.subscription_id,
+                    u.payload::jsonb
+             FROM u WHERE u.first
+             ON CONFLICT (id) DO NOTHING
+             RETURNING id
+         ),
+         audited AS (
+             INSERT INTO audit_log (actor, action, target, outcome, request_id, details)
+             SELECT 'stripe', 'stripe.webhook', u.id, 'success', u.request_id,
+                    jsonb_build_object('method', 'POST', 'route', '/webhooks/stripe',
+                        'status', 200, 'client', u.client, 'eventType', u.event_type,
+                        'duplicate', NOT (u.first AND u.id IN (SELECT id FROM stored)))
+             FROM u
+         )
+         SELECT id FROM stored",
     )
     .bind(&ids)
     .bind(&types)
@@ -198,6 +231,9 @@ async fn insert(db: &PgPool, rows: &[&EventRow]) -> Result<HashSet<String>, Stor
     .bind(&livemode)
     .bind(&subscriptions)
     .bind(&payloads)
+    .bind(&request_ids)
+    .bind(&clients)
+    .bind(&firsts)
     .fetch_all(db);
     match tokio::time::timeout(STATEMENT_TIMEOUT, statement).await {
         Ok(Ok(stored)) => Ok(stored.into_iter().collect()),
