@@ -38,7 +38,6 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use ipnet::IpNet;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::http_error::ApiError;
@@ -488,62 +487,93 @@ fn request_span(request: &Request) -> tracing::Span {
     )
 }
 
-/// The layers both listeners share: a panic in a handler becomes a JSON 500 and is counted.
-pub fn catch_panics(router: Router, metrics: &Metrics) -> Router {
+/// The layer both listeners share: a panic in a handler becomes a JSON 500 and is counted.
+pub fn panic_layer(
+    metrics: &Metrics,
+) -> CatchPanicLayer<
+    impl Fn(Box<dyn std::any::Any + Send>) -> Response + Clone + Send + Sync + 'static,
+> {
     let metrics = metrics.clone();
-    router.layer(CatchPanicLayer::custom(
-        move |panic: Box<dyn std::any::Any + Send>| {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            metrics.panic();
-            tracing::error!(panic = %message, "a request handler panicked");
-            ApiError::internal("internal error").into_response()
-        },
-    ))
+    CatchPanicLayer::custom(move |panic: Box<dyn std::any::Any + Send>| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        metrics.panic();
+        tracing::error!(panic = %message, "a request handler panicked");
+        ApiError::internal("internal error").into_response()
+    })
+}
+
+/// `router` behind [`panic_layer`].
+pub fn catch_panics(router: Router, metrics: &Metrics) -> Router {
+    router.layer(panic_layer(metrics))
+}
+
+/// The security headers every answer carries, each unless the handler set it.
+#[derive(Clone)]
+struct SecurityHeaders(Arc<[(HeaderName, HeaderValue)]>);
+
+impl SecurityHeaders {
+    fn new(hsts_max_age: u64) -> Self {
+        let mut headers = vec![
+            (X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
+            (X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
+            (REFERRER_POLICY, HeaderValue::from_static("no-referrer")),
+            (CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ];
+        // 0 leaves HSTS out (plain-HTTP development set-ups).
+        if hsts_max_age > 0 {
+            let value =
+                HeaderValue::from_str(&format!("max-age={hsts_max_age}; includeSubDomains"))
+                    .unwrap_or_else(|_| {
+                        HeaderValue::from_static("max-age=63072000; includeSubDomains")
+                    });
+            headers.push((STRICT_TRANSPORT_SECURITY, value));
+        }
+        Self(headers.into())
+    }
+
+    fn add_to(&self, mut response: Response) -> Response {
+        let map = response.headers_mut();
+        for (name, value) in self.0.iter() {
+            if !map.contains_key(name) {
+                map.insert(name.clone(), value.clone());
+            }
+        }
+        response
+    }
 }
 
 /// Wraps every route of `router` in the hardening middleware.
+///
+/// The layers are composed into one stack and applied with a single `Router::layer`: axum
+/// boxes each `layer` call's service separately and clones every box for every request, so
+/// one stack is one allocation per request instead of one per layer.
 pub fn apply(router: Router, args: &HardeningArgs, metrics: &Metrics) -> Router {
     let outer = Outer {
         limits: Arc::new(RateLimits::new(args, metrics.clone())),
         trusted: args.trusted_proxies.clone().into(),
     };
-    let static_header = |name: HeaderName, value: &'static str| {
-        SetResponseHeaderLayer::if_not_present(name, HeaderValue::from_static(value))
-    };
+    let headers = SecurityHeaders::new(args.hsts_max_age);
     let timeout = Duration::from_secs(args.request_timeout.max(1));
-    let router = router
-        .layer(DefaultBodyLimit::max(args.max_json_body_bytes))
-        .layer(axum::middleware::from_fn_with_state(timeout, time_limit));
-    let mut router = catch_panics(router, metrics)
+    // Outermost first: the id is set before the span is made, and copied onto the response
+    // (including a 429) on the way out; the security headers are on every answer, the 429s of
+    // the address limit and the 500s of a panic among them.
+    let stack = tower::ServiceBuilder::new()
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .map_response(move |response| headers.add_to(response))
         .layer(axum::middleware::from_fn_with_state(
             outer,
             limit_by_address,
         ))
-        .layer(static_header(X_CONTENT_TYPE_OPTIONS, "nosniff"))
-        .layer(static_header(X_FRAME_OPTIONS, "DENY"))
-        .layer(static_header(REFERRER_POLICY, "no-referrer"))
-        .layer(static_header(CACHE_CONTROL, "no-store"));
-    if args.hsts_max_age > 0 {
-        let value =
-            HeaderValue::from_str(&format!("max-age={}; includeSubDomains", args.hsts_max_age))
-                .unwrap_or_else(|_| {
-                    HeaderValue::from_static("max-age=63072000; includeSubDomains")
-                });
-        router = router.layer(SetResponseHeaderLayer::if_not_present(
-            STRICT_TRANSPORT_SECURITY,
-            value,
-        ));
-    }
-    // Layers added last run first: the id is set before the span is made, and copied onto the
-    // response (including a 429) on the way out.
-    router
-        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(TraceLayer::new_for_http().make_span_with(request_span))
-        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(panic_layer(metrics))
+        .layer(axum::middleware::from_fn_with_state(timeout, time_limit))
+        .layer(DefaultBodyLimit::max(args.max_json_body_bytes));
+    router.layer(stack)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The internal listener (`--internal-listen`): `/healthz`, `/readyz` and `/metrics`, for the
 //! kubelet and Prometheus only — never routed by the public Service or Ingress.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -44,7 +45,7 @@ pub struct Readiness {
     pub kubernetes: &'static str,
 }
 
-async fn healthz(State(internal): State<Internal>) -> Response {
+async fn healthz(State(internal): State<Arc<Internal>>) -> Response {
     let down = internal.health.down();
     let status = if down.is_empty() {
         StatusCode::OK
@@ -58,7 +59,7 @@ async fn healthz(State(internal): State<Internal>) -> Response {
     (status, Json(body)).into_response()
 }
 
-async fn readyz(State(internal): State<Internal>) -> Response {
+async fn readyz(State(internal): State<Arc<Internal>>) -> Response {
     let database =
         match tokio::time::timeout(CHECK_TIMEOUT, sqlx::query("SELECT 1").execute(&internal.db))
             .await
@@ -104,7 +105,7 @@ async fn readyz(State(internal): State<Internal>) -> Response {
 
 /// `/metrics`: what the registry holds; the billing queue is sampled in the background, so a
 /// scrape runs no query.
-async fn serve_metrics(State(internal): State<Internal>) -> Response {
+async fn serve_metrics(State(internal): State<Arc<Internal>>) -> Response {
     match internal.metrics.encode() {
         Ok(text) => (
             [(
@@ -125,6 +126,7 @@ pub fn router(internal: Internal) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(serve_metrics))
-        .with_state(internal);
+        // One `Arc`: axum clones the state for every request.
+        .with_state(Arc::new(internal));
     crate::hardening::catch_panics(router, &metrics)
 }

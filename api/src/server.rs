@@ -80,7 +80,7 @@ pub fn public(
         .merge(add(crate::billing::checkout::routes(options.checkout)));
     if let Some(api) = options.tenants {
         authenticated = authenticated.merge(add(
-            crate::tenants::routes(RouteTable::default()).finish(api)
+            crate::tenants::routes(RouteTable::default()).finish(Arc::new(api))
         ));
     }
     let authenticated = authenticated.route_layer(axum::middleware::from_fn_with_state(

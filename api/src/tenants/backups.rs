@@ -2,6 +2,7 @@
 //! controller's backup reconciler), listed from `backup_records` merged with the live objects.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::extract::Path;
 use axum::extract::State;
@@ -222,7 +223,7 @@ async fn backups_of(api: &TenantApi, tenant: &str) -> Result<Vec<BackupView>, Ap
     responses((status = 200, body = Vec<BackupView>), (status = 401, body = crate::http_error::ErrorBody),
         (status = 404, body = crate::http_error::ErrorBody)))]
 pub async fn list_backups(
-    State(api): State<TenantApi>,
+    State(api): State<Arc<TenantApi>>,
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<Vec<BackupView>>, ApiError> {
@@ -338,7 +339,7 @@ async fn create_object(
         (status = 422, body = crate::http_error::ErrorBody),
         (status = 429, description = "a tenant token used up today's backups (--tenant-backups-per-day); Retry-After says when the limit resets", body = crate::http_error::ErrorBody)))]
 pub async fn create_backup(
-    State(api): State<TenantApi>,
+    State(api): State<Arc<TenantApi>>,
     caller: Caller,
     Path(name): Path<String>,
     JsonBody(BackupRequest {}): JsonBody<BackupRequest>,
@@ -356,7 +357,7 @@ pub async fn create_backup(
         (status = 404, body = crate::http_error::ErrorBody), (status = 409, body = crate::http_error::ErrorBody),
         (status = 429, description = "a tenant token used up today's restores (--tenant-restores-per-day); Retry-After says when the limit resets", body = crate::http_error::ErrorBody)))]
 pub async fn restore_backup(
-    State(api): State<TenantApi>,
+    State(api): State<Arc<TenantApi>>,
     caller: Caller,
     Path((name, backup)): Path<(String, String)>,
     JsonBody(BackupRequest {}): JsonBody<BackupRequest>,

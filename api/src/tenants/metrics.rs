@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use utoipa::{IntoParams, ToSchema};
 
 use super::TenantApi;
@@ -179,7 +180,7 @@ const UPTIME_DEFINITION: &str = "fraction of the observed part of the window spe
     responses((status = 200, body = TenantMetrics), (status = 400, body = crate::http_error::ErrorBody),
         (status = 401, body = crate::http_error::ErrorBody), (status = 404, body = crate::http_error::ErrorBody)))]
 pub async fn tenant_metrics(
-    State(api): State<TenantApi>,
+    State(api): State<Arc<TenantApi>>,
     caller: Caller,
     Path(name): Path<String>,
     QueryParams(query): QueryParams<MetricsQuery>,

@@ -134,8 +134,10 @@ impl TenantApi {
     }
 }
 
-/// The routes of the tenant API, all behind authentication (added by the server).
-pub fn routes(table: RouteTable<TenantApi>) -> RouteTable<TenantApi> {
+/// The routes of the tenant API, all behind authentication (added by the server). Their state
+/// is shared behind one `Arc`: axum clones a route's state for every request, and a
+/// `TenantApi` holds a Kubernetes client, a pool and two caches.
+pub fn routes(table: RouteTable<Arc<TenantApi>>) -> RouteTable<Arc<TenantApi>> {
     table
         .get("/api/v1/tenants", status::list_tenants)
         .get("/api/v1/tenants/{name}", status::get_tenant)

@@ -2,6 +2,7 @@
 //! pagination), and per-platform counts.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::extract::Path;
 use axum::extract::State;
@@ -161,7 +162,7 @@ impl TenantApi {
     responses((status = 200, body = TenantView), (status = 400, body = crate::http_error::ErrorBody),
         (status = 401, body = crate::http_error::ErrorBody), (status = 404, body = crate::http_error::ErrorBody)))]
 pub async fn get_tenant(
-    State(api): State<TenantApi>,
+    State(api): State<Arc<TenantApi>>,
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<TenantView>, ApiError> {
@@ -280,7 +281,7 @@ pub fn page(
     responses((status = 200, body = TenantList), (status = 400, body = crate::http_error::ErrorBody),
         (status = 401, body = crate::http_error::ErrorBody), (status = 403, body = crate::http_error::ErrorBody)))]
 pub async fn list_tenants(
-    State(api): State<TenantApi>,
+    State(api): State<Arc<TenantApi>>,
     caller: Caller,
     QueryParams(query): QueryParams<ListQuery>,
 ) -> Result<Json<TenantList>, ApiError> {
@@ -333,7 +334,7 @@ pub fn summarize(platform: &str, tenants: &[std::sync::Arc<Tenant>]) -> Platform
     responses((status = 200, body = PlatformSummary), (status = 401, body = crate::http_error::ErrorBody),
         (status = 403, body = crate::http_error::ErrorBody), (status = 404, body = crate::http_error::ErrorBody)))]
 pub async fn platform_summary(
-    State(api): State<TenantApi>,
+    State(api): State<Arc<TenantApi>>,
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<PlatformSummary>, ApiError> {
@@ -369,7 +370,7 @@ pub struct PlatformRollout {
     responses((status = 200, body = PlatformRollout), (status = 401, body = crate::http_error::ErrorBody),
         (status = 403, body = crate::http_error::ErrorBody), (status = 404, body = crate::http_error::ErrorBody)))]
 pub async fn platform_rollout(
-    State(api): State<TenantApi>,
+    State(api): State<Arc<TenantApi>>,
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<PlatformRollout>, ApiError> {

@@ -9,6 +9,7 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -76,7 +77,7 @@ fn db_error(error: sqlx::Error) -> ApiError {
         (status = 403, body = crate::http_error::ErrorBody), (status = 404, body = crate::http_error::ErrorBody),
         (status = 422, body = crate::http_error::ErrorBody)))]
 pub async fn issue_token(
-    State(api): State<TenantApi>,
+    State(api): State<Arc<TenantApi>>,
     caller: Caller,
     Path(name): Path<String>,
     JsonBody(body): JsonBody<IssueToken>,
@@ -135,7 +136,7 @@ pub async fn issue_token(
     security(("bearer" = [])),
     responses((status = 200, body = Vec<TokenInfo>), (status = 403, body = crate::http_error::ErrorBody)))]
 pub async fn list_tokens(
-    State(api): State<TenantApi>,
+    State(api): State<Arc<TenantApi>>,
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<Vec<TokenInfo>>, ApiError> {
@@ -159,7 +160,7 @@ pub async fn list_tokens(
     responses((status = 204), (status = 403, body = crate::http_error::ErrorBody),
         (status = 404, body = crate::http_error::ErrorBody)))]
 pub async fn revoke_token(
-    State(api): State<TenantApi>,
+    State(api): State<Arc<TenantApi>>,
     caller: Caller,
     auth: Option<axum::Extension<crate::caller::Authenticator>>,
     Path((name, id)): Path<(String, String)>,
