@@ -3,7 +3,9 @@
 //! external load generator (Debian's `wrk`, a separate process), once with the admin token and
 //! once with tenant-scoped tokens (one per connection's tenant: the token cache answers after
 //! the first request of each), next to the same server's `/healthz` rate with the same load
-//! generator in the same run (the baseline). Prints one table (`stackplane_tests::bench`).
+//! generator and the same wrk script in the same run (the baseline; `/healthz` with wrk's
+//! built-in request, no Lua per request, is printed beside it). Prints one table
+//! (`stackplane_tests::bench`).
 //!
 //! Runs against the harness (KUBECONFIG, DATABASE_URL):
 //!   run=$(tests/harness/up.sh) && source "$run/env.sh"
@@ -32,8 +34,15 @@ use stackplane_tests::{fresh_database, install_crds, kube_client, unique};
 const ADMIN: &str = "bench-admin-token";
 
 /// A wrk script sending GET `/api/v1/tenants/<name>` round-robin over `pairs` of (token,
-/// tenant name), each thread from its own offset.
-fn script(pairs: &[(String, String)]) -> String {
+/// tenant name), each thread from its own offset. With `healthz`, the same script (the same Lua
+/// work per request, the same headers) sends GET `/healthz` instead: the baseline then pays
+/// the load generator's per-request cost exactly as the measured rows do.
+fn script(pairs: &[(String, String)], healthz: bool) -> String {
+    let path = if healthz {
+        r#""/healthz""#
+    } else {
+        r#""/api/v1/tenants/" .. p[2]"#
+    };
     let table: Vec<String> = pairs
         .iter()
         .map(|(t, n)| format!("{{{}, {}}}", lua_string(t), lua_string(n)))
@@ -53,10 +62,11 @@ end
 function request()
   i = i + 1
   local p = pairs_[(i % #pairs_) + 1]
-  return wrk.format("GET", "/api/v1/tenants/" .. p[2], {{["Authorization"] = "Bearer " .. p[1]}})
+  return wrk.format("GET", {}, {{["Authorization"] = "Bearer " .. p[1]}})
 end
 "#,
-        table.join(", ")
+        table.join(", "),
+        path
     )
 }
 
@@ -181,20 +191,27 @@ fn main() {
         .map(|n| (ADMIN.to_owned(), n.clone()))
         .collect();
     // Warm-up: connections, and each tenant token's one database lookup.
-    bench::wrk(&base, connections, 2, &script(&tokens), &[]);
-    let load_health = bench::loadavg();
-    let health = bench::wrk(
+    bench::wrk(&base, connections, 2, &script(&tokens, false), &[]);
+    let load_plain = bench::loadavg();
+    let plain = bench::wrk(
         &format!("{internal}/healthz"),
         connections,
         seconds,
         "",
         &[],
     );
+    let load_health = bench::loadavg();
+    let health = bench::wrk(&internal, connections, seconds, &script(&admin, true), &[]);
     let load_admin = bench::loadavg();
-    let admin = bench::wrk(&base, connections, seconds, &script(&admin), &[]);
+    let admin = bench::wrk(&base, connections, seconds, &script(&admin, false), &[]);
     let load_tenant = bench::loadavg();
-    let tenant = bench::wrk(&base, connections, seconds, &script(&tokens), &[]);
-    for (what, w) in [("healthz", &health), ("admin", &admin), ("tenant", &tenant)] {
+    let tenant = bench::wrk(&base, connections, seconds, &script(&tokens, false), &[]);
+    for (what, w) in [
+        ("healthz", &plain),
+        ("healthz (scripted)", &health),
+        ("admin", &admin),
+        ("tenant", &tenant),
+    ] {
         assert!(w.requests > 0, "{what}: no request answered");
         assert_eq!(
             w.status_errors + w.socket_errors,
@@ -203,25 +220,36 @@ fn main() {
         );
         assert!(w.p99_us > 0, "{what}: no latency measured");
     }
+    let vs_plain = |w: &bench::Wrk| {
+        format!(
+            "{:.2} of the unscripted /healthz",
+            w.per_second() / plain.per_second()
+        )
+    };
     let rows = [
         Row::new(
-            format!("GET /healthz, {connections} connections (baseline)"),
+            format!("GET /healthz, {connections} connections, wrk's built-in request (no Lua per request)"),
+            plain.describe(),
+        )
+        .load(load_plain),
+        Row::new(
+            format!("GET /healthz, {connections} connections, the rows' wrk script (baseline)"),
             health.describe(),
         )
         .load(load_health),
         Row::new(
             format!("GET /api/v1/tenants/{{name}}, admin token, {tenants} tenants cached, {connections} connections"),
-            admin.describe(),
+            format!("{}; {}", admin.describe(), vs_plain(&admin)),
         )
         .load(load_admin)
-        .baseline(format!("{:.0} req/s /healthz", health.per_second()), admin.per_second() / health.per_second())
+        .baseline(format!("{:.0} req/s /healthz (same script)", health.per_second()), admin.per_second() / health.per_second())
         .target(">= 0.5, p99 < 10 ms"),
         Row::new(
             format!("GET /api/v1/tenants/{{name}}, {} tenant tokens, {connections} connections", tokens.len()),
-            tenant.describe(),
+            format!("{}; {}", tenant.describe(), vs_plain(&tenant)),
         )
         .load(load_tenant)
-        .baseline(format!("{:.0} req/s /healthz", health.per_second()), tenant.per_second() / health.per_second())
+        .baseline(format!("{:.0} req/s /healthz (same script)", health.per_second()), tenant.per_second() / health.per_second())
         .target(">= 0.5, p99 < 10 ms"),
     ];
     bench::print_table("status_load", &rows);

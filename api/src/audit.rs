@@ -5,9 +5,8 @@
 //! not written (they are counted in `stackplane_api_rate_limited_total`): a flood must not turn
 //! into database writes.
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request};
 use axum::http::{Method, StatusCode};
-use axum::middleware::Next;
 use axum::response::Response;
 use sqlx::PgPool;
 
@@ -115,15 +114,77 @@ pub struct AuditState {
 /// Timeout of one audit write: a database that hangs must not hang the answer.
 const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// Middleware (a `route_layer` outside authentication, so the matched route is known and
-/// refused calls pass through it): runs every state-changing call and writes its audit row.
-/// Reads pass through untouched. A row that cannot be written is logged and counted
-/// (`stackplane_audit_write_failures_total`).
-pub async fn audit(State(state): State<AuditState>, req: Request, next: Next) -> Response {
-    let method = req.method().clone();
-    if matches!(method, Method::GET | Method::HEAD | Method::OPTIONS) {
-        return next.run(req).await;
+/// The audit middleware as a layer (a `route_layer` outside authentication, so the matched
+/// route is known and refused calls pass through it): every state-changing call is run by
+/// [`audit`], which writes its row. Reads go straight to the route, with no allocation of their
+/// own (a `from_fn` middleware would box every read too, and reads are most requests).
+#[derive(Clone)]
+pub struct AuditLayer(pub AuditState);
+
+impl<S> tower::Layer<S> for AuditLayer {
+    type Service = Audited<S>;
+    fn layer(&self, inner: S) -> Audited<S> {
+        Audited {
+            inner,
+            state: self.0.clone(),
+        }
     }
+}
+
+/// A route behind [`AuditLayer`].
+#[derive(Clone)]
+pub struct Audited<S> {
+    inner: S,
+    state: AuditState,
+}
+
+type BoxedCall = futures::future::BoxFuture<'static, Result<Response, std::convert::Infallible>>;
+
+impl<S> tower::Service<Request> for Audited<S>
+where
+    S: tower::Service<Request, Response = Response, Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = futures::future::Either<S::Future, BoxedCall>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+            return futures::future::Either::Left(self.inner.call(req));
+        }
+        // The service that was made ready runs this call; its clone stays for the next.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let state = self.state.clone();
+        futures::future::Either::Right(Box::pin(async move {
+            Ok(audit(state, req, move |req| async move {
+                let mut inner = inner;
+                inner.call(req).await
+            })
+            .await)
+        }))
+    }
+}
+
+/// Runs a state-changing call (`run`) and writes its audit row. A row that cannot be written
+/// is logged and counted (`stackplane_audit_write_failures_total`).
+async fn audit<F, Fut>(state: AuditState, req: Request, run: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: std::future::Future<Output = Result<Response, std::convert::Infallible>>,
+{
+    let method = req.method().clone();
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -136,7 +197,10 @@ pub async fn audit(State(state): State<AuditState>, req: Request, next: Next) ->
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let response = next.run(req).await;
+    let response = match run(req).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    };
     if response.extensions().get::<AuditedByHandler>().is_some() {
         return response;
     }

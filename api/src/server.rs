@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 
-use crate::audit::{AuditState, AuditedByHandler};
+use crate::audit::{AuditLayer, AuditState, AuditedByHandler};
 use crate::caller::{Authenticator, Caller};
 use crate::extract::Path;
 use crate::http_error::ApiError;
@@ -103,13 +103,10 @@ pub fn public(
         .finish(state.clone()));
     let audited = authenticated
         .merge(webhook)
-        .route_layer(axum::middleware::from_fn_with_state(
-            AuditState {
-                db: state.db.clone(),
-                metrics: state.metrics.clone(),
-            },
-            crate::audit::audit,
-        ));
+        .route_layer(AuditLayer(AuditState {
+            db: state.db.clone(),
+            metrics: state.metrics.clone(),
+        }));
     let docs = add(RouteTable::default()
         .get("/openapi.json", crate::openapi::serve)
         .finish(()));
