@@ -173,6 +173,26 @@ async fn the_same_event_delivered_ten_times_concurrently_is_stored_once() {
         .count();
     assert_eq!(duplicates, 9, "{results:?}");
     assert_eq!(stored(&pool).await, 1);
+    // Each delivery has its audit row, written by the intake's statement with the event: the
+    // one stored, nine duplicates (within one batch or against the stored row).
+    let id = serde_json::from_str::<serde_json::Value>(&payload).expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let rows: Vec<(String, String, Option<String>, bool)> = sqlx::query_as(
+        "SELECT actor, outcome, target, (details->>'duplicate')::bool FROM audit_log
+         WHERE action = 'stripe.webhook' ORDER BY id",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("audit");
+    assert_eq!(rows.len(), 10, "{rows:?}");
+    assert!(
+        rows.iter()
+            .all(|(a, o, t, _)| a == "stripe" && o == "success" && t.as_deref() == Some(&id)),
+        "{rows:?}"
+    );
+    assert_eq!(rows.iter().filter(|r| !r.3).count(), 1, "{rows:?}");
 }
 
 #[tokio::test]
