@@ -271,6 +271,7 @@ async fn run_controller(
         // only) and mapped back to its Tenant.
         .watches_stream(
             drift_triggers(
+                "Namespace",
                 watcher(
                     Api::<PartialObjectMeta<Namespace>>::all(c.clone()),
                     children.clone(),

@@ -8,6 +8,12 @@
 //! controller (a hand edit), deleted, or when a watch had to list again (what happened in the
 //! gap is unknown). The state is in memory only: after a restart every tenant is applied and
 //! pruned once, as before.
+//!
+//! A (re-)list has a window: an object made and deleted between the list's start and its
+//! snapshot is in neither the list nor the watch that follows, so no event tells of its
+//! deletion. An apply that overlaps any list window (one was in progress when it was
+//! recorded, or one started or finished while it ran) is therefore recorded as `changed`,
+//! and the tenant's next trigger (the list's own `InitApply`s among them) applies it again.
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -35,7 +41,21 @@ struct Entry {
 #[derive(Debug, Default)]
 pub struct Applied {
     tenants: Mutex<HashMap<String, Entry>>,
+    lists: Mutex<Lists>,
 }
+
+/// The child watches' (re-)lists.
+#[derive(Debug, Default)]
+struct Lists {
+    /// Moves whenever a list starts or finishes.
+    epoch: u64,
+    /// The kinds whose list is in progress.
+    listing: std::collections::HashSet<&'static str>,
+}
+
+/// When an apply began, as [`Applied::epoch`] tells; given back to [`Applied::record`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Epoch(u64);
 
 impl Applied {
     /// Whether `tenant` (with this uid) last had exactly this plan applied and nothing of it
@@ -55,13 +75,46 @@ impl Applied {
         }
     }
 
-    /// Records a successful apply and prune of the plan with `fingerprint` (a `changed` mark
-    /// set meanwhile is kept).
-    pub fn record(&self, tenant: &str, uid: &str, fingerprint: u64) {
+    /// Taken before an apply begins, for [`Applied::record`].
+    pub fn epoch(&self) -> Epoch {
+        Epoch(self.lists.lock().map(|l| l.epoch).unwrap_or(u64::MAX))
+    }
+
+    /// A child watch of `kind` starts a (re-)list: what changed while it was down is unknown,
+    /// so every tenant is applied again on its next reconcile.
+    pub fn list_started(&self, kind: &'static str) {
+        self.forget_all();
+        if let Ok(mut lists) = self.lists.lock() {
+            lists.epoch += 1;
+            lists.listing.insert(kind);
+        }
+    }
+
+    /// The list of `kind` is complete; its watch now reports every change.
+    pub fn list_done(&self, kind: &'static str) {
+        if let Ok(mut lists) = self.lists.lock() {
+            lists.epoch += 1;
+            lists.listing.remove(kind);
+        }
+    }
+
+    /// Whether an apply that began at `since` overlapped a list window (see the module docs).
+    fn overlapped_a_list(&self, since: Epoch) -> bool {
+        self.lists
+            .lock()
+            .map(|l| l.epoch != since.0 || !l.listing.is_empty())
+            .unwrap_or(true)
+    }
+
+    /// Records a successful apply and prune of the plan with `fingerprint`, begun at `since`
+    /// (a `changed` mark set meanwhile is kept; an apply that overlapped a list is marked).
+    pub fn record(&self, tenant: &str, uid: &str, fingerprint: u64, since: Epoch) {
+        let overlapped = self.overlapped_a_list(since);
         if let Ok(mut tenants) = self.tenants.lock() {
-            let changed = tenants
-                .get(tenant)
-                .is_some_and(|e| e.uid == uid && e.changed);
+            let changed = overlapped
+                || tenants
+                    .get(tenant)
+                    .is_some_and(|e| e.uid == uid && e.changed);
             tenants.insert(
                 tenant.to_owned(),
                 Entry {
@@ -97,9 +150,8 @@ impl Applied {
         }
     }
 
-    /// Forgets every tenant: a watch listed again, and what changed while it was down is
-    /// unknown, so every tenant is applied again on its next reconcile.
-    pub fn forget_all(&self) {
+    /// Forgets every tenant.
+    fn forget_all(&self) {
         if let Ok(mut tenants) = self.tenants.lock() {
             tenants.clear();
         }
@@ -165,6 +217,7 @@ fn status_only(e: &ManagedFieldsEntry) -> bool {
 /// the echo of the controller's own writes triggers nothing: the reconcile that wrote them
 /// already read what it needs. managedFields are dropped once read: nothing of the event is kept.
 pub fn drift_triggers<K>(
+    kind: &'static str,
     events: impl Stream<Item = watcher::Result<Event<PartialObjectMeta<K>>>> + Send + 'static,
     applied: Arc<Applied>,
     status_matters: bool,
@@ -217,10 +270,13 @@ where
                     Some(Ok(o))
                 }
                 Ok(Event::Init) => {
-                    applied.forget_all();
+                    applied.list_started(kind);
                     None
                 }
-                Ok(Event::InitDone) => None,
+                Ok(Event::InitDone) => {
+                    applied.list_done(kind);
+                    None
+                }
                 Err(error) => Some(Err(error)),
             }
         }
@@ -292,7 +348,7 @@ mod tests {
     fn a_change_forces_the_next_apply_once() {
         let a = Applied::default();
         assert!(!a.up_to_date("t", "u1", 7), "never applied");
-        a.record("t", "u1", 7);
+        a.record("t", "u1", 7, a.epoch());
         assert!(a.up_to_date("t", "u1", 7));
         assert!(!a.up_to_date("t", "u1", 8), "another plan");
         assert!(
@@ -303,13 +359,39 @@ mod tests {
         assert!(!a.up_to_date("t", "u1", 7), "changed: apply");
         // The apply's own success is recorded; a change during it is kept.
         a.changed("t");
-        a.record("t", "u1", 7);
+        a.record("t", "u1", 7, a.epoch());
         assert!(!a.up_to_date("t", "u1", 7), "changed during the apply");
-        a.record("t", "u1", 7);
+        a.record("t", "u1", 7, a.epoch());
         assert!(a.up_to_date("t", "u1", 7));
-        a.forget_all();
+        a.list_started("Deployment");
         assert!(!a.up_to_date("t", "u1", 7), "a watch listed again");
         assert!(a.is_empty());
+    }
+
+    /// An object made and deleted inside a list window leaves no event: an apply that
+    /// overlapped the window is applied again.
+    #[test]
+    fn an_apply_overlapping_a_list_is_applied_again() {
+        let a = Applied::default();
+        // The list is in progress while the apply runs and when it is recorded.
+        a.list_started("Deployment");
+        let since = a.epoch();
+        a.record("t", "u", 7, since);
+        assert!(!a.up_to_date("t", "u", 7), "recorded during a list");
+        a.list_done("Deployment");
+        // The list started and finished while the apply ran.
+        let since = a.epoch();
+        a.list_started("Service");
+        a.list_done("Service");
+        a.record("t", "u", 7, since);
+        assert!(
+            !a.up_to_date("t", "u", 7),
+            "a list came and went during the apply"
+        );
+        // No list near it: the apply stands.
+        let since = a.epoch();
+        a.record("t", "u", 7, since);
+        assert!(a.up_to_date("t", "u", 7));
     }
 
     #[test]

@@ -201,7 +201,8 @@ fn watch_kind<K: Child>(
     let events = watcher(Api::<PartialObjectMeta<K>>::all(client), config);
     // The tenant's status reads its Deployments' replicas: their status reports trigger it.
     let status_matters = <K as k8s_openapi::Resource>::KIND == "Deployment";
-    controller.watches_stream(drift_triggers(events, applied, status_matters), |o| {
+    let kind = <K as k8s_openapi::Resource>::KIND;
+    controller.watches_stream(drift_triggers(kind, events, applied, status_matters), |o| {
         tenant_of(&o)
     })
 }

@@ -404,6 +404,7 @@ async fn sync_step(pass: &Pass<'_>, ctx: &Context, plan: &Plan) -> Result<Pruned
     let never_synced = !ctx.applied.knows(&pass.name)
         && pass.previous.namespace.is_none()
         && !pass.previous.conditions.iter().any(|c| c.type_ == SYNCED);
+    let since = ctx.applied.epoch();
     let synced = async {
         let ns_created = apply::apply(&ctx.client, plan).await?;
         let tenant_created = pass.tenant.metadata.creation_timestamp.as_ref();
@@ -418,7 +419,7 @@ async fn sync_step(pass: &Pass<'_>, ctx: &Context, plan: &Plan) -> Result<Pruned
     }
     .await;
     match &synced {
-        Ok(_) => ctx.applied.record(&pass.name, &uid, fingerprint),
+        Ok(_) => ctx.applied.record(&pass.name, &uid, fingerprint, since),
         Err(_) => ctx.applied.forget(&pass.name),
     }
     let error = match synced {
