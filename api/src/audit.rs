@@ -167,23 +167,17 @@ where
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let state = self.state.clone();
-        futures::future::Either::Right(Box::pin(async move {
-            Ok(audit(state, req, move |req| async move {
-                let mut inner = inner;
-                inner.call(req).await
-            })
-            .await)
-        }))
+        futures::future::Either::Right(Box::pin(async move { Ok(audit(state, req, inner).await) }))
     }
 }
 
-/// Runs a state-changing call (`run`) and writes its audit row. A row that cannot be written
-/// is logged and counted (`stackplane_audit_write_failures_total`).
-async fn audit<F, Fut>(state: AuditState, req: Request, run: F) -> Response
+/// Runs a state-changing call on `route_service` and writes its audit row. A row that cannot be
+/// written is logged and counted (`stackplane_audit_write_failures_total`).
+async fn audit<S>(state: AuditState, req: Request, route_service: S) -> Response
 where
-    F: FnOnce(Request) -> Fut,
-    Fut: std::future::Future<Output = Result<Response, std::convert::Infallible>>,
+    S: tower::Service<Request, Response = Response, Error = std::convert::Infallible>,
 {
+    use tower::ServiceExt;
     let method = req.method().clone();
     let route = req
         .extensions()
@@ -192,12 +186,8 @@ where
         .unwrap_or_default();
     let target = req.uri().path().to_owned();
     let client = crate::hardening::Gate::of_request(&req).addr;
-    let request_id = req
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let response = match run(req).await {
+    let request_id = crate::hardening::request_id(req.headers());
+    let response = match route_service.oneshot(req).await {
         Ok(response) => response,
         Err(never) => match never {},
     };
@@ -210,13 +200,7 @@ where
         .cloned()
         .unwrap_or(Actor::Anonymous);
     let status = response.status();
-    let request_id = request_id.or_else(|| {
-        response
-            .headers()
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    });
+    let request_id = request_id.or_else(|| crate::hardening::request_id(response.headers()));
     let mut details = serde_json::json!({
         "method": method.as_str(),
         "route": route,

@@ -46,6 +46,14 @@ use crate::metrics::Metrics;
 /// The header that carries a request's id, in and out.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// The request id in `headers`, if any (set on every request by the hardening middleware).
+pub fn request_id(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
 /// The Stripe webhook: limited by its handler, after the signature is checked.
 pub const WEBHOOK: &str = "/webhooks/stripe";
 /// Idle buckets are forgotten every this many requests, so the key maps stay bounded.

@@ -199,7 +199,11 @@ async fn insert(db: &PgPool, rows: &[(&EventRow, bool)]) -> Result<HashSet<Strin
         firsts.push(*first);
     }
     // Both inserts see the same snapshot; the audit rows learn from `stored` which deliveries
-    // were duplicates. Their shape is the audit middleware's (`crate::audit::audit`).
+    // were duplicates. Their shape is the audit middleware's (`crate::audit`), their names
+    // its own.
+    let route = crate::hardening::WEBHOOK;
+    let action = crate::audit::action(&axum::http::Method::POST, route);
+    let actor = crate::audit::Actor::Stripe.name();
     let statement = sqlx::query_scalar::<_, String>(
         "WITH u AS (
              SELECT * FROM UNNEST($1::text[], $2::text[], $3::float8[], $4::bool[], $5::text[],
@@ -217,8 +221,8 @@ async fn insert(db: &PgPool, rows: &[(&EventRow, bool)]) -> Result<HashSet<Strin
          ),
          audited AS (
              INSERT INTO audit_log (actor, action, target, outcome, request_id, details)
-             SELECT 'stripe', 'stripe.webhook', u.id, 'success', u.request_id,
-                    jsonb_build_object('method', 'POST', 'route', '/webhooks/stripe',
+             SELECT $10, $11, u.id, 'success', u.request_id,
+                    jsonb_build_object('method', 'POST', 'route', $12::text,
                         'status', 200, 'client', u.client, 'eventType', u.event_type,
                         'duplicate', NOT (u.first AND u.id IN (SELECT id FROM stored)))
              FROM u
@@ -234,6 +238,9 @@ async fn insert(db: &PgPool, rows: &[(&EventRow, bool)]) -> Result<HashSet<Strin
     .bind(&request_ids)
     .bind(&clients)
     .bind(&firsts)
+    .bind(&actor)
+    .bind(&action)
+    .bind(route)
     .fetch_all(db);
     match tokio::time::timeout(STATEMENT_TIMEOUT, statement).await {
         Ok(Ok(stored)) => Ok(stored.into_iter().collect()),

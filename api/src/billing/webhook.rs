@@ -74,6 +74,7 @@ pub const TOLERANCE_SECS: i64 = 300;
 /// within the tolerance. A signature that matches but is too old is `StaleTimestamp`.
 pub fn verify(payload: &str, header: &str, secrets: &[String], now: i64) -> Result<(), Rejection> {
     let mut timestamp = None;
+    let mut has_v1 = false;
     let mut candidates = Vec::new();
     for (key, value) in header.split(',').filter_map(|p| p.split_once('=')) {
         match key.trim() {
@@ -82,16 +83,16 @@ pub fn verify(payload: &str, header: &str, secrets: &[String], now: i64) -> Resu
                 Err(_) => return Err(Rejection::InvalidSignatureHeader),
             },
             // A candidate that is not hex can match nothing; the others are still tried.
-            "v1" => candidates.extend(hex::decode(value.trim()).ok()),
+            "v1" => {
+                has_v1 = true;
+                candidates.extend(hex::decode(value.trim()).ok());
+            }
             _ => {}
         }
     }
-    let Some(t) = timestamp else {
+    let Some(t) = timestamp.filter(|_| has_v1) else {
         return Err(Rejection::InvalidSignatureHeader);
     };
-    if !header.split(',').any(|p| p.trim_start().starts_with("v1=")) {
-        return Err(Rejection::InvalidSignatureHeader);
-    }
     let signed_by = |secret: &String| {
         let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else {
             return false;
@@ -176,16 +177,8 @@ pub async fn stripe_webhook(
     };
     let mut response = match gate.check_address(Bucket::WebhookValid) {
         Ok(()) => {
-            let request_id = headers
-                .get(crate::hardening::REQUEST_ID)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            let delivery = Delivery {
-                payload,
-                request_id,
-                client: gate.addr.to_string(),
-            };
-            store(&state, &intake, delivery).await
+            let request_id = crate::hardening::request_id(&headers);
+            store(&state, &intake, payload, request_id, gate.addr.to_string()).await
         }
         Err(limited) => {
             state.metrics.webhook("unknown", "rate_limited");
@@ -231,22 +224,17 @@ async fn verified_payload(
     Ok(payload.to_owned())
 }
 
-/// A verified delivery and what its audit row needs.
-struct Delivery {
+/// Stores a verified delivery (with the next group commit, `super::intake`, which writes its
+/// audit row too) and answers once it is stored; 503 while the database cannot take it
+/// (Stripe retries; the audit middleware then writes the failed call's row). `request_id` and
+/// `client` are for the audit row.
+async fn store(
+    state: &AppState,
+    intake: &Intake,
     payload: String,
     request_id: Option<String>,
     client: String,
-}
-
-/// Stores a verified delivery (with the next group commit, `super::intake`, which writes its
-/// audit row too) and answers once it is stored; 503 while the database cannot take it
-/// (Stripe retries; the audit middleware then writes the failed call's row).
-async fn store(state: &AppState, intake: &Intake, delivery: Delivery) -> Response {
-    let Delivery {
-        payload,
-        request_id,
-        client,
-    } = delivery;
+) -> Response {
     let event = match envelope(&payload) {
         Ok(e) => e,
         Err(r) => return reject(state, r),
