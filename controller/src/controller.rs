@@ -27,6 +27,12 @@ pub use crate::tenant::children::tenant_of;
 /// Name the controller reports in Events.
 pub const CONTROLLER_NAME: &str = "stackplane-controller";
 
+/// Objects per page of the watches' (re-)lists. A page is held whole, managedFields included,
+/// until its objects are trimmed: after a restart at 10,000 tenants a dozen watches list at once,
+/// and at kube's default of 500 those pages were the controller's largest allocations. The extra
+/// list requests (about 100 per kind at 10,000 tenants) are a fraction of one resync's.
+const LIST_PAGE: u32 = 100;
+
 /// Configuration of [`run`].
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -130,7 +136,7 @@ async fn run_controller(
     metrics: Arc<Metrics>,
     stop: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let mut wc = watcher::Config::default();
+    let mut wc = watcher::Config::default().page_size(LIST_PAGE);
     if let Some(selector) = &config.tenant_selector {
         wc = wc.labels(selector);
     }
@@ -145,6 +151,31 @@ async fn run_controller(
     let stop = futures::future::select(Box::pin(stop), Box::pin(ended_rx.map(|_| ())))
         .map(|_| ())
         .shared();
+    // The Tenants' cache holds them without managedFields (a third of a Tenant's size, never
+    // read), and only what can change a reconcile's outcome triggers one: spec (generation),
+    // labels, annotations (rollout moves, billing marks), finalizers and deletion. The
+    // controller's own status writes do not re-reconcile the tenant.
+    let (tenants, tenants_writer) = kube::runtime::reflector::store::<Tenant>();
+    let tenant_events = kube::runtime::reflector(
+        tenants_writer,
+        watcher(Api::<Tenant>::all(client.clone()), wc)
+            .default_backoff()
+            .modify(|t| t.managed_fields_mut().clear()),
+    )
+    .applied_objects()
+    .predicate_filter(
+        predicates::generation
+            .combine(predicates::labels)
+            .combine(predicates::annotations)
+            .combine(predicates::finalizers)
+            .combine(|t: &Tenant| {
+                t.metadata
+                    .deletion_timestamp
+                    .as_ref()
+                    .map(|d| d.0.as_second() as u64)
+            }),
+        Default::default(),
+    );
     let mut backup_config = config.reconcile.backup.clone();
     backup_config.selector = config.tenant_selector.clone();
     // One cloud provider for the cloud step, backups and the garbage collector; none with
@@ -154,6 +185,7 @@ async fn run_controller(
         client.clone(),
         backup_config,
         provider,
+        tenants.clone(),
         metrics.clone(),
         recorder.clone(),
         stop.clone(),
@@ -201,32 +233,8 @@ async fn run_controller(
     .with_revisions(revisions.clone())
     .with_platforms(platforms);
     let applied = ctx.applied.clone();
+    let reports = ctx.reports.clone();
     let ctx = Arc::new(ctx);
-    // The Tenants' cache holds them without managedFields (a third of a Tenant's size, never
-    // read), and only what can change a reconcile's outcome triggers one: spec (generation),
-    // labels, annotations (rollout moves, billing marks), finalizers and deletion. The
-    // controller's own status writes do not re-reconcile the tenant.
-    let (tenants, tenants_writer) = kube::runtime::reflector::store::<Tenant>();
-    let tenant_events = kube::runtime::reflector(
-        tenants_writer,
-        watcher(Api::<Tenant>::all(client.clone()), wc)
-            .default_backoff()
-            .modify(|t| t.managed_fields_mut().clear()),
-    )
-    .applied_objects()
-    .predicate_filter(
-        predicates::generation
-            .combine(predicates::labels)
-            .combine(predicates::annotations)
-            .combine(predicates::finalizers)
-            .combine(|t: &Tenant| {
-                t.metadata
-                    .deletion_timestamp
-                    .as_ref()
-                    .map(|d| d.0.as_second() as u64)
-            }),
-        Default::default(),
-    );
     let controller = Controller::for_stream(tenant_events, tenants.clone())
         .with_config(controller::Config::default().concurrency(config.concurrency));
     let rollouts = crate::rollout::run(
@@ -246,7 +254,9 @@ async fn run_controller(
     // rollout's progress writes would otherwise re-reconcile every tenant of the platform
     // every few seconds.
     let seen = std::sync::Mutex::new(std::collections::HashMap::<String, PlatformKey>::new());
-    let children = watcher::Config::default().labels(&format!("{MANAGED_BY}={MANAGED_BY_VALUE}"));
+    let children = watcher::Config::default()
+        .labels(&format!("{MANAGED_BY}={MANAGED_BY_VALUE}"))
+        .page_size(LIST_PAGE);
     let c = &client;
     // A changed Platform re-plans its tenants (each from the revision it runs or is moved to).
     let mut controller = controller
@@ -282,7 +292,13 @@ async fn run_controller(
             |o| tenant::children::tenant_of(&o),
         );
     for kind in CHILD_KINDS {
-        controller = (kind.watch)(controller, c.clone(), children.clone(), applied.clone());
+        controller = (kind.watch)(
+            controller,
+            c.clone(),
+            children.clone(),
+            applied.clone(),
+            reports.clone(),
+        );
     }
     let tenants_controller = controller
         // A finished final backup lets a cancelled or deleting tenant go on at once.

@@ -11,7 +11,10 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use futures::StreamExt;
 use kube::discovery::ApiResource;
+use kube::runtime::reflector::{self, reflector};
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use stackplane_controller::backup::schedule::ScheduleConfig;
@@ -65,16 +68,33 @@ async fn start(configure: impl FnOnce(&mut BackupConfig)) -> Env {
     configure(&mut config);
     let recorder = EventRecorder::new(client.clone(), "stackplane-backup-test", "test");
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(backup::run(
+    // The scheduler reads the Tenant controller's cache; here the test fills one of its own,
+    // with the same selector.
+    let (tenants, writer) = reflector::store::<Tenant>();
+    let cache = reflector(
+        writer,
+        watcher(
+            Api::<Tenant>::all(client.clone()),
+            watcher::Config::default().labels(&format!("{SHARD}={shard}")),
+        )
+        .default_backoff(),
+    )
+    .for_each(|_| futures::future::ready(()));
+    let backups = backup::run(
         client.clone(),
         config,
         Some(Arc::new(AwsProvider::new(&aws))),
+        tenants,
         Arc::new(Metrics::new()),
         recorder,
         async move {
             let _ = rx.await;
         },
-    ));
+    );
+    tokio::spawn(async move {
+        // The cache's stream never ends: it lives as long as the backups run.
+        futures::future::select(Box::pin(backups), Box::pin(cache)).await;
+    });
     Env {
         client,
         ec2,

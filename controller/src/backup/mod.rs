@@ -37,7 +37,7 @@ use kube::runtime::events::{Event, EventType};
 
 use crate::events::EventRecorder;
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
@@ -68,7 +68,8 @@ pub const READY: &str = "Ready";
 pub struct BackupConfig {
     /// Most TenantBackups reconciled at once.
     pub concurrency: u16,
-    /// Only TenantBackups and Tenants matching this label selector (sharding; tests).
+    /// Only TenantBackups matching this label selector (sharding; tests). The scheduler's
+    /// Tenants are the cache given to [`run`], restricted by whoever fills it.
     pub selector: Option<String>,
     /// The database dump Job.
     pub dump: DumpConfig,
@@ -144,11 +145,14 @@ impl<E: Ec2> Context<E> {
 }
 
 /// Runs the TenantBackup controller and the backup scheduler until `stop` resolves. `ec2`:
-/// the controller's cloud provider, `None` without one (`--cloud-provider none`).
+/// the controller's cloud provider, `None` without one (`--cloud-provider none`); `tenants`:
+/// the Tenants whose schedules the scheduler keeps (the Tenant controller's cache, restricted
+/// to the same selector).
 pub async fn run<E: Ec2>(
     client: Client,
     config: BackupConfig,
     ec2: Option<E>,
+    tenants: Store<Tenant>,
     metrics: Arc<Metrics>,
     recorder: EventRecorder,
     stop: impl Future<Output = ()> + Send + 'static,
@@ -161,7 +165,7 @@ pub async fn run<E: Ec2>(
     let scheduler = schedule::run(
         client.clone(),
         config.schedule.clone(),
-        config.selector.clone(),
+        tenants,
         recorder.clone(),
         stop.clone(),
     );

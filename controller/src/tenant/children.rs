@@ -23,6 +23,7 @@ use stackplane_crds::Tenant;
 use super::applied::{drift_triggers, Applied};
 use super::plan::Plan;
 use super::prune::{self, Pruned};
+use super::reports::DeploymentReports;
 use crate::error::Result;
 use crate::k8s::Child;
 
@@ -59,9 +60,15 @@ pub type ListFn =
 pub type PruneFn =
     for<'a> fn(&'a Client, &'a str, &'a str, &'a Plan) -> BoxFuture<'a, Result<Pruned>>;
 /// Adds a watch of one kind (by the given label selector) to the Tenant controller; drift it
-/// sees is marked in the [`Applied`] state.
-pub type WatchFn =
-    fn(Controller<Tenant>, Client, watcher::Config, Arc<Applied>) -> Controller<Tenant>;
+/// sees is marked in the [`Applied`] state, and what Deployments report is kept in the
+/// [`DeploymentReports`].
+pub type WatchFn = fn(
+    Controller<Tenant>,
+    Client,
+    watcher::Config,
+    Arc<Applied>,
+    Arc<DeploymentReports>,
+) -> Controller<Tenant>;
 
 /// One kind of the registry.
 pub struct ChildKind {
@@ -90,6 +97,11 @@ impl ChildKind {
             watch: watch_kind::<K>,
         }
     }
+
+    /// The same kind, watched by `watch`.
+    const fn watched_by(self, watch: WatchFn) -> ChildKind {
+        ChildKind { watch, ..self }
+    }
 }
 
 /// Every kind of object in a tenant's namespace, in the order they are applied (what others
@@ -103,7 +115,7 @@ pub static CHILD_KINDS: &[ChildKind] = &[
     ChildKind::of::<RoleBinding>(Unwanted::Delete),
     ChildKind::of::<Secret>(Unwanted::Delete),
     ChildKind::of::<PersistentVolumeClaim>(Unwanted::Retain),
-    ChildKind::of::<Deployment>(Unwanted::Delete),
+    ChildKind::of::<Deployment>(Unwanted::Delete).watched_by(watch_deployments),
     ChildKind::of::<Service>(Unwanted::Delete),
     ChildKind::of::<Ingress>(Unwanted::Delete),
 ];
@@ -197,12 +209,27 @@ fn watch_kind<K: Child>(
     client: Client,
     config: watcher::Config,
     applied: Arc<Applied>,
+    _: Arc<DeploymentReports>,
 ) -> Controller<Tenant> {
     let events = watcher(Api::<PartialObjectMeta<K>>::all(client), config);
-    // The tenant's status reads its Deployments' replicas: their status reports trigger it.
-    let status_matters = <K as k8s_openapi::Resource>::KIND == "Deployment";
     let kind = <K as k8s_openapi::Resource>::KIND;
-    controller.watches_stream(drift_triggers(kind, events, applied, status_matters), |o| {
+    controller.watches_stream(drift_triggers(kind, events, applied, false), |o| {
+        tenant_of(&o)
+    })
+}
+
+/// Deployments are watched whole, because the tenant's status reads their status: each event's
+/// report is kept (a few numbers, not the object) and the event goes on as metadata. A report
+/// that changed triggers the tenant.
+fn watch_deployments(
+    controller: Controller<Tenant>,
+    client: Client,
+    config: watcher::Config,
+    applied: Arc<Applied>,
+    reports: Arc<DeploymentReports>,
+) -> Controller<Tenant> {
+    let events = reports.track(watcher(Api::<Deployment>::all(client), config));
+    controller.watches_stream(drift_triggers("Deployment", events, applied, true), |o| {
         tenant_of(&o)
     })
 }

@@ -17,6 +17,7 @@ pub mod desired;
 pub mod final_backup;
 pub mod plan;
 pub mod prune;
+pub mod reports;
 pub mod revision;
 pub mod status;
 pub mod validate;
@@ -98,6 +99,8 @@ pub struct Context {
     platforms: Option<kube::runtime::reflector::Store<Platform>>,
     /// What was last applied to each tenant: an unchanged plan is not applied again.
     pub applied: Arc<applied::Applied>,
+    /// What the tenants' Deployments report, kept by the Deployment watch.
+    pub reports: Arc<reports::DeploymentReports>,
 }
 
 impl Context {
@@ -116,6 +119,7 @@ impl Context {
             revisions: None,
             platforms: None,
             applied: Arc::default(),
+            reports: Arc::default(),
         }
     }
 
@@ -269,9 +273,9 @@ async fn apply_tenant(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         Retention::Kept { requeue } => requeue,
     };
     let plan = plan::plan(tenant, valid.platform, valid.tier, &ctx.config.plan);
-    let pruned = sync_step(&pass, ctx, &plan).await?;
+    let synced = sync_step(&pass, ctx, &plan).await?;
     let cloud = cloud_step(&pass, ctx, &valid).await;
-    status_step(&pass, ctx, &plan, &pruned, cloud.as_ref(), revision).await?;
+    status_step(&pass, ctx, &plan, &synced, cloud.as_ref(), revision).await?;
     next_reconcile(ctx, requeue, cloud)
 }
 
@@ -385,16 +389,26 @@ async fn retention_step(pass: &Pass<'_>, ctx: &Context, valid: &Valid<'_>) -> Re
     }
 }
 
+/// What the sync step did.
+struct Synced {
+    pruned: Pruned,
+    /// Whether it applied the plan (`false`: the plan was applied before and nothing changed).
+    applied: bool,
+}
+
 /// apply + prune: the plan's objects applied, the rest pruned (claims retained, not deleted).
 /// On failure `Synced=False` says why. Skipped when this plan was applied last and nothing of
 /// the tenant changed since (`applied`); the claims retained are then those the status lists.
-async fn sync_step(pass: &Pass<'_>, ctx: &Context, plan: &Plan) -> Result<Pruned> {
+async fn sync_step(pass: &Pass<'_>, ctx: &Context, plan: &Plan) -> Result<Synced> {
     let uid = pass.tenant.uid().unwrap_or_default();
     let fingerprint = apply::fingerprint(plan)?;
     if ctx.applied.up_to_date(&pass.name, &uid, fingerprint) {
-        return Ok(Pruned {
-            retained: pass.previous.retained_volumes.clone(),
-            ..Pruned::default()
+        return Ok(Synced {
+            pruned: Pruned {
+                retained: pass.previous.retained_volumes.clone(),
+                ..Pruned::default()
+            },
+            applied: false,
         });
     }
     // A tenant never synced (no status, no Synced condition: no apply of it ever finished or
@@ -438,7 +452,10 @@ async fn sync_step(pass: &Pass<'_>, ctx: &Context, plan: &Plan) -> Result<Pruned
                 )
                 .await;
             }
-            return Ok(pruned);
+            return Ok(Synced {
+                pruned,
+                applied: true,
+            });
         }
         Err(error) => error,
     };
@@ -486,22 +503,43 @@ async fn cloud_step(
     Some(outcome)
 }
 
+/// What the tenant's Deployments report: from the Deployment watch's reports, or, when this
+/// pass applied (the watch may not have delivered the echo of that apply yet), from a list,
+/// recorded for the passes that follow.
+async fn deployment_reports(
+    ctx: &Context,
+    plan: &Plan,
+    tenant: &str,
+    applied: bool,
+) -> Result<Vec<reports::DeploymentReport>> {
+    let ns = plan.namespace_name();
+    if !applied {
+        return Ok(ctx.reports.of(ns));
+    }
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+    let listed: Vec<_> = deployments
+        .list(&ListParams::default().labels(&tenant_selector(tenant)))
+        .await?
+        .items
+        .iter()
+        .map(reports::DeploymentReport::of)
+        .collect();
+    ctx.reports.record(ns, &listed);
+    Ok(listed)
+}
+
 /// status: phase, conditions and what was observed, written when it changed; Events on a
 /// phase change.
 async fn status_step(
     pass: &Pass<'_>,
     ctx: &Context,
     plan: &Plan,
-    pruned: &Pruned,
+    synced: &Synced,
     cloud: Option<&crate::cloud::CloudOutcome>,
     revision: Option<String>,
 ) -> Result<()> {
     let (tenant, name, previous) = (pass.tenant, &pass.name, &pass.previous);
-    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), plan.namespace_name());
-    let observed = deployments
-        .list(&ListParams::default().labels(&tenant_selector(name)))
-        .await?
-        .items;
+    let observed = deployment_reports(ctx, plan, name, synced.applied).await?;
     let components = status::component_status(&plan.components, &observed);
     let stalled = status::stalled(&plan.components, &observed);
     let mut phase = status::phase(tenant, &components, &stalled, Some(previous));
@@ -539,7 +577,7 @@ async fn status_step(
         components,
         observed_generation: pass.generation,
         ready_since: None,
-        retained_volumes: pruned.retained.clone(),
+        retained_volumes: synced.pruned.retained.clone(),
         // The revision counts as run once every Deployment rolled out to its plan.
         platform_revision: match revision {
             Some(r) if status::rolled_out(&plan.components, &observed) => Some(r),

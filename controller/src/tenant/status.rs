@@ -1,7 +1,6 @@
 //! The Tenant's status: computed from what was planned and what the Deployments report, and
 //! written by server-side apply of the status subresource (see [`write`]).
 
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ManagedFieldsEntry, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
@@ -10,6 +9,7 @@ use serde_json::json;
 use stackplane_crds::{ComponentStatus, SubscriptionStatus, Tenant, TenantPhase, TenantStatus};
 
 use super::plan::PlannedComponent;
+use super::reports::DeploymentReport;
 use crate::error::{Error, Result};
 
 pub const READY: &str = "Ready";
@@ -84,23 +84,16 @@ pub fn conditions(
     out
 }
 
-/// Readiness of each planned component from its Deployment (`None`: no such Deployment).
+/// Readiness of each planned component from its Deployment's report (none: no such Deployment).
 pub fn component_status(
     planned: &[PlannedComponent],
-    deployments: &[Deployment],
+    deployments: &[DeploymentReport],
 ) -> Vec<ComponentStatus> {
     planned
         .iter()
         .map(|c| {
-            let ready = deployments
-                .iter()
-                .find(|d| d.metadata.name.as_deref() == Some(&c.name))
-                .and_then(|d| d.status.as_ref())
-                .map(|s| {
-                    s.ready_replicas
-                        .unwrap_or(0)
-                        .min(s.available_replicas.unwrap_or(0))
-                })
+            let ready = report_of(deployments, &c.name)
+                .map(|d| d.ready_replicas.min(d.available_replicas))
                 .unwrap_or(0);
             ComponentStatus {
                 name: c.name.clone(),
@@ -111,22 +104,20 @@ pub fn component_status(
         .collect()
 }
 
+fn report_of<'a>(deployments: &'a [DeploymentReport], name: &str) -> Option<&'a DeploymentReport> {
+    deployments.iter().find(|d| &*d.name == name)
+}
+
 /// Whether every planned component's Deployment rolled out to its current spec: the
 /// Deployment controller observed its generation (a node that reports no generation is taken
 /// at its word) and updated the wanted number of replicas.
-pub fn rolled_out(planned: &[PlannedComponent], deployments: &[Deployment]) -> bool {
+pub fn rolled_out(planned: &[PlannedComponent], deployments: &[DeploymentReport]) -> bool {
     planned.iter().all(|c| {
-        let Some(d) = deployments
-            .iter()
-            .find(|d| d.metadata.name.as_deref() == Some(&c.name))
-        else {
+        let Some(d) = report_of(deployments, &c.name) else {
             return false;
         };
-        let status = d.status.clone().unwrap_or_default();
-        let observed = status
-            .observed_generation
-            .is_none_or(|g| Some(g) >= d.metadata.generation);
-        observed && (c.replicas == 0 || status.updated_replicas.unwrap_or(0) >= c.replicas)
+        let observed = d.observed_generation.is_none_or(|g| Some(g) >= d.generation);
+        observed && (c.replicas == 0 || d.updated_replicas >= c.replicas)
     })
 }
 
@@ -142,32 +133,18 @@ pub struct Stalled {
 
 /// The planned components whose Deployment reports `ProgressDeadlineExceeded` for its current
 /// generation (a condition left from an older spec does not count: the new one may progress).
-pub fn stalled(planned: &[PlannedComponent], deployments: &[Deployment]) -> Vec<Stalled> {
+pub fn stalled(planned: &[PlannedComponent], deployments: &[DeploymentReport]) -> Vec<Stalled> {
     planned
         .iter()
         .filter(|c| c.replicas > 0)
         .filter_map(|c| {
-            let d = deployments
-                .iter()
-                .find(|d| d.metadata.name.as_deref() == Some(&c.name))?;
-            let status = d.status.as_ref()?;
-            if status
-                .observed_generation
-                .is_some_and(|g| Some(g) < d.metadata.generation)
-            {
+            let d = report_of(deployments, &c.name)?;
+            if d.observed_generation.is_some_and(|g| Some(g) < d.generation) {
                 return None;
             }
-            let condition = status.conditions.iter().flatten().find(|k| {
-                k.type_ == "Progressing"
-                    && k.status == "False"
-                    && k.reason.as_deref() == Some("ProgressDeadlineExceeded")
-            })?;
             Some(Stalled {
                 name: c.name.clone(),
-                message: condition
-                    .message
-                    .clone()
-                    .unwrap_or_else(|| "progress deadline exceeded".to_owned()),
+                message: d.deadline_exceeded.as_deref()?.to_owned(),
             })
         })
         .collect()
@@ -561,8 +538,8 @@ mod tests {
         assert!(!super::super::plan::scaled_down(&t));
     }
 
-    fn deployment(name: &str, generation: i64, observed: i64, reason: &str) -> Deployment {
-        serde_json::from_value(json!({
+    fn deployment(name: &str, generation: i64, observed: i64, reason: &str) -> DeploymentReport {
+        let d: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(json!({
             "metadata": { "name": name, "generation": generation },
             "status": {
                 "observedGeneration": observed,
@@ -572,7 +549,8 @@ mod tests {
                 }],
             },
         }))
-        .expect("a Deployment")
+        .expect("a Deployment");
+        DeploymentReport::of(&d)
     }
 
     #[test]
