@@ -11,8 +11,8 @@ use croner::parser::{CronParser, Seconds, Year};
 use croner::Cron;
 use k8s_openapi::jiff::{tz::TimeZone, Timestamp};
 use kube::api::{Api, PostParams};
-use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::{ObjectRef, Store};
 
 use crate::events::EventRecorder;
 use kube::Resource;
@@ -144,7 +144,12 @@ async fn check(
     now: Timestamp,
 ) {
     let name = tenant.name_any();
-    let Some(schedule) = tenant.spec.backup.as_ref().and_then(|b| b.schedule.as_ref()) else {
+    let Some(schedule) = tenant
+        .spec
+        .backup
+        .as_ref()
+        .and_then(|b| b.schedule.as_ref())
+    else {
         return;
     };
     if tenant.metadata.deletion_timestamp.is_some() || tenant.spec.cancelled_at.is_some() {

@@ -11,8 +11,9 @@ use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use rand::distributions::{Alphanumeric, DistString};
 
-use super::children::{child_kind, dry_run_answer};
+use super::children::{child_kind, dry_run_answer, Answer};
 use super::plan::{Desired, Plan, CREDENTIAL_KEYS};
+use super::reports::DeploymentReport;
 use crate::error::{Error, Result};
 
 /// Field manager of everything the controller writes (defined once, in `crate::k8s`).
@@ -25,13 +26,22 @@ fn params() -> PatchParams {
     PatchParams::apply(FIELD_MANAGER).force()
 }
 
+/// What a real apply of a plan tells.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// When the namespace was created (by the API server's clock: the reconciler compares it
+    /// with the Tenant's own creation).
+    pub namespace_created: Option<Time>,
+    /// What each Deployment reported in its answer.
+    pub reports: Vec<DeploymentReport>,
+}
+
 /// Applies the namespace, then every namespaced object of `plan` through the registry of
-/// child kinds (`super::children`). Answers when the namespace was created (by the API server's
-/// clock: the reconciler compares it with the Tenant's own creation).
-pub async fn apply(client: &Client, plan: &Plan) -> Result<Option<Time>> {
+/// child kinds (`super::children`).
+pub async fn apply(client: &Client, plan: &Plan) -> Result<Outcome> {
     apply_with(client, plan, &params())
         .await
-        .map(|(_, created)| created)
+        .map(|(_, outcome)| outcome)
 }
 
 /// One object of a plan: as it is in the cluster, and as the server says it would be once the
@@ -89,12 +99,12 @@ pub async fn dry_run(client: &Client, plan: &Plan) -> Result<Vec<DryRun>> {
 type Answers = Vec<(&'static str, String, serde_json::Value)>;
 
 /// Applies `plan` with `params`. For a dry run: each object (the namespace first) as the server
-/// answered; nothing for a real apply. And the namespace's creation time.
+/// answered; nothing for a real apply. And the [`Outcome`].
 async fn apply_with(
     client: &Client,
     plan: &Plan,
     params: &PatchParams,
-) -> Result<(Answers, Option<Time>)> {
+) -> Result<(Answers, Outcome)> {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let ns = plan.namespace_name();
     let mut answers = Vec::new();
@@ -109,7 +119,10 @@ async fn apply_with(
     if let Some(answer) = dry_run_answer(params, &namespace)? {
         answers.push(("Namespace", ns.to_owned(), answer));
     }
-    let created = namespace.metadata.creation_timestamp;
+    let mut outcome = Outcome {
+        namespace_created: namespace.metadata.creation_timestamp,
+        reports: Vec::new(),
+    };
     for object in &plan.objects {
         let name = object.name();
         let result = match object {
@@ -128,11 +141,12 @@ async fn apply_with(
             name: name.to_owned(),
             source,
         })?;
-        if let Some(answer) = answer {
-            answers.push((object.kind(), name.to_owned(), answer));
+        if let Some(dry_run) = answer.dry_run {
+            answers.push((object.kind(), name.to_owned(), dry_run));
         }
+        outcome.reports.extend(answer.report);
     }
-    Ok((answers, created))
+    Ok((answers, outcome))
 }
 
 /// The fingerprint of everything [`apply`] would send for `plan` (see `super::applied`).
@@ -174,7 +188,7 @@ async fn apply_credentials(
     name: &str,
     labels: &BTreeMap<String, String>,
     params: &PatchParams,
-) -> Result<Option<serde_json::Value>, kube::Error> {
+) -> Result<Answer, kube::Error> {
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
     let existing = api.get_opt(name).await?;
     let data = credentials(existing.as_ref().and_then(|s| s.data.as_ref()));
@@ -190,7 +204,10 @@ async fn apply_credentials(
         ..Secret::default()
     };
     let applied = api.patch(name, params, &Patch::Apply(&secret)).await?;
-    dry_run_answer(params, &applied)
+    Ok(Answer {
+        dry_run: dry_run_answer(params, &applied)?,
+        report: None,
+    })
 }
 
 /// The credentials: every existing key kept as it is, each missing key generated.

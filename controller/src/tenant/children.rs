@@ -23,7 +23,7 @@ use stackplane_crds::Tenant;
 use super::applied::{drift_triggers, Applied};
 use super::plan::Plan;
 use super::prune::{self, Pruned};
-use super::reports::DeploymentReports;
+use super::reports::{DeploymentReport, DeploymentReports};
 use crate::error::Result;
 use crate::k8s::Child;
 
@@ -37,16 +37,24 @@ pub enum Unwanted {
 }
 
 /// Server-side apply of one planned object (as JSON) into namespace `ns` with the given
-/// parameters (the controller's, or the same as a dry run). A dry run answers the object as the
-/// server would store it (what `kubectl stackplane diff` compares); a real apply drops the
-/// answer unread, so reconciles pay nothing for it.
+/// parameters (the controller's, or the same as a dry run). See [`Answer`].
 pub type ApplyFn = for<'a> fn(
     &'a Client,
     &'a str,
     &'a str,
     &'a serde_json::Value,
     &'a PatchParams,
-) -> BoxFuture<'a, kube::Result<Option<serde_json::Value>>>;
+) -> BoxFuture<'a, kube::Result<Answer>>;
+
+/// What is read of the API server's answer to an apply. A dry run answers the object as the
+/// server would store it (what `kubectl stackplane diff` compares); of a real apply's answer
+/// only a Deployment's report is kept (its status as of the apply, which the tenant's status
+/// reads next), the rest is dropped unread.
+#[derive(Debug, Default)]
+pub struct Answer {
+    pub dry_run: Option<serde_json::Value>,
+    pub report: Option<DeploymentReport>,
+}
 /// The live object of one kind named `name` in namespace `ns`, as JSON.
 pub type GetFn = for<'a> fn(
     &'a Client,
@@ -149,11 +157,19 @@ fn apply_kind<'a, K: Child>(
     name: &'a str,
     object: &'a serde_json::Value,
     params: &'a PatchParams,
-) -> BoxFuture<'a, kube::Result<Option<serde_json::Value>>> {
+) -> BoxFuture<'a, kube::Result<Answer>> {
     Box::pin(async move {
         let api: Api<K> = Api::namespaced(client.clone(), ns);
         let applied = api.patch(name, params, &Patch::Apply(object)).await?;
-        dry_run_answer(params, &applied)
+        // The one kind whose answer is read; `Any` tells it apart without a trait every kind
+        // would implement.
+        let report = (&applied as &dyn std::any::Any)
+            .downcast_ref::<Deployment>()
+            .map(DeploymentReport::of);
+        Ok(Answer {
+            dry_run: dry_run_answer(params, &applied)?,
+            report,
+        })
     })
 }
 

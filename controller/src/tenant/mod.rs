@@ -25,17 +25,16 @@ pub mod validate;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
-use stackplane_crds::labels::{tenant_selector, ORPHANED};
+use stackplane_crds::labels::ORPHANED;
 use stackplane_crds::naming::namespace_name;
 use stackplane_crds::{DeletionPolicy, Platform, Tenant, TenantPhase, TenantStatus};
 
@@ -273,9 +272,9 @@ async fn apply_tenant(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         Retention::Kept { requeue } => requeue,
     };
     let plan = plan::plan(tenant, valid.platform, valid.tier, &ctx.config.plan);
-    let synced = sync_step(&pass, ctx, &plan).await?;
+    let pruned = sync_step(&pass, ctx, &plan).await?;
     let cloud = cloud_step(&pass, ctx, &valid).await;
-    status_step(&pass, ctx, &plan, &synced, cloud.as_ref(), revision).await?;
+    status_step(&pass, ctx, &plan, &pruned, cloud.as_ref(), revision).await?;
     next_reconcile(ctx, requeue, cloud)
 }
 
@@ -389,26 +388,16 @@ async fn retention_step(pass: &Pass<'_>, ctx: &Context, valid: &Valid<'_>) -> Re
     }
 }
 
-/// What the sync step did.
-struct Synced {
-    pruned: Pruned,
-    /// Whether it applied the plan (`false`: the plan was applied before and nothing changed).
-    applied: bool,
-}
-
 /// apply + prune: the plan's objects applied, the rest pruned (claims retained, not deleted).
 /// On failure `Synced=False` says why. Skipped when this plan was applied last and nothing of
 /// the tenant changed since (`applied`); the claims retained are then those the status lists.
-async fn sync_step(pass: &Pass<'_>, ctx: &Context, plan: &Plan) -> Result<Synced> {
+async fn sync_step(pass: &Pass<'_>, ctx: &Context, plan: &Plan) -> Result<Pruned> {
     let uid = pass.tenant.uid().unwrap_or_default();
     let fingerprint = apply::fingerprint(plan)?;
     if ctx.applied.up_to_date(&pass.name, &uid, fingerprint) {
-        return Ok(Synced {
-            pruned: Pruned {
-                retained: pass.previous.retained_volumes.clone(),
-                ..Pruned::default()
-            },
-            applied: false,
+        return Ok(Pruned {
+            retained: pass.previous.retained_volumes.clone(),
+            ..Pruned::default()
         });
     }
     // A tenant never synced (no status, no Synced condition: no apply of it ever finished or
@@ -420,7 +409,9 @@ async fn sync_step(pass: &Pass<'_>, ctx: &Context, plan: &Plan) -> Result<Synced
         && !pass.previous.conditions.iter().any(|c| c.type_ == SYNCED);
     let since = ctx.applied.epoch();
     let synced = async {
-        let ns_created = apply::apply(&ctx.client, plan).await?;
+        let applied = apply::apply(&ctx.client, plan).await?;
+        ctx.reports.record(plan.namespace_name(), &applied.reports);
+        let ns_created = applied.namespace_created;
         let tenant_created = pass.tenant.metadata.creation_timestamp.as_ref();
         let fresh_namespace = matches!(
             (&ns_created, tenant_created),
@@ -452,10 +443,7 @@ async fn sync_step(pass: &Pass<'_>, ctx: &Context, plan: &Plan) -> Result<Synced
                 )
                 .await;
             }
-            return Ok(Synced {
-                pruned,
-                applied: true,
-            });
+            return Ok(pruned);
         }
         Err(error) => error,
     };
@@ -503,43 +491,20 @@ async fn cloud_step(
     Some(outcome)
 }
 
-/// What the tenant's Deployments report: from the Deployment watch's reports, or, when this
-/// pass applied (the watch may not have delivered the echo of that apply yet), from a list,
-/// recorded for the passes that follow.
-async fn deployment_reports(
-    ctx: &Context,
-    plan: &Plan,
-    tenant: &str,
-    applied: bool,
-) -> Result<Vec<reports::DeploymentReport>> {
-    let ns = plan.namespace_name();
-    if !applied {
-        return Ok(ctx.reports.of(ns));
-    }
-    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
-    let listed: Vec<_> = deployments
-        .list(&ListParams::default().labels(&tenant_selector(tenant)))
-        .await?
-        .items
-        .iter()
-        .map(reports::DeploymentReport::of)
-        .collect();
-    ctx.reports.record(ns, &listed);
-    Ok(listed)
-}
-
 /// status: phase, conditions and what was observed, written when it changed; Events on a
 /// phase change.
 async fn status_step(
     pass: &Pass<'_>,
     ctx: &Context,
     plan: &Plan,
-    synced: &Synced,
+    pruned: &Pruned,
     cloud: Option<&crate::cloud::CloudOutcome>,
     revision: Option<String>,
 ) -> Result<()> {
     let (tenant, name, previous) = (pass.tenant, &pass.name, &pass.previous);
-    let observed = deployment_reports(ctx, plan, name, synced.applied).await?;
+    // From the Deployment watch, and from this pass's own apply when it applied (its answers
+    // are newer than any echo the watch may not have delivered yet).
+    let observed = ctx.reports.of(plan.namespace_name());
     let components = status::component_status(&plan.components, &observed);
     let stalled = status::stalled(&plan.components, &observed);
     let mut phase = status::phase(tenant, &components, &stalled, Some(previous));
@@ -577,7 +542,7 @@ async fn status_step(
         components,
         observed_generation: pass.generation,
         ready_since: None,
-        retained_volumes: synced.pruned.retained.clone(),
+        retained_volumes: pruned.retained.clone(),
         // The revision counts as run once every Deployment rolled out to its plan.
         platform_revision: match revision {
             Some(r) if status::rolled_out(&plan.components, &observed) => Some(r),

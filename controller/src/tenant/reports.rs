@@ -5,10 +5,13 @@
 //! becoming available.
 //!
 //! Only a few numbers and the stall message of each Deployment are kept, never the object. A
-//! pass that applied something still lists its Deployments (the watch may not have delivered
-//! the echo of that apply yet) and records what it read. A report never goes back to an older
+//! pass that applies records the reports of the API server's answers to its applies (the watch
+//! may not have delivered the echo of that apply yet). A report never goes back to an older
 //! generation of the same Deployment: a late watch event cannot make a Deployment that has not
-//! rolled out its new spec look rolled out.
+//! rolled out its new spec look rolled out. And an answer replaces what the watch said only
+//! when it is of a newer generation (or another object): at the same generation the watch may
+//! already hold a newer status (a node reported the replicas ready while the pass was still
+//! applying), and the answer, older, would hide it until the next report.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -65,11 +68,23 @@ impl DeploymentReport {
         }
     }
 
-    /// Whether `self` may replace `older`: another object of the same name, or the same one at
-    /// its generation or a newer one.
-    fn supersedes(&self, older: &DeploymentReport) -> bool {
-        self.uid != older.uid || self.generation >= older.generation
+    /// Whether `self`, from `source`, may replace `older`: another object of the same name, or
+    /// the same one at a newer generation (or, from the watch, whose events come in order, at
+    /// the same one).
+    fn supersedes(&self, older: &DeploymentReport, source: Source) -> bool {
+        self.uid != older.uid
+            || self.generation > older.generation
+            || (source == Source::Watch && self.generation == older.generation)
     }
+}
+
+/// Where a report comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// The Deployment watch, in the order the API server wrote.
+    Watch,
+    /// The answer to one of the controller's own applies, as of that apply.
+    Answer,
 }
 
 /// The reports of every watched Deployment, by namespace.
@@ -107,15 +122,15 @@ impl DeploymentReports {
             .unwrap_or_default()
     }
 
-    /// Records what a list of namespace `ns` read (each report unless the cache holds a newer
-    /// generation of it).
+    /// Records what the answers to applies in namespace `ns` reported (each report unless the
+    /// cache holds a newer generation of it).
     pub fn record(&self, ns: &str, reports: &[DeploymentReport]) {
         for r in reports {
-            self.upsert(ns, r.clone());
+            self.upsert(ns, r.clone(), Source::Answer);
         }
     }
 
-    fn upsert(&self, ns: &str, report: DeploymentReport) -> Update {
+    fn upsert(&self, ns: &str, report: DeploymentReport, source: Source) -> Update {
         let Ok(mut inner) = self.inner.lock() else {
             return Update::Changed;
         };
@@ -124,7 +139,7 @@ impl DeploymentReports {
         match reports.iter_mut().find(|(r, _)| r.name == report.name) {
             Some((old, seen)) => {
                 *seen = list;
-                if !report.supersedes(old) || *old == report {
+                if !report.supersedes(old, source) || *old == report {
                     return Update::Unchanged;
                 }
                 *old = report;
@@ -134,10 +149,12 @@ impl DeploymentReports {
         Update::Changed
     }
 
-    fn remove(&self, ns: &str, name: &str) {
+    /// Removes the report of `deleted` (not that of a newer object of its name an answer
+    /// already told of).
+    fn remove(&self, ns: &str, deleted: &DeploymentReport) {
         if let Ok(mut inner) = self.inner.lock() {
             if let Some(reports) = inner.namespaces.get_mut(ns) {
-                reports.retain(|(r, _)| &*r.name != name);
+                reports.retain(|(r, _)| r.name != deleted.name || r.uid != deleted.uid);
                 if reports.is_empty() {
                     inner.namespaces.remove(ns);
                 }
@@ -197,20 +214,20 @@ impl DeploymentReports {
         let ns = |d: &Deployment| d.namespace().unwrap_or_default();
         Some(Ok(match event {
             Ok(Event::Apply(d)) => {
-                let update = self.upsert(&ns(&d), DeploymentReport::of(&d));
-                let drift =
-                    d.metadata.deletion_timestamp.is_some() || written_by_others(d.managed_fields());
+                let update = self.upsert(&ns(&d), DeploymentReport::of(&d), Source::Watch);
+                let drift = d.metadata.deletion_timestamp.is_some()
+                    || written_by_others(d.managed_fields());
                 if update == Update::Unchanged && !drift {
                     return None;
                 }
                 Event::Apply(meta(d))
             }
             Ok(Event::InitApply(d)) => {
-                self.upsert(&ns(&d), DeploymentReport::of(&d));
+                self.upsert(&ns(&d), DeploymentReport::of(&d), Source::Watch);
                 Event::InitApply(meta(d))
             }
             Ok(Event::Delete(d)) => {
-                self.remove(&ns(&d), &d.name_any());
+                self.remove(&ns(&d), &DeploymentReport::of(&d));
                 Event::Delete(meta(d))
             }
             Ok(Event::Init) => {
@@ -273,15 +290,43 @@ mod tests {
     #[test]
     fn a_late_event_of_an_older_generation_is_not_taken() {
         let r = DeploymentReports::default();
-        // What a list after an apply read: the new spec, not yet observed.
-        r.record("ns", &[DeploymentReport::of(&deployment("api", "u", 2, 1, 1))]);
+        // What the answer to an apply said: the new spec, not yet observed.
+        r.record(
+            "ns",
+            &[DeploymentReport::of(&deployment("api", "u", 2, 1, 1))],
+        );
         // The watch delivers the state from before the apply afterwards.
         assert!(!apply(&r, deployment("api", "u", 1, 1, 1)));
         let now = &r.of("ns")[0];
-        assert_eq!((now.generation, now.observed_generation), (Some(2), Some(1)));
+        assert_eq!(
+            (now.generation, now.observed_generation),
+            (Some(2), Some(1))
+        );
         // A Deployment made anew under the same name starts again at generation 1.
         assert!(apply(&r, deployment("api", "v", 1, 1, 0)));
         assert_eq!(r.of("ns")[0].generation, Some(1));
+        // The late deletion of the old one leaves the new one's report.
+        r.step(Ok(Event::Delete(deployment("api", "u", 2, 1, 1))));
+        assert_eq!(r.len(), 1);
+    }
+
+    /// A node reported the replicas ready while the pass was still applying: the pass's answer,
+    /// of the same generation and older, does not hide it.
+    #[test]
+    fn an_answer_of_the_same_generation_does_not_replace_the_watch() {
+        let r = DeploymentReports::default();
+        assert!(apply(&r, deployment("api", "u", 1, 1, 1)));
+        r.record(
+            "ns",
+            &[DeploymentReport::of(&deployment("api", "u", 1, 0, 0))],
+        );
+        assert_eq!(r.of("ns")[0].ready_replicas, 1);
+        // Of a newer generation it does.
+        r.record(
+            "ns",
+            &[DeploymentReport::of(&deployment("api", "u", 2, 1, 1))],
+        );
+        assert_eq!(r.of("ns")[0].generation, Some(2));
     }
 
     #[test]
@@ -295,7 +340,11 @@ mod tests {
         // A re-list that no longer holds "api" (deleted while the watch was down).
         r.step(Ok(Event::Init));
         r.step(Ok(Event::InitApply(deployment("db", "d", 1, 1, 1))));
-        assert_eq!(r.len(), 2, "the old reports stay until the list is complete");
+        assert_eq!(
+            r.len(),
+            2,
+            "the old reports stay until the list is complete"
+        );
         r.step(Ok(Event::InitDone));
         let names: Vec<String> = r.of("ns").into_iter().map(|d| d.name.into()).collect();
         assert_eq!(names, ["db"]);

@@ -116,7 +116,9 @@ pub fn rolled_out(planned: &[PlannedComponent], deployments: &[DeploymentReport]
         let Some(d) = report_of(deployments, &c.name) else {
             return false;
         };
-        let observed = d.observed_generation.is_none_or(|g| Some(g) >= d.generation);
+        let observed = d
+            .observed_generation
+            .is_none_or(|g| Some(g) >= d.generation);
         observed && (c.replicas == 0 || d.updated_replicas >= c.replicas)
     })
 }
@@ -139,7 +141,9 @@ pub fn stalled(planned: &[PlannedComponent], deployments: &[DeploymentReport]) -
         .filter(|c| c.replicas > 0)
         .filter_map(|c| {
             let d = report_of(deployments, &c.name)?;
-            if d.observed_generation.is_some_and(|g| Some(g) < d.generation) {
+            if d.observed_generation
+                .is_some_and(|g| Some(g) < d.generation)
+            {
                 return None;
             }
             Some(Stalled {
