@@ -22,7 +22,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::audit::Actor;
-use crate::hardening::{Bucket, Gate};
+use crate::hardening::{Bucket, Gate, LimitKey};
 use crate::http_error::ApiError;
 
 /// Timeout of the token lookup in Postgres.
@@ -47,6 +47,14 @@ impl Caller {
         match self {
             Caller::Admin => Actor::Admin,
             Caller::Tenant { token_id, .. } => Actor::Token(*token_id),
+        }
+    }
+
+    /// The caller's own rate-limit bucket.
+    pub fn limit_key(&self) -> LimitKey {
+        match self {
+            Caller::Admin => LimitKey::Admin,
+            Caller::Tenant { token_id, .. } => LimitKey::Token(*token_id),
         }
     }
 
@@ -252,7 +260,7 @@ pub async fn authenticate(
         }
     };
     let actor = caller.audit_actor();
-    let mut response = match gate.check(Bucket::Identity, &caller.actor()) {
+    let mut response = match gate.check(Bucket::Identity, caller.limit_key()) {
         Ok(()) => {
             request.extensions_mut().insert(caller);
             // For the token revocation handler, which drops the token from the cache.
