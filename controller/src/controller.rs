@@ -117,6 +117,23 @@ pub async fn run(
     outcome
 }
 
+/// A Tenant as the cache keeps it, one for each tenant of the shard (10,000 and more), for as
+/// long as the controller runs: without managedFields (a third of a Tenant as read, and never
+/// read here), and with its lists at their length. `Vec::clear` would keep the entries' buffer
+/// and a deserialized list keeps its doubled capacity (5 conditions in room for 8); at 10,000
+/// tenants those were about 10 MB of the controller's RSS.
+fn cached_tenant(t: &mut Tenant) {
+    t.metadata.managed_fields = None;
+    if let Some(finalizers) = &mut t.metadata.finalizers {
+        finalizers.shrink_to_fit();
+    }
+    if let Some(status) = &mut t.status {
+        status.conditions.shrink_to_fit();
+        status.components.shrink_to_fit();
+        status.retained_volumes.shrink_to_fit();
+    }
+}
+
 /// What of a Platform its tenants' reconciles depend on: the spec's generation and which
 /// revisions are current and being rolled out (where a new tenant starts).
 type PlatformKey = (Option<i64>, Option<String>, Option<String>);
@@ -160,7 +177,7 @@ async fn run_controller(
         tenants_writer,
         watcher(Api::<Tenant>::all(client.clone()), wc)
             .default_backoff()
-            .modify(|t| t.managed_fields_mut().clear()),
+            .modify(cached_tenant),
     )
     .applied_objects()
     .predicate_filter(
@@ -221,7 +238,7 @@ async fn run_controller(
             watcher::Config::default(),
         )
         .default_backoff()
-        .modify(|p| p.managed_fields_mut().clear()),
+        .modify(|p| p.metadata.managed_fields = None),
     )
     .applied_objects();
     let ctx = Context::new(
@@ -326,4 +343,44 @@ async fn run_controller(
         rollouts,
         revisions_cache
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ManagedFieldsEntry, Time};
+    use stackplane_crds::{TenantSpec, TenantStatus};
+
+    #[test]
+    fn a_cached_tenant_has_no_managed_fields_and_no_spare_room() {
+        let mut t = Tenant::new("t", TenantSpec::new("p", "starter"));
+        t.metadata.managed_fields = Some(vec![ManagedFieldsEntry::default(); 3]);
+        let mut finalizers = Vec::with_capacity(4);
+        finalizers.push("stackplane.io/tenant-cleanup".to_owned());
+        t.metadata.finalizers = Some(finalizers);
+        let condition = Condition {
+            last_transition_time: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+            message: "m".into(),
+            observed_generation: Some(1),
+            reason: "R".into(),
+            status: "True".into(),
+            type_: "Ready".into(),
+        };
+        let mut conditions = Vec::with_capacity(8);
+        conditions.extend(std::iter::repeat_n(condition, 5));
+        t.status = Some(TenantStatus {
+            conditions,
+            ..TenantStatus::default()
+        });
+        let before = t.status.clone();
+
+        cached_tenant(&mut t);
+
+        assert_eq!(t.metadata.managed_fields, None);
+        let finalizers = t.metadata.finalizers.as_ref().unwrap();
+        assert_eq!(finalizers.capacity(), finalizers.len());
+        let status = t.status.as_ref().unwrap();
+        assert_eq!(status.conditions.capacity(), 5);
+        assert_eq!(t.status, before, "what the reconciler reads is unchanged");
+    }
 }

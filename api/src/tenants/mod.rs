@@ -16,6 +16,7 @@ pub mod backups;
 pub mod cache;
 pub mod metrics;
 pub mod quota;
+pub mod rendered;
 pub mod status;
 pub mod tokens;
 
@@ -58,6 +59,8 @@ pub struct TenantApi {
     pub bandwidth: Option<Arc<metrics::BandwidthSource>>,
     /// Daily backups and restores a tenant token may ask for.
     pub cost_limits: quota::CostLimitArgs,
+    /// The status view of each tenant as last rendered, by version.
+    pub rendered: rendered::RenderedViews,
 }
 
 /// The watches that keep the caches and Postgres records current (Tenant watch → status
@@ -123,6 +126,7 @@ impl TenantApi {
             backups,
             bandwidth,
             cost_limits: quota::CostLimitArgs::default(),
+            rendered: rendered::RenderedViews::default(),
         };
         (api, watches)
     }

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use crate::extract::Path;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use kube::runtime::reflector::ObjectRef;
@@ -165,9 +166,23 @@ pub async fn get_tenant(
     State(api): State<Arc<TenantApi>>,
     caller: Caller,
     Path(name): Path<String>,
-) -> Result<Json<TenantView>, ApiError> {
+) -> Result<Response, ApiError> {
     let tenant = api.visible_tenant(&caller, &name)?;
-    Ok(Json(TenantView::of(&tenant)))
+    let body = api
+        .rendered
+        .body(&tenant, api.tenants.len())
+        .map_err(|error| {
+            tracing::error!(tenant = %name, %error, "rendering a tenant's status");
+            ApiError::internal("cannot render the tenant's status")
+        })?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response())
 }
 
 /// Filters and page of `GET /api/v1/tenants`.

@@ -144,7 +144,12 @@ impl DeploymentReports {
                 }
                 *old = report;
             }
-            None => reports.push((report, list)),
+            None => {
+                // Kept at its length: a pushed list has room for 4, and most tenants have
+                // fewer Deployments (10,000 tenants hold these for as long as they run).
+                reports.push((report, list));
+                reports.shrink_to_fit();
+            }
         }
         Update::Changed
     }
