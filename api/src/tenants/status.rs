@@ -170,7 +170,7 @@ pub async fn get_tenant(
     let tenant = api.visible_tenant(&caller, &name)?;
     let body = api
         .rendered
-        .body(&tenant, api.tenants.len())
+        .body(&tenant, || api.tenants.len())
         .map_err(|error| {
             tracing::error!(tenant = %name, %error, "rendering a tenant's status");
             ApiError::internal("cannot render the tenant's status")
