@@ -282,8 +282,8 @@ async fn reconcile(
 
 /// What the planner sees of `t`. A tenant without a target revision yet is left to the Tenant
 /// reconciler, which gives it the Platform's newest completed revision first.
-fn view(t: &Tenant, recent: &mut HashMap<String, (String, Timestamp)>) -> TenantView {
-    let name = t.name_any();
+fn view(t: &Arc<Tenant>, recent: &mut HashMap<String, (String, Timestamp)>) -> TenantView {
+    let name = t.metadata.name.as_deref().unwrap_or_default();
     let annotations = t.annotations();
     let status = t.status.as_ref();
     let running = status.and_then(|s| s.platform_revision.clone());
@@ -291,10 +291,10 @@ fn view(t: &Tenant, recent: &mut HashMap<String, (String, Timestamp)>) -> Tenant
     let mut moved_at = annotations
         .get(REVISION_MOVED_AT)
         .and_then(|s| s.parse::<Timestamp>().ok());
-    if let Some((to, at)) = recent.get(&name) {
+    if let Some((to, at)) = recent.get(name) {
         if target.as_ref() == Some(to) {
             // The cache shows the move now.
-            recent.remove(&name);
+            recent.remove(name);
         } else {
             target = Some(to.clone());
             moved_at = Some(*at);
@@ -309,9 +309,7 @@ fn view(t: &Tenant, recent: &mut HashMap<String, (String, Timestamp)>) -> Tenant
         Part::Takes
     };
     TenantView {
-        name,
-        tier: t.spec.tier.clone(),
-        labels: t.labels().clone(),
+        tenant: t.clone(),
         part,
         target,
         running,

@@ -3,19 +3,23 @@
 //! Nothing here touches the network; `super` reads the inputs and carries out the decision.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::ResourceExt;
 use stackplane_crds::labels::CANARY;
-use stackplane_crds::{RolloutPhase, RolloutPolicy, RolloutStatus, RolloutStrategy, TenantPhase};
+use stackplane_crds::{
+    RolloutPhase, RolloutPolicy, RolloutStatus, RolloutStrategy, Tenant, TenantPhase,
+};
 
-/// What the planner knows of one tenant of the platform.
-#[derive(Debug, Clone, PartialEq)]
+/// What the planner knows of one tenant of the platform. Name, tier and labels are read from
+/// the cached Tenant itself, shared, not copied: a pass looks at every tenant of the platform
+/// (10,000 views at once), and copies of their labels were the pass's largest allocation.
+#[derive(Debug, Clone)]
 pub struct TenantView {
-    pub name: String,
-    pub tier: String,
-    pub labels: BTreeMap<String, String>,
+    pub tenant: Arc<Tenant>,
     /// Whether rollouts may move it.
     pub part: Part,
     /// The revision it is to run (the rollout's last move, or what it runs, or where a new
@@ -27,6 +31,20 @@ pub struct TenantView {
     pub moved_at: Option<Timestamp>,
     pub phase: Option<TenantPhase>,
     pub ready_since: Option<Timestamp>,
+}
+
+impl TenantView {
+    pub fn name(&self) -> &str {
+        self.tenant.metadata.name.as_deref().unwrap_or_default()
+    }
+
+    pub fn tier(&self) -> &str {
+        &self.tenant.spec.tier
+    }
+
+    pub fn labels(&self) -> &BTreeMap<String, String> {
+        self.tenant.labels()
+    }
 }
 
 /// Whether a tenant takes part in rollouts.
@@ -112,7 +130,7 @@ pub fn waves(policy: &RolloutPolicy, tenants: &[TenantView]) -> Vec<WaveMembers>
     let mut order: Vec<usize> = (0..tenants.len())
         .filter(|&i| tenants[i].part == Part::Takes)
         .collect();
-    order.sort_by(|&a, &b| tenants[a].name.cmp(&tenants[b].name));
+    order.sort_by(|&a, &b| tenants[a].name().cmp(tenants[b].name()));
     if policy.strategy == RolloutStrategy::Immediate || policy.waves.is_empty() {
         return vec![WaveMembers {
             name: "all".into(),
@@ -149,12 +167,13 @@ pub fn waves(policy: &RolloutPolicy, tenants: &[TenantView]) -> Vec<WaveMembers>
 }
 
 fn selects(wave: &stackplane_crds::Wave, t: &TenantView) -> bool {
-    (!wave.canary || t.labels.get(CANARY).map(String::as_str) == Some("true"))
-        && (wave.tiers.is_empty() || wave.tiers.contains(&t.tier))
+    let labels = t.labels();
+    (!wave.canary || labels.get(CANARY).map(String::as_str) == Some("true"))
+        && (wave.tiers.is_empty() || wave.tiers.iter().any(|tier| tier == t.tier()))
         && wave
             .match_labels
             .iter()
-            .all(|(k, v)| t.labels.get(k) == Some(v))
+            .all(|(k, v)| labels.get(k) == Some(v))
 }
 
 /// An operator's request, from the Platform's `stackplane.io/rollout` annotation.
@@ -264,7 +283,7 @@ pub fn step(inputs: &Inputs<'_>) -> Decision {
     };
     let mut moves = Vec::new();
     let move_to = |i: usize, to: &str| Move {
-        tenant: tenants[i].name.clone(),
+        tenant: tenants[i].name().to_owned(),
         to: to.to_owned(),
     };
 
@@ -364,7 +383,7 @@ pub fn step(inputs: &Inputs<'_>) -> Decision {
                         .members
                         .iter()
                         .filter(|&&i| health[i] == Health::Failed)
-                        .map(|&i| tenants[i].name.as_str())
+                        .map(|&i| tenants[i].name())
                         .collect();
                     st.message = format!(
                         "halted: wave {} ({}) has {failed} failed tenant(s), more than maxFailures {max}: {}",
@@ -471,7 +490,7 @@ pub fn step(inputs: &Inputs<'_>) -> Decision {
     let after: Vec<Health> = takes
         .iter()
         .map(|&i| {
-            let name = tenants[i].name.as_str();
+            let name = tenants[i].name();
             if moved.contains(name) {
                 Health::Moving
             } else if back.contains(name) {
@@ -522,14 +541,12 @@ mod tests {
     }
 
     fn tenant(name: &str, tier: &str, canary: bool) -> TenantView {
-        let mut labels = BTreeMap::new();
+        let mut t = Tenant::new(name, stackplane_crds::TenantSpec::new("p", tier));
         if canary {
-            labels.insert(CANARY.to_owned(), "true".to_owned());
+            t.metadata.labels = Some([(CANARY.to_owned(), "true".to_owned())].into());
         }
         TenantView {
-            name: name.into(),
-            tier: tier.into(),
-            labels,
+            tenant: Arc::new(t),
             part: Part::Takes,
             target: Some(OLD.into()),
             running: Some(OLD.into()),
@@ -605,7 +622,7 @@ mod tests {
         for m in &d.moves {
             let t = tenants
                 .iter_mut()
-                .find(|t| t.name == m.tenant)
+                .find(|t| t.name() == m.tenant)
                 .expect("moved tenant exists");
             t.target = Some(m.to.clone());
             t.running = Some(m.to.clone());
