@@ -30,6 +30,10 @@ pub enum Error {
     /// from it was not written, so a stale reconcile never overwrites a newer one.
     #[error("status not written, the tenant changed since it was read: {0}")]
     StatusConflict(#[source] kube::Error),
+    /// The Tenant changed since it was read: the finalizer and first revision computed from it
+    /// were not written (the next reconcile works from the newer object).
+    #[error("metadata not written, the tenant changed since it was read: {0}")]
+    MetadataConflict(#[source] kube::Error),
     /// Adding or removing the finalizer, or the clean-up behind it, failed.
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
@@ -71,6 +75,7 @@ impl Error {
             Error::Prune { .. } => "prune",
             Error::Status(_) => "status",
             Error::StatusConflict(_) => "status_conflict",
+            Error::MetadataConflict(_) => "metadata_conflict",
             Error::Finalizer(_) => "finalizer",
             Error::Serialize(_) => "serialize",
             Error::NoName => "no_name",

@@ -35,6 +35,9 @@ struct Entry {
     fingerprint: u64,
     /// An object of the tenant changed since the last apply began.
     changed: bool,
+    /// The resourceVersion (as a number; 0: none or not numeric) of this controller's last
+    /// status write to the Tenant, see [`Applied::behind_own_write`].
+    written: u64,
 }
 
 /// The last plan applied to each tenant (by name: the child watches know tenants by label).
@@ -111,16 +114,16 @@ impl Applied {
     pub fn record(&self, tenant: &str, uid: &str, fingerprint: u64, since: Epoch) {
         let overlapped = self.overlapped_a_list(since);
         if let Ok(mut tenants) = self.tenants.lock() {
-            let changed = overlapped
-                || tenants
-                    .get(tenant)
-                    .is_some_and(|e| e.uid == uid && e.changed);
+            let same = tenants.get(tenant).filter(|e| e.uid == uid);
+            let changed = overlapped || same.is_some_and(|e| e.changed);
+            let written = same.map_or(0, |e| e.written);
             tenants.insert(
                 tenant.to_owned(),
                 Entry {
                     uid: uid.to_owned(),
                     fingerprint,
                     changed,
+                    written,
                 },
             );
         }
@@ -132,6 +135,33 @@ impl Applied {
             .lock()
             .map(|t| t.contains_key(tenant))
             .unwrap_or(false)
+    }
+
+    /// This controller wrote `tenant`'s status, which is now at `resource_version`.
+    pub fn wrote(&self, tenant: &str, uid: &str, resource_version: Option<&str>) {
+        if let Ok(mut tenants) = self.tenants.lock() {
+            if let Some(e) = tenants.get_mut(tenant).filter(|e| e.uid == uid) {
+                e.written = numeric(resource_version);
+            }
+        }
+    }
+
+    /// Whether a copy of `tenant` at `resource_version` predates this controller's last
+    /// status write to it: the watch has not delivered that write's echo yet. Watch events
+    /// come in resourceVersion order, so such a copy also misses nothing newer. Only
+    /// numeric versions (etcd's revisions) are compared; any other answers `false`.
+    pub fn behind_own_write(
+        &self,
+        tenant: &str,
+        uid: &str,
+        resource_version: Option<&str>,
+    ) -> bool {
+        let seen = numeric(resource_version);
+        self.tenants
+            .lock()
+            .ok()
+            .and_then(|t| t.get(tenant).filter(|e| e.uid == uid).map(|e| e.written))
+            .is_some_and(|written| seen != 0 && written > seen)
     }
 
     /// One of `tenant`'s objects changed under it: the next reconcile applies again.
@@ -165,6 +195,11 @@ impl Applied {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// A resourceVersion as a number; 0 when there is none or it is not one.
+fn numeric(resource_version: Option<&str>) -> u64 {
+    resource_version.and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
 /// A fingerprint of what is applied, from each object's JSON in order.
@@ -392,6 +427,35 @@ mod tests {
         let since = a.epoch();
         a.record("t", "u", 7, since);
         assert!(a.up_to_date("t", "u", 7));
+    }
+
+    #[test]
+    fn a_copy_older_than_our_own_status_write_is_behind() {
+        let a = Applied::default();
+        assert!(
+            !a.behind_own_write("t", "u1", Some("5")),
+            "nothing written yet"
+        );
+        a.record("t", "u1", 1, a.epoch());
+        a.wrote("t", "u1", Some("10"));
+        assert!(a.behind_own_write("t", "u1", Some("9")));
+        assert!(!a.behind_own_write("t", "u1", Some("10")));
+        assert!(!a.behind_own_write("t", "u1", Some("11")));
+        assert!(
+            !a.behind_own_write("t", "u2", Some("9")),
+            "another tenant of that name"
+        );
+        assert!(
+            !a.behind_own_write("t", "u1", Some("x")),
+            "only numbers compare"
+        );
+        a.record("t", "u1", 2, a.epoch());
+        assert!(
+            a.behind_own_write("t", "u1", Some("9")),
+            "a new apply keeps it"
+        );
+        a.forget("t");
+        assert!(!a.behind_own_write("t", "u1", Some("9")));
     }
 
     #[test]

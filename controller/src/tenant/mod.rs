@@ -15,6 +15,7 @@ pub mod apply;
 pub mod children;
 pub mod desired;
 pub mod final_backup;
+pub mod metadata;
 pub mod plan;
 pub mod prune;
 pub mod reports;
@@ -50,6 +51,10 @@ use validate::Valid;
 
 /// Finalizer the controller puts on every Tenant.
 pub const FINALIZER: &str = "stackplane.io/tenant-cleanup";
+
+/// How soon a pass skipped because the cache was behind this controller's own write looks
+/// again (the echo is usually milliseconds away; a status echo triggers nothing by itself).
+const STALE_CACHE_RETRY: Duration = Duration::from_millis(100);
 
 /// Settings of the reconciler.
 #[derive(Debug, Clone)]
@@ -156,18 +161,25 @@ pub async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action>
     let started = Instant::now();
     let name = tenant.name_any();
     let api: Api<Tenant> = Api::all(ctx.client.clone());
-    let result = finalizer(&api, FINALIZER, tenant, |event| async {
-        match event {
-            Finalizer::Apply(t) => apply_tenant(&t, &ctx).await,
-            Finalizer::Cleanup(t) => cleanup(&t, &ctx).await,
-        }
-    })
-    .await
-    .map_err(|e| match e {
-        kube::runtime::finalizer::Error::ApplyFailed(e)
-        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-        other => Error::Finalizer(Box::new(other)),
-    });
+    // A live tenant's pass adds the finalizer itself, in the same write as its first revision
+    // (`metadata`), and goes on; kube's helper runs the clean-up of a deleting one and removes
+    // the finalizer after it.
+    let result = if tenant.metadata.deletion_timestamp.is_none() {
+        apply_tenant(&tenant, &ctx).await
+    } else {
+        finalizer(&api, FINALIZER, tenant, |event| async {
+            match event {
+                Finalizer::Apply(t) => apply_tenant(&t, &ctx).await,
+                Finalizer::Cleanup(t) => cleanup(&t, &ctx).await,
+            }
+        })
+        .await
+        .map_err(|e| match e {
+            kube::runtime::finalizer::Error::ApplyFailed(e)
+            | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+            other => Error::Finalizer(Box::new(other)),
+        })
+    };
     ctx.metrics.reconciled(started.elapsed());
     match &result {
         Ok(_) => {
@@ -175,7 +187,7 @@ pub async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action>
             tracing::debug!(tenant = %name, took_ms = started.elapsed().as_millis() as u64, "reconciled");
         }
         Err(Error::NamespaceTerminating { .. } | Error::FinalBackupPending { .. }) => {}
-        Err(error @ Error::StatusConflict(_)) => {
+        Err(error @ (Error::StatusConflict(_) | Error::MetadataConflict(_))) => {
             // Not a failure: the tenant changed (or another writer wrote) since it was read;
             // the next reconcile works from the newer object.
             ctx.metrics.error(error.metric_label());
@@ -194,7 +206,9 @@ pub fn error_policy(tenant: Arc<Tenant>, error: &Error, ctx: Arc<Context>) -> Ac
     match error {
         Error::NamespaceTerminating { .. } => return Action::requeue(ctx.config.deletion_poll),
         Error::FinalBackupPending { retry_in, .. } => return Action::requeue(*retry_in),
-        Error::StatusConflict(_) => return Action::requeue(Duration::from_millis(200)),
+        Error::StatusConflict(_) | Error::MetadataConflict(_) => {
+            return Action::requeue(Duration::from_millis(200))
+        }
         _ => {}
     }
     Action::requeue(ctx.failures.next_delay(&tenant.name_any()))
@@ -234,16 +248,28 @@ impl<'a> Pass<'a> {
         if *st == self.previous {
             return Ok(false);
         }
-        status::write(&ctx.client, self.tenant, st).await?;
+        let written = status::write(&ctx.client, self.tenant, st).await?;
+        let uid = self.tenant.metadata.uid.as_deref().unwrap_or_default();
+        ctx.applied.wrote(&self.name, uid, written.as_deref());
         Ok(true)
     }
 }
 
 /// The pipeline of a tenant that is not being deleted.
 async fn apply_tenant(tenant: &Tenant, ctx: &Context) -> Result<Action> {
-    let pass = Pass::new(tenant);
+    // The cache has not yet seen this controller's own last status write (the echo of a write
+    // of the same pass triggered this one): a pass from the older copy would only be refused.
+    let uid = tenant.metadata.uid.as_deref().unwrap_or_default();
+    if ctx.applied.behind_own_write(
+        &tenant.name_any(),
+        uid,
+        tenant.metadata.resource_version.as_deref(),
+    ) {
+        return Ok(Action::requeue(STALE_CACHE_RETRY));
+    }
     if tenant.spec.paused {
-        return paused_step(&pass, ctx).await;
+        let tenant = metadata::ensure(&ctx.client, tenant, None).await?;
+        return paused_step(&Pass::new(&tenant), ctx).await;
     }
     let source = desired::source(
         &ctx.client,
@@ -260,9 +286,10 @@ async fn apply_tenant(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     let revision = source
         .as_ref()
         .and_then(|s| s.as_ref().ok()?.revision.clone());
-    if let Some(r) = &revision {
-        revision::assign_first(&ctx.client, tenant, r).await?;
-    }
+    // Before anything of the tenant is made: its finalizer (and where it starts, for the
+    // rollout). The rest of the pass works from the object this write answered.
+    let tenant = &*metadata::ensure(&ctx.client, tenant, revision.as_deref()).await?;
+    let pass = Pass::new(tenant);
     let Some(valid) = validate_step(&pass, ctx, checked).await? else {
         // A Platform change re-triggers this tenant through the Platform watch.
         return Ok(Action::requeue(ctx.config.requeue));

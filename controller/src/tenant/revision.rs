@@ -7,7 +7,7 @@
 
 use kube::runtime::reflector::Store;
 use kube::{Client, ResourceExt};
-use stackplane_crds::labels::{REVISION_MOVED_AT, TARGET_REVISION};
+use stackplane_crds::labels::TARGET_REVISION;
 use stackplane_crds::{Platform, PlatformRevision, Tenant};
 
 use super::validate::Invalid;
@@ -78,28 +78,6 @@ pub async fn resolve(
             revision: None,
         }),
     })
-}
-
-/// Records `revision` as the target of a tenant that has none yet (a new tenant, or one from
-/// before its Platform had revisions), so the rollout sees where it starts. Pinned tenants
-/// are left alone.
-pub async fn assign_first(client: &Client, tenant: &Tenant, revision: &str) -> kube::Result<()> {
-    if tenant.spec.platform_revision.is_some() || tenant.annotations().contains_key(TARGET_REVISION)
-    {
-        return Ok(());
-    }
-    let patch = serde_json::json!({"metadata": {"annotations": {
-        TARGET_REVISION: revision,
-        REVISION_MOVED_AT: k8s_openapi::jiff::Timestamp::now().to_string(),
-    }}});
-    kube::Api::<Tenant>::all(client.clone())
-        .patch(
-            &tenant.name_any(),
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(&patch),
-        )
-        .await?;
-    Ok(())
 }
 
 #[cfg(test)]

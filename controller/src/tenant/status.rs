@@ -312,8 +312,13 @@ pub fn apply_body(tenant: &Tenant, status: &TenantStatus) -> Result<serde_json::
 /// Writes `status` by server-side apply on the status subresource with the controller's field
 /// manager, on the condition that the Tenant is still at the resourceVersion it was read at: a
 /// replica working from an older copy (a leader handing over, a lagging cache) gets
-/// [`Error::StatusConflict`] instead of overwriting newer data.
-pub async fn write(client: &Client, tenant: &Tenant, status: &TenantStatus) -> Result<()> {
+/// [`Error::StatusConflict`] instead of overwriting newer data. Returns the resourceVersion
+/// the write made.
+pub async fn write(
+    client: &Client,
+    tenant: &Tenant,
+    status: &TenantStatus,
+) -> Result<Option<String>> {
     let api: Api<Tenant> = Api::all(client.clone());
     let stripped;
     let tenant = match legacy_status_owners(tenant) {
@@ -329,7 +334,7 @@ pub async fn write(client: &Client, tenant: &Tenant, status: &TenantStatus) -> R
         .patch_status(&tenant.name_any(), &params, &Patch::Apply(&body))
         .await
     {
-        Ok(_) => Ok(()),
+        Ok(written) => Ok(written.metadata.resource_version),
         Err(e) if crate::k8s::is_conflict(&e) => Err(Error::StatusConflict(e)),
         Err(e) => Err(Error::Status(e)),
     }
