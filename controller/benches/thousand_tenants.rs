@@ -2,10 +2,10 @@
 //! binary (a child process) against the harness's kube-apiserver.
 //!
 //! Measures the time until every Tenant is `Synced` (and the controller's CPU time by then),
-//! the time until every Tenant is `Ready` (this process plays the nodes for the whole run: it
-//! marks each Deployment's replicas available, as a kubelet would, the direct baselines' too, so
-//! both sides pay for them), reconciles per second, and the controller's peak RSS (`VmHWM`);
-//! then, in the same
+//! the time until every Tenant is `Ready` (this process plays the nodes once every tenant is
+//! Synced, so neither the Synced phase nor the direct baseline pays for them: it marks each
+//! Deployment's replicas available, as a kubelet would, at the pace the tenants became Synced),
+//! reconciles per second, and the controller's peak RSS (`VmHWM`); then, in the same
 //! run and against the same API server, the raw rate at which it accepts the same objects
 //! created directly (POST) and server-side applied directly, with the controller's client
 //! concurrency.
@@ -43,6 +43,7 @@ use serde::Serialize;
 use serde_json::json;
 use stackplane_controller::tenant::apply;
 use stackplane_controller::tenant::plan::{self, Desired, Plan, PlanOptions};
+use stackplane_crds::naming::namespace_name;
 use stackplane_crds::{Platform, Tenant, TenantSpec};
 use stackplane_tests::bench::{self, knob, Row};
 use stackplane_tests::{install_crds, kube_client, required_env, unique};
@@ -130,17 +131,6 @@ async fn main() {
         .await
         .unwrap_or(0.0);
 
-    // --- the nodes: make every Deployment of the bench's platform available ---------------------
-    // For the whole run: the kubelets' status writes are the cluster's load, paid alike by the
-    // controller's phase and by the direct baselines (whose Deployments are the platform's too).
-    let available: Available = Arc::default();
-    let nodes = tokio::spawn(play_nodes(
-        client.clone(),
-        platform.name_any(),
-        concurrency,
-        available.clone(),
-    ));
-
     // --- create the Tenants at once and watch them --------------------------------------------
     let progress = Arc::new(Mutex::new(Progress::default()));
     let watch = tokio::spawn(watch_tenants(
@@ -177,6 +167,30 @@ async fn main() {
     })
     .await;
     let synced_cpu = cpu_seconds(pid);
+
+    // --- the nodes: make every Deployment of the bench's platform available ---------------------
+    // Only once every tenant is Synced, so the Synced phase pays for no kubelet, as the direct
+    // baseline does not. The nodes then replay the Synced phase's pace: a tenant's Deployments
+    // become available as long after the nodes start as the tenant became Synced after its
+    // creation began, as if its pods had started at that pace (all at once, the Ready figures
+    // would measure the queue of a 2 x N burst of reports, not the reaction to one).
+    let schedule: Arc<HashMap<String, Duration>> = Arc::new(
+        progress
+            .lock()
+            .await
+            .synced
+            .iter()
+            .map(|(name, at)| (namespace_name(name), at.saturating_duration_since(started)))
+            .collect(),
+    );
+    let available: Available = Arc::default();
+    let nodes = tokio::spawn(play_nodes(
+        client.clone(),
+        platform.name_any(),
+        concurrency,
+        (Instant::now(), schedule),
+        available.clone(),
+    ));
     let ready = wait_for(&progress, started, timeout, &log, |p| {
         p.all_ready_at.map(|at| at - started)
     })
@@ -214,6 +228,7 @@ async fn main() {
     let vm_rss = proc_status_kib(pid, "VmRSS:");
     let vm_hwm_end = proc_status_kib(pid, "VmHWM:");
     watch.abort();
+    nodes.abort();
     let _ = child.start_kill();
     let _ = child.wait().await;
 
@@ -276,7 +291,6 @@ async fn main() {
         .expect("apply objects directly");
     let raw_apply = ssa_started.elapsed();
     let ssa_cpu = cpu_seconds(std::process::id()) - ssa_cpu_before;
-    nodes.abort();
 
     let objects = (tenants * objects_per_tenant) as f64;
     let rate = |d: Duration| objects / d.as_secs_f64();
@@ -335,7 +349,7 @@ async fn main() {
             ssa_cpu / synced_cpu,
         ),
         Row::new(
-            "controller: all Ready (this process plays the kubelets)",
+            "controller: all Ready (this process plays the kubelets once all are Synced)",
             format!(
                 "{:.2} s; {reconciles:.0} reconciles ({errors:.0} failed); the Tenants' POSTs took {:.2} s",
                 ready.as_secs_f64(),
@@ -431,7 +445,8 @@ type Available = Arc<Mutex<HashMap<String, Instant>>>;
 
 #[derive(Default)]
 struct Progress {
-    synced: HashSet<String>,
+    /// When each tenant was first seen Synced.
+    synced: HashMap<String, Instant>,
     ready: HashSet<String>,
     /// When each tenant was first seen Ready.
     ready_at: HashMap<String, Instant>,
@@ -465,7 +480,7 @@ async fn watch_tenants(
         };
         let mut p = progress.lock().await;
         if has("Synced") {
-            p.synced.insert(t.name_any());
+            p.synced.entry(t.name_any()).or_insert(now);
             if p.synced.len() >= expected && p.all_synced_at.is_none() {
                 p.all_synced_at = Some(now);
             }
@@ -482,9 +497,17 @@ async fn watch_tenants(
 
 /// Plays the kubelets: every Deployment of `platform` whose replicas are not all available is
 /// marked available.
-async fn play_nodes(client: Client, platform: String, concurrency: usize, available: Available) {
+async fn play_nodes(
+    client: Client,
+    platform: String,
+    concurrency: usize,
+    (nodes_started, schedule): (Instant, Arc<HashMap<String, Duration>>),
+    available: Available,
+) {
     let api: Api<Deployment> = Api::all(client);
     let done: Arc<Mutex<HashMap<(String, String), i32>>> = Arc::default();
+    // Waiting for its time holds no slot: only the status writes are `concurrency` at a time.
+    let slots = Arc::new(tokio::sync::Semaphore::new(concurrency));
     watcher(
         api.clone(),
         watcher::Config::default().labels(&format!("stackplane.io/platform={platform}")),
@@ -492,10 +515,12 @@ async fn play_nodes(client: Client, platform: String, concurrency: usize, availa
     .default_backoff()
     .applied_objects()
     .filter_map(|d| async move { d.ok() })
-    .for_each_concurrent(concurrency, |d| {
+    .for_each_concurrent(None, |d| {
         let api = api.clone();
         let done = done.clone();
         let available = available.clone();
+        let slots = slots.clone();
+        let schedule = schedule.clone();
         async move {
             let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
             let have = d
@@ -507,6 +532,11 @@ async fn play_nodes(client: Client, platform: String, concurrency: usize, availa
             if have == want || done.lock().await.get(&key) == Some(&want) {
                 return;
             }
+            let due = schedule.get(&key.0).copied().unwrap_or_default();
+            tokio::time::sleep_until((nodes_started + due).into()).await;
+            let Ok(_slot) = slots.acquire().await else {
+                return;
+            };
             let status = json!({"status": {
                 "observedGeneration": d.metadata.generation,
                 "replicas": want, "readyReplicas": want,
