@@ -226,6 +226,9 @@ async fn main() {
         .unwrap_or(0.0)
         - reconciles_steady_before;
     let vm_rss = proc_status_kib(pid, "VmRSS:");
+    // The split of that RSS: the heap and stacks, against the pages of the binary's code.
+    let rss_anon = proc_status_kib(pid, "RssAnon:");
+    let rss_file = proc_status_kib(pid, "RssFile:");
     let vm_hwm_end = proc_status_kib(pid, "VmHWM:");
     watch.abort();
     nodes.abort();
@@ -359,7 +362,14 @@ async fn main() {
         .load(load_controller.clone()),
         Row::new(
             format!("controller peak RSS (VmHWM), {tenants} tenants"),
-            format!("{:.1} MiB (RSS after the resync {:.1} MiB, VmHWM then {:.1} MiB)", vm_hwm / 1024.0, vm_rss / 1024.0, vm_hwm_end / 1024.0),
+            format!(
+                "{:.1} MiB (RSS after the resync {:.1} MiB: anonymous {:.1}, file {:.1}; VmHWM then {:.1} MiB)",
+                vm_hwm / 1024.0,
+                vm_rss / 1024.0,
+                rss_anon / 1024.0,
+                rss_file / 1024.0,
+                vm_hwm_end / 1024.0
+            ),
         )
         .target("<= 64 MiB at 10,000")
         .load(load_controller),
