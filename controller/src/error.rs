@@ -37,7 +37,7 @@ pub enum Error {
     /// Adding or removing the finalizer, or the clean-up behind it, failed.
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
-    /// An object could not be serialized.
+    /// An object could not be serialized, or a cached Tenant's status not read back.
     #[error("serialize: {0}")]
     Serialize(#[from] serde_json::Error),
     /// The tenant's namespace is still being deleted (not a failure: the finalizer waits).

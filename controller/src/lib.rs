@@ -9,6 +9,7 @@ use kube::{Api, Client, ResourceExt};
 pub mod aws;
 pub mod backoff;
 pub mod backup;
+pub mod cached;
 pub mod cloud;
 pub mod controller;
 pub mod error;

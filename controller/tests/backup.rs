@@ -19,6 +19,7 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 use stackplane_controller::backup::schedule::ScheduleConfig;
 use stackplane_controller::backup::{self, BackupConfig};
+use stackplane_controller::cached::CachedTenant;
 use stackplane_controller::cloud::aws::AwsProvider;
 use stackplane_controller::events::EventRecorder;
 use stackplane_controller::metrics::Metrics;
@@ -70,11 +71,11 @@ async fn start(configure: impl FnOnce(&mut BackupConfig)) -> Env {
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     // The scheduler reads the Tenant controller's cache; here the test fills one of its own,
     // with the same selector.
-    let (tenants, writer) = reflector::store::<Tenant>();
+    let (tenants, writer) = reflector::store::<CachedTenant>();
     let cache = reflector(
         writer,
         watcher(
-            Api::<Tenant>::all(client.clone()),
+            Api::<CachedTenant>::all(client.clone()),
             watcher::Config::default().labels(&format!("{SHARD}={shard}")),
         )
         .default_backoff(),

@@ -34,8 +34,6 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType};
-
-use crate::events::EventRecorder;
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
@@ -49,6 +47,8 @@ use stackplane_crds::{
 };
 
 use crate::backoff::Failures;
+use crate::cached::CachedTenant;
+use crate::events::EventRecorder;
 use crate::metrics::Metrics;
 use database::DumpConfig;
 use ec2::Ec2;
@@ -152,7 +152,7 @@ pub async fn run<E: Ec2>(
     client: Client,
     config: BackupConfig,
     ec2: Option<E>,
-    tenants: Store<Tenant>,
+    tenants: Store<CachedTenant>,
     metrics: Arc<Metrics>,
     recorder: EventRecorder,
     stop: impl Future<Output = ()> + Send + 'static,

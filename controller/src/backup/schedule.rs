@@ -14,11 +14,13 @@ use kube::api::{Api, PostParams};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{ObjectRef, Store};
 
-use crate::events::EventRecorder;
 use kube::Resource;
 use kube::{Client, ResourceExt};
 use stackplane_crds::labels::{MANAGED_BY, MANAGED_BY_VALUE, TENANT};
-use stackplane_crds::{BackupReason, Tenant, TenantBackup, TenantBackupSpec};
+use stackplane_crds::{BackupReason, TenantBackup, TenantBackupSpec};
+
+use crate::cached::CachedTenant;
+use crate::events::EventRecorder;
 
 /// Event reason of an unparsable schedule.
 pub const INVALID_SCHEDULE: &str = "InvalidBackupSchedule";
@@ -77,7 +79,7 @@ pub fn backup_name(tenant: &str, at: Timestamp) -> String {
 
 /// The scheduled TenantBackup of `tenant` for `at`. It carries the tenant's labels, so a
 /// controller sharded by label selector handles a tenant's backups with the tenant.
-pub fn scheduled_backup(tenant: &Tenant, at: Timestamp) -> TenantBackup {
+pub fn scheduled_backup(tenant: &impl Resource, at: Timestamp) -> TenantBackup {
     let name = tenant.name_any();
     let mut backup = TenantBackup::new(
         &backup_name(&name, at),
@@ -101,7 +103,7 @@ pub fn scheduled_backup(tenant: &Tenant, at: Timestamp) -> TenantBackup {
 pub async fn run(
     client: Client,
     config: ScheduleConfig,
-    tenants: Store<Tenant>,
+    tenants: Store<CachedTenant>,
     recorder: EventRecorder,
     stop: impl Future<Output = ()> + Send,
 ) {
@@ -136,7 +138,7 @@ pub async fn run(
 
 /// Creates the backup that `tenant`'s schedule makes due at `now`, if any.
 async fn check(
-    tenant: &Tenant,
+    tenant: &CachedTenant,
     config: &ScheduleConfig,
     backups: &Api<TenantBackup>,
     recorder: &EventRecorder,
@@ -255,7 +257,10 @@ mod tests {
             backup_name("acme", at),
             backup_name("acme", ts("2026-01-02T03:00:10Z"))
         );
-        let mut t = Tenant::new("acme", stackplane_crds::TenantSpec::new("crm", "starter"));
+        let mut t = stackplane_crds::Tenant::new(
+            "acme",
+            stackplane_crds::TenantSpec::new("crm", "starter"),
+        );
         t.metadata.labels = Some([("shard".to_owned(), "a".to_owned())].into());
         let b = scheduled_backup(&t, at);
         assert_eq!(b.spec.reason, BackupReason::Scheduled);

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
@@ -26,10 +27,12 @@ use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
+use serde::Deserialize;
 use serde_json::json;
 use stackplane_crds::labels::{REVISION_MOVED_AT, ROLLOUT_CONTROL, TARGET_REVISION};
-use stackplane_crds::{Platform, RolloutPhase, Tenant};
+use stackplane_crds::{Platform, RolloutPhase, Tenant, TenantPhase};
 
+use crate::cached::CachedTenant;
 use crate::events::EventRecorder;
 use crate::metrics::Metrics;
 use waves::{Control, Health, Part, TenantView};
@@ -76,7 +79,7 @@ impl RolloutError {
 /// What every rollout pass shares.
 pub struct RolloutContext {
     client: Client,
-    tenants: Store<Tenant>,
+    tenants: Store<CachedTenant>,
     metrics: Arc<Metrics>,
     recorder: EventRecorder,
     poll: Duration,
@@ -92,7 +95,7 @@ pub async fn run(
     client: Client,
     config: &RolloutConfig,
     selector: Option<String>,
-    tenants: Store<Tenant>,
+    tenants: Store<CachedTenant>,
     metrics: Arc<Metrics>,
     recorder: EventRecorder,
     stop: impl Future<Output = ()> + Send + Sync + 'static,
@@ -161,7 +164,7 @@ async fn reconcile(
     let control_value = platform.annotations().get(ROLLOUT_CONTROL).cloned();
     let control = control_value.as_deref().and_then(Control::parse);
     let now = Timestamp::now();
-    let tenants: Vec<Arc<Tenant>> = ctx
+    let tenants: Vec<Arc<CachedTenant>> = ctx
         .tenants
         .state()
         .into_iter()
@@ -258,10 +261,10 @@ async fn reconcile(
     // Revisions no tenant runs, moves to or is pinned to, beyond the history limit.
     let mut in_use: HashSet<String> = [update_name.clone()].into();
     in_use.extend(new_current);
-    for t in &tenants {
-        in_use.extend(t.spec.platform_revision.clone());
-        in_use.extend(t.annotations().get(TARGET_REVISION).cloned());
-        in_use.extend(t.status.as_ref().and_then(|s| s.platform_revision.clone()));
+    for v in &views {
+        in_use.extend(v.tenant.spec.platform_revision.clone());
+        in_use.extend(v.tenant.annotations().get(TARGET_REVISION).cloned());
+        in_use.extend(v.running.clone());
     }
     in_use.extend(decision.moves.iter().map(|m| m.to.clone()));
     let gone = revisions::collect(
@@ -282,11 +285,11 @@ async fn reconcile(
 
 /// What the planner sees of `t`. A tenant without a target revision yet is left to the Tenant
 /// reconciler, which gives it the Platform's newest completed revision first.
-fn view(t: &Arc<Tenant>, recent: &mut HashMap<String, (String, Timestamp)>) -> TenantView {
+fn view(t: &Arc<CachedTenant>, recent: &mut HashMap<String, (String, Timestamp)>) -> TenantView {
     let name = t.metadata.name.as_deref().unwrap_or_default();
     let annotations = t.annotations();
-    let status = t.status.as_ref();
-    let running = status.and_then(|s| s.platform_revision.clone());
+    let status = t.status_part::<Progress>();
+    let running = status.as_ref().and_then(|s| s.platform_revision.clone());
     let mut target = annotations.get(TARGET_REVISION).cloned();
     let mut moved_at = annotations
         .get(REVISION_MOVED_AT)
@@ -314,9 +317,18 @@ fn view(t: &Arc<Tenant>, recent: &mut HashMap<String, (String, Timestamp)>) -> T
         target,
         running,
         moved_at,
-        phase: status.and_then(|s| s.phase),
-        ready_since: status.and_then(|s| s.ready_since.as_ref().map(|r| r.0)),
+        phase: status.as_ref().and_then(|s| s.phase),
+        ready_since: status.and_then(|s| s.ready_since.map(|r| r.0)),
     }
+}
+
+/// What the planner reads of a tenant's status (the rest of it stays unparsed in the cache).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Progress {
+    platform_revision: Option<String>,
+    phase: Option<TenantPhase>,
+    ready_since: Option<Time>,
 }
 
 fn record_metrics(

@@ -10,16 +10,16 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 use stackplane_crds::labels::CANARY;
-use stackplane_crds::{
-    RolloutPhase, RolloutPolicy, RolloutStatus, RolloutStrategy, Tenant, TenantPhase,
-};
+use stackplane_crds::{RolloutPhase, RolloutPolicy, RolloutStatus, RolloutStrategy, TenantPhase};
+
+use crate::cached::CachedTenant;
 
 /// What the planner knows of one tenant of the platform. Name, tier and labels are read from
 /// the cached Tenant itself, shared, not copied: a pass looks at every tenant of the platform
 /// (10,000 views at once), and copies of their labels were the pass's largest allocation.
 #[derive(Debug, Clone)]
 pub struct TenantView {
-    pub tenant: Arc<Tenant>,
+    pub tenant: Arc<CachedTenant>,
     /// Whether rollouts may move it.
     pub part: Part,
     /// The revision it is to run (the rollout's last move, or what it runs, or where a new
@@ -541,12 +541,12 @@ mod tests {
     }
 
     fn tenant(name: &str, tier: &str, canary: bool) -> TenantView {
-        let mut t = Tenant::new(name, stackplane_crds::TenantSpec::new("p", tier));
+        let mut t = stackplane_crds::Tenant::new(name, stackplane_crds::TenantSpec::new("p", tier));
         if canary {
             t.metadata.labels = Some([(CANARY.to_owned(), "true".to_owned())].into());
         }
         TenantView {
-            tenant: Arc::new(t),
+            tenant: Arc::new(CachedTenant::from(&t)),
             part: Part::Takes,
             target: Some(OLD.into()),
             running: Some(OLD.into()),

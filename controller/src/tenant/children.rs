@@ -18,12 +18,12 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, Controller};
 use kube::{Api, Client, Resource, ResourceExt};
 use stackplane_crds::labels::{tenant_selector, TENANT};
-use stackplane_crds::Tenant;
 
 use super::applied::{drift_triggers, Applied};
 use super::plan::Plan;
 use super::prune::{self, Pruned};
 use super::reports::{DeploymentReport, DeploymentReports};
+use crate::cached::CachedTenant;
 use crate::error::Result;
 use crate::k8s::Child;
 
@@ -71,12 +71,12 @@ pub type PruneFn =
 /// sees is marked in the [`Applied`] state, and what Deployments report is kept in the
 /// [`DeploymentReports`].
 pub type WatchFn = fn(
-    Controller<Tenant>,
+    Controller<CachedTenant>,
     Client,
     watcher::Config,
     Arc<Applied>,
     Arc<DeploymentReports>,
-) -> Controller<Tenant>;
+) -> Controller<CachedTenant>;
 
 /// One kind of the registry.
 pub struct ChildKind {
@@ -147,7 +147,7 @@ pub async fn prune(client: &Client, tenant: &str, plan: &Plan) -> Result<Pruned>
 }
 
 /// The Tenant that an object of a tenant belongs to, from its `stackplane.io/tenant` label.
-pub fn tenant_of<K: Resource>(object: &K) -> Option<ObjectRef<Tenant>> {
+pub fn tenant_of<K: Resource>(object: &K) -> Option<ObjectRef<CachedTenant>> {
     object.labels().get(TENANT).map(|t| ObjectRef::new(t))
 }
 
@@ -221,12 +221,12 @@ fn list_kind<'a, K: Child>(
 /// Metadata only: the reconcile reads what it needs itself, so the watch only has to say which
 /// tenant to look at (and whether it drifted), and never holds a full object.
 fn watch_kind<K: Child>(
-    controller: Controller<Tenant>,
+    controller: Controller<CachedTenant>,
     client: Client,
     config: watcher::Config,
     applied: Arc<Applied>,
     _: Arc<DeploymentReports>,
-) -> Controller<Tenant> {
+) -> Controller<CachedTenant> {
     let events = watcher(Api::<PartialObjectMeta<K>>::all(client), config);
     let kind = <K as k8s_openapi::Resource>::KIND;
     controller.watches_stream(drift_triggers(kind, events, applied, false), |o| {
@@ -238,12 +238,12 @@ fn watch_kind<K: Child>(
 /// report is kept (a few numbers, not the object) and the event goes on as metadata. A report
 /// that changed triggers the tenant.
 fn watch_deployments(
-    controller: Controller<Tenant>,
+    controller: Controller<CachedTenant>,
     client: Client,
     config: watcher::Config,
     applied: Arc<Applied>,
     reports: Arc<DeploymentReports>,
-) -> Controller<Tenant> {
+) -> Controller<CachedTenant> {
     let events = reports.track(watcher(Api::<Deployment>::all(client), config));
     controller.watches_stream(drift_triggers("Deployment", events, applied, true), |o| {
         tenant_of(&o)

@@ -40,6 +40,7 @@ use stackplane_crds::naming::namespace_name;
 use stackplane_crds::{DeletionPolicy, Platform, Tenant, TenantPhase, TenantStatus};
 
 use crate::backoff::Failures;
+use crate::cached::CachedTenant;
 use crate::error::{Error, Result};
 use crate::events::EventRecorder;
 use crate::metrics::Metrics;
@@ -156,10 +157,19 @@ impl Context {
     }
 }
 
-/// Reconciles one Tenant.
-pub async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action> {
+/// Reconciles one Tenant, from the cache's form of it.
+pub async fn reconcile(cached: Arc<CachedTenant>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
-    let name = tenant.name_any();
+    let name = cached.name_any();
+    let tenant = match cached.to_tenant() {
+        Ok(t) => Arc::new(t),
+        Err(error) => {
+            let error = Error::Serialize(error);
+            ctx.metrics.error(error.metric_label());
+            tracing::warn!(tenant = %name, error = %error, category = error.metric_label(), "the tenant's status cannot be read");
+            return Err(error);
+        }
+    };
     let api: Api<Tenant> = Api::all(ctx.client.clone());
     // A live tenant's pass adds the finalizer itself, in the same write as its first revision
     // (`metadata`), and goes on; kube's helper runs the clean-up of a deleting one and removes
@@ -202,7 +212,7 @@ pub async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action>
 }
 
 /// What the controller does after a failed reconcile.
-pub fn error_policy(tenant: Arc<Tenant>, error: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy(tenant: Arc<CachedTenant>, error: &Error, ctx: Arc<Context>) -> Action {
     match error {
         Error::NamespaceTerminating { .. } => return Action::requeue(ctx.config.deletion_poll),
         Error::FinalBackupPending { retry_in, .. } => return Action::requeue(*retry_in),
