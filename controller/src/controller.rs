@@ -313,6 +313,12 @@ async fn run_controller(
                 Ok(_) => {}
                 // Reconcile failures are logged by the reconciler itself.
                 Err(controller::Error::ReconcilerFailed(..)) => {}
+                // A trigger for a tenant this cache does not hold: the child watches list every
+                // stackplane object, so a sharded controller hears of other shards' tenants, and
+                // every controller of a deleted tenant's last children. Expected, not a fault.
+                Err(controller::Error::ObjectNotFound(object)) => {
+                    tracing::debug!(%object, "trigger for a tenant not in this controller's cache")
+                }
                 Err(error) => tracing::warn!(%error, "controller stream error"),
             }
         })
