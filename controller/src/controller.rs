@@ -237,7 +237,12 @@ async fn run_controller(
     let reports = ctx.reports.clone();
     let ctx = Arc::new(ctx);
     let controller = Controller::for_stream(tenant_events, tenants.clone())
-        .with_config(controller::Config::default().concurrency(config.concurrency));
+        .with_config(controller::Config::default().concurrency(config.concurrency))
+        // The periodic resync: each tenant once per period, spread over it (no timer per tenant).
+        .reconcile_on(tenant::resync::sweep(
+            tenants.clone(),
+            config.reconcile.requeue,
+        ));
     let rollouts = crate::rollout::run(
         client.clone(),
         &config.rollout,

@@ -19,6 +19,7 @@ pub mod metadata;
 pub mod plan;
 pub mod prune;
 pub mod reports;
+pub mod resync;
 pub mod revision;
 pub mod status;
 pub mod validate;
@@ -61,7 +62,8 @@ const STALE_CACHE_RETRY: Duration = Duration::from_millis(100);
 #[derive(Debug, Clone)]
 pub struct ReconcileConfig {
     pub plan: PlanOptions,
-    /// Requeue interval of a healthy tenant (drift the watches missed is corrected by then).
+    /// Resync period: every tenant is reconciled at least once per period (drift the watches
+    /// missed is corrected by then), by the sweep of `resync`.
     pub requeue: Duration,
     /// How often a deleting tenant checks whether its namespace is gone.
     pub deletion_poll: Duration,
@@ -302,7 +304,7 @@ async fn apply_tenant(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     let pass = Pass::new(tenant);
     let Some(valid) = validate_step(&pass, ctx, checked).await? else {
         // A Platform change re-triggers this tenant through the Platform watch.
-        return Ok(Action::requeue(ctx.config.requeue));
+        return Ok(Action::await_change());
     };
     let requeue = match retention_step(&pass, ctx, &valid).await? {
         Retention::Deleted => return Ok(Action::await_change()),
@@ -336,7 +338,7 @@ async fn paused_step(pass: &Pass<'_>, ctx: &Context) -> Result<Action> {
         .await;
         tracing::info!(tenant = %pass.name, "paused");
     }
-    Ok(Action::requeue(ctx.config.requeue))
+    Ok(Action::await_change())
 }
 
 /// validate: the Platform and tier, or `Failed` with `InvalidSpec` (and `None`).
@@ -634,8 +636,8 @@ fn next_reconcile(
         {
             return Err(Error::Cloud(e))
         }
-        // Terminal: counted, and looked at again only after the long requeue or a spec change,
-        // never in a hot loop.
+        // Terminal: counted, and tried again only after `terminal_requeue` (the resync's passes
+        // before then reuse the remembered outcome) or on a spec change, never in a hot loop.
         Some(crate::cloud::CloudState::Failed(e)) => {
             ctx.metrics.error(e.metric_label());
             if let Some(s) = &ctx.config.cloud {
@@ -649,7 +651,17 @@ fn next_reconcile(
         }
         _ => {}
     }
-    Ok(Action::requeue(requeue))
+    Ok(look_again(ctx, requeue))
+}
+
+/// A tenant is looked at again by the resync sweep (`resync`) at least once per resync period
+/// without a timer of its own; it gets one only when it must be looked at sooner.
+fn look_again(ctx: &Context, within: Duration) -> Action {
+    if within < ctx.config.requeue {
+        Action::requeue(within)
+    } else {
+        Action::await_change()
+    }
 }
 
 /// Implements the deletion policy; the finalizer is removed when this returns `Ok`.
