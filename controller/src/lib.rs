@@ -92,7 +92,8 @@ pub struct Args {
     #[arg(long, env = "STACKPLANE_INGRESS_ADDRESS")]
     pub ingress_address: Option<cloud::IngressAddress>,
 
-    /// Seconds between periodic reconciles of a healthy Tenant.
+    /// Resync period in seconds: every Tenant is reconciled once per period, the tenants spread
+    /// evenly over it (drift the watches missed is corrected by then).
     #[arg(long, env = "STACKPLANE_REQUEUE_SECONDS", default_value_t = 300)]
     pub requeue_seconds: u64,
 
