@@ -235,12 +235,14 @@ async fn run_controller(
     .with_platforms(platforms);
     let applied = ctx.applied.clone();
     let reports = ctx.reports.clone();
+    let passes = ctx.passes.clone();
     let ctx = Arc::new(ctx);
     let controller = Controller::for_stream(tenant_events, tenants.clone())
         .with_config(controller::Config::default().concurrency(config.concurrency))
         // The periodic resync: each tenant once per period, spread over it (no timer per tenant).
         .reconcile_on(tenant::resync::sweep(
             tenants.clone(),
+            passes,
             config.reconcile.requeue,
         ));
     let rollouts = crate::rollout::run(

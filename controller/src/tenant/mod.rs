@@ -108,6 +108,8 @@ pub struct Context {
     pub applied: Arc<applied::Applied>,
     /// What the tenants' Deployments report, kept by the Deployment watch.
     pub reports: Arc<reports::DeploymentReports>,
+    /// When each tenant's last pass finished: the resync sweep skips a tenant that just had one.
+    pub passes: Arc<resync::RecentPasses>,
 }
 
 impl Context {
@@ -127,6 +129,7 @@ impl Context {
             platforms: None,
             applied: Arc::default(),
             reports: Arc::default(),
+            passes: Arc::default(),
         }
     }
 
@@ -196,6 +199,7 @@ pub async fn reconcile(cached: Arc<CachedTenant>, ctx: Arc<Context>) -> Result<A
     match &result {
         Ok(_) => {
             ctx.failures.succeeded(&name);
+            ctx.passes.passed(&name);
             tracing::debug!(tenant = %name, took_ms = started.elapsed().as_millis() as u64, "reconciled");
         }
         Err(Error::NamespaceTerminating { .. } | Error::FinalBackupPending { .. }) => {}

@@ -11,9 +11,17 @@
 //!
 //! A pass that must look at its tenant sooner than the sweep will (a grace period ending, an
 //! instance starting, a final backup running) still returns its own requeue
-//! (`super::look_again`).
+//! (`super::look_again`). And a tenant that had a pass for another reason (its spec changed, a
+//! Deployment reported) less than half a period before its turn is skipped for that round
+//! ([`RecentPasses`]): that pass did what the resync would do, so each tenant gets a pass at
+//! least every one and a half periods, and a busy tenant no more passes than before.
 
+use std::collections::{HashMap, HashSet};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Mutex;
 use std::time::Duration;
+
+use std::sync::Arc;
 
 use futures::Stream;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -26,6 +34,7 @@ use crate::cached::CachedTenant;
 /// period from now (the watch's initial list has just reconciled every tenant). Never ends.
 pub fn sweep(
     tenants: Store<CachedTenant>,
+    passes: Arc<RecentPasses>,
     period: Duration,
 ) -> impl Stream<Item = ObjectRef<CachedTenant>> + Send + 'static {
     let first = Round {
@@ -35,6 +44,7 @@ pub fn sweep(
     };
     futures::stream::unfold(first, move |mut round| {
         let tenants = tenants.clone();
+        let passes = passes.clone();
         async move {
             loop {
                 if let Some(name) = round.names.get_mut(round.next) {
@@ -44,7 +54,8 @@ pub fn sweep(
                     tokio::time::sleep_until(at).await;
                     let tenant = ObjectRef::new(&name);
                     // Deleted since the round began: its deletion was its last reconcile.
-                    if tenants.get(&tenant).is_some() {
+                    // Passed recently: that pass was this round's.
+                    if tenants.get(&tenant).is_some() && !passes.within(&name, period / 2) {
                         return Some((tenant, round));
                     }
                     continue;
@@ -56,6 +67,7 @@ pub fn sweep(
                 // Name order keeps each tenant's place (about one period between two resyncs of
                 // it) from one round to the next, whatever the cache's own order.
                 names.sort_unstable();
+                passes.keep_only(&names);
                 round = Round {
                     names,
                     start,
@@ -73,6 +85,72 @@ struct Round {
     start: Instant,
     /// The index of the next tenant to reconcile.
     next: usize,
+}
+
+/// When each tenant's last successful pass finished, by a hash of its name: about 20 bytes a
+/// tenant (two collide once in 10^11 at 10,000 tenants, and then one of them waits for the
+/// next round).
+#[derive(Debug)]
+pub struct RecentPasses {
+    /// What the times count from.
+    epoch: Instant,
+    /// Milliseconds since `epoch`, by [`key`].
+    finished: Mutex<HashMap<u64, u64>>,
+}
+
+impl Default for RecentPasses {
+    fn default() -> Self {
+        RecentPasses {
+            epoch: Instant::now(),
+            finished: Mutex::default(),
+        }
+    }
+}
+
+impl RecentPasses {
+    /// A pass of `tenant` finished now.
+    pub fn passed(&self, tenant: &str) {
+        let now = self.millis(Instant::now());
+        if let Ok(mut finished) = self.finished.lock() {
+            finished.insert(key(tenant), now);
+        }
+    }
+
+    /// Whether a pass of `tenant` finished less than `window` ago.
+    fn within(&self, tenant: &str, window: Duration) -> bool {
+        let now = self.millis(Instant::now());
+        let window = self.millis_of(window);
+        self.finished
+            .lock()
+            .map(|f| {
+                f.get(&key(tenant))
+                    .is_some_and(|at| now.saturating_sub(*at) < window)
+            })
+            .unwrap_or(false)
+    }
+
+    /// Forgets every tenant not among `names` (deleted ones).
+    fn keep_only(&self, names: &[String]) {
+        let live: HashSet<u64> = names.iter().map(|n| key(n)).collect();
+        if let Ok(mut finished) = self.finished.lock() {
+            finished.retain(|k, _| live.contains(k));
+            finished.shrink_to_fit();
+        }
+    }
+
+    fn millis(&self, at: Instant) -> u64 {
+        self.millis_of(at.saturating_duration_since(self.epoch))
+    }
+
+    fn millis_of(&self, d: Duration) -> u64 {
+        u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+fn key(tenant: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    tenant.hash(&mut h);
+    h.finish()
 }
 
 /// When the `i`th of `n` tenants of a round that starts at `start` is reconciled: evenly
@@ -116,6 +194,25 @@ mod tests {
     }
 
     #[test]
+    fn a_pass_is_recent_within_its_window_and_deleted_tenants_are_forgotten() {
+        let passes = RecentPasses::default();
+        assert!(!passes.within("a", Duration::from_secs(60)), "never passed");
+        passes.passed("a");
+        passes.passed("b");
+        assert!(passes.within("a", Duration::from_secs(60)));
+        assert!(
+            !passes.within("a", Duration::ZERO),
+            "a zero window holds nothing"
+        );
+        passes.keep_only(&["b".to_owned()]);
+        assert!(
+            !passes.within("a", Duration::from_secs(60)),
+            "a was deleted"
+        );
+        assert!(passes.within("b", Duration::from_secs(60)));
+    }
+
+    #[test]
     fn an_index_past_the_round_gets_the_last_slot() {
         let start = Instant::now();
         let period = Duration::from_secs(10);
@@ -140,33 +237,44 @@ mod tests {
         for name in ["c", "a", "b"] {
             writer.apply_watcher_event(&Event::Apply(tenant(name)));
         }
-        let period = Duration::from_millis(600);
+        // Margins (a timer waking late) of at least 500 ms wherever a late wake could change
+        // what is seen.
+        let period = Duration::from_millis(2000);
         let begun = Instant::now();
-        let sweep = sweep(store, period);
+        let passes = Arc::new(RecentPasses::default());
+        let sweep = sweep(store, passes.clone(), period);
         futures::pin_mut!(sweep);
         let mut next = async || {
             let t = sweep.next().await.expect("the sweep never ends");
             (t.name, Instant::now() - begun)
         };
+        let ms = Duration::from_millis;
 
-        // The first round starts one period in: 600, 800, 1000 ms, by name.
-        for (name, not_before) in [("a", 600), ("b", 800), ("c", 1000)] {
+        // The first round starts one period in: a, b, c at 2000, 2666, 3333 ms, by name.
+        for (name, not_before) in [("a", 2000), ("b", 2666), ("c", 3333)] {
             let (seen, at) = next().await;
             assert_eq!(seen, name, "name order");
-            assert!(at >= Duration::from_millis(not_before), "{name} at {at:?}");
+            assert!(at >= ms(not_before), "{name} at {at:?}");
         }
 
-        // "d" is new: the next round (from 1200 ms) holds a, b, c, d at 150 ms gaps. "b" is
-        // deleted once the round has begun: its slot (1350 ms) passes without a reconcile.
+        // "d" is new: the next round (from 4000 ms) holds a, b, c, d at 500 ms gaps. Once it
+        // has begun, "b" has a pass of its own (its turn at 4500 ms falls within half a period
+        // of it) and "c" is deleted: both turns pass without a reconcile.
         writer.apply_watcher_event(&Event::Apply(tenant("d")));
         let (seen, at) = next().await;
         assert_eq!(seen, "a");
-        assert!(at >= Duration::from_millis(1200), "a at {at:?}");
-        writer.apply_watcher_event(&Event::Delete(tenant("b")));
-        for (name, not_before) in [("c", 1500), ("d", 1650)] {
+        assert!(at >= ms(4000), "a at {at:?}");
+        passes.passed("b");
+        writer.apply_watcher_event(&Event::Delete(tenant("c")));
+        let (seen, at) = next().await;
+        assert_eq!(seen, "d", "b (passed) and c (deleted) skipped");
+        assert!(at >= ms(5500), "d at {at:?}");
+
+        // The round after (from 6000 ms: a, b, d): b's pass is long enough ago.
+        for (name, not_before) in [("a", 6000), ("b", 6666), ("d", 7333)] {
             let (seen, at) = next().await;
-            assert_eq!(seen, name, "b skipped, d in the round by name");
-            assert!(at >= Duration::from_millis(not_before), "{name} at {at:?}");
+            assert_eq!(seen, name);
+            assert!(at >= ms(not_before), "{name} at {at:?}");
         }
     }
 }
