@@ -18,6 +18,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use stackplane_crds::{Tenant, TenantSpec, TenantStatus};
 
+/// Where `kubectl apply` (client-side) keeps the object as last applied.
+const KUBECTL_LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
 /// A Tenant with its status kept as JSON text. Deserialized straight from the watch (no typed
 /// status is ever built for the cache); the same kind, group, version and URL as [`Tenant`].
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -50,11 +53,16 @@ impl CachedTenant {
         serde_json::from_str(self.status.as_deref()?.get()).ok()
     }
 
-    /// Drops what the cache never reads (managedFields, a third of a Tenant's size) and the
-    /// spare room of its lists (`Vec::clear` keeps the buffer; a deserialized list keeps its
-    /// grown capacity).
+    /// Drops what the cache never reads (managedFields, a third of a Tenant's size; the copy
+    /// of the whole object that `kubectl apply` keeps in an annotation, which doubles a Tenant
+    /// applied by hand) and the spare room of its lists (`Vec::clear` keeps the buffer; a
+    /// deserialized list keeps its grown capacity). Nothing is written back from the cache as
+    /// a whole: the metadata and status writes name only their own fields.
     pub fn trim(&mut self) {
         self.metadata.managed_fields = None;
+        if let Some(annotations) = &mut self.metadata.annotations {
+            annotations.remove(KUBECTL_LAST_APPLIED);
+        }
         if let Some(finalizers) = &mut self.metadata.finalizers {
             finalizers.shrink_to_fit();
         }
@@ -190,15 +198,35 @@ mod tests {
     }
 
     #[test]
-    fn trim_drops_managed_fields_and_spare_room() {
-        let t = tenant();
+    fn trim_drops_managed_fields_kubectls_copy_and_spare_room() {
+        let mut t = tenant();
+        t.metadata.annotations = Some(
+            [
+                (
+                    KUBECTL_LAST_APPLIED,
+                    r#"{"apiVersion":"stackplane.io/v1alpha1"}"#,
+                ),
+                ("stackplane.io/target-revision", "crm-7f3a"),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .into(),
+        );
         let mut cached = CachedTenant::from(&t);
         cached.trim();
         assert_eq!(cached.metadata.managed_fields, None);
+        let annotations = cached.metadata.annotations.as_ref().unwrap();
+        assert_eq!(
+            annotations.keys().collect::<Vec<_>>(),
+            ["stackplane.io/target-revision"],
+            "only kubectl's copy is dropped"
+        );
         let finalizers = cached.metadata.finalizers.as_ref().unwrap();
         assert_eq!(finalizers.capacity(), finalizers.len());
         let mut read = cached.to_tenant().unwrap();
         read.metadata.managed_fields = t.metadata.managed_fields.clone();
+        if let Some(a) = &mut t.metadata.annotations {
+            a.remove(KUBECTL_LAST_APPLIED);
+        }
         assert_eq!(
             json_of(&read),
             json_of(&t),
