@@ -219,6 +219,8 @@ pub async fn reconcile(cached: Arc<CachedTenant>, ctx: Arc<Context>) -> Result<A
 
 /// What the controller does after a failed reconcile.
 pub fn error_policy(tenant: Arc<CachedTenant>, error: &Error, ctx: Arc<Context>) -> Action {
+    // Every failed pass ends here with a requeue: the resync sweep leaves the tenant to it.
+    ctx.passes.failed(&tenant.name_any());
     match error {
         Error::NamespaceTerminating { .. } => return Action::requeue(ctx.config.deletion_poll),
         Error::FinalBackupPending { retry_in, .. } => return Action::requeue(*retry_in),

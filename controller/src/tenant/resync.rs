@@ -14,7 +14,10 @@
 //! (`super::look_again`). And a tenant that had a pass for another reason (its spec changed, a
 //! Deployment reported) less than half a period before its turn is skipped for that round
 //! ([`RecentPasses`]): that pass did what the resync would do, so each tenant gets a pass at
-//! least every one and a half periods, and a busy tenant no more passes than before.
+//! least every one and a half periods, and a busy tenant no more passes than before. A tenant
+//! whose last pass failed is skipped until a pass succeeds: its retry is the error policy's,
+//! with backoff, and a resync every period would undo that backoff (tenants stuck on a hung
+//! cloud call would then take the reconcile slots from every other tenant).
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -55,7 +58,7 @@ pub fn sweep(
                     let tenant = ObjectRef::new(&name);
                     // Deleted since the round began: its deletion was its last reconcile.
                     // Passed recently: that pass was this round's.
-                    if tenants.get(&tenant).is_some() && !passes.within(&name, period / 2) {
+                    if tenants.get(&tenant).is_some() && !passes.covers(&name, period / 2) {
                         return Some((tenant, round));
                     }
                     continue;
@@ -87,14 +90,14 @@ struct Round {
     next: usize,
 }
 
-/// When each tenant's last successful pass finished, by a hash of its name: about 20 bytes a
-/// tenant (two collide once in 10^11 at 10,000 tenants, and then one of them waits for the
-/// next round).
+/// When each tenant's last pass finished, or that it failed, by a hash of its name: about 20
+/// bytes a tenant (two collide once in 10^11 at 10,000 tenants, and then one of them waits for
+/// the next round).
 #[derive(Debug)]
 pub struct RecentPasses {
     /// What the times count from.
     epoch: Instant,
-    /// Milliseconds since `epoch`, by [`key`].
+    /// Milliseconds since `epoch` of the last successful pass, or [`FAILED`], by [`key`].
     finished: Mutex<HashMap<u64, u64>>,
 }
 
@@ -116,15 +119,23 @@ impl RecentPasses {
         }
     }
 
-    /// Whether a pass of `tenant` finished less than `window` ago.
-    fn within(&self, tenant: &str, window: Duration) -> bool {
+    /// A pass of `tenant` failed: the error policy has scheduled its retry.
+    pub fn failed(&self, tenant: &str) {
+        if let Ok(mut finished) = self.finished.lock() {
+            finished.insert(key(tenant), FAILED);
+        }
+    }
+
+    /// Whether `tenant` needs no resync turn now: a pass of it finished less than `window` ago,
+    /// or its last pass failed (and its retry is scheduled).
+    fn covers(&self, tenant: &str, window: Duration) -> bool {
         let now = self.millis(Instant::now());
         let window = self.millis_of(window);
         self.finished
             .lock()
             .map(|f| {
                 f.get(&key(tenant))
-                    .is_some_and(|at| now.saturating_sub(*at) < window)
+                    .is_some_and(|at| *at == FAILED || now.saturating_sub(*at) < window)
             })
             .unwrap_or(false)
     }
@@ -146,6 +157,9 @@ impl RecentPasses {
         u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
     }
 }
+
+/// The mark of a tenant whose last pass failed (no pass finishes `u64::MAX` ms after start).
+const FAILED: u64 = u64::MAX;
 
 fn key(tenant: &str) -> u64 {
     let mut h = DefaultHasher::new();
@@ -194,22 +208,30 @@ mod tests {
     }
 
     #[test]
-    fn a_pass_is_recent_within_its_window_and_deleted_tenants_are_forgotten() {
+    fn a_pass_is_recent_within_its_window_a_failure_until_a_success_and_deleted_tenants_are_forgotten(
+    ) {
         let passes = RecentPasses::default();
-        assert!(!passes.within("a", Duration::from_secs(60)), "never passed");
+        assert!(!passes.covers("a", Duration::from_secs(60)), "never passed");
         passes.passed("a");
         passes.passed("b");
-        assert!(passes.within("a", Duration::from_secs(60)));
+        assert!(passes.covers("a", Duration::from_secs(60)));
         assert!(
-            !passes.within("a", Duration::ZERO),
+            !passes.covers("a", Duration::ZERO),
             "a zero window holds nothing"
         );
         passes.keep_only(&["b".to_owned()]);
         assert!(
-            !passes.within("a", Duration::from_secs(60)),
+            !passes.covers("a", Duration::from_secs(60)),
             "a was deleted"
         );
-        assert!(passes.within("b", Duration::from_secs(60)));
+        assert!(passes.covers("b", Duration::from_secs(60)));
+        passes.failed("b");
+        assert!(
+            passes.covers("b", Duration::ZERO),
+            "a failed tenant waits for its error policy's retry"
+        );
+        passes.passed("b");
+        assert!(!passes.covers("b", Duration::ZERO), "until a pass succeeds");
     }
 
     #[test]
