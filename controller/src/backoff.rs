@@ -36,6 +36,11 @@ impl Failures {
         }
     }
 
+    /// Whether the last reconcile of `name` failed (its retry, with backoff, is scheduled).
+    pub fn failing(&self, name: &str) -> bool {
+        self.0.lock().map(|f| f.contains_key(name)).unwrap_or(false)
+    }
+
     /// The backoff after one more failure of `name`.
     pub fn next_delay(&self, name: &str) -> Duration {
         backoff(self.failed(name))
@@ -60,7 +65,9 @@ mod tests {
         assert_eq!(f.failed("a"), 1);
         assert_eq!(f.failed("a"), 2);
         assert_eq!(f.failed("b"), 1);
+        assert!(f.failing("a"));
         f.succeeded("a");
+        assert!(!f.failing("a"));
         assert_eq!(f.failed("a"), 1);
     }
 }

@@ -236,6 +236,7 @@ async fn run_controller(
     let applied = ctx.applied.clone();
     let reports = ctx.reports.clone();
     let passes = ctx.passes.clone();
+    let failures = ctx.failures.clone();
     let ctx = Arc::new(ctx);
     let controller = Controller::for_stream(tenant_events, tenants.clone())
         .with_config(controller::Config::default().concurrency(config.concurrency))
@@ -243,6 +244,7 @@ async fn run_controller(
         .reconcile_on(tenant::resync::sweep(
             tenants.clone(),
             passes,
+            failures,
             config.reconcile.requeue,
         ));
     let rollouts = crate::rollout::run(

@@ -98,8 +98,9 @@ pub struct Context {
     pub config: ReconcileConfig,
     pub metrics: Arc<Metrics>,
     pub recorder: EventRecorder,
-    /// Consecutive failures per tenant, for exponential backoff.
-    failures: Failures,
+    /// Consecutive failures per tenant, for exponential backoff (the resync sweep leaves a
+    /// failing tenant to it).
+    pub failures: Arc<Failures>,
     /// The PlatformRevisions, cached (`None`: each is read from the API server).
     revisions: Option<kube::runtime::reflector::Store<stackplane_crds::PlatformRevision>>,
     /// The Platforms, cached (`None`: each reconcile reads its tenant's from the API server).
@@ -124,7 +125,7 @@ impl Context {
             config,
             metrics,
             recorder,
-            failures: Failures::default(),
+            failures: Arc::default(),
             revisions: None,
             platforms: None,
             applied: Arc::default(),
@@ -219,8 +220,6 @@ pub async fn reconcile(cached: Arc<CachedTenant>, ctx: Arc<Context>) -> Result<A
 
 /// What the controller does after a failed reconcile.
 pub fn error_policy(tenant: Arc<CachedTenant>, error: &Error, ctx: Arc<Context>) -> Action {
-    // Every failed pass ends here with a requeue: the resync sweep leaves the tenant to it.
-    ctx.passes.failed(&tenant.name_any());
     match error {
         Error::NamespaceTerminating { .. } => return Action::requeue(ctx.config.deletion_poll),
         Error::FinalBackupPending { retry_in, .. } => return Action::requeue(*retry_in),

@@ -15,22 +15,21 @@
 //! Deployment reported) less than half a period before its turn is skipped for that round
 //! ([`RecentPasses`]): that pass did what the resync would do, so each tenant gets a pass at
 //! least every one and a half periods, and a busy tenant no more passes than before. A tenant
-//! whose last pass failed is skipped until a pass succeeds: its retry is the error policy's,
-//! with backoff, and a resync every period would undo that backoff (tenants stuck on a hung
-//! cloud call would then take the reconcile slots from every other tenant).
+//! in the error policy's backoff ([`Failures`]) is skipped until a pass succeeds: a resync
+//! every period would undo that backoff (tenants stuck on a hung cloud call would then take the
+//! reconcile slots from every other tenant).
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-use std::sync::Arc;
 
 use futures::Stream;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::ResourceExt;
 use tokio::time::Instant;
 
+use crate::backoff::Failures;
 use crate::cached::CachedTenant;
 
 /// The tenants to reconcile, one at a time, each once per `period`; the first round starts one
@@ -38,6 +37,7 @@ use crate::cached::CachedTenant;
 pub fn sweep(
     tenants: Store<CachedTenant>,
     passes: Arc<RecentPasses>,
+    failures: Arc<Failures>,
     period: Duration,
 ) -> impl Stream<Item = ObjectRef<CachedTenant>> + Send + 'static {
     let first = Round {
@@ -48,6 +48,7 @@ pub fn sweep(
     futures::stream::unfold(first, move |mut round| {
         let tenants = tenants.clone();
         let passes = passes.clone();
+        let failures = failures.clone();
         async move {
             loop {
                 if let Some(name) = round.names.get_mut(round.next) {
@@ -57,8 +58,11 @@ pub fn sweep(
                     tokio::time::sleep_until(at).await;
                     let tenant = ObjectRef::new(&name);
                     // Deleted since the round began: its deletion was its last reconcile.
-                    // Passed recently: that pass was this round's.
-                    if tenants.get(&tenant).is_some() && !passes.covers(&name, period / 2) {
+                    // Passed recently: that pass was this round's. Failing: its retry is set.
+                    if tenants.get(&tenant).is_some()
+                        && !passes.within(&name, period / 2)
+                        && !failures.failing(&name)
+                    {
                         return Some((tenant, round));
                     }
                     continue;
@@ -90,14 +94,14 @@ struct Round {
     next: usize,
 }
 
-/// When each tenant's last pass finished, or that it failed, by a hash of its name: about 20
-/// bytes a tenant (two collide once in 10^11 at 10,000 tenants, and then one of them waits for
-/// the next round).
+/// When each tenant's last successful pass finished, by a hash of its name: about 20 bytes a
+/// tenant (two collide once in 10^11 at 10,000 tenants, and then one of them waits for the
+/// next round).
 #[derive(Debug)]
 pub struct RecentPasses {
     /// What the times count from.
     epoch: Instant,
-    /// Milliseconds since `epoch` of the last successful pass, or [`FAILED`], by [`key`].
+    /// Milliseconds since `epoch`, by [`key`].
     finished: Mutex<HashMap<u64, u64>>,
 }
 
@@ -119,23 +123,15 @@ impl RecentPasses {
         }
     }
 
-    /// A pass of `tenant` failed: the error policy has scheduled its retry.
-    pub fn failed(&self, tenant: &str) {
-        if let Ok(mut finished) = self.finished.lock() {
-            finished.insert(key(tenant), FAILED);
-        }
-    }
-
-    /// Whether `tenant` needs no resync turn now: a pass of it finished less than `window` ago,
-    /// or its last pass failed (and its retry is scheduled).
-    fn covers(&self, tenant: &str, window: Duration) -> bool {
+    /// Whether a pass of `tenant` finished less than `window` ago.
+    fn within(&self, tenant: &str, window: Duration) -> bool {
         let now = self.millis(Instant::now());
-        let window = self.millis_of(window);
+        let window = millis(window);
         self.finished
             .lock()
             .map(|f| {
                 f.get(&key(tenant))
-                    .is_some_and(|at| *at == FAILED || now.saturating_sub(*at) < window)
+                    .is_some_and(|at| now.saturating_sub(*at) < window)
             })
             .unwrap_or(false)
     }
@@ -150,16 +146,13 @@ impl RecentPasses {
     }
 
     fn millis(&self, at: Instant) -> u64 {
-        self.millis_of(at.saturating_duration_since(self.epoch))
-    }
-
-    fn millis_of(&self, d: Duration) -> u64 {
-        u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+        millis(at.saturating_duration_since(self.epoch))
     }
 }
 
-/// The mark of a tenant whose last pass failed (no pass finishes `u64::MAX` ms after start).
-const FAILED: u64 = u64::MAX;
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
 
 fn key(tenant: &str) -> u64 {
     let mut h = DefaultHasher::new();
@@ -208,30 +201,22 @@ mod tests {
     }
 
     #[test]
-    fn a_pass_is_recent_within_its_window_a_failure_until_a_success_and_deleted_tenants_are_forgotten(
-    ) {
+    fn a_pass_is_recent_within_its_window_and_deleted_tenants_are_forgotten() {
         let passes = RecentPasses::default();
-        assert!(!passes.covers("a", Duration::from_secs(60)), "never passed");
+        assert!(!passes.within("a", Duration::from_secs(60)), "never passed");
         passes.passed("a");
         passes.passed("b");
-        assert!(passes.covers("a", Duration::from_secs(60)));
+        assert!(passes.within("a", Duration::from_secs(60)));
         assert!(
-            !passes.covers("a", Duration::ZERO),
+            !passes.within("a", Duration::ZERO),
             "a zero window holds nothing"
         );
         passes.keep_only(&["b".to_owned()]);
         assert!(
-            !passes.covers("a", Duration::from_secs(60)),
+            !passes.within("a", Duration::from_secs(60)),
             "a was deleted"
         );
-        assert!(passes.covers("b", Duration::from_secs(60)));
-        passes.failed("b");
-        assert!(
-            passes.covers("b", Duration::ZERO),
-            "a failed tenant waits for its error policy's retry"
-        );
-        passes.passed("b");
-        assert!(!passes.covers("b", Duration::ZERO), "until a pass succeeds");
+        assert!(passes.within("b", Duration::from_secs(60)));
     }
 
     #[test]
@@ -245,7 +230,7 @@ mod tests {
     /// Real time (the scheduler's timers): only lower bounds are asserted, which the sweep's
     /// `sleep_until` guarantees whatever the machine's load.
     #[tokio::test]
-    async fn each_tenant_once_per_period_in_name_order_and_deleted_ones_skipped() {
+    async fn each_tenant_once_per_period_in_name_order_deleted_passed_and_failing_ones_skipped() {
         use futures::StreamExt;
         use kube::runtime::watcher::Event;
         use stackplane_crds::{Tenant, TenantSpec};
@@ -264,7 +249,8 @@ mod tests {
         let period = Duration::from_millis(2000);
         let begun = Instant::now();
         let passes = Arc::new(RecentPasses::default());
-        let sweep = sweep(store, passes.clone(), period);
+        let failures = Arc::new(Failures::default());
+        let sweep = sweep(store, passes.clone(), failures.clone(), period);
         futures::pin_mut!(sweep);
         let mut next = async || {
             let t = sweep.next().await.expect("the sweep never ends");
@@ -298,5 +284,18 @@ mod tests {
             assert_eq!(seen, name);
             assert!(at >= ms(not_before), "{name} at {at:?}");
         }
+
+        // "a" fails (its error policy's backoff is running): the round from 8000 ms skips it
+        // until a pass of it succeeds, in the round from 10000 ms.
+        failures.failed("a");
+        let (seen, at) = next().await;
+        assert_eq!(seen, "b", "a failing tenant is left to its backoff");
+        assert!(at >= ms(8666), "b at {at:?}");
+        let (seen, _) = next().await;
+        assert_eq!(seen, "d");
+        failures.succeeded("a");
+        let (seen, at) = next().await;
+        assert_eq!(seen, "a", "back in the sweep once a pass succeeded");
+        assert!(at >= ms(10000), "a at {at:?}");
     }
 }
