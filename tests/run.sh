@@ -19,11 +19,23 @@ if [ $# -gt 0 ]; then
 fi
 # The whole suite: every test binary runs even when one fails (so a run shows every failure),
 # then the fuzz smoke runs of the parsers that face the internet (tests/harness/fuzz.sh).
+# Both cargo runs are copied to a log so that a failure is repeated at the very end: CI keeps
+# only the tail of the output, which is otherwise the fuzz runs and the harness stopping.
 status=0
-cargo test --locked --no-fail-fast --workspace || status=$?
+log="$(mktemp "${TMPDIR:-/tmp}/stackplane-test.XXXXXX")"
+cargo test --locked --no-fail-fast --workspace 2>&1 | tee "$log" || status=$?
 # The benchmarks' smoke runs (`harness = false` binaries run without `--bench`): each at a small
 # size on the debug build, checking that it still works and its figures are sane, never how fast
 # anything is (that is `cargo bench`, release, see README "Performance").
-cargo test --locked --no-fail-fast --workspace --bench '*' || status=$?
+cargo test --locked --no-fail-fast --workspace --bench '*' 2>&1 | tee -a "$log" || status=$?
 "$root/tests/harness/fuzz.sh" || status=$?
+# Stop the components now rather than in the EXIT trap, so their log lines come before the summary.
+"$root/tests/harness/down.sh" "$STACKPLANE_RUN" || echo "[harness] stopping the components failed; see above" >&2
+STACKPLANE_RUN=
+if [ "$status" -ne 0 ]; then
+  echo "== make test failed (exit $status); from the cargo output above (full log: $log):"
+  grep -E -A2 "^test .+ \.\.\. FAILED$|panicked at|^error: .*(failed|could not compile)|^    \`-p " "$log" || true
+else
+  rm -f "$log"
+fi
 exit "$status"
