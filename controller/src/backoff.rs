@@ -36,7 +36,8 @@ impl Failures {
         }
     }
 
-    /// Whether the last reconcile of `name` failed (its retry, with backoff, is scheduled).
+    /// Whether `name` is in backoff: a pass failed (not a conflict or a wait, which requeue
+    /// without a count) and none has succeeded since.
     pub fn failing(&self, name: &str) -> bool {
         self.0.lock().map(|f| f.contains_key(name)).unwrap_or(false)
     }
