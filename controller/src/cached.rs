@@ -1,5 +1,5 @@
-//! A Tenant as the controller's cache keeps it: metadata and spec typed, the status as the JSON
-//! text the API server sent.
+//! A Tenant as the controller's cache keeps it: metadata and spec typed, the labels in one
+//! sorted slice, the status as the JSON text the API server sent.
 //!
 //! The cache holds every Tenant for as long as the controller runs, and its status is the
 //! largest and most fragmented part of one: measured at 1,429 bytes of JSON per tenant, a typed
@@ -8,27 +8,73 @@
 //! planner, the backup scheduler) reads metadata and spec; the one reader of the whole status is
 //! a reconcile, which parses it once per pass ([`CachedTenant::to_tenant`], microseconds against
 //! a pass's planning).
+//!
+//! The labels are the next largest part: a `BTreeMap` allocates a node of eleven slots for its
+//! first entry (about 540 bytes for `String` keys and values), so one label cost a tenant more
+//! than its whole spec. The cache keeps them as [`Labels`] and the metadata without them; read
+//! them with [`CachedTenant::labels`] (`ResourceExt::labels` of a cached tenant is empty).
 
 use std::borrow::Cow;
+use std::collections::hash_map::DefaultHasher;
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 use stackplane_crds::{Tenant, TenantSpec, TenantStatus};
 
 /// Where `kubectl apply` (client-side) keeps the object as last applied.
 const KUBECTL_LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
-/// A Tenant with its status kept as JSON text. Deserialized straight from the watch (no typed
-/// status is ever built for the cache); the same kind, group, version and URL as [`Tenant`].
-#[derive(Clone, Debug, Deserialize, Serialize)]
+/// A Tenant with its status kept as JSON text and its labels outside its metadata. Deserialized
+/// straight from the watch (no typed status is ever built for the cache) and compacted as it
+/// is read; the same kind, group, version and URL as [`Tenant`].
+#[derive(Clone, Debug, Deserialize)]
+#[serde(from = "WireTenant")]
 pub struct CachedTenant {
+    /// Without `labels` and `managedFields` (see [`CachedTenant::labels`]).
     pub metadata: ObjectMeta,
     pub spec: TenantSpec,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<Box<RawValue>>,
+    labels: Labels,
+}
+
+/// A Tenant as the API server sends it, before the cache compacts it.
+#[derive(Deserialize)]
+struct WireTenant {
+    metadata: ObjectMeta,
+    spec: TenantSpec,
+    #[serde(default)]
+    status: Option<Box<RawValue>>,
+}
+
+impl From<WireTenant> for CachedTenant {
+    /// Drops what the cache never reads (managedFields, a third of a Tenant's size; the copy
+    /// of the whole object that `kubectl apply` keeps in an annotation, which doubles a Tenant
+    /// applied by hand) and the spare room of its lists (`Vec::clear` keeps the buffer; a
+    /// deserialized list keeps its grown capacity), and moves the labels into [`Labels`].
+    /// Nothing is written back from the cache as a whole: the metadata and status writes name
+    /// only their own fields.
+    fn from(wire: WireTenant) -> Self {
+        let mut metadata = wire.metadata;
+        metadata.managed_fields = None;
+        if let Some(annotations) = &mut metadata.annotations {
+            annotations.remove(KUBECTL_LAST_APPLIED);
+        }
+        if let Some(finalizers) = &mut metadata.finalizers {
+            finalizers.shrink_to_fit();
+        }
+        let labels = Labels::from(metadata.labels.take().unwrap_or_default());
+        CachedTenant {
+            metadata,
+            spec: wire.spec,
+            status: wire.status,
+            labels,
+        }
+    }
 }
 
 impl CachedTenant {
@@ -39,11 +85,26 @@ impl CachedTenant {
             .as_deref()
             .map(|s| serde_json::from_str::<TenantStatus>(s.get()))
             .transpose()?;
+        let mut metadata = self.metadata.clone();
+        metadata.labels = (!self.labels.is_empty()).then(|| self.labels.to_map());
         Ok(Tenant {
-            metadata: self.metadata.clone(),
+            metadata,
             spec: self.spec.clone(),
             status,
         })
+    }
+
+    /// The Tenant's labels (its metadata holds none in the cache).
+    pub fn labels(&self) -> &Labels {
+        &self.labels
+    }
+
+    /// A hash of the labels, the controller's trigger on a label change (kube's
+    /// `predicates::labels` hashes the metadata's, which the cache leaves empty).
+    pub fn labels_hash(&self) -> Option<u64> {
+        let mut hasher = DefaultHasher::new();
+        self.labels.hash(&mut hasher);
+        Some(hasher.finish())
     }
 
     /// The part of the status that `T` names, parsed from the text alone (`None`: no status,
@@ -52,34 +113,62 @@ impl CachedTenant {
     pub fn status_part<T: DeserializeOwned>(&self) -> Option<T> {
         serde_json::from_str(self.status.as_deref()?.get()).ok()
     }
+}
 
-    /// Drops what the cache never reads (managedFields, a third of a Tenant's size; the copy
-    /// of the whole object that `kubectl apply` keeps in an annotation, which doubles a Tenant
-    /// applied by hand) and the spare room of its lists (`Vec::clear` keeps the buffer; a
-    /// deserialized list keeps its grown capacity). Nothing is written back from the cache as
-    /// a whole: the metadata and status writes name only their own fields.
-    pub fn trim(&mut self) {
-        self.metadata.managed_fields = None;
-        if let Some(annotations) = &mut self.metadata.annotations {
-            annotations.remove(KUBECTL_LAST_APPLIED);
-        }
-        if let Some(finalizers) = &mut self.metadata.finalizers {
-            finalizers.shrink_to_fit();
-        }
+/// Labels sorted by key in one boxed slice: a label costs its two strings and 32 bytes of the
+/// slice, where a `BTreeMap` allocates a node of eleven slots for the first.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Labels(Box<[(Box<str>, Box<str>)]>);
+
+impl Labels {
+    /// The value of `key`, if the tenant has that label.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .binary_search_by(|(k, _)| k.as_ref().cmp(key))
+            .ok()
+            .map(|i| self.0[i].1.as_ref())
+    }
+
+    /// Key and value of each label, in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_ref(), v.as_ref()))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The labels as the metadata of a typed object holds them.
+    pub fn to_map(&self) -> BTreeMap<String, String> {
+        self.iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    }
+}
+
+impl From<BTreeMap<String, String>> for Labels {
+    /// A map iterates in key order, so the slice is sorted as [`Labels::get`] requires.
+    fn from(map: BTreeMap<String, String>) -> Self {
+        Labels(
+            map.into_iter()
+                .map(|(k, v)| (k.into_boxed_str(), v.into_boxed_str()))
+                .collect(),
+        )
     }
 }
 
 impl From<&Tenant> for CachedTenant {
-    /// The cached form of `tenant` (tests, and writers that hold a typed Tenant).
+    /// The cached form of `tenant` (tests, and writers that hold a typed Tenant), compacted as
+    /// a watched one is.
     fn from(tenant: &Tenant) -> Self {
-        CachedTenant {
+        CachedTenant::from(WireTenant {
             metadata: tenant.metadata.clone(),
             spec: tenant.spec.clone(),
             status: tenant
                 .status
                 .as_ref()
                 .and_then(|s| serde_json::value::to_raw_value(s).ok()),
-        }
+        })
     }
 }
 
@@ -123,6 +212,7 @@ mod tests {
 
     fn tenant() -> Tenant {
         let mut t = Tenant::new("acme", TenantSpec::new("crm", "starter"));
+        t.metadata.labels = Some(stackplane_crds::labels::tenant_labels("acme", "crm"));
         t.metadata.managed_fields = Some(vec![Default::default()]);
         let mut finalizers = Vec::with_capacity(8);
         finalizers.push("stackplane.io/tenant-cleanup".to_owned());
@@ -152,10 +242,13 @@ mod tests {
         let t = tenant();
         let json = serde_json::to_string(&t).unwrap();
         let cached: CachedTenant = serde_json::from_str(&json).unwrap();
-        assert_eq!(json_of(&cached.to_tenant().unwrap()), json_of(&t));
+        // All but the managedFields, which the cache never holds.
+        let mut read = t.clone();
+        read.metadata.managed_fields = None;
+        assert_eq!(json_of(&cached.to_tenant().unwrap()), json_of(&read));
         assert_eq!(
             json_of(&CachedTenant::from(&t).to_tenant().unwrap()),
-            json_of(&t)
+            json_of(&read)
         );
     }
 
@@ -198,7 +291,7 @@ mod tests {
     }
 
     #[test]
-    fn trim_drops_managed_fields_kubectls_copy_and_spare_room() {
+    fn the_cache_drops_managed_fields_kubectls_copy_and_spare_room() {
         let mut t = tenant();
         t.metadata.annotations = Some(
             [
@@ -211,8 +304,7 @@ mod tests {
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .into(),
         );
-        let mut cached = CachedTenant::from(&t);
-        cached.trim();
+        let cached = CachedTenant::from(&t);
         assert_eq!(cached.metadata.managed_fields, None);
         let annotations = cached.metadata.annotations.as_ref().unwrap();
         assert_eq!(
@@ -232,5 +324,44 @@ mod tests {
             json_of(&t),
             "what the reconciler reads is unchanged"
         );
+    }
+
+    #[test]
+    fn labels_leave_the_metadata_and_come_back_in_the_tenant() {
+        let t = tenant();
+        let json = serde_json::to_string(&t).unwrap();
+        let cached: CachedTenant = serde_json::from_str(&json).unwrap();
+        assert_eq!(cached.metadata.labels, None, "the cache holds them once");
+        let labels = cached.labels();
+        assert_eq!(labels.get(stackplane_crds::labels::PLATFORM), Some("crm"));
+        assert_eq!(labels.get(stackplane_crds::labels::TENANT), Some("acme"));
+        assert_eq!(labels.get("absent"), None);
+        assert_eq!(
+            labels.to_map(),
+            t.metadata.labels.clone().unwrap(),
+            "every label, in key order"
+        );
+        assert_eq!(
+            cached.to_tenant().unwrap().metadata.labels,
+            t.metadata.labels
+        );
+        let mut bare = t.clone();
+        bare.metadata.labels = None;
+        let cached = CachedTenant::from(&bare);
+        assert!(cached.labels().is_empty());
+        assert_eq!(cached.to_tenant().unwrap().metadata.labels, None);
+    }
+
+    #[test]
+    fn label_lookup_finds_each_key_of_many() {
+        let map: BTreeMap<String, String> = (0..40)
+            .map(|i| (format!("k{i:02}"), format!("v{i}")))
+            .collect();
+        let labels = Labels::from(map.clone());
+        for (k, v) in &map {
+            assert_eq!(labels.get(k), Some(v.as_str()), "{k}");
+        }
+        assert_eq!(labels.get("k40"), None);
+        assert_eq!(labels.get(""), None);
     }
 }

@@ -159,14 +159,12 @@ async fn run_controller(
     let (tenants, tenants_writer) = kube::runtime::reflector::store::<CachedTenant>();
     let tenant_events = kube::runtime::reflector(
         tenants_writer,
-        watcher(Api::<CachedTenant>::all(client.clone()), wc)
-            .default_backoff()
-            .modify(CachedTenant::trim),
+        watcher(Api::<CachedTenant>::all(client.clone()), wc).default_backoff(),
     )
     .applied_objects()
     .predicate_filter(
         predicates::generation
-            .combine(predicates::labels)
+            .combine(CachedTenant::labels_hash)
             .combine(predicates::annotations)
             .combine(predicates::finalizers)
             .combine(|t: &CachedTenant| {

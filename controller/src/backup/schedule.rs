@@ -79,7 +79,7 @@ pub fn backup_name(tenant: &str, at: Timestamp) -> String {
 
 /// The scheduled TenantBackup of `tenant` for `at`. It carries the tenant's labels, so a
 /// controller sharded by label selector handles a tenant's backups with the tenant.
-pub fn scheduled_backup(tenant: &impl Resource, at: Timestamp) -> TenantBackup {
+pub fn scheduled_backup(tenant: &CachedTenant, at: Timestamp) -> TenantBackup {
     let name = tenant.name_any();
     let mut backup = TenantBackup::new(
         &backup_name(&name, at),
@@ -89,7 +89,7 @@ pub fn scheduled_backup(tenant: &impl Resource, at: Timestamp) -> TenantBackup {
             restore: None,
         },
     );
-    let mut labels = tenant.labels().clone();
+    let mut labels = tenant.labels().to_map();
     labels.insert(MANAGED_BY.to_owned(), MANAGED_BY_VALUE.to_owned());
     labels.insert(TENANT.to_owned(), name);
     backup.metadata.labels = Some(labels);
@@ -262,7 +262,7 @@ mod tests {
             stackplane_crds::TenantSpec::new("crm", "starter"),
         );
         t.metadata.labels = Some([("shard".to_owned(), "a".to_owned())].into());
-        let b = scheduled_backup(&t, at);
+        let b = scheduled_backup(&CachedTenant::from(&t), at);
         assert_eq!(b.spec.reason, BackupReason::Scheduled);
         assert_eq!(b.labels()["shard"], "a");
         assert_eq!(b.labels()[TENANT], "acme");

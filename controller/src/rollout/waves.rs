@@ -2,17 +2,16 @@
 //! tenant runs and how healthy it is, which tenants move next and what the rollout's status is.
 //! Nothing here touches the network; `super` reads the inputs and carries out the decision.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::ResourceExt;
 use stackplane_crds::labels::CANARY;
 use stackplane_crds::{RolloutPhase, RolloutPolicy, RolloutStatus, RolloutStrategy, TenantPhase};
 
-use crate::cached::CachedTenant;
+use crate::cached::{CachedTenant, Labels};
 
 /// What the planner knows of one tenant of the platform. Name, tier and labels are read from
 /// the cached Tenant itself, shared, not copied: a pass looks at every tenant of the platform
@@ -42,7 +41,7 @@ impl TenantView {
         &self.tenant.spec.tier
     }
 
-    pub fn labels(&self) -> &BTreeMap<String, String> {
+    pub fn labels(&self) -> &Labels {
         self.tenant.labels()
     }
 }
@@ -168,12 +167,12 @@ pub fn waves(policy: &RolloutPolicy, tenants: &[TenantView]) -> Vec<WaveMembers>
 
 fn selects(wave: &stackplane_crds::Wave, t: &TenantView) -> bool {
     let labels = t.labels();
-    (!wave.canary || labels.get(CANARY).map(String::as_str) == Some("true"))
+    (!wave.canary || labels.get(CANARY) == Some("true"))
         && (wave.tiers.is_empty() || wave.tiers.iter().any(|tier| tier == t.tier()))
         && wave
             .match_labels
             .iter()
-            .all(|(k, v)| labels.get(k) == Some(v))
+            .all(|(k, v)| labels.get(k) == Some(v.as_str()))
 }
 
 /// An operator's request, from the Platform's `stackplane.io/rollout` annotation.
