@@ -364,4 +364,19 @@ mod tests {
         assert_eq!(labels.get("k40"), None);
         assert_eq!(labels.get(""), None);
     }
+
+    #[test]
+    fn a_label_change_changes_the_trigger_hash() {
+        let t = tenant();
+        let before = CachedTenant::from(&t).labels_hash();
+        assert_eq!(CachedTenant::from(&t).labels_hash(), before);
+        let mut relabelled = t.clone();
+        if let Some(labels) = &mut relabelled.metadata.labels {
+            labels.insert(stackplane_crds::labels::CANARY.into(), "true".into());
+        }
+        assert_ne!(CachedTenant::from(&relabelled).labels_hash(), before);
+        let mut unlabelled = t;
+        unlabelled.metadata.labels = None;
+        assert_ne!(CachedTenant::from(&unlabelled).labels_hash(), before);
+    }
 }
