@@ -10,6 +10,13 @@
 //! over with a new manager after a backoff. A new manager sees at once whether the Lease is
 //! still this replica's, so a transient error costs a restart of the controller, not the
 //! leadership; creating the Lease is retried the same way, never fatal and never silent.
+//!
+//! Each replica writes the Lease under a field manager of its own ([`lease_field_manager`]).
+//! kube-lease-manager takes a free Lease by a server-side apply of `holderIdentity` without
+//! `force`: the API server refuses the second of two replicas applying at once (409, the field
+//! is owned by another manager) only if their managers differ. With one manager for every
+//! replica both applies succeeded, and two replicas that started together could each read its
+//! own name back and lead at once (seen in `tests/leader.rs`: both reconciled the same tenant).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -93,6 +100,25 @@ pub async fn elect(
     Ok(Election { is_leader, task })
 }
 
+/// Longest field manager name the API server accepts.
+const MAX_FIELD_MANAGER_LEN: usize = 128;
+
+/// The field manager under which the replica `identity` writes the Lease: unique per identity
+/// (see the module's comment), readable when it fits, else named by a hash of the identity.
+pub fn lease_field_manager(identity: &str) -> String {
+    let readable = format!("{}-lease-{identity}", crate::k8s::FIELD_MANAGER);
+    if readable.len() <= MAX_FIELD_MANAGER_LEN {
+        return readable;
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(identity.as_bytes());
+    format!(
+        "{}-lease-{}",
+        crate::k8s::FIELD_MANAGER,
+        hex::encode(&digest[..16])
+    )
+}
+
 /// Delay before attempt `failures + 1` after consecutive failures.
 fn retry_delay(failures: u32) -> Duration {
     crate::backoff::backoff(failures).min(MAX_RETRY)
@@ -104,7 +130,7 @@ async fn build(client: &Client, config: &LeaseConfig) -> Result<LeaseManager, Le
         .with_identity(&config.identity)
         .with_duration(config.duration_secs)
         .with_grace(config.grace_secs)
-        .with_field_manager(crate::k8s::FIELD_MANAGER)
+        .with_field_manager(lease_field_manager(&config.identity))
         .build();
     match tokio::time::timeout(CALL_TIMEOUT, built).await {
         Ok(result) => result,
@@ -178,6 +204,22 @@ async fn campaign(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_replica_writes_the_lease_under_its_own_field_manager() {
+        assert_eq!(
+            lease_field_manager("controller-7d9f-abcde"),
+            "stackplane-controller-lease-controller-7d9f-abcde"
+        );
+        assert_ne!(lease_field_manager("a"), lease_field_manager("b"));
+        // Identities too long to be named in full differ by a hash, and fit.
+        let long = "x".repeat(253);
+        let other = format!("{}y", "x".repeat(252));
+        for identity in [&long, &other] {
+            assert!(lease_field_manager(identity).len() <= MAX_FIELD_MANAGER_LEN);
+        }
+        assert_ne!(lease_field_manager(&long), lease_field_manager(&other));
+    }
 
     #[test]
     fn retries_back_off_and_stay_bounded() {

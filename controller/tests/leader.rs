@@ -1,12 +1,16 @@
 //! Two controller processes sharing one Lease: only the holder reconciles; when it is killed,
-//! the other takes over and finishes the work.
+//! the other takes over and finishes the work. And two elections started at the same moment on
+//! a free Lease: never both leading.
 
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, PostParams};
 use kube::Client;
+use stackplane_controller::health::Health;
+use stackplane_controller::leader::{elect, LeaseConfig};
 use stackplane_crds::{Platform, Tenant};
 use stackplane_tests::{install_crds, kube_client, unique};
 
@@ -125,4 +129,117 @@ async fn only_the_leader_reconciles_and_the_other_takes_over() {
     })
     .await;
     assert_eq!(holder(&c, &lease).await, Some(follower));
+}
+
+/// Holds back each server-side apply this client sends (the request that takes a free Lease)
+/// by `delay`, so that its replica applies on a stale read: it saw the Lease free, and the
+/// other replica takes it in the meantime. On a loaded machine the same happens by chance.
+#[derive(Clone, Copy)]
+struct DelayApplies {
+    delay: Duration,
+}
+
+impl<S> tower::Layer<S> for DelayApplies {
+    type Service = Delayed<S>;
+
+    fn layer(&self, inner: S) -> Delayed<S> {
+        Delayed {
+            inner,
+            delay: self.delay,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Delayed<S> {
+    inner: S,
+    delay: Duration,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for Delayed<S>
+where
+    S: tower::Service<http::Request<B>> + Clone + Send + 'static,
+    S::Future: Send,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let apply = req.method() == http::Method::PATCH
+            && req
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/apply-patch"));
+        let delay = if apply { self.delay } else { Duration::ZERO };
+        // The service that was polled ready goes with the call; a clone stays for the next.
+        let ready = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, ready);
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            inner.call(req).await
+        })
+    }
+}
+
+/// A client whose server-side applies wait `delay` before they are sent.
+async fn client_delaying_applies(delay: Duration) -> Client {
+    let config = kube::Config::infer().await.expect("kubeconfig");
+    kube::client::ClientBuilder::try_from(config)
+        .expect("client")
+        .with_layer(&tower::buffer::BufferLayer::new(64))
+        .with_layer(&DelayApplies { delay })
+        .build()
+}
+
+/// Two replicas that start together on a free Lease both try to take it. Each round starts two
+/// elections at the same moment on a new Lease, the second one's applies held back by 300 ms,
+/// so that it applies after the first has taken the Lease on what it read before. Both are
+/// sampled every 10 ms for 2 s (past the loser's conflict backoff and its re-read): at no sample
+/// may both lead, and at the end exactly one leads, the one the Lease names. Before each replica
+/// had a field manager of its own, the late apply succeeded and both led (and
+/// `only_the_leader_reconciles_...` failed so one run in several, both processes reconciling
+/// one tenant).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_starting_together_never_both_lead() {
+    let c = kube_client().await;
+    let late = client_delaying_applies(Duration::from_millis(300)).await;
+    for round in 0..5 {
+        let lease = unique("lease");
+        let config = |id: &str| LeaseConfig {
+            name: lease.clone(),
+            namespace: "default".into(),
+            identity: format!("{id}-{lease}"),
+            duration_secs: 15,
+            grace_secs: 5,
+        };
+        let (a, b) = (config("a"), config("b"));
+        let (ea, eb) = tokio::join!(
+            elect(c.clone(), &a, Arc::new(Health::default())),
+            elect(late.clone(), &b, Arc::new(Health::default())),
+        );
+        let (ea, eb) = (ea.expect("elect a"), eb.expect("elect b"));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while tokio::time::Instant::now() < deadline {
+            let both = *ea.is_leader.borrow() && *eb.is_leader.borrow();
+            assert!(!both, "round {round}: both replicas lead {lease}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let leader = match (*ea.is_leader.borrow(), *eb.is_leader.borrow()) {
+            (true, false) => a.identity.clone(),
+            (false, true) => b.identity.clone(),
+            other => panic!("round {round}: exactly one must lead after 2 s, got {other:?}"),
+        };
+        assert_eq!(holder(&c, &lease).await, Some(leader), "round {round}");
+        drop((ea, eb));
+    }
 }
