@@ -23,10 +23,12 @@ use std::time::Duration;
 
 use kube::Client;
 use kube_lease_manager::{LeaseManager, LeaseManagerBuilder, LeaseManagerError};
+use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::health::Health;
+use crate::k8s::FIELD_MANAGER;
 
 /// Where and how the Lease is held.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,17 +108,12 @@ const MAX_FIELD_MANAGER_LEN: usize = 128;
 /// The field manager under which the replica `identity` writes the Lease: unique per identity
 /// (see the module's comment), readable when it fits, else named by a hash of the identity.
 pub fn lease_field_manager(identity: &str) -> String {
-    let readable = format!("{}-lease-{identity}", crate::k8s::FIELD_MANAGER);
+    let named = |suffix: &str| format!("{FIELD_MANAGER}-lease-{suffix}");
+    let readable = named(identity);
     if readable.len() <= MAX_FIELD_MANAGER_LEN {
         return readable;
     }
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(identity.as_bytes());
-    format!(
-        "{}-lease-{}",
-        crate::k8s::FIELD_MANAGER,
-        hex::encode(&digest[..16])
-    )
+    named(&hex::encode(&Sha256::digest(identity.as_bytes())[..16]))
 }
 
 /// Delay before attempt `failures + 1` after consecutive failures.
