@@ -10,6 +10,8 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Whether this is the smoke run (`cargo test`), not a measurement (`cargo bench`).
 pub fn smoke() -> bool {
@@ -113,6 +115,63 @@ pub fn quantile<T: Copy>(sorted: &[T], q: f64) -> Option<T> {
     }
     let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
     sorted.get(i.min(sorted.len() - 1)).copied()
+}
+
+/// Times this machine stood still: a thread that sleeps `TICK` at a time records every wake-up
+/// later than `STALL` after the last one. Under load on two cores a sleeping thread still wakes
+/// within milliseconds, so a gap that long means the whole machine stood still (seen here: a
+/// 22 s gap in a 2 s `/proc` sampling loop during a 10,000-tenant run, the API server's and
+/// etcd's CPU falling with it), and it lands in whichever phase runs then: the table reports it
+/// per phase, so a ratio can be read with it.
+pub struct Stalls {
+    gaps: Arc<Mutex<Vec<(Instant, Duration)>>>,
+}
+
+const TICK: Duration = Duration::from_millis(50);
+const STALL: Duration = Duration::from_millis(500);
+
+impl Stalls {
+    /// Starts the ticking thread (it runs until the process ends).
+    pub fn start() -> Stalls {
+        let gaps = Arc::<Mutex<Vec<_>>>::default();
+        let record = gaps.clone();
+        std::thread::spawn(move || {
+            let mut last = Instant::now();
+            loop {
+                std::thread::sleep(TICK);
+                let now = Instant::now();
+                let gap = now - last;
+                if gap > STALL {
+                    if let Ok(mut g) = record.lock() {
+                        g.push((now, gap.saturating_sub(TICK)));
+                    }
+                }
+                last = now;
+            }
+        });
+        Stalls { gaps }
+    }
+
+    /// The stalled time within `from..to`, and how many stalls it was.
+    pub fn within(&self, from: Instant, to: Instant) -> (Duration, usize) {
+        let gaps = self.gaps.lock().map(|g| g.clone()).unwrap_or_default();
+        stalled_within(&gaps, from, to)
+    }
+}
+
+/// The part of each gap (ending at its instant, lasting its duration) inside `from..to`.
+fn stalled_within(gaps: &[(Instant, Duration)], from: Instant, to: Instant) -> (Duration, usize) {
+    let mut total = Duration::ZERO;
+    let mut count = 0;
+    for &(end, length) in gaps {
+        let start = end.checked_sub(length).unwrap_or(end);
+        let overlap = end.min(to).saturating_duration_since(start.max(from));
+        if !overlap.is_zero() {
+            total += overlap;
+            count += 1;
+        }
+    }
+    (total, count)
 }
 
 /// What one `wrk` run measured.
@@ -232,7 +291,7 @@ pub fn wrk_until(
                 .status();
             break;
         }
-        std::thread::sleep(std::time::Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(10));
     }
     let output = child.wait_with_output().expect("wrk output");
     let _ = std::fs::remove_file(&path);
@@ -266,4 +325,29 @@ pub fn clean_scratch() {
     let _ = std::fs::remove_dir_all(Path::new(
         &std::env::temp_dir().join(format!("wrk-{}", std::process::id())),
     ));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_part_of_a_stall_inside_the_window_counts() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let gaps = [
+            (at(10), Duration::from_secs(4)), // 6..10: inside
+            (at(22), Duration::from_secs(4)), // 18..22: 2 s inside 0..20
+            (at(30), Duration::from_secs(2)), // 28..30: outside 0..20
+        ];
+        assert_eq!(
+            stalled_within(&gaps, at(0), at(20)),
+            (Duration::from_secs(6), 2)
+        );
+        assert_eq!(
+            stalled_within(&gaps, at(20), at(40)),
+            (Duration::from_secs(4), 2)
+        );
+        assert_eq!(stalled_within(&gaps, at(11), at(17)), (Duration::ZERO, 0));
+    }
 }
