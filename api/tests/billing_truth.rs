@@ -261,7 +261,7 @@ async fn subscribe_change_cancel_and_subscribe_again_against_localstripe() {
 
     // Stripe calls per webhook event: every event of this customer triggered one read.
     b.settled().await;
-    let handled: Vec<String> = stackplane_api::billing::parse::HANDLED_EVENT_TYPES
+    let handled: Vec<String> = stackplane_core::billing::parse::HANDLED_EVENT_TYPES
         .iter()
         .map(|t| (*t).to_owned())
         .collect();

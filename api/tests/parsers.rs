@@ -6,11 +6,11 @@ use std::net::IpAddr;
 use axum::extract::Query;
 use axum::http::Uri;
 use proptest::prelude::*;
-use stackplane_api::billing::parse::parse_event;
 use stackplane_api::billing::webhook::{verify, Rejection};
 use stackplane_api::hardening::client_ip;
 use stackplane_api::tenants::metrics::{parse_window, MetricsQuery};
 use stackplane_api::tenants::status::ListQuery;
+use stackplane_core::billing::parse::parse_event;
 
 const NOW: i64 = 1_700_000_000;
 

@@ -659,7 +659,10 @@ async fn bad_input_is_refused_and_nothing_is_written() {
 
     // Nothing written: no TenantBackup, no token, and no audit row claiming success.
     let crs = Api::<TenantBackup>::all(env.kube.clone())
-        .list(&ListParams::default().labels(&stackplane_crds::labels::tenant_selector(&name)))
+        .list(
+            &ListParams::default()
+                .labels(&stackplane_core::contract::labels::tenant_selector(&name)),
+        )
         .await
         .expect("list backups");
     assert!(crs.items.is_empty(), "{:?}", crs.items);

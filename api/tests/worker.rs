@@ -563,13 +563,13 @@ async fn events_a_subscription_business_sends() {
     let notes = tenant.metadata.annotations.clone().unwrap_or_default();
     assert_eq!(
         notes
-            .get(stackplane_crds::labels::PAYMENT_OVERDUE)
+            .get(stackplane_core::contract::labels::PAYMENT_OVERDUE)
             .map(String::as_str),
         Some("true")
     );
     assert_eq!(
         notes
-            .get(stackplane_crds::labels::PAYMENT_OVERDUE_REASON)
+            .get(stackplane_core::contract::labels::PAYMENT_OVERDUE_REASON)
             .map(String::as_str),
         Some("payment_action_required")
     );

@@ -7,7 +7,7 @@ use serde_json::Value;
 use similar::TextDiff;
 use stackplane_controller::tenant::apply::{dry_run, DryRun};
 use stackplane_controller::tenant::desired::plan_now;
-use stackplane_controller::tenant::plan::PlanOptions;
+use stackplane_core::tenant::plan::PlanOptions;
 
 use crate::error::{CliError, Result};
 use crate::status::get_tenant;

@@ -10,7 +10,7 @@ use kubectl_stackplane::error::{CliError, Result};
 use kubectl_stackplane::ops::{self, RolloutAction};
 use kubectl_stackplane::output::{shown, Format, Paint};
 use kubectl_stackplane::{diff, status};
-use stackplane_controller::tenant::plan::PlanOptions;
+use stackplane_core::tenant::plan::PlanOptions;
 
 #[derive(Parser, Debug)]
 #[command(

@@ -7,14 +7,14 @@ use kube::api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde::Serialize;
 use serde_json::json;
-use stackplane_crds::labels::ROLLOUT_CONTROL;
+use stackplane_core::contract::labels::ROLLOUT_CONTROL;
 use stackplane_crds::{BackupReason, Platform, TenantBackup, TenantBackupSpec};
 
 use crate::error::{not_found, CliError, Result};
 use crate::status::{get_tenant, newest_first, EventLine};
 
 /// The field manager of what the plugin writes.
-pub const FIELD_MANAGER: &str = "kubectl-stackplane";
+pub const FIELD_MANAGER: &str = stackplane_core::contract::field_managers::PLUGIN;
 
 /// Creates a manual backup of `tenant`; its name.
 pub async fn backup(client: &Client, tenant: &str) -> Result<String> {

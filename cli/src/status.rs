@@ -6,8 +6,8 @@ use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 use serde::Serialize;
 use serde_json::Value;
-use stackplane_controller::tenant::children::CHILD_KINDS;
-use stackplane_crds::labels::tenant_selector;
+use stackplane_controller::tenant::children::all_ops;
+use stackplane_core::contract::labels::tenant_selector;
 use stackplane_crds::{Tenant, TenantBackup};
 
 use crate::error::{not_found, CliError, Result};
@@ -101,9 +101,9 @@ pub async fn gather(client: &Client, name: &str) -> Result<Report> {
     let mut objects = Vec::new();
     if let Some(ns) = &status.namespace {
         let selector = tenant_selector(name);
-        for kind in CHILD_KINDS {
+        for kind in all_ops() {
             for object in (kind.list)(client, ns, &selector).await? {
-                objects.push(object_line(kind.kind, &object));
+                objects.push(object_line(kind.kind.kind(), &object));
             }
         }
     }
@@ -249,7 +249,8 @@ pub fn object_line(kind: &str, object: &Value) -> ObjectLine {
         }
         "PersistentVolumeClaim" => {
             let phase = object["status"]["phase"].as_str().unwrap_or("Pending");
-            let retained = object["metadata"]["labels"][stackplane_crds::labels::RETAINED]
+            let retained = object["metadata"]["labels"]
+                [stackplane_core::contract::labels::RETAINED]
                 .as_str()
                 .is_some_and(|v| v == "true");
             let health = match phase {

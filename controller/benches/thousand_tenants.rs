@@ -42,7 +42,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::json;
 use stackplane_controller::tenant::apply;
-use stackplane_controller::tenant::plan::{self, Desired, Plan, PlanOptions};
+use stackplane_core::tenant::plan::{self, Desired, Plan, PlanOptions};
 use stackplane_crds::naming::namespace_name;
 use stackplane_crds::{Platform, Tenant, TenantSpec};
 use stackplane_tests::bench::{self, knob, Row};

@@ -10,17 +10,16 @@ use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{predicates, watcher, Predicate, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
-use stackplane_crds::labels::{MANAGED_BY, MANAGED_BY_VALUE};
+use stackplane_core::contract::labels::{MANAGED_BY, MANAGED_BY_VALUE};
 use stackplane_crds::{Platform, PlatformRevision, TenantBackup};
 use tokio::sync::{oneshot, watch};
 
-use crate::cached::CachedTenant;
 use crate::events::EventRecorder;
 use crate::leader::{self, LeaderError, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::tenant::applied::drift_triggers;
-use crate::tenant::children::CHILD_KINDS;
 use crate::tenant::{self, Context, ReconcileConfig};
+use stackplane_core::cache::CachedTenant;
 
 /// The Tenant that an object of a tenant belongs to (defined with the registry of child kinds).
 pub use crate::tenant::children::tenant_of;
@@ -299,7 +298,7 @@ async fn run_controller(
             ),
             |o| tenant::children::tenant_of(&o),
         );
-    for kind in CHILD_KINDS {
+    for kind in tenant::children::all_ops() {
         controller = (kind.watch)(
             controller,
             c.clone(),

@@ -39,7 +39,7 @@ impl<K> Child for K where
 
 /// Field manager of everything the controller writes (objects and status, by server-side
 /// apply). Other writers of the same objects use their own (`stackplane-billing`).
-pub const FIELD_MANAGER: &str = "stackplane-controller";
+pub const FIELD_MANAGER: &str = stackplane_core::contract::field_managers::CONTROLLER;
 
 /// Whether `error` is the API server's 404.
 pub fn is_not_found(error: &kube::Error) -> bool {

@@ -9,7 +9,6 @@ use kube::{Api, Client, ResourceExt};
 pub mod aws;
 pub mod backoff;
 pub mod backup;
-pub mod cached;
 pub mod cloud;
 pub mod controller;
 pub mod error;
@@ -190,7 +189,7 @@ impl Args {
             concurrency: self.concurrency,
             tenant_selector: self.tenant_selector.clone(),
             reconcile: tenant::ReconcileConfig {
-                plan: tenant::plan::PlanOptions {
+                plan: stackplane_core::tenant::plan::PlanOptions {
                     ingress_namespace: self.ingress_namespace.clone(),
                 },
                 requeue: std::time::Duration::from_secs(self.requeue_seconds.max(1)),

@@ -19,11 +19,11 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 use stackplane_controller::backup::schedule::ScheduleConfig;
 use stackplane_controller::backup::{self, BackupConfig};
-use stackplane_controller::cached::CachedTenant;
 use stackplane_controller::cloud::aws::AwsProvider;
 use stackplane_controller::events::EventRecorder;
 use stackplane_controller::metrics::Metrics;
-use stackplane_crds::labels::backup_selector;
+use stackplane_core::cache::CachedTenant;
+use stackplane_core::contract::labels::backup_selector;
 use stackplane_crds::naming::{label_value, namespace_name};
 use stackplane_crds::{
     BackupPartKind, BackupPartState, BackupPhase, BackupPolicy, BackupReason, Tenant, TenantBackup,

@@ -1123,7 +1123,7 @@ async fn garbage_collector_deletes_orphans_and_spares_live_and_retained() {
     // A record with an ownership record naming the gone tenant.
     let host = unique("orphan");
     env.set_record(&host, "192.0.2.10").await;
-    let owner = stackplane_controller::cloud::dns::Ownership {
+    let owner = stackplane_core::cloud::dns::Ownership {
         tenant: "gone-tenant".into(),
         uid: gone_uid.clone(),
         retained: false,

@@ -16,7 +16,7 @@ use serde_json::json;
 use stackplane_controller::leader::LeaseConfig;
 use stackplane_controller::metrics::Metrics;
 use stackplane_controller::tenant::ReconcileConfig;
-use stackplane_crds::labels::tenant_selector;
+use stackplane_core::contract::labels::tenant_selector;
 use stackplane_crds::naming::namespace_name;
 use stackplane_crds::{
     BackupPartKind, BackupPartState, BackupPhase, BackupReason, Platform, Tenant, TenantBackup,

@@ -17,7 +17,7 @@ use stackplane_controller::leader::LeaseConfig;
 use stackplane_controller::metrics::Metrics;
 use stackplane_controller::rollout::RolloutConfig;
 use stackplane_controller::tenant::ReconcileConfig;
-use stackplane_crds::labels::{
+use stackplane_core::contract::labels::{
     CANARY, MANAGED_BY, MANAGED_BY_VALUE, REVISION_MOVED_AT, TARGET_REVISION, TENANT,
 };
 use stackplane_crds::{

@@ -162,7 +162,7 @@ async fn finish_backup(c: &Client, tenant: &str, backup: &str) {
             let l = jobs
                 .list(
                     &ListParams::default()
-                        .labels(&stackplane_crds::labels::backup_selector(backup)),
+                        .labels(&stackplane_core::contract::labels::backup_selector(backup)),
                 )
                 .await
                 .ok()?;

@@ -6,7 +6,6 @@
 //! the committed YAML and these types drift apart.
 
 pub mod backup;
-pub mod labels;
 pub mod naming;
 pub mod platform;
 pub mod revision;

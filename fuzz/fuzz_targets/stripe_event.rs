@@ -5,6 +5,6 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(value) = serde_json::from_slice::<serde_json::Value>(data) {
-        let _ = stackplane_api::billing::parse::parse_event(&value);
+        let _ = stackplane_core::billing::parse::parse_event(&value);
     }
 });

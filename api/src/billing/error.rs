@@ -23,6 +23,12 @@ pub enum BillingError {
     LivemodeMismatch { event: bool, key: &'static str },
 }
 
+impl From<stackplane_core::billing::parse::MalformedEvent> for BillingError {
+    fn from(e: stackplane_core::billing::parse::MalformedEvent) -> Self {
+        BillingError::MalformedEvent(e.0)
+    }
+}
+
 impl BillingError {
     /// A short stable category: a metric label, stored as `stripe_events.error_kind`.
     pub fn metric_label(&self) -> &'static str {

@@ -4,10 +4,10 @@
 //! Every call waits for the process-wide rate limit (`--stripe-api-rate`), has its own timeout,
 //! and is retried with exponential backoff and jitter on 429, 409 (Stripe's lock timeouts),
 //! 5xx, timeouts and connection errors, unless Stripe says otherwise with `Stripe-Should-Retry`.
-//! Responses go through the one tolerant parser ([`super::parse`]).
+//! Responses go through the one tolerant parser ([`stackplane_core::billing::parse`]).
 //!
 //! A plain HTTP client rather than async-stripe's typed list call: the typed response refuses
-//! subscriptions of older API versions (see [`super::parse`]), and billing needs the raw JSON.
+//! subscriptions of older API versions (see [`stackplane_core::billing::parse`]), and billing needs the raw JSON.
 
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -15,8 +15,8 @@ use std::time::Duration;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::Value;
 
-use super::parse::{parse_subscription_page, SubscriptionObservation};
 use crate::metrics::Metrics;
+use stackplane_core::billing::parse::{parse_subscription_page, SubscriptionObservation};
 
 /// Stripe's production API.
 pub const DEFAULT_API_BASE: &str = "https://api.stripe.com/";

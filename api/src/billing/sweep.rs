@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 use sqlx::Connection;
 
 use super::error::BillingError;
-use super::parse::SubscriptionObservation;
 use super::stripe_api::StripeApiError;
 use super::sync::Read;
 use super::worker::Worker;
+use stackplane_core::billing::parse::SubscriptionObservation;
 
 /// The advisory lock key of the sweep ("stackplane billing sweep").
 pub const SWEEP_LOCK: i64 = 0x5350_4253_5745_4550;

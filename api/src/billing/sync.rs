@@ -17,14 +17,16 @@ use serde_json::{json, Value};
 use sqlx::{PgConnection, Postgres, Transaction};
 use stackplane_crds::Tenant;
 
-use super::conditions::{billing_conditions, fingerprint, status_body, SyncState, TRIAL_ENDING};
 use super::error::BillingError;
-use super::governing::{govern, Governing};
-use super::mapping::{self, Applied, Needs, OrderKey, Snapshot, API_READ_RANK};
-use super::parse::{ParsedEvent, SubscriptionObservation};
 use super::prices::PriceIndex;
 use super::stripe_api::StripeApiError;
 use super::worker::{backoff, Worker, FIELD_MANAGER};
+use stackplane_core::billing::conditions::{
+    billing_conditions, fingerprint, status_body, SyncState, TRIAL_ENDING,
+};
+use stackplane_core::billing::governing::{govern, Governing};
+use stackplane_core::billing::mapping::{self, Applied, Needs, OrderKey, Snapshot, API_READ_RANK};
+use stackplane_core::billing::parse::{ParsedEvent, SubscriptionObservation};
 
 /// A Tenant whose spec and conditions are unchanged still gets its `BillingSynced` read time
 /// rewritten once it is this old, so the condition says when Stripe last confirmed it without

@@ -134,7 +134,7 @@ fn envelope(payload: &str) -> Result<Envelope, Rejection> {
         .get("created")
         .and_then(Value::as_i64)
         .ok_or_else(|| Rejection::MalformedJson("no created".into()))?;
-    let subscription_id = crate::billing::parse::parse_event(&value)
+    let subscription_id = stackplane_core::billing::parse::parse_event(&value)
         .ok()
         .and_then(|e| e.observation.subscription_id().map(str::to_owned));
     Ok(Envelope {

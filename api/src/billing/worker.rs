@@ -13,14 +13,14 @@ use serde_json::Value;
 use sqlx::{PgPool, Postgres, Transaction};
 
 use super::error::{BillingError, PLATFORM_ERROR_KINDS};
-use super::parse;
 use super::prices::PlatformCache;
 use super::stripe_api::StripeApi;
 use crate::metrics::Metrics;
+use stackplane_core::billing::parse;
 
 /// Field manager of every Tenant field billing owns: spec and metadata, and (status
 /// subresource) its own condition types.
-pub const FIELD_MANAGER: &str = "stackplane-billing";
+pub const FIELD_MANAGER: &str = stackplane_core::contract::field_managers::BILLING;
 
 /// How one event ended.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -153,7 +153,7 @@ pub async fn upsert_record(db: &PgPool, b: &TenantBackup) -> Result<(), sqlx::Er
     )
     .bind(&view.name)
     .bind(&view.tenant)
-    .bind(b.labels().get(stackplane_crds::labels::PLATFORM))
+    .bind(b.labels().get(stackplane_core::contract::labels::PLATFORM))
     .bind(&view.reason)
     .bind(&view.restore_from)
     .bind(&view.phase)
@@ -283,7 +283,7 @@ async fn create_object(
     let backup = TenantBackup {
         metadata: ObjectMeta {
             name: Some(name.clone()),
-            labels: Some(stackplane_crds::labels::tenant_labels(
+            labels: Some(stackplane_core::contract::labels::tenant_labels(
                 &tenant_name,
                 &tenant.spec.platform,
             )),

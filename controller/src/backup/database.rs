@@ -26,7 +26,7 @@ use super::error::Result;
 use super::parts;
 
 /// Field manager of what the backup reconciler applies.
-const FIELD_MANAGER: &str = "stackplane-controller";
+const FIELD_MANAGER: &str = stackplane_core::contract::field_managers::CONTROLLER;
 
 /// How the dump Job is built.
 #[derive(Debug, Clone)]
@@ -278,7 +278,7 @@ mod tests {
             },
         );
         backup.metadata.uid = Some("uid-1".into());
-        let labels = stackplane_crds::labels::tenant_labels("acme", "crm");
+        let labels = stackplane_core::contract::labels::tenant_labels("acme", "crm");
         let config = DumpConfig {
             image: "example/dump:1".into(),
             command: "echo dump".into(),

@@ -9,8 +9,8 @@ use std::future::Future;
 use std::sync::Arc;
 
 use crate::cloud::provider::{SnapshotSpec, VolumeSpec};
-use crate::cloud::tags;
 use crate::cloud::{CloudError, CloudProvider};
+use stackplane_core::cloud::tags;
 
 use super::parts::Ec2Object;
 

@@ -39,29 +39,29 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
-use stackplane_crds::labels::backup_selector;
-use stackplane_crds::labels::{MANAGED_BY, MANAGED_BY_VALUE};
+use stackplane_core::contract::labels::backup_selector;
+use stackplane_core::contract::labels::{MANAGED_BY, MANAGED_BY_VALUE};
 use stackplane_crds::naming::{label_value, namespace_name};
 use stackplane_crds::{
     BackupPart, BackupPartKind, BackupPhase, Tenant, TenantBackup, TenantBackupStatus,
 };
 
 use crate::backoff::Failures;
-use crate::cached::CachedTenant;
 use crate::events::EventRecorder;
 use crate::metrics::Metrics;
 use database::DumpConfig;
 use ec2::Ec2;
 use error::{Error, Result};
 use schedule::ScheduleConfig;
+use stackplane_core::cache::CachedTenant;
 
 /// Finalizer on every TenantBackup: removes its snapshots when it is deleted.
-pub const FINALIZER: &str = "stackplane.io/backup-cleanup";
+pub const FINALIZER: &str = stackplane_core::contract::finalizers::BACKUP_CLEANUP;
 /// Label on every object a backup or restore made in a tenant's namespace: its name. The Tenant
 /// reconciler's prune leaves objects with this label alone.
-pub const BACKUP_LABEL: &str = stackplane_crds::labels::BACKUP;
+pub const BACKUP_LABEL: &str = stackplane_core::contract::labels::BACKUP;
 /// Type of the condition that explains the phase.
-pub const READY: &str = "Ready";
+pub const READY: &str = stackplane_core::contract::conditions::READY;
 
 /// Settings of the backup reconciler and scheduler.
 #[derive(Debug, Clone)]
@@ -241,7 +241,7 @@ pub fn error_policy<E: Ec2>(
 /// Labels of what a backup makes in a tenant's namespace.
 fn object_labels(tenant: &Tenant, backup: &str) -> BTreeMap<String, String> {
     let mut labels =
-        stackplane_crds::labels::tenant_labels(&tenant.name_any(), &tenant.spec.platform);
+        stackplane_core::contract::labels::tenant_labels(&tenant.name_any(), &tenant.spec.platform);
     // A backup's name can be longer than a label value (a scheduled backup of a tenant with a
     // 63-character name is 79): the label holds its fitted form.
     labels.insert(BACKUP_LABEL.to_owned(), label_value(backup));

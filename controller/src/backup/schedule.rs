@@ -16,14 +16,15 @@ use kube::runtime::reflector::{ObjectRef, Store};
 
 use kube::Resource;
 use kube::{Client, ResourceExt};
-use stackplane_crds::labels::{MANAGED_BY, MANAGED_BY_VALUE, TENANT};
+use stackplane_core::contract::labels::{MANAGED_BY, MANAGED_BY_VALUE, TENANT};
 use stackplane_crds::{BackupReason, TenantBackup, TenantBackupSpec};
 
-use crate::cached::CachedTenant;
 use crate::events::EventRecorder;
+use stackplane_core::cache::CachedTenant;
 
 /// Event reason of an unparsable schedule.
-pub const INVALID_SCHEDULE: &str = "InvalidBackupSchedule";
+pub const INVALID_SCHEDULE: &str =
+    stackplane_core::contract::conditions::REASON_INVALID_BACKUP_SCHEDULE;
 
 /// How the scheduler runs.
 #[derive(Debug, Clone)]

@@ -14,12 +14,12 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 
 use super::error::CloudError;
-use super::instance::ACTIVE_STATES;
 use super::provider::{
     CloudProvider, ImageInfo, LaunchSpec, ObservedInstance, ObservedSnapshot, ObservedVolume,
     Record, RecordChange, RecordType, SnapshotSpec, VolumeSpec, ZoneRecord,
 };
-use super::tags;
+use stackplane_core::cloud::instance::ACTIVE_STATES;
+use stackplane_core::cloud::tags;
 
 /// EC2 and Route53 clients from one SDK configuration: the only AWS client of the controller,
 /// shared by the cloud step, the backup reconciler and the garbage collector.
@@ -420,11 +420,11 @@ impl CloudProvider for AwsProvider {
                 .send()
                 .await
                 .map_err(|e| CloudError::from_sdk(OP, &e))?;
-            let wanted = super::dns::normalize_name(name);
+            let wanted = stackplane_core::cloud::dns::normalize_name(name);
             Ok(out
                 .resource_record_sets()
                 .iter()
-                .filter(|s| super::dns::normalize_name(s.name()) == wanted)
+                .filter(|s| stackplane_core::cloud::dns::normalize_name(s.name()) == wanted)
                 .filter_map(record)
                 .collect())
         }
@@ -495,7 +495,7 @@ impl CloudProvider for AwsProvider {
                 zones.extend(
                     page.hosted_zones()
                         .iter()
-                        .map(|z| super::dns::normalize_zone_id(z.id())),
+                        .map(|z| stackplane_core::cloud::dns::normalize_zone_id(z.id())),
                 );
                 match page.next_marker() {
                     Some(m) if page.is_truncated() => marker = Some(m.to_owned()),
@@ -522,7 +522,7 @@ impl CloudProvider for AwsProvider {
                             .iter()
                             .filter(|s| {
                                 *s.r#type() == RrType::Txt
-                                    && super::dns::owned_name(s.name()).is_some()
+                                    && stackplane_core::cloud::dns::owned_name(s.name()).is_some()
                             })
                             .filter_map(record)
                             .map(|record| ZoneRecord {

@@ -27,14 +27,14 @@ use kube::runtime::events::{Event, EventType};
 use kube::{Api, Client};
 use stackplane_crds::{Tenant, TenantBackup};
 
-use super::dns::{self, Ownership};
 use super::error::CloudError;
 use super::provider::{
     CloudProvider, ObservedInstance, ObservedSnapshot, RecordChange, ZoneRecord,
 };
-use super::tags;
 use crate::events::EventRecorder;
 use crate::metrics::Metrics;
+use stackplane_core::cloud::dns::{self, Ownership};
+use stackplane_core::cloud::tags;
 
 /// What the collector does with an orphan (`--cloud-gc`).
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

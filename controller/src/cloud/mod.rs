@@ -8,13 +8,10 @@
 //! stopped, drift from outside is corrected, and nothing is created twice.
 
 pub mod aws;
-pub mod dns;
 pub mod error;
 pub mod gc;
-pub mod instance;
 pub mod owner;
 pub mod provider;
-pub mod tags;
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -25,17 +22,18 @@ use kube::runtime::events::EventType;
 use kube::Client;
 use stackplane_crds::{DeletionPolicy, InstanceStatus, Platform, Tenant, TenantPhase, Tier};
 
-pub use dns::IngressAddress;
 pub use error::{CloudError, Retry};
 pub use provider::CloudProvider;
+pub use stackplane_core::cloud::dns::IngressAddress;
 
 use dns::{normalize_name, normalize_zone_id, record_name, Claim, Ownership};
 use instance::InstanceAction;
 use owner::{Deleting, Owner};
 use provider::{LaunchSpec, ObservedInstance, Record, RecordChange, RecordType};
+use stackplane_core::cloud::{dns, instance, tags};
 
 /// Condition type of the cloud step.
-pub const CLOUD_READY: &str = "CloudReady";
+pub const CLOUD_READY: &str = stackplane_core::contract::conditions::CLOUD_READY;
 
 /// Settings of the cloud step.
 #[derive(Debug, Clone)]

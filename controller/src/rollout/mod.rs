@@ -5,13 +5,12 @@
 //! status → revisions collected`
 //!
 //! A tenant is moved by annotating it with the revision it is to run
-//! ([`TARGET_REVISION`](stackplane_crds::labels::TARGET_REVISION)); the Tenant reconciler plans
+//! ([`TARGET_REVISION`](stackplane_core::contract::labels::TARGET_REVISION)); the Tenant reconciler plans
 //! from that revision and reports in `status.platformRevision` once its Deployments rolled out.
 //! Everything the rollout needs to resume lives in the Platform's status and the tenants'
 //! annotations, so a restarted controller goes on where the last one stopped.
 
 pub mod revisions;
-pub mod waves;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -29,16 +28,17 @@ use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Deserialize;
 use serde_json::json;
-use stackplane_crds::labels::{REVISION_MOVED_AT, ROLLOUT_CONTROL, TARGET_REVISION};
+use stackplane_core::contract::labels::{REVISION_MOVED_AT, ROLLOUT_CONTROL, TARGET_REVISION};
 use stackplane_crds::{Platform, RolloutPhase, Tenant, TenantPhase};
 
-use crate::cached::CachedTenant;
 use crate::events::EventRecorder;
 use crate::metrics::Metrics;
+use stackplane_core::cache::CachedTenant;
+use stackplane_core::rollout::waves;
 use waves::{Control, Health, Part, TenantView};
 
 /// Field manager of the Platform status the rollout writes.
-pub const FIELD_MANAGER: &str = "stackplane-rollout";
+pub const FIELD_MANAGER: &str = stackplane_core::contract::field_managers::ROLLOUT;
 
 /// Settings of the rollout controller.
 #[derive(Debug, Clone)]

@@ -7,7 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::runtime::reflector::Store;
 use kube::{Api, Client, Resource, ResourceExt};
-use stackplane_crds::labels::{MANAGED_BY, MANAGED_BY_VALUE, PLATFORM};
+use stackplane_core::contract::labels::{MANAGED_BY, MANAGED_BY_VALUE, PLATFORM};
 use stackplane_crds::revision::{revision_name, template, template_hash};
 use stackplane_crds::{Platform, PlatformRevision, PlatformRevisionSpec};
 

@@ -25,7 +25,7 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Resource, ResourceExt};
-use stackplane_crds::labels::TENANT;
+use stackplane_core::contract::labels::TENANT;
 
 use crate::k8s::FIELD_MANAGER;
 

@@ -11,10 +11,12 @@ use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use rand::distributions::{Alphanumeric, DistString};
 
-use super::children::{child_kind, dry_run_answer, Answer};
-use super::plan::{Desired, Plan, CREDENTIAL_KEYS};
+use stackplane_core::children::ChildKind;
+
+use super::children::{dry_run_answer, ops, Answer};
 use super::reports::DeploymentReport;
 use crate::error::{Error, Result};
+use stackplane_core::tenant::plan::{Desired, Plan, CREDENTIAL_KEYS};
 
 /// Field manager of everything the controller writes (defined once, in `crate::k8s`).
 pub const FIELD_MANAGER: &str = crate::k8s::FIELD_MANAGER;
@@ -76,8 +78,8 @@ pub async fn dry_run(client: &Client, plan: &Plan) -> Result<Vec<DryRun>> {
         let live = if kind == "Namespace" {
             live_ns.clone()
         } else {
-            let registered = child_kind(kind).ok_or(Error::UnregisteredKind { kind })?;
-            (registered.get)(client, plan.namespace_name(), &name)
+            let registered = ChildKind::from_kind(kind).ok_or(Error::UnregisteredKind { kind })?;
+            (ops(registered).get)(client, plan.namespace_name(), &name)
                 .await
                 .map_err(|source| Error::Apply {
                     kind,
@@ -130,10 +132,8 @@ async fn apply_with(
                 apply_credentials(client, ns, name, labels, params).await
             }
             planned => {
-                let kind = child_kind(planned.kind()).ok_or(Error::UnregisteredKind {
-                    kind: planned.kind(),
-                })?;
-                (kind.apply)(client, ns, name, &desired_json(planned)?, params).await
+                (ops(planned.child_kind()).apply)(client, ns, name, &desired_json(planned)?, params)
+                    .await
             }
         };
         let answer = result.map_err(|source| Error::Apply {

@@ -17,24 +17,17 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, Controller};
 use kube::{Api, Client, Resource, ResourceExt};
-use stackplane_crds::labels::{tenant_selector, TENANT};
+use stackplane_core::contract::labels::{tenant_selector, TENANT};
 
 use super::applied::{drift_triggers, Applied};
-use super::plan::Plan;
 use super::prune::{self, Pruned};
 use super::reports::{DeploymentReport, DeploymentReports};
-use crate::cached::CachedTenant;
 use crate::error::Result;
-use crate::k8s::Child;
+use stackplane_core::cache::CachedTenant;
+use stackplane_core::children::{ChildKind, Unwanted};
+use stackplane_core::tenant::plan::Plan;
 
-/// What becomes of an object of a kind once the plan no longer wants it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unwanted {
-    /// Deleted (it holds no customer data, and the plan can make it again).
-    Delete,
-    /// Kept and labelled retained (customer data: volume claims).
-    Retain,
-}
+use crate::k8s::Child;
 
 /// Server-side apply of one planned object (as JSON) into namespace `ns` with the given
 /// parameters (the controller's, or the same as a dry run). See [`Answer`].
@@ -78,11 +71,9 @@ pub type WatchFn = fn(
     Arc<DeploymentReports>,
 ) -> Controller<CachedTenant>;
 
-/// One kind of the registry.
-pub struct ChildKind {
-    /// The kind, as the API names it (what `Desired::kind` says).
-    pub kind: &'static str,
-    pub unwanted: Unwanted,
+/// The typed executors of one kind of the registry (`stackplane_core::children`).
+pub struct KindOps {
+    pub kind: ChildKind,
     pub apply: ApplyFn,
     pub get: GetFn,
     pub list: ListFn,
@@ -90,11 +81,10 @@ pub struct ChildKind {
     pub watch: WatchFn,
 }
 
-impl ChildKind {
-    const fn of<K: Child>(unwanted: Unwanted) -> ChildKind {
-        ChildKind {
-            kind: K::KIND,
-            unwanted,
+impl KindOps {
+    const fn of<K: Child>(kind: ChildKind, unwanted: Unwanted) -> KindOps {
+        KindOps {
+            kind,
             apply: apply_kind::<K>,
             get: get_kind::<K>,
             list: list_kind::<K>,
@@ -105,32 +95,39 @@ impl ChildKind {
             watch: watch_kind::<K>,
         }
     }
+}
 
-    /// The same kind, watched by `watch`.
-    const fn watched_by(self, watch: WatchFn) -> ChildKind {
-        ChildKind { watch, ..self }
+/// The executors of `kind`. Exhaustive: a kind added to the registry without executors does
+/// not compile. Whether an unwanted object is deleted or retained, and which kinds are watched
+/// whole, is the registry's word.
+pub fn ops(kind: ChildKind) -> KindOps {
+    let u = kind.unwanted();
+    let ops = match kind {
+        ChildKind::ResourceQuota => KindOps::of::<ResourceQuota>(kind, u),
+        ChildKind::LimitRange => KindOps::of::<LimitRange>(kind, u),
+        ChildKind::NetworkPolicy => KindOps::of::<NetworkPolicy>(kind, u),
+        ChildKind::ServiceAccount => KindOps::of::<ServiceAccount>(kind, u),
+        ChildKind::Role => KindOps::of::<Role>(kind, u),
+        ChildKind::RoleBinding => KindOps::of::<RoleBinding>(kind, u),
+        ChildKind::Secret => KindOps::of::<Secret>(kind, u),
+        ChildKind::PersistentVolumeClaim => KindOps::of::<PersistentVolumeClaim>(kind, u),
+        ChildKind::Deployment => KindOps::of::<Deployment>(kind, u),
+        ChildKind::Service => KindOps::of::<Service>(kind, u),
+        ChildKind::Ingress => KindOps::of::<Ingress>(kind, u),
+    };
+    if kind.watched_whole() {
+        KindOps {
+            watch: watch_deployments,
+            ..ops
+        }
+    } else {
+        ops
     }
 }
 
-/// Every kind of object in a tenant's namespace, in the order they are applied (what others
-/// refer to first: quota before workloads, the ServiceAccount before its RoleBinding).
-pub static CHILD_KINDS: &[ChildKind] = &[
-    ChildKind::of::<ResourceQuota>(Unwanted::Delete),
-    ChildKind::of::<LimitRange>(Unwanted::Delete),
-    ChildKind::of::<NetworkPolicy>(Unwanted::Delete),
-    ChildKind::of::<ServiceAccount>(Unwanted::Delete),
-    ChildKind::of::<Role>(Unwanted::Delete),
-    ChildKind::of::<RoleBinding>(Unwanted::Delete),
-    ChildKind::of::<Secret>(Unwanted::Delete),
-    ChildKind::of::<PersistentVolumeClaim>(Unwanted::Retain),
-    ChildKind::of::<Deployment>(Unwanted::Delete).watched_by(watch_deployments),
-    ChildKind::of::<Service>(Unwanted::Delete),
-    ChildKind::of::<Ingress>(Unwanted::Delete),
-];
-
-/// The registry entry of `kind`.
-pub fn child_kind(kind: &str) -> Option<&'static ChildKind> {
-    CHILD_KINDS.iter().find(|k| k.kind == kind)
+/// The executors of every kind, in the registry's (apply) order.
+pub fn all_ops() -> impl Iterator<Item = KindOps> {
+    ChildKind::ALL.into_iter().map(ops)
 }
 
 /// Prunes every registered kind of the tenant's namespace: deletes what the plan no longer
@@ -139,7 +136,7 @@ pub async fn prune(client: &Client, tenant: &str, plan: &Plan) -> Result<Pruned>
     let ns = plan.namespace_name();
     let selector = tenant_selector(tenant);
     let mut pruned = Pruned::default();
-    for kind in CHILD_KINDS {
+    for kind in all_ops() {
         pruned.add((kind.prune)(client, ns, &selector, plan).await?);
     }
     pruned.retained.sort();
@@ -248,26 +245,4 @@ fn watch_deployments(
     controller.watches_stream(drift_triggers("Deployment", events, applied, true), |o| {
         tenant_of(&o)
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_kind_is_registered_once() {
-        let mut kinds: Vec<&str> = CHILD_KINDS.iter().map(|k| k.kind).collect();
-        kinds.sort_unstable();
-        let n = kinds.len();
-        kinds.dedup();
-        assert_eq!(kinds.len(), n, "a kind registered twice");
-    }
-
-    #[test]
-    fn only_claims_are_retained() {
-        for k in CHILD_KINDS {
-            let retained = k.unwanted == Unwanted::Retain;
-            assert_eq!(retained, k.kind == "PersistentVolumeClaim", "{}", k.kind);
-        }
-    }
 }

@@ -5,10 +5,10 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client};
 use stackplane_crds::{Platform, PlatformRevision, Tenant};
 
-use super::plan::{self, Plan, PlanOptions};
 use super::revision::{self, Source};
-use super::validate::{self, Invalid};
 use crate::error::Result;
+use stackplane_core::tenant::plan::{self, Plan, PlanOptions};
+use stackplane_core::tenant::validate::{self, Invalid};
 
 /// The Platform spec `tenant` is planned from (its revision's, or the live one); `None` when its
 /// Platform does not exist, `Err(Invalid)` when its pin names no revision of that Platform.

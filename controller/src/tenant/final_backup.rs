@@ -12,7 +12,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
-use stackplane_crds::labels::tenant_labels;
+use stackplane_core::contract::labels::tenant_labels;
 use stackplane_crds::{BackupPhase, BackupReason, Tenant, TenantBackup, TenantBackupSpec};
 
 use crate::error::{Error, Result};

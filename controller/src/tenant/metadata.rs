@@ -12,7 +12,7 @@ use std::borrow::Cow;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{json, Map, Value};
-use stackplane_crds::labels::{REVISION_MOVED_AT, TARGET_REVISION};
+use stackplane_core::contract::labels::{REVISION_MOVED_AT, TARGET_REVISION};
 use stackplane_crds::Tenant;
 
 use super::FINALIZER;

@@ -16,13 +16,11 @@ pub mod children;
 pub mod desired;
 pub mod final_backup;
 pub mod metadata;
-pub mod plan;
 pub mod prune;
 pub mod reports;
 pub mod resync;
 pub mod revision;
 pub mod status;
-pub mod validate;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,23 +34,27 @@ use kube::runtime::events::{Event, EventType};
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
-use stackplane_crds::labels::ORPHANED;
+use stackplane_core::contract::labels::ORPHANED;
 use stackplane_crds::naming::namespace_name;
 use stackplane_crds::{DeletionPolicy, Platform, Tenant, TenantPhase, TenantStatus};
 
 use crate::backoff::Failures;
-use crate::cached::CachedTenant;
 use crate::error::{Error, Result};
 use crate::events::EventRecorder;
 use crate::metrics::Metrics;
 use final_backup::Gate;
 use plan::{Plan, PlanOptions};
 use prune::Pruned;
-use status::{Want, INVALID_SPEC, PAUSED, READY, SYNCED};
+use stackplane_core::cache::CachedTenant;
+use stackplane_core::contract::conditions::{
+    PAUSED, PAYMENT_OVERDUE, READY, REASON_INVALID_SPEC as INVALID_SPEC, SYNCED,
+};
+use stackplane_core::tenant::status::{self as computed, Want};
+use stackplane_core::tenant::{plan, validate};
 use validate::Valid;
 
 /// Finalizer the controller puts on every Tenant.
-pub const FINALIZER: &str = "stackplane.io/tenant-cleanup";
+pub const FINALIZER: &str = stackplane_core::contract::finalizers::TENANT_CLEANUP;
 
 /// How soon a pass skipped because the cache was behind this controller's own write looks
 /// again (the echo is usually milliseconds away; a status echo triggers nothing by itself).
@@ -257,7 +259,7 @@ impl<'a> Pass<'a> {
         &self,
         wants: &[Want],
     ) -> Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
-        status::conditions(&self.previous.conditions, wants, self.generation, self.now)
+        computed::conditions(&self.previous.conditions, wants, self.generation, self.now)
     }
 
     /// Writes `st` unless it is what was read; says whether it wrote.
@@ -364,7 +366,7 @@ async fn validate_step<'p>(
             Want::new(READY, false, INVALID_SPEC, invalid.message.clone()),
             Want::new(SYNCED, false, INVALID_SPEC, invalid.message.clone()),
             Want::new(PAUSED, false, "NotPaused", "spec.paused is false"),
-            status::payment_overdue_condition(pass.tenant),
+            computed::payment_overdue_condition(pass.tenant),
         ]),
         ..pass.previous.clone()
     };
@@ -482,7 +484,7 @@ async fn sync_step(pass: &Pass<'_>, ctx: &Context, plan: &Plan) -> Result<Pruned
                     format!(
                         "claim {claim} is no longer named by the Platform: kept (label {}=true); \
                          it is deleted only with the tenant's namespace, after the final backup",
-                        stackplane_crds::labels::RETAINED
+                        stackplane_core::contract::labels::RETAINED
                     ),
                 )
                 .await;
@@ -549,20 +551,20 @@ async fn status_step(
     // From the Deployment watch, and from this pass's own apply when it applied (its answers
     // are newer than any echo the watch may not have delivered yet).
     let observed = ctx.reports.of(plan.namespace_name());
-    let components = status::component_status(&plan.components, &observed);
-    let stalled = status::stalled(&plan.components, &observed);
-    let mut phase = status::phase(tenant, &components, &stalled, Some(previous));
+    let components = computed::component_status(&plan.components, &observed);
+    let stalled = computed::stalled(&plan.components, &observed);
+    let mut phase = computed::phase(tenant, &components, &stalled, Some(previous));
     let mut wants = vec![
-        status::ready_condition(phase, &components, &stalled),
+        computed::ready_condition(phase, &components, &stalled),
         Want::new(SYNCED, true, "Applied", "every object is applied"),
         Want::new(PAUSED, false, "NotPaused", "spec.paused is false"),
-        status::payment_overdue_condition(tenant),
+        computed::payment_overdue_condition(tenant),
     ];
     if let Some(c) = cloud {
         let was_ready =
             previous.ready_since.is_some() || previous.phase == Some(TenantPhase::Degraded);
         let adjusted = crate::cloud::phase(phase, &c.state, was_ready);
-        if adjusted != phase && status::all_ready(&components) {
+        if adjusted != phase && computed::all_ready(&components) {
             wants[0] = Want::new(READY, false, "CloudNotReady", c.message.clone());
         }
         phase = adjusted;
@@ -589,7 +591,7 @@ async fn status_step(
         retained_volumes: pruned.retained.clone(),
         // The revision counts as run once every Deployment rolled out to its plan.
         platform_revision: match revision {
-            Some(r) if status::rolled_out(&plan.components, &observed) => Some(r),
+            Some(r) if computed::rolled_out(&plan.components, &observed) => Some(r),
             _ => previous.platform_revision.clone(),
         },
         ..previous.clone()
@@ -835,14 +837,14 @@ async fn payment_overdue_event(
     let overdue = |s: &TenantStatus| {
         s.conditions
             .iter()
-            .any(|c| c.type_ == status::PAYMENT_OVERDUE && c.status == "True")
+            .any(|c| c.type_ == PAYMENT_OVERDUE && c.status == "True")
     };
     match (overdue(previous), overdue(now)) {
         (false, true) => {
             ctx.event(
                 tenant,
                 EventType::Warning,
-                status::PAYMENT_OVERDUE,
+                PAYMENT_OVERDUE,
                 "the subscription is past due; the stack keeps running".into(),
             )
             .await;

@@ -10,11 +10,11 @@
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::json;
-use stackplane_crds::labels::{BACKUP, RETAINED};
+use stackplane_core::contract::labels::{BACKUP, RETAINED};
 
-use super::plan::Plan;
 use crate::error::{Error, Result};
 use crate::k8s::{is_not_found, Child, FIELD_MANAGER};
+use stackplane_core::tenant::plan::Plan;
 
 /// What pruning did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

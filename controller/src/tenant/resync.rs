@@ -30,7 +30,7 @@ use kube::ResourceExt;
 use tokio::time::Instant;
 
 use crate::backoff::Failures;
-use crate::cached::CachedTenant;
+use stackplane_core::cache::CachedTenant;
 
 /// The tenants to reconcile, one at a time, each once per `period`; the first round starts one
 /// period from now (the watch's initial list has just reconciled every tenant). Never ends.

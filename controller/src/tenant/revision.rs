@@ -7,10 +7,10 @@
 
 use kube::runtime::reflector::Store;
 use kube::{Client, ResourceExt};
-use stackplane_crds::labels::TARGET_REVISION;
+use stackplane_core::contract::labels::TARGET_REVISION;
 use stackplane_crds::{Platform, PlatformRevision, Tenant};
 
-use super::validate::Invalid;
+use stackplane_core::tenant::validate::Invalid;
 
 /// The Platform to plan `tenant` from and the revision it is as of (`None`: the live spec).
 #[derive(Debug, Clone)]

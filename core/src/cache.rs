@@ -212,7 +212,7 @@ mod tests {
 
     fn tenant() -> Tenant {
         let mut t = Tenant::new("acme", TenantSpec::new("crm", "starter"));
-        t.metadata.labels = Some(stackplane_crds::labels::tenant_labels("acme", "crm"));
+        t.metadata.labels = Some(crate::contract::labels::tenant_labels("acme", "crm"));
         t.metadata.managed_fields = Some(vec![Default::default()]);
         let mut finalizers = Vec::with_capacity(8);
         finalizers.push("stackplane.io/tenant-cleanup".to_owned());
@@ -333,8 +333,8 @@ mod tests {
         let cached: CachedTenant = serde_json::from_str(&json).unwrap();
         assert_eq!(cached.metadata.labels, None, "the cache holds them once");
         let labels = cached.labels();
-        assert_eq!(labels.get(stackplane_crds::labels::PLATFORM), Some("crm"));
-        assert_eq!(labels.get(stackplane_crds::labels::TENANT), Some("acme"));
+        assert_eq!(labels.get(crate::contract::labels::PLATFORM), Some("crm"));
+        assert_eq!(labels.get(crate::contract::labels::TENANT), Some("acme"));
         assert_eq!(labels.get("absent"), None);
         assert_eq!(
             labels.to_map(),
@@ -372,7 +372,7 @@ mod tests {
         assert_eq!(CachedTenant::from(&t).labels_hash(), before);
         let mut relabelled = t.clone();
         if let Some(labels) = &mut relabelled.metadata.labels {
-            labels.insert(stackplane_crds::labels::CANARY.into(), "true".into());
+            labels.insert(crate::contract::labels::CANARY.into(), "true".into());
         }
         assert_ne!(CachedTenant::from(&relabelled).labels_hash(), before);
         let mut unlabelled = t;

@@ -5,7 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::str::FromStr;
 
-use super::provider::{Record, RecordChange, RecordType};
+use super::model::{Record, RecordChange, RecordType};
 
 /// TTL of the records the controller writes.
 pub const TTL: i64 = 300;

@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::children::ChildKind;
+use crate::contract::labels::{tenant_labels, COMPONENT, TENANT};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvFromSource, EnvVar, LimitRange, LimitRangeItem,
@@ -22,7 +24,6 @@ use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use stackplane_crds::labels::{tenant_labels, COMPONENT, TENANT};
 use stackplane_crds::naming::namespace_name;
 use stackplane_crds::rollout::RolloutPolicy;
 use stackplane_crds::{Component, Platform, Tenant, Tier};
@@ -83,21 +84,26 @@ pub enum Desired {
 }
 
 impl Desired {
+    /// The registry entry of the object's kind.
+    pub fn child_kind(&self) -> ChildKind {
+        match self {
+            Desired::ResourceQuota(_) => ChildKind::ResourceQuota,
+            Desired::LimitRange(_) => ChildKind::LimitRange,
+            Desired::NetworkPolicy(_) => ChildKind::NetworkPolicy,
+            Desired::ServiceAccount(_) => ChildKind::ServiceAccount,
+            Desired::Role(_) => ChildKind::Role,
+            Desired::RoleBinding(_) => ChildKind::RoleBinding,
+            Desired::CredentialsSecret { .. } => ChildKind::Secret,
+            Desired::PersistentVolumeClaim(_) => ChildKind::PersistentVolumeClaim,
+            Desired::Deployment(_) => ChildKind::Deployment,
+            Desired::Service(_) => ChildKind::Service,
+            Desired::Ingress(_) => ChildKind::Ingress,
+        }
+    }
+
     /// Kind of the object, as the API names it.
     pub fn kind(&self) -> &'static str {
-        match self {
-            Desired::ResourceQuota(_) => "ResourceQuota",
-            Desired::LimitRange(_) => "LimitRange",
-            Desired::NetworkPolicy(_) => "NetworkPolicy",
-            Desired::ServiceAccount(_) => "ServiceAccount",
-            Desired::Role(_) => "Role",
-            Desired::RoleBinding(_) => "RoleBinding",
-            Desired::CredentialsSecret { .. } => "Secret",
-            Desired::PersistentVolumeClaim(_) => "PersistentVolumeClaim",
-            Desired::Deployment(_) => "Deployment",
-            Desired::Service(_) => "Service",
-            Desired::Ingress(_) => "Ingress",
-        }
+        self.child_kind().kind()
     }
 
     /// Name of the object.
@@ -574,7 +580,7 @@ fn deployment(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use stackplane_crds::labels::{MANAGED_BY, PLATFORM};
+    use crate::contract::labels::{MANAGED_BY, PLATFORM};
 
     fn example(file: &str) -> Platform {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

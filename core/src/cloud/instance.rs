@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use sha2::{Digest, Sha256};
 use stackplane_crds::{DedicatedInstance, Tenant};
 
-use super::provider::ObservedInstance;
+use super::model::ObservedInstance;
 use super::tags;
 
 /// Instance states that still count as the tenant's instance. `shutting-down` and

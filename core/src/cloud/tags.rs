@@ -2,18 +2,18 @@
 //! the backup reconciler and the cloud garbage collector.
 
 /// The tenant's name.
-pub const TENANT: &str = stackplane_crds::labels::TENANT;
+pub const TENANT: &str = crate::contract::labels::TENANT;
 /// The tenant's uid: what makes a resource the tenant's, also across a delete and a re-create
 /// under the same name. The garbage collector deletes what carries a uid no Tenant has.
 pub const TENANT_UID: &str = "stackplane.io/tenant-uid";
 /// The tenant's platform.
-pub const PLATFORM: &str = stackplane_crds::labels::PLATFORM;
+pub const PLATFORM: &str = crate::contract::labels::PLATFORM;
 /// `true` on what a `deletionPolicy: Retain` tenant leaves behind: the garbage collector never
 /// touches it. `false` otherwise (a tag value can be compared; a missing tag cannot be told
 /// from an old controller's resource).
-pub const RETAINED: &str = "stackplane.io/retained";
+pub const RETAINED: &str = crate::contract::labels::RETAINED;
 /// The backup a snapshot belongs to (its name).
-pub const BACKUP: &str = stackplane_crds::labels::BACKUP;
+pub const BACKUP: &str = crate::contract::labels::BACKUP;
 /// The uid of the backup a snapshot belongs to: snapshots outlive their tenant (the final
 /// `pre-delete` backup is the point), so they are collected when their backup is gone.
 pub const BACKUP_UID: &str = "stackplane.io/backup-uid";

@@ -9,9 +9,7 @@ use stackplane_crds::SubscriptionStatus;
 use super::governing::Governing;
 use super::mapping::rfc3339;
 
-pub const BILLING_SYNCED: &str = "BillingSynced";
-pub const BILLING_CONFLICT: &str = "BillingConflict";
-pub const TRIAL_ENDING: &str = "TrialEnding";
+pub use crate::contract::conditions::{BILLING_CONFLICT, BILLING_SYNCED, TRIAL_ENDING};
 
 /// How the customer's state was learned this time.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,9 +12,9 @@ use stackplane_crds::SubscriptionStatus;
 use super::parse::{InvoiceOutcome, Observation, ParsedEvent, SubscriptionObservation};
 
 /// The billing worker's `past_due` annotation (defined once, in `stackplane_crds::labels`).
-pub const PAYMENT_OVERDUE_ANNOTATION: &str = stackplane_crds::labels::PAYMENT_OVERDUE;
+pub const PAYMENT_OVERDUE_ANNOTATION: &str = crate::contract::labels::PAYMENT_OVERDUE;
 /// Why payment is overdue, next to [`PAYMENT_OVERDUE_ANNOTATION`].
-pub const PAYMENT_OVERDUE_REASON_ANNOTATION: &str = stackplane_crds::labels::PAYMENT_OVERDUE_REASON;
+pub const PAYMENT_OVERDUE_REASON_ANNOTATION: &str = crate::contract::labels::PAYMENT_OVERDUE_REASON;
 /// The reason written when an invoice needs the customer to authenticate a payment.
 pub const PAYMENT_ACTION_REQUIRED: &str = "payment_action_required";
 
@@ -383,7 +383,7 @@ pub fn merge_read(
     })
 }
 
-/// The spec fields billing owns on a Tenant (status mapping of DESIGN.md):
+/// The spec fields billing owns on a Tenant (status mapping of docs/architecture.md):
 /// `active`/`trialing` run; `past_due` runs with the payment-overdue annotation;
 /// `unpaid`/`paused`/`incomplete` are suspended; `canceled`/`incomplete_expired` are suspended
 /// with `cancelledAt` set.
@@ -428,7 +428,7 @@ pub fn desired_tenant(snapshot: &Snapshot) -> DesiredTenant {
 /// The server-side apply body of the Tenant for `snapshot`: only the fields billing owns.
 pub fn tenant_apply_body(snapshot: &Snapshot) -> (String, Value) {
     let desired = desired_tenant(snapshot);
-    let labels = stackplane_crds::labels::tenant_labels(&desired.name, &snapshot.platform);
+    let labels = crate::contract::labels::tenant_labels(&desired.name, &snapshot.platform);
     let mut customer = json!({ "stripeCustomerId": snapshot.customer_id });
     if let Some(email) = &snapshot.email {
         customer["email"] = json!(email);

@@ -5,13 +5,13 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use crate::contract::labels::CANARY;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use stackplane_crds::labels::CANARY;
 use stackplane_crds::{RolloutPhase, RolloutPolicy, RolloutStatus, RolloutStrategy, TenantPhase};
 
-use crate::cached::{CachedTenant, Labels};
+use crate::cache::{CachedTenant, Labels};
 
 /// What the planner knows of one tenant of the platform. Name, tier and labels are read from
 /// the cached Tenant itself, shared, not copied: a pass looks at every tenant of the platform

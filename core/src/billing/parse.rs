@@ -12,7 +12,18 @@
 use serde_json::Value;
 use stackplane_crds::SubscriptionStatus;
 
-use super::error::BillingError;
+/// A payload that is not the Stripe object it claims to be: the event is stored as failed with
+/// this message (a permanent error; retrying cannot help).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("event payload is not a Stripe event: {0}")]
+pub struct MalformedEvent(pub String);
+
+impl MalformedEvent {
+    /// The stable category of the error: a metric label, stored as `stripe_events.error_kind`.
+    pub fn metric_label(&self) -> &'static str {
+        "malformed_event"
+    }
+}
 
 /// The event types the worker acts on; every other type is stored and acknowledged.
 pub const HANDLED_EVENT_TYPES: [&str; 10] = [
@@ -157,8 +168,8 @@ fn parse_status(s: &str) -> Option<SubscriptionStatus> {
 /// subscription or (newer versions) on its items; items with `price` or (older versions) only
 /// `plan`; an invoice's subscription at `subscription` or (newer versions) at
 /// `parent.subscription_details.subscription`.
-pub fn parse_event(payload: &Value) -> Result<ParsedEvent, BillingError> {
-    let bad = |what: &str| BillingError::MalformedEvent(what.to_owned());
+pub fn parse_event(payload: &Value) -> Result<ParsedEvent, MalformedEvent> {
+    let bad = |what: &str| MalformedEvent(what.to_owned());
     let id = str_at(payload, &["id"])
         .ok_or_else(|| bad("no id"))?
         .to_owned();
@@ -200,14 +211,12 @@ pub fn parse_event(payload: &Value) -> Result<ParsedEvent, BillingError> {
 }
 
 /// Reads a subscription object, from an event's `data.object` or an API list's `data[]`.
-pub fn parse_subscription(object: &Value) -> Result<SubscriptionObservation, BillingError> {
-    let bad = |what: &str| BillingError::MalformedEvent(format!("subscription: {what}"));
+pub fn parse_subscription(object: &Value) -> Result<SubscriptionObservation, MalformedEvent> {
+    let bad = |what: &str| MalformedEvent(format!("subscription: {what}"));
     let subscription_id = str_at(object, &["id"])
         .ok_or_else(|| bad("no id"))?
         .to_owned();
-    let bad = |what: &str| {
-        BillingError::MalformedEvent(format!("subscription {subscription_id}: {what}"))
-    };
+    let bad = |what: &str| MalformedEvent(format!("subscription {subscription_id}: {what}"));
     let customer_id = id_at(object, "customer").ok_or_else(|| bad("no customer"))?;
     let status = str_at(object, &["status"]).ok_or_else(|| bad("no status"))?;
     let status = parse_status(status).ok_or_else(|| bad(&format!("unknown status {status:?}")))?;
@@ -243,7 +252,7 @@ pub fn parse_subscription(object: &Value) -> Result<SubscriptionObservation, Bil
     })
 }
 
-fn parse_checkout(object: &Value) -> Result<Observation, BillingError> {
+fn parse_checkout(object: &Value) -> Result<Observation, MalformedEvent> {
     if str_at(object, &["mode"]).is_some_and(|m| m != "subscription") {
         return Ok(Observation::Ignored(
             "checkout session not in subscription mode",
@@ -255,7 +264,7 @@ fn parse_checkout(object: &Value) -> Result<Observation, BillingError> {
         ));
     };
     let customer_id = id_at(object, "customer")
-        .ok_or_else(|| BillingError::MalformedEvent("checkout session: no customer".to_owned()))?;
+        .ok_or_else(|| MalformedEvent("checkout session: no customer".to_owned()))?;
     let paid = str_at(object, &["payment_status"])
         .is_none_or(|s| s == "paid" || s == "no_payment_required");
     Ok(Observation::Checkout(CheckoutObservation {
@@ -272,7 +281,7 @@ fn parse_checkout(object: &Value) -> Result<Observation, BillingError> {
     }))
 }
 
-fn parse_invoice(object: &Value, outcome: InvoiceOutcome) -> Result<Observation, BillingError> {
+fn parse_invoice(object: &Value, outcome: InvoiceOutcome) -> Result<Observation, MalformedEvent> {
     let subscription_id = id_at(object, "subscription").or_else(|| {
         object
             .get("parent")
@@ -283,7 +292,7 @@ fn parse_invoice(object: &Value, outcome: InvoiceOutcome) -> Result<Observation,
         return Ok(Observation::Ignored("invoice without subscription"));
     };
     let customer_id = id_at(object, "customer")
-        .ok_or_else(|| BillingError::MalformedEvent("invoice: no customer".to_owned()))?;
+        .ok_or_else(|| MalformedEvent("invoice: no customer".to_owned()))?;
     Ok(Observation::Invoice(InvoiceObservation {
         subscription_id,
         customer_id,
@@ -302,11 +311,11 @@ pub struct SubscriptionPage {
 
 /// Reads a list response of subscriptions. An element that cannot be mapped fails the page:
 /// skipping it would make a sweep or a read treat that subscription as absent.
-pub fn parse_subscription_page(body: &Value) -> Result<SubscriptionPage, BillingError> {
+pub fn parse_subscription_page(body: &Value) -> Result<SubscriptionPage, MalformedEvent> {
     let data = body
         .get("data")
         .and_then(Value::as_array)
-        .ok_or_else(|| BillingError::MalformedEvent("subscription list: no data".to_owned()))?;
+        .ok_or_else(|| MalformedEvent("subscription list: no data".to_owned()))?;
     let subscriptions = data
         .iter()
         .map(parse_subscription)

@@ -17,7 +17,7 @@ pub const ORPHANED: &str = "stackplane.io/orphaned";
 /// than pruning customer data; it goes only with the tenant's namespace.
 pub const RETAINED: &str = "stackplane.io/retained";
 /// Label (and EC2 tag) naming the TenantBackup an object or snapshot belongs to. Its value is
-/// [`crate::naming::label_value`] of the backup's name (names may be longer than a label).
+/// [`stackplane_crds::naming::label_value`] of the backup's name (names may be longer than a label).
 pub const BACKUP: &str = "stackplane.io/backup";
 /// Annotation billing sets on a Tenant whose subscription is `past_due`; the controller turns
 /// it into the `PaymentOverdue` condition.
@@ -56,5 +56,5 @@ pub fn tenant_selector(tenant: &str) -> String {
 
 /// Label selector of every object made for the TenantBackup `backup`.
 pub fn backup_selector(backup: &str) -> String {
-    format!("{BACKUP}={}", crate::naming::label_value(backup))
+    format!("{BACKUP}={}", stackplane_crds::naming::label_value(backup))
 }

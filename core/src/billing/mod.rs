@@ -1,0 +1,8 @@
+//! Billing's decisions: what a Stripe event says ([`parse`]), how observations of one
+//! subscription are ordered and merged into a Tenant's spec ([`mapping`]), which subscription
+//! governs a Tenant ([`governing`]), and the conditions billing writes ([`conditions`]).
+
+pub mod conditions;
+pub mod governing;
+pub mod mapping;
+pub mod parse;

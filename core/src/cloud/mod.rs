@@ -1,0 +1,8 @@
+//! The cloud step's decisions: a dedicated tier's instance ([`instance`]) and a tenant's DNS
+//! record ([`dns`]), over the values the provider reports ([`model`]) and the tags stackplane
+//! puts on what it creates ([`tags`]).
+
+pub mod dns;
+pub mod instance;
+pub mod model;
+pub mod tags;

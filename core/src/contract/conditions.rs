@@ -1,0 +1,47 @@
+//! Condition types (and the reasons other writers or readers match on) of the Tenant and
+//! TenantBackup status. `status.conditions` is a list-map keyed by type: each type has one
+//! writer (its field manager), named beside it.
+
+/// Tenant: the stack serves (controller). Also the TenantBackup's one condition (controller).
+pub const READY: &str = "Ready";
+/// Tenant: the desired objects are applied (controller).
+pub const SYNCED: &str = "Synced";
+/// Tenant: `spec.paused` stops reconciliation (controller).
+pub const PAUSED: &str = "Paused";
+/// Tenant: the subscription is `past_due` or waits on the customer (controller, from billing's
+/// annotations [`crate::contract::labels::PAYMENT_OVERDUE`]).
+pub const PAYMENT_OVERDUE: &str = "PaymentOverdue";
+/// Tenant: the dedicated instance and DNS record are as planned (controller).
+pub const CLOUD_READY: &str = "CloudReady";
+/// Tenant: the governing subscription was read back from Stripe (billing).
+pub const BILLING_SYNCED: &str = "BillingSynced";
+/// Tenant: more than one live subscription governs it (billing).
+pub const BILLING_CONFLICT: &str = "BillingConflict";
+/// Tenant: the trial ends soon (billing).
+pub const TRIAL_ENDING: &str = "TrialEnding";
+
+/// The condition types the controller writes. Every other type on a Tenant's status belongs
+/// to another writer and is never part of the controller's apply, so the controller can
+/// neither remove nor overwrite it.
+pub const CONTROLLER_OWNED: [&str; 5] = [READY, SYNCED, PAUSED, PAYMENT_OVERDUE, CLOUD_READY];
+
+/// The condition types billing writes (field manager
+/// [`crate::contract::field_managers::BILLING`]).
+pub const BILLING_OWNED: [&str; 3] = [BILLING_SYNCED, BILLING_CONFLICT, TRIAL_ENDING];
+
+/// Reason of `Ready=False` (and of its Event) when the spec cannot be planned.
+pub const REASON_INVALID_SPEC: &str = "InvalidSpec";
+/// Reason of the Event about an unparsable backup schedule.
+pub const REASON_INVALID_BACKUP_SCHEDULE: &str = "InvalidBackupSchedule";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_condition_type_has_one_writer() {
+        for t in CONTROLLER_OWNED {
+            assert!(!BILLING_OWNED.contains(&t), "{t} has two writers");
+        }
+    }
+}

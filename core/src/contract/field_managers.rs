@@ -1,0 +1,13 @@
+//! Server-side apply field managers: one per writer, so each owns only the fields it sets and
+//! never takes over another's (see `docs/architecture.md`, "Server-side apply").
+
+/// The controller: a tenant's children, its status, its metadata (finalizer).
+pub const CONTROLLER: &str = "stackplane-controller";
+// Leader election writes its Lease under a manager per replica, derived from this one
+// (`stackplane_controller::leader::lease_field_manager`).
+/// The billing worker: a Tenant's spec fields of the subscription and its billing conditions.
+pub const BILLING: &str = "stackplane-billing";
+/// The fleet rollout: the target-revision annotations of Tenants, a Platform's rollout status.
+pub const ROLLOUT: &str = "stackplane-rollout";
+/// `kubectl stackplane` (holds, releases, annotations a person asks for).
+pub const PLUGIN: &str = "kubectl-stackplane";

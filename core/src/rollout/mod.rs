@@ -1,0 +1,3 @@
+//! Fleet rollouts' decisions: which tenants move to a Platform's new revision next.
+
+pub mod waves;
