@@ -29,7 +29,9 @@ use stackplane_crds::{
     BackupPartKind, BackupPartState, BackupPhase, BackupPolicy, BackupReason, Tenant, TenantBackup,
     TenantBackupSpec, TenantSpec,
 };
-use stackplane_tests::{aws_config, eventually, install_crds, kube_client, unique};
+use stackplane_tests::{aws_config, eventually, kube_client, unique};
+
+mod common;
 
 const SHARD: &str = "stackplane.io/test-shard";
 
@@ -37,26 +39,14 @@ struct Env {
     client: Client,
     ec2: aws_sdk_ec2::Client,
     shard: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-    }
+    /// Stops what runs for the test when it ends.
+    _stop: common::Stop,
 }
 
 async fn start(configure: impl FnOnce(&mut BackupConfig)) -> Env {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("stackplane_controller=debug")
-        .try_init();
-    let client = kube_client().await;
-    install_crds(&client).await;
+    let (client, shard) = common::cluster("stackplane_controller=debug", kube_client()).await;
     let aws = aws_config().await;
     let ec2 = aws_sdk_ec2::Client::new(&aws);
-    let shard = unique("shard");
     let mut config = BackupConfig {
         selector: Some(format!("{SHARD}={shard}")),
         poll: Duration::from_millis(500),
@@ -68,7 +58,7 @@ async fn start(configure: impl FnOnce(&mut BackupConfig)) -> Env {
     };
     configure(&mut config);
     let recorder = EventRecorder::new(client.clone(), "stackplane-backup-test", "test");
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let (stop, stopped) = common::Stop::new();
     // The scheduler reads the Tenant controller's cache; here the test fills one of its own,
     // with the same selector.
     let (tenants, writer) = reflector::store::<CachedTenant>();
@@ -88,9 +78,7 @@ async fn start(configure: impl FnOnce(&mut BackupConfig)) -> Env {
         tenants,
         Arc::new(Metrics::new()),
         recorder,
-        async move {
-            let _ = rx.await;
-        },
+        stopped,
     );
     tokio::spawn(async move {
         // The cache's stream never ends: it lives as long as the backups run.
@@ -100,49 +88,26 @@ async fn start(configure: impl FnOnce(&mut BackupConfig)) -> Env {
         client,
         ec2,
         shard,
-        stop: Some(tx),
+        _stop: stop,
     }
 }
 
 /// The whole controller (`stackplane_controller::run`: leader election, the Tenant controller,
 /// and the backup controller and scheduler while it leads), restricted to a shard.
 async fn start_leader() -> Env {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("stackplane_controller=debug")
-        .try_init();
-    let client = kube_client().await;
-    install_crds(&client).await;
+    let (client, shard) = common::cluster("stackplane_controller=debug", kube_client()).await;
     let ec2 = aws_sdk_ec2::Client::new(&aws_config().await);
-    let shard = unique("shard");
     let mut reconcile = stackplane_controller::tenant::ReconcileConfig::default();
     reconcile.backup.poll = Duration::from_millis(500);
-    let config = stackplane_controller::Config {
-        concurrency: 2,
-        tenant_selector: Some(format!("{SHARD}={shard}")),
-        reconcile,
-        rollout: Default::default(),
-        lease: stackplane_controller::leader::LeaseConfig {
-            name: shard.clone(),
-            namespace: "default".into(),
-            identity: unique("test"),
-            duration_secs: 6,
-            grace_secs: 2,
-        },
-    };
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(stackplane_controller::run(
-        client.clone(),
-        config,
-        Arc::new(Metrics::new()),
-        async move {
-            let _ = rx.await;
-        },
-    ));
+    let controller = common::Controller::start(&client, &shard, |o| {
+        o.concurrency = 2;
+        o.reconcile = reconcile;
+    });
     Env {
         client,
         ec2,
         shard,
-        stop: Some(tx),
+        _stop: controller.into_stop(),
     }
 }
 

@@ -27,15 +27,13 @@ use stackplane_controller::cloud::provider::{
     Record, RecordChange, SnapshotSpec, VolumeSpec, ZoneRecord,
 };
 use stackplane_controller::cloud::{CloudError, CloudSettings, IngressAddress};
-use stackplane_controller::leader::LeaseConfig;
 use stackplane_controller::metrics::Metrics;
 use stackplane_controller::tenant::ReconcileConfig;
 use stackplane_crds::{DeletionPolicy, Platform, Tenant, TenantPhase, TenantSpec};
-use stackplane_tests::{
-    aws_config, eventually_within as eventually, install_crds, kube_client, unique,
-};
+use stackplane_tests::{aws_config, eventually_within as eventually, kube_client, unique};
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
+
+mod common;
 
 const SHARD: &str = "stackplane.io/test-shard";
 const CUSTOMER: &str = "cus_CloudTest42";
@@ -213,14 +211,14 @@ struct Env {
     calls: Arc<Calls>,
     metrics: Arc<Metrics>,
     ingress: Option<IngressAddress>,
-    controllers: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    controllers: std::sync::Mutex<Vec<common::Controller>>,
 }
 
 impl Drop for Env {
     fn drop(&mut self) {
         if let Ok(c) = self.controllers.lock() {
             for h in c.iter() {
-                h.abort();
+                h.kill();
             }
         }
     }
@@ -243,11 +241,7 @@ impl Default for Options {
 /// A Platform (stackpro-business's stack and dedicated tiers, plus a `shared` tier without an
 /// instance) in a new hosted zone of its own, without a controller yet.
 async fn setup(opts: Options) -> Env {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("stackplane_controller=info")
-        .try_init();
-    let client = kube_client().await;
-    install_crds(&client).await;
+    let (client, shard) = common::cluster("stackplane_controller=info", kube_client()).await;
     let aws = aws_config().await;
     let ec2 = aws_sdk_ec2::Client::new(&aws);
     let route53 = aws_sdk_route53::Client::new(&aws);
@@ -281,7 +275,7 @@ async fn setup(opts: Options) -> Env {
         .expect("create platform");
     Env {
         client,
-        shard: unique("shard"),
+        shard,
         platform: pname,
         domain,
         zone: bare_zone,
@@ -318,10 +312,9 @@ impl Env {
         // announce) its orphans in their controllers instead of its.
         cloud.gc.mode = GcMode::Off;
         configure(&mut cloud);
-        let config = stackplane_controller::Config {
-            concurrency: 8,
-            tenant_selector: Some(format!("{SHARD}={}", self.shard)),
-            reconcile: ReconcileConfig {
+        let controller = common::Controller::start(&self.client, &self.shard, |o| {
+            o.concurrency = 8;
+            o.reconcile = ReconcileConfig {
                 // Short, so drift made behind the controller's back is found quickly.
                 requeue: Duration::from_secs(1),
                 cloud: Some(cloud),
@@ -329,31 +322,19 @@ impl Env {
                 // backup (its dump Job would never run here; the tenant tests cover that wait).
                 final_backup_timeout: Duration::ZERO,
                 ..ReconcileConfig::default()
-            },
-            rollout: Default::default(),
-            lease: LeaseConfig {
-                name: unique("lease"),
-                namespace: "default".into(),
-                identity: unique("test"),
-                duration_secs: 6,
-                grace_secs: 2,
-            },
-        };
-        let client = self.client.clone();
-        let metrics = self.metrics.clone();
-        let handle = tokio::spawn(async move {
-            let _ = stackplane_controller::run(client, config, metrics, futures::future::pending())
-                .await;
+            };
+            o.lease.name = unique("lease");
+            o.metrics = self.metrics.clone();
         });
         let mut c = self.controllers.lock().expect("controllers");
-        c.push(handle);
+        c.push(controller);
         c.len() - 1
     }
 
     /// Kills a controller as a crash would: its reconciles stop at their next await.
     fn kill_controller(&self, index: usize) {
         if let Some(h) = self.controllers.lock().expect("controllers").get(index) {
-            h.abort();
+            h.kill();
         }
     }
 

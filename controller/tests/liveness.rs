@@ -16,12 +16,10 @@ use serde_json::json;
 use stackplane_controller::leader::LeaseConfig;
 use stackplane_controller::metrics::{self, Metrics};
 use stackplane_crds::{Platform, Tenant};
-use stackplane_tests::{
-    eventually_within, impersonating_kubeconfig, install_crds, kube_client, unique,
-};
+use stackplane_tests::{eventually_within, impersonating_kubeconfig, kube_client, unique};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use stackplane_tests::TEST_SHARD_LABEL as SHARD;
+mod common;
 
 /// One HTTP/1.1 GET; (status code, body).
 async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
@@ -83,11 +81,7 @@ async fn synced(c: &Client, name: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_the_lease_permission_is_unhealthy_and_getting_it_back_recovers() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("stackplane_controller=debug")
-        .try_init();
-    let admin = kube_client().await;
-    install_crds(&admin).await;
+    let (admin, shard) = common::cluster("stackplane_controller=debug", kube_client()).await;
     let id = unique("live");
     let ns = id.clone();
     let sa = "controller";
@@ -166,41 +160,29 @@ async fn losing_the_lease_permission_is_unhealthy_and_getting_it_back_recovers()
         .await
         .expect("create platform");
 
-    let shard = unique("shard");
     let metrics = Arc::new(Metrics::new());
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
+    let (server_stop, mut server_stopped) = tokio::sync::watch::channel(false);
     let (addr, _server) = metrics::serve(
         "127.0.0.1:0".parse().expect("addr"),
         metrics.clone(),
-        stopped(),
+        async move {
+            let _ = server_stopped.wait_for(|s| *s).await;
+        },
     )
     .await
     .expect("serve");
-    let config = stackplane_controller::Config {
-        concurrency: 2,
-        tenant_selector: Some(format!("{SHARD}={shard}")),
-        reconcile: stackplane_controller::tenant::ReconcileConfig::default(),
-        rollout: Default::default(),
-        lease: LeaseConfig {
+    // Its Lease is in the namespace whose Role the test takes away and gives back.
+    let controller = common::Controller::start(&restricted, &shard, |o| {
+        o.concurrency = 2;
+        o.lease = LeaseConfig {
             name: "stackplane-controller".into(),
             namespace: ns.clone(),
             identity: unique("live"),
             duration_secs: 4,
             grace_secs: 1,
-        },
-    };
-    let controller = tokio::spawn(stackplane_controller::run(
-        restricted,
-        config,
-        metrics.clone(),
-        stopped(),
-    ));
+        };
+        o.metrics = metrics.clone();
+    });
 
     // With the permission: it leads, is healthy and reconciles.
     let a = &admin;
@@ -254,8 +236,8 @@ async fn losing_the_lease_permission_is_unhealthy_and_getting_it_back_recovers()
     .await;
     assert!(!controller.is_finished(), "a lost permission is not fatal");
 
-    let _ = stop_tx.send(true);
-    let ended = controller.await.expect("controller task");
+    let _ = server_stop.send(true);
+    let ended = controller.stop().await.expect("controller task");
     assert!(
         ended.is_ok(),
         "a requested shutdown ends cleanly: {ended:?}"

@@ -6,15 +6,12 @@
 //! The images (`stackplane.local/...`) are built on the machine by tests/harness/node/images.py
 //! and imported into the node's containerd; nothing is pulled.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{PersistentVolume, Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
-use stackplane_controller::leader::LeaseConfig;
-use stackplane_controller::metrics::Metrics;
 use stackplane_controller::tenant::ReconcileConfig;
 use stackplane_core::contract::labels::tenant_selector;
 use stackplane_crds::naming::namespace_name;
@@ -23,8 +20,10 @@ use stackplane_crds::{
     TenantBackupSpec, TenantPhase, TenantSpec,
 };
 use stackplane_tests::{
-    eventually_within, fresh_database, install_crds, node_database_url, node_kube_client, unique,
+    eventually_within, fresh_database, node_database_url, node_kube_client, unique,
 };
+
+mod common;
 
 const SHARD: &str = "stackplane.io/test-shard";
 /// busybox httpd answering on `$PORT` as nobody (tests/harness/node/images.py).
@@ -38,15 +37,7 @@ struct Env {
     client: Client,
     shard: String,
     platform: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-    }
+    _controller: common::Controller,
 }
 
 /// A component of the test Platform: the httpd image on `port`, listening on `listen`.
@@ -67,12 +58,7 @@ fn component(name: &str, port: u16, listen: u16) -> serde_json::Value {
 /// restricted to a shard, with a Platform of `components` whose Deployments may take
 /// `progress_deadline` seconds.
 async fn start(components: Vec<serde_json::Value>, progress_deadline: u32) -> Env {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("stackplane_controller=info")
-        .try_init();
-    let client = node_kube_client().await;
-    install_crds(&client).await;
-    let shard = unique("shard");
+    let (client, shard) = common::cluster("stackplane_controller=info", node_kube_client()).await;
     let pname = unique("node");
     let platform: Platform = serde_json::from_value(json!({
         "apiVersion": "stackplane.io/v1alpha1",
@@ -100,33 +86,15 @@ async fn start(components: Vec<serde_json::Value>, progress_deadline: u32) -> En
     reconcile.backup.dump.image = PGDUMP_IMAGE.to_owned();
     // No CSI snapshot controller runs on the node: volume parts are "unsupported".
     reconcile.backup.volume_snapshot_group = "snapshot.unserved.stackplane.test".into();
-    let config = stackplane_controller::Config {
-        concurrency: 4,
-        tenant_selector: Some(format!("{SHARD}={shard}")),
-        reconcile,
-        rollout: Default::default(),
-        lease: LeaseConfig {
-            name: shard.clone(),
-            namespace: "default".into(),
-            identity: unique("test"),
-            duration_secs: 6,
-            grace_secs: 2,
-        },
-    };
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(stackplane_controller::run(
-        client.clone(),
-        config,
-        Arc::new(Metrics::new()),
-        async move {
-            let _ = rx.await;
-        },
-    ));
+    let controller = common::Controller::start(&client, &shard, |o| {
+        o.concurrency = 4;
+        o.reconcile = reconcile;
+    });
     Env {
         client,
         shard,
         platform: pname,
-        stop: Some(tx),
+        _controller: controller,
     }
 }
 

@@ -13,17 +13,17 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
-use stackplane_controller::leader::LeaseConfig;
 use stackplane_controller::metrics::Metrics;
 use stackplane_controller::rollout::RolloutConfig;
-use stackplane_controller::tenant::ReconcileConfig;
 use stackplane_core::contract::labels::{
     CANARY, MANAGED_BY, MANAGED_BY_VALUE, REVISION_MOVED_AT, TARGET_REVISION, TENANT,
 };
 use stackplane_crds::{
     Platform, PlatformRevision, RolloutPhase, RolloutPolicy, Tenant, TenantPhase, TenantSpec, Wave,
 };
-use stackplane_tests::{eventually_within, install_crds, kube_client, unique};
+use stackplane_tests::{eventually_within, kube_client, unique};
+
+mod common;
 
 const SHARD: &str = "stackplane.io/test-shard";
 
@@ -34,15 +34,14 @@ struct Fleet {
     /// Tenant name → its wave as the policy defines it (1 canary, 2 starter, 3 the rest).
     waves: BTreeMap<String, u32>,
     metrics: Arc<Metrics>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    controller: Option<common::Controller>,
     player: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for Fleet {
     fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
+        // Stops the controller.
+        drop(self.controller.take());
         self.player.abort();
     }
 }
@@ -73,38 +72,16 @@ fn policy() -> RolloutPolicy {
     }
 }
 
-/// Starts a controller for the shard; the sender stops it.
-fn start_controller(
-    client: &Client,
-    shard: &str,
-    metrics: Arc<Metrics>,
-) -> tokio::sync::oneshot::Sender<()> {
-    let config = stackplane_controller::Config {
-        concurrency: 8,
-        tenant_selector: Some(format!("{SHARD}={shard}")),
-        reconcile: ReconcileConfig::default(),
-        rollout: RolloutConfig {
+/// Starts a controller for the shard; dropping it stops it.
+fn start_controller(client: &Client, shard: &str, metrics: Arc<Metrics>) -> common::Controller {
+    common::Controller::start(client, shard, |o| {
+        o.concurrency = 8;
+        o.rollout = RolloutConfig {
             poll: Duration::from_secs(1),
             ..RolloutConfig::default()
-        },
-        lease: LeaseConfig {
-            name: shard.to_owned(),
-            namespace: "default".into(),
-            identity: unique("test"),
-            duration_secs: 6,
-            grace_secs: 2,
-        },
-    };
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(stackplane_controller::run(
-        client.clone(),
-        config,
-        metrics,
-        async move {
-            let _ = rx.await;
-        },
-    ));
-    tx
+        };
+        o.metrics = metrics;
+    })
 }
 
 /// Plays the node for the shard's tenants: every Deployment is reported rolled out to its
@@ -164,12 +141,11 @@ fn play_node(client: Client, shard: String) -> tokio::task::JoinHandle<()> {
 /// canaries on `professional`, 10 on `starter`, 18 more on `professional`), all Ready on the
 /// first revision, whose name is returned with the fleet.
 async fn fleet() -> (Fleet, String) {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("stackplane_controller=info,stackplane_controller::rollout=debug")
-        .try_init();
-    let client = kube_client().await;
-    install_crds(&client).await;
-    let shard = unique("shard");
+    let (client, shard) = common::cluster(
+        "stackplane_controller=info,stackplane_controller::rollout=debug",
+        kube_client(),
+    )
+    .await;
     let mut platform: Platform = stackplane_tests::example_platform("tackle.yaml");
     let pname = unique("plat");
     platform.metadata.name = Some(pname.clone());
@@ -180,7 +156,7 @@ async fn fleet() -> (Fleet, String) {
         .await
         .expect("create platform");
     let metrics = Arc::new(Metrics::new());
-    let stop = start_controller(&client, &shard, metrics.clone());
+    let controller = start_controller(&client, &shard, metrics.clone());
     // The first revision completes at once (no tenants yet).
     let first = eventually_within("the first revision is current", 60, || async {
         let p = Api::<Platform>::all(client.clone())
@@ -207,7 +183,7 @@ async fn fleet() -> (Fleet, String) {
         platform: pname,
         waves,
         metrics,
-        stop: Some(stop),
+        controller: Some(controller),
         player,
     };
     let all: Vec<String> = fleet.waves.keys().cloned().collect();
@@ -396,10 +372,9 @@ async fn a_platform_change_rolls_out_wave_by_wave_past_a_restart_and_a_pin() {
             late = Some(name);
         }
         if rollout.revision == second && rollout.wave >= 3 && !restarted {
-            if let Some(s) = f.stop.take() {
-                let _ = s.send(());
-            }
-            f.stop = Some(start_controller(&f.client, &f.shard, f.metrics.clone()));
+            // The old one is stopped before the new one starts.
+            drop(f.controller.take());
+            f.controller = Some(start_controller(&f.client, &f.shard, f.metrics.clone()));
             restarted = true;
         }
         if rollout.revision == second && rollout.phase == RolloutPhase::Complete {

@@ -1,7 +1,6 @@
 //! The Tenant controller against the real kube-apiserver, run in-process and restricted to the
 //! test's own Tenants by a label selector and a Lease of its own.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -14,14 +13,14 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
-use stackplane_controller::leader::LeaseConfig;
-use stackplane_controller::metrics::Metrics;
 use stackplane_controller::tenant::ReconcileConfig;
 use stackplane_crds::{
     BackupReason, Platform, Subscription, SubscriptionStatus, Tenant, TenantBackup, TenantPhase,
     TenantSpec,
 };
-use stackplane_tests::{eventually, install_crds, kube_client, unique};
+use stackplane_tests::{eventually, kube_client, unique};
+
+mod common;
 
 const SHARD: &str = "stackplane.io/test-shard";
 
@@ -29,15 +28,7 @@ struct Env {
     client: Client,
     shard: String,
     platform: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-    }
+    _controller: common::Controller,
 }
 
 /// The reconciler's settings in these tests: the final backup is looked at every second.
@@ -61,12 +52,7 @@ async fn start(example: &str) -> Env {
 }
 
 async fn start_with(example: &str, reconcile: ReconcileConfig) -> Env {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("stackplane_controller=debug")
-        .try_init();
-    let client = kube_client().await;
-    install_crds(&client).await;
-    let shard = unique("shard");
+    let (client, shard) = common::cluster("stackplane_controller=debug", kube_client()).await;
     let mut platform: Platform = stackplane_tests::example_platform(example);
     let pname = unique("plat");
     platform.metadata.name = Some(pname.clone());
@@ -74,33 +60,15 @@ async fn start_with(example: &str, reconcile: ReconcileConfig) -> Env {
         .create(&PostParams::default(), &platform)
         .await
         .expect("create platform");
-    let config = stackplane_controller::Config {
-        concurrency: 4,
-        tenant_selector: Some(format!("{SHARD}={shard}")),
-        reconcile,
-        rollout: Default::default(),
-        lease: LeaseConfig {
-            name: shard.clone(),
-            namespace: "default".into(),
-            identity: unique("test"),
-            duration_secs: 6,
-            grace_secs: 2,
-        },
-    };
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(stackplane_controller::run(
-        client.clone(),
-        config,
-        Arc::new(Metrics::new()),
-        async move {
-            let _ = rx.await;
-        },
-    ));
+    let controller = common::Controller::start(&client, &shard, |o| {
+        o.concurrency = 4;
+        o.reconcile = reconcile;
+    });
     Env {
         client,
         shard,
         platform: pname,
-        stop: Some(tx),
+        _controller: controller,
     }
 }
 
