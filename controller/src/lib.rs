@@ -18,6 +18,8 @@ pub mod k8s;
 pub mod kube_client;
 pub mod leader;
 pub mod metrics;
+#[cfg(test)]
+mod mock_api;
 pub mod rollout;
 pub mod telemetry;
 pub mod tenant;

@@ -226,3 +226,158 @@ pub fn credentials(
     }
     data
 }
+
+/// The executor against a mocked API server: the exact requests an apply makes.
+#[cfg(test)]
+mod mocked_api {
+    use http::StatusCode;
+    use serde_json::{json, Value};
+    use stackplane_core::children::ChildKind;
+    use stackplane_core::contract::field_managers;
+    use stackplane_core::tenant::plan::{plan, PlanOptions};
+    use stackplane_crds::{Platform, Tenant, TenantSpec};
+
+    use super::*;
+    use crate::mock_api::{self, Call};
+
+    fn tackle_plan() -> Plan {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples/platforms/tackle.yaml");
+        let platform: Platform =
+            serde_saphyr::from_str(&std::fs::read_to_string(path).expect("read")).expect("yaml");
+        let tenant = Tenant::new("acme", TenantSpec::new("tackle", "starter"));
+        let tier = platform.spec.tiers[0].clone();
+        plan(&tenant, &platform, &tier, &PlanOptions::default())
+    }
+
+    /// Echoes an applied object (the namespace with a creation time); a Secret is not there.
+    fn cluster(existing_secret: Option<Value>) -> impl Fn(&Call) -> (StatusCode, Value) {
+        move |call| match call.method.as_str() {
+            "GET" => match &existing_secret {
+                Some(s) => (StatusCode::OK, s.clone()),
+                None => mock_api::not_found(call),
+            },
+            _ => {
+                let mut echo = call.body.clone();
+                echo["metadata"]["creationTimestamp"] = json!("2026-12-07T00:00:00Z");
+                (StatusCode::OK, echo)
+            }
+        }
+    }
+
+    fn path_of(kind: ChildKind, ns: &str, name: &str) -> String {
+        let r = kind.api_resource();
+        let base = if r.group.is_empty() {
+            format!("/api/{}", r.version)
+        } else {
+            format!("/apis/{}/{}", r.group, r.version)
+        };
+        format!("{base}/namespaces/{ns}/{}/{name}", r.plural)
+    }
+
+    #[tokio::test]
+    async fn applies_the_namespace_first_then_each_object_what_workloads_need_first() {
+        let plan = tackle_plan();
+        let (client, server) = mock_api::pair();
+        let calls = server.serve(cluster(None));
+        let outcome = apply(&client, &plan).await.expect("apply");
+        drop(client);
+        let calls = calls.await.expect("server");
+
+        assert!(outcome.namespace_created.is_some());
+        // The namespace, then each planned object (the credentials Secret read first, so its
+        // values are kept), and nothing else.
+        let mut expected = vec![(
+            "PATCH".to_owned(),
+            "/api/v1/namespaces/tenant-acme".to_owned(),
+        )];
+        for object in &plan.objects {
+            let path = path_of(object.child_kind(), "tenant-acme", object.name());
+            if object.child_kind() == ChildKind::Secret {
+                expected.push(("GET".to_owned(), path.clone()));
+            }
+            expected.push(("PATCH".to_owned(), path));
+        }
+        let made: Vec<(String, String)> = calls
+            .iter()
+            .map(|c| (c.method.clone(), c.path.clone()))
+            .collect();
+        assert_eq!(made, expected);
+        assert!(made.contains(&(
+            "PATCH".to_owned(),
+            "/apis/apps/v1/namespaces/tenant-acme/deployments/api".to_owned()
+        )));
+        // What the workloads refer to (quota, limits, policies, the ServiceAccount and its
+        // binding, the credentials, the claims) is applied before the first workload.
+        let first_deployment = plan
+            .objects
+            .iter()
+            .position(|o| o.child_kind() == ChildKind::Deployment)
+            .expect("a Deployment");
+        for (i, o) in plan.objects.iter().enumerate() {
+            let before = ChildKind::ALL.iter().position(|k| *k == o.child_kind())
+                < ChildKind::ALL
+                    .iter()
+                    .position(|k| *k == ChildKind::Deployment);
+            if before {
+                assert!(i < first_deployment, "{} after a Deployment", o.kind());
+            }
+        }
+        // Every write is a forced server-side apply under the controller's field manager.
+        for c in calls.iter().filter(|c| c.method == "PATCH") {
+            assert!(
+                c.has_param("fieldManager", field_managers::CONTROLLER),
+                "{c:?}"
+            );
+            assert!(c.has_param("force", "true"), "{c:?}");
+            assert!(!c.query.contains("dryRun"), "{c:?}");
+            assert_eq!(
+                c.content_type.as_deref(),
+                Some("application/apply-patch+yaml")
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn existing_credentials_are_kept_and_only_missing_ones_generated() {
+        let plan = tackle_plan();
+        let kept = "a2VlcC1tZQ=="; // "keep-me"
+        let secret = json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "credentials", "namespace": "tenant-acme"},
+            "data": {"admin-password": kept},
+        });
+        let (client, server) = mock_api::pair();
+        let calls = server.serve(cluster(Some(secret)));
+        apply(&client, &plan).await.expect("apply");
+        drop(client);
+        let calls = calls.await.expect("server");
+        let written = calls
+            .iter()
+            .find(|c| c.method == "PATCH" && c.path.ends_with("/secrets/credentials"))
+            .expect("the credentials were applied");
+        assert_eq!(written.body["data"]["admin-password"], kept);
+        let generated = written.body["data"]["session-secret"]
+            .as_str()
+            .expect("a session secret was generated");
+        assert!(!generated.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_dry_run_writes_nothing() {
+        let plan = tackle_plan();
+        let (client, server) = mock_api::pair();
+        let calls = server.serve(cluster(None));
+        let answers = dry_run(&client, &plan).await.expect("dry run");
+        drop(client);
+        let calls = calls.await.expect("server");
+        assert_eq!(answers.len(), plan.objects.len() + 1);
+        for c in calls.iter().filter(|c| c.method != "GET") {
+            assert_eq!(c.method, "PATCH", "{c:?}");
+            assert!(
+                c.has_param("dryRun", "All"),
+                "a write without dryRun: {c:?}"
+            );
+        }
+    }
+}

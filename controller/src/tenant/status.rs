@@ -70,3 +70,62 @@ async fn strip_legacy_owners(
         Err(e) => Err(Error::Status(e)),
     }
 }
+
+/// The writer against a mocked API server.
+#[cfg(test)]
+mod mocked_api {
+    use http::StatusCode;
+    use serde_json::json;
+    use stackplane_core::contract::field_managers;
+    use stackplane_crds::TenantSpec;
+
+    use super::*;
+    use crate::mock_api;
+
+    fn tenant() -> Tenant {
+        let mut t = Tenant::new("acme", TenantSpec::new("tackle", "starter"));
+        t.metadata.resource_version = Some("42".into());
+        t
+    }
+
+    #[tokio::test]
+    async fn writes_one_forced_apply_of_the_status_at_the_version_read() {
+        let (client, server) = mock_api::pair();
+        let calls = server.serve(|call| {
+            // The Tenant as the server stores it after the write.
+            let mut stored = serde_json::to_value(tenant()).expect("json");
+            stored["metadata"]["resourceVersion"] = json!("43");
+            stored["status"] = call.body["status"].clone();
+            (StatusCode::OK, stored)
+        });
+        let written = write(&client, &tenant(), &TenantStatus::default())
+            .await
+            .expect("write");
+        drop(client);
+        let calls = calls.await.expect("server");
+        assert_eq!(written.as_deref(), Some("43"));
+        assert_eq!(calls.len(), 1, "{calls:?}");
+        let c = &calls[0];
+        assert_eq!(c.method, "PATCH");
+        assert_eq!(c.path, "/apis/stackplane.io/v1alpha1/tenants/acme/status");
+        assert!(c.has_param("fieldManager", field_managers::CONTROLLER));
+        assert!(c.has_param("force", "true"));
+        assert_eq!(c.body["metadata"]["resourceVersion"], "42");
+    }
+
+    #[tokio::test]
+    async fn a_stale_read_is_a_conflict_not_an_overwrite() {
+        let (client, server) = mock_api::pair();
+        let calls = server.serve(|_| mock_api::conflict());
+        let err = write(&client, &tenant(), &TenantStatus::default())
+            .await
+            .expect_err("refused");
+        drop(client);
+        assert!(matches!(err, Error::StatusConflict(_)), "{err:?}");
+        assert_eq!(
+            calls.await.expect("server").len(),
+            1,
+            "written once, never retried"
+        );
+    }
+}

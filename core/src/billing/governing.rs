@@ -196,4 +196,65 @@ mod tests {
         let g = govern(&[], std::slice::from_ref(&gone), 1000);
         assert_eq!(g[0].snapshot, gone);
     }
+
+    const ALL: [S; 8] = [
+        S::Incomplete,
+        S::IncompleteExpired,
+        S::Trialing,
+        S::Active,
+        S::PastDue,
+        S::Canceled,
+        S::Unpaid,
+        S::Paused,
+    ];
+
+    fn ended_at(status: S, at: i64) -> Option<i64> {
+        crate::billing::mapping::is_ended(status).then_some(at)
+    }
+
+    /// One subscription, in every status: it governs, alone, and is live unless it ended.
+    #[test]
+    fn a_lone_subscription_governs_in_every_status() {
+        for status in ALL {
+            let only = sub("sub_1", "crm", status, 100, ended_at(status, 150));
+            let g = govern(&[only], &[], 999);
+            assert_eq!(g.len(), 1, "{status:?}");
+            assert_eq!(g[0].snapshot.subscription_id, "sub_1", "{status:?}");
+            assert_eq!(g[0].snapshot.status, status, "{status:?}");
+            let live = !matches!(status, S::Canceled | S::IncompleteExpired);
+            assert_eq!(g[0].live.len(), usize::from(live), "{status:?}");
+            assert!(!g[0].conflict() && !g[0].moved_away, "{status:?}");
+        }
+    }
+
+    /// An older and a newer subscription on one platform, in every pair of statuses, in both
+    /// orders of arrival: the newer governs while it is live; else the older while it is live;
+    /// else the one that ended last. Two live ones are a conflict.
+    #[test]
+    fn every_pair_of_statuses() {
+        for old_status in ALL {
+            for new_status in ALL {
+                // The older one ended later than the newer one, where both ended: "the one that
+                // ended last" is then the older, which tells that rule apart from "newest".
+                let old = sub("sub_old", "crm", old_status, 100, ended_at(old_status, 400));
+                let new = sub("sub_new", "crm", new_status, 300, ended_at(new_status, 350));
+                let old_live = !old.ended();
+                let new_live = !new.ended();
+                // The newer if live; else the older, live or (having ended later) last to end.
+                let expected = if new_live { "sub_new" } else { "sub_old" };
+                let live: Vec<&str> = [(new_live, "sub_new"), (old_live, "sub_old")]
+                    .into_iter()
+                    .filter_map(|(l, id)| l.then_some(id))
+                    .collect();
+                for subs in [[old.clone(), new.clone()], [new.clone(), old.clone()]] {
+                    let g = govern(&subs, &[], 999);
+                    let case = format!("old {old_status:?}, new {new_status:?}");
+                    assert_eq!(g.len(), 1, "{case}");
+                    assert_eq!(g[0].snapshot.subscription_id, expected, "{case}");
+                    assert_eq!(g[0].live, live, "{case}");
+                    assert_eq!(g[0].conflict(), old_live && new_live, "{case}");
+                }
+            }
+        }
+    }
 }

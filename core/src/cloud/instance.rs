@@ -270,4 +270,84 @@ mod tests {
             BTreeMap::from([("Plan".into(), "business".into())])
         );
     }
+
+    /// Every observed state × the right or a wrong type × a dedicated tier or none: the whole
+    /// decision as one table, so a change to any cell is a visible change here.
+    #[test]
+    fn every_state_type_and_tier() {
+        use InstanceAction as A;
+        let wanted = desired("t3.small");
+        let id = || "i-1".to_owned();
+        #[rustfmt::skip]
+        let table: [(&str, bool, Option<InstanceAction>); 12] = [
+            // state           right type  what to do (dedicated tier)
+            ("pending",        true,  Some(A::Wait { id: id() })),
+            ("pending",        false, Some(A::Wait { id: id() })),
+            ("running",        true,  Some(A::Ready { id: id() })),
+            ("running",        false, Some(A::Stop { id: id() })),
+            ("stopping",       true,  Some(A::Wait { id: id() })),
+            ("stopping",       false, Some(A::Wait { id: id() })),
+            ("stopped",        true,  Some(A::Start { id: id() })),
+            ("stopped",        false, Some(A::ModifyType { id: id(), instance_type: "t3.small".into() })),
+            // Gone (or going): not the tenant's instance any more, a new one is launched.
+            ("shutting-down",  true,  Some(A::Create)),
+            ("shutting-down",  false, Some(A::Create)),
+            ("terminated",     true,  Some(A::Create)),
+            ("terminated",     false, Some(A::Create)),
+        ];
+        for (state, right_type, action) in table {
+            let t = if right_type { "t3.small" } else { "t3.micro" };
+            let found = [inst("i-1", t, state, "1")];
+            let dedicated = decide(Some(&wanted), &found);
+            assert_eq!(
+                dedicated.action, action,
+                "{state}, right type: {right_type}"
+            );
+            assert!(
+                dedicated.terminate.is_empty(),
+                "{state}: nothing to terminate"
+            );
+            // A tier without a dedicated instance keeps none: every active one goes.
+            let shared = decide(None, &found);
+            assert_eq!(shared.action, None, "{state}, shared tier");
+            let active = ACTIVE_STATES.contains(&state);
+            assert_eq!(
+                shared.terminate,
+                if active { vec![id()] } else { Vec::new() },
+                "{state}, shared tier"
+            );
+        }
+    }
+
+    /// Whatever state the duplicates are in, only the oldest active instance is acted on and
+    /// every other active one is terminated; gone ones are neither.
+    #[test]
+    fn duplicates_in_every_state() {
+        let wanted = desired("t3.small");
+        for state in [
+            "pending",
+            "running",
+            "stopping",
+            "stopped",
+            "shutting-down",
+            "terminated",
+        ] {
+            let found = [
+                inst("i-new", "t3.small", state, "2026-02-01T00:00:00Z"),
+                inst("i-old", "t3.small", "running", "2026-01-01T00:00:00Z"),
+            ];
+            let p = decide(Some(&wanted), &found);
+            assert_eq!(
+                p.action,
+                Some(InstanceAction::Ready { id: "i-old".into() }),
+                "{state}"
+            );
+            let expected: Vec<String> = if ACTIVE_STATES.contains(&state) {
+                vec!["i-new".into()]
+            } else {
+                Vec::new()
+            };
+            assert_eq!(p.terminate, expected, "{state}");
+        }
+    }
 }
