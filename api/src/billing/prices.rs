@@ -96,19 +96,8 @@ impl PlatformCache {
 
 impl PriceIndex for PlatformCache {
     fn resolve_price(&self, price_id: &str) -> Option<(String, String)> {
-        let mut found: Vec<(String, String)> = self
-            .store
-            .state()
-            .iter()
-            .filter_map(|p| {
-                p.spec
-                    .tier_for_price(price_id)
-                    .map(|t| (kube::ResourceExt::name_any(p.as_ref()), t.name.clone()))
-            })
-            .collect();
-        // Deterministic when (wrongly) two Platforms sell the same price.
-        found.sort();
-        found.into_iter().next()
+        let platforms = self.store.state();
+        stackplane_core::billing::prices::resolve(platforms.iter().map(|p| p.as_ref()), price_id)
     }
 
     fn has_tier(&self, platform: &str, tier: &str) -> bool {

@@ -6,3 +6,4 @@ pub mod conditions;
 pub mod governing;
 pub mod mapping;
 pub mod parse;
+pub mod prices;
