@@ -26,7 +26,7 @@ log="$(mktemp "${TMPDIR:-/tmp}/stackplane-test.XXXXXX")"
 cargo test --locked --no-fail-fast --workspace 2>&1 | tee "$log" || status=$?
 # The benchmarks' smoke runs (`harness = false` binaries run without `--bench`): each at a small
 # size on the debug build, checking that it still works and its figures are sane, never how fast
-# anything is (that is `cargo bench`, release, see README "Performance").
+# anything is (that is `cargo bench`, release, see docs/performance.md).
 cargo test --locked --no-fail-fast --workspace --bench '*' 2>&1 | tee -a "$log" || status=$?
 "$root/tests/harness/fuzz.sh" || status=$?
 # Stop the components now rather than in the EXIT trap, so their log lines come before the summary.

@@ -79,7 +79,7 @@ impl Row {
     }
 }
 
-/// Prints `rows` as one Markdown table (what the README's performance section shows).
+/// Prints `rows` as one Markdown table (what docs/performance.md shows).
 pub fn print_table(title: &str, rows: &[Row]) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(

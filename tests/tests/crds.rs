@@ -56,7 +56,10 @@ async fn every_example_platform_applies_and_reads_back_unchanged() {
         .iter()
         .map(|(file, _)| file.trim_end_matches(".yaml").to_owned())
         .collect();
-    assert_eq!(names, PLATFORMS, "one example per platform of DESIGN.md");
+    assert_eq!(
+        names, PLATFORMS,
+        "one example per platform of docs/architecture.md"
+    );
 
     for (file, text) in files {
         let platform: Platform = serde_saphyr::from_str(&text)

@@ -26,8 +26,8 @@ pub use error::{CloudError, Retry};
 pub use provider::CloudProvider;
 pub use stackplane_core::cloud::dns::IngressAddress;
 
-use dns::{normalize_name, normalize_zone_id, record_name, Claim, Ownership};
-use instance::InstanceAction;
+use dns::{normalize_name, normalize_zone_id, record_name, Claim, Ownership, WantedRecord};
+use instance::{InstanceAction, InstanceResult};
 use owner::{Deleting, Owner};
 use provider::{LaunchSpec, ObservedInstance, Record, RecordChange, RecordType};
 use stackplane_core::cloud::{dns, instance, tags};
@@ -196,16 +196,6 @@ fn instance_status(i: &ObservedInstance) -> InstanceStatus {
 
 fn display_name(fqdn: &str) -> String {
     fqdn.trim_end_matches('.').to_owned()
-}
-
-/// What the instance part left for the DNS part.
-enum InstanceResult {
-    /// The tier has no dedicated instance.
-    Shared,
-    /// The instance is running; its public IP (if it has one yet).
-    Running(Option<String>),
-    /// The instance is not running yet (or is being resized): said in the message.
-    Progressing(String),
 }
 
 /// Runs the cloud step for a valid tenant on `tier` of `platform`. `client` re-reads the
@@ -517,10 +507,9 @@ async fn sync_record(
     }
     let recorded = previous.as_deref() == Some(name.as_str());
 
-    let wanted: Option<Record> = match instance {
-        InstanceResult::Running(Some(ip)) => Some(dns::a_record(&name, ip)),
-        // EC2 assigns a public address at launch or never: waiting would not help.
-        InstanceResult::Running(None) => {
+    let wanted = match dns::wanted_record(&name, instance, settings.ingress_address.as_ref()) {
+        WantedRecord::Record(r) => r,
+        WantedRecord::NoPublicIp => {
             let id = out
                 .instance
                 .as_ref()
@@ -532,28 +521,24 @@ async fn sync_record(
                 display_name(&name)
             )));
         }
-        InstanceResult::Progressing(_) => {
-            // The address is not known yet: whatever record exists stays until it is.
+        WantedRecord::WaitForAddress => {
+            // Whatever record exists stays until the address is known.
             return Ok(format!(
                 "record {} waits for the instance's address",
                 display_name(&name)
             ));
         }
-        InstanceResult::Shared => settings
-            .ingress_address
-            .as_ref()
-            .map(|a| dns::ingress_record(&name, a)),
-    };
-    let Some(wanted) = wanted else {
-        // No address to point at: a record left from a dedicated tier would point at nothing.
-        if recorded {
-            release(settings, &zone, &name, &uid, true).await?;
+        WantedRecord::NoAddress => {
+            // A record left from a dedicated tier would point at nothing.
+            if recorded {
+                release(settings, &zone, &name, &uid, true).await?;
+            }
+            out.dns_record = None;
+            return Ok(format!(
+                "no ingress address configured (--ingress-address): no DNS record for {}",
+                display_name(&name)
+            ));
         }
-        out.dns_record = None;
-        return Ok(format!(
-            "no ingress address configured (--ingress-address): no DNS record for {}",
-            display_name(&name)
-        ));
     };
     let existing = p.find_records(&zone, &name).await?;
     let owner_sets = p.find_records(&zone, &dns::owner_name(&name)).await?;
@@ -583,14 +568,7 @@ async fn sync_record(
             created,
         },
     );
-    let mut changes = dns::changes_for(&wanted, &existing);
-    match &claim {
-        Claim::Free => changes.push(RecordChange::Create(ownership)),
-        _ if !owner_sets.iter().any(|r| dns::same_record(r, &ownership)) => {
-            changes.push(RecordChange::Upsert(ownership))
-        }
-        _ => {}
-    }
+    let changes = dns::record_changes(&wanted, &existing, &claim, &owner_sets, ownership);
     if !changes.is_empty() {
         owner::confirm_tenant(
             client,

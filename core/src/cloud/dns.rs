@@ -5,6 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::str::FromStr;
 
+use super::instance::InstanceResult;
 use super::model::{Record, RecordChange, RecordType};
 
 /// TTL of the records the controller writes.
@@ -278,6 +279,64 @@ pub fn owner_deletions(owner: &[Record]) -> Vec<RecordChange> {
         .collect()
 }
 
+/// What the tenant's record should be, from what the instance part left.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WantedRecord {
+    /// This record.
+    Record(Record),
+    /// The instance runs without a public address: EC2 assigns one at launch or never, so
+    /// waiting would not help (a configuration error).
+    NoPublicIp,
+    /// The instance's address is not known yet: whatever record exists stays until it is.
+    WaitForAddress,
+    /// A shared tier and no ingress address configured: no record (one left from a dedicated
+    /// tier goes, it would point at nothing).
+    NoAddress,
+}
+
+/// The record `name` should be: an A record to a running dedicated instance, else the
+/// ingress's address for a shared tier.
+pub fn wanted_record(
+    name: &str,
+    instance: &InstanceResult,
+    ingress: Option<&IngressAddress>,
+) -> WantedRecord {
+    match instance {
+        InstanceResult::Running(Some(ip)) => WantedRecord::Record(a_record(name, ip)),
+        InstanceResult::Running(None) => WantedRecord::NoPublicIp,
+        InstanceResult::Progressing(_) => WantedRecord::WaitForAddress,
+        InstanceResult::Shared => match ingress {
+            Some(a) => WantedRecord::Record(ingress_record(name, a)),
+            None => WantedRecord::NoAddress,
+        },
+    }
+}
+
+/// The change batch that makes `existing` the `wanted` record and writes the tenant's
+/// `ownership` record: created (failing the batch if someone else created one meanwhile) when
+/// the name was free, upserted when it is ours but differs, left alone when it is as it should
+/// be. A name taken by another tenant is never changed.
+pub fn record_changes(
+    wanted: &Record,
+    existing: &[Record],
+    claim: &Claim,
+    owner_sets: &[Record],
+    ownership: Record,
+) -> Vec<RecordChange> {
+    if matches!(claim, Claim::Taken { .. }) {
+        return Vec::new();
+    }
+    let mut changes = changes_for(wanted, existing);
+    match claim {
+        Claim::Free => changes.push(RecordChange::Create(ownership)),
+        _ if !owner_sets.iter().any(|r| same_record(r, &ownership)) => {
+            changes.push(RecordChange::Upsert(ownership))
+        }
+        _ => {}
+    }
+    changes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -418,5 +477,100 @@ mod tests {
             changes_for(&a, std::slice::from_ref(&cname)),
             vec![RecordChange::Delete(cname), RecordChange::Upsert(a)]
         );
+    }
+
+    /// What the instance part left × whether an ingress address is configured.
+    #[test]
+    fn the_wanted_record_for_every_instance_result() {
+        let name = "acme.example.com";
+        let ingress = IngressAddress::Host("lb.example.net".into());
+        let a = |ip: &str| WantedRecord::Record(a_record(name, ip));
+        let cname = WantedRecord::Record(ingress_record(name, &ingress));
+        let running = InstanceResult::Running(Some("203.0.113.7".into()));
+        let table = [
+            (running.clone(), Some(&ingress), a("203.0.113.7")),
+            (running, None, a("203.0.113.7")),
+            (
+                InstanceResult::Running(None),
+                Some(&ingress),
+                WantedRecord::NoPublicIp,
+            ),
+            (
+                InstanceResult::Running(None),
+                None,
+                WantedRecord::NoPublicIp,
+            ),
+            (
+                InstanceResult::Progressing("starting".into()),
+                Some(&ingress),
+                WantedRecord::WaitForAddress,
+            ),
+            (
+                InstanceResult::Progressing("starting".into()),
+                None,
+                WantedRecord::WaitForAddress,
+            ),
+            (InstanceResult::Shared, Some(&ingress), cname),
+            (InstanceResult::Shared, None, WantedRecord::NoAddress),
+        ];
+        for (instance, ingress, expected) in table {
+            assert_eq!(
+                wanted_record(name, &instance, ingress),
+                expected,
+                "{instance:?}, {ingress:?}"
+            );
+        }
+    }
+
+    /// Every claim × an ownership record as it should be, stale, or missing.
+    #[test]
+    fn the_change_batch_for_every_claim() {
+        let name = "acme.example.com.";
+        let wanted = a_record(name, "203.0.113.7");
+        let ownership = Record {
+            name: owner_name(name),
+            record_type: RecordType::Txt,
+            ttl: TTL,
+            values: vec!["\"tenant=acme\"".into()],
+        };
+        let stale = Record {
+            values: vec!["\"tenant=old\"".into()],
+            ..ownership.clone()
+        };
+        let upsert_a = RecordChange::Upsert(wanted.clone());
+        let ours = Claim::Ours { created: 1 };
+        let taken = Claim::Taken {
+            owner: "tenant other".into(),
+        };
+        let cases: [(&Claim, &[Record], &[Record], Vec<RecordChange>); 6] = [
+            // A free name: the record, and the ownership record created (never upserted).
+            (
+                &Claim::Free,
+                &[],
+                &[],
+                vec![upsert_a.clone(), RecordChange::Create(ownership.clone())],
+            ),
+            // Ours, as it should be: nothing to send.
+            (&ours, &[wanted.clone()], &[ownership.clone()], vec![]),
+            // Ours with a stale ownership record: rewritten.
+            (
+                &ours,
+                &[wanted.clone()],
+                &[stale.clone()],
+                vec![RecordChange::Upsert(ownership.clone())],
+            ),
+            // Ours, the record missing: the record alone.
+            (&ours, &[], &[ownership.clone()], vec![upsert_a.clone()]),
+            // Someone else's: never touched, whatever it holds.
+            (&taken, &[], &[stale.clone()], vec![]),
+            (&taken, &[wanted.clone()], &[], vec![]),
+        ];
+        for (claim, existing, owners, expected) in cases {
+            let got = record_changes(&wanted, existing, claim, owners, ownership.clone());
+            assert_eq!(
+                got, expected,
+                "{claim:?}, existing {existing:?}, owners {owners:?}"
+            );
+        }
     }
 }

@@ -96,6 +96,17 @@ pub enum InstanceAction {
     Start { id: String },
 }
 
+/// What the instance part of the cloud step left for the DNS part.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InstanceResult {
+    /// The tier has no dedicated instance.
+    Shared,
+    /// The instance is running; its public IP (if it has one yet).
+    Running(Option<String>),
+    /// The instance is not running yet (or is being resized): said in the message.
+    Progressing(String),
+}
+
 /// What to do with the tenant's instances: the one to keep and act on, and the duplicates (or,
 /// for a tier without a dedicated instance, every instance) to terminate.
 #[derive(Debug, Clone, PartialEq, Eq)]
