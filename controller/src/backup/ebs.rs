@@ -1,20 +1,26 @@
 //! The EBS parts: snapshots of a dedicated instance's volumes for a backup, and volumes made
 //! from those snapshots for a restore. Each call advances every unfinished part by one step;
 //! what exists is found by its tags first, so a retried or restarted reconcile never makes two.
+//! The calls go to the controller's one [`CloudProvider`] (the cloud step's), and a failed one
+//! comes back as its [`CloudError`], classified (throttling, refused request, ...) as in the
+//! cloud step.
 
 use std::future::Future;
 use std::time::Duration;
 
 use kube::Client;
+pub use stackplane_core::cloud::snapshot::SnapshotOwner;
+use stackplane_core::cloud::snapshot::{restored_volume_spec, restored_volume_tags};
+use stackplane_core::cloud::tags;
 use stackplane_crds::{BackupPart, BackupPartKind, BackupPartState, Tenant, TenantBackup};
 
-use super::ec2::{Ec2, Ec2Error, SnapshotOwner};
-use super::parts;
+use super::parts::{self, Ec2Object};
 use crate::cloud::owner::{self, Owner};
+use crate::cloud::{CloudError, CloudProvider};
 
 /// The check made right before a snapshot is created.
 pub trait BeforeCreate: Send + Sync {
-    fn confirm(&self) -> impl Future<Output = Result<(), Ec2Error>> + Send;
+    fn confirm(&self) -> impl Future<Output = Result<(), CloudError>> + Send;
 }
 
 /// The backup and its tenant, read again from the API server (not the cache): a snapshot is
@@ -28,7 +34,7 @@ pub struct OwnerStillExists<'a> {
 }
 
 impl BeforeCreate for OwnerStillExists<'_> {
-    async fn confirm(&self) -> Result<(), Ec2Error> {
+    async fn confirm(&self) -> Result<(), CloudError> {
         owner::confirm_backup(
             self.client,
             Owner::of_backup(self.backup),
@@ -37,7 +43,6 @@ impl BeforeCreate for OwnerStillExists<'_> {
             "CreateSnapshot",
         )
         .await
-        .map_err(Ec2Error::from)
     }
 }
 
@@ -71,17 +76,17 @@ fn finished<'a>(previous: &'a [BackupPart], source: &str) -> Option<&'a BackupPa
 /// The EBS snapshot parts of `backup` after one more step each. The volumes are those attached
 /// to `instance` when the backup first ran (`previous` has no part yet); later calls keep that
 /// set. No instance: no EBS part (a shared tenant has no volumes of its own).
-pub async fn snapshot_volumes<E: Ec2, C: BeforeCreate>(
-    ec2: &E,
+pub async fn snapshot_volumes<C: BeforeCreate>(
+    cloud: &dyn CloudProvider,
     owner: &SnapshotOwner<'_>,
     instance: Option<&str>,
     previous: &[BackupPart],
     check: &C,
-) -> Result<Vec<BackupPart>, Ec2Error> {
+) -> Result<Vec<BackupPart>, CloudError> {
     let (tenant, backup) = (owner.tenant, owner.backup);
     let volumes: Vec<String> = if previous.is_empty() {
         match instance.filter(|id| !id.is_empty()) {
-            Some(id) => ec2.attached_volumes(id).await?,
+            Some(id) => cloud.attached_volumes(id).await?,
             None => Vec::new(),
         }
     } else {
@@ -97,11 +102,17 @@ pub async fn snapshot_volumes<E: Ec2, C: BeforeCreate>(
             out.push(done.clone());
             continue;
         }
-        let snapshot = match ec2.find_snapshot(backup, &volume).await? {
-            Some(s) => s,
+        let found = cloud
+            .find_snapshots(tags::BACKUP, backup, Some(&volume))
+            .await?;
+        let snapshot: Ec2Object = match found.into_iter().next() {
+            Some(s) => s.into(),
             None => {
                 check.confirm().await?;
-                let s = ec2.create_snapshot(owner, &volume).await?;
+                let s: Ec2Object = cloud
+                    .create_snapshot(&owner.snapshot_spec(&volume))
+                    .await?
+                    .into();
                 tracing::info!(backup, tenant, volume = %volume, snapshot = %s.id, "EBS snapshot started");
                 s
             }
@@ -113,20 +124,20 @@ pub async fn snapshot_volumes<E: Ec2, C: BeforeCreate>(
 
 /// The parts of `restore` that make a volume from each of `snapshots`, in the availability zone
 /// of the tenant's `instance`, after one more step each.
-pub async fn restore_volumes<E: Ec2>(
-    ec2: &E,
+pub async fn restore_volumes(
+    cloud: &dyn CloudProvider,
     tenant: &str,
     restore: &str,
     instance: Option<&str>,
     snapshots: &[String],
     previous: &[BackupPart],
-) -> Result<Vec<BackupPart>, Ec2Error> {
+) -> Result<Vec<BackupPart>, CloudError> {
     if snapshots.is_empty() {
         return Ok(Vec::new());
     }
     let instance = instance.filter(|id| !id.is_empty());
     let zone = match instance {
-        Some(id) => ec2.instance_zone(id).await?,
+        Some(id) => cloud.instance_zone(id).await?,
         None => None,
     };
     let mut out = Vec::with_capacity(snapshots.len());
@@ -147,10 +158,14 @@ pub async fn restore_volumes<E: Ec2>(
             ));
             continue;
         };
-        let volume = match ec2.find_restored_volume(restore, snapshot).await? {
-            Some(v) => v,
+        let found = cloud
+            .find_volumes(&restored_volume_tags(restore, snapshot))
+            .await?;
+        let volume: Ec2Object = match found.into_iter().next() {
+            Some(v) => v.into(),
             None => {
-                let v = ec2.create_volume(tenant, restore, snapshot, zone).await?;
+                let spec = restored_volume_spec(tenant, restore, snapshot, zone);
+                let v: Ec2Object = cloud.create_volume(&spec).await?.into();
                 tracing::info!(restore, tenant, snapshot = %snapshot, volume = %v.id, "volume restored from EBS snapshot");
                 v
             }
@@ -160,107 +175,30 @@ pub async fn restore_volumes<E: Ec2>(
     Ok(out)
 }
 
+/// Deletes every EBS snapshot of `backup` (found by its tag); returns their ids.
+pub async fn delete_snapshots(
+    cloud: &dyn CloudProvider,
+    backup: &str,
+) -> Result<Vec<String>, CloudError> {
+    let found = cloud.find_snapshots(tags::BACKUP, backup, None).await?;
+    let mut deleted = Vec::with_capacity(found.len());
+    for snapshot in found {
+        cloud.delete_snapshot(&snapshot.id).await?;
+        tracing::info!(backup, snapshot = %snapshot.id, "EBS snapshot deleted");
+        deleted.push(snapshot.id);
+    }
+    Ok(deleted)
+}
+
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
-
     use super::*;
-    use crate::backup::parts::Ec2Object;
+    use crate::backup::error::Error;
+    use crate::cloud::fake::FakeCloud;
 
-    /// EC2 in memory: one instance with two volumes; snapshots and volumes keyed by their tags.
-    #[derive(Default)]
-    struct FakeEc2 {
-        snapshots: Mutex<Vec<(String, String, Ec2Object)>>,
-        volumes: Mutex<Vec<(String, String, Ec2Object)>>,
-        snapshot_state: Mutex<String>,
-    }
-
-    impl Ec2 for FakeEc2 {
-        async fn attached_volumes(&self, instance: &str) -> Result<Vec<String>, Ec2Error> {
-            Ok(if instance == "i-1" {
-                vec!["vol-a".into(), "vol-b".into()]
-            } else {
-                vec![]
-            })
-        }
-        async fn instance_zone(&self, instance: &str) -> Result<Option<String>, Ec2Error> {
-            Ok((instance == "i-1").then(|| "us-east-1a".to_owned()))
-        }
-        async fn find_snapshot(
-            &self,
-            backup: &str,
-            volume: &str,
-        ) -> Result<Option<Ec2Object>, Ec2Error> {
-            let state = self.snapshot_state.lock().expect("lock").clone();
-            Ok(self
-                .snapshots
-                .lock()
-                .expect("lock")
-                .iter()
-                .find(|(b, v, _)| b == backup && v == volume)
-                .map(|(_, _, s)| Ec2Object { state, ..s.clone() }))
-        }
-        async fn create_snapshot(
-            &self,
-            owner: &SnapshotOwner<'_>,
-            volume: &str,
-        ) -> Result<Ec2Object, Ec2Error> {
-            let backup = owner.backup;
-            let mut all = self.snapshots.lock().expect("lock");
-            let s = Ec2Object {
-                id: format!("snap-{}", all.len()),
-                state: "pending".into(),
-                message: None,
-            };
-            all.push((backup.into(), volume.into(), s.clone()));
-            Ok(s)
-        }
-        async fn snapshots_of(&self, backup: &str) -> Result<Vec<String>, Ec2Error> {
-            Ok(self
-                .snapshots
-                .lock()
-                .expect("lock")
-                .iter()
-                .filter(|(b, _, _)| b == backup)
-                .map(|(_, _, s)| s.id.clone())
-                .collect())
-        }
-        async fn delete_snapshot(&self, id: &str) -> Result<(), Ec2Error> {
-            self.snapshots
-                .lock()
-                .expect("lock")
-                .retain(|(_, _, s)| s.id != id);
-            Ok(())
-        }
-        async fn find_restored_volume(
-            &self,
-            restore: &str,
-            snapshot: &str,
-        ) -> Result<Option<Ec2Object>, Ec2Error> {
-            Ok(self
-                .volumes
-                .lock()
-                .expect("lock")
-                .iter()
-                .find(|(r, s, _)| r == restore && s == snapshot)
-                .map(|(_, _, v)| v.clone()))
-        }
-        async fn create_volume(
-            &self,
-            _tenant: &str,
-            restore: &str,
-            snapshot: &str,
-            _zone: &str,
-        ) -> Result<Ec2Object, Ec2Error> {
-            let mut all = self.volumes.lock().expect("lock");
-            let v = Ec2Object {
-                id: format!("vol-new-{}", all.len()),
-                state: "available".into(),
-                message: None,
-            };
-            all.push((restore.into(), snapshot.into(), v.clone()));
-            Ok(v)
-        }
+    /// EC2 in memory: one instance with two volumes; snapshots and volumes found by their tags.
+    fn fake_ec2() -> FakeCloud {
+        FakeCloud::with_instance("i-1", "us-east-1a", &["vol-a", "vol-b"])
     }
 
     /// Counts the checks; refuses once `refuse` is set.
@@ -271,13 +209,13 @@ mod tests {
     }
 
     impl BeforeCreate for Check {
-        async fn confirm(&self) -> Result<(), Ec2Error> {
+        async fn confirm(&self) -> Result<(), CloudError> {
             use std::sync::atomic::Ordering;
             self.calls.fetch_add(1, Ordering::SeqCst);
             if self.refuse.load(Ordering::SeqCst) {
-                return Err(Ec2Error {
+                return Err(CloudError::OwnerGone {
                     operation: "CreateSnapshot",
-                    message: "backup b9 no longer exists".into(),
+                    why: "backup b9 no longer exists".into(),
                 });
             }
             Ok(())
@@ -296,12 +234,16 @@ mod tests {
     #[tokio::test]
     async fn nothing_is_created_once_the_owner_is_gone() {
         use std::sync::atomic::Ordering;
-        let ec2 = FakeEc2::default();
+        let ec2 = fake_ec2();
         let check = Check::default();
         check.refuse.store(true, Ordering::SeqCst);
         let r = snapshot_volumes(&ec2, &owner("b9"), Some("i-1"), &[], &check).await;
         assert!(r.is_err());
         assert!(ec2.snapshots.lock().expect("lock").is_empty());
+        // The refusal keeps its category through the backup's error.
+        let e = Error::from(r.expect_err("refused"));
+        assert_eq!(e.metric_label(), "owner_gone");
+        assert_eq!(ec2.count("CreateSnapshot"), 0);
         // An existing snapshot is only observed: no check, no create.
         check.refuse.store(false, Ordering::SeqCst);
         snapshot_volumes(&ec2, &owner("b9"), Some("i-1"), &[], &check)
@@ -323,25 +265,41 @@ mod tests {
     #[tokio::test]
     async fn snapshots_are_made_once_and_followed_to_completion() {
         let check = Check::default();
-        let ec2 = FakeEc2::default();
-        *ec2.snapshot_state.lock().expect("lock") = "pending".into();
+        let ec2 = fake_ec2();
         let first = snapshot_volumes(&ec2, &owner("b1"), Some("i-1"), &[], &check)
             .await
             .expect("first");
         assert_eq!(first.len(), 2);
         assert!(first.iter().all(|p| p.state == BackupPartState::InProgress));
+        // Each volume's snapshot is looked up by the backup's tag before one is made.
+        let find = |v: &str| format!("DescribeSnapshots {}=b1 {v}", tags::BACKUP);
+        assert_eq!(
+            ec2.calls(),
+            vec![
+                "DescribeVolumes i-1".to_owned(),
+                find("vol-a"),
+                "CreateSnapshot vol-a".to_owned(),
+                find("vol-b"),
+                "CreateSnapshot vol-b".to_owned(),
+            ]
+        );
+        // Tagged with its owner, so the look-up (and the garbage collector) finds it.
+        for s in ec2.snapshots.lock().expect("lock").iter() {
+            assert_eq!(s.snapshot.tags, owner("b1").tags());
+        }
         // A restart (no recorded parts) finds the snapshots by tag instead of making new ones.
         let again = snapshot_volumes(&ec2, &owner("b1"), Some("i-1"), &[], &check)
             .await
             .expect("again");
         assert_eq!(again, first);
         assert_eq!(ec2.snapshots.lock().expect("lock").len(), 2);
-        *ec2.snapshot_state.lock().expect("lock") = "completed".into();
+        ec2.set_snapshot_state("completed");
         let done = snapshot_volumes(&ec2, &owner("b1"), Some("i-1"), &again, &check)
             .await
             .expect("done");
         assert!(done.iter().all(|p| p.state == BackupPartState::Completed));
         assert_eq!(ec2.snapshots.lock().expect("lock").len(), 2);
+        assert_eq!(ec2.count("CreateSnapshot"), 2);
         // A shared tenant (no instance) has no EBS part.
         assert!(snapshot_volumes(&ec2, &owner("b2"), None, &[], &check)
             .await
@@ -351,7 +309,7 @@ mod tests {
 
     #[tokio::test]
     async fn restores_make_one_volume_per_snapshot_and_fail_without_a_zone() {
-        let ec2 = FakeEc2::default();
+        let ec2 = fake_ec2();
         let snaps = vec!["snap-0".to_owned(), "snap-1".to_owned()];
         let first = restore_volumes(&ec2, "acme", "r1", Some("i-1"), &snaps, &[])
             .await
@@ -362,6 +320,14 @@ mod tests {
             .expect("again");
         assert_eq!(again, first);
         assert_eq!(ec2.volumes.lock().expect("lock").len(), 2);
+        assert_eq!(ec2.count("CreateVolume"), 2);
+        assert!(ec2
+            .calls()
+            .contains(&"CreateVolume snap-0 us-east-1a".to_owned()));
+        for v in ec2.volumes.lock().expect("lock").iter() {
+            assert_eq!(v.tags.get(tags::RESTORE).map(String::as_str), Some("r1"));
+            assert_eq!(v.tags.get(tags::TENANT).map(String::as_str), Some("acme"));
+        }
         let orphan = restore_volumes(&ec2, "acme", "r2", None, &snaps, &[])
             .await
             .expect("orphan");
@@ -370,5 +336,48 @@ mod tests {
             ec2.volumes.lock().expect("lock").len() == 2,
             "no volume without a zone"
         );
+    }
+
+    #[tokio::test]
+    async fn a_throttled_call_fails_the_pass_as_retryable_and_makes_nothing() {
+        let ec2 = fake_ec2();
+        ec2.fail_next(CloudError::Retryable {
+            operation: "DescribeVolumes",
+            code: "RequestLimitExceeded".into(),
+            message: "Request limit exceeded.".into(),
+        });
+        let e = snapshot_volumes(&ec2, &owner("b1"), Some("i-1"), &[], &Check::default())
+            .await
+            .expect_err("throttled");
+        assert_eq!(e.retry(), crate::cloud::Retry::Retryable);
+        assert_eq!(Error::from(e).metric_label(), "aws_retryable");
+        assert_eq!(ec2.count("CreateSnapshot"), 0);
+        // The next pass goes through.
+        let parts = snapshot_volumes(&ec2, &owner("b1"), Some("i-1"), &[], &Check::default())
+            .await
+            .expect("retried");
+        assert_eq!(parts.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_backup_deletes_its_own_snapshots_only() {
+        let ec2 = fake_ec2();
+        let check = Check::default();
+        snapshot_volumes(&ec2, &owner("b1"), Some("i-1"), &[], &check)
+            .await
+            .expect("b1");
+        snapshot_volumes(&ec2, &owner("b2"), Some("i-1"), &[], &check)
+            .await
+            .expect("b2");
+        let deleted = delete_snapshots(&ec2, "b1").await.expect("deleted");
+        assert_eq!(deleted, vec!["snap-0".to_owned(), "snap-1".to_owned()]);
+        let left: Vec<String> = ec2
+            .snapshots
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|s| s.snapshot.id.clone())
+            .collect();
+        assert_eq!(left, vec!["snap-2".to_owned(), "snap-3".to_owned()]);
     }
 }

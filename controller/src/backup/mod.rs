@@ -15,7 +15,6 @@
 
 pub mod database;
 pub mod ebs;
-pub mod ec2;
 pub mod error;
 pub mod parts;
 pub mod restore;
@@ -47,10 +46,10 @@ use stackplane_crds::{
 };
 
 use crate::backoff::Failures;
+use crate::cloud::CloudProvider;
 use crate::events::EventRecorder;
 use crate::metrics::Metrics;
 use database::DumpConfig;
-use ec2::Ec2;
 use error::{Error, Result};
 use schedule::ScheduleConfig;
 use stackplane_core::cache::CachedTenant;
@@ -102,28 +101,29 @@ impl Default for BackupConfig {
 }
 
 /// What every backup reconcile shares.
-pub struct Context<E> {
+pub struct Context {
     pub client: Client,
     pub config: BackupConfig,
-    /// `None` with `--cloud-provider none`: EBS parts are recorded `Unsupported`.
-    pub ec2: Option<E>,
+    /// The controller's cloud provider (the cloud step's); `None` with `--cloud-provider none`:
+    /// EBS parts are recorded `Unsupported`.
+    pub cloud: Option<Arc<dyn CloudProvider>>,
     pub metrics: Arc<Metrics>,
     pub recorder: EventRecorder,
     failures: Failures,
 }
 
-impl<E: Ec2> Context<E> {
+impl Context {
     pub fn new(
         client: Client,
         config: BackupConfig,
-        ec2: Option<E>,
+        cloud: Option<Arc<dyn CloudProvider>>,
         metrics: Arc<Metrics>,
         recorder: EventRecorder,
     ) -> Self {
         Context {
             client,
             config,
-            ec2,
+            cloud,
             metrics,
             recorder,
             failures: Failures::default(),
@@ -144,14 +144,14 @@ impl<E: Ec2> Context<E> {
     }
 }
 
-/// Runs the TenantBackup controller and the backup scheduler until `stop` resolves. `ec2`:
+/// Runs the TenantBackup controller and the backup scheduler until `stop` resolves. `cloud`:
 /// the controller's cloud provider, `None` without one (`--cloud-provider none`); `tenants`:
 /// the Tenants whose schedules the scheduler keeps (the Tenant controller's cache, restricted
 /// to the same selector).
-pub async fn run<E: Ec2>(
+pub async fn run(
     client: Client,
     config: BackupConfig,
-    ec2: Option<E>,
+    cloud: Option<Arc<dyn CloudProvider>>,
     tenants: Store<CachedTenant>,
     metrics: Arc<Metrics>,
     recorder: EventRecorder,
@@ -170,7 +170,13 @@ pub async fn run<E: Ec2>(
         stop.clone(),
     );
     let concurrency = config.concurrency;
-    let ctx = Arc::new(Context::new(client.clone(), config, ec2, metrics, recorder));
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        config,
+        cloud,
+        metrics,
+        recorder,
+    ));
     let jobs = watcher::Config::default().labels(&format!("{MANAGED_BY}={MANAGED_BY_VALUE}"));
     let controller = Controller::new(Api::<TenantBackup>::all(client.clone()), wc)
         .with_config(controller::Config::default().concurrency(concurrency))
@@ -183,7 +189,7 @@ pub async fn run<E: Ec2>(
                 .map(|o| ObjectRef::<TenantBackup>::new(&o.name))
         })
         .graceful_shutdown_on(stop)
-        .run(reconcile::<E>, error_policy::<E>, ctx)
+        .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             if let Err(error) = result {
                 tracing::debug!(%error, "backup controller event");
@@ -193,7 +199,7 @@ pub async fn run<E: Ec2>(
 }
 
 /// Reconciles one TenantBackup.
-pub async fn reconcile<E: Ec2>(backup: Arc<TenantBackup>, ctx: Arc<Context<E>>) -> Result<Action> {
+pub async fn reconcile(backup: Arc<TenantBackup>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
     let name = backup.name_any();
     let api: Api<TenantBackup> = Api::all(ctx.client.clone());
@@ -227,11 +233,7 @@ pub async fn reconcile<E: Ec2>(backup: Arc<TenantBackup>, ctx: Arc<Context<E>>) 
 }
 
 /// What the controller does after a failed reconcile: retry with exponential backoff.
-pub fn error_policy<E: Ec2>(
-    backup: Arc<TenantBackup>,
-    error: &Error,
-    ctx: Arc<Context<E>>,
-) -> Action {
+pub fn error_policy(backup: Arc<TenantBackup>, error: &Error, ctx: Arc<Context>) -> Action {
     if let Error::StatusConflict(_) = error {
         return Action::requeue(Duration::from_millis(200));
     }
@@ -248,7 +250,7 @@ fn object_labels(tenant: &Tenant, backup: &str) -> BTreeMap<String, String> {
     labels
 }
 
-async fn apply<E: Ec2>(cached: &TenantBackup, ctx: &Context<E>) -> Result<Action> {
+async fn apply(cached: &TenantBackup, ctx: &Context) -> Result<Action> {
     let name = cached.name_any();
     // The parts recorded in the status decide what is made next, so they are read fresh: a
     // reconcile triggered by a Job event may run before the cache has seen the last status write.
@@ -380,8 +382,8 @@ async fn apply<E: Ec2>(cached: &TenantBackup, ctx: &Context<E>) -> Result<Action
 /// The parts of a backup after one more step each. The set of parts is fixed the first time
 /// (the volumes attached and the claims present then); later reconciles only advance them, and a
 /// finished part is not looked at again.
-async fn backup_parts<E: Ec2>(
-    ctx: &Context<E>,
+async fn backup_parts(
+    ctx: &Context,
     backup: &TenantBackup,
     tenant: &Tenant,
     previous: &[BackupPart],
@@ -400,9 +402,9 @@ async fn backup_parts<E: Ec2>(
         .as_ref()
         .and_then(|s| s.instance.as_ref())
         .map(|i| i.id.as_str());
-    match &ctx.ec2 {
-        Some(ec2) => {
-            let owner = ec2::SnapshotOwner {
+    match &ctx.cloud {
+        Some(cloud) => {
+            let owner = ebs::SnapshotOwner {
                 tenant: &tenant_name,
                 tenant_uid: tenant.metadata.uid.as_deref().unwrap_or_default(),
                 backup: &name,
@@ -414,7 +416,9 @@ async fn backup_parts<E: Ec2>(
                 tenant,
                 timeout: ctx.config.api_timeout,
             };
-            out.extend(ebs::snapshot_volumes(ec2, &owner, instance, previous, &check).await?);
+            out.extend(
+                ebs::snapshot_volumes(cloud.as_ref(), &owner, instance, previous, &check).await?,
+            );
         }
         None => out.extend(ebs::unsupported(instance)),
     }
@@ -478,8 +482,8 @@ pub struct Refusal {
     pub message: String,
 }
 
-async fn fail<E: Ec2>(
-    ctx: &Context<E>,
+async fn fail(
+    ctx: &Context,
     backup: &TenantBackup,
     previous: &TenantBackupStatus,
     tenant: Option<&Tenant>,
@@ -514,20 +518,13 @@ async fn fail<E: Ec2>(
 
 /// Deletes what a backup made before its finalizer is removed: its EBS snapshots and its
 /// VolumeSnapshots. A restore deletes nothing: what it made is the restored data.
-async fn cleanup<E: Ec2>(backup: &TenantBackup, ctx: &Context<E>) -> Result<Action> {
+async fn cleanup(backup: &TenantBackup, ctx: &Context) -> Result<Action> {
     let name = backup.name_any();
     if backup.spec.restore.is_some() {
         return Ok(Action::await_change());
     }
-    let snapshots = match &ctx.ec2 {
-        Some(ec2) => {
-            let snapshots = ec2.snapshots_of(&name).await?;
-            for id in &snapshots {
-                ec2.delete_snapshot(id).await?;
-                tracing::info!(backup = %name, snapshot = %id, "EBS snapshot deleted");
-            }
-            snapshots
-        }
+    let snapshots = match &ctx.cloud {
+        Some(cloud) => ebs::delete_snapshots(cloud.as_ref(), &name).await?,
         None => Vec::new(),
     };
     let namespace = namespace_name(&backup.spec.tenant);

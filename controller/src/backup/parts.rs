@@ -5,6 +5,7 @@
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use stackplane_core::cloud::model::{ObservedSnapshot, ObservedVolume};
 use stackplane_crds::{BackupPart, BackupPartKind, BackupPartState};
 
 /// What was observed of an EBS snapshot (or of a volume restored from one).
@@ -17,6 +18,26 @@ pub struct Ec2Object {
     pub state: String,
     /// EC2's explanation of an `error` state, when it gives one.
     pub message: Option<String>,
+}
+
+impl From<ObservedSnapshot> for Ec2Object {
+    fn from(s: ObservedSnapshot) -> Self {
+        Ec2Object {
+            id: s.id,
+            state: s.state,
+            message: s.message,
+        }
+    }
+}
+
+impl From<ObservedVolume> for Ec2Object {
+    fn from(v: ObservedVolume) -> Self {
+        Ec2Object {
+            id: v.id,
+            state: v.state,
+            message: None,
+        }
+    }
 }
 
 /// The part of an EBS snapshot of `volume`, given the snapshot found for it.

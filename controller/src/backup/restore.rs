@@ -11,13 +11,12 @@ use stackplane_crds::{
     BackupPart, BackupPartKind, BackupPartState, BackupPhase, Tenant, TenantBackup,
 };
 
-use super::ec2::Ec2;
 use super::error::Result;
 use super::{object_labels, parts, volume, Context, Refusal};
 
 /// The parts of a restore after one more step each, or why it cannot be done.
-pub async fn progress<E: Ec2>(
-    ctx: &Context<E>,
+pub async fn progress(
+    ctx: &Context,
     restore: &TenantBackup,
     tenant: &Tenant,
     source_name: &str,
@@ -92,10 +91,17 @@ pub async fn progress<E: Ec2>(
         .and_then(|s| s.instance.as_ref())
         .map(|i| i.id.as_str());
     let snapshots: Vec<String> = ebs.iter().map(|(id, _)| id.clone()).collect();
-    match &ctx.ec2 {
-        Some(ec2) => out.extend(
-            super::ebs::restore_volumes(ec2, &tenant_name, &name, instance, &snapshots, previous)
-                .await?,
+    match &ctx.cloud {
+        Some(cloud) => out.extend(
+            super::ebs::restore_volumes(
+                cloud.as_ref(),
+                &tenant_name,
+                &name,
+                instance,
+                &snapshots,
+                previous,
+            )
+            .await?,
         ),
         None => out.extend(
             snapshots

@@ -9,6 +9,8 @@
 
 pub mod aws;
 pub mod error;
+#[cfg(test)]
+pub mod fake;
 pub mod gc;
 pub mod owner;
 pub mod provider;
