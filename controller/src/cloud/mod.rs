@@ -31,7 +31,7 @@ pub use stackplane_core::cloud::dns::IngressAddress;
 use dns::{normalize_name, normalize_zone_id, record_name, Claim, Ownership, WantedRecord};
 use instance::{InstanceAction, InstanceResult};
 use owner::{Deleting, Owner};
-use provider::{LaunchSpec, ObservedInstance, Record, RecordChange, RecordType};
+use provider::{LaunchSpec, ObservedInstance, RecordChange, RecordType};
 use stackplane_core::cloud::{dns, instance, tags};
 
 /// Condition type of the cloud step.

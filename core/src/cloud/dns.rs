@@ -542,31 +542,38 @@ mod tests {
         let taken = Claim::Taken {
             owner: "tenant other".into(),
         };
-        let cases: [(&Claim, &[Record], &[Record], Vec<RecordChange>); 6] = [
+        // (claim, existing record sets, ownership record sets, the batch)
+        type Case = (Claim, Vec<Record>, Vec<Record>, Vec<RecordChange>);
+        let cases: Vec<Case> = vec![
             // A free name: the record, and the ownership record created (never upserted).
             (
-                &Claim::Free,
-                &[],
-                &[],
+                Claim::Free,
+                vec![],
+                vec![],
                 vec![upsert_a.clone(), RecordChange::Create(ownership.clone())],
             ),
             // Ours, as it should be: nothing to send.
-            (&ours, &[wanted.clone()], &[ownership.clone()], vec![]),
+            (
+                ours.clone(),
+                vec![wanted.clone()],
+                vec![ownership.clone()],
+                vec![],
+            ),
             // Ours with a stale ownership record: rewritten.
             (
-                &ours,
-                &[wanted.clone()],
-                &[stale.clone()],
+                ours.clone(),
+                vec![wanted.clone()],
+                vec![stale.clone()],
                 vec![RecordChange::Upsert(ownership.clone())],
             ),
             // Ours, the record missing: the record alone.
-            (&ours, &[], &[ownership.clone()], vec![upsert_a.clone()]),
+            (ours, vec![], vec![ownership.clone()], vec![upsert_a]),
             // Someone else's: never touched, whatever it holds.
-            (&taken, &[], &[stale.clone()], vec![]),
-            (&taken, &[wanted.clone()], &[], vec![]),
+            (taken.clone(), vec![], vec![stale], vec![]),
+            (taken, vec![wanted.clone()], vec![], vec![]),
         ];
         for (claim, existing, owners, expected) in cases {
-            let got = record_changes(&wanted, existing, claim, owners, ownership.clone());
+            let got = record_changes(&wanted, &existing, &claim, &owners, ownership.clone());
             assert_eq!(
                 got, expected,
                 "{claim:?}, existing {existing:?}, owners {owners:?}"
