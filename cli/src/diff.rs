@@ -1,14 +1,18 @@
 //! `diff <tenant>`: what a reconcile would change now. The tenant's plan is computed as the
-//! reconciler computes it, applied to the cluster as a server-side apply dry run, and each object
-//! the server would return is compared with the live one: a unified diff, empty when in sync.
+//! reconciler computes it (`stackplane_core`: the revision it is planned from, validation, the
+//! plan), applied to the cluster as the controller applies it, as a server-side apply dry run
+//! (`crate::dry_run`), and each object the server would return is compared with the live one: a
+//! unified diff, empty when in sync.
 
-use kube::Client;
+use kube::{Api, Client};
 use serde_json::Value;
 use similar::TextDiff;
-use stackplane_controller::tenant::apply::{dry_run, DryRun};
-use stackplane_controller::tenant::desired::plan_now;
-use stackplane_core::tenant::plan::PlanOptions;
+use stackplane_core::tenant::plan::{self, Plan, PlanOptions};
+use stackplane_core::tenant::revision;
+use stackplane_core::tenant::validate::Invalid;
+use stackplane_crds::{Platform, PlatformRevision, Tenant};
 
+use crate::dry_run::{dry_run, DryRun};
 use crate::error::{CliError, Result};
 use crate::status::get_tenant;
 
@@ -20,6 +24,32 @@ pub async fn diff(client: &Client, name: &str, options: &PlanOptions) -> Result<
         .map_err(|invalid| CliError::Invalid(invalid.message))?;
     let compared = dry_run(client, &plan).await?;
     Ok(compared.iter().map(object_diff).collect())
+}
+
+/// The plan the reconciler would apply for `tenant` now, or why the tenant is invalid: its
+/// Platform and the revision it is planned from read from the API server, the decision
+/// `stackplane_core::tenant::revision`'s (as the controller's, which reads its caches first).
+pub async fn plan_now(
+    client: &Client,
+    tenant: &Tenant,
+    options: &PlanOptions,
+) -> Result<std::result::Result<Plan, Invalid>> {
+    let live = Api::<Platform>::all(client.clone())
+        .get_opt(&tenant.spec.platform)
+        .await?;
+    let source = match live {
+        Some(live) => Some(
+            revision::resolve(tenant, live, |name| async move {
+                Api::<PlatformRevision>::all(client.clone())
+                    .get_opt(&name)
+                    .await
+            })
+            .await?,
+        ),
+        None => None,
+    };
+    Ok(revision::validated(tenant, source.as_ref())
+        .map(|valid| plan::plan(tenant, valid.platform, valid.tier, options)))
 }
 
 /// One object's diff; empty when the apply changes nothing that matters.

@@ -36,8 +36,15 @@ pub enum CliError {
     ApiUnreachable(#[from] reqwest::Error),
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
-    #[error("the controller library: {0}")]
-    Controller(#[from] stackplane_controller::error::Error),
+    #[error("server-side apply dry run of {kind} {name}: {source}")]
+    DryRun {
+        kind: &'static str,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("serialize: {0}")]
+    Serialize(#[from] serde_json::Error),
     #[error("cannot write the output: {0}")]
     Output(String),
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use kubectl_stackplane::api::{self, ApiTarget};
-use kubectl_stackplane::error::{CliError, Result};
+use kubectl_stackplane::error::Result;
 use kubectl_stackplane::ops::{self, RolloutAction};
 use kubectl_stackplane::output::{shown, Format, Paint};
 use kubectl_stackplane::{diff, status};
@@ -125,21 +125,7 @@ async fn main() {
 
 async fn client(cli: &Cli) -> Result<kube::Client> {
     let timeout = Duration::from_secs(cli.timeout.max(1));
-    let config = match &cli.kubeconfig {
-        Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| CliError::NoKubeconfig(format!("{}: {e}", path.display())))?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-                .await
-                .map_err(|e| CliError::NoKubeconfig(format!("{}: {e}", path.display())))?
-        }
-        None => kube::Config::infer()
-            .await
-            .map_err(|e| CliError::NoKubeconfig(e.to_string()))?,
-    };
-    Ok(stackplane_controller::kube_client::build_from(
-        config, timeout,
-    )?)
+    kubectl_stackplane::client::connect(cli.kubeconfig.as_deref(), timeout).await
 }
 
 async fn run(cli: Cli) -> Result<String> {

@@ -3,10 +3,11 @@
 
 use k8s_openapi::api::core::v1::Event;
 use kube::api::ListParams;
+use kube::core::DynamicObject;
 use kube::{Api, Client, ResourceExt};
 use serde::Serialize;
 use serde_json::Value;
-use stackplane_controller::tenant::children::all_ops;
+use stackplane_core::children::ChildKind;
 use stackplane_core::contract::labels::tenant_selector;
 use stackplane_crds::{Tenant, TenantBackup};
 
@@ -100,10 +101,13 @@ pub async fn gather(client: &Client, name: &str) -> Result<Report> {
     let status = tenant.status.clone().unwrap_or_default();
     let mut objects = Vec::new();
     if let Some(ns) = &status.namespace {
-        let selector = tenant_selector(name);
-        for kind in all_ops() {
-            for object in (kind.list)(client, ns, &selector).await? {
-                objects.push(object_line(kind.kind.kind(), &object));
+        let by_tenant = ListParams::default().labels(&tenant_selector(name));
+        // Every kind of the registry, in its (apply) order, read generically.
+        for kind in ChildKind::ALL {
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(client.clone(), ns, &kind.api_resource());
+            for object in api.list(&by_tenant).await?.items {
+                objects.push(object_line(kind.kind(), &serde_json::to_value(object)?));
             }
         }
     }

@@ -2,18 +2,17 @@
 //! running in-process on this test's own tenants.
 
 use std::process::Output;
-use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::ResourceQuota;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::Client;
 use serde_json::{json, Value};
-use stackplane_controller::leader::LeaseConfig;
-use stackplane_controller::metrics::Metrics;
-use stackplane_crds::{Platform, Tenant, TenantBackup, TenantSpec};
-use stackplane_tests::{eventually, install_crds, kube_client, unique};
+use stackplane_crds::{Platform, Tenant, TenantBackup};
+use stackplane_tests::{create_sharded_tenant, eventually, install_crds, kube_client, unique};
 
-const SHARD: &str = "stackplane.io/test-shard";
+// The controller's own start-up helper (a dev-dependency: the plugin itself never links it).
+#[path = "../../controller/tests/common/mod.rs"]
+mod common;
 
 async fn plugin(args: &[&str]) -> Output {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_kubectl-stackplane"))
@@ -32,10 +31,10 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// A Platform and a Tenant of this test, and the controller reconciling only them until `stop`.
-async fn tenant_with_controller(client: &Client) -> (String, tokio::sync::oneshot::Sender<()>) {
-    install_crds(client).await;
-    let shard = unique("shard");
+/// A Platform and a Tenant of this test, and the controller reconciling only them until it is
+/// dropped.
+async fn tenant_with_controller() -> (Client, String, common::Controller) {
+    let (client, shard) = common::cluster("stackplane_controller=info", kube_client()).await;
     let mut platform: Platform = stackplane_tests::example_platform("leadsite-io.yaml");
     let pname = unique("plat");
     platform.metadata.name = Some(pname.clone());
@@ -43,42 +42,14 @@ async fn tenant_with_controller(client: &Client) -> (String, tokio::sync::onesho
         .create(&PostParams::default(), &platform)
         .await
         .expect("create platform");
-    let config = stackplane_controller::Config {
-        concurrency: 2,
-        tenant_selector: Some(format!("{SHARD}={shard}")),
-        reconcile: Default::default(),
-        rollout: Default::default(),
-        lease: LeaseConfig {
-            name: shard.clone(),
-            namespace: "default".into(),
-            identity: unique("test"),
-            duration_secs: 6,
-            grace_secs: 2,
-        },
-    };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(stackplane_controller::run(
-        client.clone(),
-        config,
-        Arc::new(Metrics::new()),
-        async move {
-            let _ = stopped.await;
-        },
-    ));
-    let name = unique("tn");
-    let mut t = Tenant::new(&name, TenantSpec::new(pname, "starter"));
-    t.metadata.labels = Some([(SHARD.to_owned(), shard)].into());
-    Api::<Tenant>::all(client.clone())
-        .create(&PostParams::default(), &t)
-        .await
-        .expect("create tenant");
-    (name, stop)
+    let controller = common::Controller::start(&client, &shard, |_| {});
+    let name = create_sharded_tenant(&client, &pname, &shard).await;
+    (client, name, controller)
 }
 
 #[tokio::test]
 async fn status_and_diff_of_a_reconciled_tenant_then_of_a_hand_edit() {
-    let client = kube_client().await;
-    let (name, stop) = tenant_with_controller(&client).await;
+    let (client, name, controller) = tenant_with_controller().await;
     let tenants: Api<Tenant> = Api::all(client.clone());
     // Reconciled: its objects are applied and its status names them (no node runs the pods
     // here, so it stays Provisioning).
@@ -163,7 +134,7 @@ async fn status_and_diff_of_a_reconciled_tenant_then_of_a_hand_edit() {
 
     // The controller stops; a person raises the quota by hand: the diff shows what a reconcile
     // would put back, and only that.
-    let _ = stop.send(());
+    drop(controller);
     let quotas: Api<ResourceQuota> = Api::namespaced(client.clone(), &ns);
     let quota = quotas
         .list(&Default::default())

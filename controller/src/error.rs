@@ -57,10 +57,6 @@ pub enum Error {
     /// A cloud (EC2, Route53) call failed.
     #[error("cloud: {0}")]
     Cloud(#[from] crate::cloud::CloudError),
-    /// The plan made an object of a kind the registry of child kinds does not list (a bug:
-    /// `tenant::children`'s tests guard against it).
-    #[error("{kind} is not a registered child kind")]
-    UnregisteredKind { kind: &'static str },
     /// The object has no name (never for objects read from the API server).
     #[error("object without a name")]
     NoName,
@@ -79,7 +75,6 @@ impl Error {
             Error::Finalizer(_) => "finalizer",
             Error::Serialize(_) => "serialize",
             Error::NoName => "no_name",
-            Error::UnregisteredKind { .. } => "unregistered_kind",
             Error::Cloud(e) => e.metric_label(),
             Error::NamespaceTerminating { .. } => "namespace_terminating",
             Error::FinalBackupPending { .. } => "final_backup_pending",

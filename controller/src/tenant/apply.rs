@@ -1,32 +1,21 @@
 //! Server-side apply of a plan, with the controller's field manager. The credentials Secret is
 //! the one object whose content is not fully planned: existing values are kept, missing ones are
-//! generated once.
+//! generated once (`stackplane_core::tenant::credentials`).
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Namespace, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::ByteString;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use rand::distributions::{Alphanumeric, DistString};
 
-use stackplane_core::children::ChildKind;
-
-use super::children::{dry_run_answer, ops, Answer};
+use super::children::ops;
 use super::reports::DeploymentReport;
 use crate::error::{Error, Result};
-use stackplane_core::tenant::plan::{Desired, Plan, CREDENTIAL_KEYS};
-
-/// Field manager of everything the controller writes (defined once, in `crate::k8s`).
-pub const FIELD_MANAGER: &str = crate::k8s::FIELD_MANAGER;
-
-/// Length of a generated credential.
-const CREDENTIAL_LEN: usize = 32;
-
-fn params() -> PatchParams {
-    PatchParams::apply(FIELD_MANAGER).force()
-}
+use stackplane_core::tenant::credentials as creds;
+use stackplane_core::tenant::plan::{Desired, Plan};
 
 /// What a real apply of a plan tells.
 #[derive(Debug, Default)]
@@ -39,77 +28,12 @@ pub struct Outcome {
 }
 
 /// Applies the namespace, then every namespaced object of `plan` through the registry of
-/// child kinds (`super::children`).
+/// child kinds (`super::children`), with the controller's field manager, forcing
+/// (`stackplane_core::contract::field_managers::controller_apply`).
 pub async fn apply(client: &Client, plan: &Plan) -> Result<Outcome> {
-    apply_with(client, plan, &params())
-        .await
-        .map(|(_, outcome)| outcome)
-}
-
-/// One object of a plan: as it is in the cluster, and as the server says it would be once the
-/// plan is applied.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DryRun {
-    pub kind: &'static str,
-    pub name: String,
-    /// `None`: the object does not exist yet.
-    pub live: Option<serde_json::Value>,
-    pub applied: serde_json::Value,
-}
-
-/// What applying `plan` would change, object by object: the same server-side apply as
-/// [`apply`], with `dryRun=All`, next to a read of each live object. Nothing is written.
-pub async fn dry_run(client: &Client, plan: &Plan) -> Result<Vec<DryRun>> {
-    let params = params().dry_run();
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let live_ns = namespaces
-        .get_opt(plan.namespace_name())
-        .await
-        .map_err(|source| Error::Apply {
-            kind: "Namespace",
-            name: plan.namespace_name().to_owned(),
-            source,
-        })?
-        .map(serde_json::to_value)
-        .transpose()?;
-    let (applied, _) = apply_with(client, plan, &params).await?;
-    let mut out = Vec::with_capacity(applied.len());
-    for (kind, name, applied) in applied {
-        let live = if kind == "Namespace" {
-            live_ns.clone()
-        } else {
-            let registered = ChildKind::from_kind(kind).ok_or(Error::UnregisteredKind { kind })?;
-            (ops(registered).get)(client, plan.namespace_name(), &name)
-                .await
-                .map_err(|source| Error::Apply {
-                    kind,
-                    name: name.clone(),
-                    source,
-                })?
-        };
-        out.push(DryRun {
-            kind,
-            name,
-            live,
-            applied,
-        });
-    }
-    Ok(out)
-}
-
-/// What a dry run answers for each object: kind, name and the object as the server would store it.
-type Answers = Vec<(&'static str, String, serde_json::Value)>;
-
-/// Applies `plan` with `params`. For a dry run: each object (the namespace first) as the server
-/// answered; nothing for a real apply. And the [`Outcome`].
-async fn apply_with(
-    client: &Client,
-    plan: &Plan,
-    params: &PatchParams,
-) -> Result<(Answers, Outcome)> {
+    let params = &stackplane_core::contract::field_managers::controller_apply();
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let ns = plan.namespace_name();
-    let mut answers = Vec::new();
     let namespace = namespaces
         .patch(ns, params, &Patch::Apply(&plan.namespace))
         .await
@@ -118,9 +42,6 @@ async fn apply_with(
             name: ns.to_owned(),
             source,
         })?;
-    if let Some(answer) = dry_run_answer(params, &namespace)? {
-        answers.push(("Namespace", ns.to_owned(), answer));
-    }
     let mut outcome = Outcome {
         namespace_created: namespace.metadata.creation_timestamp,
         reports: Vec::new(),
@@ -132,21 +53,18 @@ async fn apply_with(
                 apply_credentials(client, ns, name, labels, params).await
             }
             planned => {
-                (ops(planned.child_kind()).apply)(client, ns, name, &desired_json(planned)?, params)
+                (ops(planned.child_kind()).apply)(client, ns, name, &planned.to_json()?, params)
                     .await
             }
         };
-        let answer = result.map_err(|source| Error::Apply {
+        let report = result.map_err(|source| Error::Apply {
             kind: object.kind(),
             name: name.to_owned(),
             source,
         })?;
-        if let Some(dry_run) = answer.dry_run {
-            answers.push((object.kind(), name.to_owned(), dry_run));
-        }
-        outcome.reports.extend(answer.report);
+        outcome.reports.extend(report);
     }
-    Ok((answers, outcome))
+    Ok(outcome)
 }
 
 /// The fingerprint of everything [`apply`] would send for `plan` (see `super::applied`).
@@ -158,27 +76,10 @@ pub fn fingerprint(plan: &Plan) -> Result<u64> {
             Desired::CredentialsSecret { name, labels } => {
                 serde_json::json!({ "credentials": name, "labels": labels })
             }
-            planned => desired_json(planned)?,
+            planned => planned.to_json()?,
         });
     }
     Ok(super::applied::fingerprint(&objects))
-}
-
-/// A planned object as the JSON that is applied.
-fn desired_json(object: &Desired) -> Result<serde_json::Value> {
-    Ok(match object {
-        Desired::ResourceQuota(o) => serde_json::to_value(o)?,
-        Desired::LimitRange(o) => serde_json::to_value(o)?,
-        Desired::NetworkPolicy(o) => serde_json::to_value(o)?,
-        Desired::ServiceAccount(o) => serde_json::to_value(o)?,
-        Desired::Role(o) => serde_json::to_value(o)?,
-        Desired::RoleBinding(o) => serde_json::to_value(o)?,
-        Desired::PersistentVolumeClaim(o) => serde_json::to_value(o)?,
-        Desired::Deployment(o) => serde_json::to_value(o)?,
-        Desired::Service(o) => serde_json::to_value(o)?,
-        Desired::Ingress(o) => serde_json::to_value(o)?,
-        Desired::CredentialsSecret { .. } => serde_json::Value::Null,
-    })
 }
 
 /// Applies the credentials Secret, keeping every value it already has.
@@ -188,43 +89,23 @@ async fn apply_credentials(
     name: &str,
     labels: &BTreeMap<String, String>,
     params: &PatchParams,
-) -> Result<Answer, kube::Error> {
+) -> Result<Option<DeploymentReport>, kube::Error> {
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
     let existing = api.get_opt(name).await?;
     let data = credentials(existing.as_ref().and_then(|s| s.data.as_ref()));
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some(name.to_owned()),
-            namespace: Some(ns.to_owned()),
-            labels: Some(labels.clone()),
-            ..ObjectMeta::default()
-        },
-        type_: Some("Opaque".to_owned()),
-        data: Some(data),
-        ..Secret::default()
-    };
-    let applied = api.patch(name, params, &Patch::Apply(&secret)).await?;
-    Ok(Answer {
-        dry_run: dry_run_answer(params, &applied)?,
-        report: None,
-    })
+    let secret = creds::secret(ns, name, labels, data);
+    api.patch(name, params, &Patch::Apply(&secret)).await?;
+    Ok(None)
 }
 
-/// The credentials: every existing key kept as it is, each missing key generated.
+/// The credentials: every existing key kept as it is, each missing key generated
+/// (`stackplane_core::tenant::credentials`).
 pub fn credentials(
     existing: Option<&BTreeMap<String, ByteString>>,
 ) -> BTreeMap<String, ByteString> {
-    let mut data = existing.cloned().unwrap_or_default();
-    for key in CREDENTIAL_KEYS {
-        data.entry(key.to_owned()).or_insert_with(|| {
-            ByteString(
-                Alphanumeric
-                    .sample_string(&mut rand::thread_rng(), CREDENTIAL_LEN)
-                    .into_bytes(),
-            )
-        });
-    }
-    data
+    creds::fill(existing, || {
+        Alphanumeric.sample_string(&mut rand::thread_rng(), creds::CREDENTIAL_LEN)
+    })
 }
 
 /// The executor against a mocked API server: the exact requests an apply makes.
@@ -361,23 +242,5 @@ mod mocked_api {
             .as_str()
             .expect("a session secret was generated");
         assert!(!generated.is_empty());
-    }
-
-    #[tokio::test]
-    async fn a_dry_run_writes_nothing() {
-        let plan = tackle_plan();
-        let (client, server) = mock_api::pair();
-        let calls = server.serve(cluster(None));
-        let answers = dry_run(&client, &plan).await.expect("dry run");
-        drop(client);
-        let calls = calls.await.expect("server");
-        assert_eq!(answers.len(), plan.objects.len() + 1);
-        for c in calls.iter().filter(|c| c.method != "GET") {
-            assert_eq!(c.method, "PATCH", "{c:?}");
-            assert!(
-                c.has_param("dryRun", "All"),
-                "a write without dryRun: {c:?}"
-            );
-        }
     }
 }

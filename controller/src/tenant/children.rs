@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, Controller};
@@ -30,33 +30,15 @@ use stackplane_core::tenant::plan::Plan;
 use crate::k8s::Child;
 
 /// Server-side apply of one planned object (as JSON) into namespace `ns` with the given
-/// parameters (the controller's, or the same as a dry run). See [`Answer`].
+/// parameters. Of the API server's answer only a Deployment's report is kept (its status as of
+/// the apply, which the tenant's status reads next); the rest is dropped unread.
 pub type ApplyFn = for<'a> fn(
     &'a Client,
     &'a str,
     &'a str,
     &'a serde_json::Value,
     &'a PatchParams,
-) -> BoxFuture<'a, kube::Result<Answer>>;
-
-/// What is read of the API server's answer to an apply. A dry run answers the object as the
-/// server would store it (what `kubectl stackplane diff` compares); of a real apply's answer
-/// only a Deployment's report is kept (its status as of the apply, which the tenant's status
-/// reads next), the rest is dropped unread.
-#[derive(Debug, Default)]
-pub struct Answer {
-    pub dry_run: Option<serde_json::Value>,
-    pub report: Option<DeploymentReport>,
-}
-/// The live object of one kind named `name` in namespace `ns`, as JSON.
-pub type GetFn = for<'a> fn(
-    &'a Client,
-    &'a str,
-    &'a str,
-) -> BoxFuture<'a, kube::Result<Option<serde_json::Value>>>;
-/// Every object of one kind in namespace `ns` matching a label selector, as JSON.
-pub type ListFn =
-    for<'a> fn(&'a Client, &'a str, &'a str) -> BoxFuture<'a, kube::Result<Vec<serde_json::Value>>>;
+) -> BoxFuture<'a, kube::Result<Option<DeploymentReport>>>;
 /// Prune (or retain) what the plan does not want, among the tenant's objects of one kind.
 pub type PruneFn =
     for<'a> fn(&'a Client, &'a str, &'a str, &'a Plan) -> BoxFuture<'a, Result<Pruned>>;
@@ -75,8 +57,6 @@ pub type WatchFn = fn(
 pub struct KindOps {
     pub kind: ChildKind,
     pub apply: ApplyFn,
-    pub get: GetFn,
-    pub list: ListFn,
     pub prune: PruneFn,
     pub watch: WatchFn,
 }
@@ -86,8 +66,6 @@ impl KindOps {
         KindOps {
             kind,
             apply: apply_kind::<K>,
-            get: get_kind::<K>,
-            list: list_kind::<K>,
             prune: match unwanted {
                 Unwanted::Delete => prune::delete_unwanted::<K> as PruneFn,
                 Unwanted::Retain => prune::retain_unwanted::<K> as PruneFn,
@@ -154,64 +132,15 @@ fn apply_kind<'a, K: Child>(
     name: &'a str,
     object: &'a serde_json::Value,
     params: &'a PatchParams,
-) -> BoxFuture<'a, kube::Result<Answer>> {
+) -> BoxFuture<'a, kube::Result<Option<DeploymentReport>>> {
     Box::pin(async move {
         let api: Api<K> = Api::namespaced(client.clone(), ns);
         let applied = api.patch(name, params, &Patch::Apply(object)).await?;
         // The one kind whose answer is read; `Any` tells it apart without a trait every kind
         // would implement.
-        let report = (&applied as &dyn std::any::Any)
+        Ok((&applied as &dyn std::any::Any)
             .downcast_ref::<Deployment>()
-            .map(DeploymentReport::of);
-        Ok(Answer {
-            dry_run: dry_run_answer(params, &applied)?,
-            report,
-        })
-    })
-}
-
-/// The server's answer to an apply with `params`, kept only for a dry run (see [`ApplyFn`]).
-pub fn dry_run_answer<K: serde::Serialize>(
-    params: &PatchParams,
-    applied: &K,
-) -> kube::Result<Option<serde_json::Value>> {
-    if !params.dry_run {
-        return Ok(None);
-    }
-    serde_json::to_value(applied)
-        .map(Some)
-        .map_err(kube::Error::SerdeError)
-}
-
-fn get_kind<'a, K: Child>(
-    client: &'a Client,
-    ns: &'a str,
-    name: &'a str,
-) -> BoxFuture<'a, kube::Result<Option<serde_json::Value>>> {
-    Box::pin(async move {
-        let api: Api<K> = Api::namespaced(client.clone(), ns);
-        match api.get_opt(name).await? {
-            Some(live) => serde_json::to_value(live)
-                .map(Some)
-                .map_err(kube::Error::SerdeError),
-            None => Ok(None),
-        }
-    })
-}
-
-fn list_kind<'a, K: Child>(
-    client: &'a Client,
-    ns: &'a str,
-    selector: &'a str,
-) -> BoxFuture<'a, kube::Result<Vec<serde_json::Value>>> {
-    Box::pin(async move {
-        let api: Api<K> = Api::namespaced(client.clone(), ns);
-        let listed = api.list(&ListParams::default().labels(selector)).await?;
-        listed
-            .items
-            .into_iter()
-            .map(|o| serde_json::to_value(o).map_err(kube::Error::SerdeError))
-            .collect()
+            .map(DeploymentReport::of))
     })
 }
 

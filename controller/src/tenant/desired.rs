@@ -1,19 +1,20 @@
-//! Where a tenant's plan comes from, read without side effects: the reconciler's first step, and
-//! what `kubectl stackplane diff` compares with the cluster.
+//! Where a tenant's plan comes from, read without side effects: the reconciler's first step.
+//! The decision is `stackplane_core::tenant::revision`'s; what is read here is the Platform and
+//! the revision it names, from the controller's caches when they hold them.
 
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client};
+use stackplane_core::tenant::revision::{self, Source};
+use stackplane_core::tenant::validate::Invalid;
 use stackplane_crds::{Platform, PlatformRevision, Tenant};
 
-use super::revision::{self, Source};
 use crate::error::Result;
-use stackplane_core::tenant::plan::{self, Plan, PlanOptions};
-use stackplane_core::tenant::validate::{self, Invalid};
 
 /// The Platform spec `tenant` is planned from (its revision's, or the live one); `None` when its
 /// Platform does not exist, `Err(Invalid)` when its pin names no revision of that Platform.
-/// The Platform comes from `platforms` when it holds it (the controller's watch keeps it
-/// current), else from the API server (a Platform the cache has not seen yet).
+/// The Platform and the revision come from `platforms` and `revisions` when they hold them (the
+/// controller's watches keep them current), else from the API server (one the cache has not
+/// seen yet).
 pub async fn source(
     client: &Client,
     platforms: Option<&Store<Platform>>,
@@ -32,22 +33,12 @@ pub async fn source(
         }
     };
     Ok(match live {
-        Some(live) => Some(revision::resolve(client, revisions, tenant, live).await?),
+        Some(live) => Some(
+            revision::resolve(tenant, live, |name| async move {
+                crate::rollout::revisions::get(client, revisions, &name).await
+            })
+            .await?,
+        ),
         None => None,
     })
-}
-
-/// The plan the reconciler would apply for `tenant` now, or why the tenant is invalid.
-pub async fn plan_now(
-    client: &Client,
-    tenant: &Tenant,
-    options: &PlanOptions,
-) -> Result<std::result::Result<Plan, Invalid>> {
-    let source = source(client, None, None, tenant).await?;
-    let checked = match &source {
-        Some(Ok(s)) => validate::validate(tenant, Some(&s.platform)),
-        Some(Err(invalid)) => Err(invalid.clone()),
-        None => validate::validate(tenant, None),
-    };
-    Ok(checked.map(|valid| plan::plan(tenant, valid.platform, valid.tier, options)))
 }

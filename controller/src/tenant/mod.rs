@@ -3,8 +3,9 @@
 //!
 //! `paused? → revision → validate → retention → plan → apply + prune → cloud → status`
 //!
-//! The plan comes from the PlatformRevision the tenant runs or is moved to (`revision`), so a
-//! changed Platform reaches a tenant only when its rollout moves it (`crate::rollout`).
+//! The plan comes from the PlatformRevision the tenant runs or is moved to (`revision`, decided
+//! by `stackplane_core::tenant::revision` from what `desired` reads), so a changed Platform
+//! reaches a tenant only when its rollout moves it (`crate::rollout`).
 //!
 //! Only apply, prune, cloud and status touch the network; `plan` is pure. Every Kubernetes call
 //! is time-limited by the client (`crate::kube_client`) and the status is written by server-side apply with a
@@ -19,7 +20,6 @@ pub mod metadata;
 pub mod prune;
 pub mod reports;
 pub mod resync;
-pub mod revision;
 pub mod status;
 
 use std::sync::Arc;
@@ -50,7 +50,7 @@ use stackplane_core::contract::conditions::{
     PAUSED, PAYMENT_OVERDUE, READY, REASON_INVALID_SPEC as INVALID_SPEC, SYNCED,
 };
 use stackplane_core::tenant::status::{self as computed, Want};
-use stackplane_core::tenant::{plan, validate};
+use stackplane_core::tenant::{plan, revision, validate};
 use validate::Valid;
 
 /// Finalizer the controller puts on every Tenant.
@@ -297,11 +297,7 @@ async fn apply_tenant(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         tenant,
     )
     .await?;
-    let checked = match &source {
-        Some(Ok(s)) => validate::validate(tenant, Some(&s.platform)),
-        Some(Err(invalid)) => Err(invalid.clone()),
-        None => validate::validate(tenant, None),
-    };
+    let checked = revision::validated(tenant, source.as_ref());
     let revision = source
         .as_ref()
         .and_then(|s| s.as_ref().ok()?.revision.clone());

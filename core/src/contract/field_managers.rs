@@ -11,3 +11,10 @@ pub const BILLING: &str = "stackplane-billing";
 pub const ROLLOUT: &str = "stackplane-rollout";
 /// `kubectl stackplane` (holds, releases, annotations a person asks for).
 pub const PLUGIN: &str = "kubectl-stackplane";
+
+/// How the controller applies a tenant's namespace and children: server-side apply as
+/// [`CONTROLLER`], forcing, so a field someone else changed by hand is set back (and owned)
+/// rather than refused as a conflict. `kubectl stackplane diff` sends the same, as a dry run.
+pub fn controller_apply() -> kube::core::params::PatchParams {
+    kube::core::params::PatchParams::apply(CONTROLLER).force()
+}

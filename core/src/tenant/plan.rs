@@ -1,6 +1,6 @@
 //! The desired objects of one tenant: a pure function of the Tenant, its Platform and tier.
-//! No network, no clock, no randomness: generated credentials are filled in by `apply`, which
-//! keeps existing ones.
+//! No network, no clock, no randomness: generated credentials are filled in when the plan is
+//! applied, keeping existing ones (`super::credentials`).
 
 use std::collections::BTreeMap;
 
@@ -122,6 +122,25 @@ impl Desired {
             Desired::Ingress(o) => &o.metadata,
         };
         meta.name.as_deref().unwrap_or_default()
+    }
+
+    /// The object as the JSON that is applied (by the controller, and by the plugin's dry run).
+    /// `Null` for the credentials Secret, whose values are the cluster's: what is applied for it
+    /// is [`super::credentials::secret`].
+    pub fn to_json(&self) -> serde_json::Result<serde_json::Value> {
+        match self {
+            Desired::ResourceQuota(o) => serde_json::to_value(o),
+            Desired::LimitRange(o) => serde_json::to_value(o),
+            Desired::NetworkPolicy(o) => serde_json::to_value(o),
+            Desired::ServiceAccount(o) => serde_json::to_value(o),
+            Desired::Role(o) => serde_json::to_value(o),
+            Desired::RoleBinding(o) => serde_json::to_value(o),
+            Desired::PersistentVolumeClaim(o) => serde_json::to_value(o),
+            Desired::Deployment(o) => serde_json::to_value(o),
+            Desired::Service(o) => serde_json::to_value(o),
+            Desired::Ingress(o) => serde_json::to_value(o),
+            Desired::CredentialsSecret { .. } => Ok(serde_json::Value::Null),
+        }
     }
 }
 
