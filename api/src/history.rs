@@ -1,5 +1,6 @@
-//! Tenant status history (`tenant_status_history`): one row per phase transition, recorded by
-//! the api as it watches Tenants, and uptime computed from it.
+//! Tenant status history (`tenant_status_history`): one row per transition of a tenant's phase
+//! or of its dedicated instance's state, recorded by the api as it watches Tenants, and what is
+//! computed from it: uptime, and the hours the instance ran (what EC2 bills, for economics).
 //!
 //! Uptime over a window is the fraction of the *observed* part of the window the tenant spent
 //! in phase `Ready`. Time is observed from the first recorded phase on: the part of the window
@@ -14,11 +15,16 @@ use sqlx::PgPool;
 /// The phase that counts as up.
 pub const UP_PHASE: &str = "Ready";
 
-/// One recorded phase change.
+/// The instance state EC2 bills compute time for.
+pub const BILLED_INSTANCE_STATE: &str = "running";
+
+/// One recorded change of the phase or of the instance's state.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct PhaseChange {
     pub phase: String,
     pub observed_at: DateTime<Utc>,
+    /// The dedicated instance's state as `status.instance.state` gave it; `None` without one.
+    pub instance_state: Option<String>,
 }
 
 /// Uptime over a window.
@@ -45,32 +51,60 @@ pub fn uptime(
     start: DateTime<Utc>,
     end: DateTime<Utc>,
 ) -> Uptime {
-    let mut result = Uptime {
-        ready_seconds: 0.0,
-        observed_seconds: 0.0,
-    };
-    let mut current: Option<(DateTime<Utc>, &str)> = before.map(|b| (start, b.phase.as_str()));
-    let mut add = |from: DateTime<Utc>, to: DateTime<Utc>, phase: &str| {
+    let (ready_seconds, observed_seconds) =
+        time_in(before, changes, start, end, |c| c.phase == UP_PHASE);
+    Uptime {
+        ready_seconds,
+        observed_seconds,
+    }
+}
+
+/// Seconds of `[start, end]` the tenant's dedicated instance was running (billed by EC2), from
+/// the same history as [`uptime`] and with the same rule for time before the first row.
+pub fn instance_running_seconds(
+    before: Option<&PhaseChange>,
+    changes: &[PhaseChange],
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> f64 {
+    time_in(before, changes, start, end, |c| {
+        c.instance_state.as_deref() == Some(BILLED_INSTANCE_STATE)
+    })
+    .0
+}
+
+/// (Seconds of the window in a state that `counts`, seconds observed) over `[start, end]`.
+fn time_in(
+    before: Option<&PhaseChange>,
+    changes: &[PhaseChange],
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    counts: impl Fn(&PhaseChange) -> bool,
+) -> (f64, f64) {
+    let (mut matching, mut observed) = (0.0, 0.0);
+    let mut current: Option<(DateTime<Utc>, &PhaseChange)> = before.map(|b| (start, b));
+    let mut add = |from: DateTime<Utc>, to: DateTime<Utc>, state: &PhaseChange| {
         let seconds = (to - from).num_milliseconds().max(0) as f64 / 1000.0;
-        result.observed_seconds += seconds;
-        if phase == UP_PHASE {
-            result.ready_seconds += seconds;
+        observed += seconds;
+        if counts(state) {
+            matching += seconds;
         }
     };
     for change in changes {
         let at = change.observed_at.clamp(start, end);
-        if let Some((since, phase)) = current {
-            add(since, at, phase);
+        if let Some((since, state)) = current {
+            add(since, at, state);
         }
-        current = Some((at, change.phase.as_str()));
+        current = Some((at, change));
     }
-    if let Some((since, phase)) = current {
-        add(since, end, phase);
+    if let Some((since, state)) = current {
+        add(since, end, state);
     }
-    result
+    (matching, observed)
 }
 
-/// Records that `tenant` is in `phase`, unless that is already its last recorded phase. Several
+/// Records that `tenant` is in `phase` with its instance in `instance_state`, unless that is
+/// already its last recorded row. Several
 /// api replicas see the same transition: a transaction-scoped advisory lock per tenant makes
 /// the check and the insert atomic, so exactly one of them writes the row. Returns whether a
 /// row was written.
@@ -79,6 +113,7 @@ pub async fn record_phase(
     tenant: &str,
     platform: &str,
     phase: &str,
+    instance_state: Option<&str>,
     reason: Option<&str>,
 ) -> Result<bool, sqlx::Error> {
     let mut tx = db.begin().await?;
@@ -89,16 +124,20 @@ pub async fn record_phase(
     .execute(&mut *tx)
     .await?;
     let written = sqlx::query(
-        "INSERT INTO tenant_status_history (tenant, platform, phase, previous_phase, reason)
-         SELECT $1, $2, $3, last.phase, $4
-         FROM (SELECT (SELECT phase FROM tenant_status_history WHERE tenant = $1
-                       ORDER BY observed_at DESC, id DESC LIMIT 1) AS phase) AS last
-         WHERE last.phase IS DISTINCT FROM $3",
+        "INSERT INTO tenant_status_history
+             (tenant, platform, phase, previous_phase, reason, instance_state)
+         SELECT $1, $2, $3, last.phase, $4, $5
+         FROM (SELECT NULL) AS one
+         LEFT JOIN LATERAL (SELECT phase, instance_state FROM tenant_status_history
+                            WHERE tenant = $1 ORDER BY observed_at DESC, id DESC LIMIT 1) AS last
+           ON true
+         WHERE last.phase IS DISTINCT FROM $3 OR last.instance_state IS DISTINCT FROM $5",
     )
     .bind(tenant)
     .bind(platform)
     .bind(phase)
     .bind(reason)
+    .bind(instance_state)
     .execute(&mut *tx)
     .await?
     .rows_affected();
@@ -106,15 +145,16 @@ pub async fn record_phase(
     Ok(written == 1)
 }
 
-/// Uptime of `tenant` over `[start, end]`, from the database.
-pub async fn tenant_uptime(
+/// The history of `tenant` over `[start, end]`: the row in force at `start` and the rows
+/// inside the window, in time order.
+async fn tenant_history(
     db: &PgPool,
     tenant: &str,
     start: DateTime<Utc>,
     end: DateTime<Utc>,
-) -> Result<Uptime, sqlx::Error> {
+) -> Result<(Option<PhaseChange>, Vec<PhaseChange>), sqlx::Error> {
     let before: Option<PhaseChange> = sqlx::query_as(
-        "SELECT phase, observed_at FROM tenant_status_history
+        "SELECT phase, observed_at, instance_state FROM tenant_status_history
          WHERE tenant = $1 AND observed_at <= $2 ORDER BY observed_at DESC, id DESC LIMIT 1",
     )
     .bind(tenant)
@@ -122,7 +162,7 @@ pub async fn tenant_uptime(
     .fetch_optional(db)
     .await?;
     let changes: Vec<PhaseChange> = sqlx::query_as(
-        "SELECT phase, observed_at FROM tenant_status_history
+        "SELECT phase, observed_at, instance_state FROM tenant_status_history
          WHERE tenant = $1 AND observed_at > $2 AND observed_at <= $3 ORDER BY observed_at, id",
     )
     .bind(tenant)
@@ -130,7 +170,22 @@ pub async fn tenant_uptime(
     .bind(end)
     .fetch_all(db)
     .await?;
-    Ok(uptime(before.as_ref(), &changes, start, end))
+    Ok((before, changes))
+}
+
+/// Uptime of `tenant` over `[start, end]`, and the seconds its dedicated instance ran, from the
+/// database.
+pub async fn tenant_uptime(
+    db: &PgPool,
+    tenant: &str,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> Result<(Uptime, f64), sqlx::Error> {
+    let (before, changes) = tenant_history(db, tenant, start, end).await?;
+    Ok((
+        uptime(before.as_ref(), &changes, start, end),
+        instance_running_seconds(before.as_ref(), &changes, start, end),
+    ))
 }
 
 #[cfg(test)]
@@ -146,7 +201,33 @@ mod tests {
         PhaseChange {
             phase: phase.into(),
             observed_at: t(minute),
+            instance_state: None,
         }
+    }
+
+    fn instance(minute: i64, phase: &str, state: &str) -> PhaseChange {
+        PhaseChange {
+            instance_state: Some(state.into()),
+            ..change(minute, phase)
+        }
+    }
+
+    /// Running 0→20 and 50→60, stopped (suspended) in between: 30 of 60 minutes billed; the
+    /// phase does not matter, only the instance's state.
+    #[test]
+    fn instance_time_counts_running_only() {
+        let before = instance(-5, "Ready", "running");
+        let changes = [
+            instance(20, "Suspended", "stopping"),
+            instance(22, "Suspended", "stopped"),
+            instance(48, "Ready", "pending"),
+            instance(50, "Ready", "running"),
+        ];
+        let running = instance_running_seconds(Some(&before), &changes, t(0), t(60));
+        assert_eq!(running, 30.0 * 60.0);
+        // A shared-tier tenant (no instance state ever) ran no instance.
+        let shared = [change(10, "Ready")];
+        assert_eq!(instance_running_seconds(None, &shared, t(0), t(60)), 0.0);
     }
 
     #[test]

@@ -767,6 +767,59 @@ async fn uptime_after_scripted_phase_transitions() {
     );
 }
 
+/// Instance-hours come from the same history: only the time the instance was `running` counts
+/// (a suspended tenant's stopped instance bills no compute), and rows are written by
+/// `record_phase` when the instance's state changes even if the phase does not.
+#[tokio::test]
+async fn instance_hours_count_running_time_only() {
+    let env = start().await;
+    let name = unique("tn");
+    env.tenant(&name, &unique("plat"), "starter", Some(TenantPhase::Ready))
+        .await;
+    // Same phase, new instance state: a row; the same pair again: none. (Under a name of its
+    // own: the api's Tenant watch records `name`'s status at a time of its choosing.)
+    let direct = format!("{name}-direct");
+    let record = |phase: &'static str, state: &'static str| {
+        stackplane_api::history::record_phase(&env.db, &direct, "p", phase, Some(state), None)
+    };
+    assert!(record("Ready", "running").await.expect("record"));
+    assert!(!record("Ready", "running").await.expect("record"));
+    assert!(record("Suspended", "stopping").await.expect("record"));
+    assert!(record("Suspended", "stopped").await.expect("record"));
+    // Scripted times, long before the rows the watch writes now: running 0→20m, stopped
+    // 20→50m, running 50→60m.
+    let base = Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap();
+    let at = |minutes: i64| base + chrono::Duration::minutes(minutes);
+    for (minutes, phase, state) in [
+        (0, "Ready", "running"),
+        (20, "Suspended", "stopped"),
+        (50, "Ready", "running"),
+    ] {
+        sqlx::query(
+            "INSERT INTO tenant_status_history (tenant, platform, phase, instance_state, observed_at)
+             VALUES ($1, 'p', $2, $3, $4)",
+        )
+        .bind(&name)
+        .bind(phase)
+        .bind(state)
+        .bind(at(minutes))
+        .execute(&env.db)
+        .await
+        .expect("history row");
+    }
+    let path = format!(
+        "/api/v1/tenants/{name}/metrics?window=1h&end={}",
+        at(60).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
+    let (status, body) = env.get(&path, Some(ADMIN)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let i = &body["instance"];
+    assert_eq!(i["runningSeconds"], 1800.0, "{body}");
+    assert_eq!(i["hours"], 0.5, "{body}");
+    // Uptime reads the same rows: Ready for the same 30 minutes.
+    assert_eq!(body["uptime"]["readySeconds"], 1800.0, "{body}");
+}
+
 #[tokio::test]
 async fn tenant_tokens_have_daily_backup_and_restore_limits_and_the_admin_has_none() {
     let env = start_setup(Setup {
@@ -1105,16 +1158,18 @@ async fn phase_transitions_are_recorded_once() {
         ]
     );
     // A second writer (another replica) seeing the same phases concurrently writes nothing new.
-    let writes = (0..8)
-        .map(|_| stackplane_api::history::record_phase(&env.db, &name, "p", "Degraded", None));
+    let writes = (0..8).map(|_| {
+        stackplane_api::history::record_phase(&env.db, &name, "p", "Degraded", None, None)
+    });
     let written = futures::future::join_all(writes).await;
     assert!(
         written.iter().all(|w| matches!(w, Ok(false))),
         "{written:?}"
     );
     // Concurrent writers of a new phase: exactly one row.
-    let writes = (0..8)
-        .map(|_| stackplane_api::history::record_phase(&env.db, &name, "p", "Suspended", None));
+    let writes = (0..8).map(|_| {
+        stackplane_api::history::record_phase(&env.db, &name, "p", "Suspended", None, None)
+    });
     let written = futures::future::join_all(writes).await;
     assert_eq!(
         written.iter().filter(|w| matches!(w, Ok(true))).count(),

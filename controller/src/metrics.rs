@@ -29,6 +29,50 @@ struct PhaseLabels {
     phase: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InstanceStateLabels {
+    state: String,
+}
+
+/// How many tenants are in each state, kept by deltas: a change sets only the two series it
+/// touches (a full count per reconcile was a scan of every tenant, 10,000 at a time).
+struct Tally<L> {
+    family: Family<L, Gauge>,
+    label: fn(&str) -> L,
+    current: Mutex<HashMap<String, String>>,
+}
+
+impl<L> Tally<L>
+where
+    L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static,
+{
+    fn new(label: fn(&str) -> L) -> Self {
+        Tally {
+            family: Family::default(),
+            label,
+            current: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Records `tenant` in `state` (`None`: in none, e.g. gone).
+    fn set(&self, tenant: &str, state: Option<&str>) {
+        let Ok(mut current) = self.current.lock() else {
+            return;
+        };
+        let before = match state {
+            // Unchanged (most reconciles): nothing to count again.
+            Some(s) if current.get(tenant).map(String::as_str) == Some(s) => return,
+            Some(s) => current.insert(tenant.to_owned(), s.to_owned()),
+            None => current.remove(tenant),
+        };
+        for (s, delta) in [(before.as_deref(), -1), (state, 1)] {
+            if let Some(s) = s {
+                self.family.get_or_create(&(self.label)(s)).inc_by(delta);
+            }
+        }
+    }
+}
+
 /// The phases a TenantBackup ends in.
 pub const FINISHED_BACKUP_PHASES: [&str; 3] = ["Completed", "PartiallyFailed", "Failed"];
 
@@ -55,14 +99,14 @@ pub struct Metrics {
     reconciles: Counter,
     reconcile_duration: Histogram,
     errors: Family<ErrorLabels, Counter>,
-    tenants: Family<PhaseLabels, Gauge>,
+    tenants: Tally<PhaseLabels>,
+    cloud_instances: Tally<InstanceStateLabels>,
     creation_to_ready: Histogram,
     leader: Gauge,
     rollout_tenants: Family<RolloutLabels, Gauge>,
     backups_finished: Family<PhaseLabels, Counter>,
     /// The revision each platform's rollout series are labelled with (old series are removed).
     rollout_revisions: Mutex<HashMap<String, String>>,
-    phases: Mutex<HashMap<String, TenantPhase>>,
     health: Arc<crate::health::Health>,
 }
 
@@ -97,11 +141,13 @@ impl Metrics {
             "Failed Tenant reconciles by error category",
             errors.clone(),
         );
-        let tenants = Family::<PhaseLabels, Gauge>::default();
+        let tenants = Tally::new(|phase| PhaseLabels {
+            phase: phase.to_owned(),
+        });
         registry.register(
             "tenants",
             "Tenants this controller reconciled, by phase",
-            tenants.clone(),
+            tenants.family.clone(),
         );
         // Crossplane-style buckets: provisioning takes seconds to many minutes.
         let creation_to_ready = Histogram::new([
@@ -147,6 +193,7 @@ impl Metrics {
         }
         for phase in TenantPhase::ALL {
             tenants
+                .family
                 .get_or_create(&PhaseLabels {
                     phase: phase.as_str().to_owned(),
                 })
@@ -160,6 +207,24 @@ impl Metrics {
              (instance, record, snapshot) and action (deleted, reported, failed)",
             cloud_orphans.clone(),
         );
+        let cloud_instances = Tally::new(|state| InstanceStateLabels {
+            state: state.to_owned(),
+        });
+        cloud_registry.register(
+            "instances",
+            "Dedicated instances of the tenants this controller reconciled, by the state EC2 \
+             reports (running, stopped, ...)",
+            cloud_instances.family.clone(),
+        );
+        // The states that matter for cost from 0, so a dashboard shows them before the first.
+        for state in ["pending", "running", "stopping", "stopped"] {
+            cloud_instances
+                .family
+                .get_or_create(&InstanceStateLabels {
+                    state: state.to_owned(),
+                })
+                .set(0);
+        }
         // Every (kind, action) from 0, so that increase() sees the first orphan of each.
         for kind in ["instance", "record", "snapshot"] {
             for action in ["deleted", "reported", "failed"] {
@@ -179,12 +244,12 @@ impl Metrics {
             reconcile_duration,
             errors,
             tenants,
+            cloud_instances,
             creation_to_ready,
             leader,
             rollout_tenants,
             backups_finished,
             rollout_revisions: Mutex::new(HashMap::new()),
-            phases: Mutex::new(HashMap::new()),
             health: Arc::new(crate::health::Health::default()),
         }
     }
@@ -206,26 +271,13 @@ impl Metrics {
 
     /// Records the phase of a tenant (`None`: the tenant is gone).
     pub fn phase(&self, tenant: &str, phase: Option<TenantPhase>) {
-        let Ok(mut phases) = self.phases.lock() else {
-            return;
-        };
-        let before = match phase {
-            // Unchanged (most reconciles): nothing to count again.
-            Some(p) if phases.get(tenant) == Some(&p) => return,
-            Some(p) => phases.insert(tenant.to_owned(), p),
-            None => phases.remove(tenant),
-        };
-        // Only the two phases that changed are set (a full count per reconcile was a scan of
-        // every tenant, 10,000 at a time).
-        for (p, delta) in [(before, -1), (phase, 1)] {
-            if let Some(p) = p {
-                self.tenants
-                    .get_or_create(&PhaseLabels {
-                        phase: p.as_str().to_owned(),
-                    })
-                    .inc_by(delta);
-            }
-        }
+        self.tenants.set(tenant, phase.map(TenantPhase::as_str));
+    }
+
+    /// Records the state EC2 reports for a tenant's dedicated instance (`None`: it has none, or
+    /// the tenant is gone).
+    pub fn instance_state(&self, tenant: &str, state: Option<&str>) {
+        self.cloud_instances.set(tenant, state);
     }
 
     /// Records the time from a tenant's creation until it became Ready.
@@ -344,4 +396,33 @@ pub async fn serve(
         }
     });
     Ok((local, task))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line<'a>(text: &'a str, series: &str) -> Option<&'a str> {
+        text.lines().find(|l| l.starts_with(series))
+    }
+
+    /// Instances by state follow each tenant's latest state, and a gone tenant leaves none.
+    #[test]
+    fn instances_by_state_follow_each_tenant() {
+        let m = Metrics::new();
+        m.instance_state("a", Some("running"));
+        m.instance_state("b", Some("running"));
+        m.instance_state("a", Some("stopped"));
+        m.instance_state("a", Some("stopped"));
+        let text = m.encode().expect("encode");
+        let running = r#"stackplane_cloud_instances{state="running"}"#;
+        let stopped = r#"stackplane_cloud_instances{state="stopped"}"#;
+        assert_eq!(line(&text, running), Some(format!("{running} 1").as_str()));
+        assert_eq!(line(&text, stopped), Some(format!("{stopped} 1").as_str()));
+        m.instance_state("a", None);
+        m.instance_state("b", None);
+        let text = m.encode().expect("encode");
+        assert_eq!(line(&text, running), Some(format!("{running} 0").as_str()));
+        assert_eq!(line(&text, stopped), Some(format!("{stopped} 0").as_str()));
+    }
 }

@@ -44,6 +44,8 @@ struct Calls {
     find_instances: AtomicUsize,
     describe_image: AtomicUsize,
     run_instance: AtomicUsize,
+    stop_instance: AtomicUsize,
+    start_instance: AtomicUsize,
     change_records: AtomicUsize,
     /// ChangeResourceRecordSets calls still to fail with throttling (injected before AWS).
     throttle_changes: AtomicUsize,
@@ -94,9 +96,11 @@ impl CloudProvider for Observed {
         .boxed()
     }
     fn stop_instance<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), CloudError>> {
+        self.calls.stop_instance.fetch_add(1, Ordering::SeqCst);
         self.inner.stop_instance(id)
     }
     fn start_instance<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), CloudError>> {
+        self.calls.start_instance.fetch_add(1, Ordering::SeqCst);
         self.inner.start_instance(id)
     }
     fn modify_instance_type<'a>(
@@ -702,6 +706,159 @@ async fn tier_upgrade_resizes_the_same_instance() {
     )
     .await;
     assert_eq!(count(&env.calls.run_instance), 1, "never relaunched");
+}
+
+/// Nothing runs that nobody pays for: a suspended tenant's instance is stopped with its disk,
+/// its record withdrawn (a stopped instance's address goes back to AWS), and it stays stopped
+/// through resyncs, even when someone starts it by hand; resuming starts the same instance and
+/// the record follows its new address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspended_instance_stays_stopped_and_the_same_one_runs_on_resume() {
+    let env = setup(Options::default()).await;
+    let env = &env;
+    env.spawn_controller(None).await;
+    let name = &env.create_tenant("starter", |_| {}).await;
+    let t = env.cloud_ready(name).await;
+    let before = t.status.and_then(|s| s.instance).expect("instance");
+    assert!(env.record(name).await.is_some(), "a record while running");
+
+    env.patch_spec(name, json!({"suspended": true})).await;
+    let stopped = |why: &'static str| {
+        eventually(why, 60, move || async move {
+            let t = env.tenant(name).await?;
+            let i = t.status.clone()?.instance?;
+            let c = cloud_condition(&t)?;
+            let settled = c.status == "True" && c.reason == "InstanceStopped";
+            (settled && i.state == "stopped").then_some((t, i))
+        })
+    };
+    let (t, parked) = stopped("instance stopped while suspended").await;
+    assert_eq!(parked.id, before.id, "the same instance, not a new one");
+    assert_eq!(state_of(env, &before.id).await.as_deref(), Some("stopped"));
+    assert_eq!(t.status.and_then(|s| s.phase), Some(TenantPhase::Suspended));
+    // The disk is kept: stopping never terminates, and nothing else is launched.
+    assert_eq!(env.instances(name).await.len(), 1);
+    assert_eq!(count(&env.calls.run_instance), 1);
+    // The A record is withdrawn; the ownership record keeps the name the tenant's.
+    eventually("record withdrawn", 30, move || async move {
+        env.record(name).await.is_none().then_some(())
+    })
+    .await;
+    let fqdn = format!("_stackplane-owner.{name}.{}.", env.domain);
+    assert!(
+        env.owner_records()
+            .await
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case(&fqdn)),
+        "the ownership record stays"
+    );
+
+    // Several resyncs later it is still stopped and was never started.
+    let lookups = count(&env.calls.find_instances);
+    eventually("three more reconciles", 60, move || async move {
+        (count(&env.calls.find_instances) >= lookups + 3).then_some(())
+    })
+    .await;
+    assert_eq!(state_of(env, &before.id).await.as_deref(), Some("stopped"));
+    assert_eq!(
+        count(&env.calls.start_instance),
+        0,
+        "never started while idle"
+    );
+
+    // Started by hand while the tenant is suspended: stopped again.
+    let stops = count(&env.calls.stop_instance);
+    let id = &before.id;
+    env.ec2
+        .start_instances()
+        .instance_ids(&before.id)
+        .send()
+        .await
+        .expect("StartInstances by hand");
+    eventually("stopped again", 60, move || async move {
+        (count(&env.calls.stop_instance) > stops
+            && state_of(env, id).await.as_deref() == Some("stopped"))
+        .then_some(())
+    })
+    .await;
+
+    // Resumed: the same instance runs again and the record points at its address now.
+    env.patch_spec(name, json!({"suspended": false})).await;
+    let resumed = eventually("running after resume", 60, move || async move {
+        let t = env.tenant(name).await?;
+        let i = t.status.clone()?.instance?;
+        let ready = cloud_condition(&t).is_some_and(|c| c.status == "True");
+        (ready && i.state == "running").then_some(i)
+    })
+    .await;
+    assert_eq!(resumed.id, before.id, "same instance, same disk");
+    let found = env.instances(name).await;
+    assert_eq!(found.len(), 1);
+    let ip = found[0].public_ip_address().expect("ip").to_owned();
+    assert_eq!(resumed.public_ip.as_deref(), Some(ip.as_str()));
+    let ip = &ip;
+    eventually(
+        "record follows the started instance",
+        30,
+        move || async move {
+            (env.record(name).await == Some(("A".to_owned(), vec![ip.clone()]))).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(count(&env.calls.run_instance), 1, "never relaunched");
+}
+
+/// A subscription whose first payment never went through gets no instance; once paid, it does.
+/// A cancelled tenant in its retention period has its instance stopped, not terminated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpaid_and_cancelled_tenants_run_no_instance() {
+    let env = setup(Options::default()).await;
+    let env = &env;
+    env.spawn_controller(None).await;
+    let name = &env
+        .create_tenant("starter", |spec| {
+            spec.subscription = Some(stackplane_crds::Subscription {
+                id: "sub_NeverPaid1".into(),
+                status: stackplane_crds::SubscriptionStatus::Incomplete,
+                current_period_end: None,
+            });
+        })
+        .await;
+    let t = env.cloud_ready(name).await;
+    let c = cloud_condition(&t).expect("CloudReady");
+    assert_eq!(c.reason, "InstanceStopped", "{c:?}");
+    assert!(c.message.contains("no instance is launched"), "{c:?}");
+    assert_eq!(
+        t.status.as_ref().and_then(|s| s.phase),
+        Some(TenantPhase::Suspended)
+    );
+    assert!(env.instances(name).await.is_empty(), "nothing launched");
+    assert_eq!(count(&env.calls.run_instance), 0);
+
+    // Paid: launched.
+    env.patch_spec(
+        name,
+        json!({"subscription": {"id": "sub_NeverPaid1", "status": "active"}}),
+    )
+    .await;
+    let running = eventually("launched once paid", 60, move || async move {
+        let i = env.tenant(name).await?.status?.instance?;
+        (i.state == "running").then_some(i)
+    })
+    .await;
+
+    // Cancelled (retention): stopped, kept.
+    env.patch_spec(name, json!({"cancelledAt": "2026-12-01T00:00:00Z"}))
+        .await;
+    eventually("stopped in retention", 60, move || async move {
+        let i = env.tenant(name).await?.status?.instance?;
+        (i.state == "stopped").then_some(())
+    })
+    .await;
+    let t = env.tenant(name).await.expect("tenant");
+    assert_eq!(t.status.and_then(|s| s.phase), Some(TenantPhase::Cancelled));
+    assert_eq!(state_of(env, &running.id).await.as_deref(), Some("stopped"));
+    assert_eq!(env.instances(name).await.len(), 1, "kept, not terminated");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

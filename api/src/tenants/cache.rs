@@ -22,6 +22,8 @@ pub struct PhaseObservation {
     pub phase: String,
     /// Reason of the `Ready` condition, if any.
     pub reason: Option<String>,
+    /// The dedicated instance's state (`status.instance.state`), if the tenant has one.
+    pub instance_state: Option<String>,
 }
 
 /// The phase of a Tenant, when its status has one.
@@ -37,6 +39,7 @@ pub fn observe(tenant: &Tenant) -> Option<PhaseObservation> {
             .iter()
             .find(|c| c.type_ == "Ready")
             .map(|c| c.reason.clone()),
+        instance_state: status.instance.as_ref().map(|i| i.state.clone()),
     })
 }
 
@@ -87,9 +90,10 @@ where
 async fn record_phases(db: PgPool, mut rx: mpsc::Receiver<PhaseObservation>) {
     // What this replica last wrote or found recorded, to skip the database for the many watch
     // events that do not change the phase. The database decides across replicas.
-    let mut last: HashMap<String, String> = HashMap::new();
+    let mut last: HashMap<String, (String, Option<String>)> = HashMap::new();
     while let Some(o) = rx.recv().await {
-        if last.get(&o.tenant) == Some(&o.phase) {
+        let state = (o.phase.clone(), o.instance_state.clone());
+        if last.get(&o.tenant) == Some(&state) {
             continue;
         }
         let mut attempt = 0;
@@ -100,15 +104,16 @@ async fn record_phases(db: PgPool, mut rx: mpsc::Receiver<PhaseObservation>) {
                 &o.tenant,
                 &o.platform,
                 &o.phase,
+                o.instance_state.as_deref(),
                 o.reason.as_deref(),
             )
             .await
             {
                 Ok(written) => {
                     if written {
-                        tracing::info!(tenant = %o.tenant, phase = %o.phase, "phase transition recorded");
+                        tracing::info!(tenant = %o.tenant, phase = %o.phase, instance_state = ?o.instance_state, "status transition recorded");
                     }
-                    last.insert(o.tenant.clone(), o.phase.clone());
+                    last.insert(o.tenant.clone(), state);
                     break;
                 }
                 Err(error) if attempt < ATTEMPTS => {

@@ -160,6 +160,19 @@ pub struct BandwidthView {
     pub bytes: Option<f64>,
 }
 
+/// The time the tenant's dedicated instance ran over the window (what EC2 bills compute for).
+#[derive(Serialize, Debug, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceTimeView {
+    /// Seconds of the window the instance was `running`; 0 for a tier without one.
+    pub running_seconds: f64,
+    /// The same in hours.
+    pub hours: f64,
+    pub definition: &'static str,
+}
+
+const INSTANCE_TIME_DEFINITION: &str = "time of the observed part of the window the dedicated instance was running (a stopped instance, e.g. of a suspended tenant, bills no compute), from the status history";
+
 /// Metrics of one tenant.
 #[derive(Serialize, Debug, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -167,6 +180,7 @@ pub struct TenantMetrics {
     pub tenant: String,
     pub window: Window,
     pub uptime: UptimeView,
+    pub instance: InstanceTimeView,
     pub storage: StorageView,
     pub bandwidth: BandwidthView,
 }
@@ -196,7 +210,7 @@ pub async fn tenant_metrics(
             "end minus window is out of range",
         )
     })?;
-    let uptime = crate::history::tenant_uptime(&api.db, &name, start, end)
+    let (uptime, running_seconds) = crate::history::tenant_uptime(&api.db, &name, start, end)
         .await
         .map_err(|error| {
             tracing::error!(tenant = %name, %error, "reading status history");
@@ -247,6 +261,11 @@ pub async fn tenant_metrics(
             ready_seconds: uptime.ready_seconds,
             observed_seconds: uptime.observed_seconds,
             definition: UPTIME_DEFINITION,
+        },
+        instance: InstanceTimeView {
+            running_seconds,
+            hours: running_seconds / 3600.0,
+            definition: INSTANCE_TIME_DEFINITION,
         },
         storage,
         bandwidth,

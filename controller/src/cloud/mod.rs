@@ -33,6 +33,7 @@ use instance::{InstanceAction, InstanceResult};
 use owner::{Deleting, Owner};
 use provider::{LaunchSpec, ObservedInstance, RecordChange, RecordType};
 use stackplane_core::cloud::{dns, instance, tags};
+use stackplane_core::tenant::serving::{idle_reason, IdleReason};
 
 /// Condition type of the cloud step.
 pub const CLOUD_READY: &str = stackplane_core::contract::conditions::CLOUD_READY;
@@ -252,16 +253,27 @@ async fn sync_uncached(
             }
         }
         InstanceResult::Progressing(m) => messages.push(m.clone()),
+        InstanceResult::Parked { message, .. } => messages.push(message.clone()),
     }
     match sync_record(settings, client, tenant, platform, &instance, &mut out).await {
         Ok(m) => messages.push(m),
         Err(e) => return failed(out, e),
     }
     out.message = messages.join("; ");
-    if let InstanceResult::Progressing(_) = instance {
-        out.state = CloudState::Progressing;
-        out.ready = false;
-        out.reason = "InstanceNotRunning";
+    match instance {
+        InstanceResult::Progressing(_) => {
+            out.state = CloudState::Progressing;
+            out.ready = false;
+            out.reason = "InstanceNotRunning";
+        }
+        // Stopped as it should be while the tenant is idle: the cloud is in the wanted state.
+        InstanceResult::Parked { settled: true, .. } => out.reason = "InstanceStopped",
+        InstanceResult::Parked { settled: false, .. } => {
+            out.state = CloudState::Progressing;
+            out.ready = false;
+            out.reason = "InstanceStopping";
+        }
+        InstanceResult::Shared | InstanceResult::Running(_) => {}
     }
     out
 }
@@ -306,7 +318,8 @@ async fn sync_instance(
         return Ok(InstanceResult::Shared);
     }
     let found = tenant_instances(settings, tenant).await?;
-    let plan = instance::decide(desired, &found);
+    let idle = idle_reason(tenant);
+    let plan = instance::decide(desired, idle.is_some(), &found);
     if !plan.terminate.is_empty() {
         p.terminate_instances(&plan.terminate).await?;
         tracing::info!(tenant = %name, instances = ?plan.terminate, "terminated instances the tenant should not have");
@@ -424,8 +437,53 @@ async fn sync_instance(
                 state: "pending".into(),
                 ..instance_status(&i)
             });
+            out.notes
+                .push(Note::normal("InstanceStarted", format!("started {id}")));
             InstanceResult::Progressing(format!("instance {id} is starting"))
         }
+        InstanceAction::Park { id } => {
+            let why = idle.map(IdleReason::as_str).unwrap_or_default();
+            p.stop_instance(&id).await?;
+            tracing::info!(tenant = %name, instance = %id, reason = why, "stopping the instance of an idle tenant");
+            out.notes.push(Note::normal(
+                "InstanceStopped",
+                format!("stopping {id}, its disk kept, while the tenant is {why}"),
+            ));
+            out.instance = observed(&id).map(|i| InstanceStatus {
+                state: "stopping".into(),
+                public_ip: None,
+                ..instance_status(&i)
+            });
+            InstanceResult::Parked {
+                settled: false,
+                message: format!("instance {id} is stopping while the tenant is {why}"),
+            }
+        }
+        InstanceAction::Parked { id } => {
+            let why = idle.map(IdleReason::as_str).unwrap_or_default();
+            out.instance = observed(&id).as_ref().map(instance_status);
+            InstanceResult::Parked {
+                settled: true,
+                message: format!("instance {id} is stopped while the tenant is {why}"),
+            }
+        }
+        InstanceAction::NotLaunched => {
+            let why = idle.map(IdleReason::as_str).unwrap_or_default();
+            out.instance = None;
+            InstanceResult::Parked {
+                settled: true,
+                message: format!("no instance is launched while the tenant is {why}"),
+            }
+        }
+    };
+    // An idle tenant's instance that is still changing state (pending, stopping, being
+    // resized) is on its way to stopped: its record is withdrawn now, not once it stopped.
+    let result = match (idle, result) {
+        (Some(why), InstanceResult::Progressing(message)) => InstanceResult::Parked {
+            settled: false,
+            message: format!("{message} (the tenant is {})", why.as_str()),
+        },
+        (_, result) => result,
     };
     Ok(result)
 }
@@ -527,6 +585,31 @@ async fn sync_record(
             // Whatever record exists stays until the address is known.
             return Ok(format!(
                 "record {} waits for the instance's address",
+                display_name(&name)
+            ));
+        }
+        WantedRecord::Withdrawn => {
+            let existing = p.find_records(&zone, &name).await?;
+            let owner_sets = p.find_records(&zone, &dns::owner_name(&name)).await?;
+            let ours = Ownership::of(&owner_sets).map_or(recorded, |o| o.uid == uid);
+            let changes = if ours {
+                dns::deletions(&existing)
+            } else {
+                Vec::new()
+            };
+            if !changes.is_empty() {
+                p.change_records(&zone, &changes).await?;
+                tracing::info!(tenant = %tenant.metadata.name.as_deref().unwrap_or_default(), record = %name, "DNS record withdrawn while the instance is stopped");
+                out.notes.push(Note::normal(
+                    "DnsRecordWithdrawn",
+                    format!(
+                        "withdrew {} while the instance is stopped (the name stays the tenant's)",
+                        display_name(&name)
+                    ),
+                ));
+            }
+            return Ok(format!(
+                "record {} withdrawn while the instance is stopped",
                 display_name(&name)
             ));
         }

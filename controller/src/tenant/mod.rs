@@ -623,6 +623,10 @@ async fn status_step(
         }
     }
     ctx.metrics.phase(name, Some(phase));
+    if cloud.is_some() {
+        let state = st.instance.as_ref().map(|i| i.state.as_str());
+        ctx.metrics.instance_state(name, state);
+    }
     Ok(())
 }
 
@@ -763,6 +767,7 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         }
     }
     ctx.metrics.phase(&name, None);
+    ctx.metrics.instance_state(&name, None);
     ctx.applied.forget(&name);
     tracing::info!(tenant = %name, "tenant cleaned up");
     Ok(Action::await_change())

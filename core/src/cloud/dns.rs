@@ -292,6 +292,11 @@ pub enum WantedRecord {
     /// A shared tier and no ingress address configured: no record (one left from a dedicated
     /// tier goes, it would point at nothing).
     NoAddress,
+    /// The tenant is idle and its instance stopped (or stopping): EC2 releases a stopped
+    /// instance's public address, and another AWS customer may be given it, so the record is
+    /// withdrawn rather than left pointing there. The ownership record stays: the name is still
+    /// the tenant's, and starting the instance writes the record with its new address.
+    Withdrawn,
 }
 
 /// The record `name` should be: an A record to a running dedicated instance, else the
@@ -305,6 +310,7 @@ pub fn wanted_record(
         InstanceResult::Running(Some(ip)) => WantedRecord::Record(a_record(name, ip)),
         InstanceResult::Running(None) => WantedRecord::NoPublicIp,
         InstanceResult::Progressing(_) => WantedRecord::WaitForAddress,
+        InstanceResult::Parked { .. } => WantedRecord::Withdrawn,
         InstanceResult::Shared => match ingress {
             Some(a) => WantedRecord::Record(ingress_record(name, a)),
             None => WantedRecord::NoAddress,
@@ -513,6 +519,16 @@ mod tests {
             (InstanceResult::Shared, Some(&ingress), cname),
             (InstanceResult::Shared, None, WantedRecord::NoAddress),
         ];
+        let parked = |settled| InstanceResult::Parked {
+            settled,
+            message: "stopped".into(),
+        };
+        let table = table.into_iter().chain([
+            (parked(true), Some(&ingress), WantedRecord::Withdrawn),
+            (parked(true), None, WantedRecord::Withdrawn),
+            (parked(false), Some(&ingress), WantedRecord::Withdrawn),
+            (parked(false), None, WantedRecord::Withdrawn),
+        ]);
         for (instance, ingress, expected) in table {
             assert_eq!(
                 wanted_record(name, &instance, ingress),

@@ -2,6 +2,10 @@
 //! what to do next from what EC2 reports. Resizing is a small state machine spread over
 //! reconciles (running → stop → stopped → modify → start → running), driven only by the
 //! observed state, so a restarted controller resumes wherever the instance is.
+//!
+//! An idle tenant (suspended, cancelled in retention, never paid: [`crate::tenant::serving`])
+//! has its instance stopped, never started again while idle, and never launched: its disk is
+//! kept (stopping preserves the EBS root volume), and resuming starts the same instance.
 
 use std::collections::BTreeMap;
 
@@ -92,8 +96,14 @@ pub enum InstanceAction {
     Stop { id: String },
     /// Resize, step 2: the stopped instance has the wrong type.
     ModifyType { id: String, instance_type: String },
-    /// Resize, step 3 (or stopped from outside): start it.
+    /// Resize, step 3 (or stopped from outside, or the tenant resumed): start it.
     Start { id: String },
+    /// The tenant is idle and its instance runs (or is starting): stop it, keep its disk.
+    Park { id: String },
+    /// The tenant is idle and its instance is stopped, of the right type: nothing to do.
+    Parked { id: String },
+    /// The tenant is idle and has no instance: nothing is launched until it runs again.
+    NotLaunched,
 }
 
 /// What the instance part of the cloud step left for the DNS part.
@@ -105,6 +115,9 @@ pub enum InstanceResult {
     Running(Option<String>),
     /// The instance is not running yet (or is being resized): said in the message.
     Progressing(String),
+    /// The tenant is idle: its instance is stopped, stopping or absent (said in the message).
+    /// `settled`: nothing is left to do until the tenant runs again.
+    Parked { settled: bool, message: String },
 }
 
 /// What to do with the tenant's instances: the one to keep and act on, and the duplicates (or,
@@ -115,8 +128,13 @@ pub struct InstancePlan {
     pub terminate: Vec<String>,
 }
 
-/// Decides from the observed (non-terminated) instances of the tenant. Pure.
-pub fn decide(desired: Option<&DedicatedInstance>, found: &[ObservedInstance]) -> InstancePlan {
+/// Decides from the observed (non-terminated) instances of the tenant. `idle`: the tenant's
+/// stack should not run ([`crate::tenant::serving::idle_reason`]). Pure.
+pub fn decide(
+    desired: Option<&DedicatedInstance>,
+    idle: bool,
+    found: &[ObservedInstance],
+) -> InstancePlan {
     let mut active: Vec<&ObservedInstance> = found
         .iter()
         .filter(|i| ACTIVE_STATES.contains(&i.state.as_str()))
@@ -135,13 +153,21 @@ pub fn decide(desired: Option<&DedicatedInstance>, found: &[ObservedInstance]) -
     });
     let Some((keep, rest)) = active.split_first() else {
         return InstancePlan {
-            action: Some(InstanceAction::Create),
+            action: Some(if idle {
+                InstanceAction::NotLaunched
+            } else {
+                InstanceAction::Create
+            }),
             terminate: Vec::new(),
         };
     };
     let id = keep.id.clone();
     let right_type = keep.instance_type == desired.instance_type;
     let action = match (keep.state.as_str(), right_type) {
+        // Idle: stopped as soon as it can be (a pending instance cannot be stopped yet), and a
+        // stopped one is resized in place but never started.
+        ("running", _) if idle => InstanceAction::Park { id },
+        ("stopped", true) if idle => InstanceAction::Parked { id },
         ("running", true) => InstanceAction::Ready { id },
         ("running", false) => InstanceAction::Stop { id },
         ("stopped", false) => InstanceAction::ModifyType {
@@ -194,12 +220,12 @@ mod tests {
 
     #[test]
     fn nothing_found_creates() {
-        let p = decide(Some(&desired("t3.micro")), &[]);
+        let p = decide(Some(&desired("t3.micro")), false, &[]);
         assert_eq!(p.action, Some(InstanceAction::Create));
         assert!(p.terminate.is_empty());
         let gone = [inst("i-1", "t3.micro", "terminated", "1")];
         assert_eq!(
-            decide(Some(&desired("t3.micro")), &gone).action,
+            decide(Some(&desired("t3.micro")), false, &gone).action,
             Some(InstanceAction::Create)
         );
     }
@@ -207,7 +233,8 @@ mod tests {
     #[test]
     fn resize_walks_stop_modify_start() {
         let d = desired("t3.small");
-        let step = |state: &str, t: &str| decide(Some(&d), &[inst("i-1", t, state, "1")]).action;
+        let step =
+            |state: &str, t: &str| decide(Some(&d), false, &[inst("i-1", t, state, "1")]).action;
         assert_eq!(
             step("running", "t3.micro"),
             Some(InstanceAction::Stop { id: "i-1".into() })
@@ -244,7 +271,7 @@ mod tests {
             inst("i-a", "t3.micro", "pending", "2026-01-01T00:00:00Z"),
             inst("i-c", "t3.micro", "terminated", "2025-01-01T00:00:00Z"),
         ];
-        let p = decide(Some(&desired("t3.micro")), &found);
+        let p = decide(Some(&desired("t3.micro")), false, &found);
         assert_eq!(p.action, Some(InstanceAction::Wait { id: "i-a".into() }));
         assert_eq!(p.terminate, vec!["i-b".to_owned()]);
     }
@@ -255,7 +282,7 @@ mod tests {
             inst("i-a", "t3.micro", "running", "1"),
             inst("i-b", "t3.micro", "stopped", "2"),
         ];
-        let p = decide(None, &found);
+        let p = decide(None, false, &found);
         assert_eq!(p.action, None);
         assert_eq!(p.terminate, vec!["i-a".to_owned(), "i-b".to_owned()]);
     }
@@ -282,52 +309,90 @@ mod tests {
         );
     }
 
-    /// Every observed state × the right or a wrong type × a dedicated tier or none: the whole
-    /// decision as one table, so a change to any cell is a visible change here.
+    /// Every observed state × the right or a wrong type × a running or an idle tenant × a
+    /// dedicated tier or none: the whole decision as one table, so a change to any cell is a
+    /// visible change here.
     #[test]
-    fn every_state_type_and_tier() {
+    fn every_state_type_idleness_and_tier() {
         use InstanceAction as A;
         let wanted = desired("t3.small");
         let id = || "i-1".to_owned();
+        let resize = || A::ModifyType {
+            id: id(),
+            instance_type: "t3.small".into(),
+        };
         #[rustfmt::skip]
-        let table: [(&str, bool, Option<InstanceAction>); 12] = [
-            // state           right type  what to do (dedicated tier)
-            ("pending",        true,  Some(A::Wait { id: id() })),
-            ("pending",        false, Some(A::Wait { id: id() })),
-            ("running",        true,  Some(A::Ready { id: id() })),
-            ("running",        false, Some(A::Stop { id: id() })),
-            ("stopping",       true,  Some(A::Wait { id: id() })),
-            ("stopping",       false, Some(A::Wait { id: id() })),
-            ("stopped",        true,  Some(A::Start { id: id() })),
-            ("stopped",        false, Some(A::ModifyType { id: id(), instance_type: "t3.small".into() })),
-            // Gone (or going): not the tenant's instance any more, a new one is launched.
-            ("shutting-down",  true,  Some(A::Create)),
-            ("shutting-down",  false, Some(A::Create)),
-            ("terminated",     true,  Some(A::Create)),
-            ("terminated",     false, Some(A::Create)),
+        let table: [(&str, bool, InstanceAction, InstanceAction); 12] = [
+            // state           right type  the tenant runs       the tenant is idle
+            ("pending",        true,  A::Wait { id: id() },  A::Wait { id: id() }),
+            ("pending",        false, A::Wait { id: id() },  A::Wait { id: id() }),
+            ("running",        true,  A::Ready { id: id() }, A::Park { id: id() }),
+            ("running",        false, A::Stop { id: id() },  A::Park { id: id() }),
+            ("stopping",       true,  A::Wait { id: id() },  A::Wait { id: id() }),
+            ("stopping",       false, A::Wait { id: id() },  A::Wait { id: id() }),
+            // Stopped by hand: started again only while the tenant runs.
+            ("stopped",        true,  A::Start { id: id() }, A::Parked { id: id() }),
+            ("stopped",        false, resize(),              resize()),
+            // Gone (or going): not the tenant's instance any more; a new one is launched only
+            // for a tenant that runs.
+            ("shutting-down",  true,  A::Create,             A::NotLaunched),
+            ("shutting-down",  false, A::Create,             A::NotLaunched),
+            ("terminated",     true,  A::Create,             A::NotLaunched),
+            ("terminated",     false, A::Create,             A::NotLaunched),
         ];
-        for (state, right_type, action) in table {
+        for (state, right_type, runs, idles) in table {
             let t = if right_type { "t3.small" } else { "t3.micro" };
             let found = [inst("i-1", t, state, "1")];
-            let dedicated = decide(Some(&wanted), &found);
-            assert_eq!(
-                dedicated.action, action,
-                "{state}, right type: {right_type}"
-            );
-            assert!(
-                dedicated.terminate.is_empty(),
-                "{state}: nothing to terminate"
-            );
-            // A tier without a dedicated instance keeps none: every active one goes.
-            let shared = decide(None, &found);
-            assert_eq!(shared.action, None, "{state}, shared tier");
-            let active = ACTIVE_STATES.contains(&state);
-            assert_eq!(
-                shared.terminate,
-                if active { vec![id()] } else { Vec::new() },
-                "{state}, shared tier"
-            );
+            for (idle, action) in [(false, runs), (true, idles)] {
+                let dedicated = decide(Some(&wanted), idle, &found);
+                assert_eq!(
+                    dedicated.action,
+                    Some(action),
+                    "{state}, right type: {right_type}, idle: {idle}"
+                );
+                assert!(
+                    dedicated.terminate.is_empty(),
+                    "{state}: nothing to terminate"
+                );
+                // A tier without a dedicated instance keeps none: every active one goes.
+                let shared = decide(None, idle, &found);
+                assert_eq!(shared.action, None, "{state}, shared tier");
+                let active = ACTIVE_STATES.contains(&state);
+                assert_eq!(
+                    shared.terminate,
+                    if active { vec![id()] } else { Vec::new() },
+                    "{state}, shared tier"
+                );
+            }
         }
+    }
+
+    /// Suspended, then resumed: the same instance is stopped, stays stopped through any
+    /// number of reconciles, and is started again; nothing is launched or terminated.
+    #[test]
+    fn suspension_then_resume_keeps_the_instance() {
+        let d = desired("t3.small");
+        let at = |state: &str, idle: bool| {
+            decide(Some(&d), idle, &[inst("i-1", "t3.small", state, "1")])
+        };
+        assert_eq!(
+            at("running", true).action,
+            Some(InstanceAction::Park { id: "i-1".into() })
+        );
+        for _ in 0..3 {
+            let p = at("stopped", true);
+            assert_eq!(p.action, Some(InstanceAction::Parked { id: "i-1".into() }));
+            assert!(p.terminate.is_empty());
+        }
+        assert_eq!(
+            at("stopped", false).action,
+            Some(InstanceAction::Start { id: "i-1".into() })
+        );
+        // An idle tenant that never had an instance gets none.
+        assert_eq!(
+            decide(Some(&d), true, &[]).action,
+            Some(InstanceAction::NotLaunched)
+        );
     }
 
     /// Whatever state the duplicates are in, only the oldest active instance is acted on and
@@ -347,7 +412,7 @@ mod tests {
                 inst("i-new", "t3.small", state, "2026-02-01T00:00:00Z"),
                 inst("i-old", "t3.small", "running", "2026-01-01T00:00:00Z"),
             ];
-            let p = decide(Some(&wanted), &found);
+            let p = decide(Some(&wanted), false, &found);
             assert_eq!(
                 p.action,
                 Some(InstanceAction::Ready { id: "i-old".into() }),

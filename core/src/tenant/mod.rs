@@ -1,11 +1,13 @@
 //! A Tenant's decisions: which Platform spec it is planned from ([`revision`]), whether its
 //! spec can be planned ([`validate`]), the objects its stack consists of ([`plan`]), what its
-//! credentials Secret holds ([`credentials`]), and its status from what was observed
+//! credentials Secret holds ([`credentials`]), whether it should be serving at all
+//! ([`serving`]), and its status from what was observed
 //! ([`status`]).
 
 pub mod credentials;
 pub mod deployment;
 pub mod plan;
 pub mod revision;
+pub mod serving;
 pub mod status;
 pub mod validate;

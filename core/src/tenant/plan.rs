@@ -196,9 +196,10 @@ pub fn replicas(component: &Component, tier: &Tier, suspended: bool) -> i32 {
     })
 }
 
-/// Whether the tenant's workloads should run: not suspended and not cancelled.
+/// Whether the tenant's workloads are scaled to zero: its stack should not be serving
+/// ([`super::serving`]).
 pub fn scaled_down(tenant: &Tenant) -> bool {
-    tenant.spec.suspended || tenant.spec.cancelled_at.is_some()
+    super::serving::idle_reason(tenant).is_some()
 }
 
 /// The desired objects of `tenant` on `platform` in `tier`.

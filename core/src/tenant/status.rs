@@ -10,6 +10,7 @@ use stackplane_crds::{ComponentStatus, SubscriptionStatus, Tenant, TenantPhase, 
 
 use super::deployment::DeploymentReport;
 use super::plan::PlannedComponent;
+use super::serving::{idle_reason, IdleReason};
 
 use crate::contract::conditions::{CONTROLLER_OWNED, PAYMENT_OVERDUE, READY};
 use crate::contract::field_managers::BILLING as BILLING_FIELD_MANAGER;
@@ -160,11 +161,13 @@ pub fn phase(
     stalled: &[Stalled],
     previous: Option<&TenantStatus>,
 ) -> TenantPhase {
-    if tenant.spec.cancelled_at.is_some() {
-        TenantPhase::Cancelled
-    } else if tenant.spec.suspended {
-        TenantPhase::Suspended
-    } else if all_ready(components) {
+    match idle_reason(tenant) {
+        Some(IdleReason::Cancelled) => return TenantPhase::Cancelled,
+        // A first payment that never went through stops the stack as a suspension does.
+        Some(IdleReason::Suspended | IdleReason::Incomplete) => return TenantPhase::Suspended,
+        None => {}
+    }
+    if all_ready(components) {
         TenantPhase::Ready
     } else if !stalled.is_empty()
         || previous.and_then(|s| s.ready_since.as_ref()).is_some()
