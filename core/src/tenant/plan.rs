@@ -836,7 +836,10 @@ mod tests {
         let tier = p.spec.tier("professional").expect("tier");
         let plan = plan(&t, &p, tier, &with_access());
         let Some(Desired::ControllerBinding(binding)) = plan.objects.first() else {
-            panic!("the controller's binding comes first: {:?}", plan.objects.first());
+            panic!(
+                "the controller's binding comes first: {:?}",
+                plan.objects.first()
+            );
         };
         assert_eq!(
             binding.metadata.name.as_deref(),
