@@ -10,7 +10,7 @@ use kubectl_stackplane::error::Result;
 use kubectl_stackplane::ops::{self, RolloutAction};
 use kubectl_stackplane::output::{shown, Format, Paint};
 use kubectl_stackplane::{diff, status};
-use stackplane_core::tenant::plan::PlanOptions;
+use stackplane_core::tenant::plan::{ControllerAccess, PlanOptions};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -47,6 +47,22 @@ enum Command {
             default_value = "ingress-nginx"
         )]
         ingress_namespace: String,
+        /// The controller's --service-account, its namespace and its --tenant-cluster-role:
+        /// with them the diff covers the controller's RoleBinding in the tenant's namespace.
+        #[arg(long, env = "STACKPLANE_SERVICE_ACCOUNT", requires_all = ["controller_namespace", "tenant_cluster_role"])]
+        service_account: Option<String>,
+        #[arg(
+            long,
+            env = "STACKPLANE_CONTROLLER_NAMESPACE",
+            requires = "service_account"
+        )]
+        controller_namespace: Option<String>,
+        #[arg(
+            long,
+            env = "STACKPLANE_TENANT_CLUSTER_ROLE",
+            requires = "service_account"
+        )]
+        tenant_cluster_role: Option<String>,
     },
     /// Takes a manual backup of the tenant (a TenantBackup the controller carries out).
     Backup { tenant: String },
@@ -156,10 +172,23 @@ async fn run(cli: Cli) -> Result<String> {
         Command::Diff {
             tenant,
             ingress_namespace,
+            service_account,
+            controller_namespace,
+            tenant_cluster_role,
         } => {
             let client = client(&cli).await?;
+            let controller_access =
+                match (service_account, controller_namespace, tenant_cluster_role) {
+                    (Some(sa), Some(ns), Some(role)) => Some(ControllerAccess {
+                        service_account: sa.clone(),
+                        namespace: ns.clone(),
+                        cluster_role: role.clone(),
+                    }),
+                    _ => None,
+                };
             let options = PlanOptions {
                 ingress_namespace: ingress_namespace.clone(),
+                controller_access,
             };
             diff::diff(&client, tenant, &options).await
         }

@@ -591,7 +591,7 @@ async fn create_plan(client: &Client, plan: &Plan) -> Result<(), kube::Error> {
             Desired::NetworkPolicy(o) => post(client, ns, o).await?,
             Desired::ServiceAccount(o) => post(client, ns, o).await?,
             Desired::Role(o) => post(client, ns, o).await?,
-            Desired::RoleBinding(o) => post(client, ns, o).await?,
+            Desired::RoleBinding(o) | Desired::ControllerBinding(o) => post(client, ns, o).await?,
             Desired::CredentialsSecret { name, labels } => {
                 let secret = Secret {
                     metadata: ObjectMeta {

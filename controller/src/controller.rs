@@ -284,7 +284,7 @@ async fn run_controller(
                 .map(|t| ObjectRef::from_obj(&*t))
                 .collect::<Vec<_>>()
         })
-        // Drift: the namespace and every registered child kind is watched by label (metadata
+        // Drift: the namespace and every watched child kind is watched by label (metadata
         // only) and mapped back to its Tenant.
         .watches_stream(
             drift_triggers(
@@ -298,7 +298,9 @@ async fn run_controller(
             ),
             |o| tenant::children::tenant_of(&o),
         );
-    for kind in tenant::children::all_ops() {
+    // Kinds the registry does not watch (Secrets: no cluster-wide Secret access) are checked by
+    // the reconcile itself (`tenant::children::unwatched_drift`).
+    for kind in tenant::children::all_ops().filter(|k| k.kind.watched()) {
         controller = (kind.watch)(
             controller,
             c.clone(),

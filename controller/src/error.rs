@@ -57,6 +57,15 @@ pub enum Error {
     /// A cloud (EC2, Route53) call failed.
     #[error("cloud: {0}")]
     Cloud(#[from] crate::cloud::CloudError),
+    /// The controller's RoleBinding in a tenant namespace was applied but the API server did not
+    /// grant what it binds within the wait (RBAC is cached: a new binding takes a moment to
+    /// apply; a ClusterRole missing what the probe asks for never does).
+    #[error("access to namespace {namespace} through ClusterRole {cluster_role} not granted after {waited:?}")]
+    AccessNotGranted {
+        namespace: String,
+        cluster_role: String,
+        waited: std::time::Duration,
+    },
     /// The object has no name (never for objects read from the API server).
     #[error("object without a name")]
     NoName,
@@ -79,6 +88,7 @@ impl Error {
             Error::NamespaceTerminating { .. } => "namespace_terminating",
             Error::FinalBackupPending { .. } => "final_backup_pending",
             Error::FinalBackupConflict { .. } => "final_backup_conflict",
+            Error::AccessNotGranted { .. } => "access_not_granted",
         }
     }
 }

@@ -54,6 +54,26 @@ pub struct Args {
     )]
     pub ingress_namespace: String,
 
+    /// The controller's own ServiceAccount (in POD_NAMESPACE). With --tenant-cluster-role, each
+    /// tenant namespace gets a RoleBinding of that ClusterRole to it, applied before anything
+    /// else there (the chart sets both). Unset: no binding (a controller holding every
+    /// permission itself, e.g. cluster-admin in development).
+    #[arg(
+        long,
+        env = "STACKPLANE_SERVICE_ACCOUNT",
+        requires = "tenant_cluster_role"
+    )]
+    pub service_account: Option<String>,
+
+    /// The ClusterRole of what the controller does inside a tenant namespace, bound there to
+    /// --service-account (the controller's own ClusterRole must allow `bind` on it).
+    #[arg(
+        long,
+        env = "STACKPLANE_TENANT_CLUSTER_ROLE",
+        requires = "service_account"
+    )]
+    pub tenant_cluster_role: Option<String>,
+
     /// Reconcile only Tenants matching this label selector (sharding). Default: every Tenant.
     #[arg(long, env = "STACKPLANE_TENANT_SELECTOR")]
     pub tenant_selector: Option<String>,
@@ -66,7 +86,7 @@ pub struct Args {
     )]
     pub lease_name: String,
 
-    /// Namespace of the leader-election Lease.
+    /// The controller's own namespace: the leader-election Lease's, and its ServiceAccount's.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     pub lease_namespace: String,
 
@@ -176,6 +196,15 @@ impl Args {
         settings
     }
 
+    /// The controller's access to tenant namespaces, when both of its flags are set.
+    pub fn controller_access(&self) -> Option<stackplane_core::tenant::plan::ControllerAccess> {
+        Some(stackplane_core::tenant::plan::ControllerAccess {
+            service_account: self.service_account.clone()?,
+            namespace: self.lease_namespace.clone(),
+            cluster_role: self.tenant_cluster_role.clone()?,
+        })
+    }
+
     /// The controller's configuration from the flags.
     pub fn config(&self) -> Config {
         let identity = self.identity.clone().unwrap_or_else(|| {
@@ -193,6 +222,7 @@ impl Args {
             reconcile: tenant::ReconcileConfig {
                 plan: stackplane_core::tenant::plan::PlanOptions {
                     ingress_namespace: self.ingress_namespace.clone(),
+                    controller_access: self.controller_access(),
                 },
                 requeue: std::time::Duration::from_secs(self.requeue_seconds.max(1)),
                 final_backup_timeout: std::time::Duration::from_secs(self.final_backup_timeout),

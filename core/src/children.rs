@@ -67,6 +67,16 @@ impl ChildKind {
         }
     }
 
+    /// Whether the controller watches this kind across all namespaces (by label, for drift).
+    /// Not Secrets: a cluster-wide watch needs `list`/`watch` of every Secret in the cluster,
+    /// which the controller must not hold (it reads Secrets only in tenant namespaces, through
+    /// its per-namespace binding). Drift of an unwatched kind is found by the reconcile itself,
+    /// which looks at the tenant's objects of these kinds on every pass (the periodic resync
+    /// among them).
+    pub fn watched(self) -> bool {
+        self != ChildKind::Secret
+    }
+
     /// Whether the controller watches whole objects of this kind (their status feeds the
     /// tenant's), not only their metadata.
     pub fn watched_whole(self) -> bool {
@@ -152,6 +162,16 @@ mod tests {
         for k in ChildKind::ALL {
             let retained = k.unwanted() == Unwanted::Retain;
             assert_eq!(retained, k == ChildKind::PersistentVolumeClaim, "{k}");
+        }
+    }
+
+    #[test]
+    fn secrets_alone_are_not_watched_and_watched_whole_kinds_are_watched() {
+        for k in ChildKind::ALL {
+            assert_eq!(k.watched(), k != ChildKind::Secret, "{k}");
+            if k.watched_whole() {
+                assert!(k.watched(), "{k}");
+            }
         }
     }
 

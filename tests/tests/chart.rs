@@ -3,12 +3,14 @@
 //! object passes a server-side dry run, its CRDs are the crate's, and its RBAC is enough for
 //! the real binaries to do their work while impersonating the chart's ServiceAccounts.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::discovery::{ApiCapabilities, ApiResource, Discovery, Scope};
@@ -421,9 +423,53 @@ impl Proc {
     }
 }
 
+/// What a test of the chart's RBAC needs of the rendered chart.
+struct ChartAccounts {
+    /// The controller's ServiceAccount.
+    controller: String,
+    /// The api's ServiceAccount.
+    api: String,
+    /// The controller Deployment's plain environment variables, as rendered.
+    controller_env: Vec<(String, String)>,
+}
+
+impl ChartAccounts {
+    /// The rendered controller's value of `name`.
+    fn controller_env(&self, name: &str) -> &str {
+        self.controller_env
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("the chart's controller sets no {name}"))
+    }
+}
+
+/// The plain (`value:`) environment variables of the first container of the rendered
+/// Deployment of `component`.
+fn rendered_env(docs: &[serde_json::Value], component: &str) -> Vec<(String, String)> {
+    let deployment = docs
+        .iter()
+        .find(|d| {
+            d["kind"] == "Deployment"
+                && d["metadata"]["labels"]["app.kubernetes.io/component"] == component
+        })
+        .unwrap_or_else(|| panic!("no {component} Deployment rendered"));
+    deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            Some((
+                e["name"].as_str()?.to_owned(),
+                e["value"].as_str()?.to_owned(),
+            ))
+        })
+        .collect()
+}
+
 /// Creates, for real, the ServiceAccounts and RBAC objects of the chart for `release` in
-/// `namespace`, and returns the ServiceAccount names of (controller, api).
-async fn install_chart_rbac(client: &Client, release: &str, namespace: &str) -> (String, String) {
+/// `namespace`; the ServiceAccounts' names and the controller's environment.
+async fn install_chart_rbac(client: &Client, release: &str, namespace: &str) -> ChartAccounts {
     create_namespace(client, namespace).await;
     let discovery = Discovery::new(client.clone())
         .run()
@@ -455,7 +501,11 @@ async fn install_chart_rbac(client: &Client, release: &str, namespace: &str) -> 
             .unwrap_or_else(|e| panic!("create {kind} {}: {e}", obj.name_any()));
     }
     assert!(!accounts.0.is_empty() && !accounts.1.is_empty());
-    accounts
+    ChartAccounts {
+        controller: accounts.0,
+        api: accounts.1,
+        controller_env: rendered_env(&docs, "controller"),
+    }
 }
 
 async fn eventually<T, F, Fut>(what: &str, secs: u64, logs: &[&Proc], mut f: F) -> T
@@ -495,7 +545,11 @@ async fn the_controller_reconciles_a_tenant_with_only_the_charts_permissions() {
     install_crds(&admin).await;
     let release = unique("rbac");
     let ns = unique("chart-rbac");
-    let (controller_sa, _) = install_chart_rbac(&admin, &release, &ns).await;
+    let accounts = install_chart_rbac(&admin, &release, &ns).await;
+    let controller_sa = accounts.controller.clone();
+    let tenant_role = accounts
+        .controller_env("STACKPLANE_TENANT_CLUSTER_ROLE")
+        .to_owned();
     let dir = std::env::temp_dir().join(unique("chart-rbac"));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let kubeconfig = dir.join("controller.kubeconfig");
@@ -541,9 +595,18 @@ async fn the_controller_reconciles_a_tenant_with_only_the_charts_permissions() {
             "4",
             "--lease-grace",
             "1",
+            // A short resync: Secrets are not watched, the resync finds their drift.
+            "--requeue-seconds",
+            "3",
         ])
         .env("KUBECONFIG", &kubeconfig)
         .env("POD_NAMESPACE", &ns)
+        // As the chart's Deployment sets them: the controller binds itself per tenant namespace.
+        .env(
+            "STACKPLANE_SERVICE_ACCOUNT",
+            accounts.controller_env("STACKPLANE_SERVICE_ACCOUNT"),
+        )
+        .env("STACKPLANE_TENANT_CLUSTER_ROLE", &tenant_role)
         .env("POD_NAME", "controller-0")
         .env("RUST_LOG", "stackplane_controller=debug,kube=warn")
         .stdout(Stdio::from(out.try_clone().expect("clone")))
@@ -608,6 +671,61 @@ async fn the_controller_reconciles_a_tenant_with_only_the_charts_permissions() {
         .conditions
         .iter()
         .any(|c| c.type_ == "Synced" && c.status == "True"));
+    // The controller bound the tenant ClusterRole to itself in the tenant's namespace, and
+    // wrote the credentials Secret there through that binding (its ClusterRole has no Secret
+    // access); it may read Secrets there, and only because of the binding.
+    let binding = Api::<RoleBinding>::namespaced(admin.clone(), &status_ns)
+        .get(&tenant_role)
+        .await
+        .expect("the controller's RoleBinding in the tenant namespace");
+    assert_eq!(
+        (
+            binding.role_ref.kind.as_str(),
+            binding.role_ref.name.as_str()
+        ),
+        ("ClusterRole", tenant_role.as_str())
+    );
+    let subjects = binding.subjects.unwrap_or_default();
+    assert_eq!(
+        subjects
+            .iter()
+            .map(|s| (s.kind.as_str(), s.name.as_str(), s.namespace.as_deref()))
+            .collect::<Vec<_>>(),
+        [("ServiceAccount", controller_sa.as_str(), Some(ns.as_str()))]
+    );
+    let secrets = Api::<Secret>::namespaced(admin.clone(), &status_ns);
+    let credentials = secrets
+        .get("credentials")
+        .await
+        .expect("credentials Secret");
+    assert!(credentials
+        .managed_fields()
+        .iter()
+        .any(|f| f.manager.as_deref() == Some("stackplane-controller")));
+    Api::<Secret>::namespaced(restricted.clone(), &status_ns)
+        .get("credentials")
+        .await
+        .expect("the controller reads Secrets in a tenant namespace");
+    // Secrets are not watched: a deleted one is made again by the periodic resync.
+    let uid = credentials.uid();
+    secrets
+        .delete("credentials", &Default::default())
+        .await
+        .expect("delete the credentials");
+    eventually(
+        "the credentials Secret made again",
+        60,
+        &[&controller],
+        || {
+            let secrets = secrets.clone();
+            let uid = uid.clone();
+            async move {
+                let again = secrets.get_opt("credentials").await.ok()??;
+                (again.uid() != uid).then_some(())
+            }
+        },
+    )
+    .await;
     // The leader Lease was taken in the release namespace through the chart's Role.
     let lease = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(admin.clone(), &ns)
         .get(&shard)
@@ -624,6 +742,376 @@ async fn the_controller_reconciles_a_tenant_with_only_the_charts_permissions() {
     );
     drop(controller);
     let _ = tenants.delete(&name, &Default::default()).await;
+}
+
+/// Asserts that `result` is the API server's 403.
+fn assert_forbidden<T: std::fmt::Debug>(result: kube::Result<T>, what: &str) {
+    match result {
+        Err(kube::Error::Api(s)) if s.code == 403 => {}
+        other => panic!("{what}: expected 403 Forbidden, got {other:?}"),
+    }
+}
+
+/// The chart's RBAC as rendered, against the real API server: outside tenant namespaces the
+/// controller reads no Secret but in its own namespace, writes no namespaced object but its
+/// own RoleBinding, and may bind no ClusterRole but the tenant one.
+#[tokio::test]
+async fn the_controller_reads_secrets_only_in_tenant_namespaces_and_its_own() {
+    let admin = kube_client().await;
+    install_crds(&admin).await;
+    let release = unique("rbac");
+    let ns = unique("chart-rbac");
+    let accounts = install_chart_rbac(&admin, &release, &ns).await;
+    let dir = std::env::temp_dir().join(unique("chart-rbac-deny"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let kubeconfig = dir.join("controller.kubeconfig");
+    impersonating_kubeconfig(&ns, &accounts.controller, &kubeconfig);
+    let restricted = client_as(&kubeconfig).await;
+
+    // A Secret in `default` and one in the controller's own namespace, both real.
+    let secret = |name: &str| -> Secret {
+        serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "stringData": {"key": "value"},
+        }))
+        .expect("secret")
+    };
+    let elsewhere = unique("not-the-controllers");
+    Api::<Secret>::namespaced(admin.clone(), "default")
+        .create(&PostParams::default(), &secret(&elsewhere))
+        .await
+        .expect("a Secret in default");
+    let own = unique("backup-key");
+    Api::<Secret>::namespaced(admin.clone(), &ns)
+        .create(&PostParams::default(), &secret(&own))
+        .await
+        .expect("a Secret in the controller's namespace");
+
+    let in_default = Api::<Secret>::namespaced(restricted.clone(), "default");
+    assert_forbidden(in_default.get(&elsewhere).await, "get a Secret in default");
+    assert_forbidden(
+        in_default.list(&ListParams::default()).await,
+        "list Secrets in default",
+    );
+    assert_forbidden(
+        in_default
+            .create(&PostParams::default(), &secret(&unique("planted")))
+            .await,
+        "create a Secret in default",
+    );
+    assert_forbidden(
+        Api::<Secret>::all(restricted.clone())
+            .list(&ListParams::default())
+            .await,
+        "list Secrets in every namespace",
+    );
+    // Its own namespace: get by name, nothing more.
+    Api::<Secret>::namespaced(restricted.clone(), &ns)
+        .get(&own)
+        .await
+        .expect("the controller gets a Secret in its own namespace");
+    assert_forbidden(
+        Api::<Secret>::namespaced(restricted.clone(), &ns)
+            .list(&ListParams::default())
+            .await,
+        "list Secrets in its own namespace",
+    );
+    // No namespaced write outside the namespaces it bound itself in: a Deployment in default
+    // (whose pod could mount any of its Secrets) is refused.
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": unique("planted")},
+        "spec": {
+            "selector": {"matchLabels": {"app": "planted"}},
+            "template": {
+                "metadata": {"labels": {"app": "planted"}},
+                "spec": {"containers": [{"name": "c", "image": "busybox"}]},
+            },
+        },
+    }))
+    .expect("deployment");
+    assert_forbidden(
+        Api::<Deployment>::namespaced(restricted.clone(), "default")
+            .create(&PostParams::default(), &deployment)
+            .await,
+        "create a Deployment in default",
+    );
+    // It may bind the tenant ClusterRole and no other.
+    let binding = |role: &str| -> RoleBinding {
+        serde_json::from_value(json!({
+            "metadata": {"name": unique("planted")},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+            "subjects": [{"kind": "ServiceAccount", "name": accounts.controller, "namespace": ns}],
+        }))
+        .expect("binding")
+    };
+    assert_forbidden(
+        Api::<RoleBinding>::namespaced(restricted.clone(), "default")
+            .create(&PostParams::default(), &binding("cluster-admin"))
+            .await,
+        "bind cluster-admin in default",
+    );
+    let _ = Api::<Secret>::namespaced(admin.clone(), "default")
+        .delete(&elsewhere, &Default::default())
+        .await;
+    let _ = Api::<Namespace>::all(admin)
+        .delete(&ns, &Default::default())
+        .await;
+}
+
+/// Labels of the namespace `name` as a 1.21+ API server shows them (it sets
+/// `kubernetes.io/metadata.name` itself), on top of `labels`.
+fn namespace_labels(name: &str, labels: &[(&str, &str)]) -> BTreeMap<String, String> {
+    let mut l: BTreeMap<String, String> = labels
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    l.insert("kubernetes.io/metadata.name".into(), name.into());
+    l
+}
+
+/// Whether a label selector (matchLabels and matchExpressions) selects `labels`; an empty
+/// selector selects everything.
+fn selects(selector: &serde_json::Value, labels: &BTreeMap<String, String>) -> bool {
+    let match_labels = selector["matchLabels"].as_object().into_iter().flatten();
+    let labels_ok = match_labels
+        .into_iter()
+        .all(|(k, v)| labels.get(k).map(String::as_str) == v.as_str());
+    let expressions = selector["matchExpressions"]
+        .as_array()
+        .into_iter()
+        .flatten();
+    let expressions_ok = expressions.into_iter().all(|e| {
+        let key = e["key"].as_str().unwrap_or_default();
+        let values: Vec<&str> = e["values"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str())
+            .collect();
+        let value = labels.get(key).map(String::as_str);
+        match e["operator"].as_str() {
+            Some("In") => value.is_some_and(|v| values.contains(&v)),
+            Some("NotIn") => value.is_none_or(|v| !values.contains(&v)),
+            Some("Exists") => value.is_some(),
+            Some("DoesNotExist") => value.is_none(),
+            other => panic!("unknown selector operator {other:?}"),
+        }
+    });
+    labels_ok && expressions_ok
+}
+
+/// A pod somewhere: its namespace's labels and its own.
+struct Source {
+    namespace: BTreeMap<String, String>,
+    pod: BTreeMap<String, String>,
+}
+
+/// Whether the ingress NetworkPolicies `policies` of namespace `policy_ns` let `from` reach the
+/// named `port` of a pod labelled `target` (Kubernetes' semantics: a pod no policy selects
+/// accepts everything; otherwise some rule of a selecting policy must admit the source on that
+/// port).
+fn admits(
+    policies: &[serde_json::Value],
+    policy_ns: &str,
+    target: &BTreeMap<String, String>,
+    port: &str,
+    from: &Source,
+) -> bool {
+    let selecting: Vec<&serde_json::Value> = policies
+        .iter()
+        .filter(|p| selects(&p["spec"]["podSelector"], target))
+        .collect();
+    if selecting.is_empty() {
+        return true;
+    }
+    let same_namespace = from
+        .namespace
+        .get("kubernetes.io/metadata.name")
+        .map(String::as_str)
+        == Some(policy_ns);
+    selecting
+        .iter()
+        .flat_map(|p| p["spec"]["ingress"].as_array().into_iter().flatten())
+        .any(|rule| {
+            let ports: Vec<&serde_json::Value> =
+                rule["ports"].as_array().into_iter().flatten().collect();
+            let port_ok = ports.is_empty() || ports.iter().any(|p| p["port"] == port);
+            let peers: Vec<&serde_json::Value> =
+                rule["from"].as_array().into_iter().flatten().collect();
+            let peer_ok = peers.is_empty()
+                || peers.iter().any(|peer| {
+                    let ns_ok = match peer.get("namespaceSelector") {
+                        Some(sel) => selects(sel, &from.namespace),
+                        None => peer.get("podSelector").is_some() && same_namespace,
+                    };
+                    let pod_ok = peer
+                        .get("podSelector")
+                        .is_none_or(|sel| selects(sel, &from.pod));
+                    ns_ok && pod_ok
+                });
+            port_ok && peer_ok
+        })
+}
+
+/// The rendered NetworkPolicies and the pod labels of the api and the controller.
+fn rendered_policies(
+    extra: &[&str],
+) -> (
+    Vec<serde_json::Value>,
+    BTreeMap<String, String>,
+    BTreeMap<String, String>,
+) {
+    let chart = chart_dir();
+    let values = ci_values();
+    let mut args = vec![
+        "render",
+        chart.to_str().unwrap_or_default(),
+        "-f",
+        values.to_str().unwrap_or_default(),
+        "--namespace",
+        "stackplane",
+    ];
+    args.extend_from_slice(extra);
+    let docs = parse_docs(&helm_ok(&args));
+    let pod_labels = |component: &str| -> BTreeMap<String, String> {
+        let d = docs
+            .iter()
+            .find(|d| {
+                d["kind"] == "Deployment"
+                    && d["metadata"]["labels"]["app.kubernetes.io/component"] == component
+            })
+            .unwrap_or_else(|| panic!("no {component} Deployment"));
+        serde_json::from_value(d["spec"]["template"]["metadata"]["labels"].clone())
+            .expect("pod labels")
+    };
+    let policies: Vec<serde_json::Value> = docs
+        .iter()
+        .filter(|d| d["kind"] == "NetworkPolicy")
+        .cloned()
+        .collect();
+    assert_eq!(policies.len(), 2, "the api's and the controller's");
+    (policies, pod_labels("api"), pod_labels("controller"))
+}
+
+/// The chart's default NetworkPolicies (CI values set no metricsFrom or monitoringNamespace)
+/// keep a tenant namespace's pods off the api's internal port and the controller's metrics
+/// port, and let the monitoring namespace's in; an explicit metricsFrom replaces the default.
+#[test]
+fn metrics_ports_admit_the_monitoring_namespace_and_no_tenant_namespace() {
+    let ci: serde_json::Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(ci_values()).expect("ci values"))
+            .expect("ci values YAML");
+    assert!(ci["networkPolicy"].get("metricsFrom").is_none());
+    assert!(ci["networkPolicy"].get("monitoringNamespace").is_none());
+
+    // A tenant's namespace and workload pod as the controller plans them.
+    let platform = stackplane_tests::example_platform("leadgen-pro.yaml");
+    let tenant = Tenant::new("acme", TenantSpec::new("leadgen-pro", "starter"));
+    let tier = platform.spec.tier("starter").expect("tier");
+    let plan = stackplane_core::tenant::plan::plan(
+        &tenant,
+        &platform,
+        tier,
+        &stackplane_core::tenant::plan::PlanOptions::default(),
+    );
+    let mut tenant_ns = plan.namespace.metadata.labels.clone().unwrap_or_default();
+    tenant_ns.insert(
+        "kubernetes.io/metadata.name".into(),
+        plan.namespace_name().to_owned(),
+    );
+    let tenant_pod = plan
+        .objects
+        .iter()
+        .find_map(|o| match o {
+            stackplane_core::tenant::plan::Desired::Deployment(d) => {
+                d.spec.as_ref()?.template.metadata.as_ref()?.labels.clone()
+            }
+            _ => None,
+        })
+        .expect("a planned workload");
+    let tenant = Source {
+        namespace: tenant_ns,
+        pod: tenant_pod,
+    };
+    let prometheus = |ns: &str, extra: &[(&str, &str)]| Source {
+        namespace: namespace_labels(ns, extra),
+        pod: [("app.kubernetes.io/name".to_owned(), "prometheus".to_owned())].into(),
+    };
+
+    let (policies, api, controller) = rendered_policies(&[]);
+    let internal_ports = [(&api, "internal"), (&controller, "metrics")];
+    for (target, port) in internal_ports {
+        assert!(
+            !admits(&policies, "stackplane", target, port, &tenant),
+            "a tenant's pod reaches {port}"
+        );
+        assert!(
+            admits(
+                &policies,
+                "stackplane",
+                target,
+                port,
+                &prometheus("monitoring", &[])
+            ),
+            "the monitoring namespace does not reach {port}"
+        );
+        assert!(
+            !admits(
+                &policies,
+                "stackplane",
+                target,
+                port,
+                &prometheus("default", &[])
+            ),
+            "any other namespace reaches {port}"
+        );
+    }
+    // The public port stays the ingress controller's (CI values), not the tenants'.
+    assert!(!admits(&policies, "stackplane", &api, "http", &tenant));
+
+    // Another monitoring namespace by name; or metricsFrom, which replaces it.
+    let (policies, api, controller) = rendered_policies(&[
+        "--set-json",
+        r#"networkPolicy.monitoringNamespace="observability""#,
+    ]);
+    for (target, port) in [(&api, "internal"), (&controller, "metrics")] {
+        assert!(admits(
+            &policies,
+            "stackplane",
+            target,
+            port,
+            &prometheus("observability", &[])
+        ));
+        assert!(!admits(
+            &policies,
+            "stackplane",
+            target,
+            port,
+            &prometheus("monitoring", &[])
+        ));
+        assert!(!admits(&policies, "stackplane", target, port, &tenant));
+    }
+    let (policies, api, controller) = rendered_policies(&[
+        "--set-json",
+        r#"networkPolicy.metricsFrom=[{"namespaceSelector":{"matchLabels":{"team":"obs"}}}]"#,
+    ]);
+    for (target, port) in [(&api, "internal"), (&controller, "metrics")] {
+        assert!(admits(
+            &policies,
+            "stackplane",
+            target,
+            port,
+            &prometheus("obs", &[("team", "obs")])
+        ));
+        assert!(!admits(
+            &policies,
+            "stackplane",
+            target,
+            port,
+            &prometheus("monitoring", &[])
+        ));
+        assert!(!admits(&policies, "stackplane", target, port, &tenant));
+    }
 }
 
 /// Starts `stackplane-api` with the api ServiceAccount's permissions; (process, base URL).
@@ -739,7 +1227,7 @@ async fn the_api_applies_a_paying_customers_tenant_with_only_the_charts_permissi
     stackplane_tests::apply_example_platform(&admin, "leadsite-io.yaml").await;
     let release = unique("rbac");
     let ns = unique("chart-rbac");
-    let (_, api_sa) = install_chart_rbac(&admin, &release, &ns).await;
+    let api_sa = install_chart_rbac(&admin, &release, &ns).await.api;
     let dir = std::env::temp_dir().join(unique("chart-rbac-api"));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let (api, base) = start_api(&ns, &api_sa, &dir).await;
@@ -781,7 +1269,7 @@ async fn the_api_serves_a_tenants_status_with_only_the_charts_permissions() {
     stackplane_tests::apply_example_platform(&admin, "leadsite-io.yaml").await;
     let release = unique("rbac");
     let ns = unique("chart-rbac");
-    let (_, api_sa) = install_chart_rbac(&admin, &release, &ns).await;
+    let api_sa = install_chart_rbac(&admin, &release, &ns).await.api;
     let dir = std::env::temp_dir().join(unique("chart-rbac-status"));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let (api, base) = start_api(&ns, &api_sa, &dir).await;

@@ -21,6 +21,24 @@
 {{- printf "%s-controller" (include "stackplane.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{- /* The ClusterRole of what the controller does inside a tenant namespace (bound there by the
+controller itself, see controller-rbac.yaml). */}}
+{{- define "stackplane.controller.tenantClusterRole" -}}
+{{- printf "%s-tenant" (include "stackplane.controller.fullname" .) -}}
+{{- end -}}
+
+{{- /* Who may reach the controller's metrics port and the api's internal port: the values'
+metricsFrom, else the pods of the monitoring namespace. */}}
+{{- define "stackplane.metricsFrom" -}}
+{{- if .Values.networkPolicy.metricsFrom -}}
+{{- toYaml .Values.networkPolicy.metricsFrom }}
+{{- else -}}
+- namespaceSelector:
+    matchLabels:
+      kubernetes.io/metadata.name: {{ .Values.networkPolicy.monitoringNamespace | quote }}
+{{- end -}}
+{{- end -}}
+
 {{- define "stackplane.api.fullname" -}}
 {{- printf "%s-api" (include "stackplane.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}

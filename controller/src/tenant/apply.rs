@@ -4,10 +4,16 @@
 
 use std::collections::BTreeMap;
 
+use std::time::Duration;
+
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::ByteString;
-use kube::api::{Patch, PatchParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use rand::distributions::{Alphanumeric, DistString};
 
@@ -16,6 +22,13 @@ use super::reports::DeploymentReport;
 use crate::error::{Error, Result};
 use stackplane_core::tenant::credentials as creds;
 use stackplane_core::tenant::plan::{Desired, Plan};
+
+/// Longest wait for the controller's new RoleBinding in a tenant namespace to take effect.
+/// The API server's authorizer reads RBAC objects from its cache, which follows a write within
+/// milliseconds; the bound is for a server under load.
+const ACCESS_WAIT: Duration = Duration::from_secs(10);
+/// Pause between two looks at whether that binding took effect.
+const ACCESS_POLL: Duration = Duration::from_millis(100);
 
 /// What a real apply of a plan tells.
 #[derive(Debug, Default)]
@@ -29,7 +42,8 @@ pub struct Outcome {
 
 /// Applies the namespace, then every namespaced object of `plan` through the registry of
 /// child kinds (`super::children`), with the controller's field manager, forcing
-/// (`stackplane_core::contract::field_managers::controller_apply`).
+/// (`stackplane_core::contract::field_managers::controller_apply`). The controller's own
+/// RoleBinding comes first; the apply goes on once the API server grants what it binds.
 pub async fn apply(client: &Client, plan: &Plan) -> Result<Outcome> {
     let params = &stackplane_core::contract::field_managers::controller_apply();
     let namespaces: Api<Namespace> = Api::all(client.clone());
@@ -52,6 +66,15 @@ pub async fn apply(client: &Client, plan: &Plan) -> Result<Outcome> {
             Desired::CredentialsSecret { name, labels } => {
                 apply_credentials(client, ns, name, labels, params).await
             }
+            Desired::ControllerBinding(binding) => {
+                let applied =
+                    (ops(object.child_kind()).apply)(client, ns, name, &object.to_json()?, params)
+                        .await;
+                if applied.is_ok() {
+                    await_access(client, ns, binding).await?;
+                }
+                applied
+            }
             planned => {
                 (ops(planned.child_kind()).apply)(client, ns, name, &planned.to_json()?, params)
                     .await
@@ -65,6 +88,43 @@ pub async fn apply(client: &Client, plan: &Plan) -> Result<Outcome> {
         outcome.reports.extend(report);
     }
     Ok(outcome)
+}
+
+/// Waits until the API server grants the controller what its just-applied `binding` in `ns`
+/// binds, asking as the controller itself (a SelfSubjectAccessReview: every authenticated
+/// subject may). Without this wait the next write, the first through the binding, could be
+/// refused while the authorizer's cache has not seen the binding yet. The probe is a write
+/// of Secrets, what the binding exists for.
+async fn await_access(client: &Client, ns: &str, binding: &RoleBinding) -> Result<()> {
+    let reviews: Api<SelfSubjectAccessReview> = Api::all(client.clone());
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                namespace: Some(ns.to_owned()),
+                verb: Some("create".to_owned()),
+                resource: Some("secrets".to_owned()),
+                ..ResourceAttributes::default()
+            }),
+            ..SelfSubjectAccessReviewSpec::default()
+        },
+        ..SelfSubjectAccessReview::default()
+    };
+    let started = tokio::time::Instant::now();
+    loop {
+        let answer = reviews.create(&PostParams::default(), &review).await?;
+        if answer.status.is_some_and(|s| s.allowed) {
+            return Ok(());
+        }
+        if started.elapsed() >= ACCESS_WAIT {
+            return Err(Error::AccessNotGranted {
+                namespace: ns.to_owned(),
+                cluster_role: binding.role_ref.name.clone(),
+                waited: started.elapsed(),
+            });
+        }
+        tracing::debug!(namespace = %ns, cluster_role = %binding.role_ref.name, "binding not effective yet");
+        tokio::time::sleep(ACCESS_POLL).await;
+    }
 }
 
 /// The fingerprint of everything [`apply`] would send for `plan` (see `super::applied`).
@@ -122,13 +182,17 @@ mod mocked_api {
     use crate::mock_api::{self, Call};
 
     fn tackle_plan() -> Plan {
+        tackle_plan_with(&PlanOptions::default())
+    }
+
+    fn tackle_plan_with(options: &PlanOptions) -> Plan {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../examples/platforms/tackle.yaml");
         let platform: Platform =
             serde_saphyr::from_str(&std::fs::read_to_string(path).expect("read")).expect("yaml");
         let tenant = Tenant::new("acme", TenantSpec::new("tackle", "starter"));
         let tier = platform.spec.tiers[0].clone();
-        plan(&tenant, &platform, &tier, &PlanOptions::default())
+        plan(&tenant, &platform, &tier, options)
     }
 
     /// Echoes an applied object (the namespace with a creation time); a Secret is not there.
@@ -217,6 +281,69 @@ mod mocked_api {
                 Some("application/apply-patch+yaml")
             );
         }
+    }
+
+    #[tokio::test]
+    async fn the_controllers_binding_is_applied_first_and_waited_for_before_any_other_write() {
+        let plan = tackle_plan_with(&PlanOptions {
+            controller_access: Some(stackplane_core::tenant::plan::ControllerAccess {
+                service_account: "stackplane-controller".into(),
+                namespace: "stackplane-system".into(),
+                cluster_role: "stackplane-controller-tenant".into(),
+            }),
+            ..PlanOptions::default()
+        });
+        let (client, server) = mock_api::pair();
+        // The authorizer grants the binding on the third look.
+        let looks = std::sync::atomic::AtomicUsize::new(0);
+        let echo = cluster(None);
+        let calls = server.serve(move |call| {
+            if call.path.ends_with("/selfsubjectaccessreviews") {
+                let n = looks.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut answer = call.body.clone();
+                answer["status"] = json!({"allowed": n >= 2});
+                return (StatusCode::CREATED, answer);
+            }
+            echo(call)
+        });
+        apply(&client, &plan).await.expect("apply");
+        drop(client);
+        let calls = calls.await.expect("server");
+        let made: Vec<(&str, &str)> = calls
+            .iter()
+            .map(|c| (c.method.as_str(), c.path.as_str()))
+            .collect();
+        let binding = path_of(
+            ChildKind::RoleBinding,
+            "tenant-acme",
+            "stackplane-controller-tenant",
+        );
+        let review = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews";
+        assert_eq!(
+            &made[..5],
+            &[
+                ("PATCH", "/api/v1/namespaces/tenant-acme"),
+                ("PATCH", binding.as_str()),
+                ("POST", review),
+                ("POST", review),
+                ("POST", review),
+            ],
+            "{made:?}"
+        );
+        assert_eq!(made.iter().filter(|c| c.1 == review).count(), 3);
+        let asked = &calls[2].body["spec"]["resourceAttributes"];
+        assert_eq!(
+            (&asked["namespace"], &asked["verb"], &asked["resource"]),
+            (&json!("tenant-acme"), &json!("create"), &json!("secrets"))
+        );
+        assert_eq!(
+            calls[1].body["roleRef"]["name"],
+            "stackplane-controller-tenant"
+        );
+        assert_eq!(
+            calls[1].body["subjects"][0]["namespace"],
+            "stackplane-system"
+        );
     }
 
     #[tokio::test]

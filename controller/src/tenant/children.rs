@@ -19,7 +19,7 @@ use kube::runtime::{watcher, Controller};
 use kube::{Api, Client, Resource, ResourceExt};
 use stackplane_core::contract::labels::{tenant_selector, TENANT};
 
-use super::applied::{drift_triggers, Applied};
+use super::applied::{drift_triggers, written_by_others, Applied};
 use super::prune::{self, Pruned};
 use super::reports::{DeploymentReport, DeploymentReports};
 use crate::error::Result;
@@ -53,12 +53,18 @@ pub type WatchFn = fn(
     Arc<DeploymentReports>,
 ) -> Controller<CachedTenant>;
 
+/// Whether the planned object of one kind named `name` in namespace `ns` drifted: it is
+/// missing, being deleted, or was last written by someone else (`super::applied`). How the
+/// reconcile finds drift of the kinds no watch covers.
+pub type DriftFn = for<'a> fn(&'a Client, &'a str, &'a str) -> BoxFuture<'a, kube::Result<bool>>;
+
 /// The typed executors of one kind of the registry (`stackplane_core::children`).
 pub struct KindOps {
     pub kind: ChildKind,
     pub apply: ApplyFn,
     pub prune: PruneFn,
     pub watch: WatchFn,
+    pub drifted: DriftFn,
 }
 
 impl KindOps {
@@ -71,6 +77,7 @@ impl KindOps {
                 Unwanted::Retain => prune::retain_unwanted::<K> as PruneFn,
             },
             watch: watch_kind::<K>,
+            drifted: drifted_kind::<K>,
         }
     }
 }
@@ -121,6 +128,30 @@ pub async fn prune(client: &Client, tenant: &str, plan: &Plan) -> Result<Pruned>
     Ok(pruned)
 }
 
+/// Whether any planned object of a kind the controller does not watch (Secrets, see
+/// `ChildKind::watched`) drifted: one metadata read per such object. The reconcile asks this
+/// when the plan is otherwise up to date, so such drift is set right on the tenant's next pass
+/// (the periodic resync at the latest) instead of by a watch event. A read that fails counts as
+/// drift: the apply that follows reports the error.
+pub async fn unwatched_drift(client: &Client, plan: &Plan) -> bool {
+    let ns = plan.namespace_name();
+    for object in plan.objects.iter().filter(|o| !o.child_kind().watched()) {
+        let kind = object.child_kind();
+        match (ops(kind).drifted)(client, ns, object.name()).await {
+            Ok(false) => {}
+            Ok(true) => {
+                tracing::info!(namespace = %ns, kind = %kind, object = %object.name(), "unwatched object drifted");
+                return true;
+            }
+            Err(error) => {
+                tracing::warn!(namespace = %ns, kind = %kind, object = %object.name(), %error, "reading an unwatched object failed");
+                return true;
+            }
+        }
+    }
+    false
+}
+
 /// The Tenant that an object of a tenant belongs to, from its `stackplane.io/tenant` label.
 pub fn tenant_of<K: Resource>(object: &K) -> Option<ObjectRef<CachedTenant>> {
     object.labels().get(TENANT).map(|t| ObjectRef::new(t))
@@ -141,6 +172,22 @@ fn apply_kind<'a, K: Child>(
         Ok((&applied as &dyn std::any::Any)
             .downcast_ref::<Deployment>()
             .map(DeploymentReport::of))
+    })
+}
+
+fn drifted_kind<'a, K: Child>(
+    client: &'a Client,
+    ns: &'a str,
+    name: &'a str,
+) -> BoxFuture<'a, kube::Result<bool>> {
+    Box::pin(async move {
+        let api: Api<K> = Api::namespaced(client.clone(), ns);
+        Ok(match api.get_metadata_opt(name).await? {
+            None => true,
+            Some(o) => {
+                o.metadata.deletion_timestamp.is_some() || written_by_others(o.managed_fields())
+            }
+        })
     })
 }
 

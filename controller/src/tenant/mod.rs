@@ -432,11 +432,14 @@ async fn retention_step(pass: &Pass<'_>, ctx: &Context, valid: &Valid<'_>) -> Re
 
 /// apply + prune: the plan's objects applied, the rest pruned (claims retained, not deleted).
 /// On failure `Synced=False` says why. Skipped when this plan was applied last and nothing of
-/// the tenant changed since (`applied`); the claims retained are then those the status lists.
+/// the tenant changed since (`applied`, and a look at the kinds no watch covers); the claims
+/// retained are then those the status lists.
 async fn sync_step(pass: &Pass<'_>, ctx: &Context, plan: &Plan) -> Result<Pruned> {
     let uid = pass.tenant.uid().unwrap_or_default();
     let fingerprint = apply::fingerprint(plan)?;
-    if ctx.applied.up_to_date(&pass.name, &uid, fingerprint) {
+    if ctx.applied.up_to_date(&pass.name, &uid, fingerprint)
+        && !children::unwatched_drift(&ctx.client, plan).await
+    {
         return Ok(Pruned {
             retained: pass.previous.retained_volumes.clone(),
             ..Pruned::default()

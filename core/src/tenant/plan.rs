@@ -52,12 +52,52 @@ pub const POD_SECURITY_LEVEL: &str = "restricted";
 pub struct PlanOptions {
     /// Namespace of the ingress controller, whose pods may reach every tenant.
     pub ingress_namespace: String,
+    /// The controller's own access to each tenant namespace. `None` (a controller that holds
+    /// every permission itself: local development, tests as cluster-admin): no binding planned.
+    pub controller_access: Option<ControllerAccess>,
 }
 
 impl Default for PlanOptions {
     fn default() -> Self {
         PlanOptions {
             ingress_namespace: "ingress-nginx".to_owned(),
+            controller_access: None,
+        }
+    }
+}
+
+/// Who the controller is and the ClusterRole of what it does inside a tenant namespace: each
+/// tenant namespace gets a RoleBinding of that ClusterRole to the controller's ServiceAccount
+/// (its cluster-wide role holds no Secret access and no namespaced writes, see the chart's
+/// controller-rbac.yaml).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControllerAccess {
+    /// The controller's ServiceAccount.
+    pub service_account: String,
+    /// Its namespace (the controller's own).
+    pub namespace: String,
+    /// The ClusterRole bound in each tenant namespace.
+    pub cluster_role: String,
+}
+
+impl ControllerAccess {
+    /// The RoleBinding granting the controller `cluster_role` in a tenant namespace. Named
+    /// after the ClusterRole: a RoleBinding's roleRef cannot change, so another ClusterRole
+    /// (a renamed release) gets a new binding, applied before the old one is pruned.
+    fn binding(&self, metadata: ObjectMeta) -> RoleBinding {
+        RoleBinding {
+            metadata,
+            role_ref: RoleRef {
+                api_group: "rbac.authorization.k8s.io".to_owned(),
+                kind: "ClusterRole".to_owned(),
+                name: self.cluster_role.clone(),
+            },
+            subjects: Some(vec![Subject {
+                kind: "ServiceAccount".to_owned(),
+                name: self.service_account.clone(),
+                namespace: Some(self.namespace.clone()),
+                ..Subject::default()
+            }]),
         }
     }
 }
@@ -72,6 +112,9 @@ pub enum Desired {
     ServiceAccount(ServiceAccount),
     Role(Role),
     RoleBinding(RoleBinding),
+    /// The controller's own access to the namespace ([`ControllerAccess`]): applied before
+    /// anything else in it, since every other write there goes through it.
+    ControllerBinding(RoleBinding),
     /// The credentials Secret, without data: `apply` fills in existing or generated values.
     CredentialsSecret {
         name: String,
@@ -92,7 +135,7 @@ impl Desired {
             Desired::NetworkPolicy(_) => ChildKind::NetworkPolicy,
             Desired::ServiceAccount(_) => ChildKind::ServiceAccount,
             Desired::Role(_) => ChildKind::Role,
-            Desired::RoleBinding(_) => ChildKind::RoleBinding,
+            Desired::RoleBinding(_) | Desired::ControllerBinding(_) => ChildKind::RoleBinding,
             Desired::CredentialsSecret { .. } => ChildKind::Secret,
             Desired::PersistentVolumeClaim(_) => ChildKind::PersistentVolumeClaim,
             Desired::Deployment(_) => ChildKind::Deployment,
@@ -114,7 +157,7 @@ impl Desired {
             Desired::NetworkPolicy(o) => &o.metadata,
             Desired::ServiceAccount(o) => &o.metadata,
             Desired::Role(o) => &o.metadata,
-            Desired::RoleBinding(o) => &o.metadata,
+            Desired::RoleBinding(o) | Desired::ControllerBinding(o) => &o.metadata,
             Desired::CredentialsSecret { name, .. } => return name,
             Desired::PersistentVolumeClaim(o) => &o.metadata,
             Desired::Deployment(o) => &o.metadata,
@@ -134,7 +177,7 @@ impl Desired {
             Desired::NetworkPolicy(o) => serde_json::to_value(o),
             Desired::ServiceAccount(o) => serde_json::to_value(o),
             Desired::Role(o) => serde_json::to_value(o),
-            Desired::RoleBinding(o) => serde_json::to_value(o),
+            Desired::RoleBinding(o) | Desired::ControllerBinding(o) => serde_json::to_value(o),
             Desired::PersistentVolumeClaim(o) => serde_json::to_value(o),
             Desired::Deployment(o) => serde_json::to_value(o),
             Desired::Service(o) => serde_json::to_value(o),
@@ -237,10 +280,17 @@ pub fn plan(tenant: &Tenant, platform: &Platform, tier: &Tier, options: &PlanOpt
         ..Namespace::default()
     };
 
-    let mut objects = vec![
-        Desired::ResourceQuota(resource_quota(meta("tenant-quota", &[]), tier)),
-        Desired::LimitRange(limit_range(meta("tenant-limits", &[]))),
-    ];
+    // The controller's binding first: without it the controller may write nothing else here.
+    let mut objects: Vec<Desired> = options
+        .controller_access
+        .iter()
+        .map(|access| Desired::ControllerBinding(access.binding(meta(&access.cluster_role, &[]))))
+        .collect();
+    objects.push(Desired::ResourceQuota(resource_quota(
+        meta("tenant-quota", &[]),
+        tier,
+    )));
+    objects.push(Desired::LimitRange(limit_range(meta("tenant-limits", &[]))));
     objects.extend(
         network_policies(&meta, options)
             .into_iter()
@@ -672,7 +722,9 @@ mod tests {
                             Desired::NetworkPolicy(s) => serde_json::to_value(s),
                             Desired::ServiceAccount(s) => serde_json::to_value(s),
                             Desired::Role(s) => serde_json::to_value(s),
-                            Desired::RoleBinding(s) => serde_json::to_value(s),
+                            Desired::RoleBinding(s) | Desired::ControllerBinding(s) => {
+                                serde_json::to_value(s)
+                            }
                             Desired::CredentialsSecret { .. } => unreachable!(),
                         }
                         .expect("serialize"),
@@ -765,6 +817,78 @@ mod tests {
             })
             .expect("service account");
         assert_eq!(sa.automount_service_account_token, Some(false));
+    }
+
+    fn with_access() -> PlanOptions {
+        PlanOptions {
+            controller_access: Some(ControllerAccess {
+                service_account: "stackplane-controller".into(),
+                namespace: "stackplane-system".into(),
+                cluster_role: "stackplane-controller-tenant".into(),
+            }),
+            ..PlanOptions::default()
+        }
+    }
+
+    #[test]
+    fn the_controller_binds_itself_first_in_each_tenant_namespace() {
+        let p = example("leadgen-pro.yaml");
+        let t = tenant("leadgen-pro", "professional");
+        let tier = p.spec.tier("professional").expect("tier");
+        let plan = plan(&t, &p, tier, &with_access());
+        let Some(Desired::ControllerBinding(binding)) = plan.objects.first() else {
+            panic!(
+                "the controller's binding comes first: {:?}",
+                plan.objects.first()
+            );
+        };
+        assert_eq!(
+            binding.metadata.name.as_deref(),
+            Some("stackplane-controller-tenant")
+        );
+        assert_eq!(binding.metadata.namespace.as_deref(), Some("tenant-acme"));
+        assert_eq!(
+            binding.metadata.labels.as_ref().map(|l| l[TENANT].as_str()),
+            Some("acme"),
+            "labelled like every child: pruned and diffed with them"
+        );
+        assert_eq!(
+            (
+                binding.role_ref.kind.as_str(),
+                binding.role_ref.name.as_str()
+            ),
+            ("ClusterRole", "stackplane-controller-tenant")
+        );
+        let subjects = binding.subjects.as_deref().unwrap_or_default();
+        assert_eq!(subjects.len(), 1);
+        assert_eq!(
+            (
+                subjects[0].kind.as_str(),
+                subjects[0].name.as_str(),
+                subjects[0].namespace.as_deref()
+            ),
+            (
+                "ServiceAccount",
+                "stackplane-controller",
+                Some("stackplane-system")
+            )
+        );
+        assert_eq!(plan.objects[0].child_kind(), ChildKind::RoleBinding);
+        assert!(plan.wants("RoleBinding", "stackplane-controller-tenant"));
+        // It comes before the Secret (and every other object the binding lets it write).
+        let secret = plan
+            .objects
+            .iter()
+            .position(|o| o.child_kind() == ChildKind::Secret)
+            .expect("a Secret");
+        assert!(secret > 0);
+        // The rest of the plan is the same as without the binding.
+        let without = plan_for(&t, &p);
+        assert_eq!(&plan.objects[1..], &without.objects[..]);
+        assert!(!without
+            .objects
+            .iter()
+            .any(|o| matches!(o, Desired::ControllerBinding(_))));
     }
 
     #[test]
