@@ -77,7 +77,10 @@ pub fn public(
             )
             .post("/api/v1/billing/events/{id}/replay", replay_event)
             .finish(state.clone())))
-        .merge(add(crate::billing::checkout::routes(options.checkout)));
+        .merge(add(crate::billing::checkout::routes(
+            options.checkout,
+            state.db.clone(),
+        )));
     if let Some(api) = options.tenants {
         authenticated = authenticated.merge(add(
             crate::tenants::routes(RouteTable::default()).finish(Arc::new(api))

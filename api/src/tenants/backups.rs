@@ -255,7 +255,7 @@ async fn create(
     // Tenant tokens pay for what they ask within a daily limit; the admin is not limited.
     let slot = match caller {
         Caller::Admin => None,
-        Caller::Tenant { .. } => {
+        Caller::Tenant { .. } | Caller::Dashboard { .. } => {
             let limit = api.cost_limits.limit(kind);
             Some(quota::take(&api.db, &tenant_name, kind, limit, Utc::now()).await?)
         }
