@@ -179,7 +179,8 @@ impl TenantApi {
     }
 }
 
-/// Status of one tenant.
+/// Status of one tenant (admin; its tenant token; a dashboard token for the tenants of the
+/// customers it checked out).
 #[utoipa::path(get, path = "/api/v1/tenants/{name}", tag = "tenants",
     params(("name" = String, Path, description = "Tenant name")),
     security(("bearer" = [])),
