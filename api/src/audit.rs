@@ -37,6 +37,8 @@ pub fn action(method: &Method, route: &str) -> String {
     let name = match (method.as_str(), route) {
         ("POST", "/api/v1/tenants/{name}/tokens") => "token.issue",
         ("DELETE", "/api/v1/tenants/{name}/tokens/{id}") => "token.revoke",
+        ("POST", "/api/v1/tokens") => "token.issue",
+        ("DELETE", "/api/v1/tokens/{id}") => "token.revoke",
         ("POST", "/api/v1/tenants/{name}/backups") => "backup.create",
         ("POST", "/api/v1/tenants/{name}/backups/{backup}/restore") => "backup.restore",
         ("POST", "/api/v1/billing/checkout") => "billing.checkout",

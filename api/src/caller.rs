@@ -1,6 +1,7 @@
-//! Who is calling: the admin (`STACKPLANE_ADMIN_TOKEN`) or a tenant-scoped token issued by
-//! `POST /api/v1/tenants/{name}/tokens`. No, an unknown, a revoked or an expired token answers
-//! 401.
+//! Who is calling: the admin (`STACKPLANE_ADMIN_TOKEN`), a tenant-scoped token issued by
+//! `POST /api/v1/tenants/{name}/tokens`, or a dashboard token issued by `POST /api/v1/tokens`
+//! (a customer dashboard's backend: checkout, portal and the status of the tenants of the
+//! customers it checked out). No, an unknown, a revoked or an expired token answers 401.
 //!
 //! There is one authentication path: the [`authenticate`] middleware in front of every
 //! `/api/v1` route. It refuses addresses that used up their failed-authentication bucket
@@ -39,6 +40,11 @@ pub enum Caller {
         token_id: Uuid,
         tenant: String,
     },
+    /// A customer dashboard's backend: creates checkout and portal sessions and reads the
+    /// tenants of the customers its checkouts made (`checkout_customers`), nothing else.
+    Dashboard {
+        token_id: Uuid,
+    },
 }
 
 impl Caller {
@@ -46,7 +52,9 @@ impl Caller {
     pub fn audit_actor(&self) -> Actor {
         match self {
             Caller::Admin => Actor::Admin,
-            Caller::Tenant { token_id, .. } => Actor::Token(*token_id),
+            Caller::Tenant { token_id, .. } | Caller::Dashboard { token_id } => {
+                Actor::Token(*token_id)
+            }
         }
     }
 
@@ -54,7 +62,9 @@ impl Caller {
     pub fn limit_key(&self) -> LimitKey {
         match self {
             Caller::Admin => LimitKey::Admin,
-            Caller::Tenant { token_id, .. } => LimitKey::Token(*token_id),
+            Caller::Tenant { token_id, .. } | Caller::Dashboard { token_id } => {
+                LimitKey::Token(*token_id)
+            }
         }
     }
 
@@ -62,31 +72,82 @@ impl Caller {
     pub fn actor(&self) -> String {
         match self {
             Caller::Admin => "admin".to_owned(),
-            Caller::Tenant { token_id, .. } => format!("token:{token_id}"),
+            Caller::Tenant { token_id, .. } | Caller::Dashboard { token_id } => {
+                format!("token:{token_id}")
+            }
         }
     }
 
-    /// Ok when the caller may see `tenant`. Another tenant's name answers 404, exactly as a
-    /// tenant that does not exist, so a token cannot probe which tenants exist.
+    /// The id of the caller's issued token; none for the admin.
+    pub fn token_id(&self) -> Option<Uuid> {
+        match self {
+            Caller::Admin => None,
+            Caller::Tenant { token_id, .. } | Caller::Dashboard { token_id } => Some(*token_id),
+        }
+    }
+
+    /// Ok when the caller may use a tenant route (metrics, backups) for `tenant`. Another
+    /// tenant's name answers 404, exactly as a tenant that does not exist, so a token cannot
+    /// probe which tenants exist. A dashboard token has none of these routes (403): it reads a
+    /// tenant only through [`Caller::may_read_customer_tenant`].
     pub fn may_read(&self, tenant: &str) -> Result<(), ApiError> {
         match self {
             Caller::Admin => Ok(()),
             Caller::Tenant { tenant: own, .. } if own == tenant => Ok(()),
             Caller::Tenant { .. } => Err(not_found_tenant(tenant)),
-        }
-    }
-
-    /// Ok for the admin; 403 for a tenant token.
-    pub fn require_admin(&self) -> Result<(), ApiError> {
-        match self {
-            Caller::Admin => Ok(()),
-            Caller::Tenant { .. } => Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "this endpoint needs the admin token",
+            Caller::Dashboard { .. } => Err(forbidden(
+                "a dashboard token reads tenants only through GET /api/v1/tenants/{name}",
             )),
         }
     }
+
+    /// Ok when the caller may read `tenant`, whose Stripe customer is `customer`, through the
+    /// routes a customer dashboard has (status, portal): as [`Caller::may_read`] for the admin
+    /// and tenant tokens; for a dashboard token, when its checkout made that customer
+    /// (`checkout_customers`). Any other tenant answers the 404 of one that does not exist.
+    pub async fn may_read_customer_tenant(
+        &self,
+        db: &PgPool,
+        tenant: &str,
+        customer: Option<&str>,
+    ) -> Result<(), ApiError> {
+        let Caller::Dashboard { token_id } = self else {
+            return self.may_read(tenant);
+        };
+        let Some(customer) = customer.filter(|c| !c.is_empty()) else {
+            return Err(not_found_tenant(tenant));
+        };
+        if crate::billing::checkout_customers::checked_out_by(db, customer, *token_id).await? {
+            Ok(())
+        } else {
+            Err(not_found_tenant(tenant))
+        }
+    }
+
+    /// Ok for the admin; 403 for any issued token.
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        match self {
+            Caller::Admin => Ok(()),
+            Caller::Tenant { .. } | Caller::Dashboard { .. } => {
+                Err(forbidden("this endpoint needs the admin token"))
+            }
+        }
+    }
+
+    /// Ok for who creates Checkout Sessions: the admin and dashboard tokens; 403 for a tenant
+    /// token.
+    pub fn require_checkout(&self) -> Result<(), ApiError> {
+        match self {
+            Caller::Admin | Caller::Dashboard { .. } => Ok(()),
+            Caller::Tenant { .. } => Err(forbidden(
+                "checkout needs a dashboard token or the admin token",
+            )),
+        }
+    }
+}
+
+fn forbidden(message: &str) -> ApiError {
+    ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
 }
 
 /// The 404 of a tenant that does not exist (or that the caller may not see).
@@ -170,9 +231,7 @@ impl Authenticator {
     /// next request (another replica's cache still believes it for at most the TTL).
     pub fn forget_token(&self, id: Uuid) {
         if let Ok(mut cache) = self.inner.cache.lock() {
-            cache.retain(|_, (caller, _)| {
-                !matches!(caller, Caller::Tenant { token_id, .. } if *token_id == id)
-            });
+            cache.retain(|_, (caller, _)| caller.token_id() != Some(id));
         }
     }
 
@@ -201,9 +260,9 @@ impl Authenticator {
         if let Some(caller) = self.cached(&digest) {
             return Ok(caller);
         }
-        let lookup = sqlx::query_as::<_, (Uuid, String, Option<DateTime<Utc>>)>(
-            "SELECT id, tenant, expires_at FROM api_tokens
-             WHERE token_hash = $1 AND scope = 'tenant' AND revoked_at IS NULL
+        let lookup = sqlx::query_as::<_, (Uuid, String, Option<String>, Option<DateTime<Utc>>)>(
+            "SELECT id, scope, tenant, expires_at FROM api_tokens
+             WHERE token_hash = $1 AND scope IN ('tenant', 'dashboard') AND revoked_at IS NULL
                AND (expires_at IS NULL OR expires_at > now())",
         )
         .bind(&digest[..])
@@ -223,14 +282,16 @@ impl Authenticator {
                 ));
             }
         };
-        match row {
-            Some((token_id, tenant, expires_at)) => {
-                let caller = Caller::Tenant { token_id, tenant };
-                self.remember(digest, &caller, expires_at);
-                Ok(caller)
-            }
-            None => Err(ApiError::unauthorized()),
-        }
+        let Some((token_id, scope, tenant, expires_at)) = row else {
+            return Err(ApiError::unauthorized());
+        };
+        let caller = match (scope.as_str(), tenant) {
+            ("tenant", Some(tenant)) => Caller::Tenant { token_id, tenant },
+            ("dashboard", _) => Caller::Dashboard { token_id },
+            _ => return Err(ApiError::unauthorized()),
+        };
+        self.remember(digest, &caller, expires_at);
+        Ok(caller)
     }
 }
 
@@ -307,5 +368,30 @@ mod tests {
         );
         assert!(Caller::Admin.may_read("b").is_ok());
         assert_eq!(caller.actor(), format!("token:{}", Uuid::nil()));
+        assert_eq!(
+            caller.require_checkout().unwrap_err().status,
+            StatusCode::FORBIDDEN
+        );
+    }
+
+    #[test]
+    fn dashboard_tokens_check_out_and_have_no_admin_or_tenant_routes() {
+        let id = Uuid::from_u128(7);
+        let dashboard = Caller::Dashboard { token_id: id };
+        assert!(dashboard.require_checkout().is_ok());
+        assert!(Caller::Admin.require_checkout().is_ok());
+        assert_eq!(
+            dashboard.require_admin().unwrap_err().status,
+            StatusCode::FORBIDDEN
+        );
+        // Metrics and backups are the tenant's and the admin's, whichever tenant is named.
+        assert_eq!(
+            dashboard.may_read("a").unwrap_err().status,
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(dashboard.token_id(), Some(id));
+        assert_eq!(Caller::Admin.token_id(), None);
+        assert_eq!(dashboard.actor(), format!("token:{id}"));
+        assert_eq!(dashboard.limit_key(), LimitKey::Token(id));
     }
 }

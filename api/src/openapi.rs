@@ -133,7 +133,9 @@ pub struct ReplayQueued {
 #[allow(dead_code)]
 fn stripe_webhook() {}
 
-/// A Stripe Checkout Session for a platform tier (admin: the dashboard's backend).
+/// A Stripe Checkout Session for a platform tier (a dashboard token, or the admin). A
+/// dashboard's session is named in its metadata; the customer it makes becomes that
+/// dashboard's when it completes. 403 for a tenant token.
 #[utoipa::path(post, path = "/api/v1/billing/checkout", tag = "billing",
     request_body = crate::billing::checkout::CheckoutRequest,
     security(("bearer" = [])),
@@ -146,7 +148,8 @@ fn stripe_webhook() {}
 #[allow(dead_code)]
 fn checkout() {}
 
-/// A Customer Portal session for a tenant's Stripe customer (admin, or the tenant's token).
+/// A Customer Portal session for a tenant's Stripe customer (admin, the tenant's token, or a
+/// dashboard token for the customers it checked out; any other tenant answers 404).
 #[utoipa::path(post, path = "/api/v1/billing/portal", tag = "billing",
     request_body = crate::billing::checkout::PortalRequest,
     security(("bearer" = [])),
@@ -178,7 +181,7 @@ fn openapi_json() {}
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "stackplane API", description = "Status, metrics and backups of every tenant of every platform, Stripe billing and its webhook. Bearer tokens: the admin token sees all tenants; a tenant-scoped token sees only its tenant (another tenant's name answers 404). Rate limits answer 429 with Retry-After. /healthz, /readyz and /metrics are on the internal listener, not here."),
+    info(title = "stackplane API", description = "Status, metrics and backups of every tenant of every platform, Stripe billing and its webhook. Bearer tokens: the admin token sees all tenants; a tenant-scoped token sees only its tenant (another tenant's name answers 404); a dashboard token (POST /api/v1/tokens) creates checkout and portal sessions and reads the status of the tenants of the customers it checked out (any other answers 404; admin routes 403). Rate limits answer 429 with Retry-After. /healthz, /readyz and /metrics are on the internal listener, not here."),
     paths(
         tenants::status::get_tenant,
         tenants::status::list_tenants,
@@ -191,6 +194,9 @@ fn openapi_json() {}
         tenants::tokens::issue_token,
         tenants::tokens::list_tokens,
         tenants::tokens::revoke_token,
+        tenants::tokens::issue_role_token,
+        tenants::tokens::list_role_tokens,
+        tenants::tokens::revoke_role_token,
         stripe_webhook,
         checkout,
         portal,

@@ -76,8 +76,18 @@ pub fn public(
                 crate::billing::events::list_events,
             )
             .post("/api/v1/billing/events/{id}/replay", replay_event)
+            // Dashboard tokens: served with or without the tenant API, as checkout is.
+            .post("/api/v1/tokens", crate::tenants::tokens::issue_role_token)
+            .get("/api/v1/tokens", crate::tenants::tokens::list_role_tokens)
+            .delete(
+                "/api/v1/tokens/{id}",
+                crate::tenants::tokens::revoke_role_token,
+            )
             .finish(state.clone())))
-        .merge(add(crate::billing::checkout::routes(options.checkout)));
+        .merge(add(crate::billing::checkout::routes(
+            options.checkout,
+            state.db.clone(),
+        )));
     if let Some(api) = options.tenants {
         authenticated = authenticated.merge(add(
             crate::tenants::routes(RouteTable::default()).finish(Arc::new(api))

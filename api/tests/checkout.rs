@@ -1,7 +1,9 @@
 //! Checkout and Customer Portal sessions, against a local stand-in of Stripe's API (there is no
 //! Stripe emulator here), the real kube-apiserver (Platforms, Tenants) and the real Postgres.
 //! The stand-in records every request as Stripe would receive it and answers with Stripe's
-//! documented `checkout.session` / `billing_portal.session` objects.
+//! documented `checkout.session` / `billing_portal.session` objects. A session's completion is
+//! Stripe's signed `checkout.session.completed` delivered to the webhook and applied by the
+//! billing worker.
 
 // The documented checkout.session object is one large json! literal.
 #![recursion_limit = "256"]
@@ -17,13 +19,16 @@ use kube::Api;
 use serde_json::{json, Value};
 use stackplane_api::billing::checkout::{Checkout, CheckoutArgs};
 use stackplane_api::billing::prices::PlatformCache;
+use stackplane_api::billing::worker::Worker;
 use stackplane_api::config::Secrets;
 use stackplane_api::metrics::Metrics;
 use stackplane_api::server::{router_with, AppState, BillingState, RouterOptions};
+use stackplane_api::tenants::{MetricsSourceArgs, TenantApi};
 use stackplane_crds::{Platform, Tenant, TenantSpec};
-use stackplane_tests::{fresh_database, install_crds, kube_client, unique};
+use stackplane_tests::{eventually, fresh_database, install_crds, kube_client, unique};
 
 const ADMIN: &str = "admin-token-for-checkout-tests";
+const WEBHOOK_SECRET: &str = "whsec_checkout";
 const STRIPE_KEY: &str = "sk_test_51CheckoutStandIn";
 const SUCCESS: &str = "https://dashboard.example.com/billing/success?session={CHECKOUT_SESSION_ID}";
 const CANCEL: &str = "https://dashboard.example.com/billing/cancelled";
@@ -58,6 +63,18 @@ fn param(params: &[(String, String)], key: &str) -> Value {
         .map_or(Value::Null, |(_, v)| json!(v))
 }
 
+/// The `metadata[...]` of a request, as the object Stripe stores.
+fn metadata(params: &[(String, String)]) -> Value {
+    params
+        .iter()
+        .filter_map(|(k, v)| {
+            let key = k.strip_prefix("metadata[")?.strip_suffix(']')?;
+            Some((key.to_owned(), json!(v)))
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
 /// Stripe's `checkout.session` object as the API documents it, with the request's values.
 fn checkout_session(params: &[(String, String)]) -> Value {
     let id = format!("cs_test_{}", unique("a").replace('-', ""));
@@ -75,8 +92,7 @@ fn checkout_session(params: &[(String, String)]) -> Value {
         "customer": null, "customer_creation": "always", "customer_details": null,
         "customer_email": param(params, "customer_email"), "expires_at": now + 86_400,
         "invoice": null, "invoice_creation": null, "livemode": false, "locale": null,
-        "metadata": {"platform": param(params, "metadata[platform]"),
-            "tier": param(params, "metadata[tier]")},
+        "metadata": metadata(params),
         "mode": "subscription", "payment_intent": null, "payment_link": null,
         "payment_method_collection": "always", "payment_method_configuration_details": null,
         "payment_method_options": {}, "payment_method_types": ["card"],
@@ -152,6 +168,10 @@ struct Env {
     platform: String,
     /// The tier `starter`'s prices: monthly, yearly, and one Stripe refuses.
     prices: Vec<String>,
+    /// The Platforms as the api sees them, for a billing worker.
+    platforms: PlatformCache,
+    /// The tenant API the router serves (status reads come from its cache).
+    tenants: TenantApi,
 }
 
 impl Env {
@@ -163,6 +183,27 @@ impl Env {
         let mut req = reqwest::Client::new()
             .post(format!("{}{path}", self.base))
             .json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.expect("send");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn call_delete(&self, path: &str, token: &str) -> (u16, Value) {
+        let resp = reqwest::Client::new()
+            .delete(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("send");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let mut req = reqwest::Client::new().get(format!("{}{path}", self.base));
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
@@ -227,18 +268,24 @@ async fn setup() -> Env {
         portal_return_url: Some(RETURN.into()),
         stripe_api_base: Some(stripe),
     };
-    let checkout = Checkout::new(&args, STRIPE_KEY, cache, kube.clone()).expect("stripe client");
+    let checkout =
+        Checkout::new(&args, STRIPE_KEY, cache.clone(), kube.clone()).expect("stripe client");
+    let (tenants, watches) =
+        TenantApi::start(db.clone(), kube.clone(), MetricsSourceArgs::default());
+    tokio::spawn(watches.run());
+    assert!(tenants.ready().await, "tenant caches fill");
     let state = AppState {
         db: db.clone(),
         metrics: Metrics::new(),
         billing: Arc::new(BillingState {
-            secrets: Secrets::from_values(Some("whsec_checkout"), Some(STRIPE_KEY), Some(ADMIN))
+            secrets: Secrets::from_values(Some(WEBHOOK_SECRET), Some(STRIPE_KEY), Some(ADMIN))
                 .expect("secrets"),
             wake: Default::default(),
         }),
     };
     let options = RouterOptions {
         checkout: Some(Arc::new(checkout)),
+        tenants: Some(tenants.clone()),
         ..RouterOptions::default()
     };
     let api = stackplane_tests::serve_on_free_port(router_with(state, options)).await;
@@ -249,6 +296,8 @@ async fn setup() -> Env {
         kube,
         platform: name,
         prices,
+        platforms: cache,
+        tenants,
     }
 }
 
@@ -620,6 +669,313 @@ async fn portal_sessions_are_for_the_tenants_stripe_customer() {
     );
 
     for t in [&name, &bare] {
+        tenants
+            .delete(t, &Default::default())
+            .await
+            .expect("delete tenant");
+    }
+    cleanup(&env).await;
+}
+
+impl Env {
+    /// The admin issues a dashboard token: (token, id).
+    async fn dashboard_token(&self, description: &str) -> (String, String) {
+        let (status, body) = self
+            .post(
+                "/api/v1/tokens",
+                Some(ADMIN),
+                json!({"role": "dashboard", "description": description}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        assert_eq!(body["role"], "dashboard", "{body}");
+        assert_eq!(body["tenant"], Value::Null, "{body}");
+        let token = body["token"].as_str().expect("token").to_owned();
+        assert!(token.starts_with("spd_"), "{token}");
+        (token, body["id"].as_str().expect("id").to_owned())
+    }
+
+    /// Stripe completes the Checkout Session recorded as `request` (the customer paid, Stripe
+    /// made customer `customer`): its signed `checkout.session.completed` reaches the webhook
+    /// and a billing worker applies it.
+    async fn complete_checkout(&self, request: &Recorded, session_id: &str, customer: &str) {
+        let mut session = checkout_session(&request.params);
+        session["id"] = json!(session_id);
+        session["status"] = json!("complete");
+        session["payment_status"] = json!("paid");
+        session["customer"] = json!(customer);
+        session["subscription"] = json!(format!("sub_{}", unique("s").replace('-', "")));
+        session["customer_details"] =
+            json!({"email": request.param("customer_email"), "name": null});
+        let now = chrono::Utc::now().timestamp();
+        let event =
+            json!({"id": unique("evt_c"), "object": "event", "api_version": "2025-03-31.basil",
+            "type": "checkout.session.completed", "created": now, "livemode": false,
+            "data": {"object": session}})
+            .to_string();
+        let resp = reqwest::Client::new()
+            .post(format!("{}/webhooks/stripe", self.base))
+            .header("content-type", "application/json")
+            .header(
+                "Stripe-Signature",
+                stackplane_tests::stripe_signature(&event, WEBHOOK_SECRET, now),
+            )
+            .body(event)
+            .send()
+            .await
+            .expect("deliver");
+        assert_eq!(resp.status().as_u16(), 200, "{:?}", resp.text().await);
+        let worker = Worker::new(
+            self.db.clone(),
+            self.kube.clone(),
+            self.platforms.clone(),
+            Metrics::new(),
+        );
+        while let Some((id, outcome)) = worker.process_one().await.expect("process") {
+            assert!(outcome.is_ok(), "event {id}: {outcome:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_dashboard_token_checks_out_and_reads_only_its_customers_tenants() {
+    let env = setup().await;
+    let (dash_a, id_a) = env.dashboard_token("dashboard a").await;
+    let (dash_b, id_b) = env.dashboard_token("dashboard b").await;
+
+    // Checkout without the admin token: the session names dashboard A in its metadata only.
+    let (status, body) = env
+        .post(
+            "/api/v1/billing/checkout",
+            Some(&dash_a),
+            json!({"platform": env.platform, "tier": "starter", "email": "ada@example.com",
+                "userRef": "user-1"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let session_id = body["id"].as_str().expect("session id").to_owned();
+    let recorded = env.recorded();
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    let request = &recorded[0];
+    assert_eq!(request.param("client_reference_id"), Some("user-1"));
+    assert_eq!(request.param("metadata[dashboard]"), Some(id_a.as_str()));
+    assert_eq!(
+        request.param("subscription_data[metadata][dashboard]"),
+        None
+    );
+
+    // Stripe completes it: the customer is A's, the worker makes the tenant.
+    let customer = format!("cus_{}", unique("d").replace('-', ""));
+    env.complete_checkout(request, &session_id, &customer).await;
+    let linked: (Option<String>, Option<String>, Option<String>) = sqlx::query_as(
+        "SELECT client_reference_id, dashboard_id::text, checkout_session_id
+         FROM checkout_customers WHERE customer_id = $1",
+    )
+    .bind(&customer)
+    .fetch_one(&env.db)
+    .await
+    .expect("the customer is recorded");
+    assert_eq!(
+        linked,
+        (Some("user-1".into()), Some(id_a.clone()), Some(session_id))
+    );
+    let name = stackplane_crds::naming::tenant_name(&env.platform, &customer);
+    eventually("the tenant in the api's cache", || async {
+        env.tenants
+            .tenants
+            .get(&kube::runtime::reflector::ObjectRef::new(&name))
+            .map(|_| ())
+    })
+    .await;
+    // A tenant of a customer nobody's dashboard checked out.
+    let tenants: Api<Tenant> = Api::all(env.kube.clone());
+    let other = unique("not-a-dashboards");
+    let mut spec = TenantSpec::new(&env.platform, "starter");
+    spec.customer.stripe_customer_id = Some(format!("cus_{}", unique("o").replace('-', "")));
+    tenants
+        .create(&PostParams::default(), &Tenant::new(&other, spec))
+        .await
+        .expect("create tenant");
+    eventually("the other tenant in the api's cache", || async {
+        env.tenants
+            .tenants
+            .get(&kube::runtime::reflector::ObjectRef::new(&other))
+            .map(|_| ())
+    })
+    .await;
+
+    // A reads its customer's tenant and opens its portal.
+    let (status, body) = env
+        .get(&format!("/api/v1/tenants/{name}"), Some(&dash_a))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["name"], json!(name));
+    let (status, body) = env
+        .post(
+            "/api/v1/billing/portal",
+            Some(&dash_a),
+            json!({"tenant": name}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(env.recorded()[1].param("customer"), Some(customer.as_str()));
+
+    // Another dashboard's customer, and a customer no dashboard checked out, answer exactly as
+    // a tenant that does not exist; nothing reaches Stripe for them.
+    let missing = unique("no-such-tenant");
+    let (_, nothing) = env
+        .get(&format!("/api/v1/tenants/{missing}"), Some(&dash_a))
+        .await;
+    for (token, tenant) in [(&dash_b, &name), (&dash_a, &other)] {
+        let (status, body) = env
+            .get(&format!("/api/v1/tenants/{tenant}"), Some(token))
+            .await;
+        assert_eq!(status, 404, "{body}");
+        assert_eq!(
+            body["error"]["message"],
+            json!(nothing["error"]["message"]
+                .as_str()
+                .expect("message")
+                .replace(&missing, tenant))
+        );
+    }
+    let (_, nothing) = env
+        .post(
+            "/api/v1/billing/portal",
+            Some(&dash_b),
+            json!({"tenant": missing}),
+        )
+        .await;
+    for (token, tenant) in [(&dash_b, &name), (&dash_a, &other)] {
+        let (status, body) = env
+            .post(
+                "/api/v1/billing/portal",
+                Some(token),
+                json!({"tenant": tenant}),
+            )
+            .await;
+        assert_eq!(status, 404, "{body}");
+        assert_eq!(
+            body["error"]["message"],
+            json!(nothing["error"]["message"]
+                .as_str()
+                .expect("message")
+                .replace(&missing, tenant))
+        );
+    }
+    assert_eq!(env.recorded().len(), 2, "{:?}", env.recorded());
+
+    // Admin routes and the tenant token's routes answer 403; no or an unknown token 401.
+    for path in [
+        "/api/v1/tenants".to_owned(),
+        format!("/api/v1/platforms/{}/summary", env.platform),
+        format!("/api/v1/tenants/{name}/metrics"),
+        format!("/api/v1/tenants/{name}/backups"),
+        format!("/api/v1/tenants/{name}/tokens"),
+        "/api/v1/tokens".to_owned(),
+        "/api/v1/billing/events".to_owned(),
+    ] {
+        let (status, body) = env.get(&path, Some(&dash_a)).await;
+        assert_eq!(
+            (status, &body["error"]["code"]),
+            (403, &json!("forbidden")),
+            "{path}: {body}"
+        );
+    }
+    let (status, body) = env
+        .post(
+            "/api/v1/tokens",
+            Some(&dash_a),
+            json!({"role": "dashboard"}),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    for token in [None, Some("spd_0000")] {
+        let (status, body) = env.get(&format!("/api/v1/tenants/{name}"), token).await;
+        assert_eq!(
+            (status, &body["error"]["code"]),
+            (401, &json!("unauthorized")),
+            "{body}"
+        );
+    }
+
+    // Only the dashboard role is issued at /api/v1/tokens.
+    for role in ["tenant", "admin", "owner"] {
+        let (status, body) = env
+            .post("/api/v1/tokens", Some(ADMIN), json!({"role": role}))
+            .await;
+        assert_eq!(
+            (status, &body["error"]["code"]),
+            (400, &json!("invalid_role")),
+            "{role}: {body}"
+        );
+    }
+
+    // The tokens are stored as digests: the plaintext is nowhere in the database.
+    for token in [&dash_a, &dash_b] {
+        let (digests, plaintext): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM api_tokens WHERE token_hash = $1 AND scope = 'dashboard'),
+                    (SELECT count(*) FROM api_tokens t WHERE strpos(row_to_json(t)::text, $2) > 0)
+                  + (SELECT count(*) FROM audit_log a WHERE strpos(row_to_json(a)::text, $2) > 0)",
+        )
+        .bind(&stackplane_api::caller::token_digest(token)[..])
+        .bind(token.as_str())
+        .fetch_one(&env.db)
+        .await
+        .expect("tokens");
+        assert_eq!((digests, plaintext), (1, 0));
+    }
+
+    // Issuing, the checkout and the portal are audited as who made them.
+    let audit: Vec<(String, String, String, Option<String>)> = sqlx::query_as(
+        "SELECT actor, action, outcome, details->>'role' FROM audit_log
+         WHERE action IN ('token.issue', 'billing.checkout') ORDER BY id",
+    )
+    .fetch_all(&env.db)
+    .await
+    .expect("audit");
+    let row = |actor: &str, action: &str, outcome: &str, role: Option<&str>| {
+        (
+            actor.to_owned(),
+            action.to_owned(),
+            outcome.to_owned(),
+            role.map(str::to_owned),
+        )
+    };
+    assert_eq!(
+        audit,
+        [
+            row("admin", "token.issue", "success", Some("dashboard")),
+            row("admin", "token.issue", "success", Some("dashboard")),
+            row(
+                &format!("token:{id_a}"),
+                "billing.checkout",
+                "success",
+                None
+            ),
+            row(&format!("token:{id_a}"), "token.issue", "denied", None),
+            row("admin", "token.issue", "failed", None),
+            row("admin", "token.issue", "failed", None),
+            row("admin", "token.issue", "failed", None),
+        ]
+    );
+
+    // A revoked dashboard token stops working at once.
+    let (status, _) = env
+        .call_delete(&format!("/api/v1/tokens/{id_b}"), ADMIN)
+        .await;
+    assert_eq!(status, 204);
+    let (status, _) = env
+        .post(
+            "/api/v1/billing/checkout",
+            Some(&dash_b),
+            json!({"platform": env.platform,
+            "tier": "starter", "email": "bob@example.com", "userRef": "user-1"}),
+        )
+        .await;
+    assert_eq!(status, 401);
+
+    for t in [&name, &other] {
         tenants
             .delete(t, &Default::default())
             .await

@@ -4,12 +4,13 @@ use serde_json::json;
 use stackplane_api::db::MIGRATOR;
 use stackplane_tests::fresh_database;
 
-const TABLES: [&str; 9] = [
+const TABLES: [&str; 10] = [
     "api_tokens",
     "audit_log",
     "backup_records",
     "billing_resync",
     "billing_tenants",
+    "checkout_customers",
     "stripe_events",
     "subscription_state",
     "tenant_daily_usage",
@@ -89,6 +90,26 @@ async fn schema_refuses_inconsistent_rows() {
     .await;
     let err = tenant_token_without_tenant.expect_err("a tenant token needs a tenant");
     assert!(err.to_string().contains("check constraint"), "{err}");
+    // A dashboard token names no tenant; no scope but the known ones is stored.
+    let token = |scope: &'static str, tenant: Option<&'static str>, byte: u8| {
+        sqlx::query(
+            "INSERT INTO api_tokens (token_hash, prefix, scope, tenant, created_by) VALUES ($1, 'spd_abc', $2, $3, 'admin')",
+        )
+        .bind(vec![byte; 32])
+        .bind(scope)
+        .bind(tenant)
+        .execute(&pool)
+    };
+    token("dashboard", None, 1)
+        .await
+        .expect("a dashboard token");
+    for (scope, tenant, byte) in [("dashboard", Some("t"), 2), ("owner", None, 3)] {
+        let err = token(scope, tenant, byte).await.expect_err("refused");
+        assert!(
+            err.to_string().contains("check constraint"),
+            "{scope}: {err}"
+        );
+    }
 
     let bad_state = sqlx::query(
         "INSERT INTO stripe_events (id, event_type, created, payload, state) VALUES ('evt_x', 't', now(), '{}', 'lost')",

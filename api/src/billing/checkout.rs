@@ -1,5 +1,11 @@
 //! `POST /api/v1/billing/checkout` and `POST /api/v1/billing/portal`: Stripe Checkout Sessions
-//! (subscription mode) for the dashboard, and Customer Portal sessions for a tenant's customer.
+//! (subscription mode) for a customer dashboard, and Customer Portal sessions for a tenant's
+//! customer.
+//!
+//! Checkout takes a dashboard token or the admin token. A dashboard's session names the
+//! dashboard in its metadata (`dashboard`: the token's id), so the customer it makes becomes
+//! that dashboard's when the session completes ([`super::checkout_customers`]); the portal and
+//! tenant status answer a dashboard only for such customers.
 //!
 //! A checkout is validated against the Platforms before anything is sent to Stripe: an unknown
 //! platform, tier or price is the caller's error and costs no Stripe call. The session carries
@@ -19,6 +25,8 @@ use axum::{Json, Router};
 use kube::Api;
 use serde::Deserialize;
 use serde_json::json;
+use sqlx::PgPool;
+use stackplane_core::billing::parse::DASHBOARD_METADATA_KEY;
 use stackplane_crds::Tenant;
 use stripe_billing::billing_portal_session::CreateBillingPortalSession;
 use stripe_checkout::checkout_session::{
@@ -85,6 +93,8 @@ pub enum CheckoutError {
     NotConfigured(&'static str),
     #[error("the Platform cache is not ready yet")]
     CacheNotReady,
+    #[error("{0}")]
+    Unavailable(String),
     #[error("Stripe: {0}")]
     Stripe(String),
     #[error("Kubernetes: {0}")]
@@ -105,6 +115,7 @@ impl CheckoutError {
             CheckoutError::NoStripeCustomer(_) => "no_stripe_customer",
             CheckoutError::NotConfigured(_) => "not_configured",
             CheckoutError::CacheNotReady => "not_ready",
+            CheckoutError::Unavailable(_) => "unavailable",
             CheckoutError::Stripe(_) => "stripe_error",
             CheckoutError::Kube(_) => "kubernetes",
         }
@@ -121,9 +132,9 @@ impl CheckoutError {
             | CheckoutError::TierWithoutPrice { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             CheckoutError::UnknownTenant(_) => StatusCode::NOT_FOUND,
             CheckoutError::NoStripeCustomer(_) => StatusCode::CONFLICT,
-            CheckoutError::NotConfigured(_) | CheckoutError::CacheNotReady => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            CheckoutError::NotConfigured(_)
+            | CheckoutError::CacheNotReady
+            | CheckoutError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             CheckoutError::Stripe(_) | CheckoutError::Kube(_) => StatusCode::BAD_GATEWAY,
         }
     }
@@ -194,15 +205,20 @@ impl Checkout {
 #[derive(Clone)]
 struct SessionState {
     checkout: Option<Arc<Checkout>>,
+    /// Which customers each dashboard checked out.
+    db: PgPool,
 }
 
 /// The checkout and portal routes (authenticated by the server); without `checkout` they
 /// answer 503. The router and the routes it serves.
-pub fn routes(checkout: Option<Arc<Checkout>>) -> (Router, Vec<(&'static str, &'static str)>) {
+pub fn routes(
+    checkout: Option<Arc<Checkout>>,
+    db: PgPool,
+) -> (Router, Vec<(&'static str, &'static str)>) {
     RouteTable::default()
         .post("/api/v1/billing/checkout", create_checkout)
         .post("/api/v1/billing/portal", create_portal)
-        .finish(SessionState { checkout })
+        .finish(SessionState { checkout, db })
 }
 
 /// Body of `POST /api/v1/billing/checkout`.
@@ -284,14 +300,18 @@ async fn create_checkout(
     caller: Caller,
     body: Result<Json<CheckoutRequest>, JsonRejection>,
 ) -> Response {
-    if let Err(e) = caller.require_admin() {
+    if let Err(e) = caller.require_checkout() {
         return e.into_response();
     }
     let req = match body {
         Ok(Json(req)) => req,
         Err(rejection) => return json_rejection(rejection),
     };
-    match checkout_session(&state, &req).await {
+    let dashboard = match caller {
+        Caller::Dashboard { token_id } => Some(token_id),
+        _ => None,
+    };
+    match checkout_session(&state, &req, dashboard).await {
         Ok((id, url)) => {
             tracing::info!(platform = %req.platform, tier = %req.tier, session = %id, "checkout session created");
             with_details(
@@ -307,9 +327,12 @@ async fn create_checkout(
     }
 }
 
+/// A Checkout Session for `req`; `dashboard`: the dashboard token asking, named in the
+/// session's metadata (not the subscription's: only the completed session links a customer).
 async fn checkout_session(
     state: &SessionState,
     req: &CheckoutRequest,
+    dashboard: Option<uuid::Uuid>,
 ) -> Result<(String, String), CheckoutError> {
     let checkout = configured(state)?;
     validate_fields(req)?;
@@ -346,6 +369,10 @@ async fn checkout_session(
     item.quantity = Some(1);
     let mut subscription = CreateCheckoutSessionSubscriptionData::new();
     subscription.metadata = Some(metadata.clone());
+    let mut metadata = metadata;
+    if let Some(dashboard) = dashboard {
+        metadata.insert(DASHBOARD_METADATA_KEY.to_owned(), dashboard.to_string());
+    }
     let session = CreateCheckoutSession::new()
         .mode(CheckoutSessionMode::Subscription)
         .client_reference_id(req.user_ref.trim())
@@ -368,16 +395,22 @@ async fn create_portal(
     caller: Caller,
     body: Result<Json<PortalRequest>, JsonRejection>,
 ) -> Response {
-    // The admin, or a token of that tenant (another tenant's name answers 404).
+    // The admin, a token of that tenant, or a dashboard that checked out the tenant's customer;
+    // any other tenant answers 404, as one that does not exist.
     let req = match body {
         Ok(Json(req)) => req,
         Err(rejection) => return json_rejection(rejection),
     };
-    // A name Kubernetes cannot hold is the caller's error (400), never a failed API call.
-    if let Err(e) = crate::extract::tenant_name(&req.tenant).and_then(|t| caller.may_read(t)) {
+    // A name Kubernetes cannot hold is the caller's error (400), never a failed API call. A
+    // dashboard's tenant is checked once it is read (its customer decides).
+    let named = crate::extract::tenant_name(&req.tenant).and_then(|t| match caller {
+        Caller::Dashboard { .. } => Ok(()),
+        _ => caller.may_read(t),
+    });
+    if let Err(e) = named {
         return with_details(e.into_response(), json!({ "tenant": req.tenant }));
     }
-    match portal_session(&state, &req.tenant).await {
+    match portal_session(&state, &caller, &req.tenant).await {
         Ok(url) => {
             tracing::info!(tenant = %req.tenant, "portal session created");
             with_details(
@@ -393,7 +426,11 @@ async fn create_portal(
     }
 }
 
-async fn portal_session(state: &SessionState, tenant: &str) -> Result<String, CheckoutError> {
+async fn portal_session(
+    state: &SessionState,
+    caller: &Caller,
+    tenant: &str,
+) -> Result<String, CheckoutError> {
     let checkout = configured(state)?;
     let Some(return_url) = &checkout.portal_return_url else {
         return Err(CheckoutError::NotConfigured("--portal-return-url"));
@@ -406,6 +443,20 @@ async fn portal_session(state: &SessionState, tenant: &str) -> Result<String, Ch
         .get_opt(tenant)
         .await?
         .ok_or_else(|| CheckoutError::UnknownTenant(tenant.to_owned()))?;
+    if let Caller::Dashboard { .. } = caller {
+        // Another's tenant answers exactly as one that does not exist (same code and message).
+        let customer = found.spec.customer.stripe_customer_id.as_deref();
+        if let Err(denied) = caller
+            .may_read_customer_tenant(&state.db, tenant, customer)
+            .await
+        {
+            return Err(if denied.status == StatusCode::NOT_FOUND {
+                CheckoutError::UnknownTenant(tenant.to_owned())
+            } else {
+                CheckoutError::Unavailable(denied.message)
+            });
+        }
+    }
     let customer = found
         .spec
         .customer

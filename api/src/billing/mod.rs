@@ -4,6 +4,7 @@
 //! `stackplane_core::billing`).
 
 pub mod checkout;
+pub mod checkout_customers;
 pub mod error;
 pub mod events;
 pub mod intake;

@@ -190,6 +190,11 @@ impl Worker {
         let synced = self
             .sync_customer(tx, &customer, Some(&event), read)
             .await?;
+        if let parse::Observation::Checkout(checkout) = &event.observation {
+            // In the event's transaction, under the customer's lock the sync took: the customer
+            // is its dashboard's exactly when the event is applied, whatever the sync decided.
+            super::checkout_customers::record(tx, checkout).await?;
+        }
         tracing::info!(event_id = %event.id, customer_id = %customer, subscriptions_changed = synced.subscriptions_changed, tenants_written = synced.tenants_written, "stripe event synced");
         Ok(match synced.skipped {
             Some(why) => Outcome::Skipped(why),

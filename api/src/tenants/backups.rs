@@ -221,7 +221,7 @@ async fn backups_of(api: &TenantApi, tenant: &str) -> Result<Vec<BackupView>, Ap
     params(("name" = String, Path, description = "Tenant name")),
     security(("bearer" = [])),
     responses((status = 200, body = Vec<BackupView>), (status = 401, body = crate::http_error::ErrorBody),
-        (status = 404, body = crate::http_error::ErrorBody)))]
+        (status = 403, body = crate::http_error::ErrorBody), (status = 404, body = crate::http_error::ErrorBody)))]
 pub async fn list_backups(
     State(api): State<Arc<TenantApi>>,
     caller: Caller,
@@ -255,7 +255,7 @@ async fn create(
     // Tenant tokens pay for what they ask within a daily limit; the admin is not limited.
     let slot = match caller {
         Caller::Admin => None,
-        Caller::Tenant { .. } => {
+        Caller::Tenant { .. } | Caller::Dashboard { .. } => {
             let limit = api.cost_limits.limit(kind);
             Some(quota::take(&api.db, &tenant_name, kind, limit, Utc::now()).await?)
         }
@@ -335,7 +335,7 @@ async fn create_object(
     request_body(content = BackupRequest, description = "optional; `{}`"),
     security(("bearer" = [])),
     responses((status = 202, body = BackupView), (status = 400, body = crate::http_error::ErrorBody),
-        (status = 401, body = crate::http_error::ErrorBody), (status = 404, body = crate::http_error::ErrorBody),
+        (status = 401, body = crate::http_error::ErrorBody), (status = 403, body = crate::http_error::ErrorBody), (status = 404, body = crate::http_error::ErrorBody),
         (status = 422, body = crate::http_error::ErrorBody),
         (status = 429, description = "a tenant token used up today's backups (--tenant-backups-per-day); Retry-After says when the limit resets", body = crate::http_error::ErrorBody)))]
 pub async fn create_backup(
@@ -354,7 +354,7 @@ pub async fn create_backup(
     request_body(content = BackupRequest, description = "optional; `{}`"),
     security(("bearer" = [])),
     responses((status = 202, body = BackupView), (status = 400, body = crate::http_error::ErrorBody),
-        (status = 404, body = crate::http_error::ErrorBody), (status = 409, body = crate::http_error::ErrorBody),
+        (status = 403, body = crate::http_error::ErrorBody), (status = 404, body = crate::http_error::ErrorBody), (status = 409, body = crate::http_error::ErrorBody),
         (status = 429, description = "a tenant token used up today's restores (--tenant-restores-per-day); Retry-After says when the limit resets", body = crate::http_error::ErrorBody)))]
 pub async fn restore_backup(
     State(api): State<Arc<TenantApi>>,

@@ -192,7 +192,7 @@ const UPTIME_DEFINITION: &str = "fraction of the observed part of the window spe
     params(("name" = String, Path, description = "Tenant name"), MetricsQuery),
     security(("bearer" = [])),
     responses((status = 200, body = TenantMetrics), (status = 400, body = crate::http_error::ErrorBody),
-        (status = 401, body = crate::http_error::ErrorBody), (status = 404, body = crate::http_error::ErrorBody)))]
+        (status = 401, body = crate::http_error::ErrorBody), (status = 403, body = crate::http_error::ErrorBody), (status = 404, body = crate::http_error::ErrorBody)))]
 pub async fn tenant_metrics(
     State(api): State<Arc<TenantApi>>,
     caller: Caller,

@@ -154,9 +154,33 @@ impl TenantApi {
             .get(&ObjectRef::new(name))
             .ok_or_else(|| not_found_tenant(name))
     }
+
+    /// The cached Tenant `name`, if the caller may read its status: as
+    /// [`TenantApi::visible_tenant`], and for a dashboard token the tenants of the customers it
+    /// checked out. Any other answers the same 404 as a tenant that does not exist.
+    pub async fn status_visible_tenant(
+        &self,
+        caller: &Caller,
+        name: &str,
+    ) -> Result<std::sync::Arc<Tenant>, ApiError> {
+        if !matches!(caller, Caller::Dashboard { .. }) {
+            return self.visible_tenant(caller, name);
+        }
+        let name = tenant_name(name)?;
+        let tenant = self
+            .tenants
+            .get(&ObjectRef::new(name))
+            .ok_or_else(|| not_found_tenant(name))?;
+        let customer = tenant.spec.customer.stripe_customer_id.as_deref();
+        caller
+            .may_read_customer_tenant(&self.db, name, customer)
+            .await?;
+        Ok(tenant)
+    }
 }
 
-/// Status of one tenant.
+/// Status of one tenant (admin; its tenant token; a dashboard token for the tenants of the
+/// customers it checked out).
 #[utoipa::path(get, path = "/api/v1/tenants/{name}", tag = "tenants",
     params(("name" = String, Path, description = "Tenant name")),
     security(("bearer" = [])),
@@ -167,7 +191,7 @@ pub async fn get_tenant(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    let tenant = api.visible_tenant(&caller, &name)?;
+    let tenant = api.status_visible_tenant(&caller, &name).await?;
     let body = api
         .rendered
         .body(&tenant, || api.tenants.len())

@@ -107,8 +107,15 @@ pub struct SubscriptionObservation {
     pub trial_will_end: bool,
 }
 
+/// The metadata key of a Checkout Session that names the `dashboard` token which created it
+/// (its id); absent for sessions the admin created. The worker links the session's new Stripe
+/// customer to that dashboard (`checkout_customers`).
+pub const DASHBOARD_METADATA_KEY: &str = "dashboard";
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct CheckoutObservation {
+    /// The Checkout Session's id (`cs_…`).
+    pub session_id: Option<String>,
     pub subscription_id: String,
     pub customer_id: String,
     pub email: Option<String>,
@@ -116,6 +123,8 @@ pub struct CheckoutObservation {
     pub client_reference_id: Option<String>,
     pub platform: Option<String>,
     pub tier: Option<String>,
+    /// `metadata.dashboard`: the id of the dashboard token that created the session.
+    pub dashboard: Option<String>,
     pub paid: bool,
 }
 
@@ -268,6 +277,7 @@ fn parse_checkout(object: &Value) -> Result<Observation, MalformedEvent> {
     let paid = str_at(object, &["payment_status"])
         .is_none_or(|s| s == "paid" || s == "no_payment_required");
     Ok(Observation::Checkout(CheckoutObservation {
+        session_id: str_at(object, &["id"]).map(str::to_owned),
         subscription_id,
         customer_id,
         email: str_at(object, &["customer_details", "email"])
@@ -277,6 +287,7 @@ fn parse_checkout(object: &Value) -> Result<Observation, MalformedEvent> {
         client_reference_id: str_at(object, &["client_reference_id"]).map(str::to_owned),
         platform: str_at(object, &["metadata", "platform"]).map(str::to_owned),
         tier: str_at(object, &["metadata", "tier"]).map(str::to_owned),
+        dashboard: str_at(object, &["metadata", DASHBOARD_METADATA_KEY]).map(str::to_owned),
         paid,
     }))
 }
@@ -412,5 +423,34 @@ mod tests {
             })
         ));
         assert!(HANDLED_EVENT_TYPES.contains(&"invoice.payment_action_required"));
+    }
+
+    #[test]
+    fn a_checkout_names_its_session_and_the_dashboard_that_made_it() {
+        let ev = |metadata: serde_json::Value| {
+            json!({"id": "evt_c", "type": "checkout.session.completed", "created": 5,
+                "data": {"object": {"id": "cs_test_1", "object": "checkout.session",
+                    "mode": "subscription", "customer": "cus_A", "subscription": "sub_1",
+                    "client_reference_id": "user-7", "payment_status": "paid",
+                    "metadata": metadata}}})
+        };
+        let checkout = |e: ParsedEvent| match e.observation {
+            Observation::Checkout(c) => c,
+            other => panic!("{other:?}"),
+        };
+        let c = checkout(
+            parse_event(&ev(json!({"platform": "crm", "tier": "starter",
+                DASHBOARD_METADATA_KEY: "7d1f0a52-0000-4000-8000-000000000001"})))
+            .unwrap(),
+        );
+        assert_eq!(c.session_id.as_deref(), Some("cs_test_1"));
+        assert_eq!(c.client_reference_id.as_deref(), Some("user-7"));
+        assert_eq!(
+            c.dashboard.as_deref(),
+            Some("7d1f0a52-0000-4000-8000-000000000001")
+        );
+        // The admin's sessions carry no dashboard.
+        let c = checkout(parse_event(&ev(json!({"platform": "crm", "tier": "starter"}))).unwrap());
+        assert_eq!(c.dashboard, None);
     }
 }
