@@ -759,6 +759,33 @@ mod tests {
     }
 
     #[test]
+    fn the_example_platforms_declare_usable_egress() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/platforms");
+        let mut declaring = Vec::new();
+        for entry in std::fs::read_dir(dir).expect("examples") {
+            let path = entry.expect("entry").path();
+            let p: Platform =
+                serde_saphyr::from_str(&std::fs::read_to_string(&path).expect("read"))
+                    .expect("parse");
+            assert_eq!(egress_problems(&p.spec), Vec::<String>::new(), "{path:?}");
+            if !p.spec.egress.is_empty() {
+                declaring.push(p.metadata.name.unwrap_or_default());
+            }
+        }
+        declaring.sort();
+        assert_eq!(
+            declaring,
+            [
+                "clientcontact",
+                "leadgen-pro",
+                "leadsite-ai",
+                "leadsite-io",
+                "stackpro-business"
+            ]
+        );
+    }
+
+    #[test]
     fn flags_refuse_what_would_open_link_local() {
         let list = |s: &str| vec![s.to_owned()];
         assert_eq!(
