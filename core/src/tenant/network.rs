@@ -131,7 +131,7 @@ pub fn egress_problems(spec: &PlatformSpec) -> Vec<String> {
             _ => {}
         }
         for cidr in &rule.cidrs {
-            if let Err(why) = parse_cidr(cidr).and_then(|net| never_reachable_problem(net)) {
+            if let Err(why) = parse_cidr(cidr).and_then(never_reachable_problem) {
                 problems.push(format!("{at}: {why}"));
             }
         }
