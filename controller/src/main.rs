@@ -9,7 +9,8 @@ use stackplane_controller::{metrics, telemetry, Args};
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     telemetry::init(args.log_format);
-    let mut config = args.config();
+    // A network flag that does not parse stops the start, naming the flag.
+    let mut config = args.config()?;
     // The one AWS client of the process (cloud step, backups, garbage collector); with
     // `--cloud-provider none` none is built, so no AWS call can be made.
     if args.cloud_provider == stackplane_controller::CloudProviderKind::Aws {
@@ -24,6 +25,8 @@ async fn main() -> anyhow::Result<()> {
         lease = %config.lease.name,
         cloud_provider = ?args.cloud_provider,
         cloud_gc = ?args.cloud_gc,
+        cluster_cidrs = ?config.reconcile.plan.cluster_cidrs,
+        backup_egress_cidrs = ?config.reconcile.plan.backup_egress_cidrs,
         "starting stackplane-controller"
     );
 
