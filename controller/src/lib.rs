@@ -11,6 +11,7 @@ pub mod backoff;
 pub mod backup;
 pub mod cloud;
 pub mod controller;
+pub mod crds;
 pub mod error;
 pub mod events;
 pub mod health;
@@ -190,6 +191,39 @@ pub struct Args {
     /// Seconds one attempt of an AWS operation may take (connecting included).
     #[arg(long, env = "STACKPLANE_AWS_ATTEMPT_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub aws_attempt_timeout: u64,
+
+    /// A one-off task instead of running the controller.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// `stackplane-controller`'s one-off tasks (without one, it runs the controller).
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum Command {
+    /// The CRDs built into this binary.
+    #[command(subcommand)]
+    Crds(CrdsCommand),
+}
+
+/// `stackplane-controller crds ...`
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum CrdsCommand {
+    /// Server-side apply every CRD (create or update, never delete) and wait until each is
+    /// Established: the chart's pre-install/pre-upgrade hook.
+    Apply(CrdsApplyArgs),
+}
+
+/// Flags of `stackplane-controller crds apply`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CrdsApplyArgs {
+    /// Apply even when a new schema lacks a property an installed CRD declares: the API server
+    /// then prunes that field from every object written afterwards (a knowing downgrade).
+    #[arg(long)]
+    pub allow_field_removal: bool,
+
+    /// Seconds each CRD may take to become Established once applied.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub establish_timeout: u64,
 }
 
 impl Args {

@@ -9,6 +9,22 @@ use stackplane_controller::{metrics, telemetry, Args};
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     telemetry::init(args.log_format);
+    if let Some(stackplane_controller::Command::Crds(stackplane_controller::CrdsCommand::Apply(
+        apply,
+    ))) = &args.command
+    {
+        let client = stackplane_controller::kube_client::build(std::time::Duration::from_secs(
+            args.kube_timeout,
+        ))
+        .await?;
+        let options = stackplane_controller::crds::CrdApplyOptions {
+            allow_field_removal: apply.allow_field_removal,
+            establish_timeout: std::time::Duration::from_secs(apply.establish_timeout),
+        };
+        let applied = stackplane_controller::crds::apply_crds(&client, options).await?;
+        tracing::info!(crds = ?applied, "every CRD is applied and Established");
+        return Ok(());
+    }
     // A network flag that does not parse stops the start, naming the flag.
     let mut config = args.config()?;
     // The one AWS client of the process (cloud step, backups, garbage collector); with

@@ -9,5 +9,6 @@ pub mod cache;
 pub mod children;
 pub mod cloud;
 pub mod contract;
+pub mod crd_upgrade;
 pub mod rollout;
 pub mod tenant;

@@ -11,6 +11,7 @@ use kube::{Api, Client, ResourceExt};
 use sqlx::postgres::PgPool;
 
 pub mod bench;
+pub mod chart;
 pub mod localstripe;
 
 const HOW_TO_RUN: &str =

@@ -17,62 +17,15 @@ use kube::discovery::{ApiCapabilities, ApiResource, Discovery, Scope};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use stackplane_crds::{Platform, Tenant, TenantPhase, TenantSpec};
+use stackplane_tests::chart::{chart_dir, ci_values, helm, helm_ok, parse_docs};
 use stackplane_tests::{
-    fresh_database, impersonating_kubeconfig, install_crds, kube_client, required_env,
-    stripe_signature, unique, workspace_binary, workspace_root,
+    fresh_database, impersonating_kubeconfig, install_crds, kube_client, stripe_signature, unique,
+    workspace_binary, workspace_root,
 };
 
 const SHARD: &str = "stackplane.io/test-shard";
 const WEBHOOK_SECRET: &str = "whsec_chart_rbac_test";
 const ADMIN_TOKEN: &str = "chart-rbac-admin-token";
-
-fn chart_dir() -> PathBuf {
-    workspace_root().join("charts/stackplane")
-}
-
-fn ci_values() -> PathBuf {
-    chart_dir().join("ci/test-values.yaml")
-}
-
-/// Runs tests/harness/helm.py with the harness's helm-python-sdk; (success, stdout, stderr).
-fn helm(args: &[&str]) -> (bool, String, String) {
-    let python = required_env("STACKPLANE_HELM_PYTHON");
-    assert!(
-        Path::new(&python).is_file(),
-        "STACKPLANE_HELM_PYTHON={python} does not exist: run tests/harness/install.sh (it installs helm-python-sdk)"
-    );
-    let out = Command::new(&python)
-        .arg(workspace_root().join("tests/harness/helm.py"))
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running {python} helm.py: {e}"));
-    let stderr = String::from_utf8_lossy(&out.stderr)
-        .lines()
-        // Helm reports every symlinked CRD file at INFO level; that is expected.
-        .filter(|l| !l.contains("found symbolic link in path"))
-        .collect::<Vec<_>>()
-        .join("\n");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr,
-    )
-}
-
-fn helm_ok(args: &[&str]) -> String {
-    let (ok, out, err) = helm(args);
-    assert!(ok, "helm.py {args:?} failed:\n{out}\n{err}");
-    out
-}
-
-fn parse_docs(yaml: &str) -> Vec<serde_json::Value> {
-    let docs: Vec<Option<serde_json::Value>> =
-        serde_saphyr::from_multiple(yaml).unwrap_or_else(|e| panic!("rendered YAML: {e}\n{yaml}"));
-    docs.into_iter()
-        .flatten()
-        .filter(|d| d.is_object())
-        .collect()
-}
 
 fn kind_of(doc: &serde_json::Value) -> (String, String) {
     (

@@ -151,3 +151,12 @@ seccompProfile:
 {{- else -}}autoscaling/v2beta2
 {{- end -}}
 {{- end -}}
+
+{{/* The names of the chart's CRDs, as a JSON list: its crds/ files are named after them. */}}
+{{- define "stackplane.crdNames" -}}
+{{- $names := list -}}
+{{- range $path, $_ := .Files.Glob "crds/*.yaml" -}}
+{{- $names = append $names (base $path | trimSuffix ".yaml") -}}
+{{- end -}}
+{{- toJson $names -}}
+{{- end -}}

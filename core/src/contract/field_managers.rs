@@ -18,3 +18,5 @@ pub const PLUGIN: &str = "kubectl-stackplane";
 pub fn controller_apply() -> kube::core::params::PatchParams {
     kube::core::params::PatchParams::apply(CONTROLLER).force()
 }
+/// `stackplane-controller crds apply` (the chart's pre-install/pre-upgrade hook): the CRDs.
+pub const CRDS: &str = "stackplane-crds";
