@@ -491,6 +491,11 @@ async fn install_chart_rbac(client: &Client, release: &str, namespace: &str) -> 
             continue;
         }
         let obj: DynamicObject = serde_json::from_value(doc.clone()).expect("object");
+        // Hooks (the CRD apply Job's account and role) are not the running binaries'
+        // permissions: Helm creates them for the hook and deletes them after it.
+        if obj.annotations().contains_key("helm.sh/hook") {
+            continue;
+        }
         if kind == "ServiceAccount" {
             let component = obj.labels().get("app.kubernetes.io/component").cloned();
             match component.as_deref() {
