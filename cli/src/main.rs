@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use kubectl_stackplane::api::{self, ApiTarget};
-use kubectl_stackplane::error::Result;
+use kubectl_stackplane::error::{CliError, Result};
 use kubectl_stackplane::ops::{self, RolloutAction};
 use kubectl_stackplane::output::{shown, Format, Paint};
 use kubectl_stackplane::{diff, status};
-use stackplane_core::tenant::plan::PlanOptions;
+use stackplane_core::tenant::plan::{NetworkFlags, PlanOptions};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -40,13 +40,8 @@ enum Command {
     /// What a reconcile would change now, as a unified diff (empty when in sync).
     Diff {
         tenant: String,
-        /// The controller's --ingress-namespace (part of the network policy).
-        #[arg(
-            long,
-            env = "STACKPLANE_INGRESS_NAMESPACE",
-            default_value = "ingress-nginx"
-        )]
-        ingress_namespace: String,
+        #[command(flatten)]
+        network: NetworkArgs,
     },
     /// Takes a manual backup of the tenant (a TenantBackup the controller carries out).
     Backup { tenant: String },
@@ -96,6 +91,39 @@ enum RolloutCommand {
     Pause { platform: String },
     Resume { platform: String },
     Rollback { platform: String },
+}
+
+/// The controller's network flags: the network policies are planned from them, so `diff` must
+/// be given the controller's values (the same environment variables work).
+#[derive(clap::Args, Debug)]
+struct NetworkArgs {
+    /// The controller's --ingress-namespace.
+    #[arg(
+        long,
+        env = "STACKPLANE_INGRESS_NAMESPACE",
+        default_value = stackplane_core::tenant::plan::DEFAULT_INGRESS_NAMESPACE
+    )]
+    ingress_namespace: String,
+    /// The controller's --ingress-namespace-selector.
+    #[arg(long, env = "STACKPLANE_INGRESS_NAMESPACE_SELECTOR")]
+    ingress_namespace_selector: Option<String>,
+    /// The controller's --cluster-cidrs.
+    #[arg(long, env = "STACKPLANE_CLUSTER_CIDRS", value_delimiter = ',')]
+    cluster_cidrs: Vec<String>,
+    /// The controller's --backup-egress-cidrs.
+    #[arg(long, env = "STACKPLANE_BACKUP_EGRESS_CIDRS", value_delimiter = ',')]
+    backup_egress_cidrs: Vec<String>,
+}
+
+impl NetworkArgs {
+    fn flags(&self) -> NetworkFlags {
+        NetworkFlags {
+            ingress_namespace: self.ingress_namespace.clone(),
+            ingress_namespace_selector: self.ingress_namespace_selector.clone(),
+            cluster_cidrs: self.cluster_cidrs.clone(),
+            backup_egress_cidrs: self.backup_egress_cidrs.clone(),
+        }
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -153,14 +181,10 @@ async fn run(cli: Cli) -> Result<String> {
                 &report,
             )
         }
-        Command::Diff {
-            tenant,
-            ingress_namespace,
-        } => {
+        Command::Diff { tenant, network } => {
+            let options = PlanOptions::from_flags(&network.flags())
+                .map_err(|e| CliError::BadArgument(e.to_string()))?;
             let client = client(&cli).await?;
-            let options = PlanOptions {
-                ingress_namespace: ingress_namespace.clone(),
-            };
             diff::diff(&client, tenant, &options).await
         }
         Command::Backup { tenant } => {

@@ -46,13 +46,30 @@ pub struct Args {
     #[arg(long, env = "STACKPLANE_LOG_FORMAT", value_enum, default_value_t = telemetry::LogFormat::Text)]
     pub log_format: telemetry::LogFormat,
 
-    /// Namespace of the ingress controller; its pods may reach every tenant.
+    /// Namespace of the ingress controller; its pods may reach every tenant. Matched by its
+    /// `kubernetes.io/metadata.name` label, which Kubernetes sets from 1.21 on (label it by
+    /// hand on older clusters).
     #[arg(
         long,
         env = "STACKPLANE_INGRESS_NAMESPACE",
-        default_value = "ingress-nginx"
+        default_value = stackplane_core::tenant::plan::DEFAULT_INGRESS_NAMESPACE
     )]
     pub ingress_namespace: String,
+
+    /// Label selector of the namespaces whose pods may reach every tenant (e.g.
+    /// `app.kubernetes.io/name=ingress-nginx`); replaces --ingress-namespace.
+    #[arg(long, env = "STACKPLANE_INGRESS_NAMESPACE_SELECTOR")]
+    pub ingress_namespace_selector: Option<String>,
+
+    /// The cluster's pod and service CIDRs (comma-separated): never reachable from tenants
+    /// through a Platform's `internet: true` or a wider declared network.
+    #[arg(long, env = "STACKPLANE_CLUSTER_CIDRS", value_delimiter = ',')]
+    pub cluster_cidrs: Vec<String>,
+
+    /// Networks stackplane's backup Jobs (pods labelled stackplane.io/backup) may reach from a
+    /// tenant namespace (comma-separated CIDRs): the object store and the tenants' databases.
+    #[arg(long, env = "STACKPLANE_BACKUP_EGRESS_CIDRS", value_delimiter = ',')]
+    pub backup_egress_cidrs: Vec<String>,
 
     /// Reconcile only Tenants matching this label selector (sharding). Default: every Tenant.
     #[arg(long, env = "STACKPLANE_TENANT_SELECTOR")]
@@ -176,8 +193,18 @@ impl Args {
         settings
     }
 
-    /// The controller's configuration from the flags.
-    pub fn config(&self) -> Config {
+    /// The network flags, as the plan reads them (the plugin's `diff` takes the same).
+    pub fn network_flags(&self) -> stackplane_core::tenant::plan::NetworkFlags {
+        stackplane_core::tenant::plan::NetworkFlags {
+            ingress_namespace: self.ingress_namespace.clone(),
+            ingress_namespace_selector: self.ingress_namespace_selector.clone(),
+            cluster_cidrs: self.cluster_cidrs.clone(),
+            backup_egress_cidrs: self.backup_egress_cidrs.clone(),
+        }
+    }
+
+    /// The controller's configuration from the flags, or the flag that does not parse.
+    pub fn config(&self) -> Result<Config, stackplane_core::tenant::plan::FlagError> {
         let identity = self.identity.clone().unwrap_or_else(|| {
             let host = std::env::var("HOSTNAME")
                 .ok()
@@ -187,13 +214,12 @@ impl Args {
                 .unwrap_or_else(|| "stackplane-controller".to_owned());
             format!("{host}-{}", std::process::id())
         });
-        Config {
+        let plan = stackplane_core::tenant::plan::PlanOptions::from_flags(&self.network_flags())?;
+        Ok(Config {
             concurrency: self.concurrency,
             tenant_selector: self.tenant_selector.clone(),
             reconcile: tenant::ReconcileConfig {
-                plan: stackplane_core::tenant::plan::PlanOptions {
-                    ingress_namespace: self.ingress_namespace.clone(),
-                },
+                plan,
                 requeue: std::time::Duration::from_secs(self.requeue_seconds.max(1)),
                 final_backup_timeout: std::time::Duration::from_secs(self.final_backup_timeout),
                 backup: backup::BackupConfig {
@@ -220,7 +246,7 @@ impl Args {
                 duration_secs: self.lease_duration,
                 grace_secs: self.lease_grace,
             },
-        }
+        })
     }
 }
 

@@ -9,7 +9,8 @@ use stackplane_controller::{metrics, telemetry, Args};
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     telemetry::init(args.log_format);
-    let mut config = args.config();
+    // A network flag that does not parse stops the start, naming the flag.
+    let mut config = args.config()?;
     // The one AWS client of the process (cloud step, backups, garbage collector); with
     // `--cloud-provider none` none is built, so no AWS call can be made.
     if args.cloud_provider == stackplane_controller::CloudProviderKind::Aws {

@@ -18,8 +18,8 @@ pub use backup::{
     TenantBackupSpec, TenantBackupStatus,
 };
 pub use platform::{
-    Component, ComponentOverride, DedicatedInstance, EnvVar, Platform, PlatformSpec,
-    PlatformStatus, ResourceList, Resources, Tier, TierQuota,
+    Component, ComponentOverride, DedicatedInstance, EgressPort, EgressProtocol, EgressRule,
+    EnvVar, Platform, PlatformSpec, PlatformStatus, ResourceList, Resources, Tier, TierQuota,
 };
 pub use revision::{PlatformRevision, PlatformRevisionSpec};
 pub use rollout::{RolloutPhase, RolloutPolicy, RolloutStatus, RolloutStrategy, Wave};

@@ -66,6 +66,66 @@ pub struct PlatformSpec {
     /// wave of every tenant) or at once. Not part of a revision: changing it moves no tenant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<crate::rollout::RolloutPolicy>,
+
+    /// Where the tenants' pods may connect outside their own namespace. Every tenant namespace
+    /// denies egress by default and allows only DNS (port 53), its own pods, and these
+    /// destinations. Link-local addresses (169.254.0.0/16, where the cloud metadata endpoint
+    /// answers with the node's credentials, and fe80::/10) are never reachable.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress: Vec<EgressRule>,
+}
+
+/// One kind of destination the tenants' pods may reach: some networks, or the internet.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EgressRule {
+    /// Destination networks in CIDR notation, e.g. `203.0.113.0/24` or `2001:db8::/32` (a single
+    /// address is `/32` or `/128`). A network inside link-local is refused; a wider one reaches
+    /// everything in it but link-local and the cluster's own pod and service ranges. Leave empty
+    /// when `internet` is true.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cidrs: Vec<String>,
+
+    /// Every address outside the cluster: 0.0.0.0/0 and ::/0 except link-local and the
+    /// cluster's own pod and service ranges (the controller's `--cluster-cidrs`). For
+    /// components that call third-party APIs, scrape or send email. `cidrs` must then be empty.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub internet: bool,
+
+    /// Destination ports of these networks. Empty: every port.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<EgressPort>,
+}
+
+/// A destination port of an egress rule.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct EgressPort {
+    /// Port number, e.g. 443.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// `TCP` (the default) or `UDP`.
+    #[serde(default)]
+    pub protocol: EgressProtocol,
+}
+
+/// The transport protocol of an egress port.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum EgressProtocol {
+    #[default]
+    #[serde(rename = "TCP")]
+    Tcp,
+    #[serde(rename = "UDP")]
+    Udp,
+}
+
+impl EgressProtocol {
+    /// The protocol as a NetworkPolicy port names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EgressProtocol::Tcp => "TCP",
+            EgressProtocol::Udp => "UDP",
+        }
+    }
 }
 
 fn default_cancellation_retention_days() -> u32 {

@@ -141,7 +141,9 @@ async fn reconcile(
     let Some(platform) = api.get_opt(&name).await? else {
         return Ok(Action::await_change());
     };
-    if platform.metadata.deletion_timestamp.is_some() || !platform.spec.problems().is_empty() {
+    if platform.metadata.deletion_timestamp.is_some()
+        || !stackplane_core::tenant::validate::platform_problems(&platform.spec).is_empty()
+    {
         return Ok(Action::await_change());
     }
     let policy = platform.spec.rollout.clone().unwrap_or_default();

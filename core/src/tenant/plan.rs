@@ -4,8 +4,10 @@
 
 use std::collections::BTreeMap;
 
+use super::network;
 use crate::children::ChildKind;
 use crate::contract::labels::{tenant_labels, COMPONENT, TENANT};
+use ipnet::IpNet;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvFromSource, EnvVar, LimitRange, LimitRangeItem,
@@ -17,8 +19,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
-    IngressServiceBackend, IngressSpec, IngressTLS, NetworkPolicy, NetworkPolicyIngressRule,
-    NetworkPolicyPeer, NetworkPolicySpec, ServiceBackendPort,
+    IngressServiceBackend, IngressSpec, IngressTLS, NetworkPolicy, ServiceBackendPort,
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -48,17 +49,90 @@ const READINESS_FAILURES: i32 = 3;
 pub const POD_SECURITY_LEVEL: &str = "restricted";
 
 /// Settings of the plan that come from the controller's configuration, not from the CRs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PlanOptions {
-    /// Namespace of the ingress controller, whose pods may reach every tenant.
-    pub ingress_namespace: String,
+    /// Namespaces whose pods may reach every tenant: the ingress controller's.
+    pub ingress_namespaces: LabelSelector,
+    /// The cluster's own pod and service ranges: cut out of `internet: true` and of any wider
+    /// network a Platform or `backup_egress_cidrs` allows.
+    pub cluster_cidrs: Vec<IpNet>,
+    /// Networks stackplane's backup Jobs may reach besides DNS and their namespace: the object
+    /// store and the tenants' databases. Empty: no such policy.
+    pub backup_egress_cidrs: Vec<IpNet>,
 }
 
 impl Default for PlanOptions {
     fn default() -> Self {
         PlanOptions {
-            ingress_namespace: "ingress-nginx".to_owned(),
+            ingress_namespaces: ingress_namespace_selector(DEFAULT_INGRESS_NAMESPACE),
+            cluster_cidrs: Vec::new(),
+            backup_egress_cidrs: Vec::new(),
         }
+    }
+}
+
+/// The ingress controller's namespace unless configured otherwise.
+pub const DEFAULT_INGRESS_NAMESPACE: &str = "ingress-nginx";
+
+/// The selector of the namespace named `name` (by the label Kubernetes 1.21+ sets, and which
+/// an operator of an older cluster sets on the ingress controller's namespace by hand).
+pub fn ingress_namespace_selector(name: &str) -> LabelSelector {
+    LabelSelector {
+        match_labels: Some(BTreeMap::from([(
+            network::NAMESPACE_NAME_LABEL.to_owned(),
+            name.to_owned(),
+        )])),
+        ..LabelSelector::default()
+    }
+}
+
+/// The network flags of the controller (and of the plugin's `diff`, which must plan as the
+/// controller does), as given on the command line.
+#[derive(Debug, Clone, Default)]
+pub struct NetworkFlags {
+    /// `--ingress-namespace`.
+    pub ingress_namespace: String,
+    /// `--ingress-namespace-selector`: replaces `--ingress-namespace` when given.
+    pub ingress_namespace_selector: Option<String>,
+    /// `--cluster-cidrs` (comma-separated, possibly repeated).
+    pub cluster_cidrs: Vec<String>,
+    /// `--backup-egress-cidrs` (comma-separated, possibly repeated).
+    pub backup_egress_cidrs: Vec<String>,
+}
+
+/// A network flag that does not parse, with the flag's name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("--{flag}: {reason}")]
+pub struct FlagError {
+    pub flag: &'static str,
+    pub reason: String,
+}
+
+impl PlanOptions {
+    /// The options the network flags give, or the first flag that does not parse.
+    pub fn from_flags(flags: &NetworkFlags) -> Result<PlanOptions, FlagError> {
+        let err = |flag: &'static str| move |reason: String| FlagError { flag, reason };
+        let ingress_namespaces = match &flags.ingress_namespace_selector {
+            Some(text) => {
+                network::parse_label_selector(text).map_err(err("ingress-namespace-selector"))?
+            }
+            None => {
+                if !stackplane_crds::naming::is_dns_label(&flags.ingress_namespace) {
+                    return Err(FlagError {
+                        flag: "ingress-namespace",
+                        reason: format!("{:?} is not a namespace name", flags.ingress_namespace),
+                    });
+                }
+                ingress_namespace_selector(&flags.ingress_namespace)
+            }
+        };
+        Ok(PlanOptions {
+            ingress_namespaces,
+            cluster_cidrs: network::parse_cidr_list(&flags.cluster_cidrs, false)
+                .map_err(err("cluster-cidrs"))?,
+            backup_egress_cidrs: network::parse_cidr_list(&flags.backup_egress_cidrs, true)
+                .map_err(err("backup-egress-cidrs"))?,
+        })
     }
 }
 
@@ -221,6 +295,9 @@ pub fn plan(tenant: &Tenant, platform: &Platform, tier: &Tier, options: &PlanOpt
     };
 
     let mut ns_labels = labels.clone();
+    // Kubernetes 1.21+ sets it; 1.20 does not, and namespace selectors (other tenants', the
+    // ingress controller's) match namespaces by it.
+    ns_labels.insert(network::NAMESPACE_NAME_LABEL.to_owned(), ns.clone());
     for mode in ["enforce", "audit", "warn"] {
         ns_labels.insert(
             format!("pod-security.kubernetes.io/{mode}"),
@@ -241,9 +318,15 @@ pub fn plan(tenant: &Tenant, platform: &Platform, tier: &Tier, options: &PlanOpt
         Desired::LimitRange(limit_range(meta("tenant-limits", &[]))),
     ];
     objects.extend(
-        network_policies(&meta, options)
-            .into_iter()
-            .map(Desired::NetworkPolicy),
+        network::policies(
+            &meta,
+            &platform.spec,
+            &options.ingress_namespaces,
+            &options.cluster_cidrs,
+            &options.backup_egress_cidrs,
+        )
+        .into_iter()
+        .map(Desired::NetworkPolicy),
     );
     objects.push(Desired::ServiceAccount(ServiceAccount {
         metadata: meta(SERVICE_ACCOUNT, &[]),
@@ -410,51 +493,6 @@ fn limit_range(metadata: ObjectMeta) -> LimitRange {
             }],
         }),
     }
-}
-
-fn network_policies(
-    meta: &impl Fn(&str, &[(&str, &str)]) -> ObjectMeta,
-    options: &PlanOptions,
-) -> Vec<NetworkPolicy> {
-    let all_pods = || LabelSelector::default();
-    let ingress_policy = |name: &str, from: Option<Vec<NetworkPolicyPeer>>| NetworkPolicy {
-        metadata: meta(name, &[]),
-        spec: Some(NetworkPolicySpec {
-            pod_selector: Some(all_pods()),
-            policy_types: Some(vec!["Ingress".to_owned()]),
-            ingress: from.map(|from| {
-                vec![NetworkPolicyIngressRule {
-                    from: Some(from),
-                    ..NetworkPolicyIngressRule::default()
-                }]
-            }),
-            ..NetworkPolicySpec::default()
-        }),
-    };
-    vec![
-        // No rules: every ingress not allowed by another policy is denied.
-        ingress_policy("default-deny-ingress", None),
-        ingress_policy(
-            "allow-same-namespace",
-            Some(vec![NetworkPolicyPeer {
-                pod_selector: Some(all_pods()),
-                ..NetworkPolicyPeer::default()
-            }]),
-        ),
-        ingress_policy(
-            "allow-ingress-controller",
-            Some(vec![NetworkPolicyPeer {
-                namespace_selector: Some(LabelSelector {
-                    match_labels: Some(BTreeMap::from([(
-                        "kubernetes.io/metadata.name".to_owned(),
-                        options.ingress_namespace.clone(),
-                    )])),
-                    ..LabelSelector::default()
-                }),
-                ..NetworkPolicyPeer::default()
-            }]),
-        ),
-    ]
 }
 
 /// Seconds a component's Deployment may take to make progress before Kubernetes marks it
@@ -695,7 +733,8 @@ mod tests {
         assert_eq!(count("PersistentVolumeClaim"), 1);
         assert!(plan.wants("PersistentVolumeClaim", "storage"));
         assert_eq!(count("Ingress"), 1);
-        assert_eq!(count("NetworkPolicy"), 3);
+        // Deny both ways, same namespace, ingress controller, DNS; video-site declares no egress.
+        assert_eq!(count("NetworkPolicy"), 5);
     }
 
     #[test]
@@ -764,6 +803,59 @@ mod tests {
             })
             .expect("service account");
         assert_eq!(sa.automount_service_account_token, Some(false));
+    }
+
+    #[test]
+    fn the_namespace_carries_its_name_label_and_the_ingress_selector_comes_from_the_flags() {
+        let p = example("tackle.yaml");
+        let t = tenant("tackle", &p.spec.tiers[0].name);
+        let planned = plan_for(&t, &p);
+        let labels = planned.namespace.metadata.labels.as_ref().expect("labels");
+        assert_eq!(labels[network::NAMESPACE_NAME_LABEL], "tenant-acme");
+
+        let flags = |selector: Option<&str>| NetworkFlags {
+            ingress_namespace: "ingress-nginx".into(),
+            ingress_namespace_selector: selector.map(str::to_owned),
+            cluster_cidrs: vec!["10.244.0.0/16,10.96.0.0/12".into()],
+            backup_egress_cidrs: vec!["192.0.2.0/24".into()],
+        };
+        let by_name = PlanOptions::from_flags(&flags(None)).expect("options");
+        assert_eq!(
+            by_name.ingress_namespaces,
+            PlanOptions::default().ingress_namespaces
+        );
+        assert_eq!(by_name.cluster_cidrs.len(), 2);
+        let by_selector =
+            PlanOptions::from_flags(&flags(Some("app.kubernetes.io/name=ingress-nginx")))
+                .expect("options");
+        let plan = plan(&t, &p, &p.spec.tiers[0], &by_selector);
+        let from_ingress = plan
+            .objects
+            .iter()
+            .find_map(|o| match o {
+                Desired::NetworkPolicy(n)
+                    if n.metadata.name.as_deref() == Some(network::ALLOW_INGRESS_CONTROLLER) =>
+                {
+                    n.spec.as_ref()?.ingress.as_ref()?[0].from.clone()
+                }
+                _ => None,
+            })
+            .expect("allow-ingress-controller");
+        assert_eq!(
+            from_ingress[0].namespace_selector,
+            Some(by_selector.ingress_namespaces.clone())
+        );
+        assert!(plan.wants("NetworkPolicy", network::ALLOW_BACKUP_EGRESS));
+
+        let err = PlanOptions::from_flags(&flags(Some("tier in (edge"))).expect_err("bad");
+        assert_eq!(err.flag, "ingress-namespace-selector");
+        let mut bad = flags(None);
+        bad.backup_egress_cidrs = vec!["169.254.169.254/32".into()];
+        let err = PlanOptions::from_flags(&bad).expect_err("link-local");
+        assert!(
+            err.to_string().starts_with("--backup-egress-cidrs: "),
+            "{err}"
+        );
     }
 
     #[test]

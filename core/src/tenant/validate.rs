@@ -1,7 +1,7 @@
 //! Checks that a Tenant can be provisioned: its Platform exists and is usable, and its tier exists.
 //! Pure: the caller looks the Platform up.
 
-use stackplane_crds::{Platform, Tenant, Tier};
+use stackplane_crds::{Platform, PlatformSpec, Tenant, Tier};
 
 /// Why a Tenant cannot be provisioned as it is; the message goes into the `InvalidSpec` condition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,6 +14,14 @@ pub struct Invalid {
 pub struct Valid<'a> {
     pub platform: &'a Platform,
     pub tier: &'a Tier,
+}
+
+/// Everything wrong with a Platform spec that its OpenAPI schema cannot say: the spec's own
+/// checks and its egress rules'. Empty when its tenants can be planned.
+pub fn platform_problems(spec: &PlatformSpec) -> Vec<String> {
+    let mut problems = spec.problems();
+    problems.extend(super::network::egress_problems(spec));
+    problems
 }
 
 /// Validates `tenant` against its Platform (`None` when no such Platform exists).
@@ -34,7 +42,7 @@ pub fn validate<'a>(tenant: &Tenant, platform: Option<&'a Platform>) -> Result<V
             message: format!("platform {:?} does not exist", tenant.spec.platform),
         });
     };
-    let problems = platform.spec.problems();
+    let problems = platform_problems(&platform.spec);
     if !problems.is_empty() {
         return Err(Invalid {
             message: format!(
@@ -88,6 +96,23 @@ mod tests {
         let mut bad = p.clone();
         bad.spec.components.push(bad.spec.components[0].clone());
         assert!(validate(&tenant(&tier), Some(&bad)).is_err());
+    }
+
+    #[test]
+    fn egress_that_could_reach_the_metadata_endpoint_is_invalid() {
+        let mut p = platform();
+        let tier = p.spec.tiers[0].name.clone();
+        p.spec.egress = vec![stackplane_crds::EgressRule {
+            cidrs: vec!["169.254.169.254/32".into()],
+            ..Default::default()
+        }];
+        let err = validate(&tenant(&tier), Some(&p)).expect_err("link-local");
+        assert!(
+            err.message.contains("egress[0]") && err.message.contains("never reachable"),
+            "{}",
+            err.message
+        );
+        assert_eq!(platform_problems(&p.spec).len(), 1);
     }
 
     #[test]
