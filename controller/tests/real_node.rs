@@ -647,8 +647,10 @@ async fn a_tenant_pod_is_refused_the_metadata_endpoint_and_other_namespaces_but_
         enforcer, "kube-router",
         "this run's node does not enforce NetworkPolicy: {enforcer}"
     );
-    // A Platform that allows the internet: the widest egress a Platform can declare, and still
-    // neither link-local nor the cluster's own ranges.
+    // A Platform that allows every IPv4 address: the widest egress a Platform can declare, and
+    // still neither link-local nor the cluster's own ranges. Not `internet: true`: that adds an
+    // IPv6 ipBlock, and kube-router 1.2 is IPv4-only: its ipset restore fails on `fe80::/10` and
+    // it aborts every sync on the node (no policy at all applies) — see docs/testing.md.
     let plan = PlanOptions {
         cluster_cidrs: NODE_CLUSTER_CIDRS
             .iter()
@@ -659,7 +661,7 @@ async fn a_tenant_pod_is_refused_the_metadata_endpoint_and_other_namespaces_but_
     let env = start_with(
         vec![component("web", 8080, 8080), component("api", 9090, 9090)],
         600,
-        json!([{ "internet": true }]),
+        json!([{ "cidrs": ["0.0.0.0/0"] }]),
         plan,
     )
     .await;
@@ -748,7 +750,7 @@ async fn a_tenant_pod_is_refused_the_metadata_endpoint_and_other_namespaces_but_
         true,
     )
     .await;
-    // (a) the metadata endpoint, although the Platform allows the internet.
+    // (a) the metadata endpoint, although the Platform allows every IPv4 address.
     until_probe(
         "the metadata endpoint to be refused to the tenant's pod",
         &a_ns,

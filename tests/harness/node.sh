@@ -79,9 +79,10 @@ TOKENS
 
   # --- controllers and scheduler -------------------------------------------------------------
   # serviceaccount: pods are admitted only once their namespace's `default` account exists;
-  # nodelifecycle: lifts the not-ready taint a node registers with.
+  # nodelifecycle: lifts the not-ready taint a node registers with; endpoint: Services list
+  # their pods (the network-policy test probes a Service's endpoints).
   setsid "$K8S_BIN/kube-controller-manager" --kubeconfig "$node/kcm.kubeconfig" \
-    --controllers deployment,replicaset,job,garbagecollector,namespace,serviceaccount,serviceaccount-token,nodelifecycle,persistentvolume-binder,pvc-protection,pv-protection,ttl \
+    --controllers deployment,replicaset,endpoint,job,garbagecollector,namespace,serviceaccount,serviceaccount-token,nodelifecycle,persistentvolume-binder,pvc-protection,pv-protection,ttl \
     --service-account-private-key-file "$pki/sa.key" --root-ca-file "$pki/ca.crt" \
     --leader-elect=false --port 0 --secure-port 0 >"$run/logs/node-controller-manager.log" 2>&1 </dev/null &
   record node-controller-manager $!
@@ -113,6 +114,8 @@ state = "$node/containerd/state"
     bin_dir = "/usr/lib/cni"
     conf_dir = "$node/cni"
 TOML
+  # Pods get a default route through the gateway, as on a cloud node: what they may reach
+  # beyond their subnet (the metadata endpoint, other networks) is NetworkPolicy's to decide.
   cat >"$node/cni/10-stackplane.conflist" <<CNI
 {
   "cniVersion": "0.4.0",
@@ -120,7 +123,7 @@ TOML
   "plugins": [
     {"type": "bridge", "bridge": "$node_bridge", "isGateway": true, "ipMasq": false,
      "ipam": {"type": "host-local", "ranges": [[{"subnet": "$node_subnet", "gateway": "$node_gateway"}]],
-              "dataDir": "$node/cni-ipam"}},
+              "routes": [{"dst": "0.0.0.0/0"}], "dataDir": "$node/cni-ipam"}},
     {"type": "loopback"}
   ]
 }
