@@ -25,6 +25,8 @@ async fn main() -> anyhow::Result<()> {
         lease = %config.lease.name,
         cloud_provider = ?args.cloud_provider,
         cloud_gc = ?args.cloud_gc,
+        cluster_cidrs = ?config.reconcile.plan.cluster_cidrs,
+        backup_egress_cidrs = ?config.reconcile.plan.backup_egress_cidrs,
         "starting stackplane-controller"
     );
 

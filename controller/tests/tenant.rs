@@ -1,6 +1,7 @@
 //! The Tenant controller against the real kube-apiserver, run in-process and restricted to the
 //! test's own Tenants by a label selector and a Lease of its own.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -8,15 +9,19 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
     Event as CoreEvent, Namespace, PersistentVolumeClaim, ResourceQuota, Secret, ServiceAccount,
 };
+use k8s_openapi::api::networking::v1::{IPBlock, NetworkPolicy};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use stackplane_controller::tenant::ReconcileConfig;
+use stackplane_core::contract::labels::BACKUP;
+use stackplane_core::tenant::network;
+use stackplane_core::tenant::plan::{NetworkFlags, PlanOptions};
 use stackplane_crds::{
-    BackupReason, Platform, Subscription, SubscriptionStatus, Tenant, TenantBackup, TenantPhase,
-    TenantSpec,
+    BackupReason, EgressPort, EgressProtocol, EgressRule, Platform, Subscription,
+    SubscriptionStatus, Tenant, TenantBackup, TenantPhase, TenantSpec,
 };
 use stackplane_tests::{eventually, kube_client, unique};
 
@@ -52,8 +57,18 @@ async fn start(example: &str) -> Env {
 }
 
 async fn start_with(example: &str, reconcile: ReconcileConfig) -> Env {
+    start_edited(example, reconcile, |_| {}).await
+}
+
+/// [`start_with`] on the example Platform as `edit` leaves it.
+async fn start_edited(
+    example: &str,
+    reconcile: ReconcileConfig,
+    edit: impl FnOnce(&mut Platform),
+) -> Env {
     let (client, shard) = common::cluster("stackplane_controller=debug", kube_client()).await;
     let mut platform: Platform = stackplane_tests::example_platform(example);
+    edit(&mut platform);
     let pname = unique("plat");
     platform.metadata.name = Some(pname.clone());
     Api::<Platform>::all(client.clone())
@@ -339,6 +354,212 @@ async fn unknown_tier_is_invalid_spec_and_nothing_is_created() {
         .await
         .expect("get");
     assert!(ns.is_none(), "nothing created for an invalid tenant");
+}
+
+/// The network flags of the egress tests: the harness's pod and service ranges, a backup
+/// network, the ingress controller's namespace by a selector.
+fn egress_config() -> ReconcileConfig {
+    let flags = NetworkFlags {
+        ingress_namespace: "unused".into(),
+        ingress_namespace_selector: Some("app.kubernetes.io/name=ingress-nginx".into()),
+        cluster_cidrs: vec!["10.244.0.0/16,10.96.0.0/12".into()],
+        backup_egress_cidrs: vec!["192.0.2.0/24".into()],
+    };
+    ReconcileConfig {
+        plan: PlanOptions::from_flags(&flags).expect("network flags"),
+        ..test_config()
+    }
+}
+
+/// The NetworkPolicies the API server stored in `ns`, once there are `count` of them.
+async fn stored_policies(c: &Client, ns: &str, count: usize) -> Vec<NetworkPolicy> {
+    let api: Api<NetworkPolicy> = Api::namespaced(c.clone(), ns);
+    eventually(&format!("{count} network policies in {ns}"), || {
+        let api = api.clone();
+        async move {
+            let l = api.list(&ListParams::default()).await.ok()?;
+            (l.items.len() == count).then_some(l.items)
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_namespace_denies_egress_but_dns_and_what_its_platform_declares() {
+    let env = start_edited("leadsite-ai.yaml", egress_config(), |p| {
+        // leadsite-ai declares `internet: true` on 443; a private network on 5432 beside it,
+        // wider than the cluster's pod range and than link-local.
+        p.spec.egress.push(EgressRule {
+            cidrs: vec!["10.0.0.0/8".into(), "169.0.0.0/8".into()],
+            ports: vec![EgressPort {
+                port: 5432,
+                protocol: EgressProtocol::Tcp,
+            }],
+            ..EgressRule::default()
+        });
+    })
+    .await;
+    let c = env.client.clone();
+    let name = create_tenant(&env, "starter").await;
+    let ns = format!("tenant-{name}");
+    // deny ingress, deny egress, same namespace, ingress controller, DNS, platform, backups.
+    let policies = stored_policies(&c, &ns, 7).await;
+
+    let nsobj = Api::<Namespace>::all(c.clone())
+        .get(&ns)
+        .await
+        .expect("namespace");
+    assert_eq!(
+        nsobj.labels().get(network::NAMESPACE_NAME_LABEL),
+        Some(&ns),
+        "1.20 does not set it; the controller does"
+    );
+    let named = |n: &str| {
+        policies
+            .iter()
+            .find(|p| p.metadata.name.as_deref() == Some(n))
+            .and_then(|p| p.spec.clone())
+            .unwrap_or_else(|| panic!("policy {n}"))
+    };
+    let deny = named(network::DEFAULT_DENY_EGRESS);
+    assert_eq!(deny.policy_types, Some(vec!["Egress".to_owned()]));
+    assert_eq!(deny.pod_selector, Some(Default::default()), "every pod");
+    assert_eq!(deny.egress, None, "no rule: nothing allowed");
+    let from_ingress = named(network::ALLOW_INGRESS_CONTROLLER)
+        .ingress
+        .expect("rules")[0]
+        .from
+        .clone()
+        .expect("peers");
+    assert_eq!(
+        from_ingress[0]
+            .namespace_selector
+            .as_ref()
+            .and_then(|s| s.match_labels.clone()),
+        Some(
+            [(
+                "app.kubernetes.io/name".to_owned(),
+                "ingress-nginx".to_owned()
+            )]
+            .into()
+        )
+    );
+    // What the API server kept of the ipBlocks (it refuses an `except` outside its `cidr`).
+    let blocks: Vec<IPBlock> = named(network::ALLOW_PLATFORM_EGRESS)
+        .egress
+        .expect("rules")
+        .into_iter()
+        .flat_map(|r| r.to.unwrap_or_default())
+        .filter_map(|peer| peer.ip_block)
+        .collect();
+    let except = |cidr: &str| {
+        blocks
+            .iter()
+            .find(|b| b.cidr == cidr)
+            .and_then(|b| b.except.clone())
+            .unwrap_or_else(|| panic!("an ipBlock {cidr} with exceptions: {blocks:?}"))
+    };
+    assert_eq!(
+        except("0.0.0.0/0"),
+        ["169.254.0.0/16", "10.244.0.0/16", "10.96.0.0/12"]
+    );
+    assert_eq!(except("::/0"), ["fe80::/10", "fd00:ec2::254/128"]);
+    assert_eq!(except("10.0.0.0/8"), ["10.244.0.0/16", "10.96.0.0/12"]);
+    assert_eq!(except("169.0.0.0/8"), ["169.254.0.0/16"]);
+
+    // What the stored policies allow, as a conforming network plugin enforces them (the
+    // harness's bridge network enforces nothing, so this reads the objects, not packets).
+    let api_pods = eventually("the api Deployment", || {
+        let d = Api::<Deployment>::namespaced(c.clone(), &ns);
+        async move { d.get("api").await.ok()?.spec?.template.metadata?.labels }
+    })
+    .await;
+    let component = api_pods;
+    let backup_job: BTreeMap<String, String> =
+        [(BACKUP.to_owned(), "some-backup".to_owned())].into();
+    let allows = |pod: &BTreeMap<String, String>, addr: &str, port: i32, protocol: &str| {
+        network::egress_allowed(&policies, pod, addr.parse().expect("ip"), port, protocol)
+    };
+    for pod in [&component, &backup_job] {
+        assert!(allows(pod, "10.96.0.10", 53, "UDP"), "DNS over UDP");
+        assert!(allows(pod, "10.96.0.10", 53, "TCP"), "DNS over TCP");
+        for port in [80, 443, 5432, 8080] {
+            assert!(
+                !allows(pod, "169.254.169.254", port, "TCP"),
+                "metadata :{port}"
+            );
+            assert!(
+                !allows(pod, "fd00:ec2::254", port, "TCP"),
+                "IPv6 metadata :{port}"
+            );
+        }
+        assert!(
+            !allows(pod, "10.244.7.9", 8080, "TCP"),
+            "another tenant's pod"
+        );
+        assert!(
+            !allows(pod, "10.96.0.1", 443, "TCP"),
+            "the cluster's services"
+        );
+        assert!(allows(pod, "203.0.113.9", 443, "TCP"), "internet on 443");
+        assert!(!allows(pod, "203.0.113.9", 22, "TCP"), "internet on 22");
+        assert!(
+            allows(pod, "10.20.0.5", 5432, "TCP"),
+            "the declared network"
+        );
+        assert!(
+            allows(pod, "169.1.2.3", 5432, "TCP"),
+            "the declared network"
+        );
+    }
+    assert!(
+        allows(&backup_job, "192.0.2.5", 9000, "TCP"),
+        "object store"
+    );
+    assert!(
+        !allows(&component, "192.0.2.5", 9000, "TCP"),
+        "backups' only"
+    );
+
+    // An existing tenant (its namespace from before: no egress policies) gets them back on
+    // its next reconcile, which a deleted child triggers.
+    let api: Api<NetworkPolicy> = Api::namespaced(c.clone(), &ns);
+    for n in [network::DEFAULT_DENY_EGRESS, network::ALLOW_DNS] {
+        api.delete(n, &Default::default()).await.expect("delete");
+    }
+    stored_policies(&c, &ns, 7).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_platform_allowing_the_metadata_endpoint_is_invalid_spec() {
+    let env = start_edited("tackle.yaml", test_config(), |p| {
+        p.spec.egress = vec![EgressRule {
+            cidrs: vec!["169.254.169.254/32".into()],
+            ..EgressRule::default()
+        }];
+    })
+    .await;
+    let c = env.client.clone();
+    let name = create_tenant(&env, "starter").await;
+    let ready = eventually("InvalidSpec", || {
+        let c = c.clone();
+        let name = name.clone();
+        async move {
+            let ready = condition(&tenant(&c, &name).await, "Ready")?;
+            (ready.reason == "InvalidSpec").then_some(ready)
+        }
+    })
+    .await;
+    assert!(
+        ready.message.contains("egress[0]") && ready.message.contains("never reachable"),
+        "{}",
+        ready.message
+    );
+    let ns = Api::<Namespace>::all(c.clone())
+        .get_opt(&format!("tenant-{name}"))
+        .await
+        .expect("get");
+    assert!(ns.is_none(), "nothing created for an invalid platform");
 }
 
 async fn replicas(c: &Client, ns: &str) -> Vec<i32> {

@@ -250,6 +250,58 @@ fn chart_uses_the_api_versions_the_cluster_serves() {
 /// The internal port (/healthz, /readyz, /metrics) is for probes and the ServiceMonitor only:
 /// the Ingress routes to the public Service, which exposes the public port alone.
 #[test]
+fn the_controller_gets_network_flags_it_accepts_from_the_values() {
+    let chart = chart_dir();
+    let values = ci_values();
+    let docs = parse_docs(&helm_ok(&[
+        "render",
+        chart.to_str().unwrap_or_default(),
+        "-f",
+        values.to_str().unwrap_or_default(),
+    ]));
+    let controller = docs
+        .iter()
+        .find(|d| {
+            d["kind"] == "Deployment"
+                && d["metadata"]["labels"]["app.kubernetes.io/component"] == "controller"
+        })
+        .expect("the controller Deployment");
+    let env = |name: &str| {
+        controller["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .find(|e| e["name"] == name)
+            .and_then(|e| e["value"].as_str().map(str::to_owned))
+    };
+    let flags = stackplane_core::tenant::plan::NetworkFlags {
+        ingress_namespace: env("STACKPLANE_INGRESS_NAMESPACE").expect("ingress namespace"),
+        ingress_namespace_selector: env("STACKPLANE_INGRESS_NAMESPACE_SELECTOR"),
+        cluster_cidrs: env("STACKPLANE_CLUSTER_CIDRS").into_iter().collect(),
+        backup_egress_cidrs: env("STACKPLANE_BACKUP_EGRESS_CIDRS").into_iter().collect(),
+    };
+    // What the controller does with them at start-up (it refuses what does not parse).
+    let options = stackplane_core::tenant::plan::PlanOptions::from_flags(&flags)
+        .unwrap_or_else(|e| panic!("the chart's flags are refused: {e}"));
+    let cluster: Vec<String> = options
+        .cluster_cidrs
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let backup: Vec<String> = options
+        .backup_egress_cidrs
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(cluster, ["10.244.0.0/16", "10.96.0.0/12"]);
+    assert_eq!(backup, ["192.0.2.0/24"]);
+    assert_eq!(
+        flags.ingress_namespace_selector, None,
+        "unset in the values"
+    );
+}
+
+#[test]
 fn internal_endpoints_are_off_the_public_service_and_ingress() {
     let chart = chart_dir();
     let values = ci_values();
