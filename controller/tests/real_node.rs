@@ -107,8 +107,10 @@ async fn start_with(
         .create(&PostParams::default(), &platform)
         .await
         .expect("create platform");
-    let mut reconcile = ReconcileConfig::default();
-    reconcile.plan = plan;
+    let mut reconcile = ReconcileConfig {
+        plan,
+        ..ReconcileConfig::default()
+    };
     reconcile.backup.poll = Duration::from_millis(500);
     reconcile.backup.dump.image = PGDUMP_IMAGE.to_owned();
     // No CSI snapshot controller runs on the node: volume parts are "unsupported".
