@@ -5,15 +5,24 @@
 //!
 //! The images (`stackplane.local/...`) are built on the machine by tests/harness/node/images.py
 //! and imported into the node's containerd; nothing is pulled.
+//!
+//! The node enforces NetworkPolicy (kube-router's firewall, started by tests/harness/node.sh) and
+//! has a cloud-like metadata endpoint at 169.254.169.254:80, one routed hop away: the tenant
+//! isolation test proves the policies the controller writes, packet by packet.
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{PersistentVolume, Pod, Secret};
+use k8s_openapi::api::core::v1::{Endpoints, Namespace, PersistentVolume, Pod, Secret};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use stackplane_controller::tenant::ReconcileConfig;
-use stackplane_core::contract::labels::tenant_selector;
+use stackplane_core::contract::labels::{tenant_selector, COMPONENT};
+use stackplane_core::tenant::network::{
+    ALLOW_DNS, ALLOW_PLATFORM_EGRESS, ALLOW_SAME_NAMESPACE, DEFAULT_DENY_EGRESS, METADATA_ADDRESS,
+};
+use stackplane_core::tenant::plan::PlanOptions;
 use stackplane_crds::naming::namespace_name;
 use stackplane_crds::{
     BackupPartKind, BackupPartState, BackupPhase, BackupReason, Platform, Tenant, TenantBackup,
@@ -58,6 +67,22 @@ fn component(name: &str, port: u16, listen: u16) -> serde_json::Value {
 /// restricted to a shard, with a Platform of `components` whose Deployments may take
 /// `progress_deadline` seconds.
 async fn start(components: Vec<serde_json::Value>, progress_deadline: u32) -> Env {
+    start_with(
+        components,
+        progress_deadline,
+        json!([]),
+        PlanOptions::default(),
+    )
+    .await
+}
+
+/// [`start`] with the Platform's `spec.egress` and the controller's plan options.
+async fn start_with(
+    components: Vec<serde_json::Value>,
+    progress_deadline: u32,
+    egress: serde_json::Value,
+    plan: PlanOptions,
+) -> Env {
     let (client, shard) = common::cluster("stackplane_controller=info", node_kube_client()).await;
     let pname = unique("node");
     let platform: Platform = serde_json::from_value(json!({
@@ -74,6 +99,7 @@ async fn start(components: Vec<serde_json::Value>, progress_deadline: u32) -> En
                 "quota": { "cpu": "2", "memory": "1Gi", "storage": "20Gi", "pods": 10 },
             }],
             "rollout": { "progressDeadline": progress_deadline },
+            "egress": egress,
         },
     }))
     .expect("a Platform");
@@ -81,7 +107,10 @@ async fn start(components: Vec<serde_json::Value>, progress_deadline: u32) -> En
         .create(&PostParams::default(), &platform)
         .await
         .expect("create platform");
-    let mut reconcile = ReconcileConfig::default();
+    let mut reconcile = ReconcileConfig {
+        plan,
+        ..ReconcileConfig::default()
+    };
     reconcile.backup.poll = Duration::from_millis(500);
     reconcile.backup.dump.image = PGDUMP_IMAGE.to_owned();
     // No CSI snapshot controller runs on the node: volume parts are "unsupported".
@@ -472,4 +501,304 @@ async fn the_dump_job_runs_pg_dump_against_postgres_and_the_part_records_its_siz
     // Deleting the tenant dumps once more, before its data goes; the manual dump stays.
     let final_size = delete_stack(&env, stack).await;
     assert!(final_size > 10_000, "final dump: {final_size} bytes");
+}
+
+/// The node's pod network and the node cluster's service range (tests/harness/node.sh): what
+/// `internet: true` must not open (`--cluster-cidrs`).
+const NODE_CLUSTER_CIDRS: [&str; 2] = ["10.244.0.0/16", "10.1.0.0/16"];
+
+/// What one TCP connection from inside a pod to `address:port` gave.
+#[derive(Debug, PartialEq)]
+enum Probe {
+    /// An HTTP answer came back.
+    Answered,
+    /// The connection failed or nothing answered within 3 s (nc's words).
+    NoAnswer(String),
+}
+
+/// One `GET /` from inside `pod` (its first container: busybox nc, 3 s) to `address:port`, by
+/// `kubectl exec` against the node cluster. `None` when kubectl itself failed (the exec never
+/// ran): that says nothing about the network, so callers retry.
+async fn probe_from(ns: &str, pod: &str, address: &str, port: u16) -> Option<Probe> {
+    let kubeconfig = std::env::var("STACKPLANE_NODE_KUBECONFIG").ok()?;
+    let script = format!(
+        "/bin/busybox printf 'GET / HTTP/1.0\\r\\nHost: {address}\\r\\n\\r\\n' \
+         | /bin/busybox nc -w 3 {address} {port}"
+    );
+    let exec = tokio::process::Command::new("kubectl")
+        .args(["--kubeconfig", &kubeconfig, "exec", "-n", ns, pod, "--"])
+        .args(["/bin/busybox", "sh", "-c", &script])
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(20), exec)
+        .await
+        .ok()?
+        .ok()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stdout.starts_with("HTTP/1.") {
+        return Some(Probe::Answered);
+    }
+    // kubectl's own failures (API server, kubelet, container not running) are not a verdict.
+    if stderr.contains("Error from server") || stderr.starts_with("error:") {
+        return None;
+    }
+    Some(Probe::NoAnswer(format!(
+        "exit {:?}: {}{}",
+        out.status.code(),
+        stdout.trim(),
+        stderr.trim()
+    )))
+}
+
+/// Polls until a probe from `ns/pod` to `address:port` gives `want` (`Answered`, or any
+/// `NoAnswer`), for as long as kube-router may take to apply a change (it syncs every 5 s).
+async fn until_probe(what: &str, ns: &str, pod: &str, address: &str, port: u16, answered: bool) {
+    eventually_within(what, 90, || async move {
+        let probe = probe_from(ns, pod, address, port).await?;
+        ((probe == Probe::Answered) == answered).then_some(())
+    })
+    .await;
+}
+
+fn pod_ip(p: &Pod) -> String {
+    p.status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .unwrap_or_else(|| panic!("{} has no IP", p.name_any()))
+}
+
+/// The address of the `component`'s pod as its Service's Endpoints list it. The node cluster
+/// runs no kube-proxy, so a ClusterIP leads nowhere; NetworkPolicy applies to the endpoint a
+/// proxy would have picked (the packet after DNAT), which is what is probed here.
+async fn service_endpoint(env: &Env, tenant: &str, port: u16) -> String {
+    let endpoints: Api<Endpoints> = Api::namespaced(env.client.clone(), &namespace_name(tenant));
+    eventually_within("the component's Service to have an endpoint", 60, || {
+        let endpoints = endpoints.clone();
+        async move {
+            let list = endpoints.list(&ListParams::default()).await.ok()?;
+            list.items
+                .iter()
+                .flat_map(|e| e.subsets.iter().flatten())
+                .filter(|s| s.ports.iter().flatten().any(|p| p.port == i32::from(port)))
+                .flat_map(|s| s.addresses.iter().flatten())
+                .map(|a| a.ip.clone())
+                .next()
+        }
+    })
+    .await
+}
+
+/// A pod in a namespace of its own without any NetworkPolicy: busybox httpd on 8080 (as nobody)
+/// and on 53 (as root: a stand-in for a resolver's TCP port; the node cluster runs no cluster
+/// DNS). Returns its namespace, name and IP once it runs.
+async fn open_pod(env: &Env) -> (String, String, String) {
+    let ns = unique("open");
+    Api::<Namespace>::all(env.client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({ "metadata": { "name": ns } })).expect("a Namespace"),
+        )
+        .await
+        .expect("create namespace");
+    let container = |name: &str, port: u16, user: u32| {
+        json!({
+            "name": name, "image": HTTPD_IMAGE,
+            "env": [{ "name": "PORT", "value": port.to_string() }],
+            "securityContext": { "runAsUser": user },
+            "resources": { "limits": { "cpu": "50m", "memory": "32Mi" } },
+        })
+    };
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": { "name": "open", "namespace": ns },
+        "spec": {
+            "containers": [container("http", 8080, 65534), container("dns", 53, 0)],
+            "terminationGracePeriodSeconds": 1,
+        },
+    }))
+    .expect("a Pod");
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &ns);
+    eventually_within("the default service account, to admit the pod", 60, || {
+        let pods = pods.clone();
+        let pod = pod.clone();
+        async move {
+            pods.create(&PostParams::default(), &pod)
+                .await
+                .ok()
+                .map(|_| ())
+        }
+    })
+    .await;
+    let running = eventually_within("the open pod to run", 120, || {
+        let pods = pods.clone();
+        async move {
+            let p = pods.get("open").await.ok()?;
+            (pod_phase(&p) == "Running" && p.status.as_ref()?.pod_ip.is_some()).then_some(p)
+        }
+    })
+    .await;
+    (ns, "open".to_owned(), pod_ip(&running))
+}
+
+#[tokio::test]
+async fn a_tenant_pod_is_refused_the_metadata_endpoint_and_other_namespaces_but_reaches_its_own_and_dns(
+) {
+    // Without an enforcer every policy is paper and every refusal below would fail, so say why.
+    let enforcer = std::env::var("STACKPLANE_NODE_NETWORK_POLICY").unwrap_or_default();
+    assert_eq!(
+        enforcer, "kube-router",
+        "this run's node does not enforce NetworkPolicy: {enforcer}"
+    );
+    // A Platform that allows every IPv4 address: the widest egress a Platform can declare, and
+    // still neither link-local nor the cluster's own ranges. Not `internet: true`: that adds an
+    // IPv6 ipBlock, and kube-router 1.2 is IPv4-only: its ipset restore fails on `fe80::/10` and
+    // it aborts every sync on the node (no policy at all applies) — see docs/testing.md.
+    let plan = PlanOptions {
+        cluster_cidrs: NODE_CLUSTER_CIDRS
+            .iter()
+            .map(|c| c.parse().expect("a CIDR"))
+            .collect(),
+        ..PlanOptions::default()
+    };
+    let env = start_with(
+        vec![component("web", 8080, 8080), component("api", 9090, 9090)],
+        600,
+        json!([{ "cidrs": ["0.0.0.0/0"] }]),
+        plan,
+    )
+    .await;
+    let metadata = METADATA_ADDRESS.to_string();
+
+    // The control: a pod no policy selects reaches the metadata endpoint. So the endpoint is
+    // there, routed, and answering; a refusal later is the tenant's policies, not its absence.
+    let (open_ns, open, open_ip) = open_pod(&env).await;
+    until_probe(
+        "a pod without policies to reach the metadata endpoint",
+        &open_ns,
+        &open,
+        &metadata,
+        80,
+        true,
+    )
+    .await;
+
+    let (a, b) = (unique("tn"), unique("tn"));
+    create_tenant_named(&env, &a).await;
+    create_tenant_named(&env, &b).await;
+    for name in [&a, &b] {
+        let env = &env;
+        eventually_within(
+            "the tenant to be Ready on the real node",
+            180,
+            || async move {
+                let t = tenant(env, name).await;
+                (t.status.as_ref()?.phase == Some(TenantPhase::Ready)).then_some(())
+            },
+        )
+        .await;
+    }
+    // The policies probed are the controller's.
+    let policies: Vec<String> =
+        Api::<NetworkPolicy>::namespaced(env.client.clone(), &namespace_name(&a))
+            .list(&ListParams::default())
+            .await
+            .expect("list policies")
+            .items
+            .iter()
+            .map(ResourceExt::name_any)
+            .collect();
+    for expected in [
+        DEFAULT_DENY_EGRESS,
+        ALLOW_SAME_NAMESPACE,
+        ALLOW_DNS,
+        ALLOW_PLATFORM_EGRESS,
+    ] {
+        assert!(policies.iter().any(|p| p == expected), "{policies:?}");
+    }
+
+    let a_ns = namespace_name(&a);
+    let a_pods = pods(&env, &a).await;
+    let a_web = a_pods
+        .iter()
+        .find(|p| p.labels().get(COMPONENT).map(String::as_str) == Some("web"))
+        .unwrap_or_else(|| panic!("no web pod in {a_pods:?}"))
+        .name_any();
+    let a_api = service_endpoint(&env, &a, 9090).await;
+    let b_web = service_endpoint(&env, &b, 8080).await;
+    // What is refused below is there: each answers this machine (the node may always reach its
+    // pods).
+    for (ip, port) in [(&b_web, 8080), (&open_ip, 8080)] {
+        let answer = http_get(ip, port).await.expect("an HTTP answer");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+
+    // (c) first: the tenant's pods reach their own namespace's service, and DNS's port in
+    // another namespace, which also proves the web pod is up and probing works.
+    until_probe(
+        "the web pod to reach its own namespace's api service",
+        &a_ns,
+        &a_web,
+        &a_api,
+        9090,
+        true,
+    )
+    .await;
+    until_probe(
+        "the web pod to reach port 53 in another namespace (allow-dns)",
+        &a_ns,
+        &a_web,
+        &open_ip,
+        53,
+        true,
+    )
+    .await;
+    // (a) the metadata endpoint, although the Platform allows every IPv4 address.
+    until_probe(
+        "the metadata endpoint to be refused to the tenant's pod",
+        &a_ns,
+        &a_web,
+        &metadata,
+        80,
+        false,
+    )
+    .await;
+    // (b) another tenant's service, and a namespace without policies on a port other than DNS.
+    until_probe(
+        "another tenant's service to be refused to the tenant's pod",
+        &a_ns,
+        &a_web,
+        &b_web,
+        8080,
+        false,
+    )
+    .await;
+    until_probe(
+        "another namespace's pod to be refused to the tenant's pod",
+        &a_ns,
+        &a_web,
+        &open_ip,
+        8080,
+        false,
+    )
+    .await;
+    // Refused, not gone: the pod without policies still reaches the metadata endpoint.
+    assert_eq!(
+        probe_from(&open_ns, &open, &metadata, 80).await,
+        Some(Probe::Answered),
+        "from the pod without policies to the metadata endpoint"
+    );
+    // And the allowed ones still answer from the tenant's pod after the refusals.
+    for (ip, port) in [(&a_api, 9090), (&open_ip, 53)] {
+        let probe = probe_from(&a_ns, &a_web, ip, port).await;
+        assert_eq!(probe, Some(Probe::Answered), "to {ip}:{port}");
+    }
+
+    for name in [&a, &b] {
+        let _ = Api::<Tenant>::all(env.client.clone())
+            .delete(name, &DeleteParams::default())
+            .await;
+    }
+    let _ = Api::<Namespace>::all(env.client.clone())
+        .delete(&open_ns, &DeleteParams::default())
+        .await;
 }

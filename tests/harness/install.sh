@@ -5,6 +5,8 @@
 #     built from Debian's `kubernetes` source package (no registry ships these binaries)
 #   - a node's runtime from Debian (containerd, runc, the CNI plugins) and its images, built
 #     here from Debian's files (node/images.py: pause, busybox httpd, pg_dump)
+#   - kube-router's firewall (enforces NetworkPolicy on the node's bridge), built from the source
+#     committed in vendor/ (no reachable registry ships it), and ipset, which it drives
 #   - moto (AWS API emulator) in a virtualenv
 #   - helm-python-sdk (real Helm, for the chart checks) in a virtualenv
 #   - localstripe (a fake Stripe) and the official `stripe` Python SDK in a virtualenv
@@ -25,7 +27,7 @@ apt_packages=(golang-go etcd-server etcd-client make rsync openssl curl
   golang-github-modern-go-reflect2-dev golang-github-json-iterator-go-dev
   postgresql-15 python3-venv procps prometheus
   containerd runc containernetworking-plugins busybox-static iproute2 gcc libc6-dev
-  wrk)
+  wrk ipset iptables xz-utils)
 
 missing=()
 for p in "${apt_packages[@]}"; do
@@ -96,6 +98,29 @@ if [ "$need_source" = 1 ]; then
   cd "$STACKPLANE_CACHE" && rm -rf "$build/src"
 fi
 
+# kube-router (firewall only) from the committed source, once per archive. One core and nice:
+# the machines building it are shared.
+kube_router="$(kube_router_bin)"
+if [ ! -x "$kube_router" ]; then
+  build="$STACKPLANE_CACHE/build-kube-router"
+  rm -rf "$build" && mkdir -p "$build/src"
+  log "building kube-router from $(basename "$KUBE_ROUTER_ARCHIVE") (minutes, once)"
+  tar -xJf "$KUBE_ROUTER_ARCHIVE" -C "$build/src" --strip-components=1
+  # The same Go >= 1.18 crash of the vendored reflect2 as in the kubernetes tree above.
+  for pkg in github.com/modern-go/reflect2 github.com/json-iterator/go; do
+    fixed="/usr/share/gocode/src/$pkg"
+    [ -d "$fixed" ] || die "missing $fixed (package golang-github-*-dev)"
+    find "$build/src/vendor/$pkg" -maxdepth 1 -name '*.go' ! -name '*_test.go' -delete
+    find "$fixed" -maxdepth 1 -name '*.go' ! -name '*_test.go' -exec cp {} "$build/src/vendor/$pkg/" \;
+  done
+  (cd "$build/src" && CGO_ENABLED=0 GOFLAGS=-mod=vendor GOCACHE="$build/gocache" \
+    nice -n 19 go build -p 1 -o "$build/kube-router" ./cmd/kube-router) >"$build/build.log" 2>&1 \
+    || { tail -n 40 "$build/build.log" >&2; die "building kube-router failed (log: $build/build.log)"; }
+  mkdir -p "$(dirname "$kube_router")"
+  cp "$build/kube-router" "$kube_router.tmp" && mv "$kube_router.tmp" "$kube_router"
+  cd "$STACKPLANE_CACHE" && rm -rf "$build"
+fi
+
 # The node's images, rebuilt when their recipe changes.
 images_recipe="$(cat "$here/node/images.py" "$here/node/pause.c" | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$NODE_IMAGES/recipe" 2>/dev/null)" != "$images_recipe" ]; then
@@ -137,4 +162,4 @@ fi
 
 [ -x "$PROMTOOL" ] && [ -x "$PROMETHEUS" ] || die "$PROMTOOL or $PROMETHEUS missing after installing Debian's prometheus package"
 
-log "ready: $PROMETHEUS, $PROMTOOL, $K8S_BIN, $MOTO_VENV, $HELM_VENV, $STRIPE_VENV, $SCHEMATHESIS_VENV, $CARGO_FUZZ_ROOT"
+log "ready: $kube_router, $PROMETHEUS, $PROMTOOL, $K8S_BIN, $MOTO_VENV, $HELM_VENV, $STRIPE_VENV, $SCHEMATHESIS_VENV, $CARGO_FUZZ_ROOT"

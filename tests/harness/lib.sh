@@ -17,6 +17,13 @@ CARGO_FUZZ_ROOT="$STACKPLANE_CACHE/cargo-fuzz"
 # kept here so that only the first run pays for it.
 FUZZ_TARGET_DIR="$STACKPLANE_CACHE/fuzz-target"
 PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
+# kube-router's firewall (NetworkPolicy for the node's bridge pods), built by install.sh from the
+# source committed in vendor/ into a directory named by the archive's sha256: a new archive
+# rebuilds. See vendor/README.md and docs/testing.md.
+KUBE_ROUTER_ARCHIVE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/vendor/kube-router-1.2.1.tar.xz"
+kube_router_bin() {
+  echo "$STACKPLANE_CACHE/kube-router-$(sha256sum "$KUBE_ROUTER_ARCHIVE" | cut -c1-16)/kube-router"
+}
 # The node's images (node/images.py), built on this machine and imported into containerd.
 NODE_IMAGES="$STACKPLANE_CACHE/node-images"
 # Debian's `prometheus` package (2.42 in bookworm): the server the metric-name test scrapes the
@@ -24,6 +31,27 @@ NODE_IMAGES="$STACKPLANE_CACHE/node-images"
 # Exported to the tests by up.sh (STACKPLANE_PROMETHEUS, STACKPLANE_PROMTOOL).
 PROMETHEUS="${PROMETHEUS:-/usr/bin/prometheus}"
 PROMTOOL="${PROMTOOL:-/usr/bin/promtool}"
+
+# One NetworkPolicy enforcer (kube-router) per machine: it owns the filter table's KUBE-ROUTER-*,
+# KUBE-POD-FW-* and KUBE-NWPLCY-* chains and KUBE-SRC-*/KUBE-DST-* ipsets (node.sh).
+NETWORK_POLICY_LOCK="${NETWORK_POLICY_LOCK:-/run/lock/stackplane-network-policy.lock}"
+
+# Removes everything kube-router's firewall leaves in the kernel: killing it leaves its rules in
+# place, and its own --cleanup-config also resets IPVS and routes. Call it only while holding
+# NETWORK_POLICY_LOCK or when no kube-router runs: it would pull another run's enforcement away.
+remove_network_policy_rules() {
+  local chain
+  for chain in INPUT FORWARD OUTPUT; do
+    iptables -S "$chain" 2>/dev/null | grep -E -- '-j KUBE-ROUTER-(INPUT|FORWARD|OUTPUT)( |$)' \
+      | sed 's/^-A /-D /' | xargs -r -L1 iptables || true
+  done
+  local chains
+  chains="$(iptables -S 2>/dev/null | awk '$1 == "-N" && $2 ~ /^KUBE-(ROUTER|POD-FW|NWPLCY)-/ {print $2}')" || true
+  # Flush all before deleting any: they jump to each other.
+  for chain in $chains; do iptables -F "$chain" || true; done
+  for chain in $chains; do iptables -X "$chain" || true; done
+  ipset list -n 2>/dev/null | grep -E '^KUBE-(SRC|DST)-' | xargs -r -n1 ipset destroy || true
+}
 
 log() { printf '[harness] %s\n' "$*" >&2; }
 die() { printf '[harness] error: %s\n' "$*" >&2; exit 1; }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Stops the node of a run (node.sh): the kubelet first, so nothing restarts what is removed;
+# Stops the node of a run (node.sh): its NetworkPolicy enforcer (kube-router) and the rules it
+# left in the kernel; the kubelet, so nothing restarts what is removed;
 # then every container and pod sandbox in its containerd, their network namespaces and mounts;
-# containerd; and the run's bridge. down.sh calls it before stopping the rest.
+# containerd; the fake metadata endpoint; and the run's bridge. down.sh calls it before stopping the rest.
 # Usage: tests/harness/node-down.sh <run directory>
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -23,6 +24,18 @@ stop() { # name
   kill -KILL "$pid" 2>/dev/null
 }
 
+if awk '$1 == "kube-router"' "$node/pids" 2>/dev/null | grep -q .; then
+  stop kube-router
+  # Its rules outlive it. Clean them only under the machine's lock: if another run's kube-router
+  # took the lock the moment this one exited, the rules are now that run's (and it cleaned the
+  # stale ones when it took the lock).
+  exec {lock_fd}>>"$NETWORK_POLICY_LOCK"
+  if flock -w 10 "$lock_fd" && ! pgrep -x kube-router >/dev/null; then
+    remove_network_policy_rules
+    log "removed kube-router's chains and ipsets"
+  fi
+  exec {lock_fd}>&-
+fi
 stop kubelet
 if [ -S "$sock" ]; then
   ctr=(ctr --address "$sock" -n k8s.io)
@@ -50,6 +63,14 @@ fi
 stop containerd
 # Whatever is still mounted under the run (rootfs overlays, kubelet volumes), deepest first.
 findmnt -rn -o TARGET | grep -F "$run/" | sort -r | while read -r m; do umount -l "$m" 2>/dev/null; done
+stop metadata
+if [ -f "$node/metadata" ]; then
+  read -r ns _host_if table subnet <"$node/metadata"
+  ip rule del from "$subnet" to 169.254.169.254/32 lookup "$table" 2>/dev/null
+  ip route flush table "$table" 2>/dev/null
+  # Deleting the namespace deletes the veth pair with it.
+  ip netns del "$ns" 2>/dev/null && log "removed the fake metadata endpoint ($ns)"
+fi
 if [ -f "$node/bridge" ]; then
   ip link delete "$(cat "$node/bridge")" 2>/dev/null && log "removed bridge $(cat "$node/bridge")"
 fi

@@ -79,9 +79,10 @@ TOKENS
 
   # --- controllers and scheduler -------------------------------------------------------------
   # serviceaccount: pods are admitted only once their namespace's `default` account exists;
-  # nodelifecycle: lifts the not-ready taint a node registers with.
+  # nodelifecycle: lifts the not-ready taint a node registers with; endpoint: Services list
+  # their pods (the network-policy test probes a Service's endpoints).
   setsid "$K8S_BIN/kube-controller-manager" --kubeconfig "$node/kcm.kubeconfig" \
-    --controllers deployment,replicaset,job,garbagecollector,namespace,serviceaccount,serviceaccount-token,nodelifecycle,persistentvolume-binder,pvc-protection,pv-protection,ttl \
+    --controllers deployment,replicaset,endpoint,job,garbagecollector,namespace,serviceaccount,serviceaccount-token,nodelifecycle,persistentvolume-binder,pvc-protection,pv-protection,ttl \
     --service-account-private-key-file "$pki/sa.key" --root-ca-file "$pki/ca.crt" \
     --leader-elect=false --port 0 --secure-port 0 >"$run/logs/node-controller-manager.log" 2>&1 </dev/null &
   record node-controller-manager $!
@@ -113,6 +114,8 @@ state = "$node/containerd/state"
     bin_dir = "/usr/lib/cni"
     conf_dir = "$node/cni"
 TOML
+  # Pods get a default route through the gateway, as on a cloud node: what they may reach
+  # beyond their subnet (the metadata endpoint, other networks) is NetworkPolicy's to decide.
   cat >"$node/cni/10-stackplane.conflist" <<CNI
 {
   "cniVersion": "0.4.0",
@@ -120,7 +123,7 @@ TOML
   "plugins": [
     {"type": "bridge", "bridge": "$node_bridge", "isGateway": true, "ipMasq": false,
      "ipam": {"type": "host-local", "ranges": [[{"subnet": "$node_subnet", "gateway": "$node_gateway"}]],
-              "dataDir": "$node/cni-ipam"}},
+              "routes": [{"dst": "0.0.0.0/0"}], "dataDir": "$node/cni-ipam"}},
     {"type": "loopback"}
   ]
 }
@@ -171,6 +174,75 @@ KUBELET
     --pod-infra-container-image stackplane.local/pause:1 >"$run/logs/kubelet.log" 2>&1 </dev/null &
   echo "kubelet $!" >>"$node/pids"
   wait_for kubelet 90 node_schedulable
+
+  start_fake_metadata
+  start_network_policy
+}
+
+# A cloud's instance-metadata endpoint, as pods on a cloud node see it: 169.254.169.254:80 one
+# routed hop away (not on the node), served by a small HTTP server in a network namespace of
+# its own. Only this run's pod subnet is routed there (a policy-routing rule), so the machine's
+# own route to that address is untouched and runs do not see each other's. The network-policy
+# test needs a real listener: "refused by policy" must differ from "nothing there".
+start_fake_metadata() {
+  local node="$run/node" n="${node_bridge#spnode}"
+  local ns="spmeta$n" host_if="spmeta$n" table=$((16900 + n))
+  echo "$ns $host_if $table $node_subnet" >"$node/metadata"
+  ip netns add "$ns" || die "cannot make network namespace $ns"
+  ip link add "$host_if" type veth peer name eth0 netns "$ns"
+  ip -n "$ns" link set lo up
+  ip -n "$ns" addr add 169.254.169.254/32 dev eth0
+  ip -n "$ns" link set eth0 up
+  # Replies go back to the host side, which answers ARP for the pods' addresses (proxy_arp).
+  ip -n "$ns" route add default dev eth0
+  sysctl -qw "net.ipv4.conf.$host_if.proxy_arp=1"
+  ip link set "$host_if" up
+  ip route add 169.254.169.254/32 dev "$host_if" table "$table"
+  ip rule add from "$node_subnet" to 169.254.169.254/32 lookup "$table" priority "$table"
+  mkdir -p "$node/metadata-www/latest/meta-data"
+  echo "i-stackplane-node" >"$node/metadata-www/latest/meta-data/instance-id"
+  ip netns exec "$ns" setsid python3 -m http.server --bind 169.254.169.254 --directory "$node/metadata-www" 80 \
+    >"$run/logs/metadata.log" 2>&1 </dev/null &
+  echo "metadata $!" >>"$node/pids"
+  wait_for metadata 30 ip netns exec "$ns" curl -fsS -m 2 http://169.254.169.254/latest/meta-data/instance-id
+}
+
+# NetworkPolicy enforcement: kube-router's firewall controller as a host process (firewall only:
+# no routing, no service proxy, no CNI), watching the node cluster. It writes the filter table
+# (iptables-save, edit, iptables-restore every sync) and deletes every KUBE-POD-FW-*/KUBE-NWPLCY-*
+# chain and KUBE-SRC-*/KUBE-DST-* ipset it did not make, so two on one machine would undo each
+# other: one runs per machine, held by a lock that the kube-router process itself keeps open.
+# A run that finds the lock taken starts its node without enforcement and says so in env.sh
+# (STACKPLANE_NODE_NETWORK_POLICY), which the network-policy test reports as its failure.
+start_network_policy() {
+  local node="$run/node" kube_router lock_fd holder
+  kube_router="$(kube_router_bin)"
+  node_network_policy="kube-router"
+  exec {lock_fd}>>"$NETWORK_POLICY_LOCK"
+  if ! flock -n "$lock_fd"; then
+    holder="$(cat "$NETWORK_POLICY_LOCK" 2>/dev/null)"
+    exec {lock_fd}>&-
+    node_network_policy="not enforced: another harness run on this machine holds the NetworkPolicy enforcer (${holder:-unknown}); one kube-router runs per machine (docs/testing.md)"
+    log "warning: this run's node does NOT enforce NetworkPolicy: ${node_network_policy#not enforced: }"
+    return 0
+  fi
+  echo "run $run, up.sh pid $$" >"$NETWORK_POLICY_LOCK"
+  # Holding the lock means no other kube-router runs: whatever chains are left are stale (a run
+  # that was killed before its node-down.sh).
+  remove_network_policy_rules
+  setsid "$kube_router" --run-firewall=true --run-router=false --run-service-proxy=false \
+    --enable-cni=false --kubeconfig "$run/node.kubeconfig" --hostname-override "$NODE_NAME" \
+    --service-cluster-ip-range 10.1.0.0/16 --iptables-sync-period 5s --health-port 0 \
+    >"$run/logs/kube-router.log" 2>&1 </dev/null &
+  echo "kube-router $!" >>"$node/pids"
+  # kube-router inherited the locked descriptor and keeps the lock until it exits.
+  exec {lock_fd}>&-
+  # Its first full sync made its chains and jumped to them from FORWARD.
+  wait_for kube-router 60 network_policy_enforced
+}
+
+network_policy_enforced() {
+  iptables -S FORWARD | grep -q -- '-j KUBE-ROUTER-FORWARD' && iptables -S KUBE-ROUTER-INPUT >/dev/null
 }
 
 # The node is Ready and carries no taint (the not-ready taint is lifted by nodelifecycle).

@@ -6,7 +6,9 @@
 #               STACKPLANE_STRIPE_PYTHON, and STACKPLANE_PROMETHEUS / STACKPLANE_PROMTOOL
 #               (Debian's prometheus package) for the tests; with STACKPLANE_NODE=1 also
 #               STACKPLANE_NODE_KUBECONFIG (a second cluster with one real node: node.sh) and
-#               STACKPLANE_NODE_DATABASE_HOST (the address pods reach this Postgres at)
+#               STACKPLANE_NODE_DATABASE_HOST (the address pods reach this Postgres at) and
+#               STACKPLANE_NODE_NETWORK_POLICY ("kube-router" when the node enforces
+#               NetworkPolicy, else why not: one enforcer per machine, see node.sh)
 #   pids        one "name pid" line per process started, for down.sh
 #   logs/       each component's log
 # Run install.sh first. Stop everything with: tests/harness/down.sh <run directory>
@@ -39,6 +41,10 @@ if [ "$STACKPLANE_NODE" = 1 ]; then
     [ -f "$NODE_IMAGES/$image.tar" ] || die "$NODE_IMAGES/$image.tar is missing: run tests/harness/install.sh"
   done
   [ "$(id -u)" -eq 0 ] || die "a real node (STACKPLANE_NODE=1) needs root: containerd and the kubelet"
+  [ -x "$(kube_router_bin)" ] || die "$(kube_router_bin) is missing: run tests/harness/install.sh"
+  for bin in iptables ipset flock; do
+    command -v "$bin" >/dev/null || die "$bin is missing: run tests/harness/install.sh"
+  done
 fi
 
 # Runs left behind by a killed shell (SIGKILL skips traps): stop them before starting anew.
@@ -215,8 +221,9 @@ if [ "$STACKPLANE_NODE" = 1 ]; then
   cat >>"$run/env.sh" <<ENV
 export STACKPLANE_NODE_KUBECONFIG="$run/node.kubeconfig"
 export STACKPLANE_NODE_DATABASE_HOST="$node_gateway"
+export STACKPLANE_NODE_NETWORK_POLICY="$node_network_policy"
 ENV
 fi
-log "components up in $run (kube-apiserver :$api_port, postgres :$pg_port, moto :$moto_port, localstripe :$stripe_port${node_api_port:+, node cluster :$node_api_port with node $NODE_NAME on $node_subnet})"
+log "components up in $run (kube-apiserver :$api_port, postgres :$pg_port, moto :$moto_port, localstripe :$stripe_port${node_api_port:+, node cluster :$node_api_port with node $NODE_NAME on $node_subnet, NetworkPolicy: ${node_network_policy%%:*}})"
 trap - EXIT
 echo "$run"

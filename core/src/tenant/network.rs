@@ -432,7 +432,7 @@ pub fn policies(
 /// an Egress policy selecting the pod must have a rule whose ports and an ipBlock peer (or no
 /// peer list: anywhere) admit it; a pod with no Egress policy selecting it is unrestricted.
 /// Only addresses outside the namespace are asked about, so pod and namespace peers never
-/// match. For tests and diagnostics: the bridge network of the test harness enforces nothing.
+/// match. For tests and diagnostics that cannot send packets (the main test cluster has no node).
 pub fn egress_allowed(
     policies: &[NetworkPolicy],
     pod_labels: &BTreeMap<String, String>,
