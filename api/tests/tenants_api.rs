@@ -1157,9 +1157,17 @@ async fn phase_transitions_are_recorded_once() {
             ("Degraded".to_owned(), Some("Ready".to_owned())),
         ]
     );
-    // A second writer (another replica) seeing the same phases concurrently writes nothing new.
+    // A second writer (another replica) seeing the same status (phase and instance state, as
+    // `env.tenant` wrote it) concurrently writes nothing new.
     let writes = (0..8).map(|_| {
-        stackplane_api::history::record_phase(&env.db, &name, "p", "Degraded", None, None)
+        stackplane_api::history::record_phase(
+            &env.db,
+            &name,
+            "p",
+            "Degraded",
+            Some("running"),
+            None,
+        )
     });
     let written = futures::future::join_all(writes).await;
     assert!(
@@ -1168,7 +1176,14 @@ async fn phase_transitions_are_recorded_once() {
     );
     // Concurrent writers of a new phase: exactly one row.
     let writes = (0..8).map(|_| {
-        stackplane_api::history::record_phase(&env.db, &name, "p", "Suspended", None, None)
+        stackplane_api::history::record_phase(
+            &env.db,
+            &name,
+            "p",
+            "Suspended",
+            Some("running"),
+            None,
+        )
     });
     let written = futures::future::join_all(writes).await;
     assert_eq!(
