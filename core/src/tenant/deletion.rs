@@ -193,6 +193,12 @@ pub enum HoldReason {
 }
 
 impl HoldReason {
+    /// Every reason, for metrics that start each series at 0.
+    pub const ALL: [HoldReason; 2] = [
+        HoldReason::FinalBackupFailed,
+        HoldReason::FinalBackupTimedOut,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             HoldReason::FinalBackupFailed => "FinalBackupFailed",
