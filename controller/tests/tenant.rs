@@ -1309,6 +1309,12 @@ async fn deleting_a_tenant_with_storage_removes_its_namespace_and_volume_claims(
         .expect("delete tenant");
     let backup = final_backup(&c, &name).await;
     finish_backup(&c, &backup.spec.tenant, &backup.name_any()).await;
+    // No snapshot controller here: the claim's part is Unsupported, so the backup is
+    // PartiallyFailed and the deletion held, the claim kept; a person releases it.
+    let (_, cond) = held(&c, &name).await;
+    assert_eq!(cond.reason, "FinalBackupFailed");
+    assert!(claims.get("storage").await.is_ok(), "kept while held");
+    release_deletion(&c, &name).await;
     eventually("namespace, claim and tenant gone", || {
         let c = c.clone();
         let name = name.clone();
@@ -1424,8 +1430,16 @@ async fn a_claim_the_platform_stops_naming_is_retained_until_the_tenant_is_delet
         .await
         .expect("kept until the final backup is done");
     assert!(claim.metadata.deletion_timestamp.is_none());
-    // ... and goes with the namespace once it finished.
+    // ... and goes with the namespace once it finished and (its volume part Unsupported here:
+    // PartiallyFailed, held) a person released the hold.
     finish_backup(&c, &backup.spec.tenant, &backup.name_any()).await;
+    let (_, cond) = held(&c, &name).await;
+    assert_eq!(cond.reason, "FinalBackupFailed");
+    assert!(
+        claims.get("storage").await.is_ok(),
+        "the retained claim is kept while held"
+    );
+    release_deletion(&c, &name).await;
     eventually("namespace, retained claim and tenant gone", || {
         let c = c.clone();
         let name = name.clone();

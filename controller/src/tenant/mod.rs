@@ -698,7 +698,7 @@ async fn status_step(
             c.message.clone(),
         ));
     }
-    wants.extend(held);
+    wants.extend(held.clone());
     let mut st = TenantStatus {
         phase: Some(phase),
         conditions: pass.conditions(&wants),
@@ -722,7 +722,9 @@ async fn status_step(
     if phase == TenantPhase::Ready {
         st.ready_since = previous.ready_since.clone().or(Some(Time(pass.now)));
     }
-    pass.write(ctx, &st).await?;
+    if pass.write(ctx, &st).await? {
+        announce_hold(ctx, tenant, is_held(previous), held.as_ref()).await;
+    }
     payment_overdue_event(tenant, previous, &st, ctx).await;
     if previous.phase != Some(phase) {
         tracing::info!(tenant = %name, phase = phase.as_str(), "phase changed");
@@ -912,20 +914,18 @@ async fn deleting_status(
     } else {
         Want::new(PAUSED, false, "NotPaused", "spec.paused is false")
     }];
-    let was_held = previous
-        .conditions
-        .iter()
-        .any(|c| c.type_ == DELETION_HELD && c.status == "True");
-    match next {
-        Next::Hold { reason, backup } => wants.push(held_condition(*reason, backup)),
-        _ if was_held => wants.push(Want::new(
+    let was_held = is_held(previous);
+    let held = match next {
+        Next::Hold { reason, backup } => Some(held_condition(*reason, backup)),
+        _ if was_held => Some(Want::new(
             DELETION_HELD,
             false,
             "Released",
             "the hold was released: the deletion proceeds",
         )),
-        _ => {}
-    }
+        _ => None,
+    };
+    wants.extend(held.clone());
     let generation = tenant.metadata.generation;
     let st = TenantStatus {
         phase: Some(TenantPhase::Deleting),
@@ -950,6 +950,7 @@ async fn deleting_status(
         return Ok(());
     }
     status::write(&ctx.client, tenant, &st).await?;
+    announce_hold(ctx, tenant, was_held, held.as_ref()).await;
     if previous.phase != Some(TenantPhase::Deleting) {
         ctx.event(
             tenant,
@@ -990,11 +991,6 @@ pub async fn final_backup_gate(
         .await?;
         next = deletion::decide(&input);
     }
-    let was_held = tenant.status.as_ref().is_some_and(|s| {
-        s.conditions
-            .iter()
-            .any(|c| c.type_ == DELETION_HELD && c.status == "True")
-    });
     // How the wait ended, recorded on the backup once: both paths pass here.
     if let FinalBackup::Over {
         name: backup,
@@ -1038,46 +1034,68 @@ pub async fn final_backup_gate(
         Next::WaitForBackup { backup, .. } => {
             tracing::debug!(tenant = %name, backup = %backup, "waiting for the final backup");
         }
-        Next::Hold { reason, backup } => {
+        Next::Hold { reason, .. } => {
             ctx.metrics.deletion_held(&name, Some(reason.as_str()));
-            if !was_held {
-                tracing::warn!(tenant = %name, backup = %backup, reason = reason.as_str(), "deletion held");
-                ctx.event(
-                    tenant,
-                    EventType::Warning,
-                    DELETION_HELD,
-                    held_condition(*reason, backup).message,
-                )
-                .await;
-            }
         }
         Next::Destroy {
             overridden: true, ..
-        } if was_held || input.on_backup_failure == OnBackupFailure::Delete => {
+        } => {
             ctx.metrics.deletion_held(&name, None);
             let by = if input.released {
                 format!("annotation {RELEASE_DELETION}")
             } else {
                 "--on-backup-failure=delete".to_owned()
             };
-            if was_held || !input.released {
-                tracing::warn!(tenant = %name, released_by = %by, "deletion proceeds without a completed final backup");
-            }
-            if was_held {
-                ctx.event(
-                    tenant,
-                    EventType::Warning,
-                    "DeletionReleased",
-                    format!("released by {by}: the tenant's data is deleted without a completed final backup"),
-                )
-                .await;
-            }
+            tracing::warn!(tenant = %name, released_by = %by, "deletion proceeds without a completed final backup");
         }
         Next::Destroy { .. } | Next::Retain | Next::WaitForUnpause => {
             ctx.metrics.deletion_held(&name, None);
         }
     }
     Ok(next)
+}
+
+/// The Event of a hold set or lifted, once: called after the status write that changed the
+/// `DeletionHeld` condition succeeded (a pass from a stale copy is refused before it).
+async fn announce_hold(ctx: &Context, tenant: &Tenant, was_held: bool, held: Option<&Want>) {
+    let name = tenant.name_any();
+    match held {
+        Some(want) if want.status && !was_held => {
+            tracing::warn!(tenant = %name, reason = %want.reason, "deletion held");
+            ctx.event(
+                tenant,
+                EventType::Warning,
+                DELETION_HELD,
+                want.message.clone(),
+            )
+            .await;
+        }
+        Some(want) if !want.status && was_held => {
+            tracing::warn!(tenant = %name, "deletion hold lifted");
+            ctx.event(
+                tenant,
+                EventType::Warning,
+                "DeletionReleased",
+                if deletion::released(tenant) {
+                    format!(
+                        "released by annotation {RELEASE_DELETION}: the tenant's data is deleted"
+                    )
+                } else {
+                    "the hold was lifted: the deletion proceeds".to_owned()
+                },
+            )
+            .await;
+        }
+        _ => {}
+    }
+}
+
+/// Whether the status says the tenant's deletion is held.
+fn is_held(status: &TenantStatus) -> bool {
+    status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == DELETION_HELD && c.status == "True")
 }
 
 /// A Warning Event when a payment becomes overdue and a Normal one when it is settled.
