@@ -414,6 +414,34 @@ enum Retention {
 /// its final `pre-delete` backup (while that runs the tenant stays `Cancelled`; a failed one
 /// holds the deletion), and only if a fresh read shows it still cancelled (`delete_if_due`).
 async fn retention_step(pass: &Pass<'_>, ctx: &Context, valid: &Valid<'_>) -> Result<Retention> {
+    let retention = retention_decision(pass, ctx, valid).await?;
+    // A hold that no longer applies (re-subscribed, or a new final backup completed) is lifted.
+    match retention {
+        Retention::Kept {
+            requeue,
+            held: None,
+        } if is_held(&pass.previous) => {
+            ctx.metrics.deletion_held(&pass.name, None);
+            Ok(Retention::Kept {
+                requeue,
+                held: Some(Want::new(
+                    DELETION_HELD,
+                    false,
+                    "NotDue",
+                    "no deletion is held: the tenant is no longer due for deletion, or its final \
+                     backup completed",
+                )),
+            })
+        }
+        other => Ok(other),
+    }
+}
+
+async fn retention_decision(
+    pass: &Pass<'_>,
+    ctx: &Context,
+    valid: &Valid<'_>,
+) -> Result<Retention> {
     let requeue = ctx.config.requeue;
     let Some(cancelled) = &pass.tenant.spec.cancelled_at else {
         return Ok(Retention::Kept {
@@ -921,7 +949,7 @@ async fn deleting_status(
             DELETION_HELD,
             false,
             "Released",
-            "the hold was released: the deletion proceeds",
+            "the final backup completed or the hold was released: the deletion proceeds",
         )),
         _ => None,
     };
@@ -1081,7 +1109,7 @@ async fn announce_hold(ctx: &Context, tenant: &Tenant, was_held: bool, held: Opt
                         "released by annotation {RELEASE_DELETION}: the tenant's data is deleted"
                     )
                 } else {
-                    "the hold was lifted: the deletion proceeds".to_owned()
+                    format!("the hold was lifted: {}", want.message)
                 },
             )
             .await;
