@@ -50,6 +50,14 @@ pub enum Error {
         backup: String,
         retry_in: std::time::Duration,
     },
+    /// The tenant's deletion is held (condition `DeletionHeld`): nothing is destroyed until a
+    /// person releases it (not a failure: the finalizer waits).
+    #[error("deletion held: {reason}")]
+    DeletionHeld { reason: &'static str },
+    /// The tenant is paused (`spec.paused`): its deletion waits, destroying nothing, until it
+    /// is unpaused (not a failure).
+    #[error("deletion waits: the tenant is paused")]
+    DeletionPaused,
     /// A TenantBackup with the final backup's name exists but is not that tenant's
     /// `pre-delete` backup.
     #[error("TenantBackup {backup} exists but is not this tenant's pre-delete backup")]
@@ -88,6 +96,8 @@ impl Error {
             Error::NamespaceTerminating { .. } => "namespace_terminating",
             Error::FinalBackupPending { .. } => "final_backup_pending",
             Error::FinalBackupConflict { .. } => "final_backup_conflict",
+            Error::DeletionHeld { .. } => "deletion_held",
+            Error::DeletionPaused => "deletion_paused",
             Error::AccessNotGranted { .. } => "access_not_granted",
         }
     }

@@ -136,10 +136,16 @@ pub struct Args {
     #[arg(long, env = "STACKPLANE_REQUEUE_SECONDS", default_value_t = 300)]
     pub requeue_seconds: u64,
 
-    /// Seconds to wait for a tenant's final `pre-delete` backup to finish before its data is
-    /// deleted anyway (the outcome is recorded on the backup and in an Event).
+    /// Seconds to wait for a tenant's final `pre-delete` backup to finish; past them it counts
+    /// as failed (the outcome is recorded on the backup and in an Event).
     #[arg(long, env = "STACKPLANE_FINAL_BACKUP_TIMEOUT", default_value_t = 1800)]
     pub final_backup_timeout: u64,
+
+    /// What a final backup that failed or timed out does to the tenant's deletion: `hold`
+    /// (destroy nothing, condition DeletionHeld, until a person sets the annotation
+    /// stackplane.io/release-deletion="true") or `delete` (destroy anyway, knowingly).
+    #[arg(long, env = "STACKPLANE_ON_BACKUP_FAILURE", default_value = "hold")]
+    pub on_backup_failure: stackplane_core::tenant::deletion::OnBackupFailure,
     /// Image of the Job that dumps a tenant's database for a backup.
     #[arg(long, env = "STACKPLANE_BACKUP_DUMP_IMAGE", default_value_t = backup::database::DumpConfig::default().image)]
     pub backup_dump_image: String,
@@ -288,6 +294,7 @@ impl Args {
                 },
                 requeue: std::time::Duration::from_secs(self.requeue_seconds.max(1)),
                 final_backup_timeout: std::time::Duration::from_secs(self.final_backup_timeout),
+                on_backup_failure: self.on_backup_failure,
                 backup: backup::BackupConfig {
                     concurrency: self.concurrency,
                     dump: backup::database::DumpConfig {

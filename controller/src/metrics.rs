@@ -30,6 +30,11 @@ struct PhaseLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HoldLabels {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct InstanceStateLabels {
     state: String,
 }
@@ -101,6 +106,7 @@ pub struct Metrics {
     errors: Family<ErrorLabels, Counter>,
     tenants: Tally<PhaseLabels>,
     cloud_instances: Tally<InstanceStateLabels>,
+    deletions_held: Tally<HoldLabels>,
     creation_to_ready: Histogram,
     leader: Gauge,
     rollout_tenants: Family<RolloutLabels, Gauge>,
@@ -199,6 +205,24 @@ impl Metrics {
                 })
                 .set(0);
         }
+        let deletions_held = Tally::new(|reason| HoldLabels {
+            reason: reason.to_owned(),
+        });
+        registry.register(
+            "deletions_held",
+            "Tenants whose deletion destroys nothing until a person releases it (condition \
+             DeletionHeld), by reason",
+            deletions_held.family.clone(),
+        );
+        // Every reason from 0, so an alert's expression has a series before the first hold.
+        for reason in stackplane_core::tenant::deletion::HoldReason::ALL {
+            deletions_held
+                .family
+                .get_or_create(&HoldLabels {
+                    reason: reason.as_str().to_owned(),
+                })
+                .set(0);
+        }
         let mut cloud_registry = Registry::with_prefix("stackplane_cloud");
         let cloud_orphans = Family::<OrphanLabels, Counter>::default();
         cloud_registry.register(
@@ -245,6 +269,7 @@ impl Metrics {
             errors,
             tenants,
             cloud_instances,
+            deletions_held,
             creation_to_ready,
             leader,
             rollout_tenants,
@@ -278,6 +303,11 @@ impl Metrics {
     /// the tenant is gone).
     pub fn instance_state(&self, tenant: &str, state: Option<&str>) {
         self.cloud_instances.set(tenant, state);
+    }
+
+    /// Records why a tenant's deletion is held (`None`: it is not, or the tenant is gone).
+    pub fn deletion_held(&self, tenant: &str, reason: Option<&str>) {
+        self.deletions_held.set(tenant, reason);
     }
 
     /// Records the time from a tenant's creation until it became Ready.

@@ -784,8 +784,9 @@ async fn the_leader_runs_the_backup_controller() {
 
 /// Issue 12, item 3: no derived label value or object name exceeds Kubernetes' limits. A
 /// tenant with a 63-character name (the longest there is) gets a manual, a scheduled and a
-/// pre-delete backup, each completed: their names are up to 79 characters, their label values
-/// and Job names are cut with a stable hash suffix.
+/// pre-delete backup, each completed: their names are up to 79 characters (the final backup's is
+/// cut to 63 with its lifecycle's suffix kept), their label values and Job names are cut with a
+/// stable hash suffix.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manual_scheduled_and_final_backups_of_a_63_character_tenant_complete() {
     let env = start_leader().await;
@@ -848,11 +849,20 @@ async fn manual_scheduled_and_final_backups_of_a_63_character_tenant_complete() 
     check_job(scheduled).await;
 
     // pre-delete: the Tenant controller requests it when the tenant is deleted
+    let uid = Api::<Tenant>::all(env.client.clone())
+        .get(&name)
+        .await
+        .expect("get tenant")
+        .metadata
+        .uid
+        .expect("uid");
     Api::<Tenant>::all(env.client.clone())
         .delete(&name, &Default::default())
         .await
         .expect("delete tenant");
-    let final_name = format!("{name}-pre-delete");
+    let final_name = stackplane_core::tenant::deletion::final_backup_name(&name, &uid);
+    assert_eq!(final_name.len(), 63, "{final_name}");
+    assert!(final_name.ends_with(&format!("-pre-delete-{}", &uid[..8])));
     eventually("the final backup", || async {
         get_backup(&env.client, &final_name).await
     })

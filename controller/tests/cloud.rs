@@ -323,8 +323,10 @@ impl Env {
                 requeue: Duration::from_secs(1),
                 cloud: Some(cloud),
                 // These tests are about cloud resources: deletion does not wait for the final
-                // backup (its dump Job would never run here; the tenant tests cover that wait).
+                // backup (its dump Job would never run here; the tenant tests cover that wait
+                // and the hold of a failed one).
                 final_backup_timeout: Duration::ZERO,
+                on_backup_failure: stackplane_core::tenant::deletion::OnBackupFailure::Delete,
                 ..ReconcileConfig::default()
             };
             o.lease.name = unique("lease");

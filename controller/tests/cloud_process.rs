@@ -128,9 +128,12 @@ impl Env {
             &selector,
             "--requeue-seconds",
             "2",
-            // Deletion does not wait for the final backup (its dump Job never runs here).
+            // Deletion does not wait for the final backup (its dump Job never runs here), and
+            // the operator knowingly lets it go ahead without one.
             "--final-backup-timeout",
             "0",
+            "--on-backup-failure",
+            "delete",
         ])
         .args(args)
         .env("RUST_LOG", "stackplane_controller=info")

@@ -275,6 +275,14 @@ async fn http_get(ip: &str, port: i32) -> std::io::Result<String> {
 /// kubelet really stops them); the final backup's dump must be on the tenant's volume by then.
 /// Returns the final dump's size.
 async fn delete_stack(env: &Env, stack: Stack) -> u64 {
+    let tenant = Api::<Tenant>::all(env.client.clone())
+        .get(&stack.name)
+        .await
+        .expect("get tenant");
+    let final_backup = stackplane_core::tenant::deletion::final_backup_name(
+        &stack.name,
+        tenant.metadata.uid.as_deref().unwrap_or_default(),
+    );
     Api::<Tenant>::all(env.client.clone())
         .delete(&stack.name, &DeleteParams::default())
         .await
@@ -287,7 +295,6 @@ async fn delete_stack(env: &Env, stack: Stack) -> u64 {
         async move { namespaces.get_opt(&ns).await.ok()?.is_none().then_some(()) }
     })
     .await;
-    let final_backup = format!("{}-pre-delete", stack.name);
     let file = stack
         .dumps
         .join(&final_backup)

@@ -33,6 +33,8 @@ struct Env {
     client: Client,
     shard: String,
     platform: String,
+    /// The metrics of the controller under test.
+    metrics: std::sync::Arc<stackplane_controller::metrics::Metrics>,
     _controller: common::Controller,
 }
 
@@ -75,14 +77,17 @@ async fn start_edited(
         .create(&PostParams::default(), &platform)
         .await
         .expect("create platform");
+    let metrics = std::sync::Arc::new(stackplane_controller::metrics::Metrics::new());
     let controller = common::Controller::start(&client, &shard, |o| {
         o.concurrency = 4;
         o.reconcile = reconcile;
+        o.metrics = metrics.clone();
     });
     Env {
         client,
         shard,
         platform: pname,
+        metrics,
         _controller: controller,
     }
 }
@@ -92,7 +97,16 @@ async fn create_tenant(env: &Env, tier: &str) -> String {
 }
 
 async fn create_tenant_with(env: &Env, tier: &str, edit: impl FnOnce(&mut Tenant)) -> String {
-    let name = unique("tn");
+    create_tenant_named(env, &unique("tn"), tier, edit).await
+}
+
+async fn create_tenant_named(
+    env: &Env,
+    name: &str,
+    tier: &str,
+    edit: impl FnOnce(&mut Tenant),
+) -> String {
+    let name = name.to_owned();
     let mut t = Tenant::new(&name, TenantSpec::new(env.platform.clone(), tier));
     t.metadata.labels = Some([(SHARD.to_owned(), env.shard.clone())].into());
     edit(&mut t);
@@ -123,10 +137,27 @@ fn condition(t: &Tenant, type_: &str) -> Option<Condition> {
         .cloned()
 }
 
-/// The final backup the controller requested for `tenant`, once it exists.
+/// The final backup the controller requested for this lifecycle of `tenant` (which must still
+/// exist), once it exists.
 async fn final_backup(c: &Client, tenant: &str) -> TenantBackup {
+    let uid = tenant_uid(c, tenant).await;
+    final_backup_of(c, tenant, &uid).await
+}
+
+async fn tenant_uid(c: &Client, tenant: &str) -> String {
+    Api::<Tenant>::all(c.clone())
+        .get(tenant)
+        .await
+        .expect("get tenant")
+        .metadata
+        .uid
+        .expect("uid")
+}
+
+/// The final backup of the lifecycle `uid` of `tenant`, once it exists.
+async fn final_backup_of(c: &Client, tenant: &str, uid: &str) -> TenantBackup {
     let api = Api::<TenantBackup>::all(c.clone());
-    let name = format!("{tenant}-pre-delete");
+    let name = stackplane_core::tenant::deletion::final_backup_name(tenant, uid);
     eventually("the final backup", || {
         let api = api.clone();
         let name = name.clone();
@@ -138,6 +169,11 @@ async fn final_backup(c: &Client, tenant: &str) -> TenantBackup {
 /// Plays the node that runs the final backup's dump Job: marks the Job complete, so the backup
 /// reconciler (running in the controller under test) finishes the backup.
 async fn finish_backup(c: &Client, tenant: &str, backup: &str) {
+    end_dump_job(c, tenant, backup, true).await
+}
+
+/// Marks the backup's dump Job complete (`succeeded`) or failed.
+async fn end_dump_job(c: &Client, tenant: &str, backup: &str, succeeded: bool) {
     let jobs: Api<Job> = Api::namespaced(c.clone(), &format!("tenant-{tenant}"));
     let job = eventually("the dump job", || {
         let jobs = jobs.clone();
@@ -154,12 +190,21 @@ async fn finish_backup(c: &Client, tenant: &str, backup: &str) {
     })
     .await;
     let now = Timestamp::now().to_string();
-    let status = json!({"status": {
-        "startTime": now,
-        "succeeded": 1,
-        "conditions": [{"type": "Complete", "status": "True", "reason": "Completed",
-            "lastProbeTime": now, "lastTransitionTime": now}],
-    }});
+    let status = if succeeded {
+        json!({"status": {
+            "startTime": now,
+            "succeeded": 1,
+            "conditions": [{"type": "Complete", "status": "True", "reason": "Completed",
+                "lastProbeTime": now, "lastTransitionTime": now}],
+        }})
+    } else {
+        json!({"status": {
+            "startTime": now,
+            "failed": 3,
+            "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                "message": "set by the test", "lastProbeTime": now, "lastTransitionTime": now}],
+        }})
+    };
     jobs.patch_status(
         &job.name_any(),
         &PatchParams::default(),
@@ -685,10 +730,11 @@ async fn suspend_resume_and_delete_with_each_policy() {
     .await;
     // Retain keeps the data: no final backup.
     assert!(Api::<TenantBackup>::all(c.clone())
-        .get_opt(&format!("{keep}-pre-delete"))
+        .list(&ListParams::default().labels(&format!("stackplane.io/tenant={keep}")))
         .await
-        .expect("get backup")
-        .is_none());
+        .expect("list backups")
+        .items
+        .is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1051,8 +1097,154 @@ async fn cancelled_tenant_is_deleted_after_retention_once_its_final_backup_finis
     }
 }
 
+/// The value of the series `series` (name and labels as exposed) in the controller's metrics.
+fn metric(env: &Env, series: &str) -> f64 {
+    let text = env.metrics.encode().expect("encode metrics");
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no series {series} in\n{text}"))
+}
+
+/// Makes the controller reconcile `name` `times` more times (an annotation change triggers a
+/// reconcile) and waits until it has.
+async fn reconcile_again(env: &Env, name: &str, times: u32) {
+    for i in 0..times {
+        let before = metric(env, "stackplane_controller_reconciles_total");
+        Api::<Tenant>::all(env.client.clone())
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"metadata": {"annotations": {"test/poke": i.to_string()}}})),
+            )
+            .await
+            .expect("poke");
+        eventually("one more reconcile", || async {
+            (metric(env, "stackplane_controller_reconciles_total") > before).then_some(())
+        })
+        .await;
+    }
+}
+
+async fn release_deletion(c: &Client, name: &str) {
+    Api::<Tenant>::all(c.clone())
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(
+                &json!({"metadata": {"annotations": {"stackplane.io/release-deletion": "true"}}}),
+            ),
+        )
+        .await
+        .expect("release");
+}
+
+/// The tenant once its `DeletionHeld` condition is True.
+async fn held(c: &Client, name: &str) -> (Tenant, Condition) {
+    eventually("DeletionHeld=True", || async {
+        let t = tenant(c, name).await;
+        let held = condition(&t, "DeletionHeld").filter(|c| c.status == "True")?;
+        Some((t, held))
+    })
+    .await
+}
+
+async fn namespace_live(c: &Client, ns: &str) -> bool {
+    Api::<Namespace>::all(c.clone())
+        .get_opt(ns)
+        .await
+        .expect("get namespace")
+        .is_some_and(|n| n.metadata.deletion_timestamp.is_none())
+}
+
+/// Issue 33: a final backup that ends `Failed` holds the deletion (condition, Warning Event,
+/// metric) over any number of reconciles, destroying nothing; the release annotation lets it go.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancelled_tenant_is_deleted_after_the_final_backup_timeout() {
+async fn a_failed_final_backup_holds_the_deletion_until_released() {
+    let env = start("leadgen-pro.yaml").await;
+    let c = env.client.clone();
+    let name = create_tenant(&env, "starter").await;
+    let ns = format!("tenant-{name}");
+    eventually("two deployments", || async {
+        (replicas(&c, &ns).await.len() == 2).then_some(())
+    })
+    .await;
+    Api::<Tenant>::all(c.clone())
+        .delete(&name, &Default::default())
+        .await
+        .expect("delete tenant");
+    let backup = final_backup(&c, &name).await;
+    end_dump_job(&c, &name, &backup.name_any(), false).await;
+
+    let (t, cond) = held(&c, &name).await;
+    assert_eq!(cond.reason, "FinalBackupFailed");
+    assert!(
+        cond.message.contains(&backup.name_any()),
+        "{}",
+        cond.message
+    );
+    assert_eq!(
+        t.status.as_ref().and_then(|s| s.phase),
+        Some(TenantPhase::Deleting)
+    );
+    let outcome = Api::<TenantBackup>::all(c.clone())
+        .get(&backup.name_any())
+        .await
+        .expect("backup");
+    assert!(
+        ["Failed", "PartiallyFailed"]
+            .contains(&outcome.annotations()["stackplane.io/final-backup-outcome"].as_str()),
+        "{:?}",
+        outcome.annotations()
+    );
+    reconcile_again(&env, &name, 3).await;
+    assert!(namespace_live(&c, &ns).await, "nothing deleted while held");
+    assert_eq!(replicas(&c, &ns).await.len(), 2);
+    assert!(!tenant_gone(&c, &name).await);
+    assert_eq!(
+        metric(
+            &env,
+            "stackplane_controller_deletions_held{reason=\"FinalBackupFailed\"}"
+        ),
+        1.0
+    );
+    let events = tenant_events(&c, &name).await;
+    let warnings: Vec<_> = events
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("DeletionHeld"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "one DeletionHeld event: {events:?}");
+    assert_eq!(warnings[0].type_.as_deref(), Some("Warning"));
+
+    release_deletion(&c, &name).await;
+    eventually("namespace and tenant gone after the release", || async {
+        let n = Api::<Namespace>::all(c.clone()).get_opt(&ns).await.ok()?;
+        (n.is_none() && tenant_gone(&c, &name).await).then_some(())
+    })
+    .await;
+    assert_eq!(
+        metric(
+            &env,
+            "stackplane_controller_deletions_held{reason=\"FinalBackupFailed\"}"
+        ),
+        0.0
+    );
+    let released = tenant_events(&c, &name)
+        .await
+        .into_iter()
+        .any(|e| e.reason.as_deref() == Some("DeletionReleased"));
+    assert!(released, "the release is recorded in an Event");
+}
+
+/// Issue 33: the retention path goes through the same gate: a final backup nobody finishes
+/// times out and holds the deletion of a cancelled tenant, which stays until released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_final_backup_holds_the_retention_deletion_until_released() {
     const TIMEOUT: Duration = Duration::from_secs(5);
     let env = start_with(
         "leadgen-pro.yaml",
@@ -1065,6 +1257,7 @@ async fn cancelled_tenant_is_deleted_after_the_final_backup_timeout() {
     let c = env.client.clone();
     without_retention(&env).await;
     let name = create_cancelled_tenant(&env).await;
+    let ns = format!("tenant-{name}");
     let backup = final_backup(&c, &name).await;
     let requested = backup
         .metadata
@@ -1072,29 +1265,27 @@ async fn cancelled_tenant_is_deleted_after_the_final_backup_timeout() {
         .clone()
         .expect("creationTimestamp")
         .0;
-    assert!(
-        !tenant_gone(&c, &name).await,
-        "the tenant waits for its backup"
-    );
-    // Nobody finishes the backup: the tenant goes once the timeout passed.
-    eventually("tenant gone", || {
-        let c = c.clone();
-        let name = name.clone();
-        async move { tenant_gone(&c, &name).await.then_some(()) }
-    })
-    .await;
+    // Nobody finishes the backup: past the timeout the deletion is held, not done.
+    let (t, cond) = held(&c, &name).await;
     let waited = Timestamp::now().duration_since(requested).unsigned_abs();
     // creationTimestamp has whole seconds.
     assert!(
         waited + Duration::from_secs(1) >= TIMEOUT,
-        "deleted after {waited:?}, before the {TIMEOUT:?} timeout"
+        "held after {waited:?}, before the {TIMEOUT:?} timeout"
     );
+    assert_eq!(cond.reason, "FinalBackupTimedOut");
+    assert!(
+        t.metadata.deletion_timestamp.is_none(),
+        "the tenant is not deleted"
+    );
+    reconcile_again(&env, &name, 3).await;
+    assert!(!tenant_gone(&c, &name).await);
+    assert!(t.metadata.deletion_timestamp.is_none());
+    assert!(namespace_live(&c, &ns).await, "nothing deleted while held");
     let kept = Api::<TenantBackup>::all(c.clone())
         .get(&backup.name_any())
         .await
         .expect("backup");
-    // The backup may still fail afterwards (its namespace is gone); what matters is that the
-    // tenant did not wait for it past the timeout.
     assert_eq!(
         kept.annotations()["stackplane.io/final-backup-outcome"],
         "TimedOut"
@@ -1103,6 +1294,216 @@ async fn cancelled_tenant_is_deleted_after_the_final_backup_timeout() {
         e.reason.as_deref() == Some("FinalBackupDone") && e.type_.as_deref() == Some("Warning")
     });
     assert!(warned, "a timed-out final backup is a Warning event");
+
+    release_deletion(&c, &name).await;
+    eventually("tenant and namespace gone after the release", || async {
+        let n = Api::<Namespace>::all(c.clone()).get_opt(&ns).await.ok()?;
+        (n.is_none() && tenant_gone(&c, &name).await).then_some(())
+    })
+    .await;
+}
+
+/// Issue 32 item 3: a tenant of the same name deleted again gets a final backup of its own
+/// lifecycle; the earlier lifecycle's `Completed` one does not stand in for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_lifecycle_of_the_same_name_gets_its_own_final_backup() {
+    let env = start("leadgen-pro.yaml").await;
+    let c = env.client.clone();
+    let name = create_tenant(&env, "starter").await;
+    let ns = format!("tenant-{name}");
+    let gone = || async {
+        let n = Api::<Namespace>::all(c.clone()).get_opt(&ns).await.ok()?;
+        (n.is_none() && tenant_gone(&c, &name).await).then_some(())
+    };
+    eventually("the first stack", || async {
+        (replicas(&c, &ns).await.len() == 2).then_some(())
+    })
+    .await;
+    let first_uid = tenant_uid(&c, &name).await;
+    Api::<Tenant>::all(c.clone())
+        .delete(&name, &Default::default())
+        .await
+        .expect("delete tenant");
+    let first = final_backup_of(&c, &name, &first_uid).await;
+    finish_backup(&c, &name, &first.name_any()).await;
+    eventually("the first lifecycle gone", gone).await;
+
+    create_tenant_named(&env, &name, "starter", |_| {}).await;
+    eventually("the second stack", || async {
+        (replicas(&c, &ns).await.len() == 2).then_some(())
+    })
+    .await;
+    let second_uid = tenant_uid(&c, &name).await;
+    assert_ne!(first_uid, second_uid);
+    Api::<Tenant>::all(c.clone())
+        .delete(&name, &Default::default())
+        .await
+        .expect("delete tenant again");
+    let second = final_backup_of(&c, &name, &second_uid).await;
+    assert_ne!(second.name_any(), first.name_any());
+    assert_eq!(second.labels()["stackplane.io/tenant-uid"], second_uid);
+    // The second lifecycle waits for its own backup, although the first one's is Completed.
+    reconcile_again(&env, &name, 2).await;
+    assert!(
+        namespace_live(&c, &ns).await,
+        "waits for this lifecycle's backup"
+    );
+    let first_now = Api::<TenantBackup>::all(c.clone())
+        .get(&first.name_any())
+        .await
+        .expect("the first lifecycle's backup is kept");
+    assert_eq!(
+        first_now.status.and_then(|s| s.phase),
+        Some(stackplane_crds::BackupPhase::Completed)
+    );
+    finish_backup(&c, &name, &second.name_any()).await;
+    eventually("the second lifecycle gone", gone).await;
+    let done = Api::<TenantBackup>::all(c.clone())
+        .get(&second.name_any())
+        .await
+        .expect("the second backup");
+    assert_eq!(
+        done.annotations()["stackplane.io/final-backup-outcome"],
+        "Completed"
+    );
+}
+
+/// Issue 33: `spec.paused` promises nothing is done until unpaused; a paused tenant deleted
+/// keeps its namespace (no final backup is even requested) until it is unpaused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_tenant_deleted_keeps_its_namespace_until_unpaused() {
+    let env = start("leadgen-pro.yaml").await;
+    let c = env.client.clone();
+    let name = create_tenant(&env, "starter").await;
+    let ns = format!("tenant-{name}");
+    eventually("two deployments", || async {
+        (replicas(&c, &ns).await.len() == 2).then_some(())
+    })
+    .await;
+    let tenants = Api::<Tenant>::all(c.clone());
+    tenants
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"paused": true}})),
+        )
+        .await
+        .expect("pause");
+    eventually("Paused", || async {
+        condition(&tenant(&c, &name).await, "Paused").filter(|c| c.status == "True")
+    })
+    .await;
+    let uid = tenant_uid(&c, &name).await;
+    tenants
+        .delete(&name, &Default::default())
+        .await
+        .expect("delete tenant");
+    let cond = eventually("Deleting and still Paused", || async {
+        let t = tenant(&c, &name).await;
+        let paused = condition(&t, "Paused").filter(|c| c.status == "True")?;
+        (t.status?.phase == Some(TenantPhase::Deleting)).then_some(paused)
+    })
+    .await;
+    assert!(cond.message.contains("deletion waits"), "{}", cond.message);
+    reconcile_again(&env, &name, 3).await;
+    assert!(
+        namespace_live(&c, &ns).await,
+        "nothing deleted while paused"
+    );
+    assert_eq!(replicas(&c, &ns).await.len(), 2);
+    let backup = stackplane_core::tenant::deletion::final_backup_name(&name, &uid);
+    assert!(
+        Api::<TenantBackup>::all(c.clone())
+            .get_opt(&backup)
+            .await
+            .expect("get")
+            .is_none(),
+        "not even the final backup is requested while paused"
+    );
+
+    tenants
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"paused": false}})),
+        )
+        .await
+        .expect("unpause");
+    let backup = final_backup_of(&c, &name, &uid).await;
+    finish_backup(&c, &name, &backup.name_any()).await;
+    eventually("namespace and tenant gone once unpaused", || async {
+        let n = Api::<Namespace>::all(c.clone()).get_opt(&ns).await.ok()?;
+        (n.is_none() && tenant_gone(&c, &name).await).then_some(())
+    })
+    .await;
+}
+
+/// Issue 33: the retention step's delete names the uid and resourceVersion it read: a tenant
+/// re-subscribed (billing clears `cancelledAt`) after that read is not deleted. The race made
+/// deterministic: the read is taken, the re-subscription lands, then the delete runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_never_deletes_a_tenant_resubscribed_after_it_was_read() {
+    let (c, _shard) = common::cluster("stackplane_controller=debug", kube_client()).await;
+    let tenants = Api::<Tenant>::all(c.clone());
+    let name = unique("tn");
+    // No controller selects it (a shard of its own): only the executor under test acts.
+    let mut t = Tenant::new(&name, TenantSpec::new("no-platform", "starter"));
+    t.metadata.labels = Some([(SHARD.to_owned(), unique("none"))].into());
+    t.spec.cancelled_at = Some(Time(Timestamp::from_second(1_600_000_000).expect("ts")));
+    tenants
+        .create(&PostParams::default(), &t)
+        .await
+        .expect("create");
+    let read = tenants.get(&name).await.expect("read");
+    // The re-subscription lands between the read and the delete.
+    tenants
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"cancelledAt": null}})),
+        )
+        .await
+        .expect("re-subscribe");
+    let now = Timestamp::now();
+    let done = stackplane_controller::tenant::delete_if_due(&tenants, Some(&read), 30, now)
+        .await
+        .expect("delete_if_due");
+    assert_eq!(
+        done,
+        stackplane_controller::tenant::RetentionDeleted::Changed
+    );
+    assert!(
+        !tenant_gone(&c, &name).await,
+        "the re-subscribed tenant is kept"
+    );
+    // Looking again from a fresh read: no longer cancelled, kept.
+    let fresh = tenants.get(&name).await.expect("read");
+    let done = stackplane_controller::tenant::delete_if_due(&tenants, Some(&fresh), 30, now)
+        .await
+        .expect("delete_if_due");
+    assert_eq!(done, stackplane_controller::tenant::RetentionDeleted::Kept);
+    assert!(!tenant_gone(&c, &name).await);
+    // Still cancelled and due at the read: deleted.
+    tenants
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"cancelledAt": "2020-09-13T12:26:40Z"}})),
+        )
+        .await
+        .expect("cancel again");
+    let fresh = tenants.get(&name).await.expect("read");
+    let done = stackplane_controller::tenant::delete_if_due(&tenants, Some(&fresh), 30, now)
+        .await
+        .expect("delete_if_due");
+    assert_eq!(
+        done,
+        stackplane_controller::tenant::RetentionDeleted::Deleted
+    );
+    eventually("deleted", || async {
+        tenant_gone(&c, &name).await.then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1129,6 +1530,12 @@ async fn deleting_a_tenant_with_storage_removes_its_namespace_and_volume_claims(
         .expect("delete tenant");
     let backup = final_backup(&c, &name).await;
     finish_backup(&c, &backup.spec.tenant, &backup.name_any()).await;
+    // No snapshot controller here: the claim's part is Unsupported, so the backup is
+    // PartiallyFailed and the deletion held, the claim kept; a person releases it.
+    let (_, cond) = held(&c, &name).await;
+    assert_eq!(cond.reason, "FinalBackupFailed");
+    assert!(claims.get("storage").await.is_ok(), "kept while held");
+    release_deletion(&c, &name).await;
     eventually("namespace, claim and tenant gone", || {
         let c = c.clone();
         let name = name.clone();
@@ -1244,8 +1651,16 @@ async fn a_claim_the_platform_stops_naming_is_retained_until_the_tenant_is_delet
         .await
         .expect("kept until the final backup is done");
     assert!(claim.metadata.deletion_timestamp.is_none());
-    // ... and goes with the namespace once it finished.
+    // ... and goes with the namespace once it finished and (its volume part Unsupported here:
+    // PartiallyFailed, held) a person released the hold.
     finish_backup(&c, &backup.spec.tenant, &backup.name_any()).await;
+    let (_, cond) = held(&c, &name).await;
+    assert_eq!(cond.reason, "FinalBackupFailed");
+    assert!(
+        claims.get("storage").await.is_ok(),
+        "the retained claim is kept while held"
+    );
+    release_deletion(&c, &name).await;
     eventually("namespace, retained claim and tenant gone", || {
         let c = c.clone();
         let name = name.clone();

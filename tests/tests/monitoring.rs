@@ -572,7 +572,12 @@ async fn a_real_prometheus_scraping_the_real_binaries_has_every_metric_the_alert
         .args(["--ingress-address", "lb-1.elb.example.net"])
         // Report only: this test's collector must not delete what other tests made.
         .args(["--cloud-gc", "report", "--cloud-gc-interval", "2"])
-        .args(["--final-backup-timeout", "0"])
+        .args([
+            "--final-backup-timeout",
+            "0",
+            "--on-backup-failure",
+            "delete",
+        ])
         .env("RUST_LOG", "stackplane_controller=info,kube=warn");
     let mut controller = Proc::spawn("stackplane-controller", cmd, &dir.0);
 

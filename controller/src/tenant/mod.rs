@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
@@ -42,12 +42,15 @@ use crate::backoff::Failures;
 use crate::error::{Error, Result};
 use crate::events::EventRecorder;
 use crate::metrics::Metrics;
-use final_backup::Gate;
 use plan::{Plan, PlanOptions};
 use prune::Pruned;
 use stackplane_core::cache::CachedTenant;
 use stackplane_core::contract::conditions::{
-    PAUSED, PAYMENT_OVERDUE, READY, REASON_INVALID_SPEC as INVALID_SPEC, SYNCED,
+    DELETION_HELD, PAUSED, PAYMENT_OVERDUE, READY, REASON_INVALID_SPEC as INVALID_SPEC, SYNCED,
+};
+use stackplane_core::contract::labels::RELEASE_DELETION;
+use stackplane_core::tenant::deletion::{
+    self, Deletion, FinalBackup, HoldReason, Next, OnBackupFailure, RetentionDelete, Trigger,
 };
 use stackplane_core::tenant::status::{self as computed, Want};
 use stackplane_core::tenant::{plan, revision, validate};
@@ -69,8 +72,12 @@ pub struct ReconcileConfig {
     pub requeue: Duration,
     /// How often a deleting tenant checks whether its namespace is gone.
     pub deletion_poll: Duration,
-    /// Longest wait for the final `pre-delete` backup before a tenant's data is deleted anyway.
+    /// Longest wait for the final `pre-delete` backup; past it the backup counts as failed
+    /// (what follows is `on_backup_failure`).
     pub final_backup_timeout: Duration,
+    /// What a final backup that failed or timed out does to the deletion: hold it until a
+    /// person releases it (the default), or destroy anyway.
+    pub on_backup_failure: OnBackupFailure,
     /// How often an unfinished final backup is looked at (a TenantBackup watch usually
     /// triggers the reconcile sooner).
     pub final_backup_poll: Duration,
@@ -88,6 +95,7 @@ impl Default for ReconcileConfig {
             deletion_poll: Duration::from_secs(2),
             final_backup_timeout: Duration::from_secs(1800),
             final_backup_poll: Duration::from_secs(15),
+            on_backup_failure: OnBackupFailure::Hold,
             cloud: None,
             backup: crate::backup::BackupConfig::default(),
         }
@@ -205,7 +213,12 @@ pub async fn reconcile(cached: Arc<CachedTenant>, ctx: Arc<Context>) -> Result<A
             ctx.passes.passed(&name);
             tracing::debug!(tenant = %name, took_ms = started.elapsed().as_millis() as u64, "reconciled");
         }
-        Err(Error::NamespaceTerminating { .. } | Error::FinalBackupPending { .. }) => {}
+        Err(
+            Error::NamespaceTerminating { .. }
+            | Error::FinalBackupPending { .. }
+            | Error::DeletionHeld { .. }
+            | Error::DeletionPaused,
+        ) => {}
         Err(error @ (Error::StatusConflict(_) | Error::MetadataConflict(_))) => {
             // Not a failure: the tenant changed (or another writer wrote) since it was read;
             // the next reconcile works from the newer object.
@@ -225,6 +238,11 @@ pub fn error_policy(tenant: Arc<CachedTenant>, error: &Error, ctx: Arc<Context>)
     match error {
         Error::NamespaceTerminating { .. } => return Action::requeue(ctx.config.deletion_poll),
         Error::FinalBackupPending { retry_in, .. } => return Action::requeue(*retry_in),
+        // A release (annotation) or an unpause (spec) triggers the reconcile through the watch;
+        // the resync period is the safety net.
+        Error::DeletionHeld { .. } | Error::DeletionPaused => {
+            return Action::requeue(ctx.config.requeue)
+        }
         Error::StatusConflict(_) | Error::MetadataConflict(_) => {
             return Action::requeue(Duration::from_millis(200))
         }
@@ -309,14 +327,14 @@ async fn apply_tenant(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         // A Platform change re-triggers this tenant through the Platform watch.
         return Ok(Action::await_change());
     };
-    let requeue = match retention_step(&pass, ctx, &valid).await? {
+    let (requeue, held) = match retention_step(&pass, ctx, &valid).await? {
         Retention::Deleted => return Ok(Action::await_change()),
-        Retention::Kept { requeue } => requeue,
+        Retention::Kept { requeue, held } => (requeue, held),
     };
     let plan = plan::plan(tenant, valid.platform, valid.tier, &ctx.config.plan);
     let pruned = sync_step(&pass, ctx, &plan).await?;
     let cloud = cloud_step(&pass, ctx, &valid).await;
-    status_step(&pass, ctx, &plan, &pruned, cloud.as_ref(), revision).await?;
+    status_step(&pass, ctx, &plan, &pruned, cloud.as_ref(), revision, held).await?;
     next_reconcile(ctx, requeue, cloud)
 }
 
@@ -384,50 +402,178 @@ async fn validate_step<'p>(
 enum Retention {
     /// The tenant was deleted (the finalizer applies the deletion policy next).
     Deleted,
-    /// The tenant stays; look at it again within `requeue`.
-    Kept { requeue: Duration },
+    /// The tenant stays; look at it again within `requeue`. `held`: the `DeletionHeld`
+    /// condition the status step writes.
+    Kept {
+        requeue: Duration,
+        held: Option<Want>,
+    },
 }
 
 /// retention: a tenant cancelled and past its platform's retention period is deleted, after
-/// its final `pre-delete` backup (while that runs the tenant stays `Cancelled`).
+/// its final `pre-delete` backup (while that runs the tenant stays `Cancelled`; a failed one
+/// holds the deletion), and only if a fresh read shows it still cancelled (`delete_if_due`).
 async fn retention_step(pass: &Pass<'_>, ctx: &Context, valid: &Valid<'_>) -> Result<Retention> {
+    let retention = retention_decision(pass, ctx, valid).await?;
+    // A hold that no longer applies (re-subscribed, or a new final backup completed) is lifted.
+    match retention {
+        Retention::Kept {
+            requeue,
+            held: None,
+        } if is_held(&pass.previous) => {
+            ctx.metrics.deletion_held(&pass.name, None);
+            Ok(Retention::Kept {
+                requeue,
+                held: Some(Want::new(
+                    DELETION_HELD,
+                    false,
+                    "NotDue",
+                    "no deletion is held: the tenant is no longer due for deletion, or its final \
+                     backup completed",
+                )),
+            })
+        }
+        other => Ok(other),
+    }
+}
+
+async fn retention_decision(
+    pass: &Pass<'_>,
+    ctx: &Context,
+    valid: &Valid<'_>,
+) -> Result<Retention> {
     let requeue = ctx.config.requeue;
     let Some(cancelled) = &pass.tenant.spec.cancelled_at else {
-        return Ok(Retention::Kept { requeue });
+        return Ok(Retention::Kept {
+            requeue,
+            held: None,
+        });
     };
-    let retention =
-        SignedDuration::from_hours(24 * i64::from(valid.platform.spec.cancellation_retention_days));
+    let days = valid.platform.spec.cancellation_retention_days;
+    let retention = SignedDuration::from_hours(24 * i64::from(days));
     let deadline = cancelled.0.checked_add(retention).unwrap_or(cancelled.0);
     if pass.now < deadline {
         let left = deadline.duration_since(pass.now).unsigned_abs();
         return Ok(Retention::Kept {
             requeue: requeue.min(left + Duration::from_secs(1)),
+            held: None,
         });
     }
-    match final_backup_gate(pass.tenant, ctx).await? {
-        Gate::Waiting { retry_in, .. } => Ok(Retention::Kept {
+    match final_backup_gate(pass.tenant, ctx, Trigger::RetentionOver, true).await? {
+        Next::WaitForBackup { retry_in, .. } => Ok(Retention::Kept {
             requeue: requeue.min(retry_in),
+            held: None,
         }),
-        Gate::Passed { .. } => {
+        Next::Hold { reason, backup } => Ok(Retention::Kept {
+            requeue,
+            held: Some(held_condition(reason, &backup)),
+        }),
+        // Not reached for a live, unpaused tenant (the pipeline stops before retention when
+        // paused; Retain applies only in the finalizer): keep it.
+        Next::WaitForUnpause | Next::Retain | Next::RequestBackup => Ok(Retention::Kept {
+            requeue,
+            held: None,
+        }),
+        Next::Destroy { .. } => {
             let api: Api<Tenant> = Api::all(ctx.client.clone());
-            // The cached copy can predate this controller's own delete (reconciles of one
-            // tenant never overlap, but the cache may lag): ask the API server.
+            // The cached copy can predate this controller's own delete or billing's
+            // re-subscription: ask the API server.
             let fresh = api.get_opt(&pass.name).await?;
-            if fresh.is_none_or(|t| t.metadata.deletion_timestamp.is_some()) {
-                return Ok(Retention::Deleted);
+            match delete_if_due(&api, fresh.as_ref(), days, Timestamp::now()).await? {
+                RetentionDeleted::Deleted => {
+                    tracing::info!(tenant = %pass.name, "retention period over: tenant deleted");
+                    ctx.event(
+                        pass.tenant,
+                        EventType::Normal,
+                        "RetentionExpired",
+                        "cancelled and retention period over: deleting".into(),
+                    )
+                    .await;
+                    Ok(Retention::Deleted)
+                }
+                RetentionDeleted::AlreadyGoing => Ok(Retention::Deleted),
+                RetentionDeleted::Kept => Ok(Retention::Kept {
+                    requeue,
+                    held: None,
+                }),
+                // Changed since the read (a re-subscription, billing's marks): the watch brings
+                // the newer object; look again soon in any case.
+                RetentionDeleted::Changed => Ok(Retention::Kept {
+                    requeue: requeue.min(ctx.config.deletion_poll),
+                    held: None,
+                }),
             }
-            tracing::info!(tenant = %pass.name, "retention period over: deleting the tenant");
-            ctx.event(
-                pass.tenant,
-                EventType::Normal,
-                "RetentionExpired",
-                "cancelled and retention period over: deleting".into(),
-            )
-            .await;
-            api.delete(&pass.name, &DeleteParams::default()).await?;
-            Ok(Retention::Deleted)
         }
     }
+}
+
+/// What [`delete_if_due`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetentionDeleted {
+    /// The Tenant was deleted.
+    Deleted,
+    /// Gone or already being deleted.
+    AlreadyGoing,
+    /// No longer cancelled (re-subscribed) or not due: kept.
+    Kept,
+    /// It changed between `fresh` and the delete (the preconditions refused it): kept; look
+    /// again.
+    Changed,
+}
+
+/// Deletes the Tenant `fresh` (a read from the API server) if it is still cancelled and past
+/// its retention (`stackplane_core::tenant::deletion::retention_delete`), on the condition
+/// that it is still that object at that resourceVersion: a re-subscription that lands between
+/// the read and the delete makes the API server refuse it (409), and it is kept.
+pub async fn delete_if_due(
+    api: &Api<Tenant>,
+    fresh: Option<&Tenant>,
+    retention_days: u32,
+    now: Timestamp,
+) -> Result<RetentionDeleted> {
+    let (uid, resource_version) = match deletion::retention_delete(fresh, retention_days, now) {
+        RetentionDelete::Delete {
+            uid,
+            resource_version,
+        } => (uid, resource_version),
+        RetentionDelete::AlreadyGoing => return Ok(RetentionDeleted::AlreadyGoing),
+        RetentionDelete::Keep => return Ok(RetentionDeleted::Kept),
+    };
+    let name = fresh.map(ResourceExt::name_any).unwrap_or_default();
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: Some(uid),
+            resource_version: Some(resource_version),
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(&name, &params).await {
+        Ok(_) => Ok(RetentionDeleted::Deleted),
+        Err(e) if crate::k8s::is_conflict(&e) => {
+            tracing::info!(tenant = %name, "tenant changed since it was read: not deleted by retention");
+            Ok(RetentionDeleted::Changed)
+        }
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(RetentionDeleted::AlreadyGoing),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The `DeletionHeld=True` condition of a hold.
+fn held_condition(reason: HoldReason, backup: &str) -> Want {
+    let what = match reason {
+        HoldReason::FinalBackupFailed => "failed",
+        HoldReason::FinalBackupTimedOut => "did not finish in time",
+    };
+    Want::new(
+        DELETION_HELD,
+        true,
+        reason.as_str(),
+        format!(
+            "final backup {backup} {what}: nothing is deleted until a person releases it \
+             (annotation {RELEASE_DELETION}=\"true\") or a new final backup completes \
+             (delete the failed TenantBackup {backup} to request one)"
+        ),
+    )
 }
 
 /// apply + prune: the plan's objects applied, the rest pruned (claims retained, not deleted).
@@ -545,6 +691,7 @@ async fn status_step(
     pruned: &Pruned,
     cloud: Option<&crate::cloud::CloudOutcome>,
     revision: Option<String>,
+    held: Option<Want>,
 ) -> Result<()> {
     let (tenant, name, previous) = (pass.tenant, &pass.name, &pass.previous);
     // From the Deployment watch, and from this pass's own apply when it applied (its answers
@@ -579,6 +726,7 @@ async fn status_step(
             c.message.clone(),
         ));
     }
+    wants.extend(held.clone());
     let mut st = TenantStatus {
         phase: Some(phase),
         conditions: pass.conditions(&wants),
@@ -602,7 +750,9 @@ async fn status_step(
     if phase == TenantPhase::Ready {
         st.ready_since = previous.ready_since.clone().or(Some(Time(pass.now)));
     }
-    pass.write(ctx, &st).await?;
+    if pass.write(ctx, &st).await? {
+        announce_hold(ctx, tenant, is_held(previous), held.as_ref()).await;
+    }
     payment_overdue_event(tenant, previous, &st, ctx).await;
     if previous.phase != Some(phase) {
         tracing::info!(tenant = %name, phase = phase.as_str(), "phase changed");
@@ -674,43 +824,43 @@ fn look_again(ctx: &Context, within: Duration) -> Action {
     }
 }
 
-/// Implements the deletion policy; the finalizer is removed when this returns `Ok`.
+/// Implements the deletion policy; the finalizer is removed when this returns `Ok`. What it
+/// does next is `stackplane_core::tenant::deletion::decide`'s answer: a paused tenant waits, a
+/// failed final backup holds, and nothing (namespace or cloud resource) is destroyed before.
 async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     let name = tenant.name_any();
     let ns = namespace_name(&name);
     let previous = tenant.status.clone().unwrap_or_default();
-    if previous.phase != Some(TenantPhase::Deleting) {
-        let st = TenantStatus {
-            phase: Some(TenantPhase::Deleting),
-            ..previous.clone()
-        };
-        status::write(&ctx.client, tenant, &st).await?;
-        ctx.event(
-            tenant,
-            EventType::Normal,
-            "Deleting",
-            format!("deletion policy {:?}", tenant.spec.deletion_policy),
-        )
-        .await;
-    }
-    ctx.metrics.phase(&name, Some(TenantPhase::Deleting));
     let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
-    match tenant.spec.deletion_policy {
-        DeletionPolicy::Delete => {
-            let existing = namespaces.get_opt(&ns).await?;
-            // The final backup, unless there is no data left to back up.
-            let has_data = existing
-                .as_ref()
-                .is_some_and(|n| n.metadata.deletion_timestamp.is_none())
-                || previous.instance.is_some();
-            if has_data {
-                if let Gate::Waiting {
-                    backup, retry_in, ..
-                } = final_backup_gate(tenant, ctx).await?
-                {
-                    return Err(Error::FinalBackupPending { backup, retry_in });
-                }
-            }
+    let existing = match tenant.spec.deletion_policy {
+        DeletionPolicy::Delete if !tenant.spec.paused => namespaces.get_opt(&ns).await?,
+        _ => None,
+    };
+    // The final backup, unless there is no data left to back up.
+    let has_data = existing
+        .as_ref()
+        .is_some_and(|n| n.metadata.deletion_timestamp.is_none())
+        || previous.instance.is_some();
+    let next = final_backup_gate(tenant, ctx, Trigger::TenantDeleted, has_data).await?;
+    deleting_status(tenant, ctx, &previous, &next).await?;
+    match next {
+        Next::WaitForUnpause => return Err(Error::DeletionPaused),
+        Next::Hold { reason, .. } => {
+            return Err(Error::DeletionHeld {
+                reason: reason.as_str(),
+            })
+        }
+        Next::WaitForBackup { backup, retry_in } => {
+            return Err(Error::FinalBackupPending { backup, retry_in })
+        }
+        // The gate requests the backup itself and answers `WaitForBackup`.
+        Next::RequestBackup => {
+            return Err(Error::FinalBackupPending {
+                backup: final_backup::backup_name(tenant),
+                retry_in: ctx.config.final_backup_poll,
+            })
+        }
+        Next::Destroy { .. } => {
             // Cloud resources go only once the final backup lets the deletion proceed.
             if let Some(settings) = &ctx.config.cloud {
                 let platform = Api::<Platform>::all(ctx.client.clone())
@@ -727,18 +877,15 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action> {
                     .await;
                 }
             }
-            match existing {
-                None => {}
-                Some(existing) => {
-                    if existing.metadata.deletion_timestamp.is_none() {
-                        namespaces.delete(&ns, &DeleteParams::background()).await?;
-                        tracing::info!(tenant = %name, namespace = %ns, "deleting namespace");
-                    }
-                    return Err(Error::NamespaceTerminating { namespace: ns });
+            if let Some(existing) = existing {
+                if existing.metadata.deletion_timestamp.is_none() {
+                    namespaces.delete(&ns, &DeleteParams::background()).await?;
+                    tracing::info!(tenant = %name, namespace = %ns, "deleting namespace");
                 }
+                return Err(Error::NamespaceTerminating { namespace: ns });
             }
         }
-        DeletionPolicy::Retain => {
+        Next::Retain => {
             // Marked retained first, so the cloud garbage collector never takes them for orphans.
             if let Some(settings) = &ctx.config.cloud {
                 let platform = Api::<Platform>::all(ctx.client.clone())
@@ -771,64 +918,212 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     }
     ctx.metrics.phase(&name, None);
     ctx.metrics.instance_state(&name, None);
+    ctx.metrics.deletion_held(&name, None);
     ctx.applied.forget(&name);
     tracing::info!(tenant = %name, "tenant cleaned up");
     Ok(Action::await_change())
 }
 
-/// Requests the tenant's final backup and says whether the wait for it is over, with an Event
-/// when it is requested and when the wait ends.
-pub async fn final_backup_gate(tenant: &Tenant, ctx: &Context) -> Result<Gate> {
-    let gate = final_backup::ensure(
-        &ctx.client,
-        tenant,
-        ctx.config.final_backup_timeout,
-        ctx.config.final_backup_poll,
-    )
-    .await?;
+/// The status of a deleting tenant: phase `Deleting`, and the `Paused` and `DeletionHeld`
+/// conditions saying why nothing is destroyed yet. One write, and only when it changed.
+async fn deleting_status(
+    tenant: &Tenant,
+    ctx: &Context,
+    previous: &TenantStatus,
+    next: &Next,
+) -> Result<()> {
+    let mut wants = vec![if tenant.spec.paused {
+        Want::new(
+            PAUSED,
+            true,
+            "PausedBySpec",
+            "spec.paused is true: the deletion waits, destroying nothing, until it is unpaused",
+        )
+    } else {
+        Want::new(PAUSED, false, "NotPaused", "spec.paused is false")
+    }];
+    let was_held = is_held(previous);
+    let held = match next {
+        Next::Hold { reason, backup } => Some(held_condition(*reason, backup)),
+        _ if was_held => Some(Want::new(
+            DELETION_HELD,
+            false,
+            "Released",
+            "the final backup completed or the hold was released: the deletion proceeds",
+        )),
+        _ => None,
+    };
+    wants.extend(held.clone());
+    let generation = tenant.metadata.generation;
+    let st = TenantStatus {
+        phase: Some(TenantPhase::Deleting),
+        conditions: computed::conditions(
+            &previous.conditions,
+            &wants,
+            generation,
+            Timestamp::now(),
+        ),
+        ..previous.clone()
+    };
+    // Conditions carry their transition time: compare what they say, not when.
+    let same = |a: &TenantStatus, b: &TenantStatus| {
+        a.phase == b.phase
+            && a.conditions.len() == b.conditions.len()
+            && a.conditions.iter().zip(&b.conditions).all(|(x, y)| {
+                (&x.type_, &x.status, &x.reason, &x.message)
+                    == (&y.type_, &y.status, &y.reason, &y.message)
+            })
+    };
+    if same(&st, previous) {
+        return Ok(());
+    }
+    status::write(&ctx.client, tenant, &st).await?;
+    announce_hold(ctx, tenant, was_held, held.as_ref()).await;
+    if previous.phase != Some(TenantPhase::Deleting) {
+        ctx.event(
+            tenant,
+            EventType::Normal,
+            "Deleting",
+            format!("deletion policy {:?}", tenant.spec.deletion_policy),
+        )
+        .await;
+    }
+    ctx.metrics
+        .phase(&tenant.name_any(), Some(TenantPhase::Deleting));
+    Ok(())
+}
+
+/// Asks `stackplane_core::tenant::deletion` what the cleanup (or retention) of `tenant` does
+/// next, reading its final backup only when that matters, and carries out what destroys
+/// nothing: requests the backup (answering [`Next::WaitForBackup`] instead of
+/// [`Next::RequestBackup`]), records how the wait ended on the backup, and announces a hold or
+/// its release (Events, metric). The destruction itself is the caller's.
+pub async fn final_backup_gate(
+    tenant: &Tenant,
+    ctx: &Context,
+    trigger: Trigger,
+    has_data: bool,
+) -> Result<Next> {
     let name = tenant.name_any();
-    match &gate {
-        Gate::Waiting {
-            backup,
-            requested: true,
-            ..
-        } => {
+    let mut input = Deletion::of(tenant, trigger);
+    input.has_data = has_data;
+    input.on_backup_failure = ctx.config.on_backup_failure;
+    let mut next = deletion::decide(&input);
+    if next == Next::RequestBackup {
+        input.final_backup = final_backup::observe(
+            &ctx.client,
+            tenant,
+            ctx.config.final_backup_timeout,
+            ctx.config.final_backup_poll,
+        )
+        .await?;
+        next = deletion::decide(&input);
+    }
+    // How the wait ended, recorded on the backup once: both paths pass here.
+    if let FinalBackup::Over {
+        name: backup,
+        outcome,
+        recorded: false,
+    } = &input.final_backup
+    {
+        final_backup::record_outcome(&ctx.client, backup, *outcome).await?;
+        let type_ = if outcome.succeeded() {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        };
+        tracing::info!(tenant = %name, backup = %backup, outcome = outcome.as_str(), "final backup done");
+        ctx.event(
+            tenant,
+            type_,
+            "FinalBackupDone",
+            format!("final backup {backup}: {}", outcome.as_str()),
+        )
+        .await;
+    }
+    match &next {
+        Next::RequestBackup => {
+            let backup = final_backup::request(&ctx.client, tenant).await?;
             ctx.event(
                 tenant,
                 EventType::Normal,
                 "FinalBackupRequested",
-                format!("final backup {backup} requested; the tenant is deleted once it finishes"),
+                format!("final backup {backup} requested; the tenant is deleted once it completes"),
+            )
+            .await;
+            next = Next::WaitForBackup {
+                backup,
+                retry_in: ctx
+                    .config
+                    .final_backup_poll
+                    .min(ctx.config.final_backup_timeout),
+            };
+        }
+        Next::WaitForBackup { backup, .. } => {
+            tracing::debug!(tenant = %name, backup = %backup, "waiting for the final backup");
+        }
+        Next::Hold { reason, .. } => {
+            ctx.metrics.deletion_held(&name, Some(reason.as_str()));
+        }
+        Next::Destroy {
+            overridden: true, ..
+        } => {
+            ctx.metrics.deletion_held(&name, None);
+            let by = if input.released {
+                format!("annotation {RELEASE_DELETION}")
+            } else {
+                "--on-backup-failure=delete".to_owned()
+            };
+            tracing::warn!(tenant = %name, released_by = %by, "deletion proceeds without a completed final backup");
+        }
+        Next::Destroy { .. } | Next::Retain | Next::WaitForUnpause => {
+            ctx.metrics.deletion_held(&name, None);
+        }
+    }
+    Ok(next)
+}
+
+/// The Event of a hold set or lifted, once: called after the status write that changed the
+/// `DeletionHeld` condition succeeded (a pass from a stale copy is refused before it).
+async fn announce_hold(ctx: &Context, tenant: &Tenant, was_held: bool, held: Option<&Want>) {
+    let name = tenant.name_any();
+    match held {
+        Some(want) if want.status && !was_held => {
+            tracing::warn!(tenant = %name, reason = %want.reason, "deletion held");
+            ctx.event(
+                tenant,
+                EventType::Warning,
+                DELETION_HELD,
+                want.message.clone(),
             )
             .await;
         }
-        Gate::Waiting { backup, phase, .. } => {
-            tracing::debug!(tenant = %name, backup = %backup, phase = ?phase, "waiting for the final backup");
+        Some(want) if !want.status && was_held => {
+            tracing::warn!(tenant = %name, "deletion hold lifted");
+            ctx.event(
+                tenant,
+                EventType::Warning,
+                "DeletionReleased",
+                if deletion::released(tenant) {
+                    format!(
+                        "released by annotation {RELEASE_DELETION}: the tenant's data is deleted"
+                    )
+                } else {
+                    format!("the hold was lifted: {}", want.message)
+                },
+            )
+            .await;
         }
-        Gate::Passed {
-            backup,
-            outcome,
-            first,
-        } => {
-            // Both the retention path and the finalizer pass this gate; say so once.
-            if *first {
-                let type_ = match outcome {
-                    final_backup::Outcome::Finished(stackplane_crds::BackupPhase::Completed) => {
-                        EventType::Normal
-                    }
-                    _ => EventType::Warning,
-                };
-                tracing::info!(tenant = %name, backup = %backup, outcome = outcome.as_str(), "final backup done");
-                ctx.event(
-                    tenant,
-                    type_,
-                    "FinalBackupDone",
-                    format!("final backup {backup}: {}", outcome.as_str()),
-                )
-                .await;
-            }
-        }
+        _ => {}
     }
-    Ok(gate)
+}
+
+/// Whether the status says the tenant's deletion is held.
+fn is_held(status: &TenantStatus) -> bool {
+    status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == DELETION_HELD && c.status == "True")
 }
 
 /// A Warning Event when a payment becomes overdue and a Normal one when it is settled.

@@ -13,6 +13,9 @@ pub const PAUSED: &str = "Paused";
 pub const PAYMENT_OVERDUE: &str = "PaymentOverdue";
 /// Tenant: the dedicated instance and DNS record are as planned (controller).
 pub const CLOUD_READY: &str = "CloudReady";
+/// Tenant: its deletion destroys nothing until a person releases it (annotation
+/// [`crate::contract::labels::RELEASE_DELETION`]), e.g. its final backup failed (controller).
+pub const DELETION_HELD: &str = "DeletionHeld";
 /// Tenant: the governing subscription was read back from Stripe (billing).
 pub const BILLING_SYNCED: &str = "BillingSynced";
 /// Tenant: more than one live subscription governs it (billing).
@@ -23,7 +26,14 @@ pub const TRIAL_ENDING: &str = "TrialEnding";
 /// The condition types the controller writes. Every other type on a Tenant's status belongs
 /// to another writer and is never part of the controller's apply, so the controller can
 /// neither remove nor overwrite it.
-pub const CONTROLLER_OWNED: [&str; 5] = [READY, SYNCED, PAUSED, PAYMENT_OVERDUE, CLOUD_READY];
+pub const CONTROLLER_OWNED: [&str; 6] = [
+    READY,
+    SYNCED,
+    PAUSED,
+    PAYMENT_OVERDUE,
+    CLOUD_READY,
+    DELETION_HELD,
+];
 
 /// The condition types billing writes (field manager
 /// [`crate::contract::field_managers::BILLING`]).

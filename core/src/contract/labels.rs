@@ -33,6 +33,15 @@ pub const CANARY: &str = "stackplane.io/canary";
 pub const TARGET_REVISION: &str = "stackplane.io/target-revision";
 /// Annotation set with [`TARGET_REVISION`]: when the tenant was moved (RFC 3339).
 pub const REVISION_MOVED_AT: &str = "stackplane.io/revision-moved-at";
+/// Annotation (`"true"`) a person sets on a Tenant to release a held deletion (condition
+/// `DeletionHeld`): its data is destroyed although its final backup failed or timed out.
+pub const RELEASE_DELETION: &str = "stackplane.io/release-deletion";
+/// Annotation the controller puts on a final backup when it stops waiting for it, with how the
+/// wait ended (`Completed`, `Failed`, `TimedOut`, ...): the record of what the tenant's data was
+/// destroyed after, and what makes the Event about it appear once.
+pub const FINAL_BACKUP_OUTCOME: &str = "stackplane.io/final-backup-outcome";
+/// Label on a final backup: the uid of the Tenant lifecycle it belongs to.
+pub const TENANT_UID: &str = "stackplane.io/tenant-uid";
 /// Annotation on a Platform asking the rollout to `pause`, `resume` or `rollback`; the
 /// controller acts on it and removes it.
 pub const ROLLOUT_CONTROL: &str = "stackplane.io/rollout";

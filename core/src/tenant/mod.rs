@@ -1,9 +1,11 @@
 //! A Tenant's decisions: which Platform spec it is planned from ([`revision`]), whether its
 //! spec can be planned ([`validate`]), the objects its stack consists of ([`plan`]), what its
-//! credentials Secret holds ([`credentials`]), its network policies ([`network`]), whether it
-//! should be serving at all ([`serving`]), and its status from what was observed ([`status`]).
+//! credentials Secret holds ([`credentials`]), what its cleanup does next ([`deletion`]), its
+//! network policies ([`network`]), whether it should be serving at all ([`serving`]), and its
+//! status from what was observed ([`status`]).
 
 pub mod credentials;
+pub mod deletion;
 pub mod deployment;
 pub mod network;
 pub mod plan;

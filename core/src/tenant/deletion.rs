@@ -1,0 +1,622 @@
+//! What the cleanup of a Tenant does next (pure): wait for it to be unpaused, request or wait
+//! for its final backup, hold the destruction, destroy, or retain. The controller observes the
+//! tenant and its final backup, asks [`decide`], and carries out the answer; the finalizer path
+//! (Tenant deleted) and the retention path (cancelled, retention over) both go through it.
+//!
+//! The promise kept here: no customer data is destroyed unless its final backup of this
+//! lifecycle completed, or a person released the hold (annotation
+//! [`crate::contract::labels::RELEASE_DELETION`]), or the operator chose
+//! [`OnBackupFailure::Delete`] knowingly.
+
+use std::time::Duration;
+
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::ResourceExt;
+use stackplane_crds::naming::suffixed_name;
+use stackplane_crds::{BackupPhase, DeletionPolicy, Tenant, TenantBackup};
+
+use crate::contract::labels::{FINAL_BACKUP_OUTCOME, RELEASE_DELETION};
+
+/// How many characters of the tenant's uid name its final backup.
+const UID_CHARS: usize = 8;
+
+/// Name of the final backup of this lifecycle of `tenant` (uid `uid`): `<tenant>-pre-delete-<first
+/// 8 of uid>`, a DNS label (cut and hashed when long, the suffix kept readable). A tenant of the
+/// same name deleted again has another uid, so an earlier lifecycle's backup never stands in.
+pub fn final_backup_name(tenant: &str, uid: &str) -> String {
+    let short: String = uid.chars().filter(|c| *c != '-').take(UID_CHARS).collect();
+    suffixed_name(tenant, &format!("pre-delete-{short}"))
+}
+
+/// What the operator chose for a final backup that failed or timed out (`--on-backup-failure`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnBackupFailure {
+    /// Hold the destruction until a person releases it (the default).
+    #[default]
+    Hold,
+    /// Destroy anyway: the operator accepts losing the data without a backup.
+    Delete,
+}
+
+impl std::str::FromStr for OnBackupFailure {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "hold" => Ok(OnBackupFailure::Hold),
+            "delete" => Ok(OnBackupFailure::Delete),
+            other => Err(format!("{other}: expected hold or delete")),
+        }
+    }
+}
+
+/// Which path asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// The Tenant was deleted: its finalizer applies the deletion policy.
+    TenantDeleted,
+    /// Cancelled and past its retention: the Tenant is to be deleted (after its final backup,
+    /// whatever its deletion policy).
+    RetentionOver,
+}
+
+/// How the wait for a final backup ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The backup reached this terminal phase.
+    Finished(BackupPhase),
+    /// The backup did not finish within the timeout.
+    TimedOut,
+}
+
+impl Outcome {
+    /// A short word for logs, Events and the outcome annotation.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Finished(BackupPhase::Completed) => "Completed",
+            Outcome::Finished(BackupPhase::PartiallyFailed) => "PartiallyFailed",
+            Outcome::Finished(BackupPhase::Failed) => "Failed",
+            Outcome::Finished(BackupPhase::Pending | BackupPhase::InProgress) => "Unfinished",
+            Outcome::TimedOut => "TimedOut",
+        }
+    }
+
+    /// Whether the data is safe in the backup.
+    pub fn succeeded(self) -> bool {
+        self == Outcome::Finished(BackupPhase::Completed)
+    }
+}
+
+/// Where this lifecycle's final backup stands, as observed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FinalBackup {
+    /// Not requested yet.
+    Absent,
+    /// Running (or not yet picked up): look again within `retry_in`.
+    Unfinished {
+        name: String,
+        phase: Option<BackupPhase>,
+        retry_in: Duration,
+    },
+    /// The wait is over. `recorded`: the outcome is already annotated on the backup (its Event
+    /// was published).
+    Over {
+        name: String,
+        outcome: Outcome,
+        recorded: bool,
+    },
+}
+
+/// Where an existing final backup stands (pure). The timeout runs from the backup's creation,
+/// so it survives controller restarts.
+pub fn assess(
+    backup: &TenantBackup,
+    now: Timestamp,
+    timeout: Duration,
+    poll: Duration,
+) -> FinalBackup {
+    let name = backup.name_any();
+    let recorded = backup.annotations().contains_key(FINAL_BACKUP_OUTCOME);
+    let phase = backup.status.as_ref().and_then(|s| s.phase);
+    if let Some(p) = phase.filter(|p| p.is_finished()) {
+        return FinalBackup::Over {
+            name,
+            outcome: Outcome::Finished(p),
+            recorded,
+        };
+    }
+    let created = backup
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0)
+        .unwrap_or(now);
+    let waited = now.duration_since(created).unsigned_abs();
+    match timeout.checked_sub(waited) {
+        Some(left) if !left.is_zero() => FinalBackup::Unfinished {
+            name,
+            phase,
+            retry_in: poll.min(left),
+        },
+        _ => FinalBackup::Over {
+            name,
+            outcome: Outcome::TimedOut,
+            recorded,
+        },
+    }
+}
+
+/// Everything the decision reads. A new reason to hold (a mass-deletion guard, a Tenant CRD
+/// being deleted) is one more field here and one more arm in [`decide`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deletion {
+    pub trigger: Trigger,
+    pub policy: DeletionPolicy,
+    /// `spec.paused`: nothing is done until it is unpaused.
+    pub paused: bool,
+    /// A person released a hold (annotation [`RELEASE_DELETION`] is `"true"`).
+    pub released: bool,
+    /// Whether anything of the tenant is left to back up (its namespace not already
+    /// terminating, or a dedicated instance).
+    pub has_data: bool,
+    pub final_backup: FinalBackup,
+    pub on_backup_failure: OnBackupFailure,
+}
+
+impl Deletion {
+    /// The tenant's own part of the input.
+    pub fn of(tenant: &Tenant, trigger: Trigger) -> Self {
+        Deletion {
+            trigger,
+            policy: tenant.spec.deletion_policy,
+            paused: tenant.spec.paused,
+            released: released(tenant),
+            has_data: true,
+            final_backup: FinalBackup::Absent,
+            on_backup_failure: OnBackupFailure::Hold,
+        }
+    }
+}
+
+/// Whether a person released the tenant's deletion hold.
+pub fn released(tenant: &Tenant) -> bool {
+    tenant
+        .annotations()
+        .get(RELEASE_DELETION)
+        .is_some_and(|v| v == "true")
+}
+
+/// Why a destruction is held (the `DeletionHeld` condition's reason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldReason {
+    FinalBackupFailed,
+    FinalBackupTimedOut,
+}
+
+impl HoldReason {
+    /// Every reason, for metrics that start each series at 0.
+    pub const ALL: [HoldReason; 2] = [
+        HoldReason::FinalBackupFailed,
+        HoldReason::FinalBackupTimedOut,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HoldReason::FinalBackupFailed => "FinalBackupFailed",
+            HoldReason::FinalBackupTimedOut => "FinalBackupTimedOut",
+        }
+    }
+}
+
+/// What cleanup does next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// `spec.paused`: destroy nothing, look again when it changes.
+    WaitForUnpause,
+    /// `deletionPolicy: Retain` (finalizer path): keep everything, release the finalizer.
+    Retain,
+    /// Create the final backup of this lifecycle.
+    RequestBackup,
+    /// The final backup runs: look again within `retry_in`.
+    WaitForBackup { backup: String, retry_in: Duration },
+    /// Destroy nothing until a person releases the hold.
+    Hold { reason: HoldReason, backup: String },
+    /// Go ahead: delete the namespace and cloud resources (finalizer path) or the Tenant
+    /// (retention path). `backup`: the final backup's name and how it ended, when there is one.
+    Destroy {
+        backup: Option<(String, Outcome, bool)>,
+        /// A hold was lifted (released, or the operator's `delete` setting).
+        overridden: bool,
+    },
+}
+
+/// What cleanup does next (pure).
+pub fn decide(d: &Deletion) -> Next {
+    if d.paused {
+        return Next::WaitForUnpause;
+    }
+    if d.trigger == Trigger::TenantDeleted && d.policy == DeletionPolicy::Retain {
+        return Next::Retain;
+    }
+    if !d.has_data {
+        return Next::Destroy {
+            backup: None,
+            overridden: false,
+        };
+    }
+    match &d.final_backup {
+        FinalBackup::Absent => Next::RequestBackup,
+        FinalBackup::Unfinished { name, retry_in, .. } => Next::WaitForBackup {
+            backup: name.clone(),
+            retry_in: *retry_in,
+        },
+        FinalBackup::Over {
+            name,
+            outcome,
+            recorded,
+        } => {
+            let done = Next::Destroy {
+                backup: Some((name.clone(), *outcome, *recorded)),
+                overridden: !outcome.succeeded(),
+            };
+            if outcome.succeeded() || d.released || d.on_backup_failure == OnBackupFailure::Delete {
+                return done;
+            }
+            Next::Hold {
+                reason: match outcome {
+                    Outcome::TimedOut => HoldReason::FinalBackupTimedOut,
+                    Outcome::Finished(_) => HoldReason::FinalBackupFailed,
+                },
+                backup: name.clone(),
+            }
+        }
+    }
+}
+
+/// Whether the retention step may delete `fresh` (a read of the Tenant from the API server
+/// made just before the delete): it must still be cancelled, past its retention, and not
+/// already being deleted. The delete then names its uid and resourceVersion as preconditions,
+/// so a re-subscription that lands after this read makes the API server refuse it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RetentionDelete {
+    /// Delete with these preconditions.
+    Delete {
+        uid: String,
+        resource_version: String,
+    },
+    /// Gone or already being deleted: nothing to do.
+    AlreadyGoing,
+    /// No longer cancelled (re-subscribed), or not yet due: keep it.
+    Keep,
+}
+
+/// See [`RetentionDelete`] (pure).
+pub fn retention_delete(
+    fresh: Option<&Tenant>,
+    retention_days: u32,
+    now: Timestamp,
+) -> RetentionDelete {
+    let Some(t) = fresh else {
+        return RetentionDelete::AlreadyGoing;
+    };
+    if t.metadata.deletion_timestamp.is_some() {
+        return RetentionDelete::AlreadyGoing;
+    }
+    let Some(cancelled) = &t.spec.cancelled_at else {
+        return RetentionDelete::Keep;
+    };
+    let retention = SignedDuration::from_hours(24 * i64::from(retention_days));
+    let deadline = cancelled.0.checked_add(retention).unwrap_or(cancelled.0);
+    match (&t.metadata.uid, &t.metadata.resource_version) {
+        (Some(uid), Some(rv)) if now >= deadline => RetentionDelete::Delete {
+            uid: uid.clone(),
+            resource_version: rv.clone(),
+        },
+        _ => RetentionDelete::Keep,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use stackplane_crds::naming::is_dns_label;
+    use stackplane_crds::{TenantBackupSpec, TenantBackupStatus, TenantSpec};
+
+    const TIMEOUT: Duration = Duration::from_secs(600);
+    const POLL: Duration = Duration::from_secs(10);
+
+    fn at(secs: i64) -> Timestamp {
+        Timestamp::from_second(secs).unwrap_or(Timestamp::UNIX_EPOCH)
+    }
+
+    fn backup(created: i64, phase: Option<BackupPhase>) -> TenantBackup {
+        TenantBackup {
+            metadata: ObjectMeta {
+                name: Some("acme-pre-delete-0123abcd".into()),
+                creation_timestamp: Some(Time(at(created))),
+                ..ObjectMeta::default()
+            },
+            spec: TenantBackupSpec {
+                tenant: "acme".into(),
+                reason: stackplane_crds::BackupReason::PreDelete,
+                restore: None,
+            },
+            status: phase.map(|p| TenantBackupStatus {
+                phase: Some(p),
+                ..TenantBackupStatus::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn the_final_backup_is_named_by_the_lifecycle() {
+        let uid = "0123abcd-ef01-2345-6789-abcdef012345";
+        assert_eq!(final_backup_name("acme", uid), "acme-pre-delete-0123abcd");
+        assert_ne!(
+            final_backup_name("acme", uid),
+            final_backup_name("acme", "99999999-ef01-2345-6789-abcdef012345")
+        );
+        let long = final_backup_name(&"t".repeat(63), uid);
+        assert!(is_dns_label(&long), "{long}");
+        assert!(long.ends_with("-pre-delete-0123abcd"), "{long}");
+        // Two long tenant names sharing a prefix stay apart.
+        assert_ne!(
+            long,
+            final_backup_name(&format!("{}u", "t".repeat(62)), uid)
+        );
+    }
+
+    #[test]
+    fn every_terminal_phase_ends_the_wait_at_once() {
+        for p in [
+            BackupPhase::Completed,
+            BackupPhase::PartiallyFailed,
+            BackupPhase::Failed,
+        ] {
+            assert_eq!(
+                assess(&backup(1_000, Some(p)), at(1_001), TIMEOUT, POLL),
+                FinalBackup::Over {
+                    name: "acme-pre-delete-0123abcd".into(),
+                    outcome: Outcome::Finished(p),
+                    recorded: false
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn an_unfinished_backup_waits_until_the_timeout() {
+        for p in [
+            None,
+            Some(BackupPhase::Pending),
+            Some(BackupPhase::InProgress),
+        ] {
+            assert_eq!(
+                assess(&backup(1_000, p), at(1_100), TIMEOUT, POLL),
+                FinalBackup::Unfinished {
+                    name: "acme-pre-delete-0123abcd".into(),
+                    phase: p,
+                    retry_in: POLL
+                }
+            );
+            // Close to the deadline the retry lands on it rather than after it.
+            assert!(matches!(
+                assess(&backup(1_000, p), at(1_597), TIMEOUT, POLL),
+                FinalBackup::Unfinished { retry_in, .. } if retry_in == Duration::from_secs(3)
+            ));
+            assert!(matches!(
+                assess(&backup(1_000, p), at(1_600), TIMEOUT, POLL),
+                FinalBackup::Over {
+                    outcome: Outcome::TimedOut,
+                    recorded: false,
+                    ..
+                }
+            ));
+        }
+        assert!(matches!(
+            assess(&backup(1_000, None), at(1_000), Duration::ZERO, POLL),
+            FinalBackup::Over {
+                outcome: Outcome::TimedOut,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_recorded_outcome_is_seen() {
+        let mut b = backup(1_000, Some(BackupPhase::Completed));
+        b.metadata.annotations =
+            Some([(FINAL_BACKUP_OUTCOME.to_owned(), "Completed".to_owned())].into());
+        assert!(matches!(
+            assess(&b, at(1_001), TIMEOUT, POLL),
+            FinalBackup::Over { recorded: true, .. }
+        ));
+    }
+
+    fn over(outcome: Outcome) -> FinalBackup {
+        FinalBackup::Over {
+            name: "b".into(),
+            outcome,
+            recorded: false,
+        }
+    }
+
+    /// Every combination of the inputs, against what the promise allows.
+    #[test]
+    fn the_decision_over_every_combination() {
+        let backups = [
+            FinalBackup::Absent,
+            FinalBackup::Unfinished {
+                name: "b".into(),
+                phase: Some(BackupPhase::InProgress),
+                retry_in: POLL,
+            },
+            over(Outcome::Finished(BackupPhase::Completed)),
+            over(Outcome::Finished(BackupPhase::PartiallyFailed)),
+            over(Outcome::Finished(BackupPhase::Failed)),
+            over(Outcome::TimedOut),
+        ];
+        let mut seen = 0;
+        for trigger in [Trigger::TenantDeleted, Trigger::RetentionOver] {
+            for policy in [DeletionPolicy::Delete, DeletionPolicy::Retain] {
+                for paused in [false, true] {
+                    for released in [false, true] {
+                        for has_data in [false, true] {
+                            for on_backup_failure in
+                                [OnBackupFailure::Hold, OnBackupFailure::Delete]
+                            {
+                                for final_backup in &backups {
+                                    let d = Deletion {
+                                        trigger,
+                                        policy,
+                                        paused,
+                                        released,
+                                        has_data,
+                                        final_backup: final_backup.clone(),
+                                        on_backup_failure,
+                                    };
+                                    check(&d, &decide(&d));
+                                    seen += 1;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(seen, 2 * 2 * 2 * 2 * 2 * 2 * 6);
+    }
+
+    fn check(d: &Deletion, next: &Next) {
+        let ctx = format!("{d:?} -> {next:?}");
+        if d.paused {
+            assert_eq!(*next, Next::WaitForUnpause, "{ctx}");
+            return;
+        }
+        if d.trigger == Trigger::TenantDeleted && d.policy == DeletionPolicy::Retain {
+            assert_eq!(*next, Next::Retain, "{ctx}");
+            return;
+        }
+        if !d.has_data {
+            assert!(matches!(next, Next::Destroy { backup: None, .. }), "{ctx}");
+            return;
+        }
+        let expected = match &d.final_backup {
+            FinalBackup::Absent => Next::RequestBackup,
+            FinalBackup::Unfinished { .. } => Next::WaitForBackup {
+                backup: "b".into(),
+                retry_in: POLL,
+            },
+            FinalBackup::Over { outcome, .. } if outcome.succeeded() => Next::Destroy {
+                backup: Some(("b".into(), *outcome, false)),
+                overridden: false,
+            },
+            FinalBackup::Over { outcome, .. }
+                if d.released || d.on_backup_failure == OnBackupFailure::Delete =>
+            {
+                Next::Destroy {
+                    backup: Some(("b".into(), *outcome, false)),
+                    overridden: true,
+                }
+            }
+            FinalBackup::Over { outcome, .. } => Next::Hold {
+                reason: if *outcome == Outcome::TimedOut {
+                    HoldReason::FinalBackupTimedOut
+                } else {
+                    HoldReason::FinalBackupFailed
+                },
+                backup: "b".into(),
+            },
+        };
+        assert_eq!(*next, expected, "{ctx}");
+    }
+
+    #[test]
+    fn a_failed_backup_never_destroys_without_a_person_or_the_operator() {
+        for outcome in [
+            Outcome::Finished(BackupPhase::Failed),
+            Outcome::Finished(BackupPhase::PartiallyFailed),
+            Outcome::TimedOut,
+        ] {
+            let mut d = Deletion::of(
+                &Tenant::new("acme", TenantSpec::new("crm", "starter")),
+                Trigger::TenantDeleted,
+            );
+            d.final_backup = over(outcome);
+            assert!(matches!(decide(&d), Next::Hold { .. }), "{outcome:?}");
+        }
+    }
+
+    #[test]
+    fn the_release_annotation_is_read_from_the_tenant() {
+        let mut t = Tenant::new("acme", TenantSpec::new("crm", "starter"));
+        assert!(!released(&t));
+        t.metadata.annotations = Some([(RELEASE_DELETION.to_owned(), "false".to_owned())].into());
+        assert!(!released(&t));
+        t.metadata.annotations = Some([(RELEASE_DELETION.to_owned(), "true".to_owned())].into());
+        assert!(released(&t));
+        assert!(Deletion::of(&t, Trigger::TenantDeleted).released);
+    }
+
+    #[test]
+    fn the_on_backup_failure_setting_parses() {
+        assert_eq!("hold".parse(), Ok(OnBackupFailure::Hold));
+        assert_eq!("delete".parse(), Ok(OnBackupFailure::Delete));
+        assert!("yes".parse::<OnBackupFailure>().is_err());
+        assert_eq!(OnBackupFailure::default(), OnBackupFailure::Hold);
+    }
+
+    fn cancelled(at_secs: Option<i64>) -> Tenant {
+        let mut t = Tenant::new("acme", TenantSpec::new("crm", "starter"));
+        t.spec.cancelled_at = at_secs.map(|s| Time(at(s)));
+        t.metadata.uid = Some("uid-1".into());
+        t.metadata.resource_version = Some("42".into());
+        t
+    }
+
+    #[test]
+    fn retention_deletes_only_a_tenant_still_cancelled_and_due_with_preconditions() {
+        const DAY: i64 = 86_400;
+        let due = cancelled(Some(0));
+        assert_eq!(
+            retention_delete(Some(&due), 1, at(DAY)),
+            RetentionDelete::Delete {
+                uid: "uid-1".into(),
+                resource_version: "42".into()
+            }
+        );
+        // Not yet due.
+        assert_eq!(
+            retention_delete(Some(&due), 1, at(DAY - 1)),
+            RetentionDelete::Keep
+        );
+        // Re-subscribed between the decision and the fresh read: cancelledAt cleared.
+        assert_eq!(
+            retention_delete(Some(&cancelled(None)), 1, at(DAY)),
+            RetentionDelete::Keep
+        );
+        // Re-cancelled later: the new retention runs from the new date.
+        assert_eq!(
+            retention_delete(Some(&cancelled(Some(DAY))), 1, at(DAY + 10)),
+            RetentionDelete::Keep
+        );
+        assert_eq!(
+            retention_delete(None, 1, at(DAY)),
+            RetentionDelete::AlreadyGoing
+        );
+        let mut going = due.clone();
+        going.metadata.deletion_timestamp = Some(Time(at(DAY)));
+        assert_eq!(
+            retention_delete(Some(&going), 1, at(DAY)),
+            RetentionDelete::AlreadyGoing
+        );
+        // Without a uid or resourceVersion there is no precondition: never delete blind.
+        let mut blind = due.clone();
+        blind.metadata.resource_version = None;
+        assert_eq!(
+            retention_delete(Some(&blind), 1, at(DAY)),
+            RetentionDelete::Keep
+        );
+    }
+}
