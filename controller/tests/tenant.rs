@@ -928,6 +928,8 @@ async fn past_due_tenant_runs_with_payment_overdue_until_paid() {
             id: "sub_overdue1".into(),
             status: SubscriptionStatus::PastDue,
             current_period_end: None,
+            quantity: None,
+            items: Vec::new(),
         });
         t.metadata.annotations = Some(
             [(
