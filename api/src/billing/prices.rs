@@ -29,7 +29,7 @@ pub struct PlatformCache {
     store: Store<Platform>,
     /// Bumped whenever a Platform is added, changed or removed.
     changes: watch::Receiver<u64>,
-    /// (price, platform) → when the api first saw the Platform list the price (seconds), as
+    /// (price, platform) → when the api first saw the Platform list the price, as
     /// `platform_prices` holds it; loaded by [`PlatformCache::record_listings`]. A listing not
     /// recorded yet ranks as the newest, so a Platform that appeared a moment ago never takes a
     /// price from one recorded before.
@@ -152,7 +152,7 @@ impl PlatformCache {
         tx.commit().await?;
         let record: HashMap<(String, String), i64> = rows
             .into_iter()
-            .map(|(price, platform, at)| ((price, platform), at.timestamp()))
+            .map(|(price, platform, at)| ((price, platform), at.timestamp_micros()))
             .collect();
         let count = record.len();
         *self

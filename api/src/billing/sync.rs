@@ -289,9 +289,8 @@ impl Worker {
         let resolved = match mapping::needs(current, event) {
             Needs::Nothing(why) => return Ok(Merged::Unchanged(why)),
             Needs::Price(_) => {
-                match mapping::resolve_event_items(current, event, |p| {
-                    self.prices.resolve_price(p)
-                }) {
+                match mapping::resolve_event_items(current, event, |p| self.prices.resolve_price(p))
+                {
                     Some(items) => Some(items),
                     // No listed price and no known subscription: not stackplane's product.
                     None => return Ok(Merged::NotOurs),

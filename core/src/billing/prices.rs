@@ -26,7 +26,8 @@ pub struct Listing<'a> {
     pub platform: &'a str,
     /// `metadata.creationTimestamp`, seconds.
     pub created: Option<i64>,
-    /// When the api first saw this Platform list the price, seconds; `None` for the controller
+    /// When the api first saw this Platform list the price (any unit, the same for every
+    /// listing; the api uses microseconds); `None` for the controller
     /// (and for a Platform the api has not recorded yet, which then ranks as the newest).
     pub first_seen: Option<i64>,
 }
