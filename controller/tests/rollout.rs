@@ -646,7 +646,10 @@ async fn a_copied_platform_is_invalid_with_a_price_conflict_naming_the_original(
         let platforms = platforms.clone();
         async move {
             let p = platforms.get(&name).await.ok()?;
-            p.status?.conditions.into_iter().find(|c| c.type_ == "Valid")
+            p.status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "Valid")
         }
     };
     let c = eventually_within("the copy's Valid condition", 60, || valid(copy.clone())).await;
@@ -656,7 +659,11 @@ async fn a_copied_platform_is_invalid_with_a_price_conflict_naming_the_original(
         "{c:?}"
     );
     assert!(c.message.contains(&original), "{}", c.message);
-    assert!(prices.iter().all(|p| c.message.contains(p)), "{}", c.message);
+    assert!(
+        prices.iter().all(|p| c.message.contains(p)),
+        "{}",
+        c.message
+    );
     let o = eventually_within("the original's Valid condition", 60, || {
         valid(original.clone())
     })
