@@ -1050,4 +1050,221 @@ mod tests {
         .snapshot;
         assert!(!desired_tenant(&s).payment_overdue);
     }
+
+    fn bundle_event(
+        id: &str,
+        created: i64,
+        status: &str,
+        items: Value,
+        extra: Value,
+    ) -> ParsedEvent {
+        let mut object = json!({"id": "sub_b", "object": "subscription", "customer": "cus_ABC",
+            "status": status, "created": 90, "items": {"object": "list", "data": items}});
+        if let (Some(o), Some(e)) = (object.as_object_mut(), extra.as_object()) {
+            o.extend(e.clone());
+        }
+        parse_event(
+            &json!({"id": id, "type": "customer.subscription.updated", "created": created,
+            "data": {"object": object}}),
+        )
+        .unwrap()
+    }
+
+    fn item(id: &str, price: &str, quantity: u64) -> Value {
+        json!({"id": id, "price": {"id": price}, "quantity": quantity, "current_period_end": 999})
+    }
+
+    /// Every status and flag, as the Tenant sees it: runs, suspended, ended, and the annotations.
+    #[test]
+    fn every_status_and_flag_maps_to_the_tenant() {
+        use SubscriptionStatus as S;
+        let cases = [
+            ("active", S::Active, false, false),
+            ("trialing", S::Trialing, false, false),
+            ("past_due", S::PastDue, false, false),
+            ("unpaid", S::Unpaid, true, false),
+            // A trial that ended without a payment method (`missing_payment_method: pause`).
+            ("paused", S::Paused, true, false),
+            ("incomplete", S::Incomplete, true, false),
+            ("incomplete_expired", S::IncompleteExpired, true, true),
+            ("canceled", S::Canceled, true, true),
+        ];
+        for (text, status, suspended, ended) in cases {
+            let e = bundle_event(
+                "evt_1",
+                100,
+                text,
+                json!([item("si_1", "price_s", 1)]),
+                json!({"cancel_at_period_end": true, "cancel_at": 500,
+                    "pause_collection": {"behavior": "void", "resumes_at": 600},
+                    "ended_at": if ended { json!(140) } else { Value::Null }}),
+            );
+            let s = run(&[e]).unwrap().snapshot;
+            assert_eq!(s.status, status);
+            let d = desired_tenant(&s);
+            assert_eq!(d.suspended, suspended, "{text}");
+            assert_eq!(d.cancelled_at.is_some(), ended, "{text}");
+            assert_eq!(d.payment_overdue, status == S::PastDue, "{text}");
+            // A scheduled cancellation and paused collection say something only while the
+            // subscription has not ended.
+            assert_eq!(d.cancellation_scheduled.is_some(), !ended, "{text}");
+            assert_eq!(d.collection_paused.is_some(), !ended, "{text}");
+            let (_, body) = tenant_apply_body(&s);
+            let annotations = &body["metadata"]["annotations"];
+            assert_eq!(
+                annotations.get(CANCELLATION_SCHEDULED_ANNOTATION).is_some(),
+                !ended,
+                "{text}"
+            );
+            if !ended {
+                assert_eq!(
+                    annotations[CANCELLATION_SCHEDULED_ANNOTATION],
+                    "1970-01-01T00:08:20Z"
+                );
+                assert_eq!(annotations[COLLECTION_PAUSED_ANNOTATION], "void");
+                assert_eq!(
+                    annotations[COLLECTION_RESUMES_AT_ANNOTATION],
+                    "1970-01-01T00:10:00Z"
+                );
+                assert_eq!(body["spec"]["suspended"], suspended);
+            }
+        }
+        // Without the flags: no annotations at all.
+        let e = bundle_event(
+            "evt_1",
+            100,
+            "active",
+            json!([item("si_1", "price_s", 1)]),
+            json!({}),
+        );
+        let (_, body) = tenant_apply_body(&run(&[e]).unwrap().snapshot);
+        assert!(body["metadata"].get("annotations").is_none(), "{body}");
+        // `cancel_at_period_end` alone (older API versions): the period's end.
+        let e = bundle_event(
+            "evt_1",
+            100,
+            "active",
+            json!([item("si_1", "price_s", 1)]),
+            json!({"cancel_at_period_end": true}),
+        );
+        let s = run(&[e]).unwrap().snapshot;
+        assert_eq!(s.cancel_at, Some(999));
+    }
+
+    #[test]
+    fn a_bundle_gives_each_platform_its_items_and_the_higher_tier() {
+        let e = bundle_event(
+            "evt_1",
+            100,
+            "active",
+            json!([
+                item("si_1", "price_p", 1),
+                item("si_2", "price_t", 3),
+                item("si_3", "price_s", 2),
+                item("si_4", "price_other", 1)
+            ]),
+            json!({}),
+        );
+        let s = run(&[e]).unwrap().snapshot;
+        // The product nobody sells here is no item of any Tenant.
+        assert_eq!(s.items.len(), 3);
+        let views = s.per_platform();
+        assert_eq!(views.len(), 2);
+        let lead = views.iter().find(|v| v.platform == "leadsite-io").unwrap();
+        assert_eq!(
+            lead.tier, "professional",
+            "the higher of professional and starter"
+        );
+        let (name, body) = tenant_apply_body(lead);
+        assert!(name.starts_with("leadsite-io-"));
+        assert_eq!(
+            body["spec"]["subscription"]["items"],
+            json!([{"price": "price_p", "id": "si_1", "quantity": 1},
+                {"price": "price_s", "id": "si_3", "quantity": 2}])
+        );
+        assert_eq!(body["spec"]["subscription"]["quantity"], 1);
+        let tackle = views.iter().find(|v| v.platform == "tackle").unwrap();
+        let (_, body) = tenant_apply_body(tackle);
+        assert_eq!(body["spec"]["tier"], "starter");
+        assert_eq!(body["spec"]["subscription"]["quantity"], 3);
+        // An item order does not change the tier.
+        let e = bundle_event(
+            "evt_2",
+            110,
+            "active",
+            json!([item("si_3", "price_s", 2), item("si_1", "price_p", 1)]),
+            json!({}),
+        );
+        let s = run(&[e]).unwrap().snapshot;
+        assert_eq!(s.per_platform()[0].tier, "professional");
+    }
+
+    #[test]
+    fn a_retired_price_keeps_the_last_known_tier() {
+        let before = bundle_event(
+            "evt_1",
+            100,
+            "active",
+            json!([item("si_1", "price_p", 1)]),
+            json!({}),
+        );
+        let state = run(std::slice::from_ref(&before)).unwrap();
+        // The same item moved to a retired price; then a new item on another retired price
+        // replacing it; then cancelled.
+        let Observation::Subscription(same_item) = bundle_event(
+            "evt_2",
+            110,
+            "active",
+            json!([item("si_1", "price_gone", 1)]),
+            json!({}),
+        )
+        .observation
+        else {
+            unreachable!()
+        };
+        let items = resolve_items(&same_item, Some(&state.snapshot), resolve).unwrap();
+        assert_eq!(
+            (items[0].tier.as_str(), items[0].listed),
+            ("professional", false)
+        );
+        let replaced = bundle_event(
+            "evt_3",
+            120,
+            "unpaid",
+            json!([item("si_9", "price_gone2", 1)]),
+            json!({}),
+        );
+        let cancelled = bundle_event(
+            "evt_4",
+            130,
+            "canceled",
+            json!([item("si_9", "price_gone2", 1)]),
+            json!({"ended_at": 130}),
+        );
+        let s = run(&[before.clone(), replaced.clone()]).unwrap().snapshot;
+        assert_eq!(
+            (s.platform.as_str(), s.tier.as_str()),
+            ("leadsite-io", "professional")
+        );
+        assert_eq!(s.unlisted_prices(), ["price_gone2"]);
+        assert!(
+            desired_tenant(&s).suspended,
+            "unpaid still reaches the tenant"
+        );
+        let s = run(&[before, replaced, cancelled]).unwrap().snapshot;
+        assert!(desired_tenant(&s).cancelled_at.is_some());
+        // Nothing known before and nothing listed: not stackplane's.
+        let Observation::Subscription(foreign) = bundle_event(
+            "evt_5",
+            100,
+            "active",
+            json!([item("si_1", "price_gone", 1)]),
+            json!({}),
+        )
+        .observation
+        else {
+            unreachable!()
+        };
+        assert_eq!(resolve_items(&foreign, None, resolve), None);
+    }
 }

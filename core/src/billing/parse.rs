@@ -539,4 +539,53 @@ mod tests {
         let c = checkout(parse_event(&ev(json!({"platform": "crm", "tier": "starter"}))).unwrap());
         assert_eq!(c.dashboard, None);
     }
+
+    #[test]
+    fn items_flags_and_schedules_are_read() {
+        let s = parse_subscription(&json!({"id": "sub_1", "customer": "cus_A", "status": "active",
+            "cancel_at_period_end": true, "cancel_at": null,
+            "pause_collection": {"behavior": "mark_uncollectible", "resumes_at": null},
+            "items": {"data": [
+                {"id": "si_1", "price": {"id": "price_a"}, "quantity": 2, "current_period_end": 700},
+                {"id": "si_2", "plan": {"id": "price_b"}}]}}))
+        .unwrap();
+        assert_eq!(
+            s.items,
+            [
+                ItemObservation {
+                    id: Some("si_1".into()),
+                    price: "price_a".into(),
+                    quantity: Some(2)
+                },
+                ItemObservation {
+                    id: Some("si_2".into()),
+                    price: "price_b".into(),
+                    quantity: None
+                }
+            ]
+        );
+        assert_eq!(s.cancel_at, Some(700), "the period's end");
+        assert_eq!(
+            s.collection_paused,
+            Some(CollectionPause {
+                behavior: "mark_uncollectible".into(),
+                resumes_at: None
+            })
+        );
+        let e = parse_event(&json!({"id": "evt_s", "type": "subscription_schedule.updated",
+            "created": 5, "data": {"object": {"id": "sub_sched_1", "object": "subscription_schedule",
+                "customer": "cus_A", "subscription": "sub_1"}}}))
+        .unwrap();
+        assert_eq!(e.observation.customer_id(), Some("cus_A"));
+        assert_eq!(e.observation.subscription_id(), Some("sub_1"));
+        assert!(HANDLED_EVENT_TYPES.contains(&"subscription_schedule.released"));
+        // A schedule not started yet has no subscription.
+        let e = parse_event(
+            &json!({"id": "evt_s", "type": "subscription_schedule.created",
+            "created": 5, "data": {"object": {"id": "sub_sched_1", "customer": "cus_A",
+                "subscription": null}}}),
+        )
+        .unwrap();
+        assert_eq!(e.observation.subscription_id(), None);
+    }
 }
