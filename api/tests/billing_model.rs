@@ -822,12 +822,18 @@ async fn trials_scheduled_cancellations_paused_collection_and_schedules_from_fix
         "customer": cus, "subscription": sid, "status": "active", "phases": []});
     b.deliver(&event("subscription_schedule.updated", &schedule, now - 6))
         .await;
-    let t = b
-        .tenant_when("the schedule's change read back", &name, |t| {
+    // Billing applies the spec, then removes the annotations it no longer sends (a second
+    // write): wait for both.
+    b.tenant_when(
+        "the schedule's change read back, collection no longer paused",
+        &name,
+        |t| {
             t.spec.subscription.as_ref().and_then(|s| s.quantity) == Some(7)
-        })
-        .await;
-    assert!(annotation(&t, labels::COLLECTION_PAUSED).is_none());
+                && annotation(t, labels::COLLECTION_PAUSED).is_none()
+                && annotation(t, labels::COLLECTION_RESUMES_AT).is_none()
+        },
+    )
+    .await;
     assert!(stand_in.reads() > reads, "the schedule's event read Stripe");
 
     // A first payment never made: incomplete, then incomplete_expired — ended.
