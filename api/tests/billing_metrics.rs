@@ -116,17 +116,26 @@ async fn metrics_show_webhooks_by_type_and_outcome_queue_depth_and_lag() {
         &unique("evt_unpriced").replace('-', ""),
         &format!("price_{}", unique("nobody").replace('-', "")),
     );
+    // A checkout naming a Platform that does not exist (yet): fails, waits for a Platform.
+    let waiting = json!({"id": unique("evt_cs").replace('-', ""), "object": "event",
+        "type": "checkout.session.completed", "created": now, "data": {"object": {
+            "id": "cs_test_w", "object": "checkout.session", "mode": "subscription",
+            "customer": "cus_Waiting1", "subscription": "sub_Waiting1", "payment_status": "paid",
+            "metadata": {"platform": unique("nowhere"), "tier": "starter"}}}})
+    .to_string();
     let other = json!({"id": unique("evt_ch").replace('-', ""), "object": "event",
         "type": "charge.succeeded", "created": now, "data": {"object": {"id": "ch_1", "object": "charge"}}})
     .to_string();
     assert_eq!(deliver(good.clone(), sign(&good, now)).await, 200);
     assert_eq!(deliver(good.clone(), sign(&good, now)).await, 200);
     assert_eq!(deliver(unpriced.clone(), sign(&unpriced, now)).await, 200);
+    assert_eq!(deliver(waiting.clone(), sign(&waiting, now)).await, 200);
     assert_eq!(deliver(other.clone(), sign(&other, now)).await, 200);
     assert_eq!(deliver(other.clone(), "t=1,v1=00".into()).await, 400);
     assert_eq!(deliver(other.clone(), sign(&other, now - 600)).await, 400);
 
-    // The worker settles every event: applied, skipped, or failed for want of a Platform.
+    // The worker settles every event: applied, skipped, ignored (the unpriced one: no product
+    // sold here), or failed for want of a Platform (the checkout).
     tokio::time::timeout(Duration::from_secs(20), async {
         loop {
             let pending: i64 = sqlx::query_scalar(
@@ -189,10 +198,14 @@ async fn metrics_show_webhooks_by_type_and_outcome_queue_depth_and_lag() {
             r#"stackplane_billing_events_processed_total{event_type="charge.succeeded",outcome="skipped"}"#,
             1.0,
         ),
-        // The unpriced event waits for a Platform that lists its price.
+        (
+            r#"stackplane_billing_events_processed_total{event_type="customer.subscription.created",outcome="ignored"}"#,
+            1.0,
+        ),
+        // The checkout waits for a Platform that has its platform and tier.
         ("stackplane_billing_queue_depth", 1.0),
-        // Applied and skipped events were timed from receipt to completion.
-        ("stackplane_billing_processing_lag_seconds_count", 2.0),
+        // Applied, skipped and ignored events were timed from receipt to completion.
+        ("stackplane_billing_processing_lag_seconds_count", 3.0),
     ];
     for (series, value) in expect {
         assert_eq!(sample(&text, series), Some(value), "{series} in\n{text}");
@@ -200,7 +213,7 @@ async fn metrics_show_webhooks_by_type_and_outcome_queue_depth_and_lag() {
     assert!(
         sample(
             &text,
-            r#"stackplane_billing_events_processed_total{event_type="customer.subscription.created",outcome="unknown_price"}"#
+            r#"stackplane_billing_events_processed_total{event_type="checkout.session.completed",outcome="unknown_platform_tier"}"#
         )
         .is_some_and(|n| n >= 1.0),
         "{text}"

@@ -101,26 +101,29 @@ async fn checkout_and_subscription_created_make_the_tenant() {
     assert_eq!(states, ["applied", "applied"]);
 }
 
+/// An event whose price no Platform lists, of a subscription never seen, is no product sold here:
+/// stored `ignored` (acknowledged), not retried when a Platform later lists the price (that is
+/// the sweep's job), and applied when a person replays it.
 #[tokio::test]
-async fn unknown_price_fails_then_succeeds_once_a_platform_lists_it() {
+async fn an_unpriced_event_of_an_unknown_subscription_is_ignored_until_replayed() {
     let (worker, pool, client) = setup().await;
     let (cus, sub) = ids();
     let price = format!("price_{}", unique("p").replace('-', ""));
     let t = chrono::Utc::now().timestamp();
-    store(&pool, &json!({"id": unique("evt_s"), "object": "event", "type": "customer.subscription.created", "created": t,
+    let event_id = unique("evt_s");
+    store(&pool, &json!({"id": event_id, "object": "event", "type": "customer.subscription.created", "created": t,
         "data": {"object": {"id": sub, "object": "subscription", "customer": cus, "status": "active",
             "items": {"object": "list", "data": [{"id": "si_1", "price": {"id": price}}]}}}})).await;
     drain(&worker).await;
-    let (state, kind, error): (String, Option<String>, Option<String>) =
-        sqlx::query_as("SELECT state, error_kind, last_error FROM stripe_events")
+    let (state, kind, outcome): (String, Option<String>, Option<String>) =
+        sqlx::query_as("SELECT state, error_kind, outcome FROM stripe_events")
             .fetch_one(&pool)
             .await
             .expect("row");
-    assert_eq!(
-        (state.as_str(), kind.as_deref()),
-        ("failed", Some("unknown_price"))
-    );
-    assert!(error.unwrap_or_default().contains(&price));
+    assert_eq!((state.as_str(), kind.as_deref()), ("ignored", None));
+    assert!(outcome
+        .unwrap_or_default()
+        .contains("no price a Platform lists"));
 
     let mut platform = example("tackle");
     let pname = unique("tackle");
@@ -135,7 +138,17 @@ async fn unknown_price_fails_then_succeeds_once_a_platform_lists_it() {
     })
     .await
     .expect("platform seen");
-    assert_eq!(worker.retry_platform_failures().await.expect("retry"), 1);
+    assert_eq!(worker.retry_platform_failures().await.expect("retry"), 0);
+    drain(&worker).await;
+    let state: String = sqlx::query_scalar("SELECT state FROM stripe_events")
+        .fetch_one(&pool)
+        .await
+        .expect("row");
+    assert_eq!(state, "ignored", "never retried in bulk");
+
+    stackplane_api::billing::replay::replay(&pool, &event_id, "admin", "test")
+        .await
+        .expect("replay");
     drain(&worker).await;
     let state: String = sqlx::query_scalar("SELECT state FROM stripe_events")
         .fetch_one(&pool)
@@ -319,11 +332,11 @@ async fn a_worker_dying_mid_event_leaves_it_to_be_applied_exactly_once() {
     assert_eq!(tenant.metadata.generation, Some(1));
 }
 
-/// With `Worker::run` running (nothing calls its retry trigger directly), an event with an
-/// unknown price fails and is recorded; a Platform that lists the price, applied later, makes
+/// With `Worker::run` running (nothing calls its retry trigger directly), a checkout naming a
+/// Platform that does not exist yet fails and is recorded; the Platform, applied later, makes
 /// the worker apply the event by itself, even when the event's backoff is far in the future.
 #[tokio::test]
-async fn the_running_worker_applies_an_unpriced_event_once_a_platform_lists_the_price() {
+async fn the_running_worker_applies_a_checkout_once_its_platform_exists() {
     let (worker, pool, client) = setup().await;
     let (cus, sub) = ids();
     let price = format!("price_{}", unique("p").replace('-', ""));
@@ -334,9 +347,12 @@ async fn the_running_worker_applies_an_unpriced_event_once_a_platform_lists_the_
     let running = tokio::spawn(worker.clone().run(wake.clone(), async {
         let _ = stopped.await;
     }));
-    store(&pool, &json!({"id": event_id, "object": "event", "type": "customer.subscription.created", "created": t,
-        "data": {"object": {"id": sub, "object": "subscription", "customer": cus, "status": "active",
-            "items": {"object": "list", "data": [{"id": "si_1", "price": {"id": price}}]}}}})).await;
+    let pname = unique("tackle");
+    store(&pool, &json!({"id": event_id, "object": "event", "type": "checkout.session.completed", "created": t,
+        "data": {"object": {"id": "cs_test_1", "object": "checkout.session", "mode": "subscription",
+            "customer": cus, "subscription": sub, "payment_status": "paid",
+            "customer_details": {"email": "later@example.com"},
+            "metadata": {"platform": pname, "tier": "starter"}}}})).await;
     wake.notify_one();
 
     let row = |pool: sqlx::PgPool| async move {
@@ -364,8 +380,8 @@ async fn the_running_worker_applies_an_unpriced_event_once_a_platform_lists_the_
         }
     };
     let (_, kind, error, attempts) = wait_for("failed").await;
-    assert_eq!(kind.as_deref(), Some("unknown_price"));
-    assert!(error.unwrap_or_default().contains(&price));
+    assert_eq!(kind.as_deref(), Some("unknown_platform_tier"));
+    assert!(error.unwrap_or_default().contains(&pname));
     assert!(attempts >= 1);
     // As after many failures: the next attempt is an hour away. Only the Platform change can
     // bring it forward.
@@ -381,7 +397,6 @@ async fn the_running_worker_applies_an_unpriced_event_once_a_platform_lists_the_
     );
 
     let mut platform = example("tackle");
-    let pname = unique("tackle");
     platform.metadata.name = Some(pname.clone());
     platform.spec.tiers[0].stripe_price_ids = vec![price.clone()];
     for tier in platform.spec.tiers.iter_mut().skip(1) {

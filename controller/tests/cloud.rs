@@ -823,6 +823,8 @@ async fn unpaid_and_cancelled_tenants_run_no_instance() {
                 id: "sub_NeverPaid1".into(),
                 status: stackplane_crds::SubscriptionStatus::Incomplete,
                 current_period_end: None,
+                quantity: None,
+                items: Vec::new(),
             });
         })
         .await;

@@ -607,3 +607,76 @@ async fn a_bad_image_halts_at_the_canaries_and_rollback_returns_them() {
     })
     .await;
 }
+
+/// A copy of a Platform listing the same prices (created later, its name first in the
+/// alphabet) is `Valid=False`, reason `PriceConflict`, naming the original, which stays
+/// `Valid=True`: the rule the api resolves prices by (`billing::prices::owner`).
+#[tokio::test]
+async fn a_copied_platform_is_invalid_with_a_price_conflict_naming_the_original() {
+    let (client, shard) = common::cluster("stackplane_controller=info", kube_client()).await;
+    let id = unique("x").replace('-', "");
+    let prices = [format!("price_{id}s"), format!("price_{id}p")];
+    let make = |name: &str| {
+        let mut p: Platform = stackplane_tests::example_platform("tackle.yaml");
+        p.metadata = kube::api::ObjectMeta {
+            name: Some(name.to_owned()),
+            labels: Some([(SHARD.to_owned(), shard.clone())].into()),
+            ..Default::default()
+        };
+        p.spec.tiers.truncate(2);
+        for (tier, price) in p.spec.tiers.iter_mut().zip(&prices) {
+            tier.stripe_price_ids = vec![price.clone()];
+        }
+        p
+    };
+    let (original, copy) = (format!("zz-orig-{id}"), format!("aa-copy-{id}"));
+    let platforms: Api<Platform> = Api::all(client.clone());
+    platforms
+        .create(&PostParams::default(), &make(&original))
+        .await
+        .expect("create original");
+    // Created at least a second later: creation times are whole seconds.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    platforms
+        .create(&PostParams::default(), &make(&copy))
+        .await
+        .expect("create copy");
+    let _controller = start_controller(&client, &shard, Arc::new(Metrics::new()));
+    let valid = |name: String| {
+        let platforms = platforms.clone();
+        async move {
+            let p = platforms.get(&name).await.ok()?;
+            p.status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "Valid")
+        }
+    };
+    let c = eventually_within("the copy's Valid condition", 60, || valid(copy.clone())).await;
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "PriceConflict"),
+        "{c:?}"
+    );
+    assert!(c.message.contains(&original), "{}", c.message);
+    assert!(
+        prices.iter().all(|p| c.message.contains(p)),
+        "{}",
+        c.message
+    );
+    let o = eventually_within("the original's Valid condition", 60, || {
+        valid(original.clone())
+    })
+    .await;
+    assert_eq!(o.status, "True", "{o:?}");
+    // Without the original, the copy owns its prices.
+    platforms
+        .delete(&original, &Default::default())
+        .await
+        .expect("delete original");
+    eventually_within("the copy valid once alone", 90, || async {
+        valid(copy.clone()).await.filter(|c| c.status == "True")
+    })
+    .await;
+    let _ = platforms.delete(&copy, &Default::default()).await;
+}

@@ -928,6 +928,8 @@ async fn past_due_tenant_runs_with_payment_overdue_until_paid() {
             id: "sub_overdue1".into(),
             status: SubscriptionStatus::PastDue,
             current_period_end: None,
+            quantity: None,
+            items: Vec::new(),
         });
         t.metadata.annotations = Some(
             [(
@@ -1000,6 +1002,97 @@ async fn past_due_tenant_runs_with_payment_overdue_until_paid() {
     .await;
     assert_eq!(settled.reason, "PaymentCurrent");
     assert!(settled.last_transition_time.0 >= overdue.last_transition_time.0);
+}
+
+/// What billing writes for a subscription cancelled at the period's end with its collection
+/// paused: the stack runs, the controller writes `CancellationScheduled` and `CollectionPaused`
+/// from billing's annotations, and clears both once billing drops them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_cancellation_and_paused_collection_run_with_their_conditions() {
+    let env = start("leadgen-pro.yaml").await;
+    let c = env.client.clone();
+    let name = create_tenant_with(&env, "starter", |t| {
+        t.spec.subscription = Some(Subscription {
+            id: "sub_cancelat1".into(),
+            status: SubscriptionStatus::Active,
+            current_period_end: None,
+            quantity: Some(2),
+            items: Vec::new(),
+        });
+        t.metadata.annotations = Some(
+            [
+                (
+                    "stackplane.io/cancellation-scheduled".to_owned(),
+                    "2027-01-31T00:00:00Z".to_owned(),
+                ),
+                (
+                    "stackplane.io/collection-paused".to_owned(),
+                    "keep_as_draft".to_owned(),
+                ),
+            ]
+            .into(),
+        );
+    })
+    .await;
+    let t = eventually(
+        "CancellationScheduled=True and CollectionPaused=True",
+        || {
+            let c = c.clone();
+            let name = name.clone();
+            async move {
+                let t = tenant(&c, &name).await;
+                let both = condition(&t, "CancellationScheduled")
+                    .is_some_and(|p| p.status == "True")
+                    && condition(&t, "CollectionPaused").is_some_and(|p| p.status == "True");
+                both.then_some(t)
+            }
+        },
+    )
+    .await;
+    let cancel = condition(&t, "CancellationScheduled").expect("CancellationScheduled");
+    assert_eq!(cancel.reason, "CancelAt");
+    assert!(
+        cancel.message.contains("2027-01-31T00:00:00Z"),
+        "{}",
+        cancel.message
+    );
+    let paused = condition(&t, "CollectionPaused").expect("CollectionPaused");
+    assert!(
+        paused.message.contains("keep_as_draft"),
+        "{}",
+        paused.message
+    );
+    assert!(!t.spec.suspended);
+    let ns = format!("tenant-{name}");
+    eventually("the stack keeps running", || {
+        let c = c.clone();
+        let ns = ns.clone();
+        async move { (replicas(&c, &ns).await == vec![1, 1]).then_some(()) }
+    })
+    .await;
+
+    Api::<Tenant>::all(c.clone())
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"annotations": {
+                "stackplane.io/cancellation-scheduled": null,
+                "stackplane.io/collection-paused": null,
+            }}})),
+        )
+        .await
+        .expect("drop the annotations");
+    eventually("both conditions False", || {
+        let c = c.clone();
+        let name = name.clone();
+        async move {
+            let t = tenant(&c, &name).await;
+            let both = condition(&t, "CancellationScheduled").is_some_and(|p| p.status == "False")
+                && condition(&t, "CollectionPaused").is_some_and(|p| p.status == "False");
+            both.then_some(())
+        }
+    })
+    .await;
 }
 
 /// A Platform of the test with no retention: a cancelled tenant is due for deletion at once.

@@ -25,7 +25,7 @@ pub use revision::{PlatformRevision, PlatformRevisionSpec};
 pub use rollout::{RolloutPhase, RolloutPolicy, RolloutStatus, RolloutStrategy, Wave};
 pub use tenant::{
     BackupPolicy, ComponentStatus, Customer, DeletionPolicy, InstanceStatus, Subscription,
-    SubscriptionStatus, Tenant, TenantPhase, TenantSpec, TenantStatus,
+    SubscriptionItem, SubscriptionStatus, Tenant, TenantPhase, TenantSpec, TenantStatus,
 };
 
 /// The API group of every stackplane resource.

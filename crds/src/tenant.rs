@@ -111,6 +111,32 @@ pub struct Subscription {
     /// End of the period already paid for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_period_end: Option<Time>,
+    /// Quantity of the item whose tier the tenant runs. Changes nothing in the stack (yet); it
+    /// feeds the economics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub quantity: Option<i64>,
+    /// The subscription's items on this tenant's platform (a bundle's other items are other
+    /// tenants'): price, quantity, item id.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub items: Vec<SubscriptionItem>,
+}
+
+/// One item of a subscription.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscriptionItem {
+    /// Stripe price id (`price_...`, or an older plan id).
+    #[schemars(length(min = 1, max = 255))]
+    pub price: String,
+    /// How many of the price the customer buys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub quantity: Option<i64>,
+    /// Stripe subscription item id, `si_...`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 255))]
+    pub id: Option<String>,
 }
 
 /// Stripe's subscription statuses.

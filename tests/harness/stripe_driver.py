@@ -6,6 +6,9 @@ billing tests. One command per run; prints one JSON object.
   stripe_driver.py --api-base URL subscribe CUSTOMER PRICE  a subscription (paid with the card)
   stripe_driver.py --api-base URL change SUBSCRIPTION PRICE moves its one item to PRICE
   stripe_driver.py --api-base URL cancel SUBSCRIPTION       cancels it now
+  stripe_driver.py --api-base URL bundle CUSTOMER PRICE[:QTY]...  one subscription, one item each
+  stripe_driver.py --api-base URL items SUBSCRIPTION OP...  Subscription.modify(items=...): OP is
+      +PRICE[:QTY] (add), ~PRICE (remove its item), =PRICE:QTY (set its item's quantity)
   stripe_driver.py --api-base URL webhook URL SECRET        localstripe signs and sends its events
   stripe_driver.py --api-base URL bulk COUNT PRICE          COUNT customers, one subscription each
 """
@@ -42,6 +45,42 @@ def customer(email):
 def subscribe(customer_id, price):
     s = stripe.Subscription.create(customer=customer_id, items=[{"plan": price}])
     return {"subscription": s.id, "status": s.status}
+
+
+def price_qty(arg):
+    price, _, qty = arg.rpartition(":") if ":" in arg else (arg, "", "")
+    return price, int(qty) if qty else None
+
+
+def bundle(customer_id, *prices):
+    items = []
+    for arg in prices:
+        price, qty = price_qty(arg)
+        items.append({"plan": price, **({"quantity": qty} if qty else {})})
+    s = stripe.Subscription.create(customer=customer_id, items=items)
+    return {"subscription": s.id, "status": s.status,
+            "items": {i["plan"]["id"]: i["id"] for i in s["items"]["data"]}}
+
+
+def modify_items(subscription_id, *ops):
+    s = stripe.Subscription.retrieve(subscription_id)
+    by_price = {i["plan"]["id"]: i["id"] for i in s["items"]["data"]}
+    items = []
+    for op in ops:
+        kind, arg = op[0], op[1:]
+        price, qty = price_qty(arg)
+        if kind == "+":
+            items.append({"plan": price, **({"quantity": qty} if qty else {})})
+        elif kind == "~":
+            items.append({"id": by_price[price], "deleted": True})
+        elif kind == "=":
+            items.append({"id": by_price[price], "quantity": qty})
+        else:
+            sys.exit("unknown item operation %s" % op)
+    s = stripe.Subscription.modify(subscription_id, items=items)
+    return {"subscription": s.id, "status": s.status,
+            "items": {i["plan"]["id"]: {"id": i["id"], "quantity": i["quantity"]}
+                      for i in s["items"]["data"]}}
 
 
 def change(subscription_id, price):
@@ -95,6 +134,8 @@ def main():
         "subscribe": lambda: subscribe(*a.args),
         "change": lambda: change(*a.args),
         "cancel": lambda: cancel(*a.args),
+        "bundle": lambda: bundle(*a.args),
+        "items": lambda: modify_items(*a.args),
         "webhook": lambda: webhook(a.api_base, *a.args),
         "bulk": lambda: bulk(int(a.args[0]), a.args[1]),
     }

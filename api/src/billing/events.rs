@@ -71,11 +71,14 @@ pub async fn list_events(
 ) -> Result<Json<EventList>, ApiError> {
     caller.require_admin()?;
     let wanted = query.state.as_deref().unwrap_or("failed");
-    if !matches!(wanted, "pending" | "applied" | "skipped" | "failed") {
+    if !matches!(
+        wanted,
+        "pending" | "applied" | "skipped" | "failed" | "ignored"
+    ) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_query",
-            format!("state {wanted:?} is not pending, applied, skipped or failed"),
+            format!("state {wanted:?} is not pending, applied, skipped, failed or ignored"),
         ));
     }
     let limit = query.limit.unwrap_or(100);

@@ -25,8 +25,10 @@ use stackplane_core::billing::conditions::{
     billing_conditions, fingerprint, status_body, SyncState, TRIAL_ENDING,
 };
 use stackplane_core::billing::governing::{govern, Governing};
-use stackplane_core::billing::mapping::{self, Applied, Needs, OrderKey, Snapshot, API_READ_RANK};
-use stackplane_core::billing::parse::{ParsedEvent, SubscriptionObservation};
+use stackplane_core::billing::mapping::{
+    self, Applied, ItemSnapshot, Needs, OrderKey, Snapshot, API_READ_RANK,
+};
+use stackplane_core::billing::parse::{Observation, ParsedEvent, SubscriptionObservation};
 
 /// A Tenant whose spec and conditions are unchanged still gets its `BillingSynced` read time
 /// rewritten once it is this old, so the condition says when Stripe last confirmed it without
@@ -50,6 +52,21 @@ pub struct Synced {
     pub tenants_written: u32,
     /// Why nothing changed, when nothing did.
     pub skipped: Option<&'static str>,
+    /// The event concerns a subscription with no price a Platform lists and no known state:
+    /// stored as `ignored` (acknowledged, replayable, never retried in bulk).
+    pub ignored: bool,
+}
+
+/// Why an event is stored as `ignored`.
+pub const NOT_OURS: &str =
+    "no price a Platform lists and no known subscription: not a product stackplane sells";
+
+/// What merging an event into its subscription's state did.
+enum Merged {
+    Changed(Box<Applied>),
+    Unchanged(&'static str),
+    /// No item buys anything stackplane sells, and the subscription is not known.
+    NotOurs,
 }
 
 /// A Tenant billing applied before, as `billing_tenants` remembers it.
@@ -147,9 +164,10 @@ impl Worker {
             }
         }
         let mut changed: BTreeMap<String, Applied> = BTreeMap::new();
-        let mut unknown_prices: Vec<String> = Vec::new();
         let mut skipped: Option<&'static str> = None;
+        let mut ignored = false;
         let event_sub = event.and_then(|e| e.observation.subscription_id().map(str::to_owned));
+        let resolve = |price: &str| self.prices.resolve_price(price);
 
         let sync = match read {
             Some(Ok(read)) => {
@@ -159,26 +177,19 @@ impl Worker {
                     .iter()
                     .filter(|s| s.customer_id == customer)
                 {
-                    seen_event_sub |= event_sub.as_deref() == Some(s.subscription_id.as_str());
+                    let is_event_sub = event_sub.as_deref() == Some(s.subscription_id.as_str());
+                    seen_event_sub |= is_event_sub;
                     let current = states.get(&s.subscription_id);
-                    let Some(resolved) = s
-                        .price_ids
-                        .iter()
-                        .find_map(|p| self.prices.resolve_price(p))
+                    // A price no Platform lists keeps the item's last known platform and tier
+                    // (the subscription's status still reaches its Tenant); a subscription no
+                    // item of which buys anything, now or before, is not stackplane's.
+                    let Some(items) =
+                        mapping::resolve_items(s, current.map(|c| &c.snapshot), resolve)
                     else {
-                        if current.is_some()
-                            || event_sub.as_deref() != Some(s.subscription_id.as_str())
-                        {
-                            // Kept as last known (a price a Platform stopped listing must not
-                            // cancel a Tenant), or not ours (a product stackplane does not sell).
-                            if current.is_some() {
-                                unknown_prices.extend(s.price_ids.iter().cloned());
-                            }
-                            continue;
-                        }
-                        return Err(unresolved(s));
+                        ignored |= is_event_sub;
+                        continue;
                     };
-                    if let Some(next) = mapping::merge_read(current, s, read.at_ms, resolved) {
+                    if let Some(next) = mapping::merge_read(current, s, read.at_ms, items) {
                         let differs = current.is_none_or(|c| {
                             c.snapshot != next.snapshot || c.key.rank != API_READ_RANK
                         });
@@ -188,17 +199,18 @@ impl Worker {
                         }
                     }
                 }
-                if let Some(event) = event {
+                if let Some(event) = event.filter(|_| !ignored) {
                     // What only the event tells (checkout details, notices), or the whole event
                     // when the read did not show its subscription yet.
-                    let merged = self.merge_event(&states, event, !seen_event_sub)?;
-                    match merged {
-                        Ok(next) => {
+                    match self.merge_event(&states, event, !seen_event_sub)? {
+                        Merged::Changed(next) => {
+                            let next = *next;
                             let id = next.snapshot.subscription_id.clone();
                             states.insert(id.clone(), next.clone());
                             changed.insert(id, next);
                         }
-                        Err(why) => skipped = Some(why),
+                        Merged::Unchanged(why) => skipped = Some(why),
+                        Merged::NotOurs => ignored = true,
                     }
                 }
                 SyncState::Read { at_ms: read.at_ms }
@@ -206,12 +218,14 @@ impl Worker {
             failed_or_none => {
                 if let Some(event) = event {
                     match self.merge_event(&states, event, true)? {
-                        Ok(next) => {
+                        Merged::Changed(next) => {
+                            let next = *next;
                             let id = next.snapshot.subscription_id.clone();
                             states.insert(id.clone(), next.clone());
                             changed.insert(id, next);
                         }
-                        Err(why) => skipped = Some(why),
+                        Merged::Unchanged(why) => skipped = Some(why),
+                        Merged::NotOurs => ignored = true,
                     }
                 }
                 // The caller queued the re-read (`schedule_resync`) before this runs.
@@ -227,8 +241,6 @@ impl Worker {
         for (id, next) in &changed {
             write_state(tx, id, next, event.map(|e| e.id.as_str())).await?;
         }
-        unknown_prices.sort();
-        unknown_prices.dedup();
 
         let known = load_known(tx, customer).await?;
         let snapshots: Vec<Snapshot> = states.values().map(|a| a.snapshot.clone()).collect();
@@ -237,55 +249,65 @@ impl Worker {
         let mut written = 0;
         for g in govern(&snapshots, &applied, now.timestamp()) {
             if self
-                .write_tenant(tx, &g, known.get(&g.tenant()), &sync, &unknown_prices, now)
+                .write_tenant(tx, &g, known.get(&g.tenant()), &sync, now)
                 .await?
             {
                 written += 1;
             }
         }
+        let nothing = changed.is_empty() && written == 0;
         Ok(Synced {
             subscriptions_changed: changed.len() as u32,
             tenants_written: written,
-            skipped: (changed.is_empty() && written == 0)
-                .then_some(skipped.unwrap_or("nothing changes")),
+            skipped: nothing.then_some(if ignored {
+                NOT_OURS
+            } else {
+                skipped.unwrap_or("nothing changes")
+            }),
+            ignored: ignored && nothing,
         })
     }
 
     /// Merges `event` into the state of its subscription; `whole` false merges only what a read
-    /// does not tell. `Ok(Err(why))` when nothing changes.
+    /// does not tell.
     fn merge_event(
         &self,
         states: &HashMap<String, Applied>,
         event: &ParsedEvent,
         whole: bool,
-    ) -> Result<Result<Applied, &'static str>, BillingError> {
+    ) -> Result<Merged, BillingError> {
         let Some(sub) = event.observation.subscription_id() else {
-            return Ok(Err("event type not handled"));
+            return Ok(Merged::Unchanged(match event.observation {
+                Observation::Schedule(_) => "subscription schedule without subscription",
+                _ => "event type not handled",
+            }));
         };
         let current = states.get(sub);
         if !whole && current.is_none() {
-            return Ok(Err("subscription not in Stripe's answer"));
+            return Ok(Merged::Unchanged("subscription not in Stripe's answer"));
         }
         let resolved = match mapping::needs(current, event) {
-            Needs::Nothing(why) => return Ok(Err(why)),
-            Needs::Price(prices) => {
-                match prices.iter().find_map(|p| self.prices.resolve_price(p)) {
-                    Some(r) => Some(r),
-                    None if prices.is_empty() => {
-                        return Err(BillingError::NoPlatform(sub.to_owned()))
-                    }
-                    None => return Err(BillingError::UnknownPrice(prices.join(","))),
+            Needs::Nothing(why) => return Ok(Merged::Unchanged(why)),
+            Needs::Price(_) => {
+                match mapping::resolve_event_items(current, event, |p| self.prices.resolve_price(p))
+                {
+                    Some(items) => Some(items),
+                    // No listed price and no known subscription: not stackplane's product.
+                    None => return Ok(Merged::NotOurs),
                 }
             }
             Needs::PlatformTier { platform, tier } => {
                 if !self.prices.has_tier(&platform, &tier) {
                     return Err(BillingError::UnknownPlatformTier { platform, tier });
                 }
-                Some((platform, tier))
+                Some(vec![ItemSnapshot::from_checkout(platform, tier)])
             }
             Needs::Merge => None,
         };
-        Ok(mapping::merge(current, event, resolved).ok_or("nothing changes"))
+        Ok(match mapping::merge(current, event, resolved) {
+            Some(next) => Merged::Changed(Box::new(next)),
+            None => Merged::Unchanged("nothing changes"),
+        })
     }
 
     /// Marks `customer` to be read again later, with backoff. Callers run it before the sync
@@ -323,12 +345,11 @@ impl Worker {
         g: &Governing,
         known: Option<&Known>,
         sync: &SyncState,
-        unknown_prices: &[String],
         now: DateTime<Utc>,
     ) -> Result<bool, BillingError> {
         let name = g.tenant();
         let (_, spec_body) = mapping::tenant_apply_body(&g.snapshot);
-        let conditions = billing_conditions(g, sync, unknown_prices);
+        let conditions = billing_conditions(g, sync);
         let print = json!({ "spec": spec_body, "conditions": fingerprint(&conditions) });
         let ended = g.snapshot.ended();
         if let Some(k) = known {
@@ -479,7 +500,9 @@ async fn publish_event(
 }
 
 /// Removes what billing stopped asking for but the apply left in place: `spec.cancelledAt` after
-/// a re-subscription, the payment-overdue annotations once paid. Server-side apply should drop
+/// a re-subscription, billing's annotations once what they say is over (payment overdue,
+/// scheduled cancellation, paused collection), `spec.subscription.items`/`quantity` when none
+/// are sent. Server-side apply should drop
 /// a field its manager no longer sends; the Kubernetes 1.20 API server the tests run against
 /// keeps it (observed with `cancelledAt`), so billing removes it itself with a merge patch, and
 /// only when it is there.
@@ -492,11 +515,17 @@ async fn remove_lingering(
     if tenant.spec.cancelled_at.is_some() && body["spec"].get("cancelledAt").is_none() {
         patch["spec"] = json!({ "cancelledAt": null });
     }
+    let sent = &body["spec"]["subscription"];
+    if let Some(had) = &tenant.spec.subscription {
+        if !had.items.is_empty() && sent.get("items").is_none() {
+            patch["spec"]["subscription"]["items"] = Value::Null;
+        }
+        if had.quantity.is_some() && sent.get("quantity").is_none() {
+            patch["spec"]["subscription"]["quantity"] = Value::Null;
+        }
+    }
     let wanted = &body["metadata"]["annotations"];
-    for key in [
-        mapping::PAYMENT_OVERDUE_ANNOTATION,
-        mapping::PAYMENT_OVERDUE_REASON_ANNOTATION,
-    ] {
+    for key in mapping::BILLING_ANNOTATIONS {
         let present = tenant
             .metadata
             .annotations
@@ -517,14 +546,6 @@ async fn remove_lingering(
             &Patch::Merge(&patch),
         )
         .await
-}
-
-fn unresolved(s: &SubscriptionObservation) -> BillingError {
-    if s.price_ids.is_empty() {
-        BillingError::NoPlatform(s.subscription_id.clone())
-    } else {
-        BillingError::UnknownPrice(s.price_ids.join(","))
-    }
 }
 
 async fn load_known(

@@ -27,6 +27,8 @@ pub const FIELD_MANAGER: &str = stackplane_core::contract::field_managers::BILLI
 pub enum Outcome {
     Applied,
     Skipped(&'static str),
+    /// Not a product stackplane sells (stored `ignored`: replayable, never retried in bulk).
+    Ignored(&'static str),
 }
 
 /// Exponential backoff with jitter: 2 s doubling per attempt, capped at 10 min, times [0.5, 1).
@@ -110,6 +112,7 @@ impl Worker {
                 let (state, detail) = match outcome {
                     Outcome::Applied => ("applied", "applied"),
                     Outcome::Skipped(why) => ("skipped", *why),
+                    Outcome::Ignored(why) => ("ignored", *why),
                 };
                 sqlx::query(
                     "UPDATE stripe_events SET state = $2, outcome = $3, attempts = attempts + 1, \
@@ -197,6 +200,7 @@ impl Worker {
         }
         tracing::info!(event_id = %event.id, customer_id = %customer, subscriptions_changed = synced.subscriptions_changed, tenants_written = synced.tenants_written, "stripe event synced");
         Ok(match synced.skipped {
+            Some(why) if synced.ignored => Outcome::Ignored(why),
             Some(why) => Outcome::Skipped(why),
             None => Outcome::Applied,
         })
@@ -264,6 +268,9 @@ impl Worker {
         if !self.prices.ready().await {
             tracing::error!("platform cache never became ready");
         }
+        if let Err(error) = self.prices.record_listings(&self.db).await {
+            tracing::warn!(%error, "recording which Platforms list which prices");
+        }
         loop {
             loop {
                 match self.process_one().await {
@@ -292,6 +299,9 @@ impl Worker {
                 () = &mut shutdown => return,
                 () = wake.notified() => {}
                 _ = changes.changed() => {
+                    if let Err(error) = self.prices.record_listings(&self.db).await {
+                        tracing::warn!(%error, "recording which Platforms list which prices");
+                    }
                     if let Err(error) = self.retry_platform_failures().await {
                         tracing::warn!(%error, "re-queueing events waiting on Platforms");
                     }

@@ -162,6 +162,7 @@ async fn reconcile(
         .await;
     }
     let status = platform.status.clone().unwrap_or_default();
+    let valid = valid_condition(&api, &platform, &status).await?;
     let current = status.current_revision.clone();
     let control_value = platform.annotations().get(ROLLOUT_CONTROL).cloned();
     let control = control_value.as_deref().and_then(Control::parse);
@@ -224,6 +225,7 @@ async fn reconcile(
             "currentRevision": new_current,
             "updateRevision": update_name,
             "rollout": decision.status,
+            "conditions": [valid],
         }
     });
     api.patch_status(
@@ -283,6 +285,55 @@ async fn reconcile(
         RolloutPhase::Progressing => Action::requeue(ctx.poll),
         _ => Action::requeue(ctx.poll.max(Duration::from_secs(30))),
     })
+}
+
+/// The Platform's `Valid` condition as to prices: False, reason `PriceConflict`, naming the
+/// owner, when it lists a price another Platform listed first. The controller has no record of
+/// when each Platform first listed a price (the api keeps one in Postgres), so it applies the
+/// same rule, `stackplane_core::billing::prices::owner`, without first-seen times: creation
+/// time, then name (see that module for why both agree in the normal case). Every Platform is
+/// listed, not only those this shard rolls out, since a copy may carry another shard's labels.
+async fn valid_condition(
+    api: &Api<Platform>,
+    platform: &Platform,
+    status: &stackplane_crds::PlatformStatus,
+) -> Result<serde_json::Value, RolloutError> {
+    use stackplane_core::billing::prices;
+    use stackplane_core::contract::conditions::{REASON_PRICE_CONFLICT, VALID};
+    let all = api.list(&Default::default()).await?;
+    let all: Vec<&Platform> = all.items.iter().collect();
+    let conflicts = prices::conflicts(platform, &all, |_, _| None);
+    let (state, reason, message) = if conflicts.is_empty() {
+        (
+            "True",
+            "Valid",
+            "no price of this Platform is listed by another Platform first".to_owned(),
+        )
+    } else {
+        (
+            "False",
+            REASON_PRICE_CONFLICT,
+            prices::conflict_message(&conflicts),
+        )
+    };
+    if !conflicts.is_empty() {
+        tracing::warn!(platform = %platform.name_any(), owners = ?conflicts.iter().map(|c| &c.owner).collect::<Vec<_>>(), "price conflict");
+    }
+    // The transition time stays while the status does.
+    let since = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == VALID && c.status == state)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| Time(Timestamp::now()));
+    Ok(json!({
+        "type": VALID,
+        "status": state,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": since,
+        "observedGeneration": platform.metadata.generation,
+    }))
 }
 
 /// What the planner sees of `t`. A tenant without a target revision yet is left to the Tenant

@@ -381,6 +381,8 @@ async fn validate_step<'p>(
             Want::new(SYNCED, false, INVALID_SPEC, invalid.message.clone()),
             Want::new(PAUSED, false, "NotPaused", "spec.paused is false"),
             computed::payment_overdue_condition(pass.tenant),
+            computed::cancellation_scheduled_condition(pass.tenant),
+            computed::collection_paused_condition(pass.tenant),
         ]),
         ..pass.previous.clone()
     };
@@ -704,8 +706,9 @@ async fn status_step(
         computed::ready_condition(phase, &components, &stalled),
         Want::new(SYNCED, true, "Applied", "every object is applied"),
         Want::new(PAUSED, false, "NotPaused", "spec.paused is false"),
-        computed::payment_overdue_condition(tenant),
     ];
+    // Appended, so the indices above stay as they are.
+    wants.extend(computed::billing_notice_conditions(tenant));
     if let Some(c) = cloud {
         let was_ready =
             previous.ready_since.is_some() || previous.phase == Some(TenantPhase::Degraded);

@@ -54,13 +54,11 @@ impl WantCondition {
     }
 }
 
-/// The conditions for the Tenant `g` governs. `unknown_prices` are prices of the customer's
-/// subscriptions that no Platform lists (their state is kept as last known).
-pub fn billing_conditions(
-    g: &Governing,
-    sync: &SyncState,
-    unknown_prices: &[String],
-) -> Vec<WantCondition> {
+/// The conditions for the Tenant `g` governs. Prices of its items that no Platform lists any
+/// more make `BillingSynced=False`, reason `UnknownPrice`: the Tenant keeps its last known tier
+/// and still follows the subscription's status.
+pub fn billing_conditions(g: &Governing, sync: &SyncState) -> Vec<WantCondition> {
+    let unknown_prices = g.snapshot.unlisted_prices();
     let id = &g.snapshot.subscription_id;
     let conflict = g.conflict();
     let synced = match sync {
@@ -84,8 +82,10 @@ pub fn billing_conditions(
             false,
             "UnknownPrice",
             format!(
-                "no Platform lists price {}: the subscriptions with it are kept as last known",
-                unknown_prices.join(", ")
+                "no Platform lists price {} of subscription {id}: the tenant keeps its last known \
+                 tier, {}, and follows the subscription's status",
+                unknown_prices.join(", "),
+                g.snapshot.tier
             ),
         ),
         SyncState::Read { .. } if conflict => WantCondition::new(
@@ -100,8 +100,8 @@ pub fn billing_conditions(
         SyncState::Read { at_ms } => {
             let message = if g.moved_away {
                 format!(
-                    "no subscription of the customer is on platform {} any more (the price of \
-                     {id} moved); cancelled",
+                    "no subscription of the customer is on platform {} any more (the item of \
+                     {id} was removed or its price moved); cancelled",
                     g.platform
                 )
             } else {
@@ -140,14 +140,25 @@ pub fn billing_conditions(
         .then_some(g.snapshot.trial_end_notice)
         .flatten()
         .and_then(rfc3339);
-    out.push(match trial_end {
-        Some(end) => WantCondition::new(
+    // A trial not announced as ending yet still says when it ends.
+    let trial_runs_until = (g.snapshot.status == SubscriptionStatus::Trialing)
+        .then_some(g.snapshot.trial_end)
+        .flatten()
+        .and_then(rfc3339);
+    out.push(match (trial_end, trial_runs_until) {
+        (Some(end), _) => WantCondition::new(
             TRIAL_ENDING,
             true,
             "TrialWillEnd",
             format!("the trial of subscription {id} ends at {end}"),
         ),
-        None => WantCondition::new(
+        (None, Some(end)) => WantCondition::new(
+            TRIAL_ENDING,
+            false,
+            "Trialing",
+            format!("subscription {id} is trialing until {end}"),
+        ),
+        (None, None) => WantCondition::new(
             TRIAL_ENDING,
             false,
             "NoTrialEnding",
@@ -222,6 +233,10 @@ mod tests {
                 created: Some(1),
                 trial_end_notice: Some(1_900_000_000),
                 payment_action_required: None,
+                items: Vec::new(),
+                trial_end: Some(1_900_000_000),
+                cancel_at: None,
+                collection_paused: None,
             },
             live: live.iter().map(|s| (*s).to_owned()).collect(),
             moved_away: false,
@@ -240,7 +255,6 @@ mod tests {
             &SyncState::Read {
                 at_ms: 1_800_000_000_000,
             },
-            &[],
         );
         let synced = find(&cs, BILLING_SYNCED).unwrap();
         assert!(synced.status);
@@ -255,7 +269,7 @@ mod tests {
     #[test]
     fn a_conflict_names_both_subscriptions() {
         let g = governing(&["sub_new", "sub_old"], SubscriptionStatus::Active);
-        let cs = billing_conditions(&g, &SyncState::Read { at_ms: 0 }, &[]);
+        let cs = billing_conditions(&g, &SyncState::Read { at_ms: 0 });
         let conflict = find(&cs, BILLING_CONFLICT).unwrap();
         assert!(conflict.status);
         assert!(conflict.message.contains("sub_new") && conflict.message.contains("sub_old"));
@@ -271,14 +285,23 @@ mod tests {
             &SyncState::Unreachable {
                 error: "connection refused".into(),
             },
-            &[],
         );
         let synced = find(&cs, BILLING_SYNCED).unwrap();
         assert_eq!((synced.status, synced.reason), (false, "StripeUnreachable"));
         assert!(synced.message.contains("connection refused"));
         let trial = find(&cs, TRIAL_ENDING).unwrap();
         assert!(trial.status && trial.message.contains("2030-03-17T17:46:40Z"));
-        let cs = billing_conditions(&g, &SyncState::Read { at_ms: 0 }, &["price_gone".into()]);
+        let mut g = g;
+        g.snapshot.items = vec![crate::billing::mapping::ItemSnapshot {
+            id: Some("si_1".into()),
+            price: Some("price_gone".into()),
+            quantity: Some(1),
+            platform: "crm".into(),
+            tier: "starter".into(),
+            tier_rank: 0,
+            listed: false,
+        }];
+        let cs = billing_conditions(&g, &SyncState::Read { at_ms: 0 });
         let synced = find(&cs, BILLING_SYNCED).unwrap();
         assert_eq!(synced.reason, "UnknownPrice");
         assert!(synced.message.contains("price_gone"));
@@ -287,13 +310,13 @@ mod tests {
     #[test]
     fn transition_times_are_kept_while_the_status_is_unchanged() {
         let g = governing(&["sub_a"], SubscriptionStatus::Active);
-        let cs = billing_conditions(&g, &SyncState::Read { at_ms: 0 }, &[]);
+        let cs = billing_conditions(&g, &SyncState::Read { at_ms: 0 });
         let first = status_body("t", &cs, &Value::Null, "2026-01-01T00:00:00Z");
         let list = &first["status"]["conditions"];
         let again = status_body("t", &cs, list, "2026-02-01T00:00:00Z");
         assert_eq!(again["status"]["conditions"], *list);
         let g = governing(&["sub_b", "sub_a"], SubscriptionStatus::Active);
-        let cs2 = billing_conditions(&g, &SyncState::Read { at_ms: 0 }, &[]);
+        let cs2 = billing_conditions(&g, &SyncState::Read { at_ms: 0 });
         let changed = status_body("t", &cs2, list, "2026-02-01T00:00:00Z");
         let conflict = changed["status"]["conditions"]
             .as_array()

@@ -3,6 +3,11 @@
 //! price moved to another platform). The Tenant of (platform, customer) follows one of them, the
 //! governing subscription: the newest of the customer's subscriptions on that platform that has
 //! not ended, else the one that ended last. Events of any other subscription never move it.
+//!
+//! A subscription is "on" every platform one of its items buys (a bundle is on several): each
+//! platform's Tenant sees the subscription through [`Snapshot::per_platform`], with that
+//! platform's items and the highest of their tiers. Removing an item takes the subscription off
+//! that platform only; a Tenant no subscription is on any more is cancelled.
 
 use std::collections::BTreeMap;
 
@@ -18,8 +23,9 @@ pub struct Governing {
     pub snapshot: Snapshot,
     /// Ids of the live subscriptions on the platform, newest first: more than one is a conflict.
     pub live: Vec<String>,
-    /// No subscription of the customer is on this platform any more (its price moved to another
-    /// platform): the Tenant is cancelled as a deletion would cancel it.
+    /// No subscription of the customer is on this platform any more (its item was removed, or
+    /// its price moved to another platform): the Tenant is cancelled as a deletion would cancel
+    /// it, and deleted after the retention period.
     pub moved_away: bool,
 }
 
@@ -64,8 +70,12 @@ pub fn choose<'a>(subscriptions: &[&'a Snapshot]) -> Option<&'a Snapshot> {
 /// applied to the customer's Tenants) a subscription on, what its Tenant follows. `now` is when
 /// a Tenant whose platform no subscription is on any more is cancelled.
 pub fn govern(subscriptions: &[Snapshot], applied: &[Snapshot], now: i64) -> Vec<Governing> {
+    let views: Vec<Snapshot> = subscriptions
+        .iter()
+        .flat_map(Snapshot::per_platform)
+        .collect();
     let mut by_platform: BTreeMap<&str, Vec<&Snapshot>> = BTreeMap::new();
-    for s in subscriptions {
+    for s in &views {
         by_platform.entry(&s.platform).or_default().push(s);
     }
     let mut out = Vec::new();
@@ -120,6 +130,10 @@ mod tests {
             created: Some(created),
             trial_end_notice: None,
             payment_action_required: None,
+            items: Vec::new(),
+            trial_end: None,
+            cancel_at: None,
+            collection_paused: None,
         }
     }
 

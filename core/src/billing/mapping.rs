@@ -9,7 +9,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use stackplane_crds::SubscriptionStatus;
 
-use super::parse::{InvoiceOutcome, Observation, ParsedEvent, SubscriptionObservation};
+use super::parse::{
+    CollectionPause, InvoiceOutcome, Observation, ParsedEvent, SubscriptionObservation,
+};
+use super::prices::PriceRef;
 
 /// The billing worker's `past_due` annotation (defined once, in `stackplane_crds::labels`).
 pub const PAYMENT_OVERDUE_ANNOTATION: &str = crate::contract::labels::PAYMENT_OVERDUE;
@@ -17,6 +20,20 @@ pub const PAYMENT_OVERDUE_ANNOTATION: &str = crate::contract::labels::PAYMENT_OV
 pub const PAYMENT_OVERDUE_REASON_ANNOTATION: &str = crate::contract::labels::PAYMENT_OVERDUE_REASON;
 /// The reason written when an invoice needs the customer to authenticate a payment.
 pub const PAYMENT_ACTION_REQUIRED: &str = "payment_action_required";
+/// Billing's annotation of a scheduled cancellation (its date, RFC 3339).
+pub const CANCELLATION_SCHEDULED_ANNOTATION: &str = crate::contract::labels::CANCELLATION_SCHEDULED;
+/// Billing's annotation of paused collection (its behavior).
+pub const COLLECTION_PAUSED_ANNOTATION: &str = crate::contract::labels::COLLECTION_PAUSED;
+/// When paused collection resumes by itself (RFC 3339), next to the one above.
+pub const COLLECTION_RESUMES_AT_ANNOTATION: &str = crate::contract::labels::COLLECTION_RESUMES_AT;
+/// Every annotation billing may set on a Tenant: one it stops asking for is removed.
+pub const BILLING_ANNOTATIONS: [&str; 5] = [
+    PAYMENT_OVERDUE_ANNOTATION,
+    PAYMENT_OVERDUE_REASON_ANNOTATION,
+    CANCELLATION_SCHEDULED_ANNOTATION,
+    COLLECTION_PAUSED_ANNOTATION,
+    COLLECTION_RESUMES_AT_ANNOTATION,
+];
 
 /// Status precedence of a state read from the Stripe API: above every event status, so a read
 /// supersedes every event created up to the second it was made in.
@@ -68,12 +85,57 @@ impl PartialOrd for OrderKey {
     }
 }
 
-/// The merged state of one subscription, stored in `subscription_state.snapshot`.
+fn yes() -> bool {
+    true
+}
+
+/// One item of a subscription and what it buys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ItemSnapshot {
+    /// `si_…`, when known.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// The price; `None` for the baseline a checkout makes before the subscription is seen.
+    #[serde(default)]
+    pub price: Option<String>,
+    #[serde(default)]
+    pub quantity: Option<u64>,
+    pub platform: String,
+    pub tier: String,
+    /// Position of the tier in the Platform's `spec.tiers` (later is higher).
+    #[serde(default)]
+    pub tier_rank: u32,
+    /// False when no Platform lists the price any more: `platform` and `tier` are the last
+    /// known, so the subscription's status still reaches that Tenant.
+    #[serde(default = "yes")]
+    pub listed: bool,
+}
+
+impl ItemSnapshot {
+    /// The one item a checkout's metadata names, before its subscription is seen.
+    pub fn from_checkout(platform: String, tier: String) -> Self {
+        Self {
+            id: None,
+            price: None,
+            quantity: None,
+            platform,
+            tier,
+            tier_rank: 0,
+            listed: true,
+        }
+    }
+}
+
+/// The merged state of one subscription, stored in `subscription_state.snapshot`. A bundle's
+/// snapshot spans several platforms (its `items`); [`Snapshot::per_platform`] splits it into
+/// the state each platform's Tenant follows, whose `platform` and `tier` are that Tenant's.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
     pub subscription_id: String,
     pub customer_id: String,
+    /// The platform of the first item (of this platform's items, in a per-platform view).
     pub platform: String,
+    /// The highest tier among the items on `platform`.
     pub tier: String,
     pub status: SubscriptionStatus,
     #[serde(default)]
@@ -97,12 +159,141 @@ pub struct Snapshot {
     /// `created` of the `invoice.payment_action_required` not yet followed by `invoice.paid`.
     #[serde(default)]
     pub payment_action_required: Option<i64>,
+    /// The items whose prices a Platform lists (or listed: see [`ItemSnapshot::listed`]).
+    /// Empty in states stored before bundles: `platform` and `tier` are then the one item.
+    #[serde(default)]
+    pub items: Vec<ItemSnapshot>,
+    /// `trial_end` as last read.
+    #[serde(default)]
+    pub trial_end: Option<i64>,
+    /// When a scheduled cancellation (`cancel_at`, `cancel_at_period_end`) takes effect.
+    #[serde(default)]
+    pub cancel_at: Option<i64>,
+    /// `pause_collection`, while set.
+    #[serde(default)]
+    pub collection_paused: Option<CollectionPause>,
 }
 
 impl Snapshot {
     /// Whether the subscription has ended.
     pub fn ended(&self) -> bool {
         is_ended(self.status)
+    }
+
+    /// The items, or for a state stored before bundles, its one (platform, tier).
+    pub fn items_or_primary(&self) -> Vec<ItemSnapshot> {
+        if self.items.is_empty() {
+            vec![ItemSnapshot::from_checkout(
+                self.platform.clone(),
+                self.tier.clone(),
+            )]
+        } else {
+            self.items.clone()
+        }
+    }
+
+    /// What each platform's Tenant follows of this subscription: one view per platform its
+    /// items are on, in platform order, with that platform's items and the highest of their
+    /// tiers (later in `spec.tiers`; the first item wins a tie).
+    pub fn per_platform(&self) -> Vec<Snapshot> {
+        let mut by_platform: std::collections::BTreeMap<&str, Vec<&ItemSnapshot>> =
+            Default::default();
+        let items = self.items_or_primary();
+        for item in &items {
+            by_platform.entry(&item.platform).or_default().push(item);
+        }
+        by_platform
+            .into_iter()
+            .map(|(platform, items)| {
+                let top = items.iter().fold(items[0], |best, i| {
+                    if i.tier_rank > best.tier_rank {
+                        i
+                    } else {
+                        best
+                    }
+                });
+                let mut view = self.clone();
+                view.platform = platform.to_owned();
+                view.tier = top.tier.clone();
+                view.items = items.into_iter().cloned().collect();
+                view
+            })
+            .collect()
+    }
+
+    /// Prices of the items no Platform lists any more.
+    pub fn unlisted_prices(&self) -> Vec<String> {
+        self.items
+            .iter()
+            .filter(|i| !i.listed)
+            .filter_map(|i| i.price.clone())
+            .collect()
+    }
+}
+
+/// The items of `s` with what each buys, given `resolve` (price → what a Platform sells). A
+/// price no Platform lists keeps what it bought before, so a retired price never freezes a
+/// subscription: the same item (by id), else the same price, else — an item replaced by one on
+/// a retired price (a new item id) — a platform the subscription was on that no item covers any
+/// more. `None` when no item buys anything, now or before: nothing stackplane sells.
+pub fn resolve_items(
+    s: &SubscriptionObservation,
+    previous: Option<&Snapshot>,
+    resolve: impl Fn(&str) -> Option<PriceRef>,
+) -> Option<Vec<ItemSnapshot>> {
+    let before = previous.map(Snapshot::items_or_primary).unwrap_or_default();
+    let mut out: Vec<ItemSnapshot> = Vec::new();
+    let mut unplaced = Vec::new();
+    for item in &s.items {
+        let make = |platform: String, tier: String, tier_rank: u32, listed: bool| ItemSnapshot {
+            id: item.id.clone(),
+            price: Some(item.price.clone()),
+            quantity: item.quantity,
+            platform,
+            tier,
+            tier_rank,
+            listed,
+        };
+        if let Some(r) = resolve(&item.price) {
+            out.push(make(r.platform, r.tier, r.tier_rank, true));
+            continue;
+        }
+        let known = before
+            .iter()
+            .find(|b| b.id.is_some() && b.id == item.id)
+            .or_else(|| {
+                before
+                    .iter()
+                    .find(|b| b.price.as_deref() == Some(item.price.as_str()))
+            });
+        match known {
+            Some(k) => out.push(make(k.platform.clone(), k.tier.clone(), k.tier_rank, false)),
+            None => unplaced.push(make(String::new(), String::new(), 0, false)),
+        }
+    }
+    for mut item in unplaced {
+        let uncovered = before
+            .iter()
+            .find(|b| !out.iter().any(|o| o.platform == b.platform));
+        if let Some(k) = uncovered {
+            item.platform = k.platform.clone();
+            item.tier = k.tier.clone();
+            item.tier_rank = k.tier_rank;
+            out.push(item);
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// [`resolve_items`] for the subscription `event` carries.
+pub fn resolve_event_items(
+    current: Option<&Applied>,
+    event: &ParsedEvent,
+    resolve: impl Fn(&str) -> Option<PriceRef>,
+) -> Option<Vec<ItemSnapshot>> {
+    match &event.observation {
+        Observation::Subscription(s) => resolve_items(s, current.map(|c| &c.snapshot), resolve),
+        _ => None,
     }
 }
 
@@ -118,7 +309,7 @@ pub struct Applied {
 pub enum Needs {
     /// Nothing to do: the reason is recorded.
     Nothing(&'static str),
-    /// (platform, tier) of one of these prices.
+    /// What the subscription's items (these prices) buy: [`resolve_event_items`].
     Price(Vec<String>),
     /// Check that the platform has the tier (checkout metadata).
     PlatformTier { platform: String, tier: String },
@@ -160,6 +351,9 @@ pub fn needs(current: Option<&Applied>, event: &ParsedEvent) -> Needs {
     let key = order_key(event);
     match (&event.observation, current) {
         (Observation::Ignored(reason), _) => Needs::Nothing(reason),
+        (Observation::Schedule(_), _) => {
+            Needs::Nothing("subscription schedule: the read of the customer applies it")
+        }
         (Observation::Subscription(s), Some(c)) if key <= c.key => {
             if trial_notice_news(s, &c.snapshot) {
                 Needs::Merge
@@ -188,15 +382,28 @@ pub fn needs(current: Option<&Applied>, event: &ParsedEvent) -> Needs {
     }
 }
 
-/// The snapshot of subscription `s` on (platform, tier), keeping what only other events tell
-/// (customer details from checkout, notices) from `previous`.
+/// The snapshot of subscription `s` with `items` (resolved, never empty), keeping what only
+/// other events tell (customer details from checkout, notices) from `previous`.
 fn subscription_snapshot(
     s: &SubscriptionObservation,
     previous: Option<&Snapshot>,
-    (platform, tier): (String, String),
+    items: Vec<ItemSnapshot>,
     seen_at: i64,
 ) -> Snapshot {
     let ended = is_ended(s.status);
+    let platform = items
+        .first()
+        .map(|i| i.platform.clone())
+        .unwrap_or_default();
+    let tier = items
+        .iter()
+        .filter(|i| i.platform == platform)
+        .fold(None::<&ItemSnapshot>, |best, i| match best {
+            Some(b) if b.tier_rank >= i.tier_rank => Some(b),
+            _ => Some(i),
+        })
+        .map(|i| i.tier.clone())
+        .unwrap_or_default();
     let notice = if s.trial_will_end {
         s.trial_end
     } else {
@@ -221,15 +428,23 @@ fn subscription_snapshot(
         } else {
             previous.and_then(|p| p.payment_action_required)
         },
+        items,
+        trial_end: s.trial_end,
+        cancel_at: if ended { None } else { s.cancel_at },
+        collection_paused: if ended {
+            None
+        } else {
+            s.collection_paused.clone()
+        },
     }
 }
 
-/// Merges `event` into `current`, given the (platform, tier) resolved for it when [`needs`]
-/// asked for one. `None` when nothing changes.
+/// Merges `event` into `current`, given the items resolved for it when [`needs`] asked (for a
+/// checkout: its one [`ItemSnapshot::from_checkout`]). `None` when nothing changes.
 pub fn merge(
     current: Option<&Applied>,
     event: &ParsedEvent,
-    resolved: Option<(String, String)>,
+    resolved: Option<Vec<ItemSnapshot>>,
 ) -> Option<Applied> {
     let key = order_key(event);
     match &event.observation {
@@ -265,7 +480,8 @@ pub fn merge(
                 })
             }
             None => {
-                let (platform, tier) = resolved?;
+                let items = resolved.filter(|i| !i.is_empty())?;
+                let (platform, tier) = (items[0].platform.clone(), items[0].tier.clone());
                 let snapshot = Snapshot {
                     subscription_id: c.subscription_id.clone(),
                     customer_id: c.customer_id.clone(),
@@ -284,6 +500,10 @@ pub fn merge(
                     created: None,
                     trial_end_notice: None,
                     payment_action_required: None,
+                    items,
+                    trial_end: None,
+                    cancel_at: None,
+                    collection_paused: None,
                 };
                 // Lowest possible key: any event of the subscription itself supersedes it.
                 Some(Applied {
@@ -345,7 +565,7 @@ pub fn merge(
             };
             (snapshot != cur.snapshot).then_some(Applied { snapshot, key })
         }
-        Observation::Ignored(_) => None,
+        Observation::Schedule(_) | Observation::Ignored(_) => None,
     }
 }
 
@@ -366,7 +586,7 @@ pub fn merge_read(
     current: Option<&Applied>,
     s: &SubscriptionObservation,
     read_at_ms: i64,
-    resolved: (String, String),
+    resolved: Vec<ItemSnapshot>,
 ) -> Option<Applied> {
     let key = read_key(read_at_ms);
     if current.is_some_and(|c| c.key >= key) {
@@ -385,8 +605,9 @@ pub fn merge_read(
 
 /// The spec fields billing owns on a Tenant (status mapping of docs/architecture.md):
 /// `active`/`trialing` run; `past_due` runs with the payment-overdue annotation;
-/// `unpaid`/`paused`/`incomplete` are suspended; `canceled`/`incomplete_expired` are suspended
-/// with `cancelledAt` set.
+/// `unpaid`/`paused`/`incomplete` are suspended (`paused` is also how a trial that ends without
+/// a payment method shows); `canceled`/`incomplete_expired` are suspended with `cancelledAt`
+/// set. A scheduled cancellation and paused collection run, each with its annotation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DesiredTenant {
     pub name: String,
@@ -395,6 +616,10 @@ pub struct DesiredTenant {
     /// Why, when it is not simply `past_due`.
     pub payment_overdue_reason: Option<&'static str>,
     pub cancelled_at: Option<String>,
+    /// When a scheduled cancellation takes effect (RFC 3339), while the subscription runs.
+    pub cancellation_scheduled: Option<String>,
+    /// `pause_collection`'s behavior and when it resumes (RFC 3339), while set.
+    pub collection_paused: Option<(String, Option<String>)>,
 }
 
 /// RFC 3339 (UTC, seconds) of a Unix time.
@@ -422,10 +647,28 @@ pub fn desired_tenant(snapshot: &Snapshot) -> DesiredTenant {
         } else {
             None
         },
+        cancellation_scheduled: (!ended)
+            .then_some(snapshot.cancel_at)
+            .flatten()
+            .and_then(rfc3339),
+        collection_paused: snapshot
+            .collection_paused
+            .as_ref()
+            .filter(|_| !ended)
+            .map(|p| (p.behavior.clone(), p.resumes_at.and_then(rfc3339))),
     }
 }
 
-/// The server-side apply body of the Tenant for `snapshot`: only the fields billing owns.
+/// The governing item of a per-platform view: the first on its tier.
+fn governing_item(snapshot: &Snapshot) -> Option<&ItemSnapshot> {
+    snapshot
+        .items
+        .iter()
+        .find(|i| i.platform == snapshot.platform && i.tier == snapshot.tier)
+}
+
+/// The server-side apply body of the Tenant for `snapshot` (a per-platform view, see
+/// [`Snapshot::per_platform`]): only the fields billing owns.
 pub fn tenant_apply_body(snapshot: &Snapshot) -> (String, Value) {
     let desired = desired_tenant(snapshot);
     let labels = crate::contract::labels::tenant_labels(&desired.name, &snapshot.platform);
@@ -440,6 +683,29 @@ pub fn tenant_apply_body(snapshot: &Snapshot) -> (String, Value) {
     if let Some(end) = snapshot.current_period_end.and_then(rfc3339) {
         subscription["currentPeriodEnd"] = json!(end);
     }
+    // This platform's items (a bundle's other items are other Tenants'); quantity changes
+    // nothing in the stack yet, it feeds the economics.
+    let items: Vec<Value> = snapshot
+        .items
+        .iter()
+        .filter(|i| i.platform == snapshot.platform)
+        .filter_map(|i| {
+            let mut item = json!({ "price": i.price.as_ref()? });
+            if let Some(id) = &i.id {
+                item["id"] = json!(id);
+            }
+            if let Some(q) = i.quantity {
+                item["quantity"] = json!(q);
+            }
+            Some(item)
+        })
+        .collect();
+    if !items.is_empty() {
+        subscription["items"] = json!(items);
+    }
+    if let Some(q) = governing_item(snapshot).and_then(|i| i.quantity) {
+        subscription["quantity"] = json!(q);
+    }
     let mut spec = json!({
         "platform": snapshot.platform,
         "tier": snapshot.tier,
@@ -450,12 +716,25 @@ pub fn tenant_apply_body(snapshot: &Snapshot) -> (String, Value) {
     if let Some(at) = &desired.cancelled_at {
         spec["cancelledAt"] = json!(at);
     }
-    let mut metadata = json!({ "name": desired.name, "labels": labels });
+    let mut annotations = serde_json::Map::new();
     if desired.payment_overdue {
-        metadata["annotations"] = json!({ PAYMENT_OVERDUE_ANNOTATION: "true" });
+        annotations.insert(PAYMENT_OVERDUE_ANNOTATION.into(), json!("true"));
         if let Some(reason) = desired.payment_overdue_reason {
-            metadata["annotations"][PAYMENT_OVERDUE_REASON_ANNOTATION] = json!(reason);
+            annotations.insert(PAYMENT_OVERDUE_REASON_ANNOTATION.into(), json!(reason));
         }
+    }
+    if let Some(at) = &desired.cancellation_scheduled {
+        annotations.insert(CANCELLATION_SCHEDULED_ANNOTATION.into(), json!(at));
+    }
+    if let Some((behavior, resumes)) = &desired.collection_paused {
+        annotations.insert(COLLECTION_PAUSED_ANNOTATION.into(), json!(behavior));
+        if let Some(at) = resumes {
+            annotations.insert(COLLECTION_RESUMES_AT_ANNOTATION.into(), json!(at));
+        }
+    }
+    let mut metadata = json!({ "name": desired.name, "labels": labels });
+    if !annotations.is_empty() {
+        metadata["annotations"] = Value::Object(annotations);
     }
     let body = json!({
         "apiVersion": "stackplane.io/v1alpha1",
@@ -485,13 +764,25 @@ mod tests {
         parse_event(&payload).unwrap()
     }
 
-    fn resolve(price: &str) -> Option<(String, String)> {
-        let tier = match price {
-            "price_s" => "starter",
-            "price_p" => "professional",
+    fn resolve(price: &str) -> Option<PriceRef> {
+        let (tier, tier_rank) = match price {
+            "price_s" => ("starter", 0),
+            "price_p" => ("professional", 1),
+            "price_e" => ("enterprise", 2),
+            "price_t" => {
+                return Some(PriceRef {
+                    platform: "tackle".into(),
+                    tier: "starter".into(),
+                    tier_rank: 0,
+                })
+            }
             _ => return None,
         };
-        Some(("leadsite-io".to_owned(), tier.to_owned()))
+        Some(PriceRef {
+            platform: "leadsite-io".to_owned(),
+            tier: tier.to_owned(),
+            tier_rank,
+        })
     }
 
     /// Applies events in order the way the worker does, returning the final snapshot.
@@ -500,8 +791,10 @@ mod tests {
         for e in events {
             let resolved = match needs(state.as_ref(), e) {
                 Needs::Nothing(_) => continue,
-                Needs::Price(p) => p.iter().find_map(|p| resolve(p)),
-                Needs::PlatformTier { platform, tier } => Some((platform, tier)),
+                Needs::Price(_) => resolve_event_items(state.as_ref(), e, resolve),
+                Needs::PlatformTier { platform, tier } => {
+                    Some(vec![ItemSnapshot::from_checkout(platform, tier)])
+                }
                 Needs::Merge => None,
             };
             if let Some(next) = merge(state.as_ref(), e, resolved) {
@@ -709,7 +1002,8 @@ mod tests {
             unreachable!()
         };
         seen.status = SubscriptionStatus::PastDue;
-        let resolved = ("leadsite-io".to_owned(), "professional".to_owned());
+        let resolved = resolve_items(&seen, Some(&state.snapshot), resolve).unwrap();
+        assert_eq!(resolved[0].tier, "professional");
         let read = merge_read(Some(&state), &seen, 110_500, resolved.clone()).unwrap();
         assert_eq!(read.snapshot.status, SubscriptionStatus::PastDue);
         // An event created in that second or before no longer applies...
@@ -755,5 +1049,222 @@ mod tests {
         .unwrap()
         .snapshot;
         assert!(!desired_tenant(&s).payment_overdue);
+    }
+
+    fn bundle_event(
+        id: &str,
+        created: i64,
+        status: &str,
+        items: Value,
+        extra: Value,
+    ) -> ParsedEvent {
+        let mut object = json!({"id": "sub_b", "object": "subscription", "customer": "cus_ABC",
+            "status": status, "created": 90, "items": {"object": "list", "data": items}});
+        if let (Some(o), Some(e)) = (object.as_object_mut(), extra.as_object()) {
+            o.extend(e.clone());
+        }
+        parse_event(
+            &json!({"id": id, "type": "customer.subscription.updated", "created": created,
+            "data": {"object": object}}),
+        )
+        .unwrap()
+    }
+
+    fn item(id: &str, price: &str, quantity: u64) -> Value {
+        json!({"id": id, "price": {"id": price}, "quantity": quantity, "current_period_end": 999})
+    }
+
+    /// Every status and flag, as the Tenant sees it: runs, suspended, ended, and the annotations.
+    #[test]
+    fn every_status_and_flag_maps_to_the_tenant() {
+        use SubscriptionStatus as S;
+        let cases = [
+            ("active", S::Active, false, false),
+            ("trialing", S::Trialing, false, false),
+            ("past_due", S::PastDue, false, false),
+            ("unpaid", S::Unpaid, true, false),
+            // A trial that ended without a payment method (`missing_payment_method: pause`).
+            ("paused", S::Paused, true, false),
+            ("incomplete", S::Incomplete, true, false),
+            ("incomplete_expired", S::IncompleteExpired, true, true),
+            ("canceled", S::Canceled, true, true),
+        ];
+        for (text, status, suspended, ended) in cases {
+            let e = bundle_event(
+                "evt_1",
+                100,
+                text,
+                json!([item("si_1", "price_s", 1)]),
+                json!({"cancel_at_period_end": true, "cancel_at": 500,
+                    "pause_collection": {"behavior": "void", "resumes_at": 600},
+                    "ended_at": if ended { json!(140) } else { Value::Null }}),
+            );
+            let s = run(&[e]).unwrap().snapshot;
+            assert_eq!(s.status, status);
+            let d = desired_tenant(&s);
+            assert_eq!(d.suspended, suspended, "{text}");
+            assert_eq!(d.cancelled_at.is_some(), ended, "{text}");
+            assert_eq!(d.payment_overdue, status == S::PastDue, "{text}");
+            // A scheduled cancellation and paused collection say something only while the
+            // subscription has not ended.
+            assert_eq!(d.cancellation_scheduled.is_some(), !ended, "{text}");
+            assert_eq!(d.collection_paused.is_some(), !ended, "{text}");
+            let (_, body) = tenant_apply_body(&s);
+            let annotations = &body["metadata"]["annotations"];
+            assert_eq!(
+                annotations.get(CANCELLATION_SCHEDULED_ANNOTATION).is_some(),
+                !ended,
+                "{text}"
+            );
+            if !ended {
+                assert_eq!(
+                    annotations[CANCELLATION_SCHEDULED_ANNOTATION],
+                    "1970-01-01T00:08:20Z"
+                );
+                assert_eq!(annotations[COLLECTION_PAUSED_ANNOTATION], "void");
+                assert_eq!(
+                    annotations[COLLECTION_RESUMES_AT_ANNOTATION],
+                    "1970-01-01T00:10:00Z"
+                );
+                assert_eq!(body["spec"]["suspended"], suspended);
+            }
+        }
+        // Without the flags: no annotations at all.
+        let e = bundle_event(
+            "evt_1",
+            100,
+            "active",
+            json!([item("si_1", "price_s", 1)]),
+            json!({}),
+        );
+        let (_, body) = tenant_apply_body(&run(&[e]).unwrap().snapshot);
+        assert!(body["metadata"].get("annotations").is_none(), "{body}");
+        // `cancel_at_period_end` alone (older API versions): the period's end.
+        let e = bundle_event(
+            "evt_1",
+            100,
+            "active",
+            json!([item("si_1", "price_s", 1)]),
+            json!({"cancel_at_period_end": true}),
+        );
+        let s = run(&[e]).unwrap().snapshot;
+        assert_eq!(s.cancel_at, Some(999));
+    }
+
+    #[test]
+    fn a_bundle_gives_each_platform_its_items_and_the_higher_tier() {
+        let e = bundle_event(
+            "evt_1",
+            100,
+            "active",
+            json!([
+                item("si_1", "price_p", 1),
+                item("si_2", "price_t", 3),
+                item("si_3", "price_s", 2),
+                item("si_4", "price_other", 1)
+            ]),
+            json!({}),
+        );
+        let s = run(&[e]).unwrap().snapshot;
+        // The product nobody sells here is no item of any Tenant.
+        assert_eq!(s.items.len(), 3);
+        let views = s.per_platform();
+        assert_eq!(views.len(), 2);
+        let lead = views.iter().find(|v| v.platform == "leadsite-io").unwrap();
+        assert_eq!(
+            lead.tier, "professional",
+            "the higher of professional and starter"
+        );
+        let (name, body) = tenant_apply_body(lead);
+        assert!(name.starts_with("leadsite-io-"));
+        assert_eq!(
+            body["spec"]["subscription"]["items"],
+            json!([{"price": "price_p", "id": "si_1", "quantity": 1},
+                {"price": "price_s", "id": "si_3", "quantity": 2}])
+        );
+        assert_eq!(body["spec"]["subscription"]["quantity"], 1);
+        let tackle = views.iter().find(|v| v.platform == "tackle").unwrap();
+        let (_, body) = tenant_apply_body(tackle);
+        assert_eq!(body["spec"]["tier"], "starter");
+        assert_eq!(body["spec"]["subscription"]["quantity"], 3);
+        // An item order does not change the tier.
+        let e = bundle_event(
+            "evt_2",
+            110,
+            "active",
+            json!([item("si_3", "price_s", 2), item("si_1", "price_p", 1)]),
+            json!({}),
+        );
+        let s = run(&[e]).unwrap().snapshot;
+        assert_eq!(s.per_platform()[0].tier, "professional");
+    }
+
+    #[test]
+    fn a_retired_price_keeps_the_last_known_tier() {
+        let before = bundle_event(
+            "evt_1",
+            100,
+            "active",
+            json!([item("si_1", "price_p", 1)]),
+            json!({}),
+        );
+        let state = run(std::slice::from_ref(&before)).unwrap();
+        // The same item moved to a retired price; then a new item on another retired price
+        // replacing it; then cancelled.
+        let Observation::Subscription(same_item) = bundle_event(
+            "evt_2",
+            110,
+            "active",
+            json!([item("si_1", "price_gone", 1)]),
+            json!({}),
+        )
+        .observation
+        else {
+            unreachable!()
+        };
+        let items = resolve_items(&same_item, Some(&state.snapshot), resolve).unwrap();
+        assert_eq!(
+            (items[0].tier.as_str(), items[0].listed),
+            ("professional", false)
+        );
+        let replaced = bundle_event(
+            "evt_3",
+            120,
+            "unpaid",
+            json!([item("si_9", "price_gone2", 1)]),
+            json!({}),
+        );
+        let cancelled = bundle_event(
+            "evt_4",
+            130,
+            "canceled",
+            json!([item("si_9", "price_gone2", 1)]),
+            json!({"ended_at": 130}),
+        );
+        let s = run(&[before.clone(), replaced.clone()]).unwrap().snapshot;
+        assert_eq!(
+            (s.platform.as_str(), s.tier.as_str()),
+            ("leadsite-io", "professional")
+        );
+        assert_eq!(s.unlisted_prices(), ["price_gone2"]);
+        assert!(
+            desired_tenant(&s).suspended,
+            "unpaid still reaches the tenant"
+        );
+        let s = run(&[before, replaced, cancelled]).unwrap().snapshot;
+        assert!(desired_tenant(&s).cancelled_at.is_some());
+        // Nothing known before and nothing listed: not stackplane's.
+        let Observation::Subscription(foreign) = bundle_event(
+            "evt_5",
+            100,
+            "active",
+            json!([item("si_1", "price_gone", 1)]),
+            json!({}),
+        )
+        .observation
+        else {
+            unreachable!()
+        };
+        assert_eq!(resolve_items(&foreign, None, resolve), None);
     }
 }

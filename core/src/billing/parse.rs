@@ -26,7 +26,7 @@ impl MalformedEvent {
 }
 
 /// The event types the worker acts on; every other type is stored and acknowledged.
-pub const HANDLED_EVENT_TYPES: [&str; 10] = [
+pub const HANDLED_EVENT_TYPES: [&str; 17] = [
     "checkout.session.completed",
     "customer.subscription.created",
     "customer.subscription.updated",
@@ -37,6 +37,15 @@ pub const HANDLED_EVENT_TYPES: [&str; 10] = [
     "invoice.payment_failed",
     "invoice.payment_action_required",
     "invoice.paid",
+    // A schedule's phases change the subscription (price, quantity, cancellation) later, with
+    // or without a `customer.subscription.*` event of their own: each triggers a read-back.
+    "subscription_schedule.aborted",
+    "subscription_schedule.canceled",
+    "subscription_schedule.completed",
+    "subscription_schedule.created",
+    "subscription_schedule.expiring",
+    "subscription_schedule.released",
+    "subscription_schedule.updated",
 ];
 
 /// The envelope of a stored Stripe event.
@@ -61,6 +70,9 @@ pub enum Observation {
     /// `invoice.paid` / `invoice.payment_failed` / `invoice.payment_action_required` of a
     /// subscription's invoice.
     Invoice(InvoiceObservation),
+    /// `subscription_schedule.*`: says nothing the worker applies by itself; it triggers a
+    /// read of the customer's subscriptions.
+    Schedule(ScheduleObservation),
     /// Nothing the worker acts on; the reason is recorded.
     Ignored(&'static str),
 }
@@ -72,6 +84,7 @@ impl Observation {
             Observation::Subscription(s) => Some(&s.subscription_id),
             Observation::Checkout(c) => Some(&c.subscription_id),
             Observation::Invoice(i) => Some(&i.subscription_id),
+            Observation::Schedule(s) => s.subscription_id.as_deref(),
             Observation::Ignored(_) => None,
         }
     }
@@ -82,6 +95,7 @@ impl Observation {
             Observation::Subscription(s) => Some(&s.customer_id),
             Observation::Checkout(c) => Some(&c.customer_id),
             Observation::Invoice(i) => Some(&i.customer_id),
+            Observation::Schedule(s) => Some(&s.customer_id),
             Observation::Ignored(_) => None,
         }
     }
@@ -96,6 +110,8 @@ pub struct SubscriptionObservation {
     /// Price ids of the subscription's items, in order (`price.id`, or `plan.id` in older API
     /// versions).
     pub price_ids: Vec<String>,
+    /// The items themselves (same order as `price_ids`).
+    pub items: Vec<ItemObservation>,
     pub current_period_end: Option<i64>,
     /// When the subscription ended (`ended_at`, else `canceled_at`); only used once it has.
     pub ended_at: Option<i64>,
@@ -105,6 +121,39 @@ pub struct SubscriptionObservation {
     pub trial_end: Option<i64>,
     /// Set for `customer.subscription.trial_will_end`.
     pub trial_will_end: bool,
+    /// When a scheduled cancellation takes effect: `cancel_at`, else (`cancel_at_period_end`)
+    /// the end of the current period. Only while the subscription has not ended.
+    pub cancel_at: Option<i64>,
+    /// `pause_collection`: invoices are not collected, the service goes on.
+    pub collection_paused: Option<CollectionPause>,
+}
+
+/// One item of a subscription: a price and how many of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemObservation {
+    /// `si_…`; absent in payloads that carry no item ids.
+    pub id: Option<String>,
+    pub price: String,
+    pub quantity: Option<u64>,
+}
+
+/// A subscription's `pause_collection`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CollectionPause {
+    /// `keep_as_draft`, `mark_uncollectible` or `void`.
+    pub behavior: String,
+    /// When collection resumes by itself, if set.
+    #[serde(default)]
+    pub resumes_at: Option<i64>,
+}
+
+/// What a `subscription_schedule.*` event names.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScheduleObservation {
+    pub schedule_id: Option<String>,
+    pub customer_id: String,
+    /// The subscription the schedule manages, once it has one.
+    pub subscription_id: Option<String>,
 }
 
 /// The metadata key of a Checkout Session that names the `dashboard` token which created it
@@ -205,6 +254,15 @@ pub fn parse_event(payload: &Value) -> Result<ParsedEvent, MalformedEvent> {
             Observation::Subscription(s)
         }
         "checkout.session.completed" => parse_checkout(object)?,
+        t if t.starts_with("subscription_schedule.") => {
+            Observation::Schedule(ScheduleObservation {
+                schedule_id: str_at(object, &["id"]).map(str::to_owned),
+                customer_id: id_at(object, "customer").ok_or_else(|| {
+                    MalformedEvent("subscription schedule: no customer".to_owned())
+                })?,
+                subscription_id: id_at(object, "subscription"),
+            })
+        }
         "invoice.paid" => parse_invoice(object, InvoiceOutcome::Paid)?,
         "invoice.payment_failed" => parse_invoice(object, InvoiceOutcome::PaymentFailed)?,
         "invoice.payment_action_required" => parse_invoice(object, InvoiceOutcome::ActionRequired)?,
@@ -229,25 +287,50 @@ pub fn parse_subscription(object: &Value) -> Result<SubscriptionObservation, Mal
     let customer_id = id_at(object, "customer").ok_or_else(|| bad("no customer"))?;
     let status = str_at(object, &["status"]).ok_or_else(|| bad("no status"))?;
     let status = parse_status(status).ok_or_else(|| bad(&format!("unknown status {status:?}")))?;
-    let items: &[Value] = object
+    let raw_items: &[Value] = object
         .get("items")
         .and_then(|i| i.get("data"))
         .and_then(Value::as_array)
         .map(Vec::as_slice)
         .unwrap_or_default();
-    let price_ids = items
+    let items: Vec<ItemObservation> = raw_items
         .iter()
         .filter_map(|item| {
-            id_at(item, "price").or_else(|| str_at(item, &["plan", "id"]).map(str::to_owned))
+            let price = id_at(item, "price")
+                .or_else(|| str_at(item, &["plan", "id"]).map(str::to_owned))?;
+            Some(ItemObservation {
+                id: str_at(item, &["id"]).map(str::to_owned),
+                price,
+                quantity: item.get("quantity").and_then(Value::as_u64),
+            })
         })
         .collect();
+    let price_ids = items.iter().map(|i| i.price.clone()).collect();
     let current_period_end = i64_at(object, &["current_period_end"]).or_else(|| {
-        items
+        raw_items
             .iter()
             .filter_map(|i| i64_at(i, &["current_period_end"]))
             .max()
     });
     let ended_at = i64_at(object, &["ended_at"]).or_else(|| i64_at(object, &["canceled_at"]));
+    // Newer API versions set `cancel_at` to the period's end with `cancel_at_period_end`;
+    // older ones set only the flag.
+    let cancel_at = i64_at(object, &["cancel_at"]).or_else(|| {
+        object
+            .get("cancel_at_period_end")
+            .and_then(Value::as_bool)
+            .filter(|b| *b)
+            .and(current_period_end)
+    });
+    let collection_paused = object
+        .get("pause_collection")
+        .filter(|p| p.is_object())
+        .map(|p| CollectionPause {
+            behavior: str_at(p, &["behavior"])
+                .unwrap_or("keep_as_draft")
+                .to_owned(),
+            resumes_at: i64_at(p, &["resumes_at"]),
+        });
     Ok(SubscriptionObservation {
         subscription_id,
         customer_id,
@@ -258,6 +341,9 @@ pub fn parse_subscription(object: &Value) -> Result<SubscriptionObservation, Mal
         created: i64_at(object, &["created"]).or_else(|| i64_at(object, &["start_date"])),
         trial_end: i64_at(object, &["trial_end"]),
         trial_will_end: false,
+        items,
+        cancel_at,
+        collection_paused,
     })
 }
 
@@ -452,5 +538,54 @@ mod tests {
         // The admin's sessions carry no dashboard.
         let c = checkout(parse_event(&ev(json!({"platform": "crm", "tier": "starter"}))).unwrap());
         assert_eq!(c.dashboard, None);
+    }
+
+    #[test]
+    fn items_flags_and_schedules_are_read() {
+        let s = parse_subscription(&json!({"id": "sub_1", "customer": "cus_A", "status": "active",
+            "cancel_at_period_end": true, "cancel_at": null,
+            "pause_collection": {"behavior": "mark_uncollectible", "resumes_at": null},
+            "items": {"data": [
+                {"id": "si_1", "price": {"id": "price_a"}, "quantity": 2, "current_period_end": 700},
+                {"id": "si_2", "plan": {"id": "price_b"}}]}}))
+        .unwrap();
+        assert_eq!(
+            s.items,
+            [
+                ItemObservation {
+                    id: Some("si_1".into()),
+                    price: "price_a".into(),
+                    quantity: Some(2)
+                },
+                ItemObservation {
+                    id: Some("si_2".into()),
+                    price: "price_b".into(),
+                    quantity: None
+                }
+            ]
+        );
+        assert_eq!(s.cancel_at, Some(700), "the period's end");
+        assert_eq!(
+            s.collection_paused,
+            Some(CollectionPause {
+                behavior: "mark_uncollectible".into(),
+                resumes_at: None
+            })
+        );
+        let e = parse_event(&json!({"id": "evt_s", "type": "subscription_schedule.updated",
+            "created": 5, "data": {"object": {"id": "sub_sched_1", "object": "subscription_schedule",
+                "customer": "cus_A", "subscription": "sub_1"}}}))
+        .unwrap();
+        assert_eq!(e.observation.customer_id(), Some("cus_A"));
+        assert_eq!(e.observation.subscription_id(), Some("sub_1"));
+        assert!(HANDLED_EVENT_TYPES.contains(&"subscription_schedule.released"));
+        // A schedule not started yet has no subscription.
+        let e = parse_event(
+            &json!({"id": "evt_s", "type": "subscription_schedule.created",
+            "created": 5, "data": {"object": {"id": "sub_sched_1", "customer": "cus_A",
+                "subscription": null}}}),
+        )
+        .unwrap();
+        assert_eq!(e.observation.subscription_id(), None);
     }
 }

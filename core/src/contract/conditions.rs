@@ -11,6 +11,12 @@ pub const PAUSED: &str = "Paused";
 /// Tenant: the subscription is `past_due` or waits on the customer (controller, from billing's
 /// annotations [`crate::contract::labels::PAYMENT_OVERDUE`]).
 pub const PAYMENT_OVERDUE: &str = "PaymentOverdue";
+/// Tenant: the subscription is cancelled at a later date; the stack runs until then
+/// (controller, from billing's annotation [`crate::contract::labels::CANCELLATION_SCHEDULED`]).
+pub const CANCELLATION_SCHEDULED: &str = "CancellationScheduled";
+/// Tenant: Stripe does not collect the subscription's invoices (`pause_collection`); the stack
+/// runs (controller, from billing's annotation [`crate::contract::labels::COLLECTION_PAUSED`]).
+pub const COLLECTION_PAUSED: &str = "CollectionPaused";
 /// Tenant: the dedicated instance and DNS record are as planned (controller).
 pub const CLOUD_READY: &str = "CloudReady";
 /// Tenant: its deletion destroys nothing until a person releases it (annotation
@@ -26,11 +32,13 @@ pub const TRIAL_ENDING: &str = "TrialEnding";
 /// The condition types the controller writes. Every other type on a Tenant's status belongs
 /// to another writer and is never part of the controller's apply, so the controller can
 /// neither remove nor overwrite it.
-pub const CONTROLLER_OWNED: [&str; 6] = [
+pub const CONTROLLER_OWNED: [&str; 8] = [
     READY,
     SYNCED,
     PAUSED,
     PAYMENT_OVERDUE,
+    CANCELLATION_SCHEDULED,
+    COLLECTION_PAUSED,
     CLOUD_READY,
     DELETION_HELD,
 ];
@@ -38,6 +46,12 @@ pub const CONTROLLER_OWNED: [&str; 6] = [
 /// The condition types billing writes (field manager
 /// [`crate::contract::field_managers::BILLING`]).
 pub const BILLING_OWNED: [&str; 3] = [BILLING_SYNCED, BILLING_CONFLICT, TRIAL_ENDING];
+
+/// Platform: whether it can be used as it is (controller, field manager of the rollout).
+pub const VALID: &str = "Valid";
+/// Reason of a Platform's `Valid=False` when it lists a price another Platform listed first
+/// (`stackplane_core::billing::prices::owner`); the message names that Platform.
+pub const REASON_PRICE_CONFLICT: &str = "PriceConflict";
 
 /// Reason of `Ready=False` (and of its Event) when the spec cannot be planned.
 pub const REASON_INVALID_SPEC: &str = "InvalidSpec";

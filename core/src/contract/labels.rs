@@ -26,6 +26,16 @@ pub const PAYMENT_OVERDUE: &str = "stackplane.io/payment-overdue";
 /// (e.g. `payment_action_required`: the customer must authenticate a payment); the controller
 /// puts it in the `PaymentOverdue` condition's reason.
 pub const PAYMENT_OVERDUE_REASON: &str = "stackplane.io/payment-overdue-reason";
+/// Annotation billing sets on a Tenant whose subscription is cancelled at a later date
+/// (`cancel_at`, `cancel_at_period_end`): that date, RFC 3339. The controller turns it into the
+/// `CancellationScheduled` condition; the stack runs until then.
+pub const CANCELLATION_SCHEDULED: &str = "stackplane.io/cancellation-scheduled";
+/// Annotation billing sets on a Tenant whose subscription's collection is paused
+/// (`pause_collection`): its behavior (`keep_as_draft`, `mark_uncollectible`, `void`). The
+/// controller turns it into the `CollectionPaused` condition; it is not a suspension.
+pub const COLLECTION_PAUSED: &str = "stackplane.io/collection-paused";
+/// Annotation next to [`COLLECTION_PAUSED`]: when collection resumes by itself, RFC 3339.
+pub const COLLECTION_RESUMES_AT: &str = "stackplane.io/collection-resumes-at";
 
 /// Label (`true`) of a tenant that takes part in a rollout's `canary: true` waves.
 pub const CANARY: &str = "stackplane.io/canary";

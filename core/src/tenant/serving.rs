@@ -59,6 +59,8 @@ mod tests {
             id: "sub_1".into(),
             status,
             current_period_end: None,
+            quantity: None,
+            items: Vec::new(),
         });
         t
     }

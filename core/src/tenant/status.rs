@@ -12,7 +12,9 @@ use super::deployment::DeploymentReport;
 use super::plan::PlannedComponent;
 use super::serving::{idle_reason, IdleReason};
 
-use crate::contract::conditions::{CONTROLLER_OWNED, PAYMENT_OVERDUE, READY};
+use crate::contract::conditions::{
+    CANCELLATION_SCHEDULED, COLLECTION_PAUSED, CONTROLLER_OWNED, PAYMENT_OVERDUE, READY,
+};
 use crate::contract::field_managers::BILLING as BILLING_FIELD_MANAGER;
 use crate::contract::labels::PAYMENT_OVERDUE as PAYMENT_OVERDUE_ANNOTATION;
 
@@ -274,6 +276,71 @@ pub fn payment_overdue_condition(tenant: &Tenant) -> Want {
     }
 }
 
+/// The `CancellationScheduled` condition: True while billing's annotation names the date a
+/// scheduled cancellation (`cancel_at`, `cancel_at_period_end`) takes effect. The stack runs
+/// until then; Stripe then cancels the subscription and billing sets `cancelledAt`.
+pub fn cancellation_scheduled_condition(tenant: &Tenant) -> Want {
+    match tenant
+        .annotations()
+        .get(crate::contract::labels::CANCELLATION_SCHEDULED)
+        .filter(|v| !v.is_empty())
+    {
+        Some(at) => Want::new(
+            CANCELLATION_SCHEDULED,
+            true,
+            "CancelAt",
+            format!("the subscription is cancelled at {at}: the stack runs until then"),
+        ),
+        None => Want::new(
+            CANCELLATION_SCHEDULED,
+            false,
+            "NoCancellationScheduled",
+            "no cancellation is scheduled",
+        ),
+    }
+}
+
+/// The `CollectionPaused` condition: True while billing's annotation says Stripe does not
+/// collect the subscription's invoices (`pause_collection`). Not a suspension: the stack runs.
+pub fn collection_paused_condition(tenant: &Tenant) -> Want {
+    let annotations = tenant.annotations();
+    match annotations
+        .get(crate::contract::labels::COLLECTION_PAUSED)
+        .filter(|v| !v.is_empty())
+    {
+        Some(behavior) => {
+            let until = annotations
+                .get(crate::contract::labels::COLLECTION_RESUMES_AT)
+                .map(|at| format!(" until {at}"))
+                .unwrap_or_default();
+            Want::new(
+                COLLECTION_PAUSED,
+                true,
+                "PauseCollection",
+                format!(
+                    "payment collection is paused ({behavior}){until}: the stack keeps running"
+                ),
+            )
+        }
+        None => Want::new(
+            COLLECTION_PAUSED,
+            false,
+            "Collecting",
+            "payment collection is not paused",
+        ),
+    }
+}
+
+/// The conditions the controller writes from what billing states on the Tenant (annotations
+/// and the subscription): `PaymentOverdue`, `CancellationScheduled`, `CollectionPaused`.
+pub fn billing_notice_conditions(tenant: &Tenant) -> [Want; 3] {
+    [
+        payment_overdue_condition(tenant),
+        cancellation_scheduled_condition(tenant),
+        collection_paused_condition(tenant),
+    ]
+}
+
 /// The server-side apply body of `status` for `tenant` (pure): only the fields and condition
 /// types the controller owns, and the resourceVersion the status was computed from as a
 /// precondition. A field the controller set before and leaves out now is removed by the API
@@ -337,6 +404,8 @@ mod tests {
             id: "sub_1".into(),
             status,
             current_period_end: None,
+            quantity: None,
+            items: Vec::new(),
         });
         let mut t = Tenant::new("acme", spec);
         if let Some(v) = annotation {
@@ -344,6 +413,39 @@ mod tests {
                 Some([(PAYMENT_OVERDUE_ANNOTATION.to_owned(), v.to_owned())].into());
         }
         t
+    }
+
+    #[test]
+    fn scheduled_cancellation_and_paused_collection_follow_billings_annotations() {
+        use crate::contract::labels::{
+            CANCELLATION_SCHEDULED as CANCEL_AT, COLLECTION_PAUSED as PAUSED_WITH,
+            COLLECTION_RESUMES_AT,
+        };
+        let mut t = with_subscription(Some(SubscriptionStatus::Active), None);
+        let [overdue, cancel, paused] = billing_notice_conditions(&t);
+        assert!(!overdue.status && !cancel.status && !paused.status);
+        assert_eq!(cancel.type_, CANCELLATION_SCHEDULED);
+        assert_eq!(paused.type_, COLLECTION_PAUSED);
+        t.metadata.annotations = Some(
+            [
+                (CANCEL_AT.to_owned(), "2027-01-31T00:00:00Z".to_owned()),
+                (PAUSED_WITH.to_owned(), "void".to_owned()),
+                (
+                    COLLECTION_RESUMES_AT.to_owned(),
+                    "2027-02-01T00:00:00Z".to_owned(),
+                ),
+            ]
+            .into(),
+        );
+        let [overdue, cancel, paused] = billing_notice_conditions(&t);
+        assert!(!overdue.status);
+        assert!(cancel.status && cancel.message.contains("2027-01-31T00:00:00Z"));
+        assert_eq!(cancel.reason, "CancelAt");
+        assert!(paused.status && paused.message.contains("void"));
+        assert!(paused.message.contains("2027-02-01T00:00:00Z"));
+        // Both are the controller's to write.
+        assert!(CONTROLLER_OWNED.contains(&CANCELLATION_SCHEDULED));
+        assert!(CONTROLLER_OWNED.contains(&COLLECTION_PAUSED));
     }
 
     #[test]
