@@ -127,7 +127,8 @@ async fn main() -> anyhow::Result<()> {
                 Default::default(),
                 state.metrics.clone(),
             )
-            .context("building the Stripe API reader")?;
+            .context("building the Stripe API reader")?
+            .with_circuit(args.stripe_sync.circuit());
             let livemode = stackplane_api::billing::worker::key_livemode(
                 &state.billing.secrets.stripe_secret_key,
             );
@@ -153,10 +154,12 @@ async fn main() -> anyhow::Result<()> {
                     )
                 });
             }
+            let workers = args.billing_worker.billing_workers;
+            tracing::info!(workers, "starting the billing workers");
             supervise(&health, "billing-worker", move || {
                 worker
                     .clone()
-                    .run(wake.clone(), telemetry::shutdown_signal())
+                    .run_workers(workers, wake.clone(), telemetry::shutdown_signal())
             });
             let (metrics, db) = (state.metrics.clone(), state.db.clone());
             supervise(&health, "queue-sampler", move || {

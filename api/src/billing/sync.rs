@@ -89,20 +89,27 @@ impl Worker {
     }
 
     /// Applies a re-read of `customer` (`read`, already queued again by the caller when it
-    /// failed); a successful one takes the customer off the queue, in `tx`.
+    /// failed); a successful one takes the customer off the queue, in `tx` — when `lease` is
+    /// given, only if the queue row still carries it (an event whose read failed after this
+    /// read started queued the customer again, and that re-read stays due).
     pub(super) async fn resync_in(
         &self,
         tx: &mut Transaction<'_, Postgres>,
         customer: &str,
         read: Option<Result<Read, StripeApiError>>,
+        lease: Option<DateTime<Utc>>,
     ) -> Result<(), BillingError> {
         let ok = matches!(read, Some(Ok(_)));
         self.sync_customer(tx, customer, None, read).await?;
         if ok {
-            sqlx::query("DELETE FROM billing_resync WHERE customer_id = $1")
-                .bind(customer)
-                .execute(&mut **tx)
-                .await?;
+            sqlx::query(
+                "DELETE FROM billing_resync WHERE customer_id = $1 \
+                 AND ($2::timestamptz IS NULL OR due_at = $2)",
+            )
+            .bind(customer)
+            .bind(lease)
+            .execute(&mut **tx)
+            .await?;
             tracing::info!(customer_id = %customer, "customer read from Stripe again");
         }
         Ok(())
