@@ -132,7 +132,11 @@ pub enum StripeApiError {
     Status { status: u16, message: String },
     #[error("Stripe API response cannot be read: {0}")]
     Malformed(String),
-    #[error("Stripe API not called: the circuit is open after consecutive timeouts or 5xx answers (next probe in {}s)", retry_after.as_secs())]
+    /// Refused without a call. The message stays the same while the circuit is open, so the
+    /// `BillingSynced` condition it ends up in is not rewritten on every re-read.
+    #[error(
+        "Stripe API not called: the circuit is open after consecutive timeouts or 5xx answers"
+    )]
     CircuitOpen { retry_after: Duration },
 }
 
