@@ -142,7 +142,8 @@ async fn main() -> anyhow::Result<()> {
                 state.metrics.clone(),
             )
             .with_stripe(std::sync::Arc::new(stripe_api))
-            .with_livemode(livemode);
+            .with_livemode(livemode)
+            .with_connect_accounts(args.billing_worker.stripe_connect_accounts.clone());
             let wake = state.billing.wake.clone();
             let sync_interval = args.stripe_sync.billing_sync_interval;
             if sync_interval > 0 {

@@ -248,15 +248,29 @@ impl StripeApi {
 
     /// Every subscription of `customer`, in every status.
     pub async fn customer_subscriptions(&self, customer: &str) -> Result<Listing, StripeApiError> {
-        self.list(Some(customer)).await
+        self.list(Some(customer), None).await
+    }
+
+    /// Every subscription of `customer` of the connected `account` (Connect: sent as the
+    /// `Stripe-Account` header), or of the platform account when `account` is `None`.
+    pub async fn customer_subscriptions_on(
+        &self,
+        customer: &str,
+        account: Option<&str>,
+    ) -> Result<Listing, StripeApiError> {
+        self.list(Some(customer), account).await
     }
 
     /// Every subscription of the account, in every status (the sweep).
     pub async fn all_subscriptions(&self) -> Result<Listing, StripeApiError> {
-        self.list(None).await
+        self.list(None, None).await
     }
 
-    async fn list(&self, customer: Option<&str>) -> Result<Listing, StripeApiError> {
+    async fn list(
+        &self,
+        customer: Option<&str>,
+        account: Option<&str>,
+    ) -> Result<Listing, StripeApiError> {
         let mut listing = Listing::default();
         let mut after: Option<String> = None;
         loop {
@@ -270,7 +284,7 @@ impl StripeApi {
             if let Some(a) = &after {
                 query.push(("starting_after", a.clone()));
             }
-            let (body, calls) = self.get("/v1/subscriptions", &query).await?;
+            let (body, calls) = self.get("/v1/subscriptions", &query, account).await?;
             listing.calls += calls;
             listing.pages += 1;
             let page = parse_subscription_page(&body)
@@ -288,6 +302,7 @@ impl StripeApi {
         &self,
         path: &str,
         query: &[(&str, String)],
+        account: Option<&str>,
     ) -> Result<(Value, u32), StripeApiError> {
         let url = format!("{}{path}", self.base);
         let mut attempt = 0;
@@ -298,13 +313,15 @@ impl StripeApi {
                 return Err(StripeApiError::CircuitOpen { retry_after });
             }
             self.limiter.until_ready().await;
-            let sent = self
+            let mut request = self
                 .http
                 .get(&url)
                 .bearer_auth(&self.secret_key)
-                .query(query)
-                .send()
-                .await;
+                .query(query);
+            if let Some(account) = account {
+                request = request.header("Stripe-Account", account);
+            }
+            let sent = request.send().await;
             let (status, should, message) = match sent {
                 Ok(response) if response.status().is_success() => {
                     match response.json::<Value>().await {

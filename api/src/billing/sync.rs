@@ -74,12 +74,17 @@ pub async fn lock_customer(
 type StateRow = (String, Value, DateTime<Utc>, i32, String);
 
 impl Worker {
-    /// Reads `customer`'s subscriptions, when a reader is configured.
-    pub async fn read_customer(&self, customer: &str) -> Option<Result<Read, StripeApiError>> {
+    /// Reads `customer`'s subscriptions, when a reader is configured: of the connected
+    /// `account` (Connect), or of the platform account when `None`.
+    pub async fn read_customer(
+        &self,
+        customer: &str,
+        account: Option<&str>,
+    ) -> Option<Result<Read, StripeApiError>> {
         let api = self.stripe.as_ref()?;
         let at_ms = Utc::now().timestamp_millis();
         Some(
-            api.customer_subscriptions(customer)
+            api.customer_subscriptions_on(customer, account)
                 .await
                 .map(|listing| Read {
                     at_ms,
@@ -302,15 +307,17 @@ impl Worker {
     pub(super) async fn schedule_resync(
         conn: &mut PgConnection,
         customer: &str,
+        account: Option<&str>,
         error: &StripeApiError,
     ) -> Result<(), sqlx::Error> {
         let attempts: i32 = sqlx::query_scalar(
-            "INSERT INTO billing_resync (customer_id, attempts, last_error) VALUES ($1, 1, $2) \
-             ON CONFLICT (customer_id) DO UPDATE SET attempts = billing_resync.attempts + 1, last_error = $2 \
+            "INSERT INTO billing_resync (customer_id, attempts, last_error, account) VALUES ($1, 1, $2, $3) \
+             ON CONFLICT (customer_id) DO UPDATE SET attempts = billing_resync.attempts + 1, last_error = $2, account = $3 \
              RETURNING attempts",
         )
         .bind(customer)
         .bind(error.to_string())
+        .bind(account)
         .fetch_one(&mut *conn)
         .await?;
         sqlx::query("UPDATE billing_resync SET due_at = now() + make_interval(secs => $2) WHERE customer_id = $1")

@@ -7,6 +7,7 @@
 //! locked while Stripe is called: the claim is a lease (see [`Worker::process_one`]). Customers
 //! Stripe could not be read for are read again later, with backoff.
 
+use std::collections::BTreeSet;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,12 +29,17 @@ pub struct BillingWorkerArgs {
     /// (events of one customer still one at a time, under the customer's lock).
     #[arg(long, env = "STACKPLANE_BILLING_WORKERS", default_value_t = NonZeroUsize::new(4).expect("4 > 0"))]
     pub billing_workers: NonZeroUsize,
+    /// Connect: the connected accounts (`acct_…`, comma-separated) whose events are applied;
+    /// their read-back sends `Stripe-Account`. An event of another account is stored as failed.
+    #[arg(long, env = "STRIPE_CONNECT_ACCOUNTS", value_delimiter = ',')]
+    pub stripe_connect_accounts: Vec<String>,
 }
 
 impl Default for BillingWorkerArgs {
     fn default() -> Self {
         Self {
             billing_workers: NonZeroUsize::new(4).expect("4 > 0"),
+            stripe_connect_accounts: Vec::new(),
         }
     }
 }
@@ -113,6 +119,12 @@ pub struct Worker {
     pub livemode: Option<bool>,
     /// See [`CLAIM_LEASE`].
     pub claim_lease: Duration,
+    /// Claims of events whose settling failed for the database: released when it answers.
+    /// Shared by the clones of one worker (the loops of [`Worker::run_workers`]).
+    pub unsettled: Arc<std::sync::Mutex<Vec<(String, DateTime<Utc>)>>>,
+    /// Connect: the connected accounts (`acct_…`) whose events are applied
+    /// (`STRIPE_CONNECT_ACCOUNTS`); an event of any other account fails for good.
+    pub connect_accounts: Arc<BTreeSet<String>>,
 }
 
 /// The mode of a Stripe secret or restricted key: `Some(true)` for `sk_live_`/`rk_live_`,
@@ -140,12 +152,27 @@ impl Worker {
             stripe: None,
             livemode: None,
             claim_lease: CLAIM_LEASE,
+            unsettled: Arc::default(),
+            connect_accounts: Arc::default(),
         }
     }
 
     /// Reads the customer's subscriptions from `api` after each event.
     pub fn with_stripe(mut self, api: Arc<StripeApi>) -> Self {
         self.stripe = Some(api);
+        self
+    }
+
+    /// Applies the events of these connected accounts (Connect); see
+    /// [`Worker::connect_accounts`].
+    pub fn with_connect_accounts<I: IntoIterator<Item = String>>(mut self, accounts: I) -> Self {
+        self.connect_accounts = Arc::new(
+            accounts
+                .into_iter()
+                .map(|a| a.trim().to_owned())
+                .filter(|a| !a.is_empty())
+                .collect(),
+        );
         self
     }
 
@@ -166,9 +193,54 @@ impl Worker {
     pub async fn process_one(
         &self,
     ) -> Result<Option<(String, Result<Outcome, BillingError>)>, sqlx::Error> {
+        self.release_unsettled().await?;
         let Some(claim) = self.claim_event().await? else {
             return Ok(None);
         };
+        let (id, lease) = (claim.id.clone(), claim.lease);
+        let settled = self.settle(claim).await;
+        if settled.is_err() {
+            // The database failed under the claim: released as soon as it answers again
+            // rather than when the lease ends.
+            if let Ok(mut unsettled) = self.unsettled.lock() {
+                unsettled.push((id, lease));
+            }
+        }
+        settled
+    }
+
+    /// Makes the events whose claim this worker could not settle (the database failed) due
+    /// again now, while they still carry this worker's lease.
+    async fn release_unsettled(&self) -> Result<(), sqlx::Error> {
+        let pending: Vec<(String, DateTime<Utc>)> = match self.unsettled.lock() {
+            Ok(mut u) => std::mem::take(&mut *u),
+            Err(_) => return Ok(()),
+        };
+        for (i, (id, lease)) in pending.iter().enumerate() {
+            let released = sqlx::query(
+                "UPDATE stripe_events SET next_attempt_at = now() \
+                 WHERE id = $1 AND next_attempt_at = $2 AND state IN ('pending', 'failed')",
+            )
+            .bind(id)
+            .bind(lease)
+            .execute(&self.db)
+            .await;
+            if let Err(error) = released {
+                if let Ok(mut u) = self.unsettled.lock() {
+                    u.extend(pending[i..].iter().cloned());
+                }
+                return Err(error);
+            }
+            tracing::info!(event_id = %id, "released a claim the database failed under");
+        }
+        Ok(())
+    }
+
+    /// Prepares, applies and records one claimed event.
+    async fn settle(
+        &self,
+        claim: Claim,
+    ) -> Result<Option<(String, Result<Outcome, BillingError>)>, sqlx::Error> {
         let prepared = self.prepare(&claim.payload).await;
         let mut tx = self.db.begin().await?;
         if !still_claimed(&mut tx, &claim).await? {
@@ -281,16 +353,24 @@ impl Worker {
                 });
             }
         }
+        // Connect: an event of a connected account is applied only for the accounts listed,
+        // and its read-back is made on that account.
+        let account = payload.get("account").and_then(Value::as_str);
+        if let Some(account) = account {
+            if !self.connect_accounts.contains(account) {
+                return Err(BillingError::ConnectAccountNotAllowed(account.to_owned()));
+            }
+        }
         let Some(customer) = event.observation.customer_id().map(str::to_owned) else {
             return Ok(Prepared::Done(Outcome::Skipped("event type not handled")));
         };
         if let parse::Observation::Ignored(why) = event.observation {
             return Ok(Prepared::Done(Outcome::Skipped(why)));
         }
-        let read = self.read_customer(&customer).await;
+        let read = self.read_customer(&customer, account).await;
         if let Some(Err(error)) = &read {
             let mut conn = self.db.acquire().await?;
-            Self::schedule_resync(&mut conn, &customer, error).await?;
+            Self::schedule_resync(&mut conn, &customer, account, error).await?;
         }
         Ok(Prepared::Sync {
             event: Box::new(event),
@@ -332,23 +412,23 @@ impl Worker {
     /// The customer stays queued (with a longer backoff) while Stripe still cannot be read.
     /// Claimed as events are (a lease on `due_at`), so no lock is held across the read.
     pub async fn resync_one(&self) -> Result<Option<String>, BillingError> {
-        let claimed: Option<(String, DateTime<Utc>)> = sqlx::query_as(
+        let claimed: Option<(String, DateTime<Utc>, Option<String>)> = sqlx::query_as(
             "UPDATE billing_resync SET due_at = now() + make_interval(secs => $1) \
              WHERE customer_id = (SELECT customer_id FROM billing_resync WHERE due_at <= now() \
                  ORDER BY due_at LIMIT 1 FOR UPDATE SKIP LOCKED) \
-             RETURNING customer_id, due_at",
+             RETURNING customer_id, due_at, account",
         )
         .bind(self.claim_lease.as_secs_f64())
         .fetch_optional(&self.db)
         .await?;
-        let Some((customer, lease)) = claimed else {
+        let Some((customer, lease, account)) = claimed else {
             return Ok(None);
         };
-        let read = self.read_customer(&customer).await;
+        let read = self.read_customer(&customer, account.as_deref()).await;
         if let Some(Err(error)) = &read {
             // Replaces the lease with the next backoff.
             let mut conn = self.db.acquire().await?;
-            Self::schedule_resync(&mut conn, &customer, error).await?;
+            Self::schedule_resync(&mut conn, &customer, account.as_deref(), error).await?;
         }
         let mut tx = self.db.begin().await?;
         self.resync_in(&mut tx, &customer, read, Some(lease))
@@ -359,10 +439,10 @@ impl Worker {
 
     /// Reads `customer` from Stripe now and applies what it shows (a failed read is queued).
     pub async fn resync_customer(&self, customer: &str) -> Result<(), BillingError> {
-        let read = self.read_customer(customer).await;
+        let read = self.read_customer(customer, None).await;
         if let Some(Err(error)) = &read {
             let mut conn = self.db.acquire().await?;
-            Self::schedule_resync(&mut conn, customer, error).await?;
+            Self::schedule_resync(&mut conn, customer, None, error).await?;
         }
         let mut tx = self.db.begin().await?;
         self.resync_in(&mut tx, customer, read, None).await?;
