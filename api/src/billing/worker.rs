@@ -63,6 +63,12 @@ pub enum Outcome {
 /// worker that died leaves it to another.
 pub const CLAIM_LEASE: Duration = Duration::from_secs(300);
 
+/// An event id and the lease a claim of it wrote (its `next_attempt_at`).
+pub type Lease = (String, DateTime<Utc>);
+
+/// What the claim statement returns: id, type, payload, received_at, lease.
+type ClaimRow = (String, String, Value, DateTime<Utc>, DateTime<Utc>);
+
 /// One leased event.
 struct Claim {
     id: String,
@@ -121,7 +127,7 @@ pub struct Worker {
     pub claim_lease: Duration,
     /// Claims of events whose settling failed for the database: released when it answers.
     /// Shared by the clones of one worker (the loops of [`Worker::run_workers`]).
-    pub unsettled: Arc<std::sync::Mutex<Vec<(String, DateTime<Utc>)>>>,
+    pub unsettled: Arc<std::sync::Mutex<Vec<Lease>>>,
     /// Connect: the connected accounts (`acct_…`) whose events are applied
     /// (`STRIPE_CONNECT_ACCOUNTS`); an event of any other account fails for good.
     pub connect_accounts: Arc<BTreeSet<String>>,
@@ -212,7 +218,7 @@ impl Worker {
     /// Makes the events whose claim this worker could not settle (the database failed) due
     /// again now, while they still carry this worker's lease.
     async fn release_unsettled(&self) -> Result<(), sqlx::Error> {
-        let pending: Vec<(String, DateTime<Utc>)> = match self.unsettled.lock() {
+        let pending: Vec<Lease> = match self.unsettled.lock() {
             Ok(mut u) => std::mem::take(&mut *u),
             Err(_) => return Ok(()),
         };
@@ -319,7 +325,7 @@ impl Worker {
 
     /// Leases the next due event, in one autocommitted statement.
     async fn claim_event(&self) -> Result<Option<Claim>, sqlx::Error> {
-        let row: Option<(String, String, Value, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+        let row: Option<ClaimRow> = sqlx::query_as(
             "UPDATE stripe_events SET next_attempt_at = now() + make_interval(secs => $1) \
              WHERE id = (SELECT id FROM stripe_events \
                  WHERE state IN ('pending', 'failed') AND next_attempt_at <= now() \
