@@ -105,6 +105,9 @@ pub struct ServeArgs {
     pub stripe_sync: billing::stripe_api::StripeSyncArgs,
 
     #[command(flatten)]
+    pub billing_worker: billing::worker::BillingWorkerArgs,
+
+    #[command(flatten)]
     pub hardening: hardening::HardeningArgs,
 
     #[command(flatten)]

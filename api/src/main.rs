@@ -127,7 +127,8 @@ async fn main() -> anyhow::Result<()> {
                 Default::default(),
                 state.metrics.clone(),
             )
-            .context("building the Stripe API reader")?;
+            .context("building the Stripe API reader")?
+            .with_circuit(args.stripe_sync.circuit());
             let livemode = stackplane_api::billing::worker::key_livemode(
                 &state.billing.secrets.stripe_secret_key,
             );
@@ -141,7 +142,8 @@ async fn main() -> anyhow::Result<()> {
                 state.metrics.clone(),
             )
             .with_stripe(std::sync::Arc::new(stripe_api))
-            .with_livemode(livemode);
+            .with_livemode(livemode)
+            .with_connect_accounts(args.billing_worker.stripe_connect_accounts.clone());
             let wake = state.billing.wake.clone();
             let sync_interval = args.stripe_sync.billing_sync_interval;
             if sync_interval > 0 {
@@ -153,10 +155,12 @@ async fn main() -> anyhow::Result<()> {
                     )
                 });
             }
+            let workers = args.billing_worker.billing_workers;
+            tracing::info!(workers, "starting the billing workers");
             supervise(&health, "billing-worker", move || {
                 worker
                     .clone()
-                    .run(wake.clone(), telemetry::shutdown_signal())
+                    .run_workers(workers, wake.clone(), telemetry::shutdown_signal())
             });
             let (metrics, db) = (state.metrics.clone(), state.db.clone());
             supervise(&health, "queue-sampler", move || {

@@ -59,6 +59,8 @@ pub struct MetricSet {
     pub processing_lag: Histogram,
     /// Calls to the Stripe API by outcome (`ok`, `rate_limited`, `server_error`, ...).
     pub stripe_api_calls: Family<OutcomeLabels, Counter>,
+    /// 1 while this replica's circuit breaker refuses Stripe calls (see `billing::stripe_api`).
+    pub stripe_circuit_open: Gauge,
     /// (platform, customer) pairs with more than one live subscription.
     pub billing_conflicts: Gauge,
     /// Sweeps by outcome (`completed`, `failed`, `skipped_locked`).
@@ -117,6 +119,13 @@ impl Metrics {
             "Calls to the Stripe API (reads after events and sweeps), by outcome",
             stripe_api_calls.clone(),
         );
+        let stripe_circuit_open = Gauge::default();
+        registry.register(
+            "stripe_circuit_open",
+            "1 while Stripe API calls are refused after consecutive timeouts or 5xx answers \
+             (events apply from their payloads until a probe succeeds), else 0",
+            stripe_circuit_open.clone(),
+        );
         let billing_conflicts = Gauge::default();
         registry.register(
             "billing_conflicts",
@@ -159,6 +168,7 @@ impl Metrics {
             audit_write_failures,
             rate_limited,
             stripe_api_calls,
+            stripe_circuit_open,
             billing_conflicts,
             billing_sweeps,
             billing_sweep_seconds,

@@ -12,6 +12,7 @@ use sqlx::postgres::PgPool;
 
 pub mod bench;
 pub mod chart;
+pub mod hanging;
 pub mod localstripe;
 
 const HOW_TO_RUN: &str =

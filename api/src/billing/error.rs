@@ -21,6 +21,8 @@ pub enum BillingError {
         "event livemode={event} does not match the {key} mode of STRIPE_SECRET_KEY: never applied"
     )]
     LivemodeMismatch { event: bool, key: &'static str },
+    #[error("event of connected account {0}, which STRIPE_CONNECT_ACCOUNTS does not list: never applied (add the account and replay the event to apply it)")]
+    ConnectAccountNotAllowed(String),
 }
 
 impl From<stackplane_core::billing::parse::MalformedEvent> for BillingError {
@@ -41,12 +43,16 @@ impl BillingError {
             BillingError::Database(_) => "database",
             BillingError::Encode(_) => "encode",
             BillingError::LivemodeMismatch { .. } => "livemode_mismatch",
+            BillingError::ConnectAccountNotAllowed(_) => "connect_account_not_allowed",
         }
     }
 
     /// Whether retrying can never help: the event stays failed until replayed by hand.
     pub fn is_permanent(&self) -> bool {
-        matches!(self, BillingError::LivemodeMismatch { .. })
+        matches!(
+            self,
+            BillingError::LivemodeMismatch { .. } | BillingError::ConnectAccountNotAllowed(_)
+        )
     }
 
     /// Whether the error waits on the Platforms: retried as soon as a Platform changes.

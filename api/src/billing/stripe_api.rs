@@ -4,18 +4,26 @@
 //! Every call waits for the process-wide rate limit (`--stripe-api-rate`), has its own timeout,
 //! and is retried with exponential backoff and jitter on 429, 409 (Stripe's lock timeouts),
 //! 5xx, timeouts and connection errors, unless Stripe says otherwise with `Stripe-Should-Retry`.
+//! Consecutive timeouts, connection errors and 5xx open a circuit
+//! ([`stackplane_core::billing::circuit`]): while it is open calls are refused at once
+//! ([`StripeApiError::CircuitOpen`]) and callers apply webhook payloads instead, so a hanging
+//! Stripe never holds the billing queue; one probe per cool-down closes it again.
 //! Responses go through the one tolerant parser ([`stackplane_core::billing::parse`]).
 //!
 //! A plain HTTP client rather than async-stripe's typed list call: the typed response refuses
 //! subscriptions of older API versions (see [`stackplane_core::billing::parse`]), and billing needs the raw JSON.
 
 use std::num::NonZeroU32;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::Value;
 
 use crate::metrics::Metrics;
+use stackplane_core::billing::circuit::{
+    Admission, CallOutcome, Circuit, CircuitPolicy, Transition,
+};
 use stackplane_core::billing::parse::{parse_subscription_page, SubscriptionObservation};
 
 /// Stripe's production API.
@@ -34,6 +42,18 @@ pub struct StripeSyncArgs {
     /// wrong; 0 turns the sweep off.
     #[arg(long, env = "STACKPLANE_BILLING_SYNC_INTERVAL", default_value_t = 3600)]
     pub billing_sync_interval: u64,
+    /// Consecutive Stripe timeouts, connection errors or 5xx answers that open the circuit:
+    /// events then apply from their payloads (`BillingSynced=False`, `StripeUnreachable`)
+    /// without calling Stripe until a probe succeeds.
+    #[arg(long, env = "STACKPLANE_STRIPE_CIRCUIT_FAILURES", default_value_t = 3)]
+    pub stripe_circuit_failures: u32,
+    /// Seconds an open circuit refuses Stripe calls before one probe is let through.
+    #[arg(
+        long,
+        env = "STACKPLANE_STRIPE_CIRCUIT_COOL_DOWN",
+        default_value_t = 30
+    )]
+    pub stripe_circuit_cool_down: u64,
 }
 
 impl Default for StripeSyncArgs {
@@ -41,6 +61,18 @@ impl Default for StripeSyncArgs {
         Self {
             stripe_api_rate: NonZeroU32::new(20).expect("20 > 0"),
             billing_sync_interval: 3600,
+            stripe_circuit_failures: 3,
+            stripe_circuit_cool_down: 30,
+        }
+    }
+}
+
+impl StripeSyncArgs {
+    /// The circuit breaker these flags ask for.
+    pub fn circuit(&self) -> CircuitPolicy {
+        CircuitPolicy {
+            threshold: self.stripe_circuit_failures.max(1),
+            cool_down: Duration::from_secs(self.stripe_circuit_cool_down),
         }
     }
 }
@@ -100,6 +132,12 @@ pub enum StripeApiError {
     Status { status: u16, message: String },
     #[error("Stripe API response cannot be read: {0}")]
     Malformed(String),
+    /// Refused without a call. The message stays the same while the circuit is open, so the
+    /// `BillingSynced` condition it ends up in is not rewritten on every re-read.
+    #[error(
+        "Stripe API not called: the circuit is open after consecutive timeouts or 5xx answers"
+    )]
+    CircuitOpen { retry_after: Duration },
 }
 
 impl StripeApiError {
@@ -108,6 +146,7 @@ impl StripeApiError {
             StripeApiError::Unreachable { .. } => "stripe_unreachable",
             StripeApiError::Status { .. } => "stripe_error_status",
             StripeApiError::Malformed(_) => "stripe_malformed",
+            StripeApiError::CircuitOpen { .. } => "stripe_circuit_open",
         }
     }
 }
@@ -128,6 +167,7 @@ pub struct StripeApi {
     secret_key: String,
     limiter: DefaultDirectRateLimiter,
     retry: RetryPolicy,
+    circuit: Mutex<Circuit>,
     metrics: Metrics,
 }
 
@@ -159,21 +199,78 @@ impl StripeApi {
             secret_key: secret_key.to_owned(),
             limiter: RateLimiter::direct(Quota::per_second(rate)),
             retry,
+            circuit: Mutex::new(Circuit::new(CircuitPolicy::default())),
             metrics,
         })
     }
 
+    /// Uses `policy` for the circuit breaker (default: [`CircuitPolicy::default`]).
+    pub fn with_circuit(self, policy: CircuitPolicy) -> Self {
+        Self {
+            circuit: Mutex::new(Circuit::new(policy)),
+            ..self
+        }
+    }
+
+    /// Whether the circuit is open (calls refused) right now.
+    pub fn circuit_open(&self) -> bool {
+        self.circuit.lock().map(|c| c.is_open()).unwrap_or(false)
+    }
+
+    fn admit(&self) -> Admission {
+        match self.circuit.lock() {
+            Ok(mut c) => c.admit(Instant::now()),
+            // A panic while holding this lock cannot leave the counters unusable: call.
+            Err(poisoned) => poisoned.into_inner().admit(Instant::now()),
+        }
+    }
+
+    fn record(&self, outcome: CallOutcome) {
+        let transition = match self.circuit.lock() {
+            Ok(mut c) => c.record(outcome, Instant::now()),
+            Err(poisoned) => poisoned.into_inner().record(outcome, Instant::now()),
+        };
+        match transition {
+            Some(Transition::Opened) => {
+                self.metrics.stripe_circuit_open.set(1);
+                tracing::warn!(
+                    base = %self.base,
+                    "Stripe API circuit opened: events apply from their payloads until a probe succeeds"
+                );
+            }
+            Some(Transition::Closed) => {
+                self.metrics.stripe_circuit_open.set(0);
+                tracing::info!(base = %self.base, "Stripe API circuit closed: Stripe answers again");
+            }
+            None => {}
+        }
+    }
+
     /// Every subscription of `customer`, in every status.
     pub async fn customer_subscriptions(&self, customer: &str) -> Result<Listing, StripeApiError> {
-        self.list(Some(customer)).await
+        self.list(Some(customer), None).await
+    }
+
+    /// Every subscription of `customer` of the connected `account` (Connect: sent as the
+    /// `Stripe-Account` header), or of the platform account when `account` is `None`.
+    pub async fn customer_subscriptions_on(
+        &self,
+        customer: &str,
+        account: Option<&str>,
+    ) -> Result<Listing, StripeApiError> {
+        self.list(Some(customer), account).await
     }
 
     /// Every subscription of the account, in every status (the sweep).
     pub async fn all_subscriptions(&self) -> Result<Listing, StripeApiError> {
-        self.list(None).await
+        self.list(None, None).await
     }
 
-    async fn list(&self, customer: Option<&str>) -> Result<Listing, StripeApiError> {
+    async fn list(
+        &self,
+        customer: Option<&str>,
+        account: Option<&str>,
+    ) -> Result<Listing, StripeApiError> {
         let mut listing = Listing::default();
         let mut after: Option<String> = None;
         loop {
@@ -187,7 +284,7 @@ impl StripeApi {
             if let Some(a) = &after {
                 query.push(("starting_after", a.clone()));
             }
-            let (body, calls) = self.get("/v1/subscriptions", &query).await?;
+            let (body, calls) = self.get("/v1/subscriptions", &query, account).await?;
             listing.calls += calls;
             listing.pages += 1;
             let page = parse_subscription_page(&body)
@@ -205,24 +302,32 @@ impl StripeApi {
         &self,
         path: &str,
         query: &[(&str, String)],
+        account: Option<&str>,
     ) -> Result<(Value, u32), StripeApiError> {
         let url = format!("{}{path}", self.base);
         let mut attempt = 0;
         loop {
             attempt += 1;
+            if let Admission::Refuse { retry_after } = self.admit() {
+                self.metrics.stripe_call("circuit_open");
+                return Err(StripeApiError::CircuitOpen { retry_after });
+            }
             self.limiter.until_ready().await;
-            let sent = self
+            let mut request = self
                 .http
                 .get(&url)
                 .bearer_auth(&self.secret_key)
-                .query(query)
-                .send()
-                .await;
+                .query(query);
+            if let Some(account) = account {
+                request = request.header("Stripe-Account", account);
+            }
+            let sent = request.send().await;
             let (status, should, message) = match sent {
                 Ok(response) if response.status().is_success() => {
                     match response.json::<Value>().await {
                         Ok(body) => {
                             self.metrics.stripe_call("ok");
+                            self.record(CallOutcome::Answered);
                             return Ok((body, attempt));
                         }
                         Err(e) => (None, None, format!("reading the body: {e}")),
@@ -252,7 +357,14 @@ impl StripeApi {
                 None => "unreachable",
             };
             self.metrics.stripe_call(outcome);
-            let retry = should_retry(status, should) && attempt < self.retry.attempts;
+            self.record(match status {
+                Some(s) if s < 500 => CallOutcome::Answered,
+                _ => CallOutcome::Outage,
+            });
+            // Once the circuit is open a retry would only be refused: give up now.
+            let retry = should_retry(status, should)
+                && attempt < self.retry.attempts
+                && !self.circuit_open();
             tracing::warn!(path, status, attempt, retry, error = %message, "Stripe API call failed");
             if !retry {
                 return Err(match status {

@@ -91,12 +91,17 @@ pub async fn lock_customer(
 type StateRow = (String, Value, DateTime<Utc>, i32, String);
 
 impl Worker {
-    /// Reads `customer`'s subscriptions, when a reader is configured.
-    pub async fn read_customer(&self, customer: &str) -> Option<Result<Read, StripeApiError>> {
+    /// Reads `customer`'s subscriptions, when a reader is configured: of the connected
+    /// `account` (Connect), or of the platform account when `None`.
+    pub async fn read_customer(
+        &self,
+        customer: &str,
+        account: Option<&str>,
+    ) -> Option<Result<Read, StripeApiError>> {
         let api = self.stripe.as_ref()?;
         let at_ms = Utc::now().timestamp_millis();
         Some(
-            api.customer_subscriptions(customer)
+            api.customer_subscriptions_on(customer, account)
                 .await
                 .map(|listing| Read {
                     at_ms,
@@ -106,20 +111,27 @@ impl Worker {
     }
 
     /// Applies a re-read of `customer` (`read`, already queued again by the caller when it
-    /// failed); a successful one takes the customer off the queue, in `tx`.
+    /// failed); a successful one takes the customer off the queue, in `tx` — when `lease` is
+    /// given, only if the queue row still carries it (an event whose read failed after this
+    /// read started queued the customer again, and that re-read stays due).
     pub(super) async fn resync_in(
         &self,
         tx: &mut Transaction<'_, Postgres>,
         customer: &str,
         read: Option<Result<Read, StripeApiError>>,
+        lease: Option<DateTime<Utc>>,
     ) -> Result<(), BillingError> {
         let ok = matches!(read, Some(Ok(_)));
         self.sync_customer(tx, customer, None, read).await?;
         if ok {
-            sqlx::query("DELETE FROM billing_resync WHERE customer_id = $1")
-                .bind(customer)
-                .execute(&mut **tx)
-                .await?;
+            sqlx::query(
+                "DELETE FROM billing_resync WHERE customer_id = $1 \
+                 AND ($2::timestamptz IS NULL OR due_at = $2)",
+            )
+            .bind(customer)
+            .bind(lease)
+            .execute(&mut **tx)
+            .await?;
             tracing::info!(customer_id = %customer, "customer read from Stripe again");
         }
         Ok(())
@@ -317,15 +329,17 @@ impl Worker {
     pub(super) async fn schedule_resync(
         conn: &mut PgConnection,
         customer: &str,
+        account: Option<&str>,
         error: &StripeApiError,
     ) -> Result<(), sqlx::Error> {
         let attempts: i32 = sqlx::query_scalar(
-            "INSERT INTO billing_resync (customer_id, attempts, last_error) VALUES ($1, 1, $2) \
-             ON CONFLICT (customer_id) DO UPDATE SET attempts = billing_resync.attempts + 1, last_error = $2 \
+            "INSERT INTO billing_resync (customer_id, attempts, last_error, account) VALUES ($1, 1, $2, $3) \
+             ON CONFLICT (customer_id) DO UPDATE SET attempts = billing_resync.attempts + 1, last_error = $2, account = $3 \
              RETURNING attempts",
         )
         .bind(customer)
         .bind(error.to_string())
+        .bind(account)
         .fetch_one(&mut *conn)
         .await?;
         sqlx::query("UPDATE billing_resync SET due_at = now() + make_interval(secs => $2) WHERE customer_id = $1")

@@ -1,7 +1,9 @@
 //! Billing's decisions: what a Stripe event says ([`parse`]), how observations of one
 //! subscription are ordered and merged into a Tenant's spec ([`mapping`]), which subscription
-//! governs a Tenant ([`governing`]), and the conditions billing writes ([`conditions`]).
+//! governs a Tenant ([`governing`]), the conditions billing writes ([`conditions`]), and when
+//! Stripe calls stop being made during an outage ([`circuit`]).
 
+pub mod circuit;
 pub mod conditions;
 pub mod governing;
 pub mod mapping;
