@@ -113,12 +113,11 @@ pub fn tenant_from_namespace(ns: &Namespace) -> Result<Tenant, AdoptError> {
             expected,
         });
     }
-    let spec: TenantSpec =
-        serde_json::from_str(spec).map_err(|source| AdoptError::Unreadable {
-            namespace: namespace.clone(),
-            annotation: TENANT_SPEC,
-            source,
-        })?;
+    let spec: TenantSpec = serde_json::from_str(spec).map_err(|source| AdoptError::Unreadable {
+        namespace: namespace.clone(),
+        annotation: TENANT_SPEC,
+        source,
+    })?;
     let labels: BTreeMap<String, String> = match ns.annotations().get(TENANT_LABELS) {
         Some(text) => serde_json::from_str(text).map_err(|source| AdoptError::Unreadable {
             namespace: namespace.clone(),

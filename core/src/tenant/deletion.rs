@@ -343,10 +343,7 @@ pub fn beyond_budget(
         return true;
     }
     let since = me.at.checked_sub(GUARD_WINDOW).unwrap_or(me.at);
-    let ahead = others
-        .iter()
-        .filter(|o| o.at > since && *o < me)
-        .count();
+    let ahead = others.iter().filter(|o| o.at > since && *o < me).count();
     ahead >= max_per_hour as usize
 }
 
@@ -677,13 +674,18 @@ mod tests {
     #[test]
     fn twenty_deleted_at_once_the_first_ten_by_name_go_the_rest_wait() {
         // Twenty tenants deleted by one command: the same second, told apart by name.
-        let all: Vec<Entered> = (0..20).map(|i| entered(1_000, &format!("t{i:02}"))).collect();
+        let all: Vec<Entered> = (0..20)
+            .map(|i| entered(1_000, &format!("t{i:02}")))
+            .collect();
         let going: Vec<&str> = all
             .iter()
             .filter(|e| !beyond_budget(e, &all, 10, false))
             .map(|e| e.name.as_str())
             .collect();
-        assert_eq!(going, (0..10).map(|i| format!("t{i:02}")).collect::<Vec<_>>());
+        assert_eq!(
+            going,
+            (0..10).map(|i| format!("t{i:02}")).collect::<Vec<_>>()
+        );
         // Any order of the input (each replica's cache lists differently): the same answer.
         let mut reversed = all.clone();
         reversed.reverse();
