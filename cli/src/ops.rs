@@ -78,12 +78,16 @@ pub async fn adopt(client: &Client, target: &str) -> Result<String> {
         found = namespaces.get_opt(&namespace_name(target)).await?;
     }
     let ns = found.ok_or_else(|| CliError::NamespaceNotFound(target.to_owned()))?;
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    // Adopted already (the controller removed the marks): say so rather than "not orphaned".
+    if let Some(owner) = ns.labels().get(stackplane_core::contract::labels::TENANT) {
+        if tenants.get_metadata_opt(owner).await?.is_some() {
+            return Err(CliError::TenantExists(owner.clone()));
+        }
+    }
     let tenant = adoption::tenant_from_namespace(&ns)?;
     let name = tenant.name_any();
-    match Api::<Tenant>::all(client.clone())
-        .create(&PostParams::default(), &tenant)
-        .await
-    {
+    match tenants.create(&PostParams::default(), &tenant).await {
         Ok(_) => Ok(name),
         Err(kube::Error::Api(e)) if e.code == 409 => Err(CliError::TenantExists(name)),
         Err(e) => Err(not_found(e, &name, || CliError::CrdsMissing)),
