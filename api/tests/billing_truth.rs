@@ -533,3 +533,57 @@ async fn sweep_of_ten_thousand_subscriptions() {
     let pages = count.div_ceil(100) as u32;
     assert_eq!((first.pages, second.pages), (pages, pages));
 }
+
+/// Issue 33: after the Tenant CRD was deleted and reinstalled, the Tenants are gone while
+/// billing remembers writing them. One sweep recreates the Tenant of the live subscription
+/// (which then adopts its stack, see controller/tests/crd_deletion.rs), never the one whose
+/// subscription ended (retention deletes those; `kubectl stackplane adopt` is for the rest).
+#[tokio::test]
+async fn a_sweep_recreates_the_missing_tenant_of_a_live_subscription_only() {
+    let ls = LocalStripe::start().await;
+    let b = Billing::start(&ls.url).await;
+    ls.drive(&["setup", STARTER]).await;
+    let (live_cus, live) = customer(&ls, "live@example.com").await;
+    let (ended_cus, ended) = customer(&ls, "ended@example.com").await;
+    let live_sub = text(
+        &ls.drive(&["subscribe", &live_cus, STARTER]).await,
+        "subscription",
+    );
+    let ended_sub = text(
+        &ls.drive(&["subscribe", &ended_cus, STARTER]).await,
+        "subscription",
+    );
+    b.worker.sweep().await.expect("sweep").expect("not locked");
+    ls.drive(&["cancel", &ended_sub]).await;
+    b.worker.sweep().await.expect("sweep").expect("not locked");
+    let t = b.tenants().get(&ended).await.expect("ended tenant");
+    assert!(t.spec.cancelled_at.is_some());
+    assert_eq!(
+        sub_id(&b.tenants().get(&live).await.expect("live")),
+        Some(live_sub.as_str())
+    );
+
+    // What a deletion of the CRD leaves: no Tenants (none has a finalizer here).
+    for name in [&live, &ended] {
+        b.tenants()
+            .delete(name, &Default::default())
+            .await
+            .expect("delete");
+    }
+    let report = b.worker.sweep().await.expect("sweep").expect("not locked");
+    assert_eq!(report.tenants_written, 1, "{report:?}");
+    let back = b
+        .tenants()
+        .get(&live)
+        .await
+        .expect("the live tenant recreated");
+    assert_eq!(sub_id(&back), Some(live_sub.as_str()));
+    assert!(!back.spec.suspended && back.spec.cancelled_at.is_none());
+    assert!(
+        b.tenants().get_opt(&ended).await.expect("get").is_none(),
+        "an ended subscription's Tenant stays gone"
+    );
+    // Nothing missing any more: nothing written.
+    let report = b.worker.sweep().await.expect("sweep").expect("not locked");
+    assert_eq!(report.tenants_written, 0, "{report:?}");
+}

@@ -22,6 +22,12 @@ pub enum CliError {
     },
     #[error("{0}")]
     BadArgument(String),
+    #[error("no namespace {0:?}, nor one of a tenant of that name: `kubectl get namespaces -l stackplane.io/orphaned=true` lists those waiting to be adopted")]
+    NamespaceNotFound(String),
+    #[error("cannot adopt: {0}")]
+    NotAdoptable(#[from] stackplane_core::tenant::adoption::AdoptError),
+    #[error("Tenant {0:?} exists already: it adopts its namespace by itself")]
+    TenantExists(String),
     #[error("the tenant cannot be planned: {0}")]
     Invalid(String),
     #[error("the API address is not set: pass --api-url or set STACKPLANE_API_URL (the api's public listener)")]
@@ -58,6 +64,9 @@ impl CliError {
             | CliError::BackupNotFound(_)
             | CliError::BackupOfAnotherTenant { .. }
             | CliError::BadArgument(_)
+            | CliError::NamespaceNotFound(_)
+            | CliError::NotAdoptable(_)
+            | CliError::TenantExists(_)
             | CliError::ApiUrlMissing
             | CliError::ApiTokenMissing => 2,
             _ => 1,

@@ -86,6 +86,13 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Recreates the Tenant of a namespace left by a deletion of the Tenant CRD (from the
+    /// namespace's stackplane.io/tenant-spec annotation); the controller adopts the stack as
+    /// it is. NAMESPACE or TENANT: a namespace name, or the name of the tenant it belonged to.
+    Adopt {
+        #[arg(value_name = "NAMESPACE|TENANT")]
+        target: String,
+    },
     /// What the cloud garbage collector found or deleted (its Events, newest first).
     Orphans {
         /// The controller's namespace (where its Lease is).
@@ -279,6 +286,13 @@ async fn run(cli: Cli) -> Result<String> {
                 })
                 .collect();
             shown(format, text, &events)
+        }
+        Command::Adopt { target } => {
+            let client = client(&cli).await?;
+            let name = ops::adopt(&client, target).await?;
+            Ok(format!(
+                "tenant/{name} created: the controller adopts its namespace as it is\n"
+            ))
         }
         Command::Orphans {
             controller_namespace,

@@ -1,14 +1,16 @@
 //! The commands that act: backups and restores (TenantBackup objects the controller carries
-//! out), rollout control (the `stackplane.io/rollout` annotation the rollout controller reads),
+//! out), the adoption of a stack a deletion of the Tenant CRD left, rollout control (the `stackplane.io/rollout` annotation the rollout controller reads),
 //! and the lists of Events: a tenant's, and the cloud garbage collector's.
 
-use k8s_openapi::api::core::v1::Event;
+use k8s_openapi::api::core::v1::{Event, Namespace};
 use kube::api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde::Serialize;
 use serde_json::json;
 use stackplane_core::contract::labels::ROLLOUT_CONTROL;
-use stackplane_crds::{BackupReason, Platform, TenantBackup, TenantBackupSpec};
+use stackplane_core::tenant::adoption;
+use stackplane_crds::naming::namespace_name;
+use stackplane_crds::{BackupReason, Platform, Tenant, TenantBackup, TenantBackupSpec};
 
 use crate::error::{not_found, CliError, Result};
 use crate::status::{get_tenant, newest_first, EventLine};
@@ -63,6 +65,33 @@ async fn create_backup(client: &Client, tenant: &str, restore: Option<&str>) -> 
         .create(&PostParams::default(), &object)
         .await?;
     Ok(created.name_any())
+}
+
+/// `adopt NAMESPACE|TENANT`: recreates the Tenant a deletion of the Tenant CRD released from
+/// what the controller wrote onto its namespace (`stackplane_core::tenant::adoption`). The
+/// controller then adopts the namespace as it is (same volumes, same credentials) and removes
+/// the marks. Returns the Tenant's name.
+pub async fn adopt(client: &Client, target: &str) -> Result<String> {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let mut found = namespaces.get_opt(target).await?;
+    if found.is_none() {
+        found = namespaces.get_opt(&namespace_name(target)).await?;
+    }
+    let ns = found.ok_or_else(|| CliError::NamespaceNotFound(target.to_owned()))?;
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    // Adopted already (the controller removed the marks): say so rather than "not orphaned".
+    if let Some(owner) = ns.labels().get(stackplane_core::contract::labels::TENANT) {
+        if tenants.get_metadata_opt(owner).await?.is_some() {
+            return Err(CliError::TenantExists(owner.clone()));
+        }
+    }
+    let tenant = adoption::tenant_from_namespace(&ns)?;
+    let name = tenant.name_any();
+    match tenants.create(&PostParams::default(), &tenant).await {
+        Ok(_) => Ok(name),
+        Err(kube::Error::Api(e)) if e.code == 409 => Err(CliError::TenantExists(name)),
+        Err(e) => Err(not_found(e, &name, || CliError::CrdsMissing)),
+    }
 }
 
 /// `rollout pause|resume|rollback`.

@@ -298,3 +298,94 @@ async fn errors_say_what_to_do() {
     assert!(out.status.success());
     assert!(stdout(&out).contains("kubectl-stackplane"));
 }
+
+/// `adopt NAMESPACE|TENANT` recreates a Tenant from the marks the controller writes onto the
+/// namespace when a deletion of the Tenant CRD releases it (here written as it writes them, onto
+/// a stack its `Retain` Tenant left: deleting the CRD itself is `controller/tests/crd_deletion.rs`,
+/// which needs a test binary of its own). The recreated Tenant adopts the namespace: the same
+/// credentials, the marks removed. What cannot be adopted says why, with exit code 2.
+#[tokio::test]
+async fn adopt_recreates_the_tenant_a_crd_deletion_left_and_it_adopts_its_namespace() {
+    let (client, name, _controller) = tenant_with_controller().await;
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    let ns = format!("tenant-{name}");
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns);
+    let credentials = eventually("credentials", || {
+        let secrets = secrets.clone();
+        async move { secrets.get("credentials").await.ok()?.data }
+    })
+    .await;
+    tenants
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"deletionPolicy": "Retain"}})),
+        )
+        .await
+        .expect("Retain");
+    let t = eventually("deletionPolicy Retain", || {
+        let tenants = tenants.clone();
+        let name = name.clone();
+        async move {
+            let t = tenants.get(&name).await.ok()?;
+            (t.spec.deletion_policy == stackplane_crds::DeletionPolicy::Retain).then_some(t)
+        }
+    })
+    .await;
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let marks = stackplane_core::tenant::adoption::orphan_patch(&t).expect("marks");
+    namespaces
+        .patch(&ns, &PatchParams::default(), &Patch::Merge(&marks))
+        .await
+        .expect("mark");
+    tenants
+        .delete(&name, &Default::default())
+        .await
+        .expect("delete");
+    eventually("the tenant gone, its namespace kept", || {
+        let tenants = tenants.clone();
+        let name = name.clone();
+        async move { tenants.get_opt(&name).await.ok()?.is_none().then_some(()) }
+    })
+    .await;
+
+    let out = plugin(&["adopt", &name]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        format!("tenant/{name} created: the controller adopts its namespace as it is\n")
+    );
+    let back = tenants.get(&name).await.expect("recreated");
+    assert_eq!(back.spec.platform, t.spec.platform);
+    assert_eq!(
+        back.metadata.labels, t.metadata.labels,
+        "the shard label came back"
+    );
+    let adopted = eventually("the namespace adopted: marks removed", || {
+        let namespaces = namespaces.clone();
+        let ns = ns.clone();
+        async move {
+            let n = namespaces.get(&ns).await.ok()?;
+            (!stackplane_core::tenant::adoption::carries_orphan_marks(&n)).then_some(n)
+        }
+    })
+    .await;
+    assert!(adopted.metadata.deletion_timestamp.is_none());
+    assert_eq!(
+        secrets.get("credentials").await.expect("credentials").data,
+        Some(credentials),
+        "the same credentials"
+    );
+
+    // Adopted already: the Tenant exists.
+    let out = plugin(&["adopt", &ns]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("exists already"), "{}", stderr(&out));
+    // A namespace without the marks, and none at all.
+    let out = plugin(&["adopt", "default"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("cannot adopt"), "{}", stderr(&out));
+    let out = plugin(&["adopt", &unique("nothing")]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no namespace"), "{}", stderr(&out));
+}

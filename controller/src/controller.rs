@@ -222,6 +222,23 @@ async fn run_controller(
         .modify(|p| p.metadata.managed_fields = None),
     )
     .applied_objects();
+    // The Tenant CRD's metadata (watched by name): a CRD being deleted turns every Tenant's
+    // cleanup into a release that destroys nothing (`tenant::guard`).
+    let (tenant_crd, tenant_crd_writer) =
+        kube::runtime::reflector::store::<tenant::guard::CrdMeta>();
+    let tenant_crd_cache = kube::runtime::reflector(
+        tenant_crd_writer,
+        watcher(
+            Api::<tenant::guard::CrdMeta>::all(client.clone()),
+            watcher::Config::default().fields(&format!(
+                "metadata.name={}",
+                tenant::guard::tenant_crd_name()
+            )),
+        ),
+    )
+    .default_backoff()
+    .take_until(stop.clone())
+    .for_each(|_| futures::future::ready(()));
     let ctx = Context::new(
         client.clone(),
         config.reconcile.clone(),
@@ -229,7 +246,9 @@ async fn run_controller(
         recorder.clone(),
     )
     .with_revisions(revisions.clone())
-    .with_platforms(platforms);
+    .with_platforms(platforms)
+    .with_tenants(tenants.clone())
+    .with_tenant_crd(tenant_crd);
     let applied = ctx.applied.clone();
     let reports = ctx.reports.clone();
     let passes = ctx.passes.clone();
@@ -339,6 +358,7 @@ async fn run_controller(
         backups,
         cloud_gc,
         rollouts,
-        revisions_cache
+        revisions_cache,
+        tenant_crd_cache
     );
 }

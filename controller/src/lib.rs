@@ -146,6 +146,15 @@ pub struct Args {
     /// stackplane.io/release-deletion="true") or `delete` (destroy anyway, knowingly).
     #[arg(long, env = "STACKPLANE_ON_BACKUP_FAILURE", default_value = "hold")]
     pub on_backup_failure: stackplane_core::tenant::deletion::OnBackupFailure,
+
+    /// Most tenants entering deletion within an hour whose cleanup may destroy data: beyond
+    /// it, a deletion (oldest deletionTimestamp first, then name) waits, destroying nothing,
+    /// with condition DeletionHeld (reason MassDeletion) until a person sets the annotation
+    /// stackplane.io/release-deletion="true" on it. Counted from the Tenants' deletion
+    /// timestamps (retention deletions included); 0 holds every one.
+    #[arg(long, env = "STACKPLANE_MAX_DELETIONS_PER_HOUR", default_value_t = 10)]
+    pub max_deletions_per_hour: u32,
+
     /// Image of the Job that dumps a tenant's database for a backup.
     #[arg(long, env = "STACKPLANE_BACKUP_DUMP_IMAGE", default_value_t = backup::database::DumpConfig::default().image)]
     pub backup_dump_image: String,
@@ -295,6 +304,7 @@ impl Args {
                 requeue: std::time::Duration::from_secs(self.requeue_seconds.max(1)),
                 final_backup_timeout: std::time::Duration::from_secs(self.final_backup_timeout),
                 on_backup_failure: self.on_backup_failure,
+                max_deletions_per_hour: self.max_deletions_per_hour,
                 backup: backup::BackupConfig {
                     concurrency: self.concurrency,
                     dump: backup::database::DumpConfig {

@@ -107,6 +107,7 @@ pub struct Metrics {
     tenants: Tally<PhaseLabels>,
     cloud_instances: Tally<InstanceStateLabels>,
     deletions_held: Tally<HoldLabels>,
+    tenants_orphaned: Counter,
     creation_to_ready: Histogram,
     leader: Gauge,
     rollout_tenants: Family<RolloutLabels, Gauge>,
@@ -223,6 +224,13 @@ impl Metrics {
                 })
                 .set(0);
         }
+        let tenants_orphaned = Counter::default();
+        registry.register(
+            "tenants_orphaned_by_crd_deletion",
+            "Tenants released without deleting anything because the Tenant CRD was being \
+             deleted; their namespaces wait to be adopted again",
+            tenants_orphaned.clone(),
+        );
         let mut cloud_registry = Registry::with_prefix("stackplane_cloud");
         let cloud_orphans = Family::<OrphanLabels, Counter>::default();
         cloud_registry.register(
@@ -270,6 +278,7 @@ impl Metrics {
             tenants,
             cloud_instances,
             deletions_held,
+            tenants_orphaned,
             creation_to_ready,
             leader,
             rollout_tenants,
@@ -308,6 +317,11 @@ impl Metrics {
     /// Records why a tenant's deletion is held (`None`: it is not, or the tenant is gone).
     pub fn deletion_held(&self, tenant: &str, reason: Option<&str>) {
         self.deletions_held.set(tenant, reason);
+    }
+
+    /// Records a tenant released because the Tenant CRD was being deleted.
+    pub fn tenant_orphaned(&self) {
+        self.tenants_orphaned.inc();
     }
 
     /// Records the time from a tenant's creation until it became Ready.

@@ -327,6 +327,9 @@ impl Env {
                 // and the hold of a failed one).
                 final_backup_timeout: Duration::ZERO,
                 on_backup_failure: stackplane_core::tenant::deletion::OnBackupFailure::Delete,
+                // Some delete twenty tenants within a minute, on purpose: the mass-deletion
+                // guard is the tenant tests' subject.
+                max_deletions_per_hour: 1000,
                 ..ReconcileConfig::default()
             };
             o.lease.name = unique("lease");

@@ -134,6 +134,10 @@ impl Env {
             "0",
             "--on-backup-failure",
             "delete",
+            // Twenty-four tenants are deleted at once on purpose: the mass-deletion guard is
+            // the tenant tests' subject.
+            "--max-deletions-per-hour",
+            "1000",
         ])
         .args(args)
         .env("RUST_LOG", "stackplane_controller=info")

@@ -23,7 +23,7 @@ use stackplane_crds::{
     BackupReason, EgressPort, EgressProtocol, EgressRule, Platform, Subscription,
     SubscriptionStatus, Tenant, TenantBackup, TenantPhase, TenantSpec,
 };
-use stackplane_tests::{eventually, kube_client, unique};
+use stackplane_tests::{eventually, eventually_within, kube_client, unique};
 
 mod common;
 
@@ -1879,5 +1879,118 @@ async fn conditions_of_another_field_manager_survive_a_reconcile() {
         now.status.and_then(|s| s.phase),
         Some(TenantPhase::Suspended),
         "the stale phase was not written"
+    );
+}
+
+/// Issue 33, the mass-deletion guard: twenty tenants deleted at once (a bad script, a wrong
+/// selector). Counted by (deletionTimestamp, name), the first ten go; the other ten wait with
+/// `DeletionHeld` (reason `MassDeletion`), destroying nothing and not even requesting a final
+/// backup, over further reconciles, until a person releases each one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_tenants_deleted_at_once_stop_at_the_mass_deletion_guard_until_released() {
+    let env = start_with(
+        "leadgen-pro.yaml",
+        ReconcileConfig {
+            max_deletions_per_hour: 10,
+            // The ten within the budget go on without waiting for a dump Job nobody runs here.
+            final_backup_timeout: Duration::from_secs(1),
+            on_backup_failure: stackplane_core::tenant::deletion::OnBackupFailure::Delete,
+            ..test_config()
+        },
+    )
+    .await;
+    let c = env.client.clone();
+    let prefix = unique("mass");
+    let names: Vec<String> = (0..20).map(|i| format!("{prefix}-{i:02}")).collect();
+    for name in &names {
+        create_tenant_named(&env, name, "starter", |_| {}).await;
+    }
+    // Each has its finalizer and a namespace: something its deletion would destroy.
+    for name in &names {
+        let ns = format!("tenant-{name}");
+        eventually_within("the tenant's namespace", 120, || async {
+            namespace_live(&c, &ns).await.then_some(())
+        })
+        .await;
+    }
+    let tenants = Api::<Tenant>::all(c.clone());
+    let mut uids = BTreeMap::new();
+    for name in &names {
+        uids.insert(name.clone(), tenant_uid(&c, name).await);
+    }
+    // In name order: each deletionTimestamp is no earlier than the one before.
+    for name in &names {
+        tenants
+            .delete(name, &Default::default())
+            .await
+            .expect("delete tenant");
+    }
+
+    for name in &names[..10] {
+        eventually_within("the first ten gone", 120, || async {
+            tenant_gone(&c, name).await.then_some(())
+        })
+        .await;
+    }
+    for name in &names[10..] {
+        let (t, cond) = held(&c, name).await;
+        assert_eq!(cond.reason, "MassDeletion", "{name}");
+        assert!(
+            cond.message.contains("--max-deletions-per-hour=10"),
+            "{}",
+            cond.message
+        );
+        assert_eq!(
+            t.status.as_ref().and_then(|s| s.phase),
+            Some(TenantPhase::Deleting)
+        );
+    }
+    reconcile_again(&env, &names[15], 2).await;
+    for name in &names[10..] {
+        assert!(
+            namespace_live(&c, &format!("tenant-{name}")).await,
+            "{name}: nothing deleted while held"
+        );
+        let backup = stackplane_core::tenant::deletion::final_backup_name(name, &uids[name]);
+        assert!(
+            Api::<TenantBackup>::all(c.clone())
+                .get_opt(&backup)
+                .await
+                .expect("get")
+                .is_none(),
+            "{name}: not even the final backup is requested while held"
+        );
+    }
+    assert_eq!(
+        metric(
+            &env,
+            "stackplane_controller_deletions_held{reason=\"MassDeletion\"}"
+        ),
+        10.0
+    );
+
+    // A person releases one: it goes (its final backup first); the others stay held.
+    release_deletion(&c, &names[10]).await;
+    let ns = format!("tenant-{}", names[10]);
+    eventually_within("the released tenant gone", 120, || async {
+        let n = Api::<Namespace>::all(c.clone()).get_opt(&ns).await.ok()?;
+        (n.is_none() && tenant_gone(&c, &names[10]).await).then_some(())
+    })
+    .await;
+    for name in &names[11..] {
+        let t = tenant(&c, name).await;
+        let cond = condition(&t, "DeletionHeld").expect("DeletionHeld");
+        assert_eq!(
+            (cond.status.as_str(), cond.reason.as_str()),
+            ("True", "MassDeletion")
+        );
+        assert!(namespace_live(&c, &format!("tenant-{name}")).await);
+    }
+    assert_eq!(
+        metric(
+            &env,
+            "stackplane_controller_deletions_held{reason=\"MassDeletion\"}"
+        ),
+        9.0
     );
 }

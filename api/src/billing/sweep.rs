@@ -43,6 +43,8 @@ pub enum SweepError {
     Stripe(#[from] StripeApiError),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("Kubernetes: {0}")]
+    Kube(#[from] kube::Error),
 }
 
 impl SweepError {
@@ -51,6 +53,7 @@ impl SweepError {
             SweepError::NoReader => "no_reader",
             SweepError::Stripe(e) => e.metric_label(),
             SweepError::Database(_) => "database",
+            SweepError::Kube(_) => "kubernetes",
         }
     }
 }
@@ -112,6 +115,9 @@ impl Worker {
                 .or_default()
                 .push(s);
         }
+        // Which Tenants exist: one whose subscription is live but that is missing (the Tenant
+        // CRD was deleted and reinstalled) is recreated by this sweep, and adopts its stack.
+        let present = std::sync::Arc::new(self.tenant_names().await?);
         let mut report = SweepReport {
             pages: listing.pages,
             calls: listing.calls,
@@ -121,7 +127,10 @@ impl Worker {
             ..Default::default()
         };
         for (customer, subscriptions) in by_customer {
-            match self.sweep_customer(&customer, at_ms, subscriptions).await {
+            match self
+                .sweep_customer(&customer, at_ms, subscriptions, present.clone())
+                .await
+            {
                 Ok(written) => report.tenants_written += written,
                 Err(error) => {
                     report.customers_failed += 1;
@@ -138,17 +147,35 @@ impl Worker {
         customer: &str,
         at_ms: i64,
         subscriptions: Vec<SubscriptionObservation>,
+        tenants_present: std::sync::Arc<std::collections::BTreeSet<String>>,
     ) -> Result<u32, BillingError> {
         let mut tx = self.db.begin().await?;
         let read = Read {
             at_ms,
             subscriptions,
+            tenants_present: Some(tenants_present),
         };
         let synced = self
             .sync_customer(&mut tx, customer, None, Some(Ok(read)))
             .await?;
         tx.commit().await?;
         Ok(synced.tenants_written)
+    }
+
+    /// The names of every Tenant, listed by pages of metadata only.
+    async fn tenant_names(&self) -> Result<std::collections::BTreeSet<String>, SweepError> {
+        let api: kube::Api<kube::core::PartialObjectMeta<stackplane_crds::Tenant>> =
+            kube::Api::all(self.kube.clone());
+        let mut names = std::collections::BTreeSet::new();
+        let mut params = kube::api::ListParams::default().limit(500);
+        loop {
+            let page = api.list_metadata(&params).await?;
+            names.extend(page.items.iter().map(kube::ResourceExt::name_any));
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(token) => params = params.continue_token(&token),
+                None => return Ok(names),
+            }
+        }
     }
 
     /// Sweeps every `interval` until `shutdown` resolves (the first sweep one interval after

@@ -41,6 +41,11 @@ pub struct Read {
     /// When the read started, in milliseconds.
     pub at_ms: i64,
     pub subscriptions: Vec<SubscriptionObservation>,
+    /// The sweep's list of the Tenants that exist (`None` for a single customer's read): a
+    /// Tenant billing applied before but missing from it is written again although nothing
+    /// changed — recreated after the Tenant CRD was deleted and reinstalled (it then adopts
+    /// its stack), or after a hand deletion. A subscription that ended never recreates one.
+    pub tenants_present: Option<std::sync::Arc<std::collections::BTreeSet<String>>>,
 }
 
 /// What one customer sync did.
@@ -106,6 +111,7 @@ impl Worker {
                 .map(|listing| Read {
                     at_ms,
                     subscriptions: listing.subscriptions,
+                    tenants_present: None,
                 }),
         )
     }
@@ -180,6 +186,10 @@ impl Worker {
         let mut ignored = false;
         let event_sub = event.and_then(|e| e.observation.subscription_id().map(str::to_owned));
         let resolve = |price: &str| self.prices.resolve_price(price);
+        let present = match &read {
+            Some(Ok(r)) => r.tenants_present.clone(),
+            _ => None,
+        };
 
         let sync = match read {
             Some(Ok(read)) => {
@@ -260,8 +270,9 @@ impl Worker {
         let now = Utc::now();
         let mut written = 0;
         for g in govern(&snapshots, &applied, now.timestamp()) {
+            let missing = present.as_ref().is_some_and(|p| !p.contains(&g.tenant()));
             if self
-                .write_tenant(tx, &g, known.get(&g.tenant()), &sync, now)
+                .write_tenant(tx, &g, known.get(&g.tenant()), &sync, now, missing)
                 .await?
             {
                 written += 1;
@@ -351,8 +362,9 @@ impl Worker {
         Ok(())
     }
 
-    /// Writes the Tenant `g` governs when its spec or conditions changed (or the read time is
-    /// due for a refresh). Returns whether it wrote.
+    /// Writes the Tenant `g` governs when its spec or conditions changed, the read time is due
+    /// for a refresh, or the sweep found it `missing`. Returns whether it wrote.
+    #[allow(clippy::too_many_arguments)]
     async fn write_tenant(
         &self,
         tx: &mut Transaction<'_, Postgres>,
@@ -360,6 +372,7 @@ impl Worker {
         known: Option<&Known>,
         sync: &SyncState,
         now: DateTime<Utc>,
+        missing: bool,
     ) -> Result<bool, BillingError> {
         let name = g.tenant();
         let (_, spec_body) = mapping::tenant_apply_body(&g.snapshot);
@@ -372,7 +385,7 @@ impl Worker {
                 .written_at
                 .is_some_and(|at| (now - at).to_std().unwrap_or_default() < SYNCED_REFRESH);
             let refresh_due = matches!(sync, SyncState::Read { .. }) && !fresh && !ended;
-            if same && !refresh_due {
+            if same && !refresh_due && !missing {
                 return Ok(false);
             }
         }

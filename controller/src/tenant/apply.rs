@@ -38,6 +38,9 @@ pub struct Outcome {
     pub namespace_created: Option<Time>,
     /// What each Deployment reported in its answer.
     pub reports: Vec<DeploymentReport>,
+    /// The namespace carries the marks of an orphaning (a Tenant of this name released it
+    /// because the Tenant CRD was being deleted, or under `Retain`): this apply adopted it.
+    pub namespace_orphaned: bool,
 }
 
 /// Applies the namespace, then every namespaced object of `plan` through the registry of
@@ -57,6 +60,7 @@ pub async fn apply(client: &Client, plan: &Plan) -> Result<Outcome> {
             source,
         })?;
     let mut outcome = Outcome {
+        namespace_orphaned: stackplane_core::tenant::adoption::carries_orphan_marks(&namespace),
         namespace_created: namespace.metadata.creation_timestamp,
         reports: Vec::new(),
     };

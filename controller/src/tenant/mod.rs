@@ -16,7 +16,9 @@ pub mod apply;
 pub mod children;
 pub mod desired;
 pub mod final_backup;
+pub mod guard;
 pub mod metadata;
+pub mod orphan;
 pub mod prune;
 pub mod reports;
 pub mod resync;
@@ -81,6 +83,9 @@ pub struct ReconcileConfig {
     /// How often an unfinished final backup is looked at (a TenantBackup watch usually
     /// triggers the reconcile sooner).
     pub final_backup_poll: Duration,
+    /// The mass-deletion guard: most deletions that may destroy data entering within an hour;
+    /// beyond it they wait for a person (`guard`).
+    pub max_deletions_per_hour: u32,
     /// EC2 instances and DNS records (`crate::cloud`). `None`: the cloud step is skipped.
     pub cloud: Option<crate::cloud::CloudSettings>,
     /// The backup reconciler and scheduler, run alongside (`tenant_selector` applies to them).
@@ -96,6 +101,7 @@ impl Default for ReconcileConfig {
             final_backup_timeout: Duration::from_secs(1800),
             final_backup_poll: Duration::from_secs(15),
             on_backup_failure: OnBackupFailure::Hold,
+            max_deletions_per_hour: 10,
             cloud: None,
             backup: crate::backup::BackupConfig::default(),
         }
@@ -121,6 +127,13 @@ pub struct Context {
     pub reports: Arc<reports::DeploymentReports>,
     /// When each tenant's last pass finished: the resync sweep skips a tenant that just had one.
     pub passes: Arc<resync::RecentPasses>,
+    /// The Tenants, cached: the mass-deletion guard counts the deleting ones (`None`: no guard
+    /// beyond what this process let go on).
+    tenants: Option<kube::runtime::reflector::Store<CachedTenant>>,
+    /// The Tenant CRD's metadata, watched (`None`: asked of the API server each time).
+    tenant_crd: Option<kube::runtime::reflector::Store<guard::CrdMeta>>,
+    /// Deletions this process let go on, for the guard's window.
+    pub recent_deletions: Arc<guard::RecentDeletions>,
 }
 
 impl Context {
@@ -141,7 +154,25 @@ impl Context {
             applied: Arc::default(),
             reports: Arc::default(),
             passes: Arc::default(),
+            tenants: None,
+            tenant_crd: None,
+            recent_deletions: Arc::default(),
         }
+    }
+
+    /// The same context counting deletions from `cache` (the controller's Tenants).
+    pub fn with_tenants(mut self, cache: kube::runtime::reflector::Store<CachedTenant>) -> Self {
+        self.tenants = Some(cache);
+        self
+    }
+
+    /// The same context reading the Tenant CRD's metadata from `cache`.
+    pub fn with_tenant_crd(
+        mut self,
+        cache: kube::runtime::reflector::Store<guard::CrdMeta>,
+    ) -> Self {
+        self.tenant_crd = Some(cache);
+        self
     }
 
     /// The same context reading Platforms from `cache`.
@@ -461,21 +492,31 @@ async fn retention_decision(
             held: None,
         });
     }
-    match final_backup_gate(pass.tenant, ctx, Trigger::RetentionOver, true).await? {
+    match final_backup_gate(
+        pass.tenant,
+        ctx,
+        Trigger::RetentionOver,
+        true,
+        Guards::default(),
+    )
+    .await?
+    {
         Next::WaitForBackup { retry_in, .. } => Ok(Retention::Kept {
             requeue: requeue.min(retry_in),
             held: None,
         }),
         Next::Hold { reason, backup } => Ok(Retention::Kept {
             requeue,
-            held: Some(held_condition(reason, &backup)),
+            held: Some(held_condition(ctx, reason, backup.as_deref())),
         }),
         // Not reached for a live, unpaused tenant (the pipeline stops before retention when
-        // paused; Retain applies only in the finalizer): keep it.
-        Next::WaitForUnpause | Next::Retain | Next::RequestBackup => Ok(Retention::Kept {
-            requeue,
-            held: None,
-        }),
+        // paused; Retain and Orphan apply only in the finalizer): keep it.
+        Next::WaitForUnpause | Next::Retain | Next::Orphan | Next::RequestBackup => {
+            Ok(Retention::Kept {
+                requeue,
+                held: None,
+            })
+        }
         Next::Destroy { .. } => {
             let api: Api<Tenant> = Api::all(ctx.client.clone());
             // The cached copy can predate this controller's own delete or billing's
@@ -560,22 +601,31 @@ pub async fn delete_if_due(
     }
 }
 
-/// The `DeletionHeld=True` condition of a hold.
-fn held_condition(reason: HoldReason, backup: &str) -> Want {
-    let what = match reason {
-        HoldReason::FinalBackupFailed => "failed",
-        HoldReason::FinalBackupTimedOut => "did not finish in time",
-    };
-    Want::new(
-        DELETION_HELD,
-        true,
-        reason.as_str(),
-        format!(
-            "final backup {backup} {what}: nothing is deleted until a person releases it \
-             (annotation {RELEASE_DELETION}=\"true\") or a new final backup completes \
-             (delete the failed TenantBackup {backup} to request one)"
+/// The `DeletionHeld=True` condition of a hold (`backup`: the final backup that failed).
+fn held_condition(ctx: &Context, reason: HoldReason, backup: Option<&str>) -> Want {
+    let backup = backup.unwrap_or("of this lifecycle");
+    let message = match reason {
+        HoldReason::MassDeletion => format!(
+            "more tenants entered deletion within an hour than --max-deletions-per-hour={}: \
+             nothing of this tenant is deleted, not even a final backup taken, until a person \
+             releases it (annotation {RELEASE_DELETION}=\"true\"); see the runbook \
+             deletion-held.md for a mass deletion made by mistake",
+            ctx.config.max_deletions_per_hour
         ),
-    )
+        HoldReason::FinalBackupFailed | HoldReason::FinalBackupTimedOut => {
+            let what = if reason == HoldReason::FinalBackupFailed {
+                "failed"
+            } else {
+                "did not finish in time"
+            };
+            format!(
+                "final backup {backup} {what}: nothing is deleted until a person releases it \
+                 (annotation {RELEASE_DELETION}=\"true\") or a new final backup completes \
+                 (delete the failed TenantBackup {backup} to request one)"
+            )
+        }
+    };
+    Want::new(DELETION_HELD, true, reason.as_str(), message)
 }
 
 /// apply + prune: the plan's objects applied, the rest pruned (claims retained, not deleted).
@@ -604,6 +654,11 @@ async fn sync_step(pass: &Pass<'_>, ctx: &Context, plan: &Plan) -> Result<Pruned
     let synced = async {
         let applied = apply::apply(&ctx.client, plan).await?;
         ctx.reports.record(plan.namespace_name(), &applied.reports);
+        // Every object of the plan is in place in a namespace an earlier Tenant of this name
+        // left: the stack is this tenant's now, its data and credentials as they were.
+        if applied.namespace_orphaned {
+            orphan::adopted(ctx, pass.tenant, plan.namespace_name()).await?;
+        }
         let ns_created = applied.namespace_created;
         let tenant_created = pass.tenant.metadata.creation_timestamp.as_ref();
         let fresh_namespace = matches!(
@@ -828,8 +883,10 @@ fn look_again(ctx: &Context, within: Duration) -> Action {
 }
 
 /// Implements the deletion policy; the finalizer is removed when this returns `Ok`. What it
-/// does next is `stackplane_core::tenant::deletion::decide`'s answer: a paused tenant waits, a
-/// failed final backup holds, and nothing (namespace or cloud resource) is destroyed before.
+/// does next is `stackplane_core::tenant::deletion::decide`'s answer: every Tenant of a CRD
+/// being deleted is released destroying nothing, a paused tenant waits, a deletion beyond the
+/// mass-deletion guard waits for a person, a failed final backup holds, and nothing (namespace
+/// or cloud resource) is destroyed before.
 async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     let name = tenant.name_any();
     let ns = namespace_name(&name);
@@ -839,13 +896,23 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         DeletionPolicy::Delete if !tenant.spec.paused => namespaces.get_opt(&ns).await?,
         _ => None,
     };
-    // The final backup, unless there is no data left to back up.
-    let has_data = existing
+    let terminating = existing
         .as_ref()
-        .is_some_and(|n| n.metadata.deletion_timestamp.is_none())
-        || previous.instance.is_some();
-    let next = final_backup_gate(tenant, ctx, Trigger::TenantDeleted, has_data).await?;
-    deleting_status(tenant, ctx, &previous, &next).await?;
+        .is_some_and(|n| n.metadata.deletion_timestamp.is_some());
+    // The final backup, unless there is no data left to back up.
+    let has_data = existing.is_some() && !terminating || previous.instance.is_some();
+    // Asked of the API server unless the destruction is already under way (the namespace
+    // terminating): the watch of the CRD may lag the Tenants' own.
+    let tenant_crd_deleting = guard::tenant_crd_deleting(ctx, !terminating).await?;
+    let guards = Guards {
+        tenant_crd_deleting,
+        beyond_budget: !tenant_crd_deleting && guard::beyond_budget(ctx, tenant, &previous),
+    };
+    let next = final_backup_gate(tenant, ctx, Trigger::TenantDeleted, has_data, guards).await?;
+    // The Tenant's kind is going: no status to write, no Event to attach.
+    if next != Next::Orphan {
+        deleting_status(tenant, ctx, &previous, &next).await?;
+    }
     match next {
         Next::WaitForUnpause => return Err(Error::DeletionPaused),
         Next::Hold { reason, .. } => {
@@ -863,7 +930,12 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action> {
                 retry_in: ctx.config.final_backup_poll,
             })
         }
+        Next::Orphan => orphan::release(ctx, tenant).await?,
         Next::Destroy { .. } => {
+            // Counted by the guard after it leaves the cache, for the rest of the window.
+            if let Some(entered) = guard::entered(tenant) {
+                ctx.recent_deletions.went(entered, Timestamp::now());
+            }
             // Cloud resources go only once the final backup lets the deletion proceed.
             if let Some(settings) = &ctx.config.cloud {
                 let platform = Api::<Platform>::all(ctx.client.clone())
@@ -947,7 +1019,7 @@ async fn deleting_status(
     }];
     let was_held = is_held(previous);
     let held = match next {
-        Next::Hold { reason, backup } => Some(held_condition(*reason, backup)),
+        Next::Hold { reason, backup } => Some(held_condition(ctx, *reason, backup.as_deref())),
         _ if was_held => Some(Want::new(
             DELETION_HELD,
             false,
@@ -996,6 +1068,15 @@ async fn deleting_status(
     Ok(())
 }
 
+/// The inputs of the deletion decision that "mistakes delete nothing" adds (observed by
+/// `guard`); the retention path has none of them (it only deletes the Tenant, whose finalizer
+/// is then guarded).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Guards {
+    pub tenant_crd_deleting: bool,
+    pub beyond_budget: bool,
+}
+
 /// Asks `stackplane_core::tenant::deletion` what the cleanup (or retention) of `tenant` does
 /// next, reading its final backup only when that matters, and carries out what destroys
 /// nothing: requests the backup (answering [`Next::WaitForBackup`] instead of
@@ -1006,10 +1087,13 @@ pub async fn final_backup_gate(
     ctx: &Context,
     trigger: Trigger,
     has_data: bool,
+    guards: Guards,
 ) -> Result<Next> {
     let name = tenant.name_any();
     let mut input = Deletion::of(tenant, trigger);
     input.has_data = has_data;
+    input.tenant_crd_deleting = guards.tenant_crd_deleting;
+    input.beyond_budget = guards.beyond_budget;
     input.on_backup_failure = ctx.config.on_backup_failure;
     let mut next = deletion::decide(&input);
     if next == Next::RequestBackup {
@@ -1079,7 +1163,7 @@ pub async fn final_backup_gate(
             };
             tracing::warn!(tenant = %name, released_by = %by, "deletion proceeds without a completed final backup");
         }
-        Next::Destroy { .. } | Next::Retain | Next::WaitForUnpause => {
+        Next::Destroy { .. } | Next::Retain | Next::Orphan | Next::WaitForUnpause => {
             ctx.metrics.deletion_held(&name, None);
         }
     }

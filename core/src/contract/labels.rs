@@ -11,8 +11,20 @@ pub const TENANT: &str = "stackplane.io/tenant";
 pub const PLATFORM: &str = "stackplane.io/platform";
 /// Name of the component a workload object belongs to.
 pub const COMPONENT: &str = "stackplane.io/component";
-/// Set on a namespace left behind by a Tenant deleted with `deletionPolicy: Retain`.
+/// Set on a namespace left behind by a Tenant deleted with `deletionPolicy: Retain`, or
+/// released because the Tenant CRD was being deleted ([`ORPHANED_BY`]).
 pub const ORPHANED: &str = "stackplane.io/orphaned";
+/// Annotation on a namespace whose Tenant was released without deleting anything because the
+/// Tenant CRD itself was being deleted; its value is [`ORPHANED_BY_CRD_DELETION`]. Removed once
+/// a Tenant of the same name adopts the namespace again.
+pub const ORPHANED_BY: &str = "stackplane.io/orphaned-by";
+/// The value of [`ORPHANED_BY`] for a namespace released by a deletion of the Tenant CRD.
+pub const ORPHANED_BY_CRD_DELETION: &str = "tenant-crd-deletion";
+/// Annotation on such a namespace: the Tenant's spec (JSON), what `kubectl stackplane adopt`
+/// recreates the Tenant from.
+pub const TENANT_SPEC: &str = "stackplane.io/tenant-spec";
+/// Annotation next to [`TENANT_SPEC`]: the Tenant's own labels (JSON object).
+pub const TENANT_LABELS: &str = "stackplane.io/tenant-labels";
 /// Set (`true`) on a volume claim the Platform no longer names: the controller keeps it rather
 /// than pruning customer data; it goes only with the tenant's namespace.
 pub const RETAINED: &str = "stackplane.io/retained";

@@ -6,7 +6,10 @@
 //! The promise kept here: no customer data is destroyed unless its final backup of this
 //! lifecycle completed, or a person released the hold (annotation
 //! [`crate::contract::labels::RELEASE_DELETION`]), or the operator chose
-//! [`OnBackupFailure::Delete`] knowingly.
+//! [`OnBackupFailure::Delete`] knowingly. And mistakes delete nothing: a Tenant deleted because
+//! its CRD is being deleted is released without destroying anything ([`Next::Orphan`]), and
+//! more tenants entering deletion within an hour than `--max-deletions-per-hour` wait for a
+//! person ([`beyond_budget`], [`HoldReason::MassDeletion`]).
 
 use std::time::Duration;
 
@@ -145,11 +148,17 @@ pub fn assess(
     }
 }
 
-/// Everything the decision reads. A new reason to hold (a mass-deletion guard, a Tenant CRD
-/// being deleted) is one more field here and one more arm in [`decide`].
+/// Everything the decision reads. A new reason to hold is one more field here and one more arm
+/// in [`decide`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Deletion {
     pub trigger: Trigger,
+    /// The `tenants.stackplane.io` CRD has a deletionTimestamp: the API server deletes every
+    /// Tenant because their kind is going, not because anyone meant to delete a customer.
+    pub tenant_crd_deleting: bool,
+    /// More tenants entered deletion within the hour before this one than the guard allows
+    /// ([`beyond_budget`]).
+    pub beyond_budget: bool,
     pub policy: DeletionPolicy,
     /// `spec.paused`: nothing is done until it is unpaused.
     pub paused: bool,
@@ -167,6 +176,8 @@ impl Deletion {
     pub fn of(tenant: &Tenant, trigger: Trigger) -> Self {
         Deletion {
             trigger,
+            tenant_crd_deleting: false,
+            beyond_budget: false,
             policy: tenant.spec.deletion_policy,
             paused: tenant.spec.paused,
             released: released(tenant),
@@ -190,19 +201,23 @@ pub fn released(tenant: &Tenant) -> bool {
 pub enum HoldReason {
     FinalBackupFailed,
     FinalBackupTimedOut,
+    /// Beyond `--max-deletions-per-hour` ([`beyond_budget`]).
+    MassDeletion,
 }
 
 impl HoldReason {
     /// Every reason, for metrics that start each series at 0.
-    pub const ALL: [HoldReason; 2] = [
+    pub const ALL: [HoldReason; 3] = [
         HoldReason::FinalBackupFailed,
         HoldReason::FinalBackupTimedOut,
+        HoldReason::MassDeletion,
     ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             HoldReason::FinalBackupFailed => "FinalBackupFailed",
             HoldReason::FinalBackupTimedOut => "FinalBackupTimedOut",
+            HoldReason::MassDeletion => "MassDeletion",
         }
     }
 }
@@ -214,12 +229,19 @@ pub enum Next {
     WaitForUnpause,
     /// `deletionPolicy: Retain` (finalizer path): keep everything, release the finalizer.
     Retain,
+    /// The Tenant CRD is being deleted (finalizer path): keep everything as for [`Next::Retain`],
+    /// write onto the namespace what re-adoption needs, release the finalizer.
+    Orphan,
     /// Create the final backup of this lifecycle.
     RequestBackup,
     /// The final backup runs: look again within `retry_in`.
     WaitForBackup { backup: String, retry_in: Duration },
-    /// Destroy nothing until a person releases the hold.
-    Hold { reason: HoldReason, backup: String },
+    /// Destroy nothing until a person releases the hold. `backup`: the final backup that
+    /// failed (none for [`HoldReason::MassDeletion`], which holds before any backup).
+    Hold {
+        reason: HoldReason,
+        backup: Option<String>,
+    },
     /// Go ahead: delete the namespace and cloud resources (finalizer path) or the Tenant
     /// (retention path). `backup`: the final backup's name and how it ended, when there is one.
     Destroy {
@@ -231,6 +253,11 @@ pub enum Next {
 
 /// What cleanup does next (pure).
 pub fn decide(d: &Deletion) -> Next {
+    // Before the pause: releasing destroys nothing, and the CRD's deletion cannot finish
+    // while a Tenant keeps its finalizer.
+    if d.trigger == Trigger::TenantDeleted && d.tenant_crd_deleting {
+        return Next::Orphan;
+    }
     if d.paused {
         return Next::WaitForUnpause;
     }
@@ -241,6 +268,14 @@ pub fn decide(d: &Deletion) -> Next {
         return Next::Destroy {
             backup: None,
             overridden: false,
+        };
+    }
+    // Before the final backup is requested: a mistaken mass deletion costs no backup Jobs
+    // either. The retention path is counted once the Tenant it deletes is deleting.
+    if d.trigger == Trigger::TenantDeleted && d.beyond_budget && !d.released {
+        return Next::Hold {
+            reason: HoldReason::MassDeletion,
+            backup: None,
         };
     }
     match &d.final_backup {
@@ -266,10 +301,50 @@ pub fn decide(d: &Deletion) -> Next {
                     Outcome::TimedOut => HoldReason::FinalBackupTimedOut,
                     Outcome::Finished(_) => HoldReason::FinalBackupFailed,
                 },
-                backup: name.clone(),
+                backup: Some(name.clone()),
             }
         }
     }
+}
+
+/// The window of the mass-deletion guard.
+pub const GUARD_WINDOW: SignedDuration = SignedDuration::from_hours(1);
+
+/// A Tenant that entered deletion, as the mass-deletion guard counts it: when (its
+/// `metadata.deletionTimestamp`, second resolution) and its name, which breaks ties.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Entered {
+    pub at: Timestamp,
+    pub name: String,
+}
+
+/// Whether a deletion counts toward the guard: only one that may destroy something, i.e. under
+/// `deletionPolicy: Delete` (a `Retain` tenant and every Tenant of a CRD being deleted keep
+/// their stacks).
+pub fn counts_toward_guard(policy: DeletionPolicy, tenant_crd_deleting: bool) -> bool {
+    policy == DeletionPolicy::Delete && !tenant_crd_deleting
+}
+
+/// The mass-deletion guard (pure): whether `me` waits for a person because at least
+/// `max_per_hour` other counted deletions entered within the hour up to it and before it, in
+/// the order of `(deletionTimestamp, name)` — the same answer on every replica, and after a
+/// leader change, since it is read from the Tenants themselves. The window is relative to `me`'s
+/// own timestamp, so time passing never changes the answer; `others` may include `me` (ignored).
+/// `already_held`: the tenant's status says it was held for this reason: it stays held even
+/// when deletions counted before it have finished and gone from view, until a person releases
+/// it.
+pub fn beyond_budget(
+    me: &Entered,
+    others: &[Entered],
+    max_per_hour: u32,
+    already_held: bool,
+) -> bool {
+    if already_held {
+        return true;
+    }
+    let since = me.at.checked_sub(GUARD_WINDOW).unwrap_or(me.at);
+    let ahead = others.iter().filter(|o| o.at > since && *o < me).count();
+    ahead >= max_per_hour as usize
 }
 
 /// Whether the retention step may delete `fresh` (a read of the Tenant from the API server
@@ -458,38 +533,47 @@ mod tests {
             over(Outcome::TimedOut),
         ];
         let mut seen = 0;
+        let flags = [false, true];
         for trigger in [Trigger::TenantDeleted, Trigger::RetentionOver] {
             for policy in [DeletionPolicy::Delete, DeletionPolicy::Retain] {
-                for paused in [false, true] {
-                    for released in [false, true] {
-                        for has_data in [false, true] {
-                            for on_backup_failure in
-                                [OnBackupFailure::Hold, OnBackupFailure::Delete]
-                            {
-                                for final_backup in &backups {
-                                    let d = Deletion {
-                                        trigger,
-                                        policy,
-                                        paused,
-                                        released,
-                                        has_data,
-                                        final_backup: final_backup.clone(),
-                                        on_backup_failure,
-                                    };
-                                    check(&d, &decide(&d));
-                                    seen += 1;
-                                }
-                            }
+                for (paused, released, has_data, tenant_crd_deleting, beyond_budget) in flags
+                    .iter()
+                    .flat_map(|a| flags.iter().map(move |b| (*a, *b)))
+                    .flat_map(|(a, b)| flags.iter().map(move |c| (a, b, *c)))
+                    .flat_map(|(a, b, c)| flags.iter().map(move |d| (a, b, c, *d)))
+                    .flat_map(|(a, b, c, d)| flags.iter().map(move |e| (a, b, c, d, *e)))
+                {
+                    for on_backup_failure in [OnBackupFailure::Hold, OnBackupFailure::Delete] {
+                        for final_backup in &backups {
+                            let d = Deletion {
+                                trigger,
+                                tenant_crd_deleting,
+                                beyond_budget,
+                                policy,
+                                paused,
+                                released,
+                                has_data,
+                                final_backup: final_backup.clone(),
+                                on_backup_failure,
+                            };
+                            check(&d, &decide(&d));
+                            seen += 1;
                         }
                     }
                 }
             }
         }
-        assert_eq!(seen, 2 * 2 * 2 * 2 * 2 * 2 * 6);
+        assert_eq!(seen, 2 * 2 * 32 * 2 * 6);
     }
 
     fn check(d: &Deletion, next: &Next) {
         let ctx = format!("{d:?} -> {next:?}");
+        // A deletion of the CRD destroys nothing, whatever else holds (paused included).
+        if d.trigger == Trigger::TenantDeleted && d.tenant_crd_deleting {
+            assert_eq!(*next, Next::Orphan, "{ctx}");
+            return;
+        }
+        assert_ne!(*next, Next::Orphan, "{ctx}");
         if d.paused {
             assert_eq!(*next, Next::WaitForUnpause, "{ctx}");
             return;
@@ -500,6 +584,19 @@ mod tests {
         }
         if !d.has_data {
             assert!(matches!(next, Next::Destroy { backup: None, .. }), "{ctx}");
+            return;
+        }
+        // The guard: beyond the budget nothing goes on (not even the backup) until released;
+        // the retention path is counted when the Tenant it deletes is.
+        if d.trigger == Trigger::TenantDeleted && d.beyond_budget && !d.released {
+            assert_eq!(
+                *next,
+                Next::Hold {
+                    reason: HoldReason::MassDeletion,
+                    backup: None
+                },
+                "{ctx}"
+            );
             return;
         }
         let expected = match &d.final_backup {
@@ -526,7 +623,7 @@ mod tests {
                 } else {
                     HoldReason::FinalBackupFailed
                 },
-                backup: "b".into(),
+                backup: Some("b".into()),
             },
         };
         assert_eq!(*next, expected, "{ctx}");
@@ -565,6 +662,101 @@ mod tests {
         assert_eq!("delete".parse(), Ok(OnBackupFailure::Delete));
         assert!("yes".parse::<OnBackupFailure>().is_err());
         assert_eq!(OnBackupFailure::default(), OnBackupFailure::Hold);
+    }
+
+    fn entered(at_secs: i64, name: &str) -> Entered {
+        Entered {
+            at: at(at_secs),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn twenty_deleted_at_once_the_first_ten_by_name_go_the_rest_wait() {
+        // Twenty tenants deleted by one command: the same second, told apart by name.
+        let all: Vec<Entered> = (0..20)
+            .map(|i| entered(1_000, &format!("t{i:02}")))
+            .collect();
+        let going: Vec<&str> = all
+            .iter()
+            .filter(|e| !beyond_budget(e, &all, 10, false))
+            .map(|e| e.name.as_str())
+            .collect();
+        assert_eq!(
+            going,
+            (0..10).map(|i| format!("t{i:02}")).collect::<Vec<_>>()
+        );
+        // Any order of the input (each replica's cache lists differently): the same answer.
+        let mut reversed = all.clone();
+        reversed.reverse();
+        for e in &all {
+            assert_eq!(
+                beyond_budget(e, &all, 10, false),
+                beyond_budget(e, &reversed, 10, false),
+                "{e:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_window_is_the_hour_up_to_the_deletion_itself() {
+        const HOUR: i64 = 3_600;
+        let earlier: Vec<Entered> = (0..3).map(|i| entered(0, &format!("a{i}"))).collect();
+        // Exactly an hour later the earlier ones are out of the window; a second less, in.
+        assert!(!beyond_budget(&entered(HOUR, "b"), &earlier, 3, false));
+        assert!(beyond_budget(&entered(HOUR - 1, "b"), &earlier, 3, false));
+        // A later deletion never counts against an earlier one (time passing changes nothing).
+        let later = vec![entered(10, "z0"), entered(10, "z1")];
+        assert!(!beyond_budget(&entered(5, "b"), &later, 1, false));
+        // Ties at the same second: the name decides, and a tenant never counts itself.
+        let tie = vec![entered(7, "m"), entered(7, "n")];
+        assert!(!beyond_budget(&entered(7, "m"), &tie, 1, false));
+        assert!(beyond_budget(&entered(7, "n"), &tie, 1, false));
+        // A budget of 0: every counted deletion waits for a person.
+        assert!(beyond_budget(&entered(7, "m"), &[], 0, false));
+    }
+
+    #[test]
+    fn a_held_tenant_stays_held_when_those_before_it_are_gone() {
+        // Held once (its status says so): the ten that went before it finished and left the
+        // cache, yet it waits for a person.
+        assert!(beyond_budget(&entered(1_000, "t15"), &[], 10, true));
+        let mut d = Deletion::of(
+            &Tenant::new("t15", TenantSpec::new("crm", "starter")),
+            Trigger::TenantDeleted,
+        );
+        d.beyond_budget = true;
+        assert!(matches!(
+            decide(&d),
+            Next::Hold {
+                reason: HoldReason::MassDeletion,
+                backup: None
+            }
+        ));
+        // Released by a person: the deletion goes on to its final backup.
+        d.released = true;
+        assert_eq!(decide(&d), Next::RequestBackup);
+    }
+
+    #[test]
+    fn a_deletion_of_the_crd_is_never_counted_and_never_destroys() {
+        assert!(counts_toward_guard(DeletionPolicy::Delete, false));
+        assert!(!counts_toward_guard(DeletionPolicy::Delete, true));
+        assert!(!counts_toward_guard(DeletionPolicy::Retain, false));
+        let mut d = Deletion::of(
+            &Tenant::new("acme", TenantSpec::new("crm", "starter")),
+            Trigger::TenantDeleted,
+        );
+        d.tenant_crd_deleting = true;
+        d.beyond_budget = true;
+        d.paused = true;
+        d.final_backup = over(Outcome::Finished(BackupPhase::Completed));
+        assert_eq!(decide(&d), Next::Orphan);
+        // The retention path never orphans: it only deletes the Tenant (whose finalizer then
+        // sees the CRD's state).
+        d.trigger = Trigger::RetentionOver;
+        d.paused = false;
+        assert!(matches!(decide(&d), Next::Destroy { .. }));
     }
 
     fn cancelled(at_secs: Option<i64>) -> Tenant {
