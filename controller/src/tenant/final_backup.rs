@@ -53,6 +53,7 @@ pub fn desired(tenant: &Tenant) -> TenantBackup {
             tenant: name,
             reason: BackupReason::PreDelete,
             restore: None,
+            instance: None,
         },
         status: None,
     }
