@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use stackplane_crds::naming::suffixed_name;
 
-use crate::tenant::deletion::{after_backup, AfterBackup, FinalBackup, HoldReason, OnBackupFailure};
+use crate::tenant::deletion::{
+    after_backup, AfterBackup, FinalBackup, HoldReason, OnBackupFailure,
+};
 
 /// Name of the `pre-terminate` backup of `instance` of `tenant`: `<tenant>-pre-terminate-<instance
 /// id>`, a DNS label (a long tenant name is cut and hashed, the suffix kept readable). One per
@@ -90,7 +92,10 @@ mod tests {
         );
         let long = backup_name(&"t".repeat(63), "i-0123456789abcdef0");
         assert!(is_dns_label(&long), "{long}");
-        assert!(long.ends_with("-pre-terminate-i-0123456789abcdef0"), "{long}");
+        assert!(
+            long.ends_with("-pre-terminate-i-0123456789abcdef0"),
+            "{long}"
+        );
         // Two long tenant names sharing a prefix stay apart.
         assert_ne!(
             long,
