@@ -283,9 +283,23 @@ impl CloudProvider for Observed {
                 .swap(false, Ordering::SeqCst)
             {
                 let volume = &spec.volume_id;
+                // moto needs the instance named (it answers 500 without it).
+                let attached_to = self
+                    .ec2
+                    .describe_volumes()
+                    .volume_ids(volume)
+                    .send()
+                    .await
+                    .expect("DescribeVolumes in moto")
+                    .volumes()
+                    .iter()
+                    .flat_map(|v| v.attachments())
+                    .find_map(|a| a.instance_id().map(str::to_owned))
+                    .expect("the volume is attached");
                 self.ec2
                     .detach_volume()
                     .volume_id(volume)
+                    .instance_id(attached_to)
                     .force(true)
                     .send()
                     .await
