@@ -1937,3 +1937,70 @@ async fn a_failed_pre_terminate_backup_holds_the_termination_until_released() {
         .any(|e| e.reason.as_deref() == Some("DeletionReleased"));
     assert!(released, "the release is recorded in an Event");
 }
+
+/// Issue 33: the deletion of a dedicated tenant goes through the same gate: its instance is
+/// terminated only once the instance's `pre-terminate` backup completed (snapshots of its
+/// volume existing when TerminateInstances is sent), and that backup outlives the Tenant. (The
+/// final backup's dump Job never runs in this cluster: it times out after 30 s and the operator's
+/// `--on-backup-failure=delete` lets the deletion go on; the pre-terminate backup, whose
+/// snapshots moto completes at once, finishes in one backup reconcile, far within the same
+/// timeout, which is what makes it `Completed` rather than timed out on a loaded machine.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_dedicated_tenant_snapshots_its_instance_first() {
+    let env = setup(Options::default()).await;
+    let env = &env;
+    env.spawn_controller_full(
+        None,
+        |_| {},
+        |r| {
+            r.final_backup_timeout = Duration::from_secs(30);
+            r.final_backup_poll = Duration::from_secs(1);
+        },
+    )
+    .await;
+    let name = &env.create_tenant("starter", |_| {}).await;
+    let t = env.cloud_ready(name).await;
+    let instance = t.status.and_then(|s| s.instance).expect("instance").id;
+    let volumes = volumes_of(&env.ec2, &instance).await;
+    assert!(!volumes.is_empty());
+
+    Api::<Tenant>::all(env.client.clone())
+        .delete(name, &DeleteParams::default())
+        .await
+        .expect("delete tenant");
+    eventually("tenant gone", 120, move || async move {
+        env.tenant(name).await.is_none().then_some(())
+    })
+    .await;
+    assert!(env.instances(name).await.is_empty(), "instance terminated");
+
+    let backup_name = stackplane_core::cloud::terminate::backup_name(name, &instance);
+    let seen = env.calls.at_termination.lock().expect("lock").clone();
+    let at = seen
+        .iter()
+        .find(|t| t.instance == instance)
+        .unwrap_or_else(|| panic!("TerminateInstances of {instance}: {seen:?}"));
+    for volume in &volumes {
+        let snapshots = at
+            .volumes
+            .iter()
+            .find(|(v, _)| v == volume)
+            .map(|(_, s)| s.clone())
+            .unwrap_or_default();
+        assert!(
+            snapshots
+                .iter()
+                .any(|(_, state, backup)| state == "completed"
+                    && backup.as_deref() == Some(backup_name.as_str())),
+            "a completed snapshot of {volume} by {backup_name} before the termination: {seen:?}"
+        );
+    }
+    let backup = Api::<stackplane_crds::TenantBackup>::all(env.client.clone())
+        .get(&backup_name)
+        .await
+        .expect("the pre-terminate backup outlives the Tenant");
+    assert_eq!(
+        backup.status.and_then(|s| s.phase),
+        Some(stackplane_crds::BackupPhase::Completed)
+    );
+}
