@@ -1488,3 +1488,59 @@ async fn readyz_checks_database_and_kubernetes_and_openapi_is_served() {
     // Which check failed, and nothing of the backend's error text.
     assert_eq!(body, json!({"database": "failed", "kubernetes": "ok"}));
 }
+
+/// Issue 33: the controller's `pre-terminate` backup (the EBS snapshots of an instance about to
+/// be terminated) is recorded like any other — the reason the migration admits — and listed
+/// with its reason.
+#[tokio::test]
+async fn pre_terminate_backups_are_recorded_and_listed() {
+    let env = start().await;
+    let platform = unique("plat");
+    let name = unique("tn");
+    env.tenant(&name, &platform, "starter", Some(TenantPhase::Ready))
+        .await;
+    let (token, _) = env.token(&name).await;
+    let backup = format!("{name}-pre-terminate-i-0123456789abcdef0");
+    let crs: Api<TenantBackup> = Api::all(env.kube.clone());
+    let cr = TenantBackup::new(
+        &backup,
+        stackplane_crds::TenantBackupSpec {
+            tenant: name.clone(),
+            reason: stackplane_crds::BackupReason::PreTerminate,
+            restore: None,
+            instance: Some("i-0123456789abcdef0".into()),
+        },
+    );
+    crs.create(&PostParams::default(), &cr)
+        .await
+        .expect("create the pre-terminate TenantBackup");
+    let mut record: Option<(String, String)> = None;
+    for _ in 0..100 {
+        record = sqlx::query_as("SELECT phase, reason FROM backup_records WHERE name = $1")
+            .bind(&backup)
+            .fetch_optional(&env.db)
+            .await
+            .expect("query");
+        if record.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        record,
+        Some(("Pending".to_owned(), "pre-terminate".to_owned())),
+        "the watch records it"
+    );
+    let (status, body) = env
+        .get(&format!("/api/v1/tenants/{name}/backups"), Some(&token))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let listed = body
+        .as_array()
+        .and_then(|l| l.iter().find(|b| b["name"] == backup.as_str()).cloned())
+        .unwrap_or_else(|| panic!("listed: {body}"));
+    assert_eq!(listed["reason"], "pre-terminate");
+    crs.delete(&backup, &DeleteParams::default())
+        .await
+        .expect("delete CR");
+}

@@ -58,6 +58,7 @@ async fn create_backup(client: &Client, tenant: &str, restore: Option<&str>) -> 
             tenant: tenant.to_owned(),
             reason: BackupReason::Manual,
             restore: restore.map(str::to_owned),
+            instance: None,
         },
         status: None,
     };

@@ -50,6 +50,13 @@ pub enum Error {
         backup: String,
         retry_in: std::time::Duration,
     },
+    /// A dedicated instance of a deleting tenant waits for its `pre-terminate` backup (not a
+    /// failure: the finalizer waits for it, up to the final-backup timeout).
+    #[error("pre-terminate backup {backup} is not finished yet")]
+    PreTerminateBackupPending {
+        backup: String,
+        retry_in: std::time::Duration,
+    },
     /// The tenant's deletion is held (condition `DeletionHeld`): nothing is destroyed until a
     /// person releases it (not a failure: the finalizer waits).
     #[error("deletion held: {reason}")]
@@ -95,6 +102,7 @@ impl Error {
             Error::Cloud(e) => e.metric_label(),
             Error::NamespaceTerminating { .. } => "namespace_terminating",
             Error::FinalBackupPending { .. } => "final_backup_pending",
+            Error::PreTerminateBackupPending { .. } => "pre_terminate_backup_pending",
             Error::FinalBackupConflict { .. } => "final_backup_conflict",
             Error::DeletionHeld { .. } => "deletion_held",
             Error::DeletionPaused => "deletion_paused",

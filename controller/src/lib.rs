@@ -136,12 +136,14 @@ pub struct Args {
     #[arg(long, env = "STACKPLANE_REQUEUE_SECONDS", default_value_t = 300)]
     pub requeue_seconds: u64,
 
-    /// Seconds to wait for a tenant's final `pre-delete` backup to finish; past them it counts
-    /// as failed (the outcome is recorded on the backup and in an Event).
+    /// Seconds to wait for a tenant's final `pre-delete` backup (or an instance's
+    /// `pre-terminate` backup) to finish; past them it counts as failed (the outcome is
+    /// recorded on the backup and in an Event).
     #[arg(long, env = "STACKPLANE_FINAL_BACKUP_TIMEOUT", default_value_t = 1800)]
     pub final_backup_timeout: u64,
 
-    /// What a final backup that failed or timed out does to the tenant's deletion: `hold`
+    /// What a final (or pre-terminate) backup that failed or timed out does to the tenant's
+    /// deletion (or the instance's termination): `hold`
     /// (destroy nothing, condition DeletionHeld, until a person sets the annotation
     /// stackplane.io/release-deletion="true") or `delete` (destroy anyway, knowingly).
     #[arg(long, env = "STACKPLANE_ON_BACKUP_FAILURE", default_value = "hold")]

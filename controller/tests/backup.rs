@@ -178,6 +178,7 @@ async fn create_backup(env: &Env, tenant: &str, restore: Option<&str>) -> String
             tenant: tenant.to_owned(),
             reason: BackupReason::Manual,
             restore: restore.map(str::to_owned),
+            instance: None,
         },
     );
     b.metadata.labels = Some(shard_labels(env));

@@ -49,6 +49,23 @@ struct Calls {
     change_records: AtomicUsize,
     /// ChangeResourceRecordSets calls still to fail with throttling (injected before AWS).
     throttle_changes: AtomicUsize,
+    /// Set: before its next CreateSnapshot the volume is detached and deleted in moto, for
+    /// real, so EC2 itself refuses the snapshot (a volume deleted out from under a backup).
+    delete_volume_before_snapshot: std::sync::atomic::AtomicBool,
+    /// What EC2 held when each TerminateInstances was sent: per instance, its volumes and the
+    /// snapshots of each (id, state, the `stackplane.io/backup` tag).
+    at_termination: std::sync::Mutex<Vec<Termination>>,
+}
+
+/// A snapshot as the test reads it from EC2: id, state, its `stackplane.io/backup` tag.
+type SnapshotSeen = (String, String, Option<String>);
+
+/// What EC2 held for one instance at the moment the controller asked to terminate it: each
+/// attached volume with its snapshots.
+#[derive(Debug, Clone)]
+struct Termination {
+    instance: String,
+    volumes: Vec<(String, Vec<SnapshotSeen>)>,
 }
 
 fn count(c: &AtomicUsize) -> usize {
@@ -61,8 +78,65 @@ fn count(c: &AtomicUsize) -> usize {
 #[derive(Debug)]
 struct Observed {
     inner: AwsProvider,
+    /// The test's own EC2 client: what it reads and breaks behind the controller's back.
+    ec2: aws_sdk_ec2::Client,
     calls: Arc<Calls>,
     after_launch: Option<(Arc<Notify>, Duration)>,
+}
+
+impl Observed {
+    /// Volumes attached to `instance`, as EC2 reports them.
+    async fn volumes_of(&self, instance: &str) -> Vec<String> {
+        volumes_of(&self.ec2, instance).await
+    }
+}
+
+/// Volumes attached to `instance`, as EC2 reports them.
+async fn volumes_of(ec2: &aws_sdk_ec2::Client, instance: &str) -> Vec<String> {
+    let out = ec2
+        .describe_volumes()
+        .filters(
+            Filter::builder()
+                .name("attachment.instance-id")
+                .values(instance)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("DescribeVolumes");
+    let mut ids: Vec<String> = out
+        .volumes()
+        .iter()
+        .filter_map(|v| v.volume_id().map(str::to_owned))
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Snapshots of `volume`: (id, state, `stackplane.io/backup` tag).
+async fn snapshots_of(ec2: &aws_sdk_ec2::Client, volume: &str) -> Vec<SnapshotSeen> {
+    let out = ec2
+        .describe_snapshots()
+        .filters(Filter::builder().name("volume-id").values(volume).build())
+        .send()
+        .await
+        .expect("DescribeSnapshots");
+    out.snapshots()
+        .iter()
+        .map(|s| {
+            (
+                s.snapshot_id().unwrap_or_default().to_owned(),
+                s.state()
+                    .map(|st| st.as_str().to_owned())
+                    .unwrap_or_default(),
+                s.tags()
+                    .iter()
+                    .find(|t| t.key() == Some("stackplane.io/backup"))
+                    .and_then(|t| t.value())
+                    .map(str::to_owned),
+            )
+        })
+        .collect()
 }
 
 impl CloudProvider for Observed {
@@ -114,7 +188,25 @@ impl CloudProvider for Observed {
         &'a self,
         ids: &'a [String],
     ) -> BoxFuture<'a, Result<(), CloudError>> {
-        self.inner.terminate_instances(ids)
+        async move {
+            for id in ids {
+                let mut volumes = Vec::new();
+                for v in self.volumes_of(id).await {
+                    let snapshots = snapshots_of(&self.ec2, &v).await;
+                    volumes.push((v, snapshots));
+                }
+                self.calls
+                    .at_termination
+                    .lock()
+                    .expect("lock")
+                    .push(Termination {
+                        instance: id.clone(),
+                        volumes,
+                    });
+            }
+            self.inner.terminate_instances(ids).await
+        }
+        .boxed()
     }
     fn tag_instance<'a>(
         &'a self,
@@ -184,7 +276,44 @@ impl CloudProvider for Observed {
         &'a self,
         spec: &'a SnapshotSpec,
     ) -> BoxFuture<'a, Result<ObservedSnapshot, CloudError>> {
-        self.inner.create_snapshot(spec)
+        async move {
+            if self
+                .calls
+                .delete_volume_before_snapshot
+                .swap(false, Ordering::SeqCst)
+            {
+                let volume = &spec.volume_id;
+                // moto needs the instance named (it answers 500 without it).
+                let attached_to = self
+                    .ec2
+                    .describe_volumes()
+                    .volume_ids(volume)
+                    .send()
+                    .await
+                    .expect("DescribeVolumes in moto")
+                    .volumes()
+                    .iter()
+                    .flat_map(|v| v.attachments())
+                    .find_map(|a| a.instance_id().map(str::to_owned))
+                    .expect("the volume is attached");
+                self.ec2
+                    .detach_volume()
+                    .volume_id(volume)
+                    .instance_id(attached_to)
+                    .force(true)
+                    .send()
+                    .await
+                    .expect("DetachVolume in moto");
+                self.ec2
+                    .delete_volume()
+                    .volume_id(volume)
+                    .send()
+                    .await
+                    .expect("DeleteVolume in moto");
+            }
+            self.inner.create_snapshot(spec).await
+        }
+        .boxed()
     }
     fn delete_snapshot<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), CloudError>> {
         self.inner.delete_snapshot(id)
@@ -305,8 +434,21 @@ impl Env {
         after_launch: Option<(Arc<Notify>, Duration)>,
         configure: impl FnOnce(&mut CloudSettings),
     ) -> usize {
+        self.spawn_controller_full(after_launch, configure, |_| {})
+            .await
+    }
+
+    /// [`Env::spawn_controller_with`] with the reconciler's settings edited too (e.g. how long
+    /// it waits for backups and what a failed one does).
+    async fn spawn_controller_full(
+        &self,
+        after_launch: Option<(Arc<Notify>, Duration)>,
+        configure: impl FnOnce(&mut CloudSettings),
+        reconcile: impl FnOnce(&mut ReconcileConfig),
+    ) -> usize {
         let provider = Observed {
             inner: AwsProvider::from_env(Default::default()).await,
+            ec2: self.ec2.clone(),
             calls: self.calls.clone(),
             after_launch,
         };
@@ -332,6 +474,7 @@ impl Env {
                 max_deletions_per_hour: 1000,
                 ..ReconcileConfig::default()
             };
+            reconcile(&mut o.reconcile);
             o.lease.name = unique("lease");
             o.metrics = self.metrics.clone();
         });
@@ -1431,4 +1574,438 @@ async fn state_of(env: &Env, id: &str) -> Option<String> {
     i.state()
         .and_then(|s| s.name())
         .map(|n| n.as_str().to_owned())
+}
+
+/// The reconciler's backup settings of the snapshot-before-terminate tests: backups are waited
+/// for (long enough for moto, whose snapshots complete at once) and a failed one holds.
+fn guarded(r: &mut ReconcileConfig) {
+    r.final_backup_timeout = Duration::from_secs(120);
+    r.final_backup_poll = Duration::from_secs(1);
+    r.on_backup_failure = stackplane_core::tenant::deletion::OnBackupFailure::Hold;
+}
+
+async fn tenant_events(env: &Env, name: &str) -> Vec<Event> {
+    Api::<Event>::all(env.client.clone())
+        .list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
+        .await
+        .expect("events")
+        .items
+}
+
+fn condition(t: &Tenant, type_: &str) -> Option<Condition> {
+    t.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .cloned()
+}
+
+fn metric(env: &Env, series: &str) -> f64 {
+    let text = env.metrics.encode().expect("encode metrics");
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no series {series} in\n{text}"))
+}
+
+/// A data volume of the tenant's instance besides its root volume (in its zone, attached).
+async fn attach_data_volume(env: &Env, instance: &str) -> String {
+    let zone = env
+        .ec2
+        .describe_instances()
+        .instance_ids(instance)
+        .send()
+        .await
+        .expect("DescribeInstances")
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .find_map(|i| i.placement()?.availability_zone().map(str::to_owned))
+        .expect("the instance's zone");
+    let volume = env
+        .ec2
+        .create_volume()
+        .availability_zone(zone)
+        .size(5)
+        .send()
+        .await
+        .expect("CreateVolume")
+        .volume_id()
+        .expect("volume id")
+        .to_owned();
+    env.ec2
+        .attach_volume()
+        .volume_id(&volume)
+        .instance_id(instance)
+        .device("/dev/sdf")
+        .send()
+        .await
+        .expect("AttachVolume");
+    volume
+}
+
+/// Issue 33: a downgrade from a dedicated tier to one without an instance terminates the
+/// instance only after an EBS snapshot of every volume attached to it exists: at the moment
+/// TerminateInstances is sent, EC2 holds a completed snapshot of the root and of the data
+/// volume, tagged with the tenant's `pre-terminate` TenantBackup, which is Completed, lists
+/// them, and outlives the instance; nothing is held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downgrade_snapshots_every_volume_before_the_instance_terminates() {
+    let env = setup(Options::default()).await;
+    let env = &env;
+    env.spawn_controller_full(None, |_| {}, guarded).await;
+    let name = &env.create_tenant("starter", |_| {}).await;
+    let t = env.cloud_ready(name).await;
+    let uid = t.metadata.uid.clone().expect("uid");
+    let instance = t.status.and_then(|s| s.instance).expect("instance").id;
+    let data = attach_data_volume(env, &instance).await;
+    let volumes = volumes_of(&env.ec2, &instance).await;
+    assert_eq!(volumes.len(), 2, "root and data volume: {volumes:?}");
+    assert!(volumes.contains(&data));
+
+    env.patch_spec(name, json!({"tier": "shared"})).await;
+    eventually(
+        "instance terminated, tenant on the shared tier",
+        90,
+        move || async move {
+            let t = env.tenant(name).await?;
+            let ready = cloud_condition(&t).is_some_and(|c| c.status == "True");
+            let recorded = t.status.as_ref()?.instance.is_some();
+            (ready && !recorded && env.instances(name).await.is_empty()).then_some(())
+        },
+    )
+    .await;
+
+    let backup_name = stackplane_core::cloud::terminate::backup_name(name, &instance);
+    // What EC2 held when the controller asked to terminate the instance.
+    let seen = env.calls.at_termination.lock().expect("lock").clone();
+    let at = seen
+        .iter()
+        .find(|t| t.instance == instance)
+        .unwrap_or_else(|| panic!("TerminateInstances of {instance}: {seen:?}"));
+    let at_volumes: Vec<&String> = at.volumes.iter().map(|(v, _)| v).collect();
+    assert_eq!(at_volumes, volumes.iter().collect::<Vec<_>>());
+    for (volume, snapshots) in &at.volumes {
+        assert!(
+            snapshots.iter().any(|(_, state, backup)| state == "completed"
+                && backup.as_deref() == Some(backup_name.as_str())),
+            "a completed snapshot of {volume} by {backup_name} before the termination: {snapshots:?}"
+        );
+    }
+
+    // The snapshots outlive the instance, found by the backup's tag, one per volume.
+    let out = env
+        .ec2
+        .describe_snapshots()
+        .filters(
+            Filter::builder()
+                .name("tag:stackplane.io/backup")
+                .values(&backup_name)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("DescribeSnapshots");
+    let mut by_volume: Vec<(String, String)> = out
+        .snapshots()
+        .iter()
+        .map(|s| {
+            let tags: BTreeMap<&str, &str> = s
+                .tags()
+                .iter()
+                .filter_map(|t| Some((t.key()?, t.value()?)))
+                .collect();
+            assert_eq!(tags.get("stackplane.io/tenant-uid"), Some(&uid.as_str()));
+            assert_eq!(tags.get("stackplane.io/tenant"), Some(&name.as_str()));
+            assert_eq!(tags.get("ManagedBy"), Some(&"stackplane"));
+            (
+                s.volume_id().unwrap_or_default().to_owned(),
+                s.snapshot_id().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    by_volume.sort();
+    assert_eq!(
+        by_volume.iter().map(|(v, _)| v).collect::<Vec<_>>(),
+        volumes.iter().collect::<Vec<_>>(),
+        "one snapshot per volume"
+    );
+
+    let backup = Api::<stackplane_crds::TenantBackup>::all(env.client.clone())
+        .get(&backup_name)
+        .await
+        .expect("the pre-terminate TenantBackup");
+    assert_eq!(
+        backup.spec.reason,
+        stackplane_crds::BackupReason::PreTerminate
+    );
+    assert_eq!(backup.spec.instance.as_deref(), Some(instance.as_str()));
+    assert_eq!(backup.spec.tenant, *name);
+    assert!(
+        backup.metadata.owner_references.is_none(),
+        "owned by nothing"
+    );
+    assert_eq!(
+        backup
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("stackplane.io/tenant")),
+        Some(name)
+    );
+    let st = backup.status.expect("backup status");
+    assert_eq!(st.phase, Some(stackplane_crds::BackupPhase::Completed));
+    let mut parts: Vec<(String, String)> = st
+        .parts
+        .iter()
+        .map(|p| {
+            assert_eq!(p.kind, stackplane_crds::BackupPartKind::EbsSnapshot);
+            assert_eq!(p.state, stackplane_crds::BackupPartState::Completed);
+            (
+                p.source.clone().unwrap_or_default(),
+                p.id.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    parts.sort();
+    assert_eq!(parts, by_volume, "the backup lists exactly those snapshots");
+
+    let t = env.tenant(name).await.expect("tenant");
+    assert!(
+        condition(&t, "DeletionHeld").is_none_or(|c| c.status == "False"),
+        "nothing held: {:?}",
+        condition(&t, "DeletionHeld")
+    );
+    let events = tenant_events(env, name).await;
+    for reason in [
+        "PreTerminateBackupRequested",
+        "InstanceSnapshotted",
+        "InstanceTerminated",
+    ] {
+        assert!(
+            events.iter().any(|e| e.reason.as_deref() == Some(reason)),
+            "an Event {reason}: {events:?}"
+        );
+    }
+    // The shared tier's record points at the ingress.
+    eventually("record moved to the ingress", 30, move || async move {
+        (env.record(name).await
+            == Some(("CNAME".to_owned(), vec!["lb-1.elb.example.net.".to_owned()])))
+        .then_some(())
+    })
+    .await;
+    // Leave moto clean for the other tests (the data volume was not DeleteOnTermination).
+    env.ec2
+        .delete_volume()
+        .volume_id(&data)
+        .send()
+        .await
+        .expect("DeleteVolume");
+}
+
+/// Issue 33: the instance's only volume deleted out from under its pre-terminate backup makes
+/// EC2 refuse the snapshot: the backup ends Failed, and the downgrade's termination is held
+/// (`DeletionHeld`, reason `PreTerminateBackupFailed`, one Warning Event, the metric) over any
+/// number of reconciles, the instance running; the release annotation lets it go, and is used
+/// up by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_pre_terminate_backup_holds_the_termination_until_released() {
+    let env = setup(Options::default()).await;
+    let env = &env;
+    env.spawn_controller_full(None, |_| {}, guarded).await;
+    let name = &env.create_tenant("starter", |_| {}).await;
+    let t = env.cloud_ready(name).await;
+    let instance = &t.status.and_then(|s| s.instance).expect("instance").id;
+    let volumes = volumes_of(&env.ec2, instance).await;
+    assert_eq!(volumes.len(), 1, "the root volume: {volumes:?}");
+    env.calls
+        .delete_volume_before_snapshot
+        .store(true, Ordering::SeqCst);
+
+    env.patch_spec(name, json!({"tier": "shared"})).await;
+    let held = eventually("termination held", 90, move || async move {
+        let t = env.tenant(name).await?;
+        condition(&t, "DeletionHeld").filter(|c| c.status == "True")
+    })
+    .await;
+    let backup_name = stackplane_core::cloud::terminate::backup_name(name, instance);
+    assert_eq!(held.reason, "PreTerminateBackupFailed");
+    assert!(held.message.contains(&backup_name), "{}", held.message);
+    let backup = Api::<stackplane_crds::TenantBackup>::all(env.client.clone())
+        .get(&backup_name)
+        .await
+        .expect("the pre-terminate TenantBackup");
+    let st = backup.status.expect("status");
+    assert_eq!(st.phase, Some(stackplane_crds::BackupPhase::Failed));
+    assert_eq!(st.parts.len(), 1);
+    assert_eq!(st.parts[0].source.as_deref(), Some(volumes[0].as_str()));
+    assert!(
+        st.parts[0]
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("InvalidVolume.NotFound")),
+        "EC2's refusal: {:?}",
+        st.parts[0]
+    );
+    assert_eq!(
+        backup
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("stackplane.io/final-backup-outcome"))
+            .map(String::as_str),
+        Some("Failed")
+    );
+
+    // Held over further reconciles (1 s resync): the instance runs, nothing is terminated.
+    let lookups = count(&env.calls.find_instances);
+    eventually("three more reconciles", 30, move || async move {
+        (count(&env.calls.find_instances) >= lookups + 3).then_some(())
+    })
+    .await;
+    let found = env.instances(name).await;
+    assert_eq!(found.len(), 1, "the instance is kept: {found:?}");
+    assert_eq!(found[0].instance_id(), Some(instance.as_str()));
+    assert!(env
+        .calls
+        .at_termination
+        .lock()
+        .expect("lock")
+        .iter()
+        .all(|t| t.instance != *instance));
+    let t = env.tenant(name).await.expect("tenant");
+    let st = t.status.clone().expect("status");
+    assert_eq!(
+        st.instance.as_ref().map(|i| i.id.as_str()),
+        Some(instance.as_str()),
+        "the status still names the kept instance"
+    );
+    let cloud = cloud_condition(&t).expect("CloudReady");
+    assert_eq!(
+        (cloud.status.as_str(), cloud.reason.as_str()),
+        ("False", "TerminationHeld")
+    );
+    assert_eq!(
+        metric(
+            env,
+            "stackplane_controller_deletions_held{reason=\"PreTerminateBackupFailed\"}"
+        ),
+        1.0
+    );
+    let events = tenant_events(env, name).await;
+    let holds: Vec<_> = events
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("DeletionHeld"))
+        .collect();
+    assert_eq!(holds.len(), 1, "one DeletionHeld Event: {events:?}");
+    assert_eq!(holds[0].type_.as_deref(), Some("Warning"));
+
+    // A person releases it: the instance goes, the hold is lifted, the release is used up.
+    Api::<Tenant>::all(env.client.clone())
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"annotations": {
+                "stackplane.io/release-deletion": "true"
+            }}})),
+        )
+        .await
+        .expect("release");
+    let t = eventually("terminated after the release", 90, move || async move {
+        let t = env.tenant(name).await?;
+        let lifted = condition(&t, "DeletionHeld").is_some_and(|c| c.status == "False");
+        let annotated = t
+            .metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key("stackplane.io/release-deletion"));
+        (lifted && !annotated && env.instances(name).await.is_empty()).then_some(t)
+    })
+    .await;
+    assert!(t.status.and_then(|s| s.instance).is_none());
+    assert_eq!(
+        metric(
+            env,
+            "stackplane_controller_deletions_held{reason=\"PreTerminateBackupFailed\"}"
+        ),
+        0.0
+    );
+    let released = tenant_events(env, name)
+        .await
+        .into_iter()
+        .any(|e| e.reason.as_deref() == Some("DeletionReleased"));
+    assert!(released, "the release is recorded in an Event");
+}
+
+/// Issue 33: the deletion of a dedicated tenant goes through the same gate: its instance is
+/// terminated only once the instance's `pre-terminate` backup completed (snapshots of its
+/// volume existing when TerminateInstances is sent), and that backup outlives the Tenant. (The
+/// final backup's dump Job never runs in this cluster: it times out after 30 s and the operator's
+/// `--on-backup-failure=delete` lets the deletion go on; the pre-terminate backup, whose
+/// snapshots moto completes at once, finishes in one backup reconcile, far within the same
+/// timeout, which is what makes it `Completed` rather than timed out on a loaded machine.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_dedicated_tenant_snapshots_its_instance_first() {
+    let env = setup(Options::default()).await;
+    let env = &env;
+    env.spawn_controller_full(
+        None,
+        |_| {},
+        |r| {
+            r.final_backup_timeout = Duration::from_secs(30);
+            r.final_backup_poll = Duration::from_secs(1);
+        },
+    )
+    .await;
+    let name = &env.create_tenant("starter", |_| {}).await;
+    let t = env.cloud_ready(name).await;
+    let instance = t.status.and_then(|s| s.instance).expect("instance").id;
+    let volumes = volumes_of(&env.ec2, &instance).await;
+    assert!(!volumes.is_empty());
+
+    Api::<Tenant>::all(env.client.clone())
+        .delete(name, &DeleteParams::default())
+        .await
+        .expect("delete tenant");
+    eventually("tenant gone", 120, move || async move {
+        env.tenant(name).await.is_none().then_some(())
+    })
+    .await;
+    assert!(env.instances(name).await.is_empty(), "instance terminated");
+
+    let backup_name = stackplane_core::cloud::terminate::backup_name(name, &instance);
+    let seen = env.calls.at_termination.lock().expect("lock").clone();
+    let at = seen
+        .iter()
+        .find(|t| t.instance == instance)
+        .unwrap_or_else(|| panic!("TerminateInstances of {instance}: {seen:?}"));
+    for volume in &volumes {
+        let snapshots = at
+            .volumes
+            .iter()
+            .find(|(v, _)| v == volume)
+            .map(|(_, s)| s.clone())
+            .unwrap_or_default();
+        assert!(
+            snapshots
+                .iter()
+                .any(|(_, state, backup)| state == "completed"
+                    && backup.as_deref() == Some(backup_name.as_str())),
+            "a completed snapshot of {volume} by {backup_name} before the termination: {seen:?}"
+        );
+    }
+    let backup = Api::<stackplane_crds::TenantBackup>::all(env.client.clone())
+        .get(&backup_name)
+        .await
+        .expect("the pre-terminate backup outlives the Tenant");
+    assert_eq!(
+        backup.status.and_then(|s| s.phase),
+        Some(stackplane_crds::BackupPhase::Completed)
+    );
 }

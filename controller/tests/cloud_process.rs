@@ -320,6 +320,7 @@ async fn cloud_provider_none_makes_no_aws_call_and_ebs_parts_are_unsupported() {
             tenant: name.clone(),
             reason: BackupReason::Manual,
             restore: None,
+            instance: None,
         },
     );
     b.metadata.labels = Some([(SHARD.to_owned(), env.shard.clone())].into());

@@ -455,6 +455,7 @@ async fn the_dump_job_runs_pg_dump_against_postgres_and_the_part_records_its_siz
             tenant: name.clone(),
             reason: BackupReason::Manual,
             restore: None,
+            instance: None,
         },
     );
     backup.metadata.labels = Some([(SHARD.to_owned(), env.shard.clone())].into());

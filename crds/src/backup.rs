@@ -33,9 +33,17 @@ pub struct TenantBackupSpec {
     #[schemars(length(min = 1, max = 63), regex(pattern = DNS1123_LABEL))]
     pub tenant: String,
 
-    /// Why the backup was taken: `manual` (the default), `scheduled` or `pre-delete`.
+    /// Why the backup was taken: `manual` (the default), `scheduled`, `pre-delete` or
+    /// `pre-terminate`.
     #[serde(default)]
     pub reason: BackupReason,
+
+    /// The dedicated instance whose volumes are snapshotted: set on the `pre-terminate` backup
+    /// the controller takes before it terminates that instance (such a backup holds only the
+    /// EBS snapshots of the instance's volumes). Unset: the tenant's `status.instance`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub instance: Option<String>,
 
     /// Name of a completed TenantBackup of the same tenant to restore from. When set, this
     /// object is a restore, not a backup.
@@ -55,6 +63,9 @@ pub enum BackupReason {
     Scheduled,
     /// The final backup before a tenant is deleted.
     PreDelete,
+    /// The EBS snapshots of a dedicated instance's volumes, taken before the controller
+    /// terminates it (deletion, downgrade, tier or Platform change).
+    PreTerminate,
 }
 
 /// Progress of a backup or restore.

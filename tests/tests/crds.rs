@@ -220,6 +220,7 @@ async fn tenant_backup_round_trips() {
             tenant: "leadsite-io-abc".into(),
             reason: BackupReason::PreDelete,
             restore: None,
+            instance: None,
         },
     );
     api.create(&PostParams::default(), &backup)

@@ -705,6 +705,7 @@ async fn a_real_prometheus_scraping_the_real_binaries_has_every_metric_the_alert
             tenant: unique("tn-gone"),
             reason: BackupReason::Manual,
             restore: None,
+            instance: None,
         },
     );
     backup.metadata.labels = Some([(SHARD.to_owned(), shard.clone())].into());

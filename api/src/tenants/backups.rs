@@ -41,7 +41,7 @@ pub struct BackupRequest {}
 pub struct BackupView {
     pub name: String,
     pub tenant: String,
-    /// `manual`, `scheduled` or `pre-delete`.
+    /// `manual`, `scheduled`, `pre-delete` or `pre-terminate`.
     pub reason: String,
     /// For a restore: the backup it restores from.
     pub restore_from: Option<String>,
@@ -65,6 +65,7 @@ fn reason_str(reason: BackupReason) -> &'static str {
         BackupReason::Manual => "manual",
         BackupReason::Scheduled => "scheduled",
         BackupReason::PreDelete => "pre-delete",
+        BackupReason::PreTerminate => "pre-terminate",
     }
 }
 
@@ -293,6 +294,7 @@ async fn create_object(
             tenant: tenant_name.clone(),
             reason: BackupReason::Manual,
             restore,
+            instance: None,
         },
         status: None,
     };

@@ -275,6 +275,7 @@ mod tests {
                 tenant: "acme".into(),
                 reason: stackplane_crds::BackupReason::Scheduled,
                 restore: None,
+                instance: None,
             },
         );
         backup.metadata.uid = Some("uid-1".into());

@@ -16,7 +16,7 @@ use stackplane_crds::{BackupPart, BackupPartKind, BackupPartState, Tenant, Tenan
 
 use super::parts::{self, Ec2Object};
 use crate::cloud::owner::{self, Owner};
-use crate::cloud::{CloudError, CloudProvider};
+use crate::cloud::{CloudError, CloudProvider, Retry};
 
 /// The check made right before a snapshot is created.
 pub trait BeforeCreate: Send + Sync {
@@ -109,12 +109,26 @@ pub async fn snapshot_volumes<C: BeforeCreate>(
             Some(s) => s.into(),
             None => {
                 check.confirm().await?;
-                let s: Ec2Object = cloud
-                    .create_snapshot(&owner.snapshot_spec(&volume))
-                    .await?
-                    .into();
-                tracing::info!(backup, tenant, volume = %volume, snapshot = %s.id, "EBS snapshot started");
-                s
+                match cloud.create_snapshot(&owner.snapshot_spec(&volume)).await {
+                    Ok(s) => {
+                        let s: Ec2Object = s.into();
+                        tracing::info!(backup, tenant, volume = %volume, snapshot = %s.id, "EBS snapshot started");
+                        s
+                    }
+                    // EC2 refuses this snapshot for good (the volume is gone, no permission):
+                    // the part fails, so the backup ends instead of retrying until a timeout.
+                    // Throttling and other transient errors are retried by the reconcile.
+                    Err(e) if e.retry() == Retry::Terminal => {
+                        tracing::warn!(backup, tenant, volume = %volume, error = %e, "EBS snapshot refused");
+                        out.push(parts::failed_part(
+                            BackupPartKind::EbsSnapshot,
+                            Some(&volume),
+                            e.to_string(),
+                        ));
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         };
         out.push(parts::ebs_snapshot_part(&volume, &snapshot));
@@ -357,6 +371,57 @@ mod tests {
             .await
             .expect("retried");
         assert_eq!(parts.len(), 2);
+    }
+
+    /// A volume deleted out from under the backup: EC2 refuses its snapshot for good, so the
+    /// part fails (and the backup can end) instead of being retried until a timeout; the other
+    /// volume's snapshot is made, and nothing is asked again for the failed part.
+    #[tokio::test]
+    async fn a_refused_snapshot_fails_its_part_and_the_others_go_on() {
+        let ec2 = fake_ec2();
+        let check = Check::default();
+        let first = snapshot_volumes(&ec2, &owner("b1"), Some("i-1"), &[], &check)
+            .await
+            .expect("first");
+        // vol-b's part is still to be made (as after a crash between the status write and the
+        // create) when the volume goes.
+        let mut previous = first.clone();
+        previous[1].id = None;
+        previous[1].state = BackupPartState::Pending;
+        ec2.snapshots
+            .lock()
+            .expect("lock")
+            .retain(|s| s.volume != "vol-b");
+        ec2.instances
+            .lock()
+            .expect("lock")
+            .get_mut("i-1")
+            .expect("instance")
+            .volumes
+            .retain(|v| v != "vol-b");
+        let parts = snapshot_volumes(&ec2, &owner("b1"), Some("i-1"), &previous, &check)
+            .await
+            .expect("a refusal is a failed part, not an error");
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[0].state, BackupPartState::InProgress);
+        assert_eq!(parts[1].state, BackupPartState::Failed);
+        assert_eq!(parts[1].source.as_deref(), Some("vol-b"));
+        assert!(parts[1]
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("InvalidVolume.NotFound")));
+        let creates = ec2.count("CreateSnapshot");
+        ec2.set_snapshot_state("completed");
+        let done = snapshot_volumes(&ec2, &owner("b1"), Some("i-1"), &parts, &check)
+            .await
+            .expect("done");
+        assert_eq!(done[0].state, BackupPartState::Completed);
+        assert_eq!(done[1], parts[1]);
+        assert_eq!(ec2.count("CreateSnapshot"), creates);
+        assert_eq!(
+            stackplane_crds::BackupPhase::from_parts(&done),
+            stackplane_crds::BackupPhase::PartiallyFailed
+        );
     }
 
     #[tokio::test]

@@ -42,7 +42,7 @@ use stackplane_core::contract::labels::backup_selector;
 use stackplane_core::contract::labels::{MANAGED_BY, MANAGED_BY_VALUE};
 use stackplane_crds::naming::{label_value, namespace_name};
 use stackplane_crds::{
-    BackupPart, BackupPartKind, BackupPhase, Tenant, TenantBackup, TenantBackupStatus,
+    BackupPart, BackupPartKind, BackupPhase, BackupReason, Tenant, TenantBackup, TenantBackupStatus,
 };
 
 use crate::backoff::Failures;
@@ -305,9 +305,14 @@ async fn apply(cached: &TenantBackup, ctx: &Context) -> Result<Action> {
         .await;
     };
 
-    let progress = match &backup.spec.restore {
-        Some(source) => restore::progress(ctx, backup, &tenant, source, &previous.parts).await?,
-        None => Ok(backup_parts(ctx, backup, &tenant, &previous.parts).await?),
+    let progress = match (&backup.spec.restore, backup.spec.reason) {
+        (Some(source), _) => {
+            restore::progress(ctx, backup, &tenant, source, &previous.parts).await?
+        }
+        (None, BackupReason::PreTerminate) => {
+            pre_terminate_parts(ctx, backup, &tenant, &previous.parts).await?
+        }
+        (None, _) => Ok(backup_parts(ctx, backup, &tenant, &previous.parts).await?),
     };
     let parts = match progress {
         Ok(parts) => parts,
@@ -397,31 +402,16 @@ async fn backup_parts(
     let mut out = Vec::new();
 
     // ebs-snapshot: one per volume of the dedicated instance.
-    let instance = tenant
-        .status
-        .as_ref()
-        .and_then(|s| s.instance.as_ref())
-        .map(|i| i.id.as_str());
-    match &ctx.cloud {
-        Some(cloud) => {
-            let owner = ebs::SnapshotOwner {
-                tenant: &tenant_name,
-                tenant_uid: tenant.metadata.uid.as_deref().unwrap_or_default(),
-                backup: &name,
-                backup_uid: backup.metadata.uid.as_deref().unwrap_or_default(),
-            };
-            let check = ebs::OwnerStillExists {
-                client: &ctx.client,
-                backup,
-                tenant,
-                timeout: ctx.config.api_timeout,
-            };
-            out.extend(
-                ebs::snapshot_volumes(cloud.as_ref(), &owner, instance, previous, &check).await?,
-            );
-        }
-        None => out.extend(ebs::unsupported(instance)),
-    }
+    out.extend(
+        ebs_parts(
+            ctx,
+            backup,
+            tenant,
+            backup_instance(backup, tenant),
+            previous,
+        )
+        .await?,
+    );
 
     // volume-snapshot: one per claim of the namespace, or an Unsupported record per claim. The
     // dump claim is left out: it holds earlier dumps (this backup's is the database part), and
@@ -474,6 +464,83 @@ async fn backup_parts(
         ),
     }
     Ok(out)
+}
+
+/// The instance whose volumes `backup` snapshots: the one it names (a `pre-terminate` backup),
+/// else the tenant's.
+fn backup_instance<'a>(backup: &'a TenantBackup, tenant: &'a Tenant) -> Option<&'a str> {
+    backup
+        .spec
+        .instance
+        .as_deref()
+        .or_else(|| {
+            tenant
+                .status
+                .as_ref()
+                .and_then(|s| s.instance.as_ref())
+                .map(|i| i.id.as_str())
+        })
+        .filter(|id| !id.is_empty())
+}
+
+/// The EBS snapshot parts of `backup` (one per volume attached to `instance`) after one more
+/// step each; an `Unsupported` record without an AWS client.
+async fn ebs_parts(
+    ctx: &Context,
+    backup: &TenantBackup,
+    tenant: &Tenant,
+    instance: Option<&str>,
+    previous: &[BackupPart],
+) -> Result<Vec<BackupPart>> {
+    let Some(cloud) = &ctx.cloud else {
+        return Ok(ebs::unsupported(instance).into_iter().collect());
+    };
+    let (name, tenant_name) = (backup.name_any(), tenant.name_any());
+    let owner = ebs::SnapshotOwner {
+        tenant: &tenant_name,
+        tenant_uid: tenant.metadata.uid.as_deref().unwrap_or_default(),
+        backup: &name,
+        backup_uid: backup.metadata.uid.as_deref().unwrap_or_default(),
+    };
+    let check = ebs::OwnerStillExists {
+        client: &ctx.client,
+        backup,
+        tenant,
+        timeout: ctx.config.api_timeout,
+    };
+    Ok(ebs::snapshot_volumes(cloud.as_ref(), &owner, instance, previous, &check).await?)
+}
+
+/// The parts of a `pre-terminate` backup: the EBS snapshots of every volume attached to the
+/// instance about to be terminated, and nothing else (the namespace and its data stay; only
+/// the instance's disks are about to go). An instance with no volume to snapshot, or none
+/// named, is refused: the backup fails, so the termination it guards is held, not waved
+/// through with nothing saved.
+async fn pre_terminate_parts(
+    ctx: &Context,
+    backup: &TenantBackup,
+    tenant: &Tenant,
+    previous: &[BackupPart],
+) -> Result<std::result::Result<Vec<BackupPart>, Refusal>> {
+    let Some(instance) = backup_instance(backup, tenant) else {
+        return Ok(Err(Refusal {
+            reason: "NoInstance",
+            message: "a pre-terminate backup names no instance (spec.instance) and the tenant \
+                      has none (status.instance)"
+                .to_owned(),
+        }));
+    };
+    let parts = ebs_parts(ctx, backup, tenant, Some(instance), previous).await?;
+    if parts.is_empty() {
+        return Ok(Err(Refusal {
+            reason: "NoVolumes",
+            message: format!(
+                "EC2 reports no volume attached to instance {instance}: nothing to snapshot \
+                 before it is terminated"
+            ),
+        }));
+    }
+    Ok(Ok(parts))
 }
 
 /// Why a backup or restore cannot be carried out at all.

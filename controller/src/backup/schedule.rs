@@ -88,6 +88,7 @@ pub fn scheduled_backup(tenant: &CachedTenant, at: Timestamp) -> TenantBackup {
             tenant: name.clone(),
             reason: BackupReason::Scheduled,
             restore: None,
+            instance: None,
         },
     );
     let mut labels = tenant.labels().to_map();

@@ -257,6 +257,17 @@ impl CloudProvider for FakeCloud {
         spec: &'a SnapshotSpec,
     ) -> BoxFuture<'a, Result<ObservedSnapshot, CloudError>> {
         self.answer(format!("CreateSnapshot {}", spec.volume_id), move || {
+            // As EC2 answers for a volume that does not exist (any more).
+            let known = lock(&self.instances)
+                .values()
+                .any(|i| i.volumes.contains(&spec.volume_id));
+            if !known {
+                return Err(CloudError::Terminal {
+                    operation: "CreateSnapshot",
+                    code: "InvalidVolume.NotFound".to_owned(),
+                    message: format!("The volume '{}' does not exist.", spec.volume_id),
+                });
+            }
             let mut all = lock(&self.snapshots);
             let snapshot = ObservedSnapshot {
                 id: format!("snap-{}", all.len()),

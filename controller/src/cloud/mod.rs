@@ -1,6 +1,9 @@
 //! The `cloud` step of the Tenant pipeline: the dedicated EC2 instance of tiers that have one,
 //! and every tenant's Route53 record `<subdomain>.<domain>`.
 //!
+//! No instance is terminated before its volumes are snapshotted ([`terminate`]: a `pre-terminate`
+//! backup per instance, requested and waited for by requeueing; a failed one holds it).
+//!
 //! Each reconcile makes at most one state-changing call per resource and never waits for AWS:
 //! an instance that is starting, stopping or being resized is looked at again after
 //! [`CloudSettings::progress_requeue`]. Everything is found again from AWS (instances by tag,
@@ -14,6 +17,7 @@ pub mod fake;
 pub mod gc;
 pub mod owner;
 pub mod provider;
+pub mod terminate;
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -27,6 +31,7 @@ use stackplane_crds::{DeletionPolicy, InstanceStatus, Platform, Tenant, TenantPh
 pub use error::{CloudError, Retry};
 pub use provider::CloudProvider;
 pub use stackplane_core::cloud::dns::IngressAddress;
+pub use terminate::{BeforeTerminate, Clearance};
 
 use dns::{normalize_name, normalize_zone_id, record_name, Claim, Ownership, WantedRecord};
 use instance::{InstanceAction, InstanceResult};
@@ -186,6 +191,9 @@ pub struct CloudOutcome {
     pub reason: &'static str,
     pub message: String,
     pub notes: Vec<Note>,
+    /// What the gate said about the instances the step wanted terminated: those kept (waiting
+    /// for their `pre-terminate` backup, or held) and whether a hold was overridden.
+    pub termination: Clearance,
 }
 
 fn instance_status(i: &ObservedInstance) -> InstanceStatus {
@@ -202,10 +210,12 @@ fn display_name(fqdn: &str) -> String {
 }
 
 /// Runs the cloud step for a valid tenant on `tier` of `platform`. `client` re-reads the
-/// Tenant from the API server right before anything is created ([`owner::confirm_tenant`]).
-pub async fn sync(
+/// Tenant from the API server right before anything is created ([`owner::confirm_tenant`]);
+/// `gate` clears each instance before it is terminated ([`terminate`]).
+pub async fn sync<G: BeforeTerminate>(
     settings: &CloudSettings,
     client: &Client,
+    gate: &G,
     tenant: &Tenant,
     platform: &Platform,
     tier: &Tier,
@@ -215,14 +225,15 @@ pub async fn sync(
     if let Some(outcome) = settings.remembered(&name, fp) {
         return outcome;
     }
-    let outcome = sync_uncached(settings, client, tenant, platform, tier).await;
+    let outcome = sync_uncached(settings, client, gate, tenant, platform, tier).await;
     settings.remember(&name, fp, &outcome);
     outcome
 }
 
-async fn sync_uncached(
+async fn sync_uncached<G: BeforeTerminate>(
     settings: &CloudSettings,
     client: &Client,
+    gate: &G,
     tenant: &Tenant,
     platform: &Platform,
     tier: &Tier,
@@ -236,8 +247,9 @@ async fn sync_uncached(
         reason: "Provisioned",
         message: String::new(),
         notes: Vec::new(),
+        termination: Clearance::default(),
     };
-    let instance = match sync_instance(settings, client, tenant, tier, &mut out).await {
+    let instance = match sync_instance(settings, client, gate, tenant, tier, &mut out).await {
         Ok(r) => r,
         Err(e) => return failed(out, e),
     };
@@ -259,6 +271,12 @@ async fn sync_uncached(
         Ok(m) => messages.push(m),
         Err(e) => return failed(out, e),
     }
+    let kept = &out.termination.kept;
+    if !kept.is_empty() {
+        messages.push(out.termination.describe_kept());
+    }
+    let waiting = kept.iter().any(|k| k.held.is_none());
+    let held = kept.iter().any(|k| k.held.is_some());
     out.message = messages.join("; ");
     match instance {
         InstanceResult::Progressing(_) => {
@@ -274,6 +292,16 @@ async fn sync_uncached(
             out.reason = "InstanceStopping";
         }
         InstanceResult::Shared | InstanceResult::Running(_) => {}
+    }
+    // An instance to be terminated that waits for its backup is progress (looked at again
+    // soon); one held is not: it waits for a person, and the stack itself is as wanted.
+    if waiting {
+        out.state = CloudState::Progressing;
+        out.ready = false;
+        out.reason = "PreTerminateBackup";
+    } else if held {
+        out.ready = false;
+        out.reason = "TerminationHeld";
     }
     out
 }
@@ -303,9 +331,10 @@ async fn tenant_instances(
     Ok(found)
 }
 
-async fn sync_instance(
+async fn sync_instance<G: BeforeTerminate>(
     settings: &CloudSettings,
     client: &Client,
+    gate: &G,
     tenant: &Tenant,
     tier: &Tier,
     out: &mut CloudOutcome,
@@ -320,16 +349,28 @@ async fn sync_instance(
     let found = tenant_instances(settings, tenant).await?;
     let idle = idle_reason(tenant);
     let plan = instance::decide(desired, idle.is_some(), &found);
-    if !plan.terminate.is_empty() {
-        p.terminate_instances(&plan.terminate).await?;
-        tracing::info!(tenant = %name, instances = ?plan.terminate, "terminated instances the tenant should not have");
+    // Not one of them before its volumes are snapshotted (a `pre-terminate` backup each).
+    let clearance = terminate::terminate(settings, gate, tenant, &plan.terminate).await?;
+    if !clearance.cleared.is_empty() {
+        tracing::info!(tenant = %name, instances = ?clearance.cleared, "terminated instances the tenant should not have");
         out.notes.push(Note::normal(
             "InstanceTerminated",
-            format!("terminated {}", plan.terminate.join(", ")),
+            format!("terminated {}", clearance.cleared.join(", ")),
         ));
     }
+    out.termination = clearance;
+    out.notes.append(&mut out.termination.notes);
     let (Some(action), Some(desired)) = (plan.action, desired) else {
-        out.instance = None;
+        // No instance is wanted. One kept for its backup (or held) is still the tenant's: the
+        // status keeps naming it, so the final backup and the deletion still find it.
+        let kept = |id: &str| out.termination.kept.iter().any(|k| k.instance == id);
+        let recorded = out.instance.as_ref().map(|i| i.id.clone());
+        out.instance = found
+            .iter()
+            .filter(|i| kept(&i.id))
+            .find(|i| recorded.as_deref().is_none_or(|r| r == i.id))
+            .or_else(|| found.iter().find(|i| kept(&i.id)))
+            .map(instance_status);
         return Ok(InstanceResult::Shared);
     };
     let observed = |id: &str| found.iter().find(|i| i.id == id).cloned();
@@ -729,33 +770,47 @@ pub fn phase(phase: TenantPhase, state: &CloudState, was_ready: bool) -> TenantP
     }
 }
 
+/// What [`delete`] did, and whether it is done.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Deleted {
+    /// What it did, for an Event.
+    pub done: Vec<String>,
+    /// The gate's answer about the instances: those kept (waiting for their `pre-terminate`
+    /// backup, or held) mean the deletion is not finished.
+    pub termination: Clearance,
+}
+
 /// Deletes the tenant's cloud resources (deletion policy `Delete`): terminates every instance
-/// tagged with the tenant and deletes its record(s). Idempotent: safe to call on every poll of
-/// the finalizer. Returns what it did, for an Event.
-pub async fn delete(
+/// tagged with the tenant, each once `gate` clears it (its `pre-terminate` backup), then deletes
+/// its record(s). While an instance is kept the record stays too, and the caller waits.
+/// Idempotent: safe to call on every poll of the finalizer.
+pub async fn delete<G: BeforeTerminate>(
     settings: &CloudSettings,
+    gate: &G,
     tenant: &Tenant,
     platform: Option<&Platform>,
-) -> Result<Vec<String>, CloudError> {
-    let p = &settings.provider;
+) -> Result<Deleted, CloudError> {
     let name = tenant.metadata.name.clone().unwrap_or_default();
     let uid = tenant.metadata.uid.clone().unwrap_or_default();
-    let mut done = Vec::new();
+    let mut out = Deleted::default();
     let ids: Vec<String> = tenant_instances(settings, tenant)
         .await?
         .into_iter()
         .map(|i| i.id)
         .collect();
-    if !ids.is_empty() {
-        p.terminate_instances(&ids).await?;
-        tracing::info!(tenant = %name, instances = ?ids, "terminated instances");
-        done.push(format!("terminated {}", ids.join(", ")));
+    out.termination = terminate::terminate(settings, gate, tenant, &ids).await?;
+    if !out.termination.cleared.is_empty() {
+        out.done
+            .push(format!("terminated {}", out.termination.cleared.join(", ")));
+    }
+    if !out.termination.kept.is_empty() {
+        return Ok(out);
     }
     let Some(platform) = platform else {
         if let Some(record) = tenant.status.as_ref().and_then(|s| s.dns_record.as_ref()) {
             tracing::warn!(tenant = %name, %record, "platform is gone: its hosted zone is unknown, the record stays");
         }
-        return Ok(done);
+        return Ok(out);
     };
     let Some(zone) = platform
         .spec
@@ -763,7 +818,7 @@ pub async fn delete(
         .as_deref()
         .map(normalize_zone_id)
     else {
-        return Ok(done);
+        return Ok(out);
     };
     let recorded = tenant
         .status
@@ -782,15 +837,16 @@ pub async fn delete(
         match release(settings, &zone, &record, &uid, is_recorded).await {
             Ok(true) => {
                 tracing::info!(tenant = %name, %record, "deleted DNS record");
-                done.push(format!("deleted record {}", display_name(&record)));
+                out.done
+                    .push(format!("deleted record {}", display_name(&record)));
             }
             Ok(false) => {}
             // No zone, no record in it.
-            Err(e) if e.code() == Some("NoSuchHostedZone") => return Ok(done),
+            Err(e) if e.code() == Some("NoSuchHostedZone") => return Ok(out),
             Err(e) => return Err(e),
         }
     }
-    Ok(done)
+    Ok(out)
 }
 
 /// Marks what a `Retain` tenant leaves behind as retained (the instance's tag, the record's

@@ -31,6 +31,18 @@ pub fn backup_name(tenant: &Tenant) -> String {
 /// The final backup object of `tenant`, labelled like every object stackplane creates and with
 /// the tenant's uid. It has no owner reference: it must outlive the Tenant.
 pub fn desired(tenant: &Tenant) -> TenantBackup {
+    guard_backup(tenant, backup_name(tenant), BackupReason::PreDelete, None)
+}
+
+/// A backup the controller takes before it destroys something of `tenant` (its final backup,
+/// or the `pre-terminate` backup of `instance`): labelled like every object stackplane creates
+/// and with the tenant's uid, and without an owner reference, so it outlives the Tenant.
+pub fn guard_backup(
+    tenant: &Tenant,
+    backup: String,
+    reason: BackupReason,
+    instance: Option<String>,
+) -> TenantBackup {
     let name = tenant.name_any();
     let mut labels: std::collections::BTreeMap<String, String> = tenant
         .labels()
@@ -43,7 +55,7 @@ pub fn desired(tenant: &Tenant) -> TenantBackup {
     }
     TenantBackup {
         metadata: ObjectMeta {
-            name: Some(backup_name(tenant)),
+            name: Some(backup),
             // The tenant's own labels too: a controller sharded by `--tenant-selector` selects
             // backups by the same labels, so the shard that owns the tenant carries it out.
             labels: Some(labels),
@@ -51,8 +63,9 @@ pub fn desired(tenant: &Tenant) -> TenantBackup {
         },
         spec: TenantBackupSpec {
             tenant: name,
-            reason: BackupReason::PreDelete,
+            reason,
             restore: None,
+            instance,
         },
         status: None,
     }
@@ -83,19 +96,24 @@ pub async fn observe(
 /// Requests the final backup of `tenant` (an existing one, created by an earlier reconcile whose
 /// answer was lost, is taken as it). Returns its name.
 pub async fn request(client: &Client, tenant: &Tenant) -> Result<String> {
-    let api: Api<TenantBackup> = Api::all(client.clone());
-    let desired = desired(tenant);
-    let name = desired.name_any();
-    match api.create(&PostParams::default(), &desired).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 409 => {}
-        Err(e) => return Err(e.into()),
-    }
+    let name = create(client, &desired(tenant)).await?;
     tracing::info!(tenant = %tenant.name_any(), backup = %name, "final backup requested");
     Ok(name)
 }
 
-/// Records on the backup how the wait for it ended.
+/// Creates `backup` (an existing one of that name, made by an earlier reconcile whose answer
+/// was lost, is taken as it: the caller checks it is what it asked for). Returns its name.
+pub async fn create(client: &Client, backup: &TenantBackup) -> Result<String> {
+    let api: Api<TenantBackup> = Api::all(client.clone());
+    match api.create(&PostParams::default(), backup).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(backup.name_any())
+}
+
+/// Records on the backup (final or `pre-terminate`) how the wait for it ended.
 pub async fn record_outcome(client: &Client, backup: &str, outcome: Outcome) -> Result<()> {
     let api: Api<TenantBackup> = Api::all(client.clone());
     let patch =

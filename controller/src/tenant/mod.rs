@@ -19,6 +19,7 @@ pub mod final_backup;
 pub mod guard;
 pub mod metadata;
 pub mod orphan;
+pub mod pre_terminate;
 pub mod prune;
 pub mod reports;
 pub mod resync;
@@ -190,6 +191,17 @@ impl Context {
         self
     }
 
+    /// The gate every instance termination passes: its `pre-terminate` backup first, waited
+    /// for and held by the final backup's settings.
+    fn pre_terminate_gate(&self) -> pre_terminate::PreTerminateGate<'_> {
+        pre_terminate::PreTerminateGate {
+            client: &self.client,
+            timeout: self.config.final_backup_timeout,
+            poll: self.config.final_backup_poll,
+            on_backup_failure: self.config.on_backup_failure,
+        }
+    }
+
     async fn event(&self, tenant: &Tenant, type_: EventType, reason: &str, note: String) {
         let event = Event {
             type_,
@@ -247,6 +259,7 @@ pub async fn reconcile(cached: Arc<CachedTenant>, ctx: Arc<Context>) -> Result<A
         Err(
             Error::NamespaceTerminating { .. }
             | Error::FinalBackupPending { .. }
+            | Error::PreTerminateBackupPending { .. }
             | Error::DeletionHeld { .. }
             | Error::DeletionPaused,
         ) => {}
@@ -268,7 +281,8 @@ pub async fn reconcile(cached: Arc<CachedTenant>, ctx: Arc<Context>) -> Result<A
 pub fn error_policy(tenant: Arc<CachedTenant>, error: &Error, ctx: Arc<Context>) -> Action {
     match error {
         Error::NamespaceTerminating { .. } => return Action::requeue(ctx.config.deletion_poll),
-        Error::FinalBackupPending { retry_in, .. } => return Action::requeue(*retry_in),
+        Error::FinalBackupPending { retry_in, .. }
+        | Error::PreTerminateBackupPending { retry_in, .. } => return Action::requeue(*retry_in),
         // A release (annotation) or an unpause (spec) triggers the reconcile through the watch;
         // the resync period is the safety net.
         Error::DeletionHeld { .. } | Error::DeletionPaused => {
@@ -364,7 +378,8 @@ async fn apply_tenant(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     };
     let plan = plan::plan(tenant, valid.platform, valid.tier, &ctx.config.plan);
     let pruned = sync_step(&pass, ctx, &plan).await?;
-    let cloud = cloud_step(&pass, ctx, &valid).await;
+    let cloud = cloud_step(&pass, ctx, &valid).await?;
+    let held = hold_step(&pass, ctx, held, cloud.as_ref());
     status_step(&pass, ctx, &plan, &pruned, cloud.as_ref(), revision, held).await?;
     next_reconcile(ctx, requeue, cloud)
 }
@@ -446,35 +461,8 @@ enum Retention {
 /// retention: a tenant cancelled and past its platform's retention period is deleted, after
 /// its final `pre-delete` backup (while that runs the tenant stays `Cancelled`; a failed one
 /// holds the deletion), and only if a fresh read shows it still cancelled (`delete_if_due`).
+/// A hold it no longer finds is lifted by [`hold_step`], which also weighs the cloud step's.
 async fn retention_step(pass: &Pass<'_>, ctx: &Context, valid: &Valid<'_>) -> Result<Retention> {
-    let retention = retention_decision(pass, ctx, valid).await?;
-    // A hold that no longer applies (re-subscribed, or a new final backup completed) is lifted.
-    match retention {
-        Retention::Kept {
-            requeue,
-            held: None,
-        } if is_held(&pass.previous) => {
-            ctx.metrics.deletion_held(&pass.name, None);
-            Ok(Retention::Kept {
-                requeue,
-                held: Some(Want::new(
-                    DELETION_HELD,
-                    false,
-                    "NotDue",
-                    "no deletion is held: the tenant is no longer due for deletion, or its final \
-                     backup completed",
-                )),
-            })
-        }
-        other => Ok(other),
-    }
-}
-
-async fn retention_decision(
-    pass: &Pass<'_>,
-    ctx: &Context,
-    valid: &Valid<'_>,
-) -> Result<Retention> {
     let requeue = ctx.config.requeue;
     let Some(cancelled) = &pass.tenant.spec.cancelled_at else {
         return Ok(Retention::Kept {
@@ -601,9 +589,15 @@ pub async fn delete_if_due(
     }
 }
 
-/// The `DeletionHeld=True` condition of a hold (`backup`: the final backup that failed).
+/// The `DeletionHeld=True` condition of a hold (`backup`: the backup that failed; none for a
+/// mass-deletion hold, which holds before any backup).
 fn held_condition(ctx: &Context, reason: HoldReason, backup: Option<&str>) -> Want {
     let backup = backup.unwrap_or("of this lifecycle");
+    let what = if reason.timed_out() {
+        "did not finish in time"
+    } else {
+        "failed"
+    };
     let message = match reason {
         HoldReason::MassDeletion => format!(
             "more tenants entered deletion within an hour than --max-deletions-per-hour={}: \
@@ -612,20 +606,54 @@ fn held_condition(ctx: &Context, reason: HoldReason, backup: Option<&str>) -> Wa
              deletion-held.md for a mass deletion made by mistake",
             ctx.config.max_deletions_per_hour
         ),
-        HoldReason::FinalBackupFailed | HoldReason::FinalBackupTimedOut => {
-            let what = if reason == HoldReason::FinalBackupFailed {
-                "failed"
-            } else {
-                "did not finish in time"
-            };
-            format!(
-                "final backup {backup} {what}: nothing is deleted until a person releases it \
-                 (annotation {RELEASE_DELETION}=\"true\") or a new final backup completes \
-                 (delete the failed TenantBackup {backup} to request one)"
-            )
-        }
+        HoldReason::FinalBackupFailed | HoldReason::FinalBackupTimedOut => format!(
+            "final backup {backup} {what}: nothing is deleted until a person releases it \
+             (annotation {RELEASE_DELETION}=\"true\") or a new final backup completes \
+             (delete the failed TenantBackup {backup} to request one)"
+        ),
+        HoldReason::PreTerminateBackupFailed | HoldReason::PreTerminateBackupTimedOut => format!(
+            "pre-terminate backup {backup} (EBS snapshots of the instance's volumes) {what}: the \
+             instance is not terminated until a person releases it (annotation \
+             {RELEASE_DELETION}=\"true\") or a new pre-terminate backup completes (delete the \
+             failed TenantBackup {backup} to request one)"
+        ),
     };
     Want::new(DELETION_HELD, true, reason.as_str(), message)
+}
+
+/// The `DeletionHeld` condition of a live tenant: the retention step's hold (its final
+/// backup), else the cloud step's (an instance's `pre-terminate` backup), else, if the status
+/// still says held, the hold lifted. The metric follows. `None`: no change (the cloud step
+/// failed before it could say, so a hold it set stays as it is).
+fn hold_step(
+    pass: &Pass<'_>,
+    ctx: &Context,
+    retention: Option<Want>,
+    cloud: Option<&crate::cloud::CloudOutcome>,
+) -> Option<Want> {
+    if retention.is_some() {
+        return retention;
+    }
+    if let Some(c) = cloud {
+        if let Some((reason, backup)) = c.termination.held() {
+            ctx.metrics.deletion_held(&pass.name, Some(reason.as_str()));
+            return Some(held_condition(ctx, reason, Some(backup)));
+        }
+        if matches!(c.state, crate::cloud::CloudState::Failed(_)) && is_held(&pass.previous) {
+            return None;
+        }
+    }
+    if !is_held(&pass.previous) {
+        return None;
+    }
+    ctx.metrics.deletion_held(&pass.name, None);
+    Some(Want::new(
+        DELETION_HELD,
+        false,
+        "NotHeld",
+        "nothing is held: the tenant is not due for deletion and no instance waits to be \
+         terminated (its backup completed, or the hold was released)",
+    ))
 }
 
 /// apply + prune: the plan's objects applied, the rest pruned (claims retained, not deleted).
@@ -712,16 +740,21 @@ async fn sync_step(pass: &Pass<'_>, ctx: &Context, plan: &Plan) -> Result<Pruned
 }
 
 /// cloud: the dedicated instance and the DNS record, after the cluster objects exist. `None`
-/// without a cloud provider.
+/// without a cloud provider. An instance is terminated only after its `pre-terminate` backup
+/// ([`pre_terminate`]); a release that let one go is used up (the annotation removed), so it
+/// never waves a later termination through.
 async fn cloud_step(
     pass: &Pass<'_>,
     ctx: &Context,
     valid: &Valid<'_>,
-) -> Option<crate::cloud::CloudOutcome> {
-    let settings = ctx.config.cloud.as_ref()?;
+) -> Result<Option<crate::cloud::CloudOutcome>> {
+    let Some(settings) = ctx.config.cloud.as_ref() else {
+        return Ok(None);
+    };
     let outcome = crate::cloud::sync(
         settings,
         &ctx.client,
+        &ctx.pre_terminate_gate(),
         pass.tenant,
         valid.platform,
         valid.tier,
@@ -736,7 +769,36 @@ async fn cloud_step(
         )
         .await;
     }
-    Some(outcome)
+    if outcome.termination.overridden && deletion::released(pass.tenant) {
+        consume_release(pass, ctx).await?;
+    }
+    Ok(Some(outcome))
+}
+
+/// Removes the release annotation of a live tenant once the termination it released went
+/// ahead: it released the holds there were, not the ones to come.
+async fn consume_release(pass: &Pass<'_>, ctx: &Context) -> Result<()> {
+    let patch = json!({ "metadata": { "annotations": { RELEASE_DELETION: null } } });
+    let params = PatchParams {
+        field_manager: Some(crate::k8s::FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
+    };
+    Api::<Tenant>::all(ctx.client.clone())
+        .patch(&pass.name, &params, &Patch::Merge(&patch))
+        .await?;
+    tracing::warn!(tenant = %pass.name, "instance terminated by a release: release annotation removed");
+    ctx.event(
+        pass.tenant,
+        EventType::Warning,
+        "DeletionReleased",
+        format!(
+            "released by annotation {RELEASE_DELETION}: the instance was terminated without a \
+             completed pre-terminate backup; the annotation is removed, so later terminations \
+             are held again"
+        ),
+    )
+    .await;
+    Ok(())
 }
 
 /// status: phase, conditions and what was observed, written when it changed; Events on a
@@ -908,7 +970,30 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         tenant_crd_deleting,
         beyond_budget: !tenant_crd_deleting && guard::beyond_budget(ctx, tenant, &previous),
     };
-    let next = final_backup_gate(tenant, ctx, Trigger::TenantDeleted, has_data, guards).await?;
+    let mut next =
+        final_backup_gate(tenant, ctx, Trigger::TenantDeleted, has_data, guards).await?;
+    // Cloud resources go only once the final backup lets the deletion proceed, and each
+    // instance only after its own pre-terminate backup: a failed one holds the deletion too.
+    let mut cloud_deleted = None;
+    if let (Next::Destroy { .. }, Some(settings)) = (&next, &ctx.config.cloud) {
+        let platform = Api::<Platform>::all(ctx.client.clone())
+            .get_opt(&tenant.spec.platform)
+            .await?;
+        let gate = ctx.pre_terminate_gate();
+        let deleted = crate::cloud::delete(settings, &gate, tenant, platform.as_ref()).await?;
+        for note in &deleted.termination.notes {
+            ctx.event(tenant, note.event_type(), note.reason, note.message.clone())
+                .await;
+        }
+        if let Some((reason, backup)) = deleted.termination.held() {
+            ctx.metrics.deletion_held(&name, Some(reason.as_str()));
+            next = Next::Hold {
+                reason,
+                backup: Some(backup.to_owned()),
+            };
+        }
+        cloud_deleted = Some(deleted);
+    }
     // The Tenant's kind is going: no status to write, no Event to attach.
     if next != Next::Orphan {
         deleting_status(tenant, ctx, &previous, &next).await?;
@@ -936,20 +1021,25 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action> {
             if let Some(entered) = guard::entered(tenant) {
                 ctx.recent_deletions.went(entered, Timestamp::now());
             }
-            // Cloud resources go only once the final backup lets the deletion proceed.
-            if let Some(settings) = &ctx.config.cloud {
-                let platform = Api::<Platform>::all(ctx.client.clone())
-                    .get_opt(&tenant.spec.platform)
-                    .await?;
-                let done = crate::cloud::delete(settings, tenant, platform.as_ref()).await?;
-                if !done.is_empty() {
+            if let Some(deleted) = cloud_deleted {
+                if !deleted.done.is_empty() {
                     ctx.event(
                         tenant,
                         EventType::Normal,
                         "CloudResourcesDeleted",
-                        done.join("; "),
+                        deleted.done.join("; "),
                     )
                     .await;
+                }
+                // An instance waits for its pre-terminate backup: nothing else goes yet.
+                if let Some(kept) = deleted.termination.kept.first() {
+                    return Err(Error::PreTerminateBackupPending {
+                        backup: kept.backup.clone(),
+                        retry_in: deleted
+                            .termination
+                            .retry_in
+                            .unwrap_or(ctx.config.final_backup_poll),
+                    });
                 }
             }
             if let Some(existing) = existing {
@@ -1024,7 +1114,7 @@ async fn deleting_status(
             DELETION_HELD,
             false,
             "Released",
-            "the final backup completed or the hold was released: the deletion proceeds",
+            "the backup completed or the hold was released: the deletion proceeds",
         )),
         _ => None,
     };

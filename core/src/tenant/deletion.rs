@@ -203,14 +203,20 @@ pub enum HoldReason {
     FinalBackupTimedOut,
     /// Beyond `--max-deletions-per-hour` ([`beyond_budget`]).
     MassDeletion,
+    /// The `pre-terminate` backup of a dedicated instance failed: the instance is not
+    /// terminated ([`crate::cloud::terminate`]).
+    PreTerminateBackupFailed,
+    PreTerminateBackupTimedOut,
 }
 
 impl HoldReason {
     /// Every reason, for metrics that start each series at 0.
-    pub const ALL: [HoldReason; 3] = [
+    pub const ALL: [HoldReason; 5] = [
         HoldReason::FinalBackupFailed,
         HoldReason::FinalBackupTimedOut,
         HoldReason::MassDeletion,
+        HoldReason::PreTerminateBackupFailed,
+        HoldReason::PreTerminateBackupTimedOut,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -218,7 +224,45 @@ impl HoldReason {
             HoldReason::FinalBackupFailed => "FinalBackupFailed",
             HoldReason::FinalBackupTimedOut => "FinalBackupTimedOut",
             HoldReason::MassDeletion => "MassDeletion",
+            HoldReason::PreTerminateBackupFailed => "PreTerminateBackupFailed",
+            HoldReason::PreTerminateBackupTimedOut => "PreTerminateBackupTimedOut",
         }
+    }
+
+    /// Whether the backup timed out (rather than ended failed).
+    pub fn timed_out(self) -> bool {
+        matches!(
+            self,
+            HoldReason::FinalBackupTimedOut | HoldReason::PreTerminateBackupTimedOut
+        )
+    }
+}
+
+/// What follows once the wait for a backup that guards a destruction (a final or a
+/// `pre-terminate` backup) is over: the one rule both share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterBackup {
+    /// Go ahead. `overridden`: the backup did not complete; a person's release or the
+    /// operator's `--on-backup-failure=delete` lets it go anyway.
+    Proceed { overridden: bool },
+    /// Destroy nothing until a person releases it. `timed_out`: the backup never finished.
+    Hold { timed_out: bool },
+}
+
+/// See [`AfterBackup`] (pure).
+pub fn after_backup(
+    outcome: Outcome,
+    released: bool,
+    on_backup_failure: OnBackupFailure,
+) -> AfterBackup {
+    if outcome.succeeded() {
+        return AfterBackup::Proceed { overridden: false };
+    }
+    if released || on_backup_failure == OnBackupFailure::Delete {
+        return AfterBackup::Proceed { overridden: true };
+    }
+    AfterBackup::Hold {
+        timed_out: outcome == Outcome::TimedOut,
     }
 }
 
@@ -288,22 +332,20 @@ pub fn decide(d: &Deletion) -> Next {
             name,
             outcome,
             recorded,
-        } => {
-            let done = Next::Destroy {
+        } => match after_backup(*outcome, d.released, d.on_backup_failure) {
+            AfterBackup::Proceed { overridden } => Next::Destroy {
                 backup: Some((name.clone(), *outcome, *recorded)),
-                overridden: !outcome.succeeded(),
-            };
-            if outcome.succeeded() || d.released || d.on_backup_failure == OnBackupFailure::Delete {
-                return done;
-            }
-            Next::Hold {
-                reason: match outcome {
-                    Outcome::TimedOut => HoldReason::FinalBackupTimedOut,
-                    Outcome::Finished(_) => HoldReason::FinalBackupFailed,
+                overridden,
+            },
+            AfterBackup::Hold { timed_out } => Next::Hold {
+                reason: if timed_out {
+                    HoldReason::FinalBackupTimedOut
+                } else {
+                    HoldReason::FinalBackupFailed
                 },
                 backup: Some(name.clone()),
-            }
-        }
+            },
+        },
     }
 }
 
@@ -416,6 +458,7 @@ mod tests {
                 tenant: "acme".into(),
                 reason: stackplane_crds::BackupReason::PreDelete,
                 restore: None,
+                instance: None,
             },
             status: phase.map(|p| TenantBackupStatus {
                 phase: Some(p),
