@@ -1189,7 +1189,7 @@ async fn resubscribing_through_checkout_reuses_the_customer_and_revives_its_tena
     .fetch_all(&env.db)
     .await
     .expect("checkout customers");
-    assert_eq!(customers, [customer.clone()]);
+    assert_eq!(customers, [customer.as_str()]);
     let audit: Vec<Option<String>> = sqlx::query_scalar(
         "SELECT details->>'customerFrom' FROM audit_log WHERE action = 'billing.checkout' ORDER BY id",
     )
