@@ -113,22 +113,25 @@ async fn main() -> anyhow::Result<()> {
             let (prices, driver) =
                 stackplane_api::billing::prices::PlatformCache::start(kube.clone());
             supervise_once(&health, "platform-watch", driver);
+            let stripe_api = std::sync::Arc::new(
+                stackplane_api::billing::stripe_api::StripeApi::new(
+                    args.checkout.stripe_api_base.as_deref(),
+                    &state.billing.secrets.stripe_secret_key,
+                    args.stripe_sync.stripe_api_rate,
+                    Default::default(),
+                    state.metrics.clone(),
+                )
+                .context("building the Stripe API reader")?
+                .with_circuit(args.stripe_sync.circuit()),
+            );
             let checkout = stackplane_api::billing::checkout::Checkout::new(
                 &args.checkout,
                 &state.billing.secrets.stripe_secret_key,
                 prices.clone(),
                 kube.clone(),
             )
-            .context("building the Stripe client")?;
-            let stripe_api = stackplane_api::billing::stripe_api::StripeApi::new(
-                args.checkout.stripe_api_base.as_deref(),
-                &state.billing.secrets.stripe_secret_key,
-                args.stripe_sync.stripe_api_rate,
-                Default::default(),
-                state.metrics.clone(),
-            )
-            .context("building the Stripe API reader")?
-            .with_circuit(args.stripe_sync.circuit());
+            .context("building the Stripe client")?
+            .with_stripe_api(stripe_api.clone());
             let livemode = stackplane_api::billing::worker::key_livemode(
                 &state.billing.secrets.stripe_secret_key,
             );
@@ -141,7 +144,7 @@ async fn main() -> anyhow::Result<()> {
                 prices,
                 state.metrics.clone(),
             )
-            .with_stripe(std::sync::Arc::new(stripe_api))
+            .with_stripe(stripe_api)
             .with_livemode(livemode)
             .with_connect_accounts(args.billing_worker.stripe_connect_accounts.clone());
             let wake = state.billing.wake.clone();

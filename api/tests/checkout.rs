@@ -3,7 +3,9 @@
 //! The stand-in records every request as Stripe would receive it and answers with Stripe's
 //! documented `checkout.session` / `billing_portal.session` objects. A session's completion is
 //! Stripe's signed `checkout.session.completed` delivered to the webhook and applied by the
-//! billing worker.
+//! billing worker. The customer-reuse tests put localstripe (driven by the official SDK) behind
+//! the stand-in as the Stripe that holds customers and subscriptions: the checkout finds
+//! customers by e-mail there, and the worker reads subscriptions back from it.
 
 // The documented checkout.session object is one large json! literal.
 #![recursion_limit = "256"]
@@ -19,12 +21,14 @@ use kube::Api;
 use serde_json::{json, Value};
 use stackplane_api::billing::checkout::{Checkout, CheckoutArgs};
 use stackplane_api::billing::prices::PlatformCache;
+use stackplane_api::billing::stripe_api::{RetryPolicy, StripeApi};
 use stackplane_api::billing::worker::Worker;
 use stackplane_api::config::Secrets;
 use stackplane_api::metrics::Metrics;
 use stackplane_api::server::{router_with, AppState, BillingState, RouterOptions};
 use stackplane_api::tenants::{MetricsSourceArgs, TenantApi};
 use stackplane_crds::{Platform, Tenant, TenantSpec};
+use stackplane_tests::localstripe::LocalStripe;
 use stackplane_tests::{eventually, fresh_database, install_crds, kube_client, unique};
 
 const ADMIN: &str = "admin-token-for-checkout-tests";
@@ -172,6 +176,9 @@ struct Env {
     platforms: PlatformCache,
     /// The tenant API the router serves (status reads come from its cache).
     tenants: TenantApi,
+    /// The Stripe reader of the customer-reuse tests (localstripe): customers by e-mail for the
+    /// checkout, subscriptions for the worker. None: the worker applies payloads.
+    reader: Option<Arc<StripeApi>>,
 }
 
 impl Env {
@@ -216,6 +223,11 @@ impl Env {
 /// A Platform of our own (a copy of `tackle` with prices unique to this test) in the real
 /// cluster, the api pointed at a fresh stand-in.
 async fn setup() -> Env {
+    setup_with(None).await
+}
+
+/// [`setup`], with a Stripe reader of `stripe_truth` (a localstripe) when given.
+async fn setup_with(stripe_truth: Option<&str>) -> Env {
     let kube = kube_client().await;
     install_crds(&kube).await;
     let mut platform: Platform = stackplane_tests::example_platform("tackle.yaml");
@@ -268,8 +280,23 @@ async fn setup() -> Env {
         portal_return_url: Some(RETURN.into()),
         stripe_api_base: Some(stripe),
     };
-    let checkout =
+    let reader = stripe_truth.map(|base| {
+        let retry = RetryPolicy {
+            attempts: 2,
+            first_delay: std::time::Duration::from_millis(100),
+            max_delay: std::time::Duration::from_millis(200),
+            timeout: std::time::Duration::from_secs(5),
+        };
+        let rate = std::num::NonZeroU32::new(50).expect("rate");
+        Arc::new(
+            StripeApi::new(Some(base), STRIPE_KEY, rate, retry, Metrics::new()).expect("reader"),
+        )
+    });
+    let mut checkout =
         Checkout::new(&args, STRIPE_KEY, cache.clone(), kube.clone()).expect("stripe client");
+    if let Some(reader) = &reader {
+        checkout = checkout.with_stripe_api(reader.clone());
+    }
     let (tenants, watches) =
         TenantApi::start(db.clone(), kube.clone(), MetricsSourceArgs::default());
     tokio::spawn(watches.run());
@@ -298,6 +325,7 @@ async fn setup() -> Env {
         prices,
         platforms: cache,
         tenants,
+        reader,
     }
 }
 
@@ -678,6 +706,20 @@ async fn portal_sessions_are_for_the_tenants_stripe_customer() {
 }
 
 impl Env {
+    /// A billing worker, reading back from the Stripe reader when the test has one.
+    fn worker(&self) -> Worker {
+        let worker = Worker::new(
+            self.db.clone(),
+            self.kube.clone(),
+            self.platforms.clone(),
+            Metrics::new(),
+        );
+        match &self.reader {
+            Some(reader) => worker.with_stripe(reader.clone()),
+            None => worker,
+        }
+    }
+
     /// The admin issues a dashboard token: (token, id).
     async fn dashboard_token(&self, description: &str) -> (String, String) {
         let (status, body) = self
@@ -699,12 +741,25 @@ impl Env {
     /// made customer `customer`): its signed `checkout.session.completed` reaches the webhook
     /// and a billing worker applies it.
     async fn complete_checkout(&self, request: &Recorded, session_id: &str, customer: &str) {
+        let subscription = format!("sub_{}", unique("s").replace('-', ""));
+        self.complete_checkout_with(request, session_id, customer, &subscription)
+            .await;
+    }
+
+    /// [`Env::complete_checkout`] with the subscription the session made.
+    async fn complete_checkout_with(
+        &self,
+        request: &Recorded,
+        session_id: &str,
+        customer: &str,
+        subscription: &str,
+    ) {
         let mut session = checkout_session(&request.params);
         session["id"] = json!(session_id);
         session["status"] = json!("complete");
         session["payment_status"] = json!("paid");
         session["customer"] = json!(customer);
-        session["subscription"] = json!(format!("sub_{}", unique("s").replace('-', "")));
+        session["subscription"] = json!(subscription);
         session["customer_details"] =
             json!({"email": request.param("customer_email"), "name": null});
         let now = chrono::Utc::now().timestamp();
@@ -725,12 +780,7 @@ impl Env {
             .await
             .expect("deliver");
         assert_eq!(resp.status().as_u16(), 200, "{:?}", resp.text().await);
-        let worker = Worker::new(
-            self.db.clone(),
-            self.kube.clone(),
-            self.platforms.clone(),
-            Metrics::new(),
-        );
+        let worker = self.worker();
         while let Some((id, outcome)) = worker.process_one().await.expect("process") {
             assert!(outcome.is_ok(), "event {id}: {outcome:?}");
         }
@@ -981,5 +1031,269 @@ async fn a_dashboard_token_checks_out_and_reads_only_its_customers_tenants() {
             .await
             .expect("delete tenant");
     }
+    cleanup(&env).await;
+}
+
+fn text(v: &Value, key: &str) -> String {
+    v[key]
+        .as_str()
+        .unwrap_or_else(|| panic!("no {key} in {v}"))
+        .to_owned()
+}
+
+fn billing_condition<'a>(
+    t: &'a Tenant,
+    type_: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    t.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
+}
+
+impl Env {
+    /// A checkout by `token` of the tier's first price; the session request Stripe received.
+    async fn checkout(
+        &self,
+        token: &str,
+        email: &str,
+        user_ref: &str,
+        verified: bool,
+    ) -> (String, Recorded) {
+        let before = self.recorded().len();
+        let (status, body) = self
+            .post(
+                "/api/v1/billing/checkout",
+                Some(token),
+                json!({"platform": self.platform, "tier": "starter", "email": email,
+                    "userRef": user_ref, "emailVerified": verified}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        let recorded = self.recorded();
+        assert_eq!(recorded.len(), before + 1, "{recorded:?}");
+        let request = recorded[before].clone();
+        assert_eq!(request.path, "/v1/checkout/sessions");
+        (text(&body, "id"), request)
+    }
+}
+
+/// The session names `customer` (and then no `customer_email`, which Stripe refuses with it), or,
+/// with `None`, carries `email` for Stripe to make a new customer.
+fn assert_session_customer(request: &Recorded, customer: Option<&str>, email: &str) {
+    assert_eq!(request.param("customer"), customer, "{:?}", request.params);
+    let expected_email = if customer.is_some() {
+        None
+    } else {
+        Some(email)
+    };
+    assert_eq!(
+        request.param("customer_email"),
+        expected_email,
+        "{:?}",
+        request.params
+    );
+}
+
+/// Subscribe, cancel, subscribe again through checkout: the second and third checkouts of the
+/// same dashboard user name the customer the first one made, so the cancelled Tenant runs again
+/// (not a second, empty one) and paying twice raises `BillingConflict` on it.
+#[tokio::test]
+async fn resubscribing_through_checkout_reuses_the_customer_and_revives_its_tenant() {
+    let ls = LocalStripe::start().await;
+    let env = setup_with(Some(&ls.url)).await;
+    ls.drive(&["setup", &env.prices[0]]).await;
+    let (dash, _) = env.dashboard_token("dashboard").await;
+
+    // The first checkout knows no customer: Stripe makes one from the e-mail.
+    let (session, request) = env
+        .checkout(&dash, "ada@example.com", "user-1", false)
+        .await;
+    assert_session_customer(&request, None, "ada@example.com");
+    let customer = text(
+        &ls.drive(&["customer", "ada@example.com"]).await,
+        "customer",
+    );
+    let first = text(
+        &ls.drive(&["subscribe", &customer, &env.prices[0]]).await,
+        "subscription",
+    );
+    env.complete_checkout_with(&request, &session, &customer, &first)
+        .await;
+    let name = stackplane_crds::naming::tenant_name(&env.platform, &customer);
+    let tenants: Api<Tenant> = Api::all(env.kube.clone());
+    let t = tenants.get(&name).await.expect("the tenant");
+    assert_eq!(
+        t.spec.subscription.as_ref().map(|s| s.id.as_str()),
+        Some(first.as_str())
+    );
+    assert!(!t.spec.suspended);
+
+    // Cancelled: the Tenant is suspended and counts down its retention.
+    ls.drive(&["cancel", &first]).await;
+    env.worker()
+        .sweep()
+        .await
+        .expect("sweep")
+        .expect("not locked");
+    let t = tenants.get(&name).await.expect("tenant");
+    assert!(
+        t.spec.suspended && t.spec.cancelled_at.is_some(),
+        "{:?}",
+        t.spec
+    );
+
+    // Re-subscribing through checkout (another address even): the same customer.
+    let (session, request) = env
+        .checkout(&dash, "ada.new@example.com", "user-1", false)
+        .await;
+    assert_session_customer(&request, Some(&customer), "ada.new@example.com");
+    let second = text(
+        &ls.drive(&["subscribe", &customer, &env.prices[0]]).await,
+        "subscription",
+    );
+    env.complete_checkout_with(&request, &session, &customer, &second)
+        .await;
+    let t = tenants.get(&name).await.expect("the same tenant");
+    assert_eq!(
+        t.spec.subscription.as_ref().map(|s| s.id.as_str()),
+        Some(second.as_str())
+    );
+    assert!(
+        !t.spec.suspended && t.spec.cancelled_at.is_none(),
+        "{:?}",
+        t.spec
+    );
+
+    // Paying twice: a conflict on that Tenant, never a second stack.
+    let (session, request) = env
+        .checkout(&dash, "ada@example.com", "user-1", false)
+        .await;
+    assert_session_customer(&request, Some(&customer), "ada@example.com");
+    let third = text(
+        &ls.drive(&["subscribe", &customer, &env.prices[0]]).await,
+        "subscription",
+    );
+    env.complete_checkout_with(&request, &session, &customer, &third)
+        .await;
+    let t = tenants.get(&name).await.expect("tenant");
+    let conflict = billing_condition(&t, "BillingConflict").expect("BillingConflict");
+    assert_eq!(conflict.status, "True");
+    assert!(
+        conflict.message.contains(&second) && conflict.message.contains(&third),
+        "{}",
+        conflict.message
+    );
+    let customers: Vec<String> = sqlx::query_scalar(
+        "SELECT customer_id FROM checkout_customers WHERE client_reference_id = 'user-1'",
+    )
+    .fetch_all(&env.db)
+    .await
+    .expect("checkout customers");
+    assert_eq!(customers, [customer.as_str()]);
+    let audit: Vec<Option<String>> = sqlx::query_scalar(
+        "SELECT details->>'customerFrom' FROM audit_log WHERE action = 'billing.checkout' ORDER BY id",
+    )
+    .fetch_all(&env.db)
+    .await
+    .expect("audit");
+    assert_eq!(
+        audit,
+        [
+            Some("new".to_owned()),
+            Some("client_reference_id".to_owned()),
+            Some("client_reference_id".to_owned())
+        ]
+    );
+
+    tenants
+        .delete(&name, &Default::default())
+        .await
+        .expect("delete tenant");
+    cleanup(&env).await;
+}
+
+/// By e-mail only when the dashboard asserts it verified the address, and only a customer the
+/// caller may reuse: a stranger typing the victim's address gets a new customer, as does another
+/// dashboard; an address nobody has makes a new customer.
+#[tokio::test]
+async fn a_verified_email_reuses_the_callers_customer_and_an_unverified_one_never_attaches() {
+    let ls = LocalStripe::start().await;
+    let env = setup_with(Some(&ls.url)).await;
+    ls.drive(&["setup", &env.prices[0]]).await;
+    let (dash_a, _) = env.dashboard_token("dashboard a").await;
+    let (dash_b, _) = env.dashboard_token("dashboard b").await;
+    let victim_email = "victim@example.com";
+
+    // Dashboard A's user checked out once: the victim's customer is A's.
+    let (session, request) = env.checkout(&dash_a, victim_email, "victim", false).await;
+    let victim = text(&ls.drive(&["customer", victim_email]).await, "customer");
+    let sub = text(
+        &ls.drive(&["subscribe", &victim, &env.prices[0]]).await,
+        "subscription",
+    );
+    env.complete_checkout_with(&request, &session, &victim, &sub)
+        .await;
+    let name = stackplane_crds::naming::tenant_name(&env.platform, &victim);
+    let tenants: Api<Tenant> = Api::all(env.kube.clone());
+    tenants.get(&name).await.expect("the victim's tenant");
+
+    // A stranger (another user of A) types the victim's address, unverified: Stripe is not even
+    // asked who has it, and the session makes a new customer.
+    let lookups = ls.requests("/v1/customers?");
+    let (_, request) = env.checkout(&dash_a, victim_email, "stranger", false).await;
+    assert_session_customer(&request, None, victim_email);
+    assert_eq!(
+        ls.requests("/v1/customers?"),
+        lookups,
+        "no lookup by an unverified address"
+    );
+
+    // Verified, by another dashboard: the customer is not B's to reuse.
+    let (_, request) = env.checkout(&dash_b, victim_email, "b-user", true).await;
+    assert_session_customer(&request, None, victim_email);
+    assert_eq!(ls.requests("/v1/customers?"), lookups + 1);
+
+    // Verified, by A for a user it knows by another reference (a second device): reused.
+    let (_, request) = env
+        .checkout(&dash_a, victim_email, "victim-phone", true)
+        .await;
+    assert_session_customer(&request, Some(&victim), victim_email);
+
+    // The admin may reuse any customer with a verified address.
+    let (_, request) = env
+        .checkout(ADMIN, victim_email, "support-ticket-9", true)
+        .await;
+    assert_session_customer(&request, Some(&victim), victim_email);
+
+    // A verified address nobody has: Stripe makes the customer.
+    let (_, request) = env
+        .checkout(&dash_a, "nobody@example.com", "new-user", true)
+        .await;
+    assert_session_customer(&request, None, "nobody@example.com");
+
+    let audit: Vec<(Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT details->>'userRef', details->>'customerFrom' FROM audit_log
+         WHERE action = 'billing.checkout' ORDER BY id",
+    )
+    .fetch_all(&env.db)
+    .await
+    .expect("audit");
+    let row = |u: &str, from: &str| (Some(u.to_owned()), Some(from.to_owned()));
+    assert_eq!(
+        audit,
+        [
+            row("victim", "new"),
+            row("stranger", "new"),
+            row("b-user", "new"),
+            row("victim-phone", "verified_email"),
+            row("support-ticket-9", "verified_email"),
+            row("new-user", "new"),
+        ]
+    );
+
+    tenants
+        .delete(&name, &Default::default())
+        .await
+        .expect("delete tenant");
     cleanup(&env).await;
 }

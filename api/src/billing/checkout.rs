@@ -12,6 +12,13 @@
 //! `client_reference_id` (the dashboard's user) and `{platform, tier}` metadata on the session and
 //! on the subscription it creates, which is how the billing worker links the resulting events
 //! back to a Platform tier.
+//!
+//! A checkout reuses its user's Stripe customer (the order and why:
+//! [`stackplane_core::billing::checkout_customer`]): by the `userRef` recorded with the customer
+//! of an earlier completed checkout of the same dashboard, else, only with `emailVerified: true`,
+//! by e-mail among the customers the caller may reuse (a dashboard: its own checkouts'), else
+//! none and Stripe makes one. A session for a found customer names it (`customer`) instead of
+//! `customer_email`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,6 +33,7 @@ use kube::Api;
 use serde::Deserialize;
 use serde_json::json;
 use sqlx::PgPool;
+use stackplane_core::billing::checkout_customer::{self, CustomerChoice};
 use stackplane_core::billing::parse::DASHBOARD_METADATA_KEY;
 use stackplane_crds::Tenant;
 use stripe_billing::billing_portal_session::CreateBillingPortalSession;
@@ -34,7 +42,9 @@ use stripe_checkout::checkout_session::{
 };
 use stripe_checkout::CheckoutSessionMode;
 
+use super::checkout_customers;
 use super::prices::PlatformCache;
+use super::stripe_api::{StripeApi, StripeApiError};
 use crate::audit::AuditDetails;
 use crate::caller::Caller;
 use crate::http_error::ApiError;
@@ -97,6 +107,10 @@ pub enum CheckoutError {
     Unavailable(String),
     #[error("Stripe: {0}")]
     Stripe(String),
+    #[error("looking up the customer to reuse: {0}")]
+    CustomerLookup(#[from] StripeApiError),
+    #[error("cannot look up the customer to reuse now; try again")]
+    CustomerRecords(#[from] checkout_customers::LookupError),
     #[error("Kubernetes: {0}")]
     Kube(#[from] kube::Error),
 }
@@ -117,6 +131,8 @@ impl CheckoutError {
             CheckoutError::CacheNotReady => "not_ready",
             CheckoutError::Unavailable(_) => "unavailable",
             CheckoutError::Stripe(_) => "stripe_error",
+            CheckoutError::CustomerLookup(e) => e.metric_label(),
+            CheckoutError::CustomerRecords(_) => "unavailable",
             CheckoutError::Kube(_) => "kubernetes",
         }
     }
@@ -134,7 +150,12 @@ impl CheckoutError {
             CheckoutError::NoStripeCustomer(_) => StatusCode::CONFLICT,
             CheckoutError::NotConfigured(_)
             | CheckoutError::CacheNotReady
-            | CheckoutError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            | CheckoutError::Unavailable(_)
+            | CheckoutError::CustomerRecords(_)
+            | CheckoutError::CustomerLookup(StripeApiError::CircuitOpen { .. }) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            CheckoutError::CustomerLookup(_) => StatusCode::BAD_GATEWAY,
             CheckoutError::Stripe(_) | CheckoutError::Kube(_) => StatusCode::BAD_GATEWAY,
         }
     }
@@ -168,6 +189,9 @@ pub struct Checkout {
     success_url: Option<String>,
     cancel_url: Option<String>,
     portal_return_url: Option<String>,
+    /// The Stripe reader (rate limit, timeout, circuit) that finds customers by verified e-mail;
+    /// without it a checkout with `emailVerified: true` answers 503.
+    stripe_api: Option<Arc<StripeApi>>,
 }
 
 impl Checkout {
@@ -197,7 +221,15 @@ impl Checkout {
             success_url: non_empty(&args.checkout_success_url),
             cancel_url: non_empty(&args.checkout_cancel_url),
             portal_return_url: non_empty(&args.portal_return_url),
+            stripe_api: None,
         })
+    }
+
+    /// Finds customers by verified e-mail through `api` (shared with the billing worker, so
+    /// one rate limit and one circuit cover every Stripe read).
+    pub fn with_stripe_api(mut self, api: Arc<StripeApi>) -> Self {
+        self.stripe_api = Some(api);
+        self
     }
 }
 
@@ -233,6 +265,10 @@ pub struct CheckoutRequest {
     /// One of the tier's `stripePriceIds` (e.g. a yearly price); default: the tier's first.
     #[serde(default)]
     pub price: Option<String>,
+    /// The dashboard asserts it verified `email` (default false). Only then may the checkout
+    /// reuse a customer found by that address.
+    #[serde(default)]
+    pub email_verified: bool,
 }
 
 /// Body of `POST /api/v1/billing/portal`.
@@ -312,11 +348,12 @@ async fn create_checkout(
         _ => None,
     };
     match checkout_session(&state, &req, dashboard).await {
-        Ok((id, url)) => {
-            tracing::info!(platform = %req.platform, tier = %req.tier, session = %id, "checkout session created");
+        Ok((id, url, choice)) => {
+            tracing::info!(platform = %req.platform, tier = %req.tier, session = %id, customer_from = choice.label(), customer_id = ?choice.customer(), "checkout session created");
             with_details(
                 (StatusCode::CREATED, Json(json!({ "id": id, "url": url }))).into_response(),
-                json!({ "platform": req.platform, "tier": req.tier, "userRef": req.user_ref, "session": id }),
+                json!({ "platform": req.platform, "tier": req.tier, "userRef": req.user_ref, "session": id,
+                    "emailVerified": req.email_verified, "customerFrom": choice.label(), "customer": choice.customer() }),
             )
         }
         Err(error) => {
@@ -327,13 +364,46 @@ async fn create_checkout(
     }
 }
 
+/// The customer `req`'s session is for (see [`checkout_customer`]); `dashboard`: the dashboard
+/// token asking (`None`: the admin).
+async fn find_customer(
+    state: &SessionState,
+    checkout: &Checkout,
+    req: &CheckoutRequest,
+    dashboard: Option<uuid::Uuid>,
+) -> Result<CustomerChoice, CheckoutError> {
+    let user_ref = req.user_ref.trim();
+    let by_reference = checkout_customers::customer_of_user(&state.db, dashboard, user_ref).await?;
+    if !checkout_customer::email_lookup_allowed(by_reference.as_deref(), req.email_verified) {
+        return Ok(checkout_customer::choose(
+            by_reference,
+            req.email_verified,
+            &[],
+            |_| false,
+        ));
+    }
+    let api = checkout
+        .stripe_api
+        .as_deref()
+        .ok_or(CheckoutError::NotConfigured(
+            "the Stripe API reader (customers by verified e-mail)",
+        ))?;
+    let by_email = api.customers_by_email(req.email.trim()).await?;
+    let ids: Vec<String> = by_email.iter().map(|c| c.id.clone()).collect();
+    let reusable = checkout_customers::reusable_by(&state.db, dashboard, &ids).await?;
+    Ok(checkout_customer::choose(None, true, &by_email, |c| {
+        reusable.iter().any(|r| r == c)
+    }))
+}
+
 /// A Checkout Session for `req`; `dashboard`: the dashboard token asking, named in the
 /// session's metadata (not the subscription's: only the completed session links a customer).
+/// The session's id and url, and where its customer came from.
 async fn checkout_session(
     state: &SessionState,
     req: &CheckoutRequest,
     dashboard: Option<uuid::Uuid>,
-) -> Result<(String, String), CheckoutError> {
+) -> Result<(String, String, CustomerChoice), CheckoutError> {
     let checkout = configured(state)?;
     validate_fields(req)?;
     let (Some(success_url), Some(cancel_url)) = (&checkout.success_url, &checkout.cancel_url)
@@ -373,10 +443,16 @@ async fn checkout_session(
     if let Some(dashboard) = dashboard {
         metadata.insert(DASHBOARD_METADATA_KEY.to_owned(), dashboard.to_string());
     }
+    let choice = find_customer(state, checkout, req, dashboard).await?;
     let session = CreateCheckoutSession::new()
         .mode(CheckoutSessionMode::Subscription)
-        .client_reference_id(req.user_ref.trim())
-        .customer_email(req.email.trim())
+        .client_reference_id(req.user_ref.trim());
+    // Stripe takes one or the other: a named customer keeps its own address.
+    let session = match choice.customer() {
+        Some(customer) => session.customer(customer),
+        None => session.customer_email(req.email.trim()),
+    };
+    let session = session
         .line_items(vec![item])
         .subscription_data(subscription)
         .metadata(metadata)
@@ -387,7 +463,7 @@ async fn checkout_session(
     let url = session
         .url
         .ok_or_else(|| CheckoutError::Stripe("the Checkout Session has no url".into()))?;
-    Ok((session.id.to_string(), url))
+    Ok((session.id.to_string(), url, choice))
 }
 
 async fn create_portal(
@@ -515,6 +591,7 @@ mod tests {
             email: "ada@example.com".into(),
             user_ref: "user-42".into(),
             price: None,
+            email_verified: false,
         };
         assert!(validate_fields(&ok).is_ok());
         for bad in [
@@ -547,6 +624,7 @@ mod tests {
             email: r.email.clone(),
             user_ref: r.user_ref.clone(),
             price: r.price.clone(),
+            email_verified: r.email_verified,
         }
     }
 }

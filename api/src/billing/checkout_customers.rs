@@ -1,8 +1,8 @@
 //! `checkout_customers`: the Stripe customer each completed Checkout Session made, with the
 //! dashboard user (`client_reference_id`) and the dashboard token it was made for. The worker
 //! records it from `checkout.session.completed`; a dashboard token's reads are checked against
-//! it ("the customers it checked out"). It is also the (dashboard, user) → customer lookup a
-//! checkout that reuses its user's customer will need.
+//! it ("the customers it checked out"). It is also the (dashboard, user) → customer lookup of a
+//! checkout that reuses its user's customer ([`customer_of_user`], [`reusable_by`]).
 //!
 //! The dashboard is named by the session itself (`metadata.dashboard`, set by the checkout
 //! endpoint), not by a claim on the `client_reference_id`: two dashboards may both have a user
@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::http_error::ApiError;
 
-/// Timeout of the ownership lookup of a dashboard's read.
+/// Timeout of the ownership lookups of a dashboard's read or checkout.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Records the customer of a completed checkout, in the event's transaction. The first record
@@ -76,4 +76,66 @@ pub async fn checked_out_by(
             ))
         }
     }
+}
+
+/// Why a checkout's customer lookup failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    #[error("looking up checkout customers: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("looking up checkout customers timed out")]
+    Timeout,
+}
+
+impl LookupError {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            LookupError::Database(_) => "database",
+            LookupError::Timeout => "timeout",
+        }
+    }
+}
+
+/// The customer recorded with the first completed checkout of user `user_ref` made by
+/// `dashboard` (`None`: the admin's checkouts, which name no dashboard). Two dashboards' users
+/// of one name never share a customer.
+pub async fn customer_of_user(
+    db: &PgPool,
+    dashboard: Option<Uuid>,
+    user_ref: &str,
+) -> Result<Option<String>, LookupError> {
+    let lookup = sqlx::query_scalar::<_, String>(
+        "SELECT customer_id FROM checkout_customers
+         WHERE dashboard_id IS NOT DISTINCT FROM $1 AND client_reference_id = $2
+         ORDER BY created_at, customer_id LIMIT 1",
+    )
+    .bind(dashboard)
+    .bind(user_ref)
+    .fetch_optional(db);
+    tokio::time::timeout(LOOKUP_TIMEOUT, lookup)
+        .await
+        .map_err(|_| LookupError::Timeout)?
+        .map_err(LookupError::from)
+}
+
+/// Which of `customers` the caller may reuse: for a dashboard, those its own checkouts made;
+/// the admin (`None`) may reuse any.
+pub async fn reusable_by(
+    db: &PgPool,
+    dashboard: Option<Uuid>,
+    customers: &[String],
+) -> Result<Vec<String>, LookupError> {
+    let Some(dashboard) = dashboard else {
+        return Ok(customers.to_vec());
+    };
+    let lookup = sqlx::query_scalar::<_, String>(
+        "SELECT customer_id FROM checkout_customers WHERE dashboard_id = $1 AND customer_id = ANY($2)",
+    )
+    .bind(dashboard)
+    .bind(customers)
+    .fetch_all(db);
+    tokio::time::timeout(LOOKUP_TIMEOUT, lookup)
+        .await
+        .map_err(|_| LookupError::Timeout)?
+        .map_err(LookupError::from)
 }

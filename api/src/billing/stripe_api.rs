@@ -1,5 +1,6 @@
 //! Reads subscriptions from the Stripe API, the source of truth webhooks only trigger reads of:
-//! `GET /v1/subscriptions?status=all` (one customer's, or every one for the sweep), paginated.
+//! `GET /v1/subscriptions?status=all` (one customer's, or every one for the sweep), paginated;
+//! and customers by e-mail (`GET /v1/customers?email=`) for a checkout that reuses its customer.
 //!
 //! Every call waits for the process-wide rate limit (`--stripe-api-rate`), has its own timeout,
 //! and is retried with exponential backoff and jitter on 429, 409 (Stripe's lock timeouts),
@@ -24,7 +25,9 @@ use crate::metrics::Metrics;
 use stackplane_core::billing::circuit::{
     Admission, CallOutcome, Circuit, CircuitPolicy, Transition,
 };
-use stackplane_core::billing::parse::{parse_subscription_page, SubscriptionObservation};
+use stackplane_core::billing::parse::{
+    parse_customer_page, parse_subscription_page, CustomerObservation, SubscriptionObservation,
+};
 
 /// Stripe's production API.
 pub const DEFAULT_API_BASE: &str = "https://api.stripe.com/";
@@ -264,6 +267,20 @@ impl StripeApi {
     /// Every subscription of the account, in every status (the sweep).
     pub async fn all_subscriptions(&self) -> Result<Listing, StripeApiError> {
         self.list(None, None).await
+    }
+
+    /// Stripe's customers with exactly this e-mail address (`GET /v1/customers?email=`, one
+    /// page of [`PAGE_SIZE`]: more customers than that with one address are not looked at).
+    pub async fn customers_by_email(
+        &self,
+        email: &str,
+    ) -> Result<Vec<CustomerObservation>, StripeApiError> {
+        let query = [
+            ("email", email.to_owned()),
+            ("limit", PAGE_SIZE.to_string()),
+        ];
+        let (body, _) = self.get("/v1/customers", &query, None).await?;
+        parse_customer_page(&body).map_err(|e| StripeApiError::Malformed(e.to_string()))
     }
 
     async fn list(

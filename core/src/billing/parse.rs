@@ -430,6 +430,34 @@ pub fn parse_subscription_page(body: &Value) -> Result<SubscriptionPage, Malform
     })
 }
 
+/// A Stripe customer a listing returned: its id and when it was made (unix seconds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustomerObservation {
+    pub id: String,
+    pub created: i64,
+}
+
+/// Reads a list response of customers (`GET /v1/customers?email=`). Deleted customers are left
+/// out (Stripe lists none, but a deleted one can never be reused); an element without an id
+/// fails the page.
+pub fn parse_customer_page(body: &Value) -> Result<Vec<CustomerObservation>, MalformedEvent> {
+    let data = body
+        .get("data")
+        .and_then(Value::as_array)
+        .ok_or_else(|| MalformedEvent("customer list: no data".to_owned()))?;
+    data.iter()
+        .filter(|c| c.get("deleted").and_then(Value::as_bool) != Some(true))
+        .map(|c| {
+            let id = str_at(c, &["id"])
+                .ok_or_else(|| MalformedEvent("customer list: a customer without id".to_owned()))?;
+            Ok(CustomerObservation {
+                id: id.to_owned(),
+                created: c.get("created").and_then(Value::as_i64).unwrap_or(i64::MAX),
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
