@@ -15,7 +15,7 @@ use aws_sdk_route53::types::{
 };
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use k8s_openapi::api::core::v1::Event;
+use k8s_openapi::api::core::v1::{Event, Namespace};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::Client;
@@ -29,6 +29,7 @@ use stackplane_controller::cloud::provider::{
 use stackplane_controller::cloud::{CloudError, CloudSettings, IngressAddress};
 use stackplane_controller::metrics::Metrics;
 use stackplane_controller::tenant::ReconcileConfig;
+use stackplane_core::tenant::adoption;
 use stackplane_crds::{DeletionPolicy, Platform, Tenant, TenantPhase, TenantSpec};
 use stackplane_tests::{aws_config, eventually_within as eventually, kube_client, unique};
 use tokio::sync::Notify;
@@ -1159,6 +1160,112 @@ async fn retain_leaves_instance_and_record_and_says_so() {
         .is_some_and(|m| m.contains(&instance.id)));
 
     // Leave moto clean for the other tests.
+    env.ec2
+        .terminate_instances()
+        .instance_ids(&instance.id)
+        .send()
+        .await
+        .expect("terminate");
+}
+
+/// Issue 33: a Tenant released without its stack being deleted (a deletion of the Tenant CRD;
+/// here a `Retain` deletion, whose cloud marks are the same, with the namespace marked by the
+/// same function the CRD-deletion path uses) and recreated under the same name adopts its
+/// instance and DNS record as they were: the same instance, now tagged with the new uid, and
+/// no second launch (a new, empty instance would leave the customer's disk behind).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreated_tenant_takes_over_the_instance_and_record_its_released_namesake_left() {
+    let env = setup(Options::default()).await;
+    let env = &env;
+    env.spawn_controller(None).await;
+    let name = &env
+        .create_tenant("starter", |s| s.deletion_policy = DeletionPolicy::Retain)
+        .await;
+    let before = env.cloud_ready(name).await;
+    let old_uid = before.metadata.uid.clone().expect("uid");
+    let instance = before
+        .status
+        .as_ref()
+        .and_then(|s| s.instance.clone())
+        .expect("instance");
+    Api::<Tenant>::all(env.client.clone())
+        .delete(name, &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually("tenant gone", 60, move || async move {
+        env.tenant(name).await.is_none().then_some(())
+    })
+    .await;
+    let left = &env.instances(name).await;
+    assert_eq!(left.len(), 1, "instance retained: {left:?}");
+    assert_eq!(tag(&left[0], "stackplane.io/retained"), Some("true"));
+    // What the CRD-deletion path writes onto the namespace (its own test checks it does).
+    let namespaces = Api::<Namespace>::all(env.client.clone());
+    let ns = format!("tenant-{name}");
+    let marks = adoption::orphan_patch(&before).expect("marks");
+    namespaces
+        .patch(&ns, &PatchParams::default(), &Patch::Merge(&marks))
+        .await
+        .expect("mark namespace");
+    let recreated =
+        adoption::tenant_from_namespace(&namespaces.get(&ns).await.expect("ns")).expect("adopt");
+    Api::<Tenant>::all(env.client.clone())
+        .create(&PostParams::default(), &recreated)
+        .await
+        .expect("recreate tenant");
+
+    let after = env.cloud_ready(name).await;
+    let new_uid = after.metadata.uid.clone().expect("uid");
+    assert_ne!(new_uid, old_uid);
+    let st = after.status.expect("status");
+    assert_eq!(
+        st.instance.as_ref().map(|i| i.id.as_str()),
+        Some(instance.id.as_str()),
+        "the same instance"
+    );
+    let found = env.instances(name).await;
+    assert_eq!(found.len(), 1, "no second instance: {found:?}");
+    assert_eq!(
+        tag(&found[0], "stackplane.io/tenant-uid"),
+        Some(new_uid.as_str())
+    );
+    // Retained as the recreated tenant's own policy (`Retain`, from the marks) says.
+    assert_eq!(tag(&found[0], "stackplane.io/retained"), Some("true"));
+    assert_eq!(count(&env.calls.run_instance), 1, "one launch in all");
+    let ip = found[0].public_ip_address().expect("public ip");
+    assert_eq!(
+        env.record(name).await,
+        Some(("A".to_owned(), vec![ip.to_owned()])),
+        "the record is the new tenant's (not SubdomainTaken)"
+    );
+    let events = Api::<Event>::all(env.client.clone())
+        .list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
+        .await
+        .expect("events");
+    let adopted = events
+        .items
+        .iter()
+        .find(|e| {
+            e.reason.as_deref() == Some("CloudResourcesAdopted")
+                && e.involved_object.uid.as_deref() == Some(new_uid.as_str())
+        })
+        .expect("an Event says what was taken over");
+    assert!(adopted
+        .message
+        .as_deref()
+        .is_some_and(|m| m.contains(&instance.id) && m.contains(&old_uid)));
+    let n = namespaces.get(&ns).await.expect("ns");
+    assert!(!adoption::carries_orphan_marks(&n), "marks removed");
+
+    // Leave moto clean for the other tests: the tenant (Retain) and its instance.
+    Api::<Tenant>::all(env.client.clone())
+        .delete(name, &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually("tenant gone", 60, move || async move {
+        env.tenant(name).await.is_none().then_some(())
+    })
+    .await;
     env.ec2
         .terminate_instances()
         .instance_ids(&instance.id)

@@ -895,6 +895,58 @@ pub async fn retain(
     Ok(())
 }
 
+/// Hands the cloud resources a released Tenant (uid `old_uid`) left retained to `tenant`, a
+/// Tenant of the same name adopting its namespace: its instance (tagged with the tenant's name,
+/// `old_uid` and retained) is tagged with the new uid and retained as the new tenant's policy
+/// says, and the ownership record of `record` (naming `old_uid`, retained) names the new uid. Only resources left
+/// retained by that uid are taken, so a live tenant's never are. Idempotent (a second call finds
+/// nothing left with `old_uid`). Returns what was taken over, for the Event.
+pub async fn take_over(
+    settings: &CloudSettings,
+    tenant: &Tenant,
+    platform: Option<&Platform>,
+    old_uid: &str,
+    record: Option<&str>,
+) -> Result<Vec<String>, CloudError> {
+    let p = &settings.provider;
+    let name = tenant.metadata.name.clone().unwrap_or_default();
+    let uid = tenant.metadata.uid.clone().unwrap_or_default();
+    let mut taken = Vec::new();
+    let handed = std::collections::BTreeMap::from([
+        (tags::TENANT_UID.to_owned(), uid.clone()),
+        (
+            tags::RETAINED.to_owned(),
+            tags::retained_value(tenant.spec.deletion_policy).to_owned(),
+        ),
+    ]);
+    for i in p.find_instances(&name).await? {
+        let left_retained = i.tags.get(tags::TENANT_UID).map(String::as_str) == Some(old_uid)
+            && i.tags.get(tags::RETAINED).is_some_and(|v| v == "true");
+        if left_retained {
+            p.tag_instance(&i.id, &handed).await?;
+            taken.push(format!("instance {}", i.id));
+        }
+    }
+    let zone = platform
+        .and_then(|pl| pl.spec.hosted_zone_id.as_deref())
+        .map(normalize_zone_id);
+    if let (Some(zone), Some(record)) = (zone, record) {
+        let record = normalize_name(record);
+        let owner_sets = p.find_records(&zone, &dns::owner_name(&record)).await?;
+        if let Some(mut o) = Ownership::of(&owner_sets).filter(|o| o.uid == old_uid && o.retained) {
+            o.uid = uid;
+            o.retained = false;
+            p.change_records(
+                &zone,
+                &[RecordChange::Upsert(dns::owner_record(&record, &o))],
+            )
+            .await?;
+            taken.push(format!("DNS record {record}"));
+        }
+    }
+    Ok(taken)
+}
+
 /// What a `Retain` deletion leaves behind, for the Event that says so.
 pub fn retained(tenant: &Tenant) -> Option<String> {
     let st = tenant.status.as_ref()?;

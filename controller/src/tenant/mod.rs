@@ -970,8 +970,7 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         tenant_crd_deleting,
         beyond_budget: !tenant_crd_deleting && guard::beyond_budget(ctx, tenant, &previous),
     };
-    let mut next =
-        final_backup_gate(tenant, ctx, Trigger::TenantDeleted, has_data, guards).await?;
+    let mut next = final_backup_gate(tenant, ctx, Trigger::TenantDeleted, has_data, guards).await?;
     // Cloud resources go only once the final backup lets the deletion proceed, and each
     // instance only after its own pre-terminate backup: a failed one holds the deletion too.
     let mut cloud_deleted = None;

@@ -56,6 +56,42 @@ pub async fn release(ctx: &Context, tenant: &Tenant) -> Result<()> {
 /// (the stack is adopted), with an Event saying so.
 pub async fn adopted(ctx: &Context, tenant: &Tenant, ns: &str) -> Result<()> {
     let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
+    // The released Tenant's instance and DNS record first, while the marks still say whose they
+    // were: the cloud step of this pass (after this) then finds them as this tenant's, rather
+    // than launching a new, empty instance. A failure fails the pass before that step.
+    if let Some(settings) = &ctx.config.cloud {
+        let uid = tenant.metadata.uid.as_deref().unwrap_or_default();
+        let left = namespaces.get_opt(ns).await?;
+        if let Some((old_uid, record)) = left
+            .as_ref()
+            .and_then(|n| adoption::cloud_to_take_over(n, uid))
+        {
+            let platform = Api::<Platform>::all(ctx.client.clone())
+                .get_opt(&tenant.spec.platform)
+                .await?;
+            let taken = crate::cloud::take_over(
+                settings,
+                tenant,
+                platform.as_ref(),
+                &old_uid,
+                record.as_deref(),
+            )
+            .await?;
+            if !taken.is_empty() {
+                tracing::info!(tenant = %tenant.name_any(), old_uid = %old_uid, taken = %taken.join(", "), "cloud resources taken over");
+                ctx.event(
+                    tenant,
+                    EventType::Normal,
+                    "CloudResourcesAdopted",
+                    format!(
+                        "{} of the earlier Tenant of this name (uid {old_uid}) taken over as they were",
+                        taken.join(", ")
+                    ),
+                )
+                .await;
+            }
+        }
+    }
     namespaces
         .patch(ns, &params(), &Patch::Merge(&adoption::adoption_patch()))
         .await?;

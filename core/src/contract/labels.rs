@@ -25,6 +25,13 @@ pub const ORPHANED_BY_CRD_DELETION: &str = "tenant-crd-deletion";
 pub const TENANT_SPEC: &str = "stackplane.io/tenant-spec";
 /// Annotation next to [`TENANT_SPEC`]: the Tenant's own labels (JSON object).
 pub const TENANT_LABELS: &str = "stackplane.io/tenant-labels";
+/// Annotation next to [`TENANT_SPEC`]: the uid of the released Tenant. Its dedicated instance
+/// and DNS ownership record are tagged with that uid; a Tenant of the same name that adopts the
+/// namespace takes them over (a new uid) rather than launching a new, empty instance.
+pub const ORPHANED_UID: &str = "stackplane.io/orphaned-uid";
+/// Annotation next to [`ORPHANED_UID`]: the DNS record (`status.dnsRecord`) the released
+/// Tenant owned, whose ownership record is handed over with the instance.
+pub const ORPHANED_DNS_RECORD: &str = "stackplane.io/orphaned-dns-record";
 /// Set (`true`) on a volume claim the Platform no longer names: the controller keeps it rather
 /// than pruning customer data; it goes only with the tenant's namespace.
 pub const RETAINED: &str = "stackplane.io/retained";

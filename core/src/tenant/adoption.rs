@@ -13,8 +13,8 @@ use stackplane_crds::naming::namespace_name;
 use stackplane_crds::{Tenant, TenantSpec};
 
 use crate::contract::labels::{
-    tenant_labels, ORPHANED, ORPHANED_BY, ORPHANED_BY_CRD_DELETION, TENANT, TENANT_LABELS,
-    TENANT_SPEC,
+    tenant_labels, ORPHANED, ORPHANED_BY, ORPHANED_BY_CRD_DELETION, ORPHANED_DNS_RECORD,
+    ORPHANED_UID, TENANT, TENANT_LABELS, TENANT_SPEC,
 };
 
 /// Why a namespace cannot be adopted.
@@ -63,16 +63,23 @@ pub fn orphan_patch(tenant: &Tenant) -> Result<Value, serde_json::Error> {
     let mut labels = tenant_labels(&tenant.name_any(), &tenant.spec.platform);
     labels.insert(ORPHANED.to_owned(), "true".to_owned());
     let own_labels: BTreeMap<String, String> = tenant.labels().clone();
-    Ok(json!({
-        "metadata": {
-            "labels": labels,
-            "annotations": {
-                ORPHANED_BY: ORPHANED_BY_CRD_DELETION,
-                TENANT_SPEC: serde_json::to_string(&tenant.spec)?,
-                TENANT_LABELS: serde_json::to_string(&own_labels)?,
-            }
-        }
-    }))
+    let mut annotations = serde_json::Map::new();
+    annotations.insert(ORPHANED_BY.to_owned(), json!(ORPHANED_BY_CRD_DELETION));
+    annotations.insert(
+        TENANT_SPEC.to_owned(),
+        json!(serde_json::to_string(&tenant.spec)?),
+    );
+    annotations.insert(
+        TENANT_LABELS.to_owned(),
+        json!(serde_json::to_string(&own_labels)?),
+    );
+    if let Some(uid) = tenant.metadata.uid.as_deref() {
+        annotations.insert(ORPHANED_UID.to_owned(), json!(uid));
+    }
+    if let Some(record) = tenant.status.as_ref().and_then(|s| s.dns_record.as_deref()) {
+        annotations.insert(ORPHANED_DNS_RECORD.to_owned(), json!(record));
+    }
+    Ok(json!({ "metadata": { "labels": labels, "annotations": annotations } }))
 }
 
 /// Whether `ns` carries any mark of an orphaning (a CRD deletion's, or the `Retain` label).
@@ -88,9 +95,28 @@ pub fn adoption_patch() -> Value {
     json!({
         "metadata": {
             "labels": { ORPHANED: null },
-            "annotations": { ORPHANED_BY: null, TENANT_SPEC: null, TENANT_LABELS: null }
+            "annotations": {
+                ORPHANED_BY: null,
+                TENANT_SPEC: null,
+                TENANT_LABELS: null,
+                ORPHANED_UID: null,
+                ORPHANED_DNS_RECORD: null,
+            }
         }
     })
+}
+
+/// The cloud resources an adopting Tenant (uid `new_uid`) takes over from the Tenant the
+/// namespace was released by: that Tenant's uid and DNS record, when it had another uid. `None`
+/// for a namespace left without them (a `Retain` orphan, or one released before they were
+/// recorded) or already taken over.
+pub fn cloud_to_take_over(ns: &Namespace, new_uid: &str) -> Option<(String, Option<String>)> {
+    let old = ns.annotations().get(ORPHANED_UID)?;
+    if old.is_empty() || old == new_uid {
+        return None;
+    }
+    let record = ns.annotations().get(ORPHANED_DNS_RECORD).cloned();
+    Some((old.clone(), record))
 }
 
 /// The Tenant to create so that it adopts `ns` (left by a deletion of the Tenant CRD): its name
@@ -174,7 +200,13 @@ mod tests {
         // A merge patch removes a key by naming it with null.
         let removes = |map: &Value, key: &str| map.get(key).is_some_and(Value::is_null);
         assert!(removes(&p["metadata"]["labels"], ORPHANED));
-        for a in [ORPHANED_BY, TENANT_SPEC, TENANT_LABELS] {
+        for a in [
+            ORPHANED_BY,
+            TENANT_SPEC,
+            TENANT_LABELS,
+            ORPHANED_UID,
+            ORPHANED_DNS_RECORD,
+        ] {
             assert!(removes(&p["metadata"]["annotations"], a), "{a}");
         }
         let plain = Namespace {
@@ -209,5 +241,25 @@ mod tests {
             tenant_from_namespace(&ns),
             Err(AdoptError::NotOrphaned { .. })
         ));
+    }
+
+    #[test]
+    fn an_adopting_tenant_takes_over_the_released_tenants_cloud_resources_once() {
+        let mut t = tenant();
+        t.metadata.uid = Some("uid-old".into());
+        t.status = Some(stackplane_crds::TenantStatus {
+            dns_record: Some("shop.example.com".into()),
+            ..Default::default()
+        });
+        let ns = patched(&orphan_patch(&t).expect("patch"));
+        assert_eq!(
+            cloud_to_take_over(&ns, "uid-new"),
+            Some(("uid-old".to_owned(), Some("shop.example.com".to_owned())))
+        );
+        // The same lifecycle (nothing to take over), and a namespace without the uid.
+        assert_eq!(cloud_to_take_over(&ns, "uid-old"), None);
+        t.metadata.uid = None;
+        let without = patched(&orphan_patch(&t).expect("patch"));
+        assert_eq!(cloud_to_take_over(&without, "uid-new"), None);
     }
 }
