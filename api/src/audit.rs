@@ -39,6 +39,8 @@ pub fn action(method: &Method, route: &str) -> String {
         ("DELETE", "/api/v1/tenants/{name}/tokens/{id}") => "token.revoke",
         ("POST", "/api/v1/tokens") => "token.issue",
         ("DELETE", "/api/v1/tokens/{id}") => "token.revoke",
+        ("PUT", "/api/v1/tenants/{name}/hold") => "tenant.hold",
+        ("DELETE", "/api/v1/tenants/{name}/hold") => "tenant.release",
         ("POST", "/api/v1/tenants/{name}/backups") => "backup.create",
         ("POST", "/api/v1/tenants/{name}/backups/{backup}/restore") => "backup.restore",
         ("POST", "/api/v1/billing/checkout") => "billing.checkout",

@@ -191,6 +191,8 @@ fn openapi_json() {}
         tenants::backups::list_backups,
         tenants::backups::create_backup,
         tenants::backups::restore_backup,
+        tenants::hold::set_hold,
+        tenants::hold::release_hold,
         tenants::tokens::issue_token,
         tenants::tokens::list_tokens,
         tenants::tokens::revoke_token,

@@ -2,7 +2,7 @@
 //! OpenAPI document (every route documented, every documented route served).
 
 use axum::handler::Handler;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 
 /// A router of state `S` and the (method, path) of every route added to it.
@@ -38,6 +38,16 @@ impl<S: Clone + Send + Sync + 'static> RouteTable<S> {
     {
         self.router = self.router.route(path, post(handler));
         self.routes.push(("post", path));
+        self
+    }
+
+    pub fn put<H, T>(mut self, path: &'static str, handler: H) -> Self
+    where
+        H: Handler<T, S>,
+        T: 'static,
+    {
+        self.router = self.router.route(path, put(handler));
+        self.routes.push(("put", path));
         self
     }
 

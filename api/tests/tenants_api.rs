@@ -1544,3 +1544,173 @@ async fn pre_terminate_backups_are_recorded_and_listed() {
         .await
         .expect("delete CR");
 }
+
+/// `PUT`/`DELETE /api/v1/tenants/{name}/hold`: admin only, the reason required and bounded
+/// (clear 400s), 404 for an unknown tenant, the hold written whole under the `stackplane-holds`
+/// field manager (a second hold without a note drops the first one's note), released whoever
+/// set it, and every call in the audit log.
+#[tokio::test]
+async fn an_operator_holds_and_releases_a_tenant_and_each_call_is_audited() {
+    let env = start().await;
+    let name = unique("held");
+    env.tenant(&name, "leadsite-io", "starter", Some(TenantPhase::Ready))
+        .await;
+    let path = format!("/api/v1/tenants/{name}/hold");
+    let put = |token: Option<&'static str>, body: &'static str| {
+        let path = path.clone();
+        let env = &env;
+        async move {
+            env.call(
+                reqwest::Method::PUT,
+                &path,
+                token,
+                Some(("application/json", body)),
+            )
+            .await
+        }
+    };
+    let tenants: Api<Tenant> = Api::all(env.kube.clone());
+
+    // A tenant's own token may not hold it.
+    let (tenant_token, _) = env.token(&name).await;
+    let (status, body) = env
+        .call(
+            reqwest::Method::PUT,
+            &path,
+            Some(&tenant_token),
+            Some(("application/json", r#"{"reason": "abuse"}"#)),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
+    let (status, body) = env
+        .call(reqwest::Method::DELETE, &path, Some(&tenant_token), None)
+        .await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
+
+    // Bad bodies: 400 with what is wrong, nothing written.
+    for bad in [
+        r#"{}"#,
+        r#"{"reason": ""}"#,
+        r#"{"reason": "   ", "note": "n"}"#,
+        r#"{"reason": "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#,
+    ] {
+        let (status, body) = put(Some(ADMIN), bad).await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_hold");
+    }
+    let (status, _) = put(Some(ADMIN), r#"{"reason": "abuse", "until": "never"}"#).await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "unknown fields are refused"
+    );
+    let t = tenants.get(&name).await.expect("get");
+    assert!(t.spec.hold.is_none(), "nothing written for a bad body");
+
+    // Unknown tenant: 404 for both.
+    let missing = format!("/api/v1/tenants/{}/hold", unique("nobody"));
+    let (status, body) = env
+        .call(
+            reqwest::Method::PUT,
+            &missing,
+            Some(ADMIN),
+            Some(("application/json", r#"{"reason": "abuse"}"#)),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    let (status, body) = env
+        .call(reqwest::Method::DELETE, &missing, Some(ADMIN), None)
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+
+    // Held.
+    let (status, body) = put(Some(ADMIN), r#"{"reason": "abuse", "note": "ticket 42"}"#).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        json!({"tenant": name, "reason": "abuse", "note": "ticket 42"})
+    );
+    let t = tenants.get(&name).await.expect("get");
+    let hold = t.spec.hold.clone().expect("held");
+    assert_eq!(
+        (hold.reason.as_str(), hold.note.as_deref()),
+        ("abuse", Some("ticket 42"))
+    );
+    let managers: Vec<String> = t
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| {
+            m.fields_v1
+                .as_ref()
+                .is_some_and(|f| f.0.pointer("/f:spec/f:hold").is_some())
+        })
+        .filter_map(|m| m.manager.clone())
+        .collect();
+    assert_eq!(managers, vec!["stackplane-holds".to_owned()]);
+    assert!(!t.spec.suspended, "a hold is not billing's field");
+
+    // Held again with another reason and no note: written whole.
+    let (status, body) = put(Some(ADMIN), r#"{"reason": "legal"}"#).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let hold = tenants
+        .get(&name)
+        .await
+        .expect("get")
+        .spec
+        .hold
+        .expect("held");
+    assert_eq!((hold.reason.as_str(), hold.note), ("legal", None));
+
+    // Released, twice (the second is not an error).
+    for _ in 0..2 {
+        let (status, body) = env
+            .call(reqwest::Method::DELETE, &path, Some(ADMIN), None)
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    }
+    assert!(tenants.get(&name).await.expect("get").spec.hold.is_none());
+
+    // A hold set by a direct edit is released the same way.
+    tenants
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"hold": {"reason": "dispute"}}})),
+        )
+        .await
+        .expect("edit");
+    let (status, _) = env
+        .call(reqwest::Method::DELETE, &path, Some(ADMIN), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(tenants.get(&name).await.expect("get").spec.hold.is_none());
+
+    let rows: Vec<(String, String, String)> = env
+        .audit()
+        .await
+        .into_iter()
+        .filter(|(_, action, _, _)| action.starts_with("tenant."))
+        .map(|(actor, action, _, outcome)| (actor, action, outcome))
+        .collect();
+    let count = |action: &str, outcome: &str| {
+        rows.iter()
+            .filter(|(_, a, o)| a == action && o == outcome)
+            .count()
+    };
+    assert_eq!(count("tenant.hold", "denied"), 2, "{rows:?}");
+    assert_eq!(count("tenant.hold", "failed"), 5, "{rows:?}");
+    assert_eq!(count("tenant.hold", "success"), 2, "{rows:?}");
+    assert_eq!(count("tenant.release", "denied"), 2, "{rows:?}");
+    assert_eq!(count("tenant.release", "success"), 3, "{rows:?}");
+    let details: Vec<Value> = sqlx::query_scalar(
+        "SELECT details FROM audit_log WHERE action = 'tenant.hold' AND outcome = 'success' ORDER BY id",
+    )
+    .fetch_all(&env.db)
+    .await
+    .expect("details");
+    assert!(
+        details.iter().any(|d| d["reason"] == "abuse"),
+        "{details:?}"
+    );
+}

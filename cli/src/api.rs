@@ -1,4 +1,5 @@
-//! The commands that go through the stackplane api (admin token): replays of Stripe events.
+//! The commands that go through the stackplane api (admin token): replays of Stripe events,
+//! operator holds.
 
 use std::time::Duration;
 
@@ -38,7 +39,8 @@ pub async fn failed_events(target: &ApiTarget, limit: u32) -> Result<Value> {
     answer(response).await
 }
 
-/// The JSON of a 2xx answer; any other answer as an error with its body.
+/// The JSON of a 2xx answer (`null` for an empty one, e.g. 204); any other answer as an
+/// error with its body.
 async fn answer(response: reqwest::Response) -> Result<Value> {
     let status = response.status();
     let body = response.text().await?;
@@ -47,6 +49,9 @@ async fn answer(response: reqwest::Response) -> Result<Value> {
             status: status.as_u16(),
             body,
         });
+    }
+    if body.is_empty() {
+        return Ok(Value::Null);
     }
     serde_json::from_str(&body).map_err(|e| CliError::Api {
         status: status.as_u16(),
@@ -65,6 +70,53 @@ pub async fn replay(target: &ApiTarget, event: &str) -> Result<Value> {
     let id = event;
     let response = client
         .post(format!("{url}/api/v1/billing/events/{id}/replay"))
+        .bearer_auth(token)
+        .send()
+        .await?;
+    answer(response).await
+}
+
+/// A tenant name as the api accepts it, checked before any call so a typo never reaches it.
+fn tenant_path(tenant: &str) -> Result<&str> {
+    if stackplane_crds::naming::is_dns_label(tenant) {
+        Ok(tenant)
+    } else {
+        Err(CliError::BadArgument(format!(
+            "{tenant:?} is not a tenant name"
+        )))
+    }
+}
+
+/// `PUT /api/v1/tenants/{name}/hold`: holds the tenant (workloads scaled to zero, dedicated
+/// instance stopped) until released. The api checks the reason and note and audit-logs the call.
+pub async fn hold(
+    target: &ApiTarget,
+    tenant: &str,
+    reason: &str,
+    note: Option<&str>,
+) -> Result<Value> {
+    let tenant = tenant_path(tenant)?;
+    if reason.trim().is_empty() {
+        return Err(CliError::BadArgument(
+            "--reason is required, e.g. --reason abuse".into(),
+        ));
+    }
+    let (url, token, client) = target.parts()?;
+    let response = client
+        .put(format!("{url}/api/v1/tenants/{tenant}/hold"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({ "reason": reason, "note": note }))
+        .send()
+        .await?;
+    answer(response).await
+}
+
+/// `DELETE /api/v1/tenants/{name}/hold`: releases the tenant's hold, whoever set it.
+pub async fn release(target: &ApiTarget, tenant: &str) -> Result<Value> {
+    let tenant = tenant_path(tenant)?;
+    let (url, token, client) = target.parts()?;
+    let response = client
+        .delete(format!("{url}/api/v1/tenants/{tenant}/hold"))
         .bearer_auth(token)
         .send()
         .await?;

@@ -93,6 +93,25 @@ enum Command {
         #[arg(value_name = "NAMESPACE|TENANT")]
         target: String,
     },
+    /// Holds a tenant (through the api): workloads scaled to zero and its dedicated instance
+    /// stopped, whatever its subscription says, until released. Audit-logged.
+    Hold {
+        tenant: String,
+        /// Why, in a word or two: abuse, dispute, legal (at most 64 characters).
+        #[arg(long)]
+        reason: String,
+        /// Free text for the next person: a ticket, who asked.
+        #[arg(long)]
+        note: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Releases a tenant's hold (through the api), whoever set it. Audit-logged.
+    Release {
+        tenant: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// What the cloud garbage collector found or deleted (its Events, newest first).
     Orphans {
         /// The controller's namespace (where its Lease is).
@@ -194,6 +213,31 @@ async fn run(cli: Cli) -> Result<String> {
             };
             let answer = api::replay(&target, event).await?;
             shown(format, format!("{}\n", answer), &answer)
+        }
+        Command::Hold {
+            tenant,
+            reason,
+            note,
+            api,
+        } => {
+            let target = ApiTarget {
+                url: api.api_url.clone(),
+                token: api.token.clone(),
+            };
+            let answer = api::hold(&target, tenant, reason, note.as_deref()).await?;
+            shown(
+                format,
+                format!("tenant/{tenant} held ({reason})\n"),
+                &answer,
+            )
+        }
+        Command::Release { tenant, api } => {
+            let target = ApiTarget {
+                url: api.api_url.clone(),
+                token: api.token.clone(),
+            };
+            let answer = api::release(&target, tenant).await?;
+            shown(format, format!("tenant/{tenant} released\n"), &answer)
         }
         Command::Status { tenant } => {
             let client = client(&cli).await?;

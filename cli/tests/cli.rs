@@ -261,6 +261,54 @@ async fn errors_say_what_to_do() {
         "{}",
         stderr(&out)
     );
+    // hold and release go through the api: without its address they say which variable to set,
+    // and a missing reason or a bad tenant name is refused before any call.
+    for args in [
+        &["hold", "t1", "--reason", "abuse"][..],
+        &["release", "t1"][..],
+    ] {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubectl-stackplane"))
+            .args(args)
+            .env_remove("STACKPLANE_API_URL")
+            .output()
+            .await
+            .expect("run");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            stderr(&out).contains("STACKPLANE_API_URL"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    let out = plugin(&["hold", "t1"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--reason"), "{}", stderr(&out));
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubectl-stackplane"))
+        .args(["hold", "t1", "--reason", " "])
+        .env("STACKPLANE_API_URL", "http://127.0.0.1:9")
+        .env("STACKPLANE_API_TOKEN", "t")
+        .output()
+        .await
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("--reason is required"),
+        "{}",
+        stderr(&out)
+    );
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubectl-stackplane"))
+        .args(["release", "Not_A_Name"])
+        .env("STACKPLANE_API_URL", "http://127.0.0.1:9")
+        .env("STACKPLANE_API_TOKEN", "t")
+        .output()
+        .await
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("not a tenant name"),
+        "{}",
+        stderr(&out)
+    );
     // The collector's Events about the controller's Lease are what `orphans` lists.
     let ns = unique("ctl");
     Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())

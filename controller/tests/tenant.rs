@@ -918,6 +918,199 @@ async fn paused_tenant_is_left_alone_and_says_so() {
     .await;
 }
 
+/// Marks every Deployment of `ns` available with `n` replicas, as a node would.
+async fn make_available(c: &Client, ns: &str, n: i32) {
+    let deployments: Api<Deployment> = Api::namespaced(c.clone(), ns);
+    let list = deployments
+        .list(&ListParams::default())
+        .await
+        .expect("list deployments");
+    for d in &list.items {
+        let status = json!({"status": {"replicas": n, "readyReplicas": n, "availableReplicas": n, "updatedReplicas": n}});
+        deployments
+            .patch_status(
+                &d.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&status),
+            )
+            .await
+            .expect("patch deployment status");
+    }
+}
+
+/// An operator's hold, set by a direct edit of `spec.hold` on a tenant whose subscription is
+/// active: the stack scales to zero (phase `Suspended`, `Held=True`, Event `HoldSet`); billing's
+/// own server-side apply of an active subscription (its real body, under its field manager,
+/// forced) leaves the hold in place; removing the hold brings the stack back to `Ready`
+/// (`Held=False`, Event `HoldReleased`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_hold_suspends_until_released_and_billing_leaves_it() {
+    use stackplane_core::billing::mapping::{tenant_apply_body, Snapshot};
+    let env = start("leadgen-pro.yaml").await;
+    let c = env.client.clone();
+    let tenants: Api<Tenant> = Api::all(c.clone());
+    // The Tenant billing would write for this active subscription, named as billing names it.
+    let customer = format!("cus_{}", unique("hold").replace('-', ""));
+    let snapshot: Snapshot = serde_json::from_value(json!({
+        "subscription_id": "sub_hold1",
+        "customer_id": customer,
+        "platform": env.platform,
+        "tier": "starter",
+        "status": "active",
+    }))
+    .expect("snapshot");
+    let (name, billing_body) = tenant_apply_body(&snapshot);
+    assert!(
+        billing_body["spec"].get("hold").is_none(),
+        "billing never sends spec.hold: {billing_body}"
+    );
+    create_tenant_named(&env, &name, "starter", |t| {
+        t.spec.subscription = Some(Subscription {
+            id: "sub_hold1".into(),
+            status: SubscriptionStatus::Active,
+            current_period_end: None,
+            quantity: None,
+            items: Vec::new(),
+        });
+    })
+    .await;
+    let ns = format!("tenant-{name}");
+    eventually("deployments", || {
+        let c = c.clone();
+        let ns = ns.clone();
+        async move { (replicas(&c, &ns).await == vec![1, 1]).then_some(()) }
+    })
+    .await;
+    make_available(&c, &ns, 1).await;
+    eventually("Ready and not held", || {
+        let c = c.clone();
+        let name = name.clone();
+        async move {
+            let t = tenant(&c, &name).await;
+            let held = condition(&t, "Held")?;
+            (t.status?.phase == Some(TenantPhase::Ready) && held.status == "False").then_some(())
+        }
+    })
+    .await;
+
+    // A direct edit, as `kubectl edit` would send it.
+    tenants
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"hold": {"reason": "abuse", "note": "ticket 42"}}})),
+        )
+        .await
+        .expect("hold");
+    let held = eventually("scaled to zero, Suspended, Held", || {
+        let c = c.clone();
+        let ns = ns.clone();
+        let name = name.clone();
+        async move {
+            let t = tenant(&c, &name).await;
+            let held = condition(&t, "Held").filter(|h| h.status == "True")?;
+            (replicas(&c, &ns).await == vec![0, 0]
+                && t.status?.phase == Some(TenantPhase::Suspended))
+            .then_some(held)
+        }
+    })
+    .await;
+    assert_eq!(held.reason, "OperatorHold");
+    assert!(
+        held.message.contains("abuse") && held.message.contains("ticket 42"),
+        "{}",
+        held.message
+    );
+    let t = tenant(&c, &name).await;
+    assert!(!t.spec.suspended, "a hold is not billing's suspension");
+    assert_eq!(
+        condition(&t, "Ready").map(|r| r.status),
+        Some("False".to_owned())
+    );
+    eventually("a HoldSet warning event", || {
+        let c = c.clone();
+        let name = name.clone();
+        async move {
+            tenant_events(&c, &name)
+                .await
+                .iter()
+                .any(|e| {
+                    e.reason.as_deref() == Some("HoldSet") && e.type_.as_deref() == Some("Warning")
+                })
+                .then_some(())
+        }
+    })
+    .await;
+
+    // Billing applies the active subscription (suspended: false) as it does on every event
+    // and refresh: the hold is not billing's field and stays.
+    tenants
+        .patch(
+            &name,
+            &PatchParams::apply(stackplane_core::contract::field_managers::BILLING).force(),
+            &Patch::Apply(&billing_body),
+        )
+        .await
+        .expect("billing apply");
+    let t = tenant(&c, &name).await;
+    assert_eq!(
+        t.spec.hold.as_ref().map(|h| h.reason.as_str()),
+        Some("abuse"),
+        "billing's apply left the hold"
+    );
+    assert!(!t.spec.suspended);
+    assert_eq!(
+        t.spec.subscription.as_ref().map(|s| s.status),
+        Some(SubscriptionStatus::Active)
+    );
+
+    // Released: the stack comes back.
+    tenants
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"hold": null}})),
+        )
+        .await
+        .expect("release");
+    eventually("scaled back", || {
+        let c = c.clone();
+        let ns = ns.clone();
+        async move { (replicas(&c, &ns).await == vec![1, 1]).then_some(()) }
+    })
+    .await;
+    make_available(&c, &ns, 1).await;
+    let released = eventually("Ready, Held=False", || {
+        let c = c.clone();
+        let name = name.clone();
+        async move {
+            let t = tenant(&c, &name).await;
+            let held = condition(&t, "Held").filter(|h| h.status == "False")?;
+            (t.status?.phase == Some(TenantPhase::Ready)).then_some(held)
+        }
+    })
+    .await;
+    assert_eq!(released.reason, "NotHeld");
+    eventually("a HoldReleased event", || {
+        let c = c.clone();
+        let name = name.clone();
+        async move {
+            tenant_events(&c, &name)
+                .await
+                .iter()
+                .any(|e| e.reason.as_deref() == Some("HoldReleased"))
+                .then_some(())
+        }
+    })
+    .await;
+    let sets = tenant_events(&c, &name)
+        .await
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("HoldSet"))
+        .count();
+    assert_eq!(sets, 1, "the hold is announced once");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_due_tenant_runs_with_payment_overdue_until_paid() {
     let env = start("leadgen-pro.yaml").await;

@@ -25,7 +25,8 @@ pub use revision::{PlatformRevision, PlatformRevisionSpec};
 pub use rollout::{RolloutPhase, RolloutPolicy, RolloutStatus, RolloutStrategy, Wave};
 pub use tenant::{
     BackupPolicy, ComponentStatus, Customer, DeletionPolicy, InstanceStatus, Subscription,
-    SubscriptionItem, SubscriptionStatus, Tenant, TenantPhase, TenantSpec, TenantStatus,
+    SubscriptionItem, SubscriptionStatus, Tenant, TenantHold, TenantPhase, TenantSpec,
+    TenantStatus, HOLD_NOTE_MAX_LEN, HOLD_REASON_MAX_LEN,
 };
 
 /// The API group of every stackplane resource.

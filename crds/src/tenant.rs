@@ -60,6 +60,14 @@ pub struct TenantSpec {
     #[serde(default)]
     pub paused: bool,
 
+    /// An operator's suspension (abuse, a chargeback, a legal request): the stack is scaled to
+    /// zero and its dedicated instance stopped while it is set, whatever the subscription says.
+    /// Written only by people (the api's `PUT`/`DELETE /api/v1/tenants/{name}/hold`,
+    /// `kubectl stackplane hold|release`, a direct edit) and, when enabled, by dispute handling;
+    /// never by billing's subscription sync.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<TenantHold>,
+
     /// What deleting the Tenant does to its namespace and cloud resources: `Delete` (the
     /// default) removes them after a final backup; `Retain` leaves them, labelled as orphaned.
     #[serde(default)]
@@ -79,6 +87,24 @@ pub struct TenantSpec {
     #[schemars(length(min = 1, max = 253))]
     pub platform_revision: Option<String>,
 }
+
+/// Why an operator holds a tenant (`spec.hold`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantHold {
+    /// A short word for why (`abuse`, `dispute`, `legal`, ...): shown in the `Held` condition.
+    #[schemars(length(min = 1, max = HOLD_REASON_MAX_LEN))]
+    pub reason: String,
+    /// Free text for the next person: a ticket, who asked, when to look again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = HOLD_NOTE_MAX_LEN))]
+    pub note: Option<String>,
+}
+
+/// Longest `spec.hold.reason` the CRD (and the api) accept.
+pub const HOLD_REASON_MAX_LEN: usize = 64;
+/// Longest `spec.hold.note` the CRD (and the api) accept.
+pub const HOLD_NOTE_MAX_LEN: usize = 1024;
 
 /// The customer as Stripe knows them.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -313,6 +339,7 @@ impl TenantSpec {
             subdomain: None,
             suspended: false,
             paused: false,
+            hold: None,
             deletion_policy: DeletionPolicy::default(),
             backup: None,
             cancelled_at: None,

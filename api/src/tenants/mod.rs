@@ -14,6 +14,7 @@ use crate::routes::RouteTable;
 
 pub mod backups;
 pub mod cache;
+pub mod hold;
 pub mod metrics;
 pub mod quota;
 pub mod rendered;
@@ -154,6 +155,8 @@ pub fn routes(table: RouteTable<Arc<TenantApi>>) -> RouteTable<Arc<TenantApi>> {
             "/api/v1/tenants/{name}/backups/{backup}/restore",
             backups::restore_backup,
         )
+        .put("/api/v1/tenants/{name}/hold", hold::set_hold)
+        .delete("/api/v1/tenants/{name}/hold", hold::release_hold)
         .post("/api/v1/tenants/{name}/tokens", tokens::issue_token)
         .get("/api/v1/tenants/{name}/tokens", tokens::list_tokens)
         .delete("/api/v1/tenants/{name}/tokens/{id}", tokens::revoke_token)

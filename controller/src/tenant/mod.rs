@@ -49,7 +49,8 @@ use plan::{Plan, PlanOptions};
 use prune::Pruned;
 use stackplane_core::cache::CachedTenant;
 use stackplane_core::contract::conditions::{
-    DELETION_HELD, PAUSED, PAYMENT_OVERDUE, READY, REASON_INVALID_SPEC as INVALID_SPEC, SYNCED,
+    DELETION_HELD, EVENT_HOLD_RELEASED, EVENT_HOLD_SET, PAUSED, PAYMENT_OVERDUE, READY,
+    REASON_INVALID_SPEC as INVALID_SPEC, SYNCED,
 };
 use stackplane_core::contract::labels::RELEASE_DELETION;
 use stackplane_core::tenant::deletion::{
@@ -847,6 +848,9 @@ async fn status_step(
         ));
     }
     wants.extend(held.clone());
+    let operator_hold = computed::held_condition(tenant);
+    let hold_change = computed::hold_change(&previous.conditions, &operator_hold);
+    wants.push(operator_hold.clone());
     let mut st = TenantStatus {
         phase: Some(phase),
         conditions: pass.conditions(&wants),
@@ -872,6 +876,10 @@ async fn status_step(
     }
     if pass.write(ctx, &st).await? {
         announce_hold(ctx, tenant, is_held(previous), held.as_ref()).await;
+        // After the write, so a pass from a stale copy (refused) announces nothing.
+        if let Some(change) = hold_change {
+            announce_operator_hold(ctx, tenant, change, &operator_hold).await;
+        }
     }
     payment_overdue_event(tenant, previous, &st, ctx).await;
     if previous.phase != Some(phase) {
@@ -1291,6 +1299,40 @@ async fn announce_hold(ctx: &Context, tenant: &Tenant, was_held: bool, held: Opt
             .await;
         }
         _ => {}
+    }
+}
+
+/// The Event of an operator's hold (`spec.hold`) appearing or going, whoever wrote it (the api,
+/// the plugin, a direct edit, dispute handling).
+async fn announce_operator_hold(
+    ctx: &Context,
+    tenant: &Tenant,
+    change: computed::HoldChange,
+    held: &Want,
+) {
+    let name = tenant.name_any();
+    match change {
+        computed::HoldChange::Set => {
+            let reason = tenant.spec.hold.as_ref().map(|h| h.reason.as_str());
+            tracing::warn!(tenant = %name, hold_reason = reason.unwrap_or_default(), "operator hold set");
+            ctx.event(
+                tenant,
+                EventType::Warning,
+                EVENT_HOLD_SET,
+                held.message.clone(),
+            )
+            .await;
+        }
+        computed::HoldChange::Released => {
+            tracing::info!(tenant = %name, "operator hold released");
+            ctx.event(
+                tenant,
+                EventType::Normal,
+                EVENT_HOLD_RELEASED,
+                "spec.hold was removed: the stack resumes".into(),
+            )
+            .await;
+        }
     }
 }
 

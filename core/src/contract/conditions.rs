@@ -17,6 +17,18 @@ pub const CANCELLATION_SCHEDULED: &str = "CancellationScheduled";
 /// Tenant: Stripe does not collect the subscription's invoices (`pause_collection`); the stack
 /// runs (controller, from billing's annotation [`crate::contract::labels::COLLECTION_PAUSED`]).
 pub const COLLECTION_PAUSED: &str = "CollectionPaused";
+/// Tenant: `spec.hold` is set, an operator's suspension (controller). Reason
+/// [`REASON_OPERATOR_HOLD`] while held, the hold's reason and note in the message.
+pub const HELD: &str = "Held";
+/// Reason of `Held=True`. One fixed word: the hold's own reason is free text (`abuse`,
+/// `dispute`, ...) and a condition reason must be CamelCase, so it goes in the message.
+pub const REASON_OPERATOR_HOLD: &str = "OperatorHold";
+/// Reason of `Held=False`.
+pub const REASON_NOT_HELD: &str = "NotHeld";
+/// Event reason when the controller first sees `spec.hold` set.
+pub const EVENT_HOLD_SET: &str = "HoldSet";
+/// Event reason when the controller sees `spec.hold` removed.
+pub const EVENT_HOLD_RELEASED: &str = "HoldReleased";
 /// Tenant: the dedicated instance and DNS record are as planned (controller).
 pub const CLOUD_READY: &str = "CloudReady";
 /// Tenant: its deletion destroys nothing until a person releases it (annotation
@@ -32,11 +44,12 @@ pub const TRIAL_ENDING: &str = "TrialEnding";
 /// The condition types the controller writes. Every other type on a Tenant's status belongs
 /// to another writer and is never part of the controller's apply, so the controller can
 /// neither remove nor overwrite it.
-pub const CONTROLLER_OWNED: [&str; 8] = [
+pub const CONTROLLER_OWNED: [&str; 9] = [
     READY,
     SYNCED,
     PAUSED,
     PAYMENT_OVERDUE,
+    HELD,
     CANCELLATION_SCHEDULED,
     COLLECTION_PAUSED,
     CLOUD_READY,

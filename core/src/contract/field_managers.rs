@@ -9,6 +9,12 @@ pub const CONTROLLER: &str = "stackplane-controller";
 pub const BILLING: &str = "stackplane-billing";
 /// The fleet rollout: the target-revision annotations of Tenants, a Platform's rollout status.
 pub const ROLLOUT: &str = "stackplane-rollout";
+/// The api's `PUT`/`DELETE /api/v1/tenants/{name}/hold`: a Tenant's `spec.hold`, an
+/// operator's. Its own manager so billing's apply (which never sends `spec.hold`) can neither
+/// remove nor take it over.
+pub const HOLDS: &str = "stackplane-holds";
+/// Dispute handling (`STACKPLANE_HOLD_ON_DISPUTE=true`): the `spec.hold` a dispute sets.
+pub const DISPUTES: &str = "stackplane-disputes";
 /// `kubectl stackplane` (holds, releases, annotations a person asks for).
 pub const PLUGIN: &str = "kubectl-stackplane";
 

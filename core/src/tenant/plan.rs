@@ -710,6 +710,7 @@ mod tests {
                 subdomain: None,
                 suspended: false,
                 paused: false,
+                hold: None,
                 deletion_policy: stackplane_crds::DeletionPolicy::Delete,
                 backup: None,
                 cancelled_at: None,

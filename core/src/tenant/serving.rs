@@ -12,6 +12,8 @@ pub enum IdleReason {
     Cancelled,
     /// `spec.suspended`: billing (unpaid, paused) or a person.
     Suspended,
+    /// `spec.hold`: an operator's suspension, whatever the subscription says.
+    Held,
     /// The first payment never went through (`incomplete`, `incomplete_expired`): nobody has
     /// paid for this stack yet, whatever `spec.suspended` says.
     Incomplete,
@@ -23,15 +25,22 @@ impl IdleReason {
         match self {
             IdleReason::Cancelled => "cancelled",
             IdleReason::Suspended => "suspended",
+            IdleReason::Held => "held",
             IdleReason::Incomplete => "incomplete",
         }
     }
 }
 
-/// Why `tenant`'s stack should not run, or `None` when it should.
+/// Why `tenant`'s stack should not run, or `None` when it should. A cancellation comes first:
+/// a held tenant whose subscription ended is in its retention period (phase `Cancelled`, its
+/// deletion clock running); its `Held` condition still says it is held.
 pub fn idle_reason(tenant: &Tenant) -> Option<IdleReason> {
     if tenant.spec.cancelled_at.is_some() {
         return Some(IdleReason::Cancelled);
+    }
+    // An operator's hold outranks everything billing states: the subscription may be active.
+    if tenant.spec.hold.is_some() {
+        return Some(IdleReason::Held);
     }
     if tenant.spec.suspended {
         return Some(IdleReason::Suspended);
@@ -49,10 +58,23 @@ pub fn idle_reason(tenant: &Tenant) -> Option<IdleReason> {
 mod tests {
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-    use stackplane_crds::{Subscription, TenantSpec};
+    use stackplane_crds::{Subscription, TenantHold, TenantSpec};
 
     fn tenant(status: Option<SubscriptionStatus>, suspended: bool, cancelled: bool) -> Tenant {
+        held_tenant(status, suspended, cancelled, false)
+    }
+
+    fn held_tenant(
+        status: Option<SubscriptionStatus>,
+        suspended: bool,
+        cancelled: bool,
+        held: bool,
+    ) -> Tenant {
         let mut t = Tenant::new("t", TenantSpec::new("p", "starter"));
+        t.spec.hold = held.then(|| TenantHold {
+            reason: "abuse".into(),
+            note: None,
+        });
         t.spec.suspended = suspended;
         t.spec.cancelled_at = cancelled.then(|| Time(k8s_openapi::jiff::Timestamp::now()));
         t.spec.subscription = status.map(|status| Subscription {
@@ -96,6 +118,40 @@ mod tests {
                     assert_eq!(
                         idle_reason(&tenant(status, suspended, cancelled)),
                         want,
+                        "{status:?} suspended={suspended} cancelled={cancelled}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// A hold stops the stack under every subscription status and suspension; only a
+    /// cancellation (retention, phase `Cancelled`) outranks it.
+    #[test]
+    fn a_hold_stops_the_stack_whatever_billing_says() {
+        use SubscriptionStatus as S;
+        let statuses = [
+            None,
+            Some(S::Active),
+            Some(S::Trialing),
+            Some(S::PastDue),
+            Some(S::Incomplete),
+            Some(S::IncompleteExpired),
+            Some(S::Unpaid),
+            Some(S::Paused),
+            Some(S::Canceled),
+        ];
+        for status in statuses {
+            for suspended in [false, true] {
+                for cancelled in [false, true] {
+                    let want = if cancelled {
+                        IdleReason::Cancelled
+                    } else {
+                        IdleReason::Held
+                    };
+                    assert_eq!(
+                        idle_reason(&held_tenant(status, suspended, cancelled, true)),
+                        Some(want),
                         "{status:?} suspended={suspended} cancelled={cancelled}"
                     );
                 }

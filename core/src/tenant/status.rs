@@ -13,7 +13,8 @@ use super::plan::PlannedComponent;
 use super::serving::{idle_reason, IdleReason};
 
 use crate::contract::conditions::{
-    CANCELLATION_SCHEDULED, COLLECTION_PAUSED, CONTROLLER_OWNED, PAYMENT_OVERDUE, READY,
+    CANCELLATION_SCHEDULED, COLLECTION_PAUSED, CONTROLLER_OWNED, HELD, PAYMENT_OVERDUE, READY,
+    REASON_NOT_HELD, REASON_OPERATOR_HOLD,
 };
 use crate::contract::field_managers::BILLING as BILLING_FIELD_MANAGER;
 use crate::contract::labels::PAYMENT_OVERDUE as PAYMENT_OVERDUE_ANNOTATION;
@@ -166,7 +167,10 @@ pub fn phase(
     match idle_reason(tenant) {
         Some(IdleReason::Cancelled) => return TenantPhase::Cancelled,
         // A first payment that never went through stops the stack as a suspension does.
-        Some(IdleReason::Suspended | IdleReason::Incomplete) => return TenantPhase::Suspended,
+        // An operator's hold is a suspension too; the `Held` condition tells them apart.
+        Some(IdleReason::Suspended | IdleReason::Incomplete | IdleReason::Held) => {
+            return TenantPhase::Suspended
+        }
         None => {}
     }
     if all_ready(components) {
@@ -273,6 +277,53 @@ pub fn payment_overdue_condition(tenant: &Tenant) -> Want {
             "PaymentCurrent",
             "no payment is overdue",
         )
+    }
+}
+
+/// The `Held` condition: True while `spec.hold` is set. The reason is always
+/// [`REASON_OPERATOR_HOLD`]; the hold's free-text reason and note are in the message.
+pub fn held_condition(tenant: &Tenant) -> Want {
+    match &tenant.spec.hold {
+        Some(hold) => {
+            let note = hold
+                .note
+                .as_deref()
+                .filter(|n| !n.is_empty())
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default();
+            Want::new(
+                HELD,
+                true,
+                REASON_OPERATOR_HOLD,
+                format!(
+                    "held by an operator: {}{note}; workloads are scaled to zero until spec.hold is removed",
+                    hold.reason
+                ),
+            )
+        }
+        None => Want::new(HELD, false, REASON_NOT_HELD, "spec.hold is not set"),
+    }
+}
+
+/// What the controller announces about a hold after a status write: the hold appeared
+/// (`HoldSet`), went away (`HoldReleased`), or nothing changed. `was_held` is the previous
+/// status's `Held` condition, so a hold set or removed by any writer (the api, the plugin, a
+/// direct edit) is announced once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldChange {
+    Set,
+    Released,
+}
+
+/// The [`HoldChange`] between the previous status and `held` (from [`held_condition`]).
+pub fn hold_change(previous: &[Condition], held: &Want) -> Option<HoldChange> {
+    let was_held = previous
+        .iter()
+        .any(|c| c.type_ == HELD && c.status == "True");
+    match (was_held, held.status) {
+        (false, true) => Some(HoldChange::Set),
+        (true, false) => Some(HoldChange::Released),
+        _ => None,
     }
 }
 
@@ -644,5 +695,58 @@ mod tests {
         }];
         let current = [deployment("web", 2, 2, "ProgressDeadlineExceeded")];
         assert!(stalled(&idle, &current).is_empty());
+    }
+
+    #[test]
+    fn a_hold_is_a_suspension_with_its_own_condition() {
+        let mut t = with_subscription(Some(SubscriptionStatus::Active), None);
+        let off = held_condition(&t);
+        assert_eq!((off.type_, off.status), (HELD, false));
+        assert_eq!(off.reason, REASON_NOT_HELD);
+        assert_eq!(phase(&t, &[], &[], None), TenantPhase::Ready);
+
+        t.spec.hold = Some(stackplane_crds::TenantHold {
+            reason: "abuse".into(),
+            note: Some("ticket 42".into()),
+        });
+        let on = held_condition(&t);
+        assert_eq!((on.type_, on.status), (HELD, true));
+        assert_eq!(on.reason, REASON_OPERATOR_HOLD);
+        assert!(on.message.contains("abuse") && on.message.contains("ticket 42"));
+        assert_eq!(phase(&t, &[], &[], None), TenantPhase::Suspended);
+        assert!(CONTROLLER_OWNED.contains(&HELD));
+    }
+
+    #[test]
+    fn a_hold_is_announced_once_when_it_appears_and_when_it_goes() {
+        let now = Timestamp::from_second(1_000).unwrap_or(Timestamp::UNIX_EPOCH);
+        let mut t = with_subscription(None, None);
+        let none: Vec<Condition> = Vec::new();
+        // A tenant that was never held: nothing to say.
+        assert_eq!(hold_change(&none, &held_condition(&t)), None);
+        let released = conditions(&none, &[held_condition(&t)], None, now);
+        assert_eq!(hold_change(&released, &held_condition(&t)), None);
+
+        t.spec.hold = Some(stackplane_crds::TenantHold {
+            reason: "dispute".into(),
+            note: None,
+        });
+        assert_eq!(
+            hold_change(&released, &held_condition(&t)),
+            Some(HoldChange::Set)
+        );
+        // First sight of a tenant created held (no Held condition yet) is a set too.
+        assert_eq!(
+            hold_change(&none, &held_condition(&t)),
+            Some(HoldChange::Set)
+        );
+        let held = conditions(&released, &[held_condition(&t)], None, now);
+        assert_eq!(hold_change(&held, &held_condition(&t)), None);
+
+        t.spec.hold = None;
+        assert_eq!(
+            hold_change(&held, &held_condition(&t)),
+            Some(HoldChange::Released)
+        );
     }
 }
