@@ -399,6 +399,19 @@ impl StripeApi {
     }
 }
 
+/// The customer's subscriptions as the Stripe API showed them.
+#[derive(Debug, Clone)]
+pub struct Read {
+    /// When the read started, in milliseconds.
+    pub at_ms: i64,
+    pub subscriptions: Vec<SubscriptionObservation>,
+    /// The sweep's list of the Tenants that exist (`None` for a single customer's read): a
+    /// Tenant billing applied before but missing from it is written again although nothing
+    /// changed — recreated after the Tenant CRD was deleted and reinstalled (it then adopts
+    /// its stack), or after a hand deletion. A subscription that ended never recreates one.
+    pub tenants_present: Option<std::sync::Arc<std::collections::BTreeSet<String>>>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

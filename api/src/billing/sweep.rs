@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use sqlx::Connection;
 
 use super::error::BillingError;
+use super::stripe_api::Read;
 use super::stripe_api::StripeApiError;
-use super::sync::Read;
 use super::worker::Worker;
 use stackplane_core::billing::parse::SubscriptionObservation;
 

@@ -19,7 +19,7 @@ use stackplane_crds::Tenant;
 
 use super::error::BillingError;
 use super::prices::PriceIndex;
-use super::stripe_api::StripeApiError;
+use super::stripe_api::{Read, StripeApiError};
 use super::worker::{backoff, Worker, FIELD_MANAGER};
 use stackplane_core::billing::conditions::{
     billing_conditions, fingerprint, status_body, SyncState, TRIAL_ENDING,
@@ -28,25 +28,12 @@ use stackplane_core::billing::governing::{govern, Governing};
 use stackplane_core::billing::mapping::{
     self, Applied, ItemSnapshot, Needs, OrderKey, Snapshot, API_READ_RANK,
 };
-use stackplane_core::billing::parse::{Observation, ParsedEvent, SubscriptionObservation};
+use stackplane_core::billing::parse::{Observation, ParsedEvent};
 
 /// A Tenant whose spec and conditions are unchanged still gets its `BillingSynced` read time
 /// rewritten once it is this old, so the condition says when Stripe last confirmed it without
 /// a write per Tenant per read.
 pub const SYNCED_REFRESH: Duration = Duration::from_secs(15 * 60);
-
-/// The customer's subscriptions as the Stripe API showed them.
-#[derive(Debug, Clone)]
-pub struct Read {
-    /// When the read started, in milliseconds.
-    pub at_ms: i64,
-    pub subscriptions: Vec<SubscriptionObservation>,
-    /// The sweep's list of the Tenants that exist (`None` for a single customer's read): a
-    /// Tenant billing applied before but missing from it is written again although nothing
-    /// changed — recreated after the Tenant CRD was deleted and reinstalled (it then adopts
-    /// its stack), or after a hand deletion. A subscription that ended never recreates one.
-    pub tenants_present: Option<std::sync::Arc<std::collections::BTreeSet<String>>>,
-}
 
 /// What one customer sync did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

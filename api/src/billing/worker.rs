@@ -88,7 +88,7 @@ enum Prepared {
     Sync {
         event: Box<parse::ParsedEvent>,
         customer: String,
-        read: Option<Result<super::sync::Read, super::stripe_api::StripeApiError>>,
+        read: Option<Result<super::stripe_api::Read, super::stripe_api::StripeApiError>>,
     },
 }
 
