@@ -515,8 +515,7 @@ async fn admin_lists_filters_pages_and_summarizes() {
 async fn a_platforms_rollout_is_served_to_the_admin_only() {
     let env = start().await;
     let name = unique("plat");
-    let mut platform = stackplane_tests::example_platform("tackle.yaml");
-    platform.metadata.name = Some(name.clone());
+    let platform = stackplane_tests::example_platform_copy("tackle.yaml", &name);
     let api = kube::Api::<stackplane_crds::Platform>::all(env.kube.clone());
     api.create(&kube::api::PostParams::default(), &platform)
         .await

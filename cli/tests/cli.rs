@@ -35,9 +35,8 @@ fn stderr(o: &Output) -> String {
 /// dropped.
 async fn tenant_with_controller() -> (Client, String, common::Controller) {
     let (client, shard) = common::cluster("stackplane_controller=info", kube_client()).await;
-    let mut platform: Platform = stackplane_tests::example_platform("leadsite-io.yaml");
     let pname = unique("plat");
-    platform.metadata.name = Some(pname.clone());
+    let platform: Platform = stackplane_tests::example_platform_copy("leadsite-io.yaml", &pname);
     Api::<Platform>::all(client.clone())
         .create(&PostParams::default(), &platform)
         .await

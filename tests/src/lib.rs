@@ -251,6 +251,25 @@ pub fn example_platform(file: &str) -> stackplane_crds::Platform {
     serde_saphyr::from_str(&yaml).unwrap_or_else(|e| panic!("parse {file}: {e}"))
 }
 
+/// The example Platform of `examples/platforms/<file>` under another `name`, its Stripe prices
+/// made this copy's own (the letters and digits of its name appended). A copy that kept the example's prices would
+/// list them on a second Platform: billing gives a price to the Platform that listed it first,
+/// so a copy left in the shared API server by one test would take the customers of every later
+/// billing test (the rule a copied Platform must not break in production is tested on purpose
+/// in api/tests/billing_model.rs).
+pub fn example_platform_copy(file: &str, name: &str) -> stackplane_crds::Platform {
+    let mut platform = example_platform(file);
+    platform.metadata.name = Some(name.to_owned());
+    // Price ids are `price_` and letters and digits only (the CRD's pattern).
+    let own: String = name.chars().filter(char::is_ascii_alphanumeric).collect();
+    for tier in &mut platform.spec.tiers {
+        for price in &mut tier.stripe_price_ids {
+            price.push_str(&own);
+        }
+    }
+    platform
+}
+
 /// Applies the example Platform of `examples/platforms/<file>` (server-side, forced, so every
 /// test that needs it converges on the same object) and returns it.
 pub async fn apply_example_platform(client: &Client, file: &str) -> stackplane_crds::Platform {
