@@ -11,6 +11,7 @@ const TABLES: [&str; 10] = [
     "billing_resync",
     "billing_tenants",
     "checkout_customers",
+    "platform_prices",
     "stripe_events",
     "subscription_state",
     "tenant_daily_usage",
