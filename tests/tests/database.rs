@@ -4,7 +4,7 @@ use serde_json::json;
 use stackplane_api::db::MIGRATOR;
 use stackplane_tests::fresh_database;
 
-const TABLES: [&str; 10] = [
+const TABLES: [&str; 11] = [
     "api_tokens",
     "audit_log",
     "backup_records",
